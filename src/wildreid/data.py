@@ -1,0 +1,303 @@
+"""Datasets: one internal table, loaded from three layouts, validated before any heavy work.
+
+The internal form is a pandas table with one row per image and these columns:
+
+    image_id   str   unique; kept exactly as written in the source (the submission echoes it)
+    identity   str   the individual; None where unknown (queries of a real competition)
+    path       str   absolute path of the image file
+    split      str   "database" or "query"
+    dataset    str   the group a query is compared within (AnimalCLEF: LynxID2025, ...)
+
+plus whatever optional columns the source had (date, orientation, species, viewpoint, ...).
+A query row *may* carry an identity: that is ground truth for evaluation only and is never used
+to make a prediction.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DATABASE = "database"
+QUERY = "query"
+NEW_INDIVIDUAL = "new_individual"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+REQUIRED_COLUMNS = ("image_id", "identity", "path", "split", "dataset")
+
+# Decompression-bomb guard: a photo larger than this many pixels is refused rather than decoded
+# (a 1 KB PNG can claim 50,000 x 50,000 pixels and take 10 GB to decode). 200 Mpx is far above any
+# camera-trap or survey photo.
+MAX_IMAGE_PIXELS = 200_000_000
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message says where and what to do."""
+
+
+class ImageReadError(OSError):
+    """One image that cannot be decoded; callers skip it and report it."""
+
+
+@dataclass
+class Dataset:
+    """The images of one run: a validated table (see module docstring) and where it came from."""
+
+    table: pd.DataFrame
+    source: str
+
+    @property
+    def database(self) -> pd.DataFrame:
+        return self.table[self.table["split"] == DATABASE]
+
+    @property
+    def queries(self) -> pd.DataFrame:
+        return self.table[self.table["split"] == QUERY]
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return list(dict.fromkeys(self.table["dataset"]))
+
+    def subset(self, mask) -> "Dataset":
+        return Dataset(self.table[mask].reset_index(drop=True), self.source)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, **csv_options) -> Dataset:
+    """Load any supported layout.
+
+    - ``source`` is a CSV file: columns named by ``csv_options`` (see :func:`load_csv`);
+    - ``source`` is a folder with ``metadata.csv`` (AnimalCLEF2025 layout);
+    - ``source`` is a folder of identity folders and ``query_dir`` a folder of query images.
+    """
+    source = Path(source)
+    if query_dir is not None:
+        return load_folders(source, query_dir)
+    if source.is_file():
+        return load_csv(source, **csv_options)
+    if (source / "metadata.csv").is_file():
+        return load_csv(source / "metadata.csv", **csv_options)
+    if not source.exists():
+        raise DatasetError(f"{source}: no such file or folder. Give a metadata CSV, a folder "
+                           "holding metadata.csv, or a database folder with --query-dir.")
+    raise DatasetError(
+        f"{source}: this folder has no metadata.csv. Give the CSV file itself (with --path-column, "
+        "--identity-column, --split-column if its columns are named differently), or use the "
+        "folder-per-identity layout by also passing --query-dir QUERY_FOLDER.")
+
+
+def load_csv(
+    csv_path: str | Path,
+    *,
+    root: str | Path | None = None,
+    image_id_column: str = "image_id",
+    path_column: str = "path",
+    identity_column: str = "identity",
+    split_column: str = "split",
+    dataset_column: str = "dataset",
+    database_value: str = DATABASE,
+    query_value: str = QUERY,
+    check_files: bool = True,
+) -> Dataset:
+    """Load a metadata CSV (AnimalCLEF2025's ``metadata.csv`` is the default naming).
+
+    Image paths are relative to ``root`` (default: the CSV's folder). Without an image-id column
+    the row number is the id; without a dataset column the dataset is the root folder's name.
+    """
+    csv_path = Path(csv_path)
+    root = Path(root) if root is not None else csv_path.parent
+    try:
+        # Everything as text: ids like "007" must survive, and identities are labels, not numbers.
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{csv_path}: file not found.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{csv_path}: not a readable CSV file ({error}).") from None
+
+    needed = {"path": path_column, "identity": identity_column, "split": split_column}
+    missing = [f"'{column}' ({role})" for role, column in needed.items() if column not in raw.columns]
+    if missing:
+        raise DatasetError(
+            f"{csv_path}: missing column(s) {', '.join(missing)}; the file has "
+            f"{', '.join(repr(c) for c in raw.columns)}. Rename them, or name yours with "
+            "--path-column / --identity-column / --split-column.")
+
+    table = pd.DataFrame({
+        "image_id": raw[image_id_column] if image_id_column in raw.columns
+        else pd.Series(range(len(raw))).astype(str),
+        "identity": raw[identity_column].str.strip().replace("", None),
+        "path": [str((root / p).resolve()) if p else "" for p in raw[path_column]],
+        "split": raw[split_column].str.strip().str.lower().replace(
+            {database_value.lower(): DATABASE, query_value.lower(): QUERY}),
+        "dataset": raw[dataset_column] if dataset_column in raw.columns
+        else root.resolve().name,
+    })
+    for column in raw.columns:
+        if column not in {image_id_column, path_column, identity_column, split_column,
+                          dataset_column} and column not in table.columns:
+            table[column] = raw[column].replace("", None)
+    dataset = Dataset(table.reset_index(drop=True), str(csv_path))
+    validate_dataset(dataset, check_files=check_files, row_offset=2, file_label=str(csv_path))
+    return dataset
+
+
+def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files: bool = True) -> Dataset:
+    """Folder-per-identity database (``database_dir/<identity>/*.jpg``) plus a folder of queries.
+
+    Query images may sit directly in ``query_dir`` (truth unknown) or in identity sub-folders
+    (truth known, for evaluation; a sub-folder named ``new_individual`` holds unknown animals).
+    """
+    database_dir, query_dir = Path(database_dir), Path(query_dir)
+    for folder, role in ((database_dir, "database"), (query_dir, "query")):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: the {role} folder does not exist.")
+    rows = []  # (image_id, identity, path, split); ids are paths relative to their folder
+    for identity_dir in sorted(p for p in database_dir.iterdir() if p.is_dir()):
+        for image in _image_files(identity_dir):
+            rows.append((f"database/{identity_dir.name}/{image.name}", identity_dir.name, image, DATABASE))
+    if not rows:
+        raise DatasetError(f"{database_dir}: no images found in identity sub-folders "
+                           f"(expected {database_dir}/<identity>/<photo>.jpg).")
+    for image in _image_files(query_dir, recursive=True):
+        relative = image.relative_to(query_dir)
+        truth = relative.parts[0] if len(relative.parts) > 1 else None
+        rows.append((f"query/{relative.as_posix()}", truth, image, QUERY))
+    table = pd.DataFrame(rows, columns=["image_id", "identity", "path", "split"])
+    table["path"] = table["path"].map(lambda p: str(p.resolve()))
+    table["dataset"] = database_dir.resolve().name
+    dataset = Dataset(table, f"{database_dir} + {query_dir}")
+    validate_dataset(dataset, check_files=check_files)
+    return dataset
+
+
+def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every problem found at once, each naming where it is and what to do.
+
+
+def validate_dataset(dataset: Dataset, *, check_files: bool = True, row_offset: int = 0,
+                     file_label: str | None = None) -> None:
+    table, label = dataset.table, file_label or dataset.source
+    where = (lambda index: f"row {index + row_offset}") if row_offset else (lambda index: table["image_id"][index])
+    problems: list[str] = []
+
+    missing_ids = table.index[table["image_id"].isna() | (table["image_id"] == "")]
+    if len(missing_ids):
+        problems.append(f"empty image_id at {_listing(map(where, missing_ids))}; give every row an id.")
+    duplicated = table[table["image_id"].duplicated(keep=False) & (table["image_id"] != "")]
+    if len(duplicated):
+        groups = duplicated.groupby("image_id").groups
+        problems.append("duplicate image_id: " + "; ".join(
+            f"'{image_id}' at {_listing(map(where, rows))}" for image_id, rows in groups.items())
+            + ". Each image needs its own id.")
+    bad_split = table.index[~table["split"].isin([DATABASE, QUERY])]
+    if len(bad_split):
+        values = sorted(set(table["split"][bad_split].astype(str)))
+        problems.append(f"split must be 'database' or 'query'; found {values} at "
+                        f"{_listing(map(where, bad_split))}. Fix the values or pass "
+                        "--database-value / --query-value.")
+    unlabelled = table.index[(table["split"] == DATABASE) & table["identity"].isna()]
+    if len(unlabelled):
+        problems.append(f"database images without identity at {_listing(map(where, unlabelled))}; "
+                        "label them or mark them as queries.")
+    new_label = table.index[(table["split"] == DATABASE) & (table["identity"] == NEW_INDIVIDUAL)]
+    if len(new_label):
+        problems.append(f"database images labelled '{NEW_INDIVIDUAL}' at "
+                        f"{_listing(map(where, new_label))}; that label is reserved for answers.")
+    empty_path = table.index[table["path"] == ""]
+    if len(empty_path):
+        problems.append(f"empty path at {_listing(map(where, empty_path))}.")
+    if check_files:
+        absent = [(i, p) for i, p in zip(table.index, table["path"]) if p and not os.path.isfile(p)]
+        if absent and len(absent) == len(table):
+            problems.append(f"none of the {len(table)} image files exist (e.g. {absent[0][1]}); paths "
+                            "are relative to the CSV's folder: check that the images were copied there.")
+        elif absent:
+            problems.append(f"{len(absent)} image file(s) not found (paths are relative to the CSV's "
+                            "folder):\n" + "\n".join(f"  {where(i)}: {p}" for i, p in absent))
+    query_sets = set(table.loc[table["split"] == QUERY, "dataset"])
+    database_sets = set(table.loc[table["split"] == DATABASE, "dataset"])
+    for name in sorted(query_sets - database_sets):
+        count = int(((table["split"] == QUERY) & (table["dataset"] == name)).sum())
+        problems.append(f"dataset '{name}' has {count} queries but no database images: nothing to "
+                        "compare them with. Add labelled images of that dataset or remove its queries.")
+    if problems:
+        raise DatasetError(f"{label}: {len(problems)} problem(s):\n- " + "\n- ".join(problems))
+
+
+def _listing(items, limit: int = 20) -> str:
+    items = [str(i) for i in items]
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file")
+    return data
+
+
+def decode_image(data: bytes, name: str = "<image>") -> Image.Image:
+    """Decode image bytes to an 8-bit RGB picture, upright as the camera meant it.
+
+    Applies EXIF orientation; converts grayscale, CMYK, palette, alpha and 16-bit images to RGB;
+    refuses decompression bombs; raises ImageReadError for anything it cannot decode fully.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageReadError(f"{name}: {width}x{height} pixels is over the "
+                                         f"{MAX_IMAGE_PIXELS:,} pixel limit (decompression-bomb guard)")
+                image.load()  # decode now, so truncation surfaces here and not later
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"{name}: refused as a decompression bomb ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(f"{name}: cannot decode image ({error})") from None
+
+
+def read_image(path: str | Path) -> Image.Image:
+    return decode_image(read_image_bytes(path), str(path))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (or 32-bit) grey: scale to the full 8-bit range of the file's bit depth.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent areas become white, not the arbitrary colour stored under alpha 0.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,131 @@
+"""The AnimalCLEF2025 metric (BAKS, BAUS, their geometric mean per dataset) and retrieval figures.
+
+BAKS: balanced accuracy on known samples - for each true identity that exists in the database,
+the fraction of its queries predicted as exactly that identity; the mean over those identities.
+BAUS: balanced accuracy on unknown samples - for each identity absent from the database, the
+fraction of its queries predicted ``new_individual``; the mean over those identities.
+Per dataset: sqrt(BAKS * BAUS), a NaN counted as 0. Final score: plain mean over datasets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
+
+
+def balanced_accuracy(y_true: np.ndarray, correct: np.ndarray) -> float:
+    """Mean over true identities of the fraction of their samples that are correct."""
+    if len(y_true) == 0:
+        return math.nan
+    per_identity = pd.Series(correct.astype(float)).groupby(np.asarray(y_true, dtype=object)).mean()
+    return float(per_identity.mean())
+
+
+def baks(y_true: Sequence, y_pred: Sequence, new_identities: Sequence) -> float:
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    known = ~np.isin(y_true, np.asarray(list(new_identities), dtype=object))
+    return balanced_accuracy(y_true[known], y_pred[known] == y_true[known])
+
+
+def baus(y_true: Sequence, y_pred: Sequence, new_identities: Sequence,
+         new_class: str = NEW_INDIVIDUAL) -> float:
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    new = np.isin(y_true, np.asarray(list(new_identities), dtype=object))
+    return balanced_accuracy(y_true[new], y_pred[new] == new_class)
+
+
+def geometric_score(baks_value: float, baus_value: float) -> float:
+    value = math.sqrt(baks_value * baus_value)
+    return 0.0 if math.isnan(value) else value
+
+
+def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFrame | None = None) -> dict:
+    """Score predictions (columns image_id, identity) against the truth held in ``dataset``.
+
+    ``candidates`` (the detailed output: image_id, top1_score and ranked identity columns
+    identity_1..identity_k) adds top-1/top-5 accuracy on known queries and the ROC-AUC of the
+    top-1 score for telling known from new queries. Returns plain numbers for JSON.
+    """
+    queries = dataset.queries
+    if queries["identity"].isna().any():
+        missing = queries.loc[queries["identity"].isna(), "image_id"].head(5).tolist()
+        raise ValueError(f"{dataset.source}: queries without a true identity (e.g. image_id "
+                         f"{missing}); evaluation needs the truth for every query.")
+    merged = queries[["image_id", "identity", "dataset"]].merge(
+        predictions[["image_id", "identity"]].rename(columns={"identity": "prediction"}),
+        on="image_id", how="left")
+    absent = merged.loc[merged["prediction"].isna(), "image_id"].tolist()
+    if absent:
+        raise ValueError(f"the submission has no prediction for {len(absent)} quer(ies), e.g. "
+                         f"image_id {absent[:5]}; it needs one row per query.")
+    if candidates is not None:
+        merged = merged.merge(candidates.drop(columns=["identity", "dataset", "prediction"], errors="ignore"),
+                              on="image_id", how="left")
+
+    per_dataset = {}
+    for name, rows in merged.groupby("dataset", sort=False):
+        database_identities = set(dataset.table.loc[(dataset.table["split"] == DATABASE)
+                                                    & (dataset.table["dataset"] == name), "identity"])
+        new_identities = sorted(set(rows["identity"]) - database_identities)
+        known = ~rows["identity"].isin(new_identities)
+        figures = {
+            "baks": baks(rows["identity"], rows["prediction"], new_identities),
+            "baus": baus(rows["identity"], rows["prediction"], new_identities),
+            "queries": int(len(rows)),
+            "known_queries": int(known.sum()),
+            "new_queries": int((~known).sum()),
+        }
+        figures["score"] = geometric_score(figures["baks"], figures["baus"])
+        if candidates is not None:
+            figures.update(_retrieval_figures(rows, known.to_numpy()))
+        per_dataset[str(name)] = figures
+
+    def mean_of(key: str) -> float:
+        values = [f[key] for f in per_dataset.values() if key in f and not math.isnan(f[key])]
+        return float(np.mean(values)) if values else math.nan
+
+    return {
+        "score": float(np.mean([f["score"] for f in per_dataset.values()])),
+        "baks": mean_of("baks"),
+        "baus": mean_of("baus"),
+        **({key: mean_of(key) for key in ("top1", "top5", "auc_new_vs_known")} if candidates is not None else {}),
+        "per_dataset": per_dataset,
+    }
+
+
+def _retrieval_figures(rows: pd.DataFrame, known: np.ndarray) -> dict:
+    ranked_columns = sorted((c for c in rows.columns if c.startswith("identity_") and c[9:].isdigit()),
+                            key=lambda c: int(c[9:]))
+    ranked = rows[ranked_columns].to_numpy(dtype=object)
+    truth = rows["identity"].to_numpy(dtype=object)[:, None]
+    hit_rank = np.where(ranked == truth, np.arange(1, ranked.shape[1] + 1), np.inf).min(axis=1)
+    figures = {
+        "top1": float(np.mean(hit_rank[known] <= 1)) if known.any() else math.nan,
+        "top5": float(np.mean(hit_rank[known] <= 5)) if known.any() else math.nan,
+    }
+    scores = rows["top1_score"].to_numpy(dtype=float)
+    usable = ~np.isnan(scores)
+    if known[usable].any() and (~known[usable]).any():
+        figures["auc_new_vs_known"] = float(roc_auc_score(known[usable], scores[usable]))
+    else:
+        figures["auc_new_vs_known"] = math.nan
+    return figures
+
+
+def load_submission(path) -> pd.DataFrame:
+    """Read a submission CSV (image_id, identity), ids kept as text."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"image_id", "identity"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a submission has the header "
+                         "'image_id,identity'.")
+    return table
+
+
+__all__ = ["baks", "baus", "geometric_score", "evaluate", "load_submission", "QUERY"]

