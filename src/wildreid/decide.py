@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .data import NEW_INDIVIDUAL
@@ -15,7 +13,7 @@ def decide(top_identities: np.ndarray, top_scores: np.ndarray, threshold: float 
     top_scores = np.asarray(top_scores, dtype=float)
     answer = top_identities.copy()
     no_candidate = np.array([identity is None for identity in top_identities]) | np.isnan(top_scores)
-    if threshold is not None and not math.isinf(threshold):
+    if threshold is not None:
         answer[top_scores < threshold] = NEW_INDIVIDUAL
     answer[no_candidate] = NEW_INDIVIDUAL
     return answer

@@ -1,0 +1,174 @@
+"""Loading the three layouts, validation messages, and safe image decoding."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from wildreid.data import (DatasetError, ImageReadError, decode_image, load_csv, load_dataset,
+                           load_folders, read_image)
+
+
+def test_animalclef_metadata_groups_by_dataset(shared_data):
+    dataset = load_csv(shared_data / "AnimalCLEF2025" / "metadata.csv", check_files=False)
+    assert len(dataset.table) == 15209
+    counts = dataset.table.groupby(["dataset", "split"]).size().unstack()
+    assert counts.loc["LynxID2025"].tolist() == [2957, 946]
+    assert counts.loc["SalamanderID2025"].tolist() == [1388, 689]
+    assert counts.loc["SeaTurtleID2022"].tolist() == [8729, 500]
+    assert dataset.queries["identity"].isna().all()
+    assert dataset.database["identity"].notna().all()
+    assert dataset.table["image_id"].iloc[0] == "0"
+
+
+def test_animalclef_missing_images_are_reported(shared_data):
+    with pytest.raises(DatasetError, match="none of the 15209 image files exist"):
+        load_dataset(shared_data / "AnimalCLEF2025")
+
+
+def test_dataset_is_folder_name_without_dataset_column(shared_data):
+    dataset = load_dataset(shared_data / "LionData")
+    assert set(dataset.table["dataset"]) == {"LionData"}
+    assert len(dataset.database) == 592 and len(dataset.queries) == 148
+    assert dataset.queries["identity"].notna().all()  # truth kept for evaluation
+
+
+def _subset_csv(shared_data, tmp_path, rows=12, **renames):
+    table = pd.read_csv(shared_data / "NyalaData" / "metadata.csv", dtype=str).head(rows)
+    table["path"] = [str(shared_data / "NyalaData" / p) for p in table["path"]]
+    table = table.rename(columns=renames)
+    path = tmp_path / "mine.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_csv_with_custom_column_names(shared_data, tmp_path):
+    path = _subset_csv(shared_data, tmp_path, path="file", identity="animal", split="role")
+    dataset = load_csv(path, path_column="file", identity_column="animal", split_column="role")
+    assert len(dataset.table) == 12
+    assert dataset.table["path"].map(lambda p: p.endswith(".jpg")).all()
+    assert set(dataset.table["dataset"]) == {tmp_path.name}
+
+
+def test_missing_columns_named_with_advice(shared_data, tmp_path):
+    path = _subset_csv(shared_data, tmp_path, path="file")
+    with pytest.raises(DatasetError) as error:
+        load_csv(path)
+    message = str(error.value)
+    assert str(path) in message and "'path'" in message and "--path-column" in message
+
+
+def test_all_problems_reported_at_once(shared_data, tmp_path):
+    table = pd.read_csv(_subset_csv(shared_data, tmp_path), dtype=str)
+    table.loc[3, "image_id"] = table.loc[2, "image_id"]
+    table.loc[5, "path"] = str(tmp_path / "gone1.jpg")
+    table.loc[6, "path"] = str(tmp_path / "gone2.jpg")
+    table.loc[7, "split"] = "train"
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DatasetError) as error:
+        load_csv(tmp_path / "bad.csv")
+    message = str(error.value)
+    assert "duplicate image_id" in message and "row 4, row 5" in message  # CSV line numbers
+    assert "2 image file(s) not found" in message and "gone1.jpg" in message and "gone2.jpg" in message
+    assert "'train'" in message and "row 9" in message
+
+
+def test_query_dataset_without_database(shared_data, tmp_path):
+    table = pd.read_csv(_subset_csv(shared_data, tmp_path), dtype=str)
+    table["dataset"] = "A"
+    table.loc[table["split"] == "query", "dataset"] = "B"
+    table.loc[table.index[:2], "split"] = "query"
+    table.loc[table.index[:2], "dataset"] = "B"
+    table.to_csv(tmp_path / "groups.csv", index=False)
+    with pytest.raises(DatasetError, match="dataset 'B' has .* queries but no database images"):
+        load_csv(tmp_path / "groups.csv")
+
+
+def test_folder_per_identity_layout(shared_data, tmp_path):
+    source = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
+    database = source[source["split"] == "database"].groupby("identity").head(2).head(10)
+    for row in database.itertuples():
+        folder = tmp_path / "db" / row.identity
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "LionData" / row.path, folder / f"{row.image_id}.jpg")
+    (tmp_path / "queries").mkdir()
+    query = source[source["split"] == "query"].iloc[0]
+    shutil.copy(shared_data / "LionData" / query.path, tmp_path / "queries" / "q1.jpg")
+    dataset = load_folders(tmp_path / "db", tmp_path / "queries")
+    assert len(dataset.database) == 10 and len(dataset.queries) == 1
+    assert set(dataset.database["identity"]) == set(database["identity"])
+    assert dataset.queries["identity"].isna().all()
+    assert dataset.queries["image_id"].iloc[0] == "query/q1.jpg"
+    assert load_dataset(tmp_path / "db", query_dir=tmp_path / "queries").table.equals(dataset.table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_applied():
+    image = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(_encode(image, "JPEG", exif=exif))
+    assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "LA", "1"])
+def test_modes_become_rgb(mode):
+    image = Image.new("RGB", (16, 12), (200, 100, 50)).convert(mode)
+    fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"
+    decoded = decode_image(_encode(image, fmt))
+    assert decoded.mode == "RGB" and decoded.size == (16, 12)
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert decode_image(_encode(image, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_scaled_to_eight_bit():
+    values = np.full((10, 10), 65535, dtype=np.uint16)
+    values[0, 0] = 0
+    image = Image.fromarray(values)  # uint16 -> mode I;16
+    decoded = np.asarray(decode_image(_encode(image, "PNG")))
+    assert decoded.shape == (10, 10, 3) and decoded[5, 5].tolist() == [255, 255, 255] and decoded[0, 0, 0] == 0
+
+
+def test_decompression_bomb_refused():
+    # A tiny PNG that claims 20,000 x 20,000 pixels.
+    bomb = _encode(Image.new("1", (20000, 20000)), "PNG", optimize=True)
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageReadError, match="pixel limit|decompression bomb"):
+        decode_image(bomb, "bomb.png")
+
+
+def test_truncated_empty_and_garbage_images(tmp_path, shared_data):
+    real = (shared_data / "NyalaData" / "images" / "000000.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(real[: len(real) // 3])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not an image" * 50)
+    for name, reason in (("truncated.jpg", "truncated|cannot decode"), ("empty.jpg", "empty file"),
+                         ("garbage.jpg", "cannot decode")):
+        with pytest.raises(ImageReadError, match=reason) as error:
+            read_image(tmp_path / name)
+        assert name in str(error.value)
+    with pytest.raises(ImageReadError, match="cannot read"):
+        read_image(tmp_path / "absent.jpg")
+
+
+def test_real_png_named_jpeg_bytes_decode(shared_data):
+    # LionData stores JPEG bytes under .png names, as the originals do.
+    image = read_image(shared_data / "LionData" / "images" / "000000.png")
+    assert image.mode == "RGB" and min(image.size) > 10
