@@ -16,11 +16,15 @@ from .backbones import Backbone, load_backbone
 from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
 from .decide import decide
 from .extract import Extraction, default_device, extract_embeddings
+from .fusion import GroupFusion, fuse_group
+from .local import get_method
+from .local.cache import local_features
 from .presets import AUTO, Preset
 from .search import cosine_similarity, rank_identities, search_groups
 from .thresholds import ThresholdChoice, choose_threshold
 
 UNREADABLE = "unreadable_image"
+NEAR_DUPLICATE_COLUMNS = ("clip", "video", "date")
 
 
 @dataclass
@@ -32,6 +36,7 @@ class IdentifyResult:
     threshold_choices: dict         # dataset -> ThresholdChoice, where chosen automatically
     failures: pd.DataFrame          # image_id, split, path, reason
     timings: dict = field(default_factory=dict)
+    fusions: dict = field(default_factory=dict)   # dataset -> GroupFusion, when local matching ran
 
     @property
     def predictions(self) -> pd.DataFrame:
@@ -71,17 +76,29 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
     identities = np.full((len(query_rows), k), None, dtype=object)
     scores = np.full((len(query_rows), k), np.nan)
     matches = np.full((len(query_rows), k), None, dtype=object)
-    thresholds, choices = {}, {}
+    thresholds, choices, fusions = {}, {}, {}
+    method = get_method(preset.local, **preset.local_options) if preset.local else None
     for query_positions, database_positions, group in search_groups(queries, database, preset.same_dataset_only):
         group_database = database.iloc[database_positions]
+        group_queries = queries.iloc[query_positions]
         group_vectors = vectors[database_rows[database_positions]]
-        thresholds[group], choice = _resolve_threshold(preset.threshold, group, group_vectors, group_database)
+        query_scores = cosine_similarity(vectors[query_rows[query_positions]], group_vectors)
+        database_scores = cosine_similarity(group_vectors, group_vectors)
+        scored_rows = None
+        if method is not None and len(group_database):
+            local_started = time.perf_counter()
+            fusion = _fuse(group_queries, group_database, query_scores, database_scores, method, preset,
+                           cache_dir, progress)
+            fusions[group] = fusion
+            query_scores, database_scores, scored_rows = fusion.query_scores, fusion.database_scores, fusion.anchors
+            timings[f"local_{group}_s"] = time.perf_counter() - local_started
+        thresholds[group], choice = _resolve_threshold(preset.threshold, group, database_scores, group_database,
+                                                       scored_rows)
         if choice is not None:
             choices[group] = choice
         if len(database_positions) == 0 or len(query_positions) == 0:
             continue
-        similarity = cosine_similarity(vectors[query_rows[query_positions]], group_vectors)
-        ranking = rank_identities(similarity, group_database["identity"].to_numpy(), k)
+        ranking = rank_identities(query_scores, group_database["identity"].to_numpy(), k)
         identities[query_positions] = ranking.identities
         scores[query_positions] = ranking.scores
         image_ids = group_database["image_id"].to_numpy(dtype=object)
@@ -104,10 +121,24 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
         [(table["image_id"][row], table["split"][row], table["path"][row], reason)
          for row, reason in sorted(extraction.failures.items())],
         columns=["image_id", "split", "path", "reason"])
-    return IdentifyResult(dataset, preset, candidates, thresholds, choices, failures, timings)
+    return IdentifyResult(dataset, preset, candidates, thresholds, choices, failures, timings, fusions)
 
 
-def _resolve_threshold(setting, group: str, database_vectors: np.ndarray, database: pd.DataFrame):
+def _fuse(queries: pd.DataFrame, database: pd.DataFrame, query_cosine, database_cosine, method, preset: Preset,
+          cache_dir, progress: bool) -> GroupFusion:
+    """Local features of one dataset's images, then shortlist matching, calibration and fusion."""
+    features = local_features(queries["path"].tolist() + database["path"].tolist(), method,
+                              cache_dir=cache_dir, progress=progress)
+    return fuse_group(query_cosine=query_cosine, database_cosine=database_cosine,
+                      query_features=features[: len(queries)], database_features=features[len(queries):],
+                      database_identities=database["identity"].to_numpy(),
+                      near_duplicate_groups=near_duplicate_groups(database), method=method,
+                      settings=preset.fusion, progress=progress)
+
+
+def _resolve_threshold(setting, group: str, database_scores: np.ndarray, database: pd.DataFrame,
+                       scored_rows: np.ndarray | None = None):
+    """The threshold for one dataset: given, or chosen on its database (see thresholds.py)."""
     if setting is None or isinstance(setting, float | int):
         return (None if setting is None else float(setting)), None
     if isinstance(setting, dict):
@@ -117,11 +148,18 @@ def _resolve_threshold(setting, group: str, database_vectors: np.ndarray, databa
         return float(setting[group]), None
     if setting != AUTO:
         raise ValueError(f"unknown threshold setting {setting!r}")
-    similarity = cosine_similarity(database_vectors, database_vectors)
-    near_duplicates = database["date"].to_numpy(dtype=object) if "date" in database else None
-    choice: ThresholdChoice = choose_threshold(similarity, database["identity"].to_numpy(),
-                                               near_duplicate_groups=near_duplicates)
+    choice: ThresholdChoice = choose_threshold(database_scores, database["identity"].to_numpy(),
+                                               near_duplicate_groups=near_duplicate_groups(database),
+                                               scored_rows=scored_rows)
     return choice.threshold, choice
+
+
+def near_duplicate_groups(table: pd.DataFrame) -> np.ndarray | None:
+    """Images of one clip (or video, or date) are near-duplicates: the first such column present."""
+    for column in NEAR_DUPLICATE_COLUMNS:
+        if column in table and table[column].notna().any():
+            return table[column].to_numpy(dtype=object)
+    return None
 
 
 def _candidate_table(queries, prediction, identities, scores, matches, thresholds, failures) -> pd.DataFrame:

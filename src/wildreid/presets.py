@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
+from .fusion import FusionSettings
 
 AUTO = "auto"
 
@@ -25,6 +26,10 @@ class Preset:
     top_k: int = 5
     same_dataset_only: bool = True
     batch_size: int = 32
+    # Local keypoint matching fused with the global score (fusion.py); None = global only.
+    local: str | None = None
+    local_options: dict = field(default_factory=dict)   # e.g. max_keypoints, max_side, min_side
+    fusion: FusionSettings = field(default_factory=FusionSettings)
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(self, **changes)
@@ -58,6 +63,16 @@ PRESETS = {
         description="MegaDescriptor-L-384 with its own preprocessing (mean = std = 0.5) and the "
                     "database-chosen threshold per dataset.",
         backbone="megadescriptor-l-384",
+        threshold=AUTO,
+    ),
+    "fusion": Preset(
+        name="fusion",
+        description="The strongest offline mode: EfficientNet-Lite0 cosine + RootSIFT keypoints "
+                    "(LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
+                    "each score calibrated to P(same individual) on database pairs and averaged; "
+                    "threshold per dataset chosen on the database (simulated open set).",
+        backbone=OFFLINE_LITE0,
+        local="rootsift",
         threshold=AUTO,
     ),
 }

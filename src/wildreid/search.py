@@ -57,6 +57,9 @@ def rank_identities(similarity: np.ndarray, database_identities: np.ndarray, k: 
     identities[:, :top] = labels[top_codes]
     scores[:, :top] = identity_scores[rows, top_codes]
     images[:, :top] = best_image[rows, top_codes]
+    # Identities never scored (-inf: outside a shortlist, or excluded) are not candidates.
+    unscored = ~np.isfinite(scores)
+    identities[unscored], scores[unscored], images[unscored] = None, np.nan, -1
     return IdentityRanking(identities, scores, images)
 
 

@@ -45,11 +45,14 @@ class SimulatedQueries:
 
 def simulate_round(database_similarity: np.ndarray, identities: np.ndarray, rng: np.random.Generator,
                    *, new_identity_share: float = 0.25, known_query_share: float = 0.25,
-                   near_duplicate_groups: np.ndarray | None = None) -> SimulatedQueries:
+                   near_duplicate_groups: np.ndarray | None = None,
+                   scored_rows: np.ndarray | None = None) -> SimulatedQueries:
     """One simulated open-set split of the database, answered by nearest identity.
 
     ``near_duplicate_groups`` (e.g. the date or clip of each image): a known pseudo-query is not
     allowed to match images of its own group, as real queries come from other visits.
+    ``scored_rows``: only these rows of ``database_similarity`` hold scores (the others are held
+    out with their identity but never asked), as when local matching ran for a sample of images.
     """
     identities = np.asarray(identities, dtype=object)
     labels = np.unique(identities)
@@ -65,7 +68,8 @@ def simulate_round(database_similarity: np.ndarray, identities: np.ndarray, rng:
             continue  # a lone image must stay in the database to be findable
         take = min(len(members) - 1, max(1, int(rng.binomial(len(members), known_query_share))))
         query[rng.choice(members, size=take, replace=False)] = True
-    query_rows, database_rows = np.flatnonzero(query), np.flatnonzero(~query)
+    database_rows = np.flatnonzero(~query)
+    query_rows = np.flatnonzero(query & (scored_rows if scored_rows is not None else True))
     similarity = database_similarity[np.ix_(query_rows, database_rows)].astype(np.float64)
     if near_duplicate_groups is not None:
         groups = np.asarray(near_duplicate_groups, dtype=object)
@@ -103,11 +107,11 @@ def _balanced(hits: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def choose_threshold(database_similarity: np.ndarray, identities: np.ndarray, *, rounds: int = 20,
                      seed: int = 0, near_duplicate_groups: np.ndarray | None = None,
-                     grid_size: int = 400) -> ThresholdChoice:
+                     scored_rows: np.ndarray | None = None, grid_size: int = 400) -> ThresholdChoice:
     """The threshold maximising the simulated open-set score on this database."""
     rng = np.random.default_rng(seed)
-    simulated = [simulate_round(database_similarity, identities, rng,
-                                near_duplicate_groups=near_duplicate_groups) for _ in range(rounds)]
+    simulated = [simulate_round(database_similarity, identities, rng, near_duplicate_groups=near_duplicate_groups,
+                                scored_rows=scored_rows) for _ in range(rounds)]
     scores = np.concatenate([s.top_score for s in simulated])
     scores = scores[np.isfinite(scores)]
     if len(scores) == 0 or not any(s.is_new.any() for s in simulated):

@@ -1,0 +1,77 @@
+"""The small interface every local feature method implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class LocalFeatures:
+    """Keypoints of one image at its working resolution."""
+
+    keypoints: np.ndarray    # (N, 2) float32, x, y in working-image pixels
+    descriptors: np.ndarray  # (N, D) float32
+    scale: float             # working-image pixels per original pixel
+    image_size: tuple[int, int] | None = None  # (width, height) of the working image
+
+    @classmethod
+    def empty(cls, dim: int, scale: float = 1.0) -> "LocalFeatures":
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), np.float32), scale, None)
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+class LocalMethod:
+    """Base class: subclasses set ``name``/``descriptor_dim`` and implement extract and match."""
+
+    name = "base"
+    descriptor_dim = 0
+
+    def config_key(self) -> str:
+        """Identifies everything that changes extracted features (for the cache)."""
+        raise NotImplementedError
+
+    def extract(self, image: Image.Image) -> LocalFeatures:
+        raise NotImplementedError
+
+    def match(self, a: LocalFeatures, b: LocalFeatures) -> np.ndarray:
+        """Tentative correspondences as an (M, 2) int array of (index in a, index in b)."""
+        raise NotImplementedError
+
+
+def working_image(image: Image.Image, max_side: int, min_side: int) -> tuple[np.ndarray, float]:
+    """Grey working image: shrink so the long side is at most ``max_side``; enlarge tiny crops so
+    the short side is at least ``min_side`` (SIFT finds almost nothing on a 100-pixel crop)."""
+    width, height = image.size
+    scale = min(1.0, max_side / max(width, height))
+    if min(width, height) * scale < min_side:
+        scale = min(min_side / min(width, height), max_side / max(width, height) * 2)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    grey = image.convert("L")
+    if size != image.size:
+        grey = grey.resize(size, Image.BICUBIC if scale > 1 else Image.LANCZOS)
+    return np.asarray(grey), scale
+
+
+def get_method(name: str, **options) -> LocalMethod:
+    name = name.lower()
+    if name in ("sift", "rootsift"):
+        from .sift import SiftMethod
+
+        return SiftMethod(root=name == "rootsift", **options)
+    if name in LEARNED:
+        from .learned import LearnedMethod
+
+        return LearnedMethod(name, **options)
+    raise KeyError(f"unknown local feature method '{name}'; choose one of {', '.join(method_names())}")
+
+
+LEARNED = ("aliked-lightglue", "disk-lightglue")
+
+
+def method_names() -> list[str]:
+    return ["sift", "rootsift", *LEARNED]

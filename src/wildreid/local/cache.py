@@ -1,0 +1,71 @@
+"""Local features for many images, cached on disk per image content and method configuration.
+
+One small .npz per image (written atomically), so a killed run keeps everything finished so far
+and a re-run extracts only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import ImageReadError, decode_image, read_image_bytes
+from ..files import atomic_path
+from .base import LocalFeatures, LocalMethod
+
+
+def _cache_file(cache_dir: Path, method: LocalMethod, digest: str) -> Path:
+    return Path(cache_dir) / "local" / method.config_key() / digest[:2] / f"{digest}.npz"
+
+
+def _load(path: Path) -> LocalFeatures | None:
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            size = tuple(int(v) for v in content["image_size"]) if "image_size" in content else (0, 0)
+            return LocalFeatures(content["keypoints"], content["descriptors"], float(content["scale"]),
+                                 size if size != (0, 0) else None)
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def _save(path: Path, features: LocalFeatures) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as out:
+            np.savez(out, keypoints=features.keypoints, descriptors=features.descriptors.astype(np.float16),
+                     scale=np.float64(features.scale),
+                     image_size=np.asarray(features.image_size or (0, 0), np.int32))
+
+
+def local_features(paths: list[str], method: LocalMethod, *, cache_dir: str | Path | None = None,
+                   workers: int | None = None, progress: bool = True) -> list[LocalFeatures | None]:
+    """Features of every image in ``paths`` (None for an unreadable image)."""
+
+    def one(path: str) -> LocalFeatures | None:
+        try:
+            data = read_image_bytes(path)
+        except ImageReadError:
+            return None
+        cached = None
+        if cache_dir is not None:
+            cached = _cache_file(Path(cache_dir), method, hashlib.sha256(data).hexdigest())
+            found = _load(cached) if cached.is_file() else None
+            if found is not None:
+                found.descriptors = found.descriptors.astype(np.float32)
+                return found
+        try:
+            features = method.extract(decode_image(data, path))
+        except ImageReadError:
+            return None
+        if cached is not None:
+            _save(cached, features)
+        return features
+
+    # OpenCV releases the GIL while it computes, so threads use every core.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(tqdm(pool.map(one, paths), total=len(paths), desc=f"{method.name} keypoints",
+                         unit="img", disable=not progress))

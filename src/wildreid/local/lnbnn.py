@@ -1,0 +1,76 @@
+"""One-vs-many keypoint search scored by LNBNN (local naive Bayes nearest neighbour), as HotSpotter.
+
+Every query keypoint looks up its k nearest database keypoints (all images of the dataset at
+once, FAISS); each neighbour's image gains (d_norm - d_i), where d_norm is the distance to the
+(k+1)-th neighbour. A keypoint on background texture shared by many photos has many close
+neighbours, so d_norm is small and it adds almost nothing: distinctive marks dominate the score.
+This finds candidates that a weak global descriptor ranks low.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from .base import LocalFeatures
+
+# Above this many database descriptors an inverted-file index replaces exhaustive search
+# (approximate, but LNBNN only needs the neighbourhood, not exact distances).
+EXACT_SEARCH_LIMIT = 200_000
+
+
+class KeypointIndex:
+    """All descriptors of a set of images, each remembering its image."""
+
+    def __init__(self, features: list[LocalFeatures | None], max_per_image: int = 256):
+        blocks, owners = [], []
+        for image, found in enumerate(features):
+            if found is None or len(found) == 0:
+                continue
+            descriptors = np.ascontiguousarray(found.descriptors[:max_per_image], dtype=np.float32)
+            blocks.append(descriptors)
+            owners.append(np.full(len(descriptors), image, dtype=np.int64))
+        self.images = len(features)
+        self.max_per_image = max_per_image
+        self.owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+        if not blocks:
+            self.index = None
+            return
+        vectors = np.concatenate(blocks)
+        dim = vectors.shape[1]
+        if len(vectors) <= EXACT_SEARCH_LIMIT:
+            self.index = faiss.IndexFlatL2(dim)
+        else:
+            lists = int(4 * np.sqrt(len(vectors)))
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+            rng = np.random.default_rng(0)
+            self.index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 60 * lists), replace=False)])
+            self.index.nprobe = 16
+        self.index.add(vectors)
+
+    def lnbnn(self, queries: list[LocalFeatures | None], k: int = 5,
+              excluded: list[set[int]] | None = None, spare: int = 10) -> np.ndarray:
+        """(len(queries), images) LNBNN scores. ``excluded[q]``: images query q may not vote for
+        (itself, its near-duplicates), skipped before counting the k neighbours."""
+        scores = np.zeros((len(queries), self.images), dtype=np.float64)
+        if self.index is None:
+            return scores
+        depth = k + 1 + (spare if excluded is not None else 0)
+        for row, found in enumerate(queries):
+            if found is None or len(found) == 0:
+                continue
+            descriptors = np.ascontiguousarray(found.descriptors[: self.max_per_image], dtype=np.float32)
+            squared, neighbours = self.index.search(descriptors, depth)
+            distances = np.sqrt(np.maximum(squared, 0))
+            owners = np.where(neighbours >= 0, self.owner[np.maximum(neighbours, 0)], -1)
+            valid = neighbours >= 0
+            if excluded is not None and excluded[row]:
+                valid &= ~np.isin(owners, list(excluded[row]))
+            for point in range(len(descriptors)):
+                kept = np.flatnonzero(valid[point])
+                if len(kept) < k + 1:
+                    continue
+                normaliser = distances[point, kept[k]]
+                votes = kept[:k]
+                np.add.at(scores[row], owners[point, votes], np.maximum(normaliser - distances[point, votes], 0))
+        return scores
