@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
+from threadpoolctl import threadpool_limits
 
 from .local.base import LocalFeatures, LocalMethod
 from .local.lnbnn import KeypointIndex
@@ -109,8 +110,10 @@ def inlier_counts(method: LocalMethod, left: list[LocalFeatures | None], right: 
             return 0
         return count_inliers(a.keypoints[matches[:, 0]], b.keypoints[matches[:, 1]], geometry)[0]
 
-    # OpenCV and FAISS release the GIL: threads keep every core busy.
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    # NumPy's matrix product and OpenCV release the GIL: one thread per core, each with a
+    # single-threaded BLAS (nested BLAS threads would fight over the same cores).
+    with threadpool_limits(limits=1, user_api="blas"), \
+            ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return np.fromiter(pool.map(one, zip(rows, columns)), dtype=np.float64, count=len(rows))
 
 

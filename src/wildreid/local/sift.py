@@ -12,8 +12,8 @@ from .base import LocalFeatures, LocalMethod, working_image
 class SiftMethod(LocalMethod):
     descriptor_dim = 128
 
-    def __init__(self, root: bool = True, max_keypoints: int = 1024, max_side: int = 640,
-                 min_side: int = 320, ratio: float = 0.8, mutual: bool = False):
+    def __init__(self, root: bool = True, max_keypoints: int = 512, max_side: int = 512,
+                 min_side: int = 256, ratio: float = 0.8, mutual: bool = False):
         self.root, self.max_keypoints = root, max_keypoints
         self.max_side, self.min_side = max_side, min_side
         self.ratio, self.mutual = ratio, mutual
@@ -45,11 +45,18 @@ class SiftMethod(LocalMethod):
 
 
 def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float, mutual: bool) -> np.ndarray:
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    forward = matcher.knnMatch(a, b, k=2)
-    pairs = [(m.queryIdx, m.trainIdx) for m, n in (p for p in forward if len(p) == 2)
-             if m.distance < ratio * n.distance]
-    if mutual and pairs:
-        backward = {m.queryIdx: m.trainIdx for m in matcher.match(b, a)}
-        pairs = [(i, j) for i, j in pairs if backward.get(j) == i]
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    """Nearest neighbours by one matrix product (several times faster than OpenCV's brute-force
+    matcher at these sizes), then Lowe's ratio test and optionally mutual consistency."""
+    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    np.maximum(squared, 0, out=squared)
+    two = np.argpartition(squared, 1, axis=1)[:, :2]
+    two_distances = np.take_along_axis(squared, two, axis=1)
+    order = np.argsort(two_distances, axis=1)
+    nearest = np.take_along_axis(two, order, axis=1)[:, 0]
+    first, second = np.sort(two_distances, axis=1).T
+    keep = np.sqrt(first) < ratio * np.sqrt(second)
+    if mutual:
+        keep &= np.argmin(squared, axis=0)[nearest] == np.arange(len(a))
+    rows = np.flatnonzero(keep)
+    return np.stack([rows, nearest[rows]], axis=1).astype(np.int64)

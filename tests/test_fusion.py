@@ -1,0 +1,146 @@
+"""Local matching, LNBNN, calibration, fusion and the fusion preset end to end on real photos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from wildreid.data import NEW_INDIVIDUAL, load_csv, read_image
+from wildreid.fusion import Calibration, FusionSettings, shortlist
+from wildreid.local import get_method
+from wildreid.local.cache import local_features
+from wildreid.local.lnbnn import KeypointIndex
+from wildreid.local.verify import count_inliers
+from wildreid.outputs import evaluate_if_possible, write_run
+from wildreid.pipeline import identify
+from wildreid.presets import get_preset
+from wildreid.thresholds import choose_threshold
+
+
+@pytest.fixture(scope="module")
+def nyala_photos(shared_data):
+    return [read_image(shared_data / "NyalaData" / "images" / f"{i:06d}.jpg") for i in range(3)]
+
+
+def test_rootsift_finds_a_warped_copy_and_not_another_animal(nyala_photos):
+    method = get_method("rootsift", max_keypoints=512, max_side=480)
+    photo, other = nyala_photos[0], nyala_photos[2]
+    warped = photo.rotate(12, resample=Image.BICUBIC, expand=True).resize(
+        (int(photo.width * 0.8), int(photo.height * 0.8)))
+    a, b, c = method.extract(photo), method.extract(warped), method.extract(other)
+    assert len(a) > 100 and a.descriptors.shape[1] == 128
+    assert np.allclose(np.linalg.norm(a.descriptors, axis=1), 1, atol=1e-3)  # RootSIFT is unit length
+    same = method.match(a, b)
+    inliers_same, _ = count_inliers(a.keypoints[same[:, 0]], b.keypoints[same[:, 1]])
+    different = method.match(a, c)
+    inliers_different = count_inliers(a.keypoints[different[:, 0]], c.keypoints[different[:, 1]])[0] \
+        if len(different) else 0
+    assert inliers_same > 50 and inliers_same > 5 * max(inliers_different, 1)
+
+
+def test_tiny_crops_are_upscaled():
+    method = get_method("sift", min_side=320)
+    tiny = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    features = method.extract(tiny)
+    assert features.scale == pytest.approx(320 / 60)
+    assert features.image_size == (480, 320)
+
+
+def test_local_features_cached(tmp_path, shared_data):
+    paths = [str(shared_data / "NyalaData" / "images" / f"{i:06d}.jpg") for i in range(2)]
+    paths.append(str(tmp_path / "missing.jpg"))
+    method = get_method("rootsift", max_keypoints=128, max_side=320)
+    first = local_features(paths, method, cache_dir=tmp_path, progress=False)
+    assert first[2] is None and len(first[0]) > 0
+    files = list((tmp_path / "local").rglob("*.npz"))
+    assert len(files) == 2
+    again = local_features(paths, method, cache_dir=tmp_path, progress=False)
+    np.testing.assert_allclose(again[0].keypoints, first[0].keypoints)
+    np.testing.assert_allclose(again[0].descriptors, first[0].descriptors, atol=1e-3)  # stored as float16
+    assert again[0].image_size == first[0].image_size
+
+
+def test_lnbnn_prefers_shared_distinctive_keypoints():
+    rng = np.random.default_rng(0)
+    from wildreid.local.base import LocalFeatures
+
+    def features(descriptors):
+        return LocalFeatures(np.zeros((len(descriptors), 2), np.float32), descriptors.astype(np.float32), 1.0)
+
+    marks = rng.normal(size=(40, 16))           # distinctive marks of one animal
+    background = rng.normal(size=(10, 16))      # texture found in every photo
+    database = [features(np.vstack([marks + rng.normal(scale=0.05, size=marks.shape), background]))]
+    database += [features(np.vstack([rng.normal(size=(40, 16)), background])) for _ in range(5)]
+    query = features(np.vstack([marks + rng.normal(scale=0.05, size=marks.shape), background]))
+    scores = KeypointIndex(database).lnbnn([query], k=3)[0]
+    assert np.argmax(scores) == 0 and scores[0] > 5 * scores[1:].max()
+    excluded = KeypointIndex(database).lnbnn([query], k=3, excluded=[{0}])[0]
+    assert excluded[0] == 0
+
+
+def test_shortlist_unions_both_rankings_and_respects_exclusions():
+    cosine = np.array([[0.9, 0.8, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    lnbnn = np.array([[0.0, 0.0, 5.0, 1.0], [9.0, 0.0, 0.0, 0.0]])
+    rows, columns = shortlist(cosine, lnbnn, 1)
+    assert sorted(zip(rows.tolist(), columns.tolist())) == [(0, 0), (0, 2), (1, 0), (1, 3)]
+    excluded = np.zeros_like(cosine, dtype=bool)
+    excluded[0, 0] = True
+    rows, columns = shortlist(cosine, None, 1, excluded)
+    assert sorted(zip(rows.tolist(), columns.tolist())) == [(0, 1), (1, 3)]
+
+
+def test_calibration_monotone_probabilities_and_round_trip():
+    rng = np.random.default_rng(1)
+    same = rng.random(500) < 0.3
+    inliers = np.where(same, rng.poisson(30, 500), rng.poisson(5, 500)).astype(float)
+    cosine = np.where(same, rng.normal(0.8, 0.05, 500), rng.normal(0.6, 0.05, 500))
+    calibration = Calibration.fit({"inliers": inliers, "cosine": cosine}, same.astype(float))
+    grid = np.linspace(0, 60, 50)
+    probability = calibration.probability("inliers", grid)
+    assert np.all(np.diff(probability) >= 0) and probability[0] < 0.1 and probability[-1] > 0.9
+    fused = calibration.fuse({"inliers": np.array([40.0]), "cosine": np.array([0.85])})
+    assert 0.9 < fused[0] <= 1.0
+    again = Calibration.from_json(calibration.to_json())
+    assert np.allclose(again.probability("cosine", cosine), calibration.probability("cosine", cosine))
+
+
+def test_threshold_simulation_on_sparse_scores():
+    """Only anchor rows carry scores: the simulation asks only those."""
+    identities = np.repeat([f"i{k}" for k in range(10)], 4)
+    scores = np.where(identities[:, None] == identities[None, :], 0.9, 0.2)
+    anchors = np.zeros(len(identities), dtype=bool)
+    anchors[::2] = True
+    scores[~anchors] = -np.inf
+    choice = choose_threshold(scores, identities, scored_rows=anchors)
+    assert 0.2 < choice.threshold <= 0.9 and choice.simulated_score > 0.95
+
+
+def test_fusion_preset_end_to_end(shared_data, tmp_path, lite0_backbone):
+    table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
+    database_ids = table[table["split"] == "database"]["identity"].drop_duplicates().head(12)
+    table = table[table["identity"].isin(database_ids)]
+    table["path"] = [str(shared_data / "LionData" / p) for p in table["path"]]
+    (tmp_path / "Lions").mkdir()
+    table.to_csv(tmp_path / "Lions" / "metadata.csv", index=False)
+    dataset = load_csv(tmp_path / "Lions" / "metadata.csv")
+    preset = get_preset("fusion").replace(local_options={"max_keypoints": 256}, fusion=FusionSettings(shortlist=5))
+    result = identify(dataset, preset, cache_dir=tmp_path / "cache", backbone=lite0_backbone, progress=False)
+    fusion = result.fusions["Lions"]
+    assert fusion.calibration.pairs > 0 and fusion.calibration.positives > 0
+    assert set(fusion.calibration.knots) == {"cosine", "lnbnn", "inliers"}
+    scores = result.candidates["score_1"].dropna()
+    assert ((scores >= 0) & (scores <= 1)).all()  # fused scores are probabilities
+    threshold = result.thresholds["Lions"]
+    answered = result.candidates["prediction"] != NEW_INDIVIDUAL
+    assert (result.candidates.loc[answered, "top1_score"] >= threshold).all()
+
+    written = write_run(result, tmp_path / "out", evaluation=evaluate_if_possible(result), match_examples=2)
+    saved = json.loads(written["calibration_Lions"].read_text())
+    assert saved["pairs"] == fusion.calibration.pairs
+    match_pictures = list((tmp_path / "out" / "plots").glob("matches_Lions_*.png"))
+    assert len(match_pictures) == 2
+    assert "matches_Lions_" in written["report"].read_text()
