@@ -1,0 +1,93 @@
+"""Import a dataset (any layout ``load_dataset`` reads) into a catalogue.
+
+Each photo is one small transaction, committed as soon as its file is in the store: an import
+killed half way keeps everything committed so far, and running it again adds only what is
+missing (photos are recognised by content, so nothing is imported twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..data import DATABASE, QUERY, Dataset, ImageReadError, decode_image, read_image_bytes
+from .photos import content_hash, sniff_image_type
+from .store import Catalog
+
+# Optional dataset columns copied onto catalogue photos (catalogue field <- dataset column).
+IMAGE_FIELDS = {"sighting_date": "date", "location": "location", "orientation": "orientation",
+                "viewpoint": "viewpoint"}
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    already_present: int = 0
+    individuals_added: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)   # (image_id, reason)
+    conflicts: list[str] = field(default_factory=list)               # same photo, other identity
+
+    def lines(self) -> list[str]:
+        lines = [f"{self.added} photo(s) added, {self.already_present} already in the catalogue, "
+                 f"{self.individuals_added} new individual(s)"]
+        lines += [f"skipped {image_id}: {reason}" for image_id, reason in self.unreadable]
+        lines += self.conflicts
+        return lines
+
+
+def import_dataset(catalog: Catalog, dataset: Dataset, *, include_queries: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> ImportReport:
+    """Add the labelled photos of ``dataset`` (its database split; with ``include_queries`` also
+    the queries whose identity is known) to ``catalog``."""
+    table = dataset.table
+    wanted = table["split"] == DATABASE
+    if include_queries:
+        wanted |= (table["split"] == QUERY) & table["identity"].notna()
+    rows = table[wanted]
+    species = _species_by_identity(rows)
+    report = ImportReport()
+    for done, row in enumerate(rows.itertuples(index=False), start=1):
+        _import_row(catalog, row._asdict(), species, dataset.source, report)
+        if progress:
+            progress(done, len(rows))
+    return report
+
+
+def _import_row(catalog: Catalog, row: dict, species: dict, source: str, report: ImportReport) -> None:
+    image_id = str(row["image_id"])
+    try:
+        data = read_image_bytes(row["path"])
+        extension = sniff_image_type(data)
+        if extension is None:
+            raise ImageReadError(f"{row['path']}: not a JPEG, PNG, WebP, TIFF or BMP file")
+        existing = catalog.image_by_sha(content_hash(data))
+        if existing is not None:  # before decoding: a re-run skips finished photos cheaply
+            report.already_present += 1
+            if existing["individual_id"] != row["identity"]:
+                report.conflicts.append(
+                    f"{image_id}: the same photo is already catalogued as image {existing['id']} of "
+                    f"'{existing['individual_id']}', not '{row['identity']}'; kept as it was.")
+            return
+        decode_image(data, row["path"])  # refuse what could not be identified later
+    except ImageReadError as error:
+        report.unreadable.append((image_id, str(error)))
+        return
+    fields = {name: row.get(column) for name, column in IMAGE_FIELDS.items()}
+    # One transaction for the individual and its photo: a crash never leaves an individual
+    # without the photo that made the import create it.
+    with catalog.transaction():
+        if catalog.add_individual(row["identity"], row["dataset"], species=species.get(row["identity"], "")):
+            report.individuals_added += 1
+        _, created = catalog.add_image(data, extension, row["identity"], source=source,
+                                       source_image_id=image_id, **fields)
+    report.added += created
+    report.already_present += not created
+
+
+def _species_by_identity(rows: pd.DataFrame) -> dict[str, str]:
+    if "species" not in rows.columns:
+        return {}
+    named = rows.dropna(subset=["species"])
+    return dict(zip(named["identity"], named["species"].astype(str)))

@@ -1,0 +1,134 @@
+"""The catalogue's SQLite schema, as numbered migrations.
+
+``PRAGMA user_version`` holds the schema version of a file. Opening a catalogue applies, in one
+transaction, every migration above that version, so an old catalogue is upgraded in place and a
+crash during the upgrade leaves it at the old version. Migrations are append-only: never edit one
+that has shipped, add the next.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Version 1: the catalogue proper (individuals, their photos, cached descriptors).
+_V1 = """
+CREATE TABLE individuals (
+    id          TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 200),
+    name        TEXT NOT NULL DEFAULT '',
+    species     TEXT NOT NULL DEFAULT '',
+    dataset     TEXT NOT NULL CHECK (length(dataset) >= 1),
+    notes       TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX individuals_name ON individuals (name);
+
+CREATE TABLE images (
+    id              INTEGER PRIMARY KEY,
+    sha256          TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64),
+    stored_path     TEXT NOT NULL,       -- relative to the photo store, e.g. ab/abcd....jpg
+    individual_id   TEXT NOT NULL REFERENCES individuals (id),
+    sighting_date   TEXT,
+    location        TEXT,
+    orientation     TEXT,
+    viewpoint       TEXT,
+    source          TEXT NOT NULL DEFAULT '',   -- where it was imported from, or 'review'
+    source_image_id TEXT,
+    added_at        TEXT NOT NULL
+);
+CREATE INDEX images_individual ON images (individual_id);
+
+-- Global descriptors, keyed like the on-disk embedding cache: content hash + backbone cache key.
+CREATE TABLE descriptors (
+    sha256       TEXT NOT NULL REFERENCES images (sha256) ON DELETE CASCADE,
+    backbone_key TEXT NOT NULL,
+    dim          INTEGER NOT NULL,
+    vector       BLOB NOT NULL,          -- float32, little-endian
+    PRIMARY KEY (sha256, backbone_key)
+);
+"""
+
+# Version 2: the review workflow (uploaded query photos and the decisions taken on them).
+_V2 = """
+CREATE TABLE queries (
+    id            INTEGER PRIMARY KEY,
+    sha256        TEXT NOT NULL CHECK (length(sha256) = 64),
+    stored_path   TEXT NOT NULL,
+    original_name TEXT NOT NULL DEFAULT '',   -- shown to people only, never used as a path
+    dataset       TEXT NOT NULL,
+    sighting_date TEXT,
+    location      TEXT,
+    uploaded_by   TEXT NOT NULL DEFAULT '',
+    uploaded_at   TEXT NOT NULL,
+    job_id        TEXT,
+    status        TEXT NOT NULL DEFAULT 'queued'
+                  CHECK (status IN ('queued', 'ready', 'failed', 'matched', 'new', 'skipped')),
+    result        TEXT,                       -- JSON: the ranked candidates
+    error         TEXT
+);
+CREATE INDEX queries_status ON queries (status);
+CREATE INDEX queries_job ON queries (job_id);
+
+CREATE TABLE decisions (
+    id            INTEGER PRIMARY KEY,
+    query_id      INTEGER NOT NULL REFERENCES queries (id),
+    outcome       TEXT NOT NULL CHECK (outcome IN ('match', 'new', 'skip')),
+    individual_id TEXT REFERENCES individuals (id),
+    image_id      INTEGER REFERENCES images (id),
+    reviewer      TEXT NOT NULL,
+    decided_at    TEXT NOT NULL,
+    score         REAL,
+    preset        TEXT NOT NULL,
+    CHECK ((outcome = 'skip') = (individual_id IS NULL))
+);
+CREATE INDEX decisions_query ON decisions (query_id);
+CREATE INDEX decisions_individual ON decisions (individual_id);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(ValueError):
+    """The file is not a catalogue this version can use; the message says what to do."""
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(connection: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema up to ``target``; return the version found before. The connection must be
+    in autocommit mode (isolation_level=None): the transaction is managed here."""
+    if schema_version(connection) == target == SCHEMA_VERSION:
+        return target  # the usual case, without taking the write lock on every open
+    # IMMEDIATE takes the write lock before reading the version again, so two processes opening
+    # a new catalogue at once cannot both run migration 1.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = schema_version(connection)
+        if found > SCHEMA_VERSION:
+            raise SchemaError(
+                f"this catalogue has schema version {found}, newer than this wildreid understands "
+                f"({SCHEMA_VERSION}); upgrade wildreid to open it.")
+        if found == 0 and _has_foreign_tables(connection):
+            raise SchemaError("this SQLite file is not a wildreid catalogue (it has other tables); "
+                              "give a new path or an existing catalogue.")
+        for version in range(found + 1, target + 1):
+            for statement in _statements(MIGRATIONS[version - 1]):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {version}")
+        connection.execute("COMMIT")
+        return found
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction first; run the statements one by one instead.
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _has_foreign_tables(connection: sqlite3.Connection) -> bool:
+    row = connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    return row[0] > 0

@@ -1,0 +1,42 @@
+"""Settings of the review app, from arguments or the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKEN_ENV = "WILDREID_TOKEN"
+
+
+@dataclass
+class WebConfig:
+    catalog: Path                          # the catalogue's SQLite file
+    token: str = ""                        # the review token; generated when empty
+    preset: str = "offline"                # named preset of pipeline.identify
+    cache_dir: Path | None = None          # embedding cache (default: beside the catalogue)
+    device: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024   # per photo
+    max_files: int = 20                        # photos per upload
+    max_pixels: int = 60_000_000               # decompression-bomb guard for uploads
+    token_generated: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        self.catalog = Path(self.catalog)
+        if not self.token:
+            self.token = os.environ.get(TOKEN_ENV, "").strip()
+        if not self.token:
+            # No token configured: make one (printed at start-up) rather than run unprotected.
+            self.token = secrets.token_urlsafe(24)
+            self.token_generated = True
+        if len(self.token) < 8:
+            raise ValueError(f"review token: {len(self.token)} characters is too short to protect the "
+                             f"catalogue; use at least 8 (set {TOKEN_ENV} or --token).")
+        if self.max_upload_bytes <= 0 or self.max_files <= 0:
+            raise ValueError("upload limits: max_upload_bytes and max_files must be positive.")
+
+    @property
+    def max_request_bytes(self) -> int:
+        # All photos at their limit plus room for the form fields and multipart boundaries.
+        return self.max_files * self.max_upload_bytes + 1024 * 1024

@@ -1,0 +1,166 @@
+"""Identification jobs: uploads are identified in one background thread while the page polls
+``/api/jobs/<id>`` for progress.
+
+The job's queries are rows of the catalogue (status 'queued' until their candidates are stored),
+so a server restarted mid-job picks the unfinished ones up again; only the progress counters live
+in memory. One worker thread runs the jobs in turn: the model is loaded once, and CPU-heavy
+extraction does not compete with itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..backbones import BackboneUnavailable
+from ..catalog import Catalog, CatalogError, candidates_of, identify_with_catalog
+from ..presets import get_preset
+from .config import WebConfig
+
+log = logging.getLogger("wildreid.web")
+
+
+@dataclass
+class Job:
+    id: str
+    query_ids: list[int]
+    stage: str = "waiting for earlier uploads"
+    done: int = 0
+    total: int = 0
+    status: str = "queued"         # queued | running | done | failed
+    error: str = ""
+    rejected: list[str] = field(default_factory=list)   # upload messages, shown on the job page
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "status": self.status, "stage": self.stage, "done": self.done,
+                "total": self.total, "error": self.error, "rejected": self.rejected,
+                "query_ids": self.query_ids}
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(8)
+
+
+class JobRunner:
+    KEEP_FINISHED_S = 24 * 3600  # finished jobs are forgotten after a day (their results stay)
+
+    def __init__(self, config: WebConfig, *, backbone=None,
+                 identify: Callable = identify_with_catalog):
+        self.config, self.backbone, self.identify = config, backbone, identify
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    # --- called from requests
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            self._forget_old()
+            self.jobs[job.id] = job
+        self._ensure_thread()
+        self.queue.put(job.id)
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def resume_unfinished(self) -> None:
+        """Queue again the queries a previous server process did not finish."""
+        with Catalog(self.config.catalog) as catalog:
+            waiting = catalog.queries(status="queued", limit=100_000)
+        by_job: dict[str, list[int]] = {}
+        for query in waiting:
+            by_job.setdefault(query["job_id"] or new_job_id(), []).append(query["id"])
+        for job_id, query_ids in by_job.items():
+            self.submit(Job(job_id, query_ids, total=len(query_ids)))
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join(timeout=30)
+            self.thread = None
+
+    # --- the worker
+
+    def _ensure_thread(self) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._work, name="wildreid-jobs", daemon=True)
+                self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job_id = self.queue.get()
+            if job_id is None:
+                return
+            job = self.get(job_id)
+            if job is None:
+                continue
+            try:
+                self._run(job)
+                self._update(job, status="done", stage="done", finished_at=time.time())
+            except BackboneUnavailable as error:
+                self._fail(job, str(error))
+            except Exception:  # noqa: BLE001 - keep serving; the details go to the server log
+                reference = secrets.token_hex(4)
+                log.exception("job %s failed (reference %s)", job.id, reference)
+                self._fail(job, f"identification failed (reference {reference}); the details are "
+                                "in the server log.")
+
+    def _run(self, job: Job) -> None:
+        preset = get_preset(self.config.preset)
+        self._update(job, status="running", stage="loading the model", done=0, total=len(job.query_ids))
+        if self.backbone is None:
+            from ..backbones import load_backbone
+            from ..extract import default_device
+
+            self.backbone = load_backbone(preset.backbone, preprocess=preset.preprocess,
+                                          device=self.config.device or default_device())
+        with Catalog(self.config.catalog) as catalog:
+            for position, query_id in enumerate(job.query_ids):
+                query = catalog.query(query_id)
+                if query is None or query["status"] != "queued":
+                    continue
+                self._update(job, stage=f"identifying photo {position + 1} of {len(job.query_ids)}",
+                             done=position)
+
+                def progress(stage, done, total, position=position):
+                    if stage.startswith("describing"):
+                        self._update(job, stage=f"describing catalogue photos ({done} of {total}; "
+                                                "done once)", done=position)
+
+                try:
+                    # One photo at a time: progress per photo, and one bad photo fails alone.
+                    result = self.identify(catalog, [catalog.photo_path(query["stored_path"])], preset,
+                                           query_ids=[f"upload-{query_id}"], dataset=query["dataset"],
+                                           backbone=self.backbone, cache_dir=self.config.cache_dir,
+                                           progress=progress)
+                    catalog.set_query_result(query_id, candidates_of(result, catalog)[0])
+                except CatalogError as error:
+                    catalog.set_query_result(query_id, None, error=str(error))
+            self._update(job, done=len(job.query_ids))
+
+    def _update(self, job: Job, **changes) -> None:
+        with self.lock:
+            for name, value in changes.items():
+                setattr(job, name, value)
+
+    def _fail(self, job: Job, message: str) -> None:
+        # Leave no query 'queued' forever: mark them failed so a reviewer can still decide them
+        # (before the job says 'failed', so a page that sees the job failed sees the queries too).
+        with Catalog(self.config.catalog) as catalog:
+            for query_id in job.query_ids:
+                catalog.set_query_result(query_id, None, error=message)
+        self._update(job, status="failed", error=message, stage="failed", finished_at=time.time())
+
+    def _forget_old(self) -> None:
+        cutoff = time.time() - self.KEEP_FINISHED_S
+        for job_id in [j.id for j in self.jobs.values() if j.finished_at and j.finished_at < cutoff]:
+            del self.jobs[job_id]

@@ -1,0 +1,216 @@
+"""What keeps the review app safe to put in front of a browser.
+
+- Changes need the review token (a cookie set by /login holding a value derived from it, or an
+  ``X-Wildreid-Token`` header); the cookie is HttpOnly and SameSite=Strict, and cross-origin POSTs are refused, so another
+  web site cannot make a signed-in reviewer's browser post decisions.
+- Uploads: the request body is capped while it streams in, each photo has a size limit, its type
+  is read from its bytes (magic number, then a full decode) and never from its name or the
+  browser's content type, and huge pixel counts are refused before decoding (decompression bombs).
+- An uploaded file's name is only ever shown (escaped), never used as a path: stored photos are
+  named by their content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import re
+import warnings
+from urllib.parse import urlsplit
+
+from fastapi import HTTPException, Request
+from PIL import Image, UnidentifiedImageError
+
+from ..catalog.photos import sniff_image_type
+from ..data import ImageReadError, decode_image
+
+TOKEN_COOKIE = "wildreid_token"
+REVIEWER_COOKIE = "wildreid_reviewer"
+TOKEN_HEADER = "x-wildreid-token"
+REVIEWER_HEADER = "x-wildreid-reviewer"
+ACCEPTED_TYPES = "JPEG, PNG, WebP, TIFF or BMP"
+
+
+class UploadRejected(ValueError):
+    """One uploaded file that is not accepted; the message names it and says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the token
+
+
+def token_of(request: Request) -> str:
+    """The token a script sent (X-Wildreid-Token or Authorization: Bearer), or ''."""
+    header = request.headers.get(TOKEN_HEADER, "")
+    if header:
+        return header
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return ""
+
+
+def session_value(token: str) -> str:
+    """What the sign-in cookie holds: derived from the token, so the cookie never contains the
+    token itself, and changing the token signs everybody out."""
+    return hmac.new(token.encode(), b"wildreid review session", hashlib.sha256).hexdigest()
+
+
+def token_matches(given: str, expected: str) -> bool:
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def is_signed_in(request: Request) -> bool:
+    token = request.app.state.config.token
+    given = token_of(request)
+    if given:
+        return token_matches(given, token)
+    return token_matches(request.cookies.get(TOKEN_COOKIE, ""), session_value(token))
+
+
+def require_token(request: Request) -> None:
+    """FastAPI dependency of every route that changes something."""
+    check_same_origin(request)
+    if not is_signed_in(request):
+        raise HTTPException(401, "This needs the review token: sign in first (the token is printed "
+                                 "when the server starts, or set with WILDREID_TOKEN).")
+
+
+def check_same_origin(request: Request) -> None:
+    """Refuse a cross-site form post (browsers send Origin on POST)."""
+    origin = request.headers.get("origin")
+    # Hosts only: behind a TLS-terminating proxy the scheme the app sees differs from the browser's.
+    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise HTTPException(403, "Cross-site request refused: post from the review app's own pages.")
+
+
+def reviewer_of(request: Request) -> str:
+    name = request.headers.get(REVIEWER_HEADER) or request.cookies.get(REVIEWER_COOKIE) or "reviewer"
+    return clean_text(name, 80) or "reviewer"
+
+
+# ---------------------------------------------------------------------------------------------
+# text from the outside
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean_text(value: str | None, limit: int) -> str:
+    """A single line of at most ``limit`` characters, without control characters."""
+    return _CONTROL.sub(" ", value or "").strip()[:limit]
+
+
+def display_name(filename: str | None) -> str:
+    """An uploaded file's name, for showing only: the last path component, cleaned."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    return clean_text(name, 120) or "photo"
+
+
+def safe_next(target: str | None) -> str:
+    """A redirect target that stays on this site (no 'https://evil', no '//evil')."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+# ---------------------------------------------------------------------------------------------
+# photos
+
+
+def check_photo(data: bytes, label: str, *, max_bytes: int, max_pixels: int) -> str:
+    """Accept an uploaded photo or raise UploadRejected; return the extension it is stored with."""
+    if not data:
+        raise UploadRejected(f"{label}: the file is empty.")
+    if len(data) > max_bytes:
+        raise UploadRejected(f"{label}: the file is over the {_megabytes(max_bytes)} limit per photo; "
+                             "send a smaller photo.")
+    extension = sniff_image_type(data)
+    if extension is None:
+        raise UploadRejected(f"{label}: not a photo. Accepted are {ACCEPTED_TYPES} files (recognised "
+                             "by their content, whatever the file name says).")
+    try:
+        # Read the header alone first: a small file can declare billions of pixels.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+    except Image.DecompressionBombError:   # Pillow's own guard, for sizes far beyond ours
+        raise UploadRejected(f"{label}: its header declares a gigantic picture; refused as a possible "
+                             "decompression bomb. Send a smaller photo.") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UploadRejected(f"{label}: the photo cannot be read ({error}).") from None
+    if width * height > max_pixels:
+        raise UploadRejected(f"{label}: {width}x{height} pixels is over the {max_pixels:,} pixel limit "
+                             "(refused as a possible decompression bomb); send a smaller photo.")
+    try:
+        decode_image(data, label)
+    except ImageReadError as error:
+        raise UploadRejected(f"{error}; send the original photo file.") from None
+    return extension
+
+
+# ---------------------------------------------------------------------------------------------
+# the request body limit
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413, judging by its
+    Content-Length and by counting what actually streams in (a client can lie or send chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received = 0
+        refused = False  # once over the limit, the app's own answer is replaced by our 413
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message):
+            nonlocal refused
+            if received > self.limit:
+                # The framework turns the exception above into its own error response
+                # (FastAPI: 400 "error parsing the body"); say what really happened instead.
+                if not refused:
+                    refused = True
+                    await self._refuse(send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except BodyTooLarge:
+            if not refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = (f"Upload too large: the limit is {_megabytes(self.limit)} per request. "
+                "Send fewer or smaller photos.").encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count < 10 * 2**20 else f"{count / 2**20:.0f} MiB"

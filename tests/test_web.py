@@ -1,0 +1,486 @@
+"""The review web app (wildreid.web) through its HTTP interface: FastAPI's TestClient, and a live
+uvicorn server on 127.0.0.1 where raw paths or real concurrency matter."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from wildreid.catalog import Catalog, import_dataset
+from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog.photos import content_hash
+from wildreid.data import load_dataset
+from wildreid.cli import app as cli
+from wildreid.web import WebConfig, create_app
+
+TOKEN = "test-review-token"
+SIGNED = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "alice"}
+INDIVIDUALS = ["NyalaData_32", "NyalaData_41", "NyalaData_48", "NyalaData_147", "NyalaData_144",
+               "NyalaData_34", "NyalaData_7", "NyalaData_18"]
+KNOWN_QUERY, SECOND_QUERY = "47", "71"   # NyalaData query photos of NyalaData_32 and NyalaData_34
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def nyala(shared_data):
+    return load_dataset(shared_data / "NyalaData")
+
+
+@pytest.fixture(scope="module")
+def embedding_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"   # shared by the test files
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, nyala, lite0_backbone, embedding_cache) -> Path:
+    """A catalogue of 40 photos of 8 individuals, with descriptors, built once and copied per test."""
+    folder = tmp_path_factory.mktemp("template")
+    database = nyala.database
+    chosen = database[database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
+    with Catalog(folder / "catalog.sqlite") as catalog:
+        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
+        prepare_descriptors(catalog, lite0_backbone, embedding_cache)
+    return folder
+
+
+@pytest.fixture
+def catalog_path(template, tmp_path) -> Path:
+    shutil.copytree(template, tmp_path / "catalog")
+    return tmp_path / "catalog" / "catalog.sqlite"
+
+
+def make_app(catalog_path, backbone, cache, **options):
+    return create_app(WebConfig(catalog_path, token=TOKEN, cache_dir=cache, **options), backbone=backbone)
+
+
+@pytest.fixture
+def app(catalog_path, lite0_backbone, embedding_cache):
+    return make_app(catalog_path, lite0_backbone, embedding_cache)
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as client:   # `with`: runs start-up and shut-down (the job thread)
+        yield client
+
+
+@pytest.fixture
+def live_server(app):
+    """The app on a real uvicorn server at 127.0.0.1, on a port the OS picked."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+
+
+def photo(nyala, image_id: str) -> bytes:
+    return Path(nyala.table.loc[nyala.table["image_id"] == image_id, "path"].item()).read_bytes()
+
+
+def upload(client, files: list[tuple[str, bytes]], headers=SIGNED, **form) -> httpx.Response:
+    return client.post("/uploads", headers=headers, data=form, follow_redirects=False,
+                       files=[("photos", (name, data, "image/jpeg")) for name, data in files])
+
+
+def wait_for_job(client, location: str, timeout: float = 120) -> dict:
+    job_id = location.rsplit("/", 1)[-1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.get(f"/api/jobs/{job_id}").json()
+        if state["status"] in ("done", "failed"):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {state}")
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8 + 8   # signature, then length + type of the IHDR chunk
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+# ------------------------------------------------------------------------------------------------
+# the review workflow
+
+
+def test_upload_review_confirm_new_and_browse(client, nyala, catalog_path):
+    first, second = photo(nyala, KNOWN_QUERY), photo(nyala, SECOND_QUERY)
+    response = upload(client, [("IMG_0047.JPG", first), ("second.jpg", second)],
+                      sighting_date="2024-05-01", location="waterhole 3")
+    assert response.status_code == 303 and response.headers["location"].startswith("/jobs/")
+    job_page = client.get(response.headers["location"])
+    assert job_page.status_code == 200 and "<progress" in job_page.text
+
+    state = wait_for_job(client, response.headers["location"])
+    assert state["status"] == "done" and state["done"] == state["total"] == 2
+    assert [q["status"] for q in state["queries"]] == ["ready", "ready"]
+    first_id, second_id = (q["id"] for q in state["queries"])
+    assert state["next_url"] == f"/review/{first_id}"
+
+    with Catalog(catalog_path) as catalog:
+        query = catalog.query(first_id)
+    candidates = query["result"]["candidates"]
+    assert len(candidates) == 5 and [c["rank"] for c in candidates] == [1, 2, 3, 4, 5]
+    assert "NyalaData_32" in [c["individual_id"] for c in candidates]
+    assert query["original_name"] == "IMG_0047.JPG" and query["sha256"] == content_hash(first)
+
+    page = client.get(f"/review/{first_id}")
+    assert page.status_code == 200
+    assert page.text.count('<article class="candidate') == 5
+    for candidate in candidates:   # each with its best-matching catalogue photo and its score
+        assert f'/photos/{candidate["sha256"]}' in page.text
+        assert f'{candidate["score"]:.3f}' in page.text
+        picture = client.get(f'/photos/{candidate["sha256"]}')
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    # the offline preset has no local matching, hence no keypoint picture
+    assert "/match/1.png" not in page.text and client.get(f"/review/{first_id}/match/1.png").status_code == 404
+
+    confirm = client.post(f"/review/{first_id}", headers=SIGNED, follow_redirects=False,
+                          data={"action": "match", "individual_id": "NyalaData_32"})
+    assert confirm.status_code == 303
+    assert confirm.headers["location"] == f"/review/{second_id}?decided={first_id}"   # the next photo
+    gallery = client.get("/individuals/NyalaData_32")
+    assert f"/photos/{content_hash(first)}" in gallery.text
+    assert "2024-05-01" in gallery.text and "waterhole 3" in gallery.text and "confirmed by alice" in gallery.text
+
+    create = client.post(f"/review/{second_id}", headers=SIGNED, follow_redirects=False,
+                         data={"action": "new", "name": "Broken Horn", "notes": "scar on the left flank"})
+    assert create.status_code == 303
+    assert create.headers["location"].startswith("/individuals/NyalaData_new0001?added=")
+    assert f"/photos/{content_hash(second)}" in client.get(create.headers["location"]).text
+
+    by_name = client.get("/individuals", params={"q": "broken"})
+    assert "NyalaData_new0001" in by_name.text and "NyalaData_32" not in by_name.text
+    by_id = client.get("/individuals", params={"q": "NyalaData_3"})
+    assert "NyalaData_32" in by_id.text and "NyalaData_34" in by_id.text and "NyalaData_18" not in by_id.text
+
+    with Catalog(catalog_path) as catalog:
+        decisions = catalog.decisions()
+        assert [(d["outcome"], d["individual_id"], d["reviewer"], d["preset"]) for d in decisions] == [
+            ("match", "NyalaData_32", "alice", "offline"), ("new", "NyalaData_new0001", "alice", "offline")]
+        matched = next(c for c in candidates if c["individual_id"] == "NyalaData_32")
+        assert decisions[0]["score"] == pytest.approx(matched["score"])
+        assert catalog.check().ok
+    assert "NyalaData_new0001" in client.get("/review").text
+
+
+def test_unfinished_uploads_are_identified_after_a_restart(catalog_path, nyala, lite0_backbone, embedding_cache):
+    with Catalog(catalog_path) as catalog:   # as a server killed before identifying it left it
+        query = catalog.add_query(photo(nyala, KNOWN_QUERY), "jpg", dataset="NyalaData", job_id="00112233445566ff")
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
+        state = wait_for_job(client, "/jobs/00112233445566ff")
+        assert state["status"] == "done"
+        assert client.get("/jobs/00112233445566ff").status_code == 200
+    with Catalog(catalog_path) as catalog:
+        assert catalog.query(query["id"])["status"] == "ready"
+        assert len(catalog.query(query["id"])["result"]["candidates"]) == 5
+
+
+def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala, lite0_backbone, embedding_cache):
+    with Catalog(catalog_path) as catalog:
+        best = [i for i in catalog.images("NyalaData_32")][0]
+        query = catalog.add_query(photo(nyala, KNOWN_QUERY), "jpg", dataset="NyalaData")
+        catalog.set_query_result(query["id"], {   # as the fusion preset would have ranked it
+            "prediction": "NyalaData_32", "threshold": 0.5, "preset": "fusion",
+            "candidates": [{"rank": 1, "individual_id": "NyalaData_32", "score": 0.9,
+                            "image_id": best["id"], "sha256": best["sha256"]}]})
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, preset="fusion")) as client:
+        page = client.get(f"/review/{query['id']}")
+        assert f'/review/{query["id"]}/match/1.png' in page.text
+        response = client.get(f"/review/{query['id']}/match/1.png")
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        picture = Image.open(io.BytesIO(response.content))
+        assert picture.width > picture.height   # the two photos side by side
+        assert client.get(f"/review/{query['id']}/match/1.png").content == response.content   # from the cache
+        assert client.get(f"/review/{query['id']}/match/2.png").status_code == 404
+
+
+# ------------------------------------------------------------------------------------------------
+# security
+
+
+def test_changes_need_the_token(client, nyala, catalog_path):
+    assert client.get("/").status_code == 200 and client.get("/individuals").status_code == 200
+    for headers in ({}, {"X-Wildreid-Token": "wrong-token"}):
+        response = upload(client, [("a.jpg", photo(nyala, KNOWN_QUERY))], headers=headers)
+        assert response.status_code == 401 and "sign in" in response.text.lower()
+        assert client.post("/review/1", headers=headers, data={"action": "skip"}).status_code == 401
+        assert client.post("/individuals/NyalaData_18", headers=headers, data={"name": "x"}).status_code == 401
+    foreign = client.post("/individuals/NyalaData_18", data={"name": "x"},
+                          headers={**SIGNED, "Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    with Catalog(catalog_path) as catalog:
+        assert catalog.counts()["queries"] == 0 and catalog.individual("NyalaData_18")["name"] == ""
+
+    assert client.post("/login", data={"token": "wrong-token", "reviewer": "mallory"}).status_code == 401
+    assert "wildreid_token" not in client.cookies
+    login = client.post("/login", data={"token": TOKEN, "reviewer": "bob", "next": "https://evil.example/"},
+                        follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == "/"   # never off-site
+    cookie = login.headers.get_list("set-cookie")[0].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and TOKEN not in cookie
+    renamed = client.post("/individuals/NyalaData_18", data={"name": "Old Bull"}, follow_redirects=False)
+    assert renamed.status_code == 303   # the cookie alone signs the request
+    assert "Old Bull" in client.get("/individuals", params={"q": "old bull"}).text
+
+
+def test_uploads_are_checked_by_content_not_name(client, nyala, catalog_path, tmp_path):
+    real = photo(nyala, KNOWN_QUERY)
+    refused = upload(client, [("notes.jpg", b"just some text, not a photo"), ("cut.jpg", real[:3000]),
+                              ("bomb.png", png_claiming(9_000, 9_000)), ("huge.png", png_claiming(50_000, 50_000)),
+                              ("empty.jpg", b"")])
+    assert refused.status_code == 400
+    text = refused.text
+    assert "notes.jpg: not a photo" in text
+    assert "cut.jpg" in text and "cannot decode" in text
+    assert "bomb.png: 9000x9000 pixels is over the 60,000,000 pixel limit" in text
+    assert "huge.png: its header declares a gigantic picture" in text and "decompression bomb" in text
+    assert "empty.jpg: the file is empty" in text
+
+    png = io.BytesIO()
+    Image.open(io.BytesIO(real)).save(png, "PNG")
+    escape = tmp_path.parent / "escaped.jpg"
+    accepted = upload(client, [(f"../../../..{escape}", png.getvalue()), ("readme.txt", b"hello")])
+    assert accepted.status_code == 303
+    assert "readme.txt: not a photo" in client.get(accepted.headers["location"]).text
+    with Catalog(catalog_path) as catalog:
+        [query] = catalog.queries()
+    assert query["original_name"] == "escaped.jpg"             # shown, never used as a path
+    assert query["stored_path"].endswith(".png")                  # the bytes are a PNG, whatever the name
+    assert not escape.exists()
+    wait_for_job(client, accepted.headers["location"])
+
+
+def test_upload_size_limits(catalog_path, nyala, lite0_backbone, embedding_cache):
+    small = make_app(catalog_path, lite0_backbone, embedding_cache, max_upload_bytes=100_000, max_files=2)
+    with TestClient(small) as client:
+        big = photo(nyala, KNOWN_QUERY)
+        assert len(big) > 100_000
+        response = upload(client, [("big.jpg", big)])
+        assert response.status_code == 400 and "over the 0.1 MiB limit per photo" in response.text
+        too_many = upload(client, [("a.jpg", b"x" * 10)] * 3)
+        assert too_many.status_code == 400 and "the limit is 2" in too_many.text
+        huge = upload(client, [("huge.jpg", b"\xff\xd8\xff" + b"0" * 3_000_000)])
+        assert huge.status_code == 413 and "too large" in huge.text.lower()
+
+
+TRAVERSALS = [
+    "/static/../../../../../../etc/passwd",
+    "/static/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/static/%252e%252e%252f%252e%252e%252f%252e%252e%252fetc%252fpasswd",
+    "/static//etc/passwd",
+    "/static/%2fetc%2fpasswd",
+    "/static/../app.py",
+    "/static/%2e%2e/app.py",
+    "/static/..%252fapp.py",
+    "/static/..\\app.py",
+    "/photos/../../../../etc/passwd",
+    "/photos/%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/photos/%252e%252e%252fetc%252fpasswd",
+    "/photos//etc/passwd",
+    "/photos/%2Fetc%2Fpasswd",
+    "/photos/..%5c..%5c..%5cetc%5cpasswd",
+    "/photos/../catalog.sqlite",
+    "/individuals/../../../../etc/passwd",
+    "/individuals/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "/individuals/%2Fetc%2Fpasswd",
+    "/review/..%2F..%2Fetc%2Fpasswd",
+    "/jobs/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/api/jobs/..%2F..%2Fcatalog.sqlite",
+    "/etc/passwd",
+    "//etc/passwd",
+]
+
+
+def test_no_path_traversal_through_any_route(live_server, catalog_path):
+    host = live_server.removeprefix("http://")
+    with Catalog(catalog_path) as catalog:
+        sha = catalog.images()[0]["sha256"]
+
+    def fetch(path: str) -> tuple[int, bytes]:
+        # http.client sends the path exactly as written (httpx would resolve the dot segments).
+        connection = http.client.HTTPConnection(host, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        return response.status, body
+
+    assert fetch("/static/app.css")[0] == 200 and fetch(f"/photos/{sha}")[0] == 200   # the routes work
+    for path in TRAVERSALS + [f"/photos/{sha}/../../catalog.sqlite", f"/photos/{sha}%2f..%2f..%2fcatalog.sqlite"]:
+        status, body = fetch(path)
+        assert status in (400, 404, 405, 422), (path, status)
+        for secret in (b"root:", b"def create_app", b"SQLite format 3", b"\xff\xd8\xff"):
+            assert secret not in body, (path, secret)
+
+
+def test_errors_never_show_a_stack_trace(app, monkeypatch):
+    client = TestClient(app, raise_server_exceptions=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail in /srv/wildreid/store.py")
+
+    monkeypatch.setattr(Catalog, "individuals", broken)
+    response = client.get("/individuals")
+    assert response.status_code == 500 and "reference" in response.text
+    for leak in ("Traceback", "secret internal detail", 'File "', "RuntimeError"):
+        assert leak not in response.text
+
+    invalid = client.get("/review/not-a-number")
+    assert invalid.status_code == 422 and "query_id" in invalid.text and "Traceback" not in invalid.text
+    missing = client.get("/api/jobs/0123456789abcdef")
+    assert missing.status_code == 404 and "No such upload job" in missing.json()["error"]
+    assert client.post("/review/999999", headers=SIGNED, data={"action": "skip"}).status_code == 404
+    assert client.get("/review/1", headers={"accept": "text/html"}).status_code == 404
+    assert "Content-Security-Policy" in client.get("/").headers
+
+
+def test_failed_identification_is_reported_and_still_decidable(client, app, nyala):
+    def broken(*args, **kwargs):
+        raise RuntimeError("model exploded at /srv/secret")
+
+    app.state.jobs.identify = broken
+    response = upload(client, [("a.jpg", photo(nyala, KNOWN_QUERY))])
+    state = wait_for_job(client, response.headers["location"])
+    assert state["status"] == "failed" and "reference" in state["error"] and "secret" not in state["error"]
+    query_id = state["queries"][0]["id"]
+    page = client.get(f"/review/{query_id}", headers=SIGNED)
+    assert "identification failed" in page.text and "Create new individual" in page.text
+    decided = client.post(f"/review/{query_id}", headers=SIGNED, data={"action": "new"}, follow_redirects=False)
+    assert decided.status_code == 303
+
+
+# ------------------------------------------------------------------------------------------------
+# concurrency
+
+
+def _ready_queries(catalog_path: Path, nyala, count: int) -> list[int]:
+    photos = nyala.queries["path"].head(count).tolist()
+    ids = []
+    with Catalog(catalog_path) as catalog:
+        for path in photos:
+            query = catalog.add_query(Path(path).read_bytes(), "jpg", dataset="NyalaData")
+            catalog.set_query_result(query["id"], {
+                "prediction": "NyalaData_18", "threshold": 0.7, "preset": "offline",
+                "candidates": [{"rank": 1, "individual_id": "NyalaData_18", "score": 0.9},
+                               {"rank": 2, "individual_id": "NyalaData_7", "score": 0.8}]})
+            ids.append(query["id"])
+    return ids
+
+
+def _race(base_url: str, requests: list[tuple[str, str, dict]]) -> list[int]:
+    """Send all requests at the same moment, one thread each; return their status codes."""
+    barrier = threading.Barrier(len(requests))
+    statuses: list[int | None] = [None] * len(requests)
+
+    def send(index: int, reviewer: str, path: str, form: dict):
+        with httpx.Client(base_url=base_url, timeout=60,
+                          headers={"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": reviewer}) as http:
+            barrier.wait()
+            statuses[index] = http.post(path, data=form, follow_redirects=False).status_code
+
+    threads = [threading.Thread(target=send, args=(i, *request)) for i, request in enumerate(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return statuses
+
+
+def test_reviewers_deciding_at_the_same_moment(live_server, catalog_path, nyala):
+    same, *others = _ready_queries(catalog_path, nyala, 11)
+
+    # Six reviewers confirm the same photo as different individuals at once: one wins, the
+    # others are told it was already decided; the photo is filed exactly once.
+    choices = ["NyalaData_18", "NyalaData_7", "NyalaData_32", "NyalaData_34", "NyalaData_41", "NyalaData_48"]
+    statuses = _race(live_server, [(f"reviewer{i}", f"/review/{same}", {"action": "match", "individual_id": c})
+                                   for i, c in enumerate(choices)])
+    assert sorted(statuses) == [303] + [409] * 5
+    with Catalog(catalog_path) as catalog:
+        [decision] = catalog.decisions(query_id=same)
+        assert decision["individual_id"] == choices[int(decision["reviewer"].removeprefix("reviewer"))]
+        assert len([i for i in catalog.images() if i["sha256"] == catalog.query(same)["sha256"]]) == 1
+        before = catalog.counts()
+
+    # Ten photos decided at once, half of them as new individuals (whose ids are drawn in the race).
+    requests = [(f"r{i}", f"/review/{query_id}",
+                 {"action": "new", "name": f"new {i}"} if i % 2 else {"action": "match", "individual_id": "NyalaData_7"})
+                for i, query_id in enumerate(others)]
+    assert _race(live_server, requests) == [303] * len(others)
+    with Catalog(catalog_path) as catalog:
+        after = catalog.counts()
+        assert after["decisions"] == before["decisions"] + 10     # no decision lost
+        assert after["images"] == before["images"] + 10
+        assert after["individuals"] == before["individuals"] + 5
+        created = sorted(d["individual_id"] for d in catalog.decisions() if d["outcome"] == "new")
+        assert created == [f"NyalaData_new{n:04d}" for n in range(1, 6)]
+        assert {catalog.query(q)["status"] for q in others} == {"matched", "new"}
+        assert catalog.check().ok
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration and `wildreid serve`
+
+
+def test_token_is_configured_or_generated(catalog_path, monkeypatch):
+    monkeypatch.delenv("WILDREID_TOKEN", raising=False)
+    generated = WebConfig(catalog_path)
+    assert generated.token_generated and len(generated.token) >= 20
+    assert WebConfig(catalog_path).token != generated.token
+    monkeypatch.setenv("WILDREID_TOKEN", "from-the-environment")
+    assert WebConfig(catalog_path).token == "from-the-environment"
+    with pytest.raises(ValueError, match="review token: 5 characters is too short"):
+        WebConfig(catalog_path, token="short")
+
+
+def test_serve_command(catalog_path, tmp_path, monkeypatch):
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
+    monkeypatch.delenv("WILDREID_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)   # this machine only, by default
+    token = started["app"].state.config.token
+    assert f"review token: {token}" in " ".join(result.output.split())
+
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("a-token-from-a-file\n")
+    result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--token-file", str(token_file)])
+    assert result.exit_code == 0 and started["app"].state.config.token == "a-token-from-a-file"
+    assert "review token:" not in result.output
+
+    result = CliRunner().invoke(cli, ["serve", "--catalog", str(tmp_path / "nothing.sqlite")])
+    assert result.exit_code == 2 and "no catalogue here" in " ".join(result.output.split())
