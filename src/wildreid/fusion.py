@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -127,8 +128,11 @@ def _pair_scores(names, cosine, lnbnn, inliers, rows, columns) -> dict[str, np.n
 def fuse_group(*, query_cosine: np.ndarray, database_cosine: np.ndarray,
                query_features: list, database_features: list, database_identities: np.ndarray,
                near_duplicate_groups: np.ndarray | None, method: LocalMethod, settings: FusionSettings,
-               seed: int = 0, progress: bool = False) -> GroupFusion:
-    """Shortlist, match, calibrate on database pairs, fuse - for one dataset."""
+               seed: int = 0, timings: dict | None = None) -> GroupFusion:
+    """Shortlist, match, calibrate on database pairs, fuse - for one dataset. ``timings`` (if
+    given) receives calibration_s and queries_s."""
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
     identities = np.asarray(database_identities, dtype=object)
     n_database = len(identities)
     index = KeypointIndex(database_features) if settings.use_lnbnn else None
@@ -159,7 +163,10 @@ def fuse_group(*, query_cosine: np.ndarray, database_cosine: np.ndarray,
     database_scores = np.full((n_database, n_database), -np.inf)
     database_scores[anchor_rows[rows], columns] = calibration.fuse(calibration_scores)
 
+    timings["calibration_s"] = time.perf_counter() - started
+
     # Queries: the same shortlists against the whole database of the dataset.
+    started = time.perf_counter()
     query_lnbnn = index.lnbnn(query_features, settings.lnbnn_k) if index is not None else None
     rows, columns = shortlist(query_cosine, query_lnbnn, settings.shortlist)
     inliers = inlier_counts(method, query_features, database_features, rows, columns, settings.geometry,
@@ -169,4 +176,5 @@ def fuse_group(*, query_cosine: np.ndarray, database_cosine: np.ndarray,
     query_scores[rows, columns] = calibration.fuse(query_pair_scores)
     raw = {(int(r), int(c)): {k: float(v[i]) for k, v in query_pair_scores.items()}
            for i, (r, c) in enumerate(zip(rows, columns))}
+    timings["queries_s"] = time.perf_counter() - started
     return GroupFusion(query_scores, database_scores, anchors, calibration, raw)

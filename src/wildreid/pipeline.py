@@ -133,7 +133,7 @@ def _fuse(queries: pd.DataFrame, database: pd.DataFrame, query_cosine, database_
                       query_features=features[: len(queries)], database_features=features[len(queries):],
                       database_identities=database["identity"].to_numpy(),
                       near_duplicate_groups=near_duplicate_groups(database), method=method,
-                      settings=preset.fusion, progress=progress)
+                      settings=preset.fusion)
 
 
 def _resolve_threshold(setting, group: str, database_scores: np.ndarray, database: pd.DataFrame,

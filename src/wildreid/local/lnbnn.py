@@ -16,7 +16,7 @@ from .base import LocalFeatures
 
 # Above this many database descriptors an inverted-file index replaces exhaustive search
 # (approximate, but LNBNN only needs the neighbourhood, not exact distances).
-EXACT_SEARCH_LIMIT = 200_000
+EXACT_SEARCH_LIMIT = 50_000
 
 
 class KeypointIndex:
@@ -41,11 +41,11 @@ class KeypointIndex:
         if len(vectors) <= EXACT_SEARCH_LIMIT:
             self.index = faiss.IndexFlatL2(dim)
         else:
-            lists = int(4 * np.sqrt(len(vectors)))
+            lists = int(np.sqrt(len(vectors)))
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
             rng = np.random.default_rng(0)
             self.index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 60 * lists), replace=False)])
-            self.index.nprobe = 16
+            self.index.nprobe = 8
         self.index.add(vectors)
 
     def lnbnn(self, queries: list[LocalFeatures | None], k: int = 5,
@@ -53,24 +53,35 @@ class KeypointIndex:
         """(len(queries), images) LNBNN scores. ``excluded[q]``: images query q may not vote for
         (itself, its near-duplicates), skipped before counting the k neighbours."""
         scores = np.zeros((len(queries), self.images), dtype=np.float64)
-        if self.index is None:
+        blocks = [np.ascontiguousarray(f.descriptors[: self.max_per_image], dtype=np.float32)
+                  if f is not None and len(f) else np.zeros((0, self.index.d if self.index else 1), np.float32)
+                  for f in queries]
+        if self.index is None or not any(len(b) for b in blocks):
             return scores
         depth = k + 1 + (spare if excluded is not None else 0)
-        for row, found in enumerate(queries):
-            if found is None or len(found) == 0:
-                continue
-            descriptors = np.ascontiguousarray(found.descriptors[: self.max_per_image], dtype=np.float32)
-            squared, neighbours = self.index.search(descriptors, depth)
-            distances = np.sqrt(np.maximum(squared, 0))
-            owners = np.where(neighbours >= 0, self.owner[np.maximum(neighbours, 0)], -1)
-            valid = neighbours >= 0
-            if excluded is not None and excluded[row]:
-                valid &= ~np.isin(owners, list(excluded[row]))
-            for point in range(len(descriptors)):
-                kept = np.flatnonzero(valid[point])
-                if len(kept) < k + 1:
-                    continue
-                normaliser = distances[point, kept[k]]
-                votes = kept[:k]
-                np.add.at(scores[row], owners[point, votes], np.maximum(normaliser - distances[point, votes], 0))
+        # One batched search for every query keypoint: FAISS parallelises large batches well.
+        squared, neighbours = self.index.search(np.concatenate(blocks), depth)
+        distances = np.sqrt(np.maximum(squared, 0))
+        owners = np.where(neighbours >= 0, self.owner[np.maximum(neighbours, 0)], -1)
+        start = 0
+        for row, block in enumerate(blocks):
+            stop = start + len(block)
+            self._vote(scores[row], distances[start:stop], owners[start:stop], k,
+                       excluded[row] if excluded is not None else None)
+            start = stop
         return scores
+
+    @staticmethod
+    def _vote(scores: np.ndarray, distances: np.ndarray, owners: np.ndarray, k: int, excluded: set[int] | None):
+        valid = owners >= 0
+        if excluded:
+            valid &= ~np.isin(owners, list(excluded))
+        # Rank of each valid neighbour among the valid ones of its keypoint: the first k vote,
+        # the (k+1)-th is the normaliser.
+        rank = np.cumsum(valid, axis=1) - 1
+        has_normaliser = valid.sum(axis=1) >= k + 1
+        normaliser_column = np.argmax(valid & (rank == k), axis=1)
+        normaliser = distances[np.arange(len(distances)), normaliser_column]
+        voting = valid & (rank < k) & has_normaliser[:, None]
+        weights = np.maximum(normaliser[:, None] - distances, 0)[voting]
+        np.add.at(scores, owners[voting], weights)
