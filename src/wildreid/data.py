@@ -35,6 +35,7 @@ REQUIRED_COLUMNS = ("image_id", "identity", "path", "split", "dataset")
 # (a 1 KB PNG can claim 50,000 x 50,000 pixels and take 10 GB to decode). 200 Mpx is far above any
 # camera-trap or survey photo.
 MAX_IMAGE_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL's own warning (turned into an error below) at the same size
 
 
 class DatasetError(ValueError):

@@ -44,10 +44,11 @@ class IdentifyResult:
         return self.candidates[["image_id", "prediction"]].rename(columns={"prediction": "identity"})
 
 
-def embed_dataset(dataset: Dataset, backbone: Backbone, *, cache_dir=None, batch_size: int = 32,
-                  progress: bool = True) -> Extraction:
+def embed_dataset(dataset: Dataset, backbone: Backbone, *, cache_dir=None, batch_size: int | str = 32,
+                  progress: bool = True, **speed) -> Extraction:
+    """``speed``: extract_embeddings' speed options (precision, decode, compile, engine)."""
     return extract_embeddings(dataset.table["path"].tolist(), backbone, cache_dir=cache_dir,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress, **speed)
 
 
 def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | None = None,
@@ -59,10 +60,11 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
     timings["load_backbone_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    extraction = embed_dataset(dataset, backbone, cache_dir=cache_dir, batch_size=preset.batch_size,
-                               progress=progress)
+    extraction = embed_dataset(dataset, backbone, cache_dir=cache_dir, progress=progress,
+                               **preset.extraction_options())
     timings["extract_s"] = time.perf_counter() - started
     timings["images_extracted"] = extraction.extracted
+    timings["extraction"] = extraction.settings   # what ran: precision, decode, agreement, ...
 
     started = time.perf_counter()
     table = dataset.table

@@ -25,11 +25,21 @@ class Preset:
     threshold: float | str | None | dict = AUTO
     top_k: int = 5
     same_dataset_only: bool = True
-    batch_size: int = 32
+    batch_size: int | str = 32          # or "auto": from the GPU's free memory
+    # Extraction speed options (keyword arguments of extract.extract_embeddings); these defaults
+    # are the exact reference path. See docs/extraction.md.
+    precision: str = "fp32"             # "fp32" | "bf16" | "fp16" | "auto"
+    decode: str = "exact"               # "exact" | "fast" | "device" | "auto"
+    compile: bool | str = False         # True | False | "auto"
+    engine: str = "torch"               # "torch" | "onnxruntime" | "auto"
     # Local keypoint matching fused with the global score (fusion.py); None = global only.
     local: str | None = None
     local_options: dict = field(default_factory=dict)   # e.g. max_keypoints, max_side, min_side
     fusion: FusionSettings = field(default_factory=FusionSettings)
+
+    def extraction_options(self) -> dict:
+        return dict(batch_size=self.batch_size, precision=self.precision, decode=self.decode,
+                    compile=self.compile, engine=self.engine)
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(self, **changes)
