@@ -61,6 +61,30 @@ CacheDir = Annotated[Optional[Path], typer.Option(
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
 Device = Annotated[Optional[str], typer.Option(help="'cpu', 'cuda', 'cuda:1'... (default: a GPU if there is one).")]
 PresetOption = Annotated[str, typer.Option(help=f"Named configuration: {', '.join(PRESETS)}. See `wildreid presets`.")]
+Fast = Annotated[bool, typer.Option(
+    "--fast", help="Every extraction speed option on (precision, decoding, compile, engine, batch size: "
+                   "auto). Features agree with the exact path to cosine >= 0.999 (checked on the first "
+                   "batch, else it falls back to exact fp32); they are cached apart from exact ones.")]
+Precision = Annotated[Optional[str], typer.Option(help="Extraction precision: fp32 (exact), bf16, fp16 or auto.")]
+Decode = Annotated[Optional[str], typer.Option(
+    help="Image decoding: exact (PIL, the reference), fast (PIL at reduced JPEG scale), device "
+         "(nvJPEG on a GPU, torchvision on a CPU) or auto.")]
+Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")]
+Engine = Annotated[Optional[str], typer.Option(help="Model engine: torch, onnxruntime (CPU only) or auto.")]
+BatchSize = Annotated[Optional[str], typer.Option(help="Images per forward pass, or 'auto' (from free GPU memory).")]
+
+
+def _speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -> dict:
+    """Preset changes for the extraction speed options given on the command line."""
+    from .extract import FAST
+
+    changes = dict(FAST) if fast else {}
+    given = dict(precision=precision, decode=decode, compile=compile, engine=engine,
+                 batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size)
+    changes.update({name: value for name, value in given.items() if value is not None})
+    return changes
+
+
 BackboneOption = Annotated[Optional[str], typer.Option(
     help="Override the preset's descriptor: a short name (megadescriptor-l-384, efficientnet-lite0, ...), "
          "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER.")]
@@ -92,7 +116,8 @@ def identify(
     split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
     image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
     query_value: QueryValue = "query", cache_dir: CacheDir = None, no_cache: NoCache = False,
-    device: Device = None,
+    device: Device = None, fast: Fast = False, precision: Precision = None, decode: Decode = None,
+    compile: Compile = None, engine: Engine = None, batch_size: BatchSize = None,
 ):
     """Assign every query a known identity or new_individual; write the submission and the report."""
     from .outputs import evaluate_if_possible, write_run
@@ -110,6 +135,7 @@ def identify(
         changes["top_k"] = top_k
     if all_datasets:
         changes["same_dataset_only"] = False
+    changes.update(_speed_changes(fast, precision, decode, compile, engine, batch_size))
     chosen = chosen.replace(**changes)
     console.print(f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
                   f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
@@ -135,11 +161,13 @@ def extract(
     preset: PresetOption = DEFAULT_PRESET,
     backbone: BackboneOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Also save the embeddings to this .npz (image_id, embeddings).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass.")] = None,
+    batch_size: BatchSize = None,
     query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
     split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
     image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
     query_value: QueryValue = "query", cache_dir: CacheDir = None, device: Device = None,
+    fast: Fast = False, precision: Precision = None, decode: Decode = None, compile: Compile = None,
+    engine: Engine = None,
 ):
     """Compute global descriptors of every image into the cache (and optionally an .npz file)."""
     import numpy as np
@@ -150,14 +178,20 @@ def extract(
 
     dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
                     image_id_column, database_value, query_value)
-    chosen = get_preset(preset)
+    chosen = get_preset(preset).replace(**_speed_changes(fast, precision, decode, compile, engine, batch_size))
     model = load_backbone(backbone or chosen.backbone, preprocess=None if backbone else chosen.preprocess,
                           device=device or default_device())
     extraction = embed_dataset(dataset, model, cache_dir=cache_dir or default_cache_dir(),
-                               batch_size=batch_size or chosen.batch_size)
+                               **chosen.extraction_options())
     console.print(f"{len(dataset.table)} images: {extraction.extracted} extracted, "
                   f"{len(dataset.table) - extraction.extracted - len(extraction.failures)} from the cache, "
                   f"{len(extraction.failures)} unreadable.")
+    ran = extraction.settings
+    if ran.get("batch_size"):
+        agreement = "" if ran["agreement"] is None else f", agreement with exact fp32 {ran['agreement']:.5f}"
+        console.print(f"extraction: {ran['precision']}, decode {ran['decode']}, engine {ran['engine']}, "
+                      f"compile {ran['compile']}, batch {ran['batch_size']}{agreement}"
+                      + (" (fell back)" if ran["fell_back"] else ""), highlight=False)
     for row, reason in extraction.failures.items():
         console.print(f"[yellow]skipped[/] {dataset.table['image_id'][row]}: {reason}", markup=True, highlight=False)
     if out:
@@ -271,3 +305,261 @@ def _print_evaluation(evaluation: dict) -> None:
 
 def main() -> None:  # pragma: no cover - entry point for `python -m wildreid`
     app(sys.argv[1:])
+
+
+# --------------------------------------------------------------------------------------------
+# The catalogue (`wildreid catalog ...`) and the review web app (`wildreid serve`)
+
+catalog_app = typer.Typer(
+    help="A durable catalogue of known individuals: an SQLite file with their photos (copied into "
+         "<file>.images/ beside it), descriptors and review decisions.",
+    no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(catalog_app, name="catalog")
+
+CatalogPath = Annotated[Path, typer.Option(
+    "--catalog", "-c", envvar="WILDREID_CATALOG",
+    help="The catalogue's SQLite file; its photos live in <file>.images/ beside it.")]
+DEFAULT_CATALOG = Path("wildreid-catalog.sqlite")
+
+
+@catalog_app.command("import")
+@friendly_errors
+def catalog_import(
+    root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
+    catalog: CatalogPath = DEFAULT_CATALOG,
+    include_queries: Annotated[bool, typer.Option(
+        "--include-queries", help="Also import query photos whose identity is known.")] = False,
+    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
+    query_value: QueryValue = "query",
+):
+    """Copy the labelled photos of a dataset into the catalogue (creating it if needed).
+    Safe to interrupt and run again: photos already in are recognised by content and skipped."""
+    from rich.progress import Progress
+
+    from .catalog import Catalog, import_dataset
+
+    dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
+                    image_id_column, database_value, query_value)
+    with Catalog(catalog) as store, Progress(console=console, transient=True) as bar:
+        task = bar.add_task("importing", total=None)
+        report = import_dataset(store, dataset, include_queries=include_queries,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        counts = store.counts()
+    for line in report.lines():
+        console.print(line, highlight=False, markup=False)
+    console.print(f"catalogue {catalog}: {counts['individuals']} individuals, {counts['images']} photos")
+
+
+@catalog_app.command("export")
+@friendly_errors
+def catalog_export(
+    out: Annotated[Path, typer.Argument(help="Folder to write metadata.csv into.")],
+    catalog: CatalogPath = DEFAULT_CATALOG,
+    copy_images: Annotated[bool, typer.Option(
+        "--copy-images", help="Copy the photos into OUT/images/ (a self-contained dataset folder).")] = False,
+):
+    """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row)."""
+    from .catalog import Catalog, export_metadata
+
+    with Catalog(catalog, create=False) as store:
+        console.print(f"written: {export_metadata(store, out, copy_images=copy_images)}")
+
+
+@catalog_app.command("identify")
+@friendly_errors
+def catalog_identify(
+    query_dir: Annotated[Path, typer.Argument(help="Folder of query photos (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")],
+    catalog: CatalogPath = DEFAULT_CATALOG,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="The catalogue dataset the queries belong to (needed when it holds several).")] = None,
+    preset: PresetOption = DEFAULT_PRESET,
+    top_k: Annotated[Optional[int], typer.Option(help="Candidates kept per query in candidates.csv.")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.html and plots.")] = True,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache (default: <catalogue>.cache beside the catalogue).")] = None,
+    device: Device = None,
+):
+    """Identify query photos with the catalogue as the database; write the usual run outputs."""
+    from .catalog import Catalog, identify_with_catalog
+    from .data import IMAGE_SUFFIXES
+    from .outputs import evaluate_if_possible, write_run
+
+    if not query_dir.is_dir():
+        raise FileNotFoundError(f"{query_dir}: no such folder of query photos.")
+    paths = sorted(p for p in query_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{query_dir}: no photos found ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    chosen = get_preset(preset)
+    if top_k is not None:
+        chosen = chosen.replace(top_k=top_k)
+    with Catalog(catalog, create=False) as store:
+        console.print(f"{len(paths)} query photo(s) against {store.counts()['images']} catalogue photos; "
+                      f"preset [bold]{chosen.name}[/] ({chosen.backbone})")
+        result = identify_with_catalog(store, paths, chosen, dataset=dataset, cache_dir=cache_dir, device=device,
+                                       query_ids=[p.relative_to(query_dir).as_posix() for p in paths])
+    written = write_run(result, out, evaluation=evaluate_if_possible(result), report=report)
+    _print_thresholds(result)
+    for name, path in written.items():
+        console.print(f"{name:>11}: {path}")
+
+
+@catalog_app.command("info")
+@friendly_errors
+def catalog_info(catalog: CatalogPath = DEFAULT_CATALOG):
+    """Counts and datasets of a catalogue."""
+    from .catalog import Catalog
+
+    with Catalog(catalog, create=False) as store:
+        table = Table("what", "count")
+        for name, count in store.counts().items():
+            table.add_row(name, str(count))
+        stdout.print(table)
+        console.print(f"schema version {store.schema_version}; datasets: {', '.join(store.datasets()) or '-'}")
+
+
+@catalog_app.command("check")
+@friendly_errors
+def catalog_check(
+    catalog: CatalogPath = DEFAULT_CATALOG,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Delete what interrupted writes left behind (unreferenced photos, temporary files).")] = False,
+):
+    """Check a catalogue's consistency: SQLite integrity, references, every photo file present."""
+    from .catalog import Catalog
+
+    with Catalog(catalog, create=False) as store:
+        result = store.check(repair=repair)
+    for line in result.lines():
+        console.print(line, highlight=False, markup=False)
+    if not result.ok:
+        console.print("[bold red]inconsistent[/]: restore the catalogue from a backup, or report this.")
+        raise typer.Exit(1)
+    console.print("[green]consistent[/]")
+
+
+@app.command()
+@friendly_errors
+def serve(
+    catalog: CatalogPath = DEFAULT_CATALOG,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the review token (else $WILDREID_TOKEN, else one is generated and printed).")] = None,
+    preset: PresetOption = DEFAULT_PRESET,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache (default: <catalogue>.cache beside the catalogue).")] = None,
+    device: Device = None,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest photo accepted, in MiB.")] = 20,
+    max_files: Annotated[int, typer.Option(help="Most photos in one upload.")] = 20,
+):
+    """Start the review web app: upload photos, confirm candidates, browse individuals."""
+    import logging
+
+    import uvicorn
+
+    from .web import WebConfig, create_app
+
+    if not catalog.is_file():
+        raise FileNotFoundError(f"{catalog}: no catalogue here. Create one first with "
+                                f"`wildreid catalog import --catalog {catalog} DATASET`.")
+    token = token_file.read_text(encoding="utf-8").strip() if token_file else ""
+    config = WebConfig(catalog, token=token, preset=get_preset(preset).name, cache_dir=cache_dir,
+                       device=device, max_upload_bytes=max_upload_mb * 1024 * 1024, max_files=max_files)
+    # The app logs failures (with their reference numbers) under 'wildreid.web'.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    application = create_app(config)
+    console.print(f"review app on http://{host}:{port}/ (catalogue {catalog}, preset {config.preset})",
+                  highlight=False)
+    if config.token_generated:
+        console.print(f"review token: [bold]{config.token}[/] (needed to upload and decide; set "
+                      "WILDREID_TOKEN or --token-file to choose your own)", highlight=False)
+    uvicorn.run(application, host=host, port=port, server_header=False)
+
+
+@app.command()
+@friendly_errors
+def train(
+    root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
+    out: Annotated[Path, typer.Option(
+        help="Folder for the trained model (config.json + model.safetensors, timm's local-dir layout), "
+             "train.json and the resumable checkpoint.")],
+    backbone: Annotated[str, typer.Option(
+        help="Starting weights: efficientnet-lite0 (offline), megadescriptor-..., any timm name, "
+             "hf-hub:ORG/NAME, local-dir:FOLDER, random:TIMM_NAME.")] = "efficientnet-lite0",
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak backbone learning rate (AdamW, warm-up then cosine); "
+                                           "the ArcFace head's is 10 times higher.")] = 3e-4,
+    image_size: Annotated[Optional[int], typer.Option(
+        help="Square input side in pixels (default: the backbone's own).")] = None,
+    margin: Annotated[float, typer.Option(help="ArcFace angular margin, radians.")] = 0.3,
+    scale: Annotated[float, typer.Option(help="ArcFace logit scale.")] = 30.0,
+    sub_centers: Annotated[int, typer.Option(
+        help="Prototypes per identity; above 1 is sub-center ArcFace (for very varied pictures).")] = 1,
+    head_epochs: Annotated[int, typer.Option(
+        help="First epochs that train the ArcFace head alone, the backbone frozen (protects the "
+             "pretrained features from a random head).")] = 2,
+    val_fraction: Annotated[float, typer.Option(
+        help="Training images held out for validation (half whole identities, half single images); "
+             "0 turns validation and early stopping off.")] = 0.15,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation top-1 before stopping.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split, initialisation and augmentation.")] = 0,
+    flip: Annotated[bool, typer.Option(
+        "--flip/--no-flip", help="Mirror training images at random. Off by default: left and right "
+                                 "flanks of an animal differ.")] = False,
+    min_crop_scale: Annotated[float, typer.Option(
+        help="Smallest random crop, as a fraction of the picture's area.")] = 0.7,
+    color_jitter: Annotated[float, typer.Option(
+        help="Brightness/contrast jitter (saturation half of it; hue is never shifted); 0: off.")] = 0.3,
+    split_file: Annotated[Optional[Path], typer.Option(
+        help="CSV of image_id and --split-column (e.g. LionData/paper_split.csv), joined to the metadata "
+             "by image_id, choosing the training images.")] = None,
+    split_column: Annotated[str, typer.Option(
+        help="Column whose value --train-value marks the training images (default: the database).")] = "split",
+    train_value: Annotated[str, typer.Option(help="Value of --split-column that marks training images.")] = "database",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start from scratch even if OUT holds a checkpoint or a trained model.")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Augmentation processes (default: 1 on CPU, up to 8 with a GPU).")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for torch (default: one per core). On a small machine busy with other work, "
+             "1 can be several times faster.")] = None,
+    device: Device = None,
+    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
+    image_id_column: ImageIdColumn = "image_id",
+):
+    """Fine-tune a backbone on the database images with ArcFace; resumable; use it with --backbone local-dir:OUT."""
+    from .augment import AugmentConfig
+    from .train import TrainConfig, training_images
+    from .train import train as run_training
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    dataset = load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
+                           image_id_column=image_id_column)
+    images = training_images(dataset, split_file=split_file, split_column=split_column, train_value=train_value)
+    config = TrainConfig(
+        backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, margin=margin,
+        scale=scale, sub_centers=sub_centers, head_epochs=head_epochs, val_fraction=val_fraction,
+        patience=patience, seed=seed,
+        augment=AugmentConfig(min_crop_scale=min_crop_scale, color_jitter=color_jitter, flip=flip),
+        device=device, num_workers=workers)
+    console.print(f"training on [bold]{len(images)}[/] images of [bold]{images['identity'].nunique()}[/] "
+                  f"identities from {dataset.source}; backbone {backbone}")
+    if images["was_query"].any():
+        console.print(f"[yellow]{int(images['was_query'].sum())} of the training images are queries in "
+                      f"{dataset.source}: scores on that split would be optimistic.[/]")
+    source = {"root": str(root), "split_file": str(split_file) if split_file else None,
+              "split_column": split_column, "train_value": train_value}
+    result = run_training(images, out, config, source=source, overwrite=overwrite)
+    record = result.record
+    best = record["best_val_top1"]
+    console.print(f"trained {record['epochs_run']} epoch(s) in {record['wall_time_s']:.0f} s"
+                  + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
+                  highlight=False)
+    console.print(f"model: {out} (use it with [bold]--backbone local-dir:{out}[/]); record: {out / 'train.json'}")
