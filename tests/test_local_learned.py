@@ -128,7 +128,7 @@ def test_extract_and_match_a_real_photo(torch_home, tmp_path, photo_path, name):
     height, width = grey.shape
 
     # Through the feature cache, as the pipeline runs it: the first call extracts, the second
-    # reads the .npz back - which keeps keypoints, descriptors and scale but not the image size.
+    # reads the .npz back - keypoints, descriptors, scale and the working image size.
     cache = tmp_path / "cache"
     features = local_features([str(photo_path)], method, cache_dir=cache, progress=False)[0]
     cached = local_features([str(photo_path)], method, cache_dir=cache, progress=False)[0]
@@ -145,15 +145,17 @@ def test_extract_and_match_a_real_photo(torch_home, tmp_path, photo_path, name):
     # both detectors L2-normalise their descriptors
     np.testing.assert_allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-4)
 
-    assert getattr(cached, "image_size", None) is None
+    assert cached.image_size == features.image_size
     np.testing.assert_array_equal(cached.keypoints, features.keypoints)
-    # the size estimated for cached features holds every keypoint and is at most the border off
-    estimate = _image_size(cached)
+    # features without a stored size (caches written before it was kept) get an estimate that
+    # holds every keypoint and is at most the detectors' border off
+    sizeless = LocalFeatures(cached.keypoints, cached.descriptors, cached.scale, None)
+    estimate = _image_size(sizeless)
     assert (features.keypoints.max(axis=0) < estimate).all()
     assert estimate[0] <= width + 2 and estimate[1] <= height + 2
 
     # the image with itself: one side with its exact size, the other with the estimate
-    pairs = method.match(features, cached)
+    pairs = method.match(features, sizeless)
     assert pairs.dtype == np.int64 and pairs.ndim == 2 and pairs.shape[1] == 2 and len(pairs) > 0
     assert pairs.min() >= 0 and pairs.max() < len(features)
     # LightGlue's matches are mutual: no keypoint is used twice on either side
