@@ -1,0 +1,317 @@
+"""Tests for fine-tuning (wildreid.train, wildreid.augment and `wildreid train`), on real LionData
+images from ../shared/data. Models are tiny runs (48-64 px, a few epochs) so the file stays fast."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torchvision.transforms import v2
+from typer.testing import CliRunner
+
+from wildreid.augment import AugmentConfig, train_transform
+from wildreid.backbones import load_backbone
+from wildreid.cli import app
+from wildreid.data import load_dataset
+from wildreid.extract import extract_embeddings
+from wildreid.presets import get_preset
+from wildreid.train import (CHECKPOINT, TRAIN, VAL_IDENTITY, VAL_IMAGE, ArcFaceHead, TrainConfig,
+                            TrainError, split_validation, train, training_images)
+
+runner = CliRunner()
+# One thread: these tests check behaviour, not speed, and on a small shared machine torch's thread
+# pool can be ten times slower than one thread when other processes hold the cores.
+SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lion(shared_data):
+    return load_dataset(shared_data / "LionData")
+
+
+@pytest.fixture(scope="module")
+def small_images(lion):
+    """40 database images: 5 of each of 8 individuals (the first 8 with 5+ database images)."""
+    images = training_images(lion)
+    counts = images["identity"].value_counts()
+    chosen = sorted(counts[counts >= 5].index)[:8]
+    return (images[images["identity"].isin(chosen)].groupby("identity").head(5)
+            .reset_index(drop=True))
+
+
+@pytest.fixture(scope="module")
+def trained(small_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "model"
+    # No validation here, so the last epoch is what is saved (validation is tested with the kill).
+    config = TrainConfig(epochs=4, head_epochs=1, batch_size=8, lr=1e-3, image_size=64, val_fraction=0.0)
+    return train(small_images, out, config, progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_arcface_head_is_the_arcface_formula():
+    torch.manual_seed(0)
+    head = ArcFaceHead(dim=6, classes=4, margin=0.3, scale=10.0)
+    features, labels = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 1])
+    loss, cosine = head(features, labels)
+    expected_cosine = F.normalize(features) @ F.normalize(head.weight).T
+    assert torch.allclose(cosine, expected_cosine, atol=1e-6)
+    theta = torch.acos(expected_cosine[torch.arange(5), labels])
+    logits = expected_cosine.clone()
+    logits[torch.arange(5), labels] = torch.cos(theta + 0.3)
+    assert torch.allclose(loss, F.cross_entropy(10.0 * logits, labels), atol=1e-5)
+    # The margin makes the loss larger than plain normalised softmax on the same cosines.
+    assert loss > F.cross_entropy(10.0 * expected_cosine, labels)
+
+
+def test_sub_center_head_uses_the_nearest_prototype():
+    torch.manual_seed(1)
+    head = ArcFaceHead(dim=4, classes=2, margin=0.2, scale=5.0, sub_centers=3)
+    features = torch.randn(3, 4)
+    all_cosines = F.normalize(features) @ F.normalize(head.weight).T   # (3, 2*3)
+    assert torch.allclose(head.cosine(features), all_cosines.view(3, 2, 3).amax(2), atol=1e-6)
+
+
+def test_arcface_head_matches_pytorch_metric_learning():
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    torch.manual_seed(2)
+    ours = ArcFaceHead(dim=8, classes=5, margin=0.4, scale=20.0)
+    theirs = losses.ArcFaceLoss(num_classes=5, embedding_size=8, margin=math.degrees(0.4), scale=20.0)
+    theirs.W.data = ours.weight.data.T.clone()
+    features, labels = torch.randn(16, 8), torch.randint(0, 5, (16,))
+    assert torch.allclose(ours(features, labels)[0], theirs(features, labels), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def test_flip_is_off_by_default_and_can_be_switched_on():
+    def steps(config):
+        return [type(step) for step in train_transform((32, 32), (0.5,) * 3, (0.5,) * 3, "bicubic", config).transforms]
+
+    assert v2.RandomHorizontalFlip not in steps(AugmentConfig())
+    assert v2.RandomHorizontalFlip in steps(AugmentConfig(flip=True))
+    picture = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    out = train_transform((32, 32), (0.5,) * 3, (0.5,) * 3, "bicubic")(picture)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert -1.5 <= out.min() and out.max() <= 1.5  # normalised with mean = std = 0.5 (jitter may overshoot)
+
+
+# --------------------------------------------------------------------------------------------
+# Which images are trained on, and the validation split
+
+
+def test_training_images_are_the_database_never_the_queries(lion):
+    images = training_images(lion)
+    assert set(images["image_id"]) == set(lion.database["image_id"])
+    assert not set(images["image_id"]) & set(lion.queries["image_id"])
+    assert not images["was_query"].any()
+    with pytest.raises(TrainError, match="queries are what a trained model is tested on"):
+        training_images(lion, train_value="query")
+
+
+def test_validation_split_never_puts_query_images_in_training(lion):
+    images = training_images(lion)
+    roles = split_validation(images, 0.2, seed=0)
+    trained_ids = set(images["image_id"][roles == TRAIN])
+    assert not trained_ids & set(lion.queries["image_id"])
+    assert trained_ids | set(images["image_id"][roles != TRAIN]) == set(lion.database["image_id"])
+    # About the asked fraction, split between whole identities and single images.
+    assert abs((roles != TRAIN).mean() - 0.2) < 0.02
+    assert (roles == VAL_IDENTITY).sum() > 0 and (roles == VAL_IMAGE).sum() > 0
+    held = set(images["identity"][roles == VAL_IDENTITY])
+    assert not held & set(images["identity"][roles == TRAIN]), "held-out identities are never trained on"
+    for identity in images["identity"][roles == VAL_IMAGE]:
+        mine = roles[(images["identity"] == identity).to_numpy()]
+        assert (mine == VAL_IMAGE).sum() == 1 and (mine == TRAIN).sum() >= 2
+    assert (roles == split_validation(images, 0.2, seed=0)).all(), "same seed, same split"
+    assert (split_validation(images, 0.0, seed=0) == TRAIN).all()
+
+
+def test_split_file_chooses_the_training_images(lion, shared_data):
+    split_file = shared_data / "LionData" / "paper_split.csv"
+    images = training_images(lion, split_file=split_file, split_column="paper_split", train_value="train")
+    paper = pd.read_csv(split_file, dtype=str)
+    assert set(images["image_id"]) == set(paper.loc[paper["paper_split"] == "train", "image_id"])
+    # The paper's train part includes images that are queries of the shared open-set split: flagged.
+    assert images["was_query"].sum() == len(set(images["image_id"]) & set(lion.queries["image_id"])) > 0
+
+
+def test_split_file_errors_name_the_file_and_what_to_do(lion, shared_data, tmp_path):
+    split_file = shared_data / "LionData" / "paper_split.csv"
+    with pytest.raises(TrainError, match="paper_split.csv: missing column.*'part'.*--split-column"):
+        training_images(lion, split_file=split_file, split_column="part")
+    with pytest.raises(TrainError, match=r"no row has the value 'training'.*\['test', 'train'\].*--train-value"):
+        training_images(lion, split_file=split_file, split_column="paper_split", train_value="training")
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("image_id,part\n0,train\nnot-an-id,train\n")
+    with pytest.raises(TrainError, match="foreign.csv: 1 image_id.*not-an-id"):
+        training_images(lion, split_file=foreign, split_column="part", train_value="train")
+    with pytest.raises(TrainError, match="no column 'fold'"):
+        training_images(lion, split_column="fold", train_value="1")
+
+
+# --------------------------------------------------------------------------------------------
+# Training on real images
+
+
+def test_training_lowers_the_loss(trained):
+    history = trained.history
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["head_only"] for h in history] == [True, False, False, False]
+    assert history[-1]["loss"] < 0.9 * history[0]["loss"]
+    assert history[-1]["train_accuracy"] > history[0]["train_accuracy"]
+    record = json.loads((trained.out / "train.json").read_text())
+    assert record["status"] == "finished" and record["config"]["image_size"] == 64
+    assert record["data"]["train_images"] == 40 and record["best_epoch"] is None
+    assert not (trained.out / CHECKPOINT).exists(), "a finished run leaves no checkpoint behind"
+
+
+def test_saved_model_loads_through_load_backbone_with_the_trained_weights(trained, small_images):
+    loaded = load_backbone(f"local-dir:{trained.out}")
+    assert loaded.preprocess == trained.backbone.preprocess
+    assert loaded.preprocess.size == (64, 64)
+    paths = small_images["path"].tolist()[:6]
+    ours = extract_embeddings(paths, trained.backbone, progress=False).embeddings
+    theirs = extract_embeddings(paths, loaded, progress=False).embeddings
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # ...and they are not the untrained weights.
+    untrained = load_backbone("efficientnet-lite0", preprocess=loaded.preprocess)
+    assert not np.allclose(extract_embeddings(paths, untrained, progress=False).embeddings, ours, atol=1e-3)
+    # A preset pointed at the folder gets the same model and preprocessing.
+    preset = get_preset("offline").replace(backbone=f"local-dir:{trained.out}", threshold=None)
+    assert load_backbone(preset.backbone, preprocess=preset.preprocess).preprocess == loaded.preprocess
+
+
+def test_saved_folder_is_timm_local_dir_layout_without_the_head(trained):
+    config = json.loads((trained.out / "config.json").read_text())
+    assert config["architecture"] == "tf_efficientnet_lite0" and config["num_features"] == 1280
+    assert config["num_classes"] == 0
+    pretrained_cfg = config["pretrained_cfg"]
+    assert pretrained_cfg["input_size"] == [3, 64, 64]
+    assert pretrained_cfg["mean"] == [0.5, 0.5, 0.5] and pretrained_cfg["interpolation"] == "bicubic"
+    tensors = load_file(trained.out / "model.safetensors")
+    assert set(tensors) == set(trained.backbone.model.state_dict())
+    assert not any(key.startswith("classifier") or key == "weight" for key in tensors)
+
+
+def test_a_finished_folder_is_not_trained_over(trained, small_images):
+    with pytest.raises(TrainError, match="already holds a trained model.*--overwrite"):
+        train(small_images, trained.out, TrainConfig(epochs=1, image_size=64), progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Killed and resumed
+
+
+def _metadata_of(images: pd.DataFrame, folder) -> str:
+    """A metadata.csv naming the shared images by absolute path (nothing is copied)."""
+    table = images[["image_id", "identity", "path"]].assign(split="database")
+    path = folder / "metadata.csv"
+    table.to_csv(path, index=False)
+    return str(path)
+
+
+def test_killed_training_resumes_from_its_checkpoint_and_finishes(small_images, tmp_path):
+    metadata = _metadata_of(small_images.head(24), tmp_path)
+    out = tmp_path / "run"
+    arguments = ["train", metadata, "--out", str(out), "--epochs", "4", "--head-epochs", "1",
+                 "--batch-size", "8", "--image-size", "48", "--lr", "1e-3", "--val-fraction", "0.25", "--workers", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "wildreid", *arguments], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=SINGLE_THREAD_ENV)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (out / CHECKPOINT).exists(), "no checkpoint was written"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "train.json").exists(), "the run was killed before it finished"
+    checkpoint = torch.load(out / CHECKPOINT, weights_only=True)
+    done = checkpoint["state"]["epoch"]
+    assert 1 <= done < 4
+
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "train.json").read_text())
+    assert record["resumed_after_epochs"] == [done]
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]  # epoch 0: the untrained weights
+    assert history[: done + 1] == checkpoint["state"]["history"]
+    # Validation: held-out images, every epoch; the saved epoch is the best one.
+    held_out = record["data"]["val_images_of_trained_identities"] + record["data"]["val_images_of_held_out_identities"]
+    assert held_out > 0 and record["data"]["train_images"] + held_out == 24
+    assert all(0.0 <= h["val_top1"] <= 1.0 for h in history)
+    assert record["best_epoch"] == history[int(np.argmax([h["val_top1"] for h in history]))]["epoch"]
+
+    # Resuming is exact: the same run never interrupted ends with the same weights.
+    uninterrupted = tmp_path / "uninterrupted"
+    assert runner.invoke(app, [*arguments[:3], str(uninterrupted), *arguments[4:]]).exit_code == 0
+    resumed_weights = load_file(out / "model.safetensors")
+    for key, tensor in load_file(uninterrupted / "model.safetensors").items():
+        assert torch.equal(tensor, resumed_weights[key]), key
+
+
+def test_resuming_with_other_settings_or_images_is_refused(small_images, tmp_path, monkeypatch):
+    import wildreid.train as training
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_stop(*args, **kwargs):  # an interruption right after the first checkpoint
+        original_save(*args, **kwargs)
+        raise Interrupted
+
+    original_save = training._save_checkpoint
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    out, images = tmp_path / "run", small_images.head(16)
+    config = TrainConfig(epochs=3, batch_size=8, image_size=48, val_fraction=0.0)
+    with pytest.raises(Interrupted):
+        train(images, out, config, progress=False)
+    monkeypatch.setattr(training, "_save_checkpoint", original_save)
+    assert (out / CHECKPOINT).exists()
+    with pytest.raises(TrainError, match="other settings.*epochs: 3 then, 4 now.*--overwrite"):
+        train(images, out, TrainConfig(epochs=4, batch_size=8, image_size=48, val_fraction=0.0), progress=False)
+    with pytest.raises(TrainError, match="other training images.*--overwrite"):
+        train(small_images.head(15), out, config, progress=False)
+    (out / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="cannot read the checkpoint.*--overwrite"):
+        train(images, out, config, progress=False)
+    assert train(images, out, config, overwrite=True, progress=False).record["epochs_run"] == 3
+
+
+def test_cli_train_reports_bad_input_without_a_traceback(shared_data, tmp_path):
+    def flat(result):  # Rich wraps long messages at the terminal width
+        return " ".join(result.output.split())
+
+    result = runner.invoke(app, ["train", str(shared_data / "LionData"), "--out", str(tmp_path / "x"),
+                                 "--split-file", str(tmp_path / "missing.csv")])
+    assert result.exit_code == 2 and "missing.csv: split file not found" in flat(result)
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["train", str(shared_data / "LionData"), "--out", str(tmp_path / "x"),
+                                 "--margin", "2"])
+    assert result.exit_code == 2 and "margin is an angle in radians" in flat(result)
