@@ -303,10 +303,6 @@ def _print_evaluation(evaluation: dict) -> None:
     stdout.print(table)
 
 
-def main() -> None:  # pragma: no cover - entry point for `python -m wildreid`
-    app(sys.argv[1:])
-
-
 # --------------------------------------------------------------------------------------------
 # The catalogue (`wildreid catalog ...`) and the review web app (`wildreid serve`)
 
@@ -563,3 +559,7 @@ def train(
                   + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
                   highlight=False)
     console.print(f"model: {out} (use it with [bold]--backbone local-dir:{out}[/]); record: {out / 'train.json'}")
+
+
+def main() -> None:  # pragma: no cover - entry point for `python -m wildreid`
+    app(sys.argv[1:])

@@ -96,6 +96,17 @@ def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, **c
         "folder-per-identity layout by also passing --query-dir QUERY_FOLDER.")
 
 
+def read_text_csv(path: str | Path, what: str = "file") -> pd.DataFrame:
+    """A CSV with every cell as text: ids like "007" must survive, and identities are labels, not
+    numbers. A missing or unreadable file is a DatasetError naming it (``what``: "split file"...)."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} not found.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not a readable CSV file ({error}).") from None
+
+
 def load_csv(
     csv_path: str | Path,
     *,
@@ -116,13 +127,7 @@ def load_csv(
     """
     csv_path = Path(csv_path)
     root = Path(root) if root is not None else csv_path.parent
-    try:
-        # Everything as text: ids like "007" must survive, and identities are labels, not numbers.
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DatasetError(f"{csv_path}: file not found.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{csv_path}: not a readable CSV file ({error}).") from None
+    raw = read_text_csv(csv_path)
 
     needed = {"path": path_column, "identity": identity_column, "split": split_column}
     missing = [f"'{column}' ({role})" for role, column in needed.items() if column not in raw.columns]

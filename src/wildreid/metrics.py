@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
+from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset, read_text_csv
 
 
 def balanced_accuracy(y_true: np.ndarray, correct: np.ndarray) -> float:
@@ -120,7 +120,7 @@ def _retrieval_figures(rows: pd.DataFrame, known: np.ndarray) -> dict:
 
 def load_submission(path) -> pd.DataFrame:
     """Read a submission CSV (image_id, identity), ids kept as text."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_text_csv(path, "submission")
     missing = {"image_id", "identity"} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a submission has the header "

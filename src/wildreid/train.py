@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, train_transform
 from .backbones import OFFLINE_LITE0, Backbone, Preprocess, load_backbone
-from .data import DATABASE, QUERY, Dataset, ImageReadError, read_image
+from .data import DATABASE, QUERY, Dataset, ImageReadError, read_image, read_text_csv
 from .extract import PIL_INTERPOLATION, default_device
 from .files import atomic_path, write_text_atomic
 
@@ -145,12 +145,7 @@ def training_images(dataset: Dataset, *, split_file: str | Path | None = None,
     table = dataset.table
     if split_file is not None:
         split_file = Path(split_file)
-        try:
-            split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
-        except FileNotFoundError:
-            raise TrainError(f"{split_file}: split file not found.") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise TrainError(f"{split_file}: not a readable CSV file ({error}).") from None
+        split = read_text_csv(split_file, "split file")
         missing = [c for c in ("image_id", split_column) if c not in split.columns]
         if missing:
             raise TrainError(f"{split_file}: missing column(s) {missing}; it has {list(split.columns)}. "
