@@ -108,6 +108,26 @@ def test_calibration_monotone_probabilities_and_round_trip():
     assert np.allclose(again.probability("cosine", cosine), calibration.probability("cosine", cosine))
 
 
+
+def test_calibration_keeps_the_raw_order_inside_flat_steps():
+    """Isotonic steps must not tie a query's candidates: the better raw score still ranks first,
+    and no probability moves by more than the tie-break weight."""
+    rng = np.random.default_rng(2)
+    cosine = rng.normal(size=2000)
+    same = (cosine + rng.normal(size=2000) > 1.5).astype(float)
+    calibration = Calibration.fit({"cosine": cosine}, same)
+    xs, ys = calibration.knots["cosine"]
+    assert len(np.unique(ys)) < len(ys)  # the fit does have flat steps
+    grid = np.linspace(-4, 4, 1001)      # also beyond both ends, where the map is clipped
+    probability = calibration.probability("cosine", grid)
+    assert np.all(np.diff(probability) > 0)
+    assert np.abs(probability - np.interp(grid, xs, ys)).max() <= 1e-6
+    # Two candidates on one step: the fused order follows the raw scores.
+    flat = np.flatnonzero(np.diff(ys) == 0)[0]
+    low, high = xs[flat] + 0.25 * (xs[flat + 1] - xs[flat]), xs[flat] + 0.75 * (xs[flat + 1] - xs[flat])
+    fused = calibration.fuse({"cosine": np.array([low, high])})
+    assert fused[1] > fused[0]
+
 def test_threshold_simulation_on_sparse_scores():
     """Only anchor rows carry scores: the simulation asks only those."""
     identities = np.repeat([f"i{k}" for k in range(10)], 4)

@@ -26,6 +26,7 @@ from .local.lnbnn import KeypointIndex
 from .local.verify import count_inliers
 
 SCORE_TYPES = ("cosine", "lnbnn", "inliers")
+TIE_BREAK = 1e-6
 
 
 @dataclass
@@ -46,7 +47,15 @@ class Calibration:
 
     def probability(self, name: str, values: np.ndarray) -> np.ndarray:
         xs, ys = self.knots[name]
-        return np.interp(values, xs, ys)  # linear between knots, clipped at the ends, as sklearn
+        values = np.asarray(values, dtype=np.float64)
+        calibrated = np.interp(values, xs, ys)  # linear between knots, clipped at the ends, as sklearn
+        # An isotonic map is flat over long stretches and at both ends, so it ties many pairs a
+        # query must still tell apart (on LionData's closed split calibrated cosine alone fell to
+        # top-1 0.03 from the raw 0.13). A strictly increasing term of weight TIE_BREAK keeps the
+        # raw order inside a step while moving no probability by more than TIE_BREAK. (Scaled by
+        # the knots' span, so it resolves cosines and inlier counts alike.)
+        order = 0.5 + np.arctan((values - xs[0]) / max(xs[-1] - xs[0], 1e-12)) / np.pi
+        return (1.0 - TIE_BREAK) * calibrated + TIE_BREAK * order
 
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return np.mean([self.probability(name, values) for name, values in scores.items()], axis=0)
