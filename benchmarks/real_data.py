@@ -2,6 +2,10 @@
 
     python benchmarks/real_data.py                       # offline preset, all datasets
     python benchmarks/real_data.py --presets offline,fusion --datasets NyalaData
+    python benchmarks/real_data.py --datasets NyalaData --backbone local-dir:bench-out/train_nyala
+
+``--backbone`` replaces the presets' descriptor (with its own preprocessing), e.g. a model from
+``wildreid train``; rows and run folders are then labelled ``PRESET+trained``.
 
 With the offline preset it also prints ``seed-rule``: the seed's decision rule (top-1 cosine,
 new_individual below 0.6) applied to the same run's scores.
@@ -53,7 +57,7 @@ def prepare(name: str, folder: Path) -> Path:
     return folder / "metadata.csv"
 
 
-def run_single(name: str, preset_name: str, out: Path) -> dict:
+def run_single(name: str, preset_name: str, out: Path, backbone: str | None = None) -> dict:
     from wildreid.data import load_csv
     from wildreid.decide import decide
     from wildreid.metrics import evaluate
@@ -63,16 +67,21 @@ def run_single(name: str, preset_name: str, out: Path) -> dict:
 
     started = time.perf_counter()
     preset = get_preset(preset_name)
+    label = preset_name
+    if backbone:
+        # As `wildreid identify --backbone`: the model's own preprocessing replaces the preset's.
+        preset = preset.replace(backbone=backbone, preprocess=None)
+        label = f"{preset_name}+trained"
     if name == CLOSED_SPLIT:
         preset = preset.replace(threshold=None)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = load_csv(prepare(name, Path(scratch) / name))
         result = identify(dataset, preset, cache_dir=Path(scratch) / "cache", progress=False)
         evaluation = evaluate_if_possible(result)
-        write_run(result, out / f"{preset_name}-{name}", evaluation=evaluation)
+        write_run(result, out / f"{label}-{name}", evaluation=evaluation)
     wall = time.perf_counter() - started
-    rows = [_row(name, preset_name, evaluation, result, dataset, wall)]
-    if preset_name == "offline" and name != CLOSED_SPLIT:
+    rows = [_row(name, label, evaluation, result, dataset, wall)]
+    if preset_name == "offline" and not backbone and name != CLOSED_SPLIT:
         # The seed's decision rule (top-1 cosine, new_individual below 0.6) on the same scores:
         # the MegaDescriptor weights cannot be downloaded here, the rule can be measured.
         seed_rule = result.candidates.copy()
@@ -81,6 +90,8 @@ def run_single(name: str, preset_name: str, out: Path) -> dict:
         result.thresholds = {group: 0.6 for group in result.thresholds}
         result.threshold_choices = {}
         rows.append(_row(name, "seed-rule", evaluate(dataset, predictions, seed_rule), result, dataset, wall))
+    for row in rows:
+        row["backbone"] = preset.backbone
     return rows
 
 
@@ -103,18 +114,21 @@ def main() -> None:
     parser.add_argument("--presets", default="offline,fusion")
     parser.add_argument("--datasets", default=",".join(DATASETS + [CLOSED_SPLIT]))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    parser.add_argument("--backbone", help="descriptor replacing the presets' own, e.g. local-dir:DIR")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.single:
         name, preset = arguments.single.split(":")
-        print(json.dumps(run_single(name, preset, arguments.out)))
+        print(json.dumps(run_single(name, preset, arguments.out, arguments.backbone)))
         return
 
     rows = []
     for preset in arguments.presets.split(","):
         for name in arguments.datasets.split(","):
-            process = subprocess.run([sys.executable, __file__, "--single", f"{name}:{preset}", "--out",
-                                      str(arguments.out)], capture_output=True, text=True)
+            command = [sys.executable, __file__, "--single", f"{name}:{preset}", "--out", str(arguments.out)]
+            if arguments.backbone:
+                command += ["--backbone", arguments.backbone]
+            process = subprocess.run(command, capture_output=True, text=True)
             if process.returncode != 0:
                 print(process.stderr, file=sys.stderr)
                 raise SystemExit(f"{preset} on {name} failed")
@@ -126,7 +140,12 @@ def main() -> None:
                   f"sim {row['simulated_score'] if row['simulated_score'] is None else round(row['simulated_score'], 3)}  "
                       f"{row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB", flush=True)
     arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "real_data.json").write_text(json.dumps(rows, indent=2))
+    # One record for all runs: rows of this run replace earlier ones of the same preset and dataset.
+    record = arguments.out / "real_data.json"
+    measured = {(row["preset"], row["dataset"]) for row in rows}
+    earlier = json.loads(record.read_text()) if record.exists() else []
+    kept = [row for row in earlier if (row["preset"], row["dataset"]) not in measured]
+    record.write_text(json.dumps(kept + rows, indent=2))
 
 
 if __name__ == "__main__":
