@@ -104,7 +104,7 @@ def _row(name, preset_name, evaluation, result, dataset, wall) -> dict:
         "threshold": next(iter(result.thresholds.values())),
         "simulated_score": next((c.simulated_score for c in result.threshold_choices.values()), None),
         "queries": figures["queries"], "images": len(dataset.table),
-        "wall_s": wall, "timings": result.timings,
+        "wall_s": wall, "timings": result.timings, "notes": result.notes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

@@ -139,6 +139,18 @@ def test_threshold_simulation_on_sparse_scores():
     assert 0.2 < choice.threshold <= 0.9 and choice.simulated_score > 0.95
 
 
+def test_threshold_simulation_ignores_rounds_without_new_queries():
+    """With few scored rows (photos a trained model held out) some rounds ask no new individual;
+    they must not drag the simulated figures to NaN or zero."""
+    identities = np.repeat([f"i{k}" for k in range(20)], 3)
+    scores = np.where(identities[:, None] == identities[None, :], 0.9, 0.2)
+    scored = np.zeros(len(identities), dtype=bool)
+    scored[[0, 1, 3, 4]] = True   # two identities only: most rounds hold out neither as new
+    choice = choose_threshold(scores, identities, scored_rows=scored)
+    assert np.isfinite(choice.simulated_baus) and np.isfinite(choice.simulated_baks)
+    assert 0.2 < choice.threshold <= 0.9 and choice.simulated_score > 0.95
+
+
 def test_fusion_preset_end_to_end(shared_data, tmp_path, lite0_backbone):
     table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
     database_ids = table[table["split"] == "database"]["identity"].drop_duplicates().head(12)

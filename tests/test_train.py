@@ -23,11 +23,13 @@ from typer.testing import CliRunner
 from wildreid.augment import AugmentConfig, train_transform
 from wildreid.backbones import load_backbone
 from wildreid.cli import app
-from wildreid.data import load_dataset
-from wildreid.extract import extract_embeddings
+from wildreid.data import Dataset, load_csv, load_dataset
+from wildreid.extract import content_hashes, extract_embeddings
+from wildreid.fusion import FusionSettings
+from wildreid.pipeline import identify
 from wildreid.presets import get_preset
 from wildreid.train import (CHECKPOINT, TRAIN, VAL_IDENTITY, VAL_IMAGE, ArcFaceHead, TrainConfig,
-                            TrainError, split_validation, train, training_images)
+                            TrainError, split_validation, train, trained_on, training_images)
 
 runner = CliRunner()
 # One thread: these tests check behaviour, not speed, and on a small shared machine torch's thread
@@ -315,3 +317,69 @@ def test_cli_train_reports_bad_input_without_a_traceback(shared_data, tmp_path):
     result = runner.invoke(app, ["train", str(shared_data / "LionData"), "--out", str(tmp_path / "x"),
                                  "--margin", "2"])
     assert result.exit_code == 2 and "margin is an angle in radians" in flat(result)
+
+
+# --------------------------------------------------------------------------------------------
+# Identification with a trained model: calibrate on what training held out
+
+
+@pytest.fixture(scope="module")
+def trained_with_validation(small_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained_val") / "model"
+    config = TrainConfig(epochs=1, head_epochs=1, batch_size=8, image_size=48, val_fraction=0.4)
+    return train(small_images, out, config, progress=False)
+
+
+def _lions_with_queries(small_images, lion, folder) -> Dataset:
+    """The 40 training photos as the database, 6 query photos of LionData as queries."""
+    database = small_images[["image_id", "identity", "path"]].assign(split="database")
+    queries = lion.queries[["image_id", "identity", "path", "split"]].head(6)
+    (folder / "Lions").mkdir()
+    pd.concat([database, queries]).to_csv(folder / "Lions" / "metadata.csv", index=False)
+    return load_csv(folder / "Lions" / "metadata.csv")
+
+
+def test_the_record_names_the_photos_trained_on_and_held_out(trained_with_validation, small_images):
+    roles = split_validation(small_images, 0.4, seed=0)
+    seen = trained_on(f"local-dir:{trained_with_validation.out}")
+    held_out_hashes, _ = content_hashes(small_images["path"][roles != TRAIN].tolist())
+    trained_hashes, _ = content_hashes(small_images["path"][roles == TRAIN].tolist())
+    assert seen.held_out == set(held_out_hashes) and seen.trained == set(trained_hashes)
+    assert len(seen.held_out) >= 10 and not seen.trained & seen.held_out
+    assert trained_on("efficientnet-lite0") is None
+
+
+def test_identification_calibrates_on_the_photos_training_held_out(trained_with_validation, trained, small_images,
+                                                                   lion, tmp_path, monkeypatch):
+    import wildreid.pipeline as pipeline
+
+    dataset = _lions_with_queries(small_images, lion, tmp_path)
+    roles = split_validation(small_images, 0.4, seed=0)
+    held_out = dataset.database["path"].isin(small_images["path"][roles != TRAIN]).to_numpy()
+    asked = {}
+    real_choice = pipeline.choose_threshold
+
+    def spy(scores, identities, **options):
+        asked["rows"] = options.get("scored_rows")
+        return real_choice(scores, identities, **options)
+
+    monkeypatch.setattr(pipeline, "choose_threshold", spy)
+    backbone = f"local-dir:{trained_with_validation.out}"
+    offline = get_preset("offline").replace(backbone=backbone, preprocess=None)
+    result = identify(dataset, offline, cache_dir=None, progress=False)
+    # The threshold is simulated only with photos the model never trained on...
+    np.testing.assert_array_equal(asked["rows"], held_out)
+    assert any(f"use the {held_out.sum()} it held out" in note for note in result.notes)
+    # ...and fusion draws its calibration pairs from them.
+    fusion = get_preset("fusion").replace(backbone=backbone, preprocess=None, local_options={"max_keypoints": 128},
+                                          fusion=FusionSettings(shortlist=5))
+    anchors = identify(dataset, fusion, cache_dir=tmp_path / "cache", progress=False).fusions["Lions"].anchors
+    assert anchors.any() and not (anchors & ~held_out).any()
+
+    # A model trained on every photo (no validation) cannot: all rows are used, and the user is told.
+    without = identify(dataset, offline.replace(backbone=f"local-dir:{trained.out}"), cache_dir=None, progress=False)
+    assert asked["rows"] is None
+    assert any("optimistic" in note and "--val-fraction" in note for note in without.notes)
+    # An untrained descriptor: nothing to say.
+    plain = identify(dataset, get_preset("offline").replace(threshold="auto"), cache_dir=None, progress=False)
+    assert plain.notes == [] and asked["rows"] is None

@@ -147,6 +147,8 @@ def identify(
     if len(result.failures):
         console.print(f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
                       f"(listed in {written['failures']}); such queries are answered new_individual.[/]")
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/]", highlight=False)
     _print_thresholds(result)
     if evaluation:
         _print_evaluation(evaluation)

@@ -137,9 +137,12 @@ def _pair_scores(names, cosine, lnbnn, inliers, rows, columns) -> dict[str, np.n
 def fuse_group(*, query_cosine: np.ndarray, database_cosine: np.ndarray,
                query_features: list, database_features: list, database_identities: np.ndarray,
                near_duplicate_groups: np.ndarray | None, method: LocalMethod, settings: FusionSettings,
-               seed: int = 0, timings: dict | None = None) -> GroupFusion:
+               seed: int = 0, timings: dict | None = None,
+               anchor_candidates: np.ndarray | None = None) -> GroupFusion:
     """Shortlist, match, calibrate on database pairs, fuse - for one dataset. ``timings`` (if
-    given) receives calibration_s and queries_s."""
+    given) receives calibration_s and queries_s. ``anchor_candidates`` (a mask of database rows):
+    draw the calibration's pseudo-queries only from these, e.g. the photos a fine-tuned descriptor
+    was not trained on."""
     timings = {} if timings is None else timings
     started = time.perf_counter()
     identities = np.asarray(database_identities, dtype=object)
@@ -148,8 +151,9 @@ def fuse_group(*, query_cosine: np.ndarray, database_cosine: np.ndarray,
 
     # Calibration pairs: anchors (database images) against the rest of the database.
     rng = np.random.default_rng(seed)
+    pool = np.arange(n_database) if anchor_candidates is None else np.flatnonzero(anchor_candidates)
     anchors = np.zeros(n_database, dtype=bool)
-    anchors[rng.permutation(n_database)[: settings.calibration_anchors]] = True
+    anchors[rng.permutation(pool)[: settings.calibration_anchors]] = True
     anchor_rows = np.flatnonzero(anchors)
     excluded = np.zeros((len(anchor_rows), n_database), dtype=bool)
     excluded[np.arange(len(anchor_rows)), anchor_rows] = True  # never an image with itself

@@ -40,6 +40,7 @@ def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, re
         "preset": result.preset.to_dict(),
         "thresholds": result.thresholds,
         "threshold_choices": {g: c.summary() for g, c in result.threshold_choices.items()},
+        "notes": result.notes,
         "timings": result.timings,
         "skipped_images": len(result.failures),
         "evaluation": evaluation,

@@ -15,16 +15,18 @@ import pandas as pd
 from .backbones import Backbone, load_backbone
 from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
 from .decide import decide
-from .extract import Extraction, default_device, extract_embeddings
+from .extract import Extraction, content_hashes, default_device, extract_embeddings
 from .fusion import GroupFusion, fuse_group
 from .local import get_method
 from .local.cache import local_features
 from .presets import AUTO, Preset
 from .search import cosine_similarity, rank_identities, search_groups
 from .thresholds import ThresholdChoice, choose_threshold
+from .train import TrainedOn, trained_on
 
 UNREADABLE = "unreadable_image"
 NEAR_DUPLICATE_COLUMNS = ("clip", "video", "date")
+MIN_HELD_OUT_IMAGES = 10   # fewer held-out photos than this cannot calibrate anything
 
 
 @dataclass
@@ -37,6 +39,7 @@ class IdentifyResult:
     failures: pd.DataFrame          # image_id, split, path, reason
     timings: dict = field(default_factory=dict)
     fusions: dict = field(default_factory=dict)   # dataset -> GroupFusion, when local matching ran
+    notes: list = field(default_factory=list)      # what a user should know about how it ran
 
     @property
     def predictions(self) -> pd.DataFrame:
@@ -78,19 +81,20 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
     identities = np.full((len(query_rows), k), None, dtype=object)
     scores = np.full((len(query_rows), k), np.nan)
     matches = np.full((len(query_rows), k), None, dtype=object)
-    thresholds, choices, fusions = {}, {}, {}
+    thresholds, choices, fusions, notes = {}, {}, {}, []
     method = get_method(preset.local, **preset.local_options) if preset.local else None
+    seen_by_backbone = trained_on(preset.backbone)
     for query_positions, database_positions, group in search_groups(queries, database, preset.same_dataset_only):
         group_database = database.iloc[database_positions]
         group_queries = queries.iloc[query_positions]
         group_vectors = vectors[database_rows[database_positions]]
         query_scores = cosine_similarity(vectors[query_rows[query_positions]], group_vectors)
         database_scores = cosine_similarity(group_vectors, group_vectors)
-        scored_rows = None
+        scored_rows = _calibration_rows(group_database, seen_by_backbone, group, notes)
         if method is not None and len(group_database):
             local_started = time.perf_counter()
             fusion = _fuse(group_queries, group_database, query_scores, database_scores, method, preset,
-                           cache_dir, progress)
+                           cache_dir, progress, anchor_candidates=scored_rows)
             fusions[group] = fusion
             query_scores, database_scores, scored_rows = fusion.query_scores, fusion.database_scores, fusion.anchors
             timings[f"local_{group}_s"] = time.perf_counter() - local_started
@@ -123,11 +127,38 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
         [(table["image_id"][row], table["split"][row], table["path"][row], reason)
          for row, reason in sorted(extraction.failures.items())],
         columns=["image_id", "split", "path", "reason"])
-    return IdentifyResult(dataset, preset, candidates, thresholds, choices, failures, timings, fusions)
+    return IdentifyResult(dataset, preset, candidates, thresholds, choices, failures, timings, fusions, notes)
+
+
+def _calibration_rows(database: pd.DataFrame, seen: TrainedOn | None, group: str,
+                      notes: list) -> np.ndarray | None:
+    """The database rows to calibrate scores and simulate thresholds on (None: all of them).
+
+    A descriptor fine-tuned on this database has memorised it: its scores between those photos are
+    far higher than a new photo will get, so a calibration and a threshold fitted on them are
+    optimistic (NyalaData: simulated score 0.50, real 0.33). The photos training held out for
+    validation behave like new ones, so they are used when there are enough of them.
+    """
+    if seen is None or len(database) == 0:
+        return None
+    hashes, _ = content_hashes(database["path"].tolist())
+    trained = np.array([h in seen.trained for h in hashes])
+    if not trained.any():
+        return None
+    held_out = np.array([h in seen.held_out for h in hashes])
+    if held_out.sum() >= MIN_HELD_OUT_IMAGES:
+        notes.append(f"{group}: the descriptor was trained on {trained.sum()} of the {len(database)} database "
+                     f"images; calibration and threshold use the {held_out.sum()} it held out.")
+        return held_out
+    notes.append(f"{group}: the descriptor was trained on {trained.sum()} of the {len(database)} database "
+                 f"images and held out {held_out.sum()} (fewer than {MIN_HELD_OUT_IMAGES}), so calibration "
+                 "and threshold are fitted on photos it has memorised and will be optimistic; train with "
+                 "--val-fraction 0.15 (the default) to avoid this.")
+    return None
 
 
 def _fuse(queries: pd.DataFrame, database: pd.DataFrame, query_cosine, database_cosine, method, preset: Preset,
-          cache_dir, progress: bool) -> GroupFusion:
+          cache_dir, progress: bool, anchor_candidates: np.ndarray | None = None) -> GroupFusion:
     """Local features of one dataset's images, then shortlist matching, calibration and fusion."""
     features = local_features(queries["path"].tolist() + database["path"].tolist(), method,
                               cache_dir=cache_dir, progress=progress)
@@ -135,7 +166,7 @@ def _fuse(queries: pd.DataFrame, database: pd.DataFrame, query_cosine, database_
                       query_features=features[: len(queries)], database_features=features[len(queries):],
                       database_identities=database["identity"].to_numpy(),
                       near_duplicate_groups=near_duplicate_groups(database), method=method,
-                      settings=preset.fusion)
+                      settings=preset.fusion, anchor_candidates=anchor_candidates)
 
 
 def _resolve_threshold(setting, group: str, database_scores: np.ndarray, database: pd.DataFrame,

@@ -83,6 +83,9 @@ def simulate_round(database_similarity: np.ndarray, identities: np.ndarray, rng:
 
 def score_curves(rounds: list[SimulatedQueries], grid: np.ndarray):
     """Mean BAKS, BAUS and sqrt(BAKS*BAUS) over rounds for every threshold in ``grid``."""
+    # A round without new (or without known) pseudo-queries says nothing about the trade-off; with
+    # few scored rows (e.g. only photos a fine-tuned model held out) some rounds have none.
+    rounds = [s for s in rounds if s.is_new.any() and (~s.is_new).any()] or rounds
     baks_rows, baus_rows, score_rows = [], [], []
     for simulated in rounds:
         accept = simulated.top_score[:, None] >= grid[None, :]        # (queries, thresholds)

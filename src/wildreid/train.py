@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .augment import AugmentConfig, train_transform
 from .backbones import OFFLINE_LITE0, Backbone, Preprocess, load_backbone
 from .data import DATABASE, QUERY, Dataset, ImageReadError, read_image, read_text_csv
-from .extract import PIL_INTERPOLATION, default_device
+from .extract import PIL_INTERPOLATION, content_hashes, default_device
 from .files import atomic_path, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -437,6 +437,10 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
             "trained_images_marked_query": int(images["was_query"].iloc[fit_rows].sum())
             if "was_query" in images else 0,
             "unreadable": {images["image_id"].iloc[i]: error for i, error in failures.items()},
+            # By content (SHA-256), so identification can tell which database photos this model
+            # has seen, wherever they are stored later (see held_out_of_training).
+            "trained_image_hashes": _hashes(images["path"].iloc[fit_rows]),
+            "held_out_image_hashes": _hashes(images["path"].iloc[val_rows]),
         },
         "device": str(device), "bf16_autocast": amp,
         "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
@@ -451,6 +455,33 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
     model.to(device)
     trained = Backbone(f"local-dir:{out}", model, preprocess, f"trained:{fingerprint[:16]}", backbone.dim)
     return TrainResult(trained, out, record)
+
+
+def _hashes(paths: pd.Series) -> list[str]:
+    hashes, _ = content_hashes(paths.tolist())
+    return [h for h in hashes if h is not None]
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """Which photos a model saved by `wildreid train` saw: content hashes."""
+
+    trained: frozenset[str]
+    held_out: frozenset[str]
+
+
+def trained_on(backbone_name: str) -> TrainedOn | None:
+    """For ``local-dir:DIR`` holding a train.json that lists its images: what it was trained on and
+    what was held out for validation. None for any other backbone (or an older record)."""
+    if not backbone_name.startswith("local-dir:"):
+        return None
+    record_path = Path(backbone_name.split(":", 1)[1]) / RECORD
+    if not record_path.is_file():
+        return None
+    data = json.loads(record_path.read_text()).get("data", {})
+    if "trained_image_hashes" not in data:
+        return None
+    return TrainedOn(frozenset(data["trained_image_hashes"]), frozenset(data.get("held_out_image_hashes", [])))
 
 
 def _train_epoch(model, head, loader, optimizer, scheduler, device, amp: bool, head_only: bool, bar) -> dict:
