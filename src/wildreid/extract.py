@@ -78,6 +78,7 @@ class Extraction:
     # What actually ran: precision, decode, engine, compile, batch_size, agreement (lowest
     # cosine with the exact fp32 model on the first batch, None when running exact), ...
     settings: dict = field(default_factory=dict)
+    hashes: list = field(default_factory=list)      # SHA-256 of each file (None if unreadable)
 
     @property
     def ok(self) -> np.ndarray:
@@ -287,7 +288,7 @@ def extract_embeddings(
             todo.append(row)
 
     if not todo:
-        return Extraction(embeddings, failures, 0, settings)
+        return Extraction(embeddings, failures, 0, settings, hashes)
 
     # Runners to try, in order, until one agrees with the exact model on the first batch.
     plan = _runner_plan(settings, precision, device)
@@ -358,7 +359,7 @@ def extract_embeddings(
         # Whatever was computed is kept, even when the run stops on an error.
         if cache and pending_hashes:
             cache.save(pending_hashes, np.concatenate(pending_vectors))
-    return Extraction(embeddings, failures, extracted, settings)
+    return Extraction(embeddings, failures, extracted, settings, hashes)
 
 
 def cache_key(backbone: Backbone, settings: dict) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 from .backbones import Backbone, load_backbone
 from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
 from .decide import decide
-from .extract import Extraction, content_hashes, default_device, extract_embeddings
+from .extract import Extraction, default_device, extract_embeddings
 from .fusion import GroupFusion, fuse_group
 from .local import get_method
 from .local.cache import local_features
@@ -90,7 +90,8 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
         group_vectors = vectors[database_rows[database_positions]]
         query_scores = cosine_similarity(vectors[query_rows[query_positions]], group_vectors)
         database_scores = cosine_similarity(group_vectors, group_vectors)
-        scored_rows = _calibration_rows(group_database, seen_by_backbone, group, notes)
+        database_hashes = [extraction.hashes[row] for row in database_rows[database_positions]]
+        scored_rows = _calibration_rows(database_hashes, seen_by_backbone, group, notes)
         if method is not None and len(group_database):
             local_started = time.perf_counter()
             fusion = _fuse(group_queries, group_database, query_scores, database_scores, method, preset,
@@ -130,7 +131,7 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
     return IdentifyResult(dataset, preset, candidates, thresholds, choices, failures, timings, fusions, notes)
 
 
-def _calibration_rows(database: pd.DataFrame, seen: TrainedOn | None, group: str,
+def _calibration_rows(hashes: list[str | None], seen: TrainedOn | None, group: str,
                       notes: list) -> np.ndarray | None:
     """The database rows to calibrate scores and simulate thresholds on (None: all of them).
 
@@ -139,18 +140,17 @@ def _calibration_rows(database: pd.DataFrame, seen: TrainedOn | None, group: str
     optimistic (NyalaData: simulated score 0.50, real 0.33). The photos training held out for
     validation behave like new ones, so they are used when there are enough of them.
     """
-    if seen is None or len(database) == 0:
+    if seen is None or len(hashes) == 0:
         return None
-    hashes, _ = content_hashes(database["path"].tolist())
     trained = np.array([h in seen.trained for h in hashes])
     if not trained.any():
         return None
     held_out = np.array([h in seen.held_out for h in hashes])
     if held_out.sum() >= MIN_HELD_OUT_IMAGES:
-        notes.append(f"{group}: the descriptor was trained on {trained.sum()} of the {len(database)} database "
+        notes.append(f"{group}: the descriptor was trained on {trained.sum()} of the {len(hashes)} database "
                      f"images; calibration and threshold use the {held_out.sum()} it held out.")
         return held_out
-    notes.append(f"{group}: the descriptor was trained on {trained.sum()} of the {len(database)} database "
+    notes.append(f"{group}: the descriptor was trained on {trained.sum()} of the {len(hashes)} database "
                  f"images and held out {held_out.sum()} (fewer than {MIN_HELD_OUT_IMAGES}), so calibration "
                  "and threshold are fitted on photos it has memorised and will be optimistic; train with "
                  "--val-fraction 0.15 (the default) to avoid this.")
