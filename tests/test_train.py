@@ -349,6 +349,16 @@ def test_the_record_names_the_photos_trained_on_and_held_out(trained_with_valida
     assert trained_on("efficientnet-lite0") is None
 
 
+def test_a_damaged_training_record_is_named(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(trained.out, copy)
+    (copy / "train.json").write_text("{not json")
+    with pytest.raises(TrainError, match="train.json: not a readable training record"):
+        trained_on(f"local-dir:{copy}")
+
+
 def test_identification_calibrates_on_the_photos_training_held_out(trained_with_validation, trained, small_images,
                                                                    lion, tmp_path, monkeypatch):
     import wildreid.pipeline as pipeline

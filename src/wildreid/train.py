@@ -438,7 +438,7 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
             if "was_query" in images else 0,
             "unreadable": {images["image_id"].iloc[i]: error for i, error in failures.items()},
             # By content (SHA-256), so identification can tell which database photos this model
-            # has seen, wherever they are stored later (see held_out_of_training).
+            # has seen, wherever they are stored later (see trained_on).
             "trained_image_hashes": _hashes(images["path"].iloc[fit_rows]),
             "held_out_image_hashes": _hashes(images["path"].iloc[val_rows]),
         },
@@ -478,7 +478,11 @@ def trained_on(backbone_name: str) -> TrainedOn | None:
     record_path = Path(backbone_name.split(":", 1)[1]) / RECORD
     if not record_path.is_file():
         return None
-    data = json.loads(record_path.read_text()).get("data", {})
+    try:
+        data = json.loads(record_path.read_text()).get("data", {})
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise TrainError(f"{record_path}: not a readable training record ({error}); restore it, or "
+                         "remove it to use the model without its calibration photos.") from None
     if "trained_image_hashes" not in data:
         return None
     return TrainedOn(frozenset(data["trained_image_hashes"]), frozenset(data.get("held_out_image_hashes", [])))
