@@ -220,6 +220,21 @@ def test_unreadable_images_are_skipped_and_reported(tiny_backbone, broken_and_go
     assert len(cache.load()) == len(good)
 
 
+@pytest.mark.parametrize("decode", ["exact", "device"])
+def test_copies_of_an_unreadable_file_are_reported_too(tiny_backbone, tmp_path, decode):
+    """Identical files are decoded once; when that one fails, its copies fail with it."""
+    good = _write_photos(tmp_path / "good", 1)
+    truncated = Path(good[0]).read_bytes()[:400]
+    copies = [tmp_path / "cut-a.jpg", tmp_path / "cut-b.jpg"]
+    for copy in copies:
+        copy.write_bytes(truncated)
+    extraction = extract_embeddings([good[0], *map(str, copies)], tiny_backbone, decode=decode, progress=False)
+    assert sorted(extraction.failures) == [1, 2]
+    assert "cut-a.jpg" in extraction.failures[1]
+    assert "cut-b.jpg" in extraction.failures[2] and extraction.failures[1] in extraction.failures[2]
+    assert extraction.ok.tolist() == [True, False, False]
+
+
 # --------------------------------------------------------------------------------------------
 # Speed options against the exact path, on real photos
 

@@ -66,7 +66,7 @@ def jpeg_orientation(data: bytes) -> int | None:
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - any header PIL cannot parse: the CPU path reports it properly
         return None
-    if width * height > min(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS):
+    if width * height > MAX_IMAGE_PIXELS:
         return None  # decode_image refuses it (as a decompression bomb), with its message
     # ImageOps.exif_transpose ignores values outside 1-8; so do we.
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1

@@ -8,8 +8,10 @@ and the next run extracts just what is missing.
 
 By default an image goes the way of the reference notebook: PIL decoding, PIL resize, fp32
 model. Speed options (all keyword arguments of :func:`extract_embeddings`, ``FAST`` turns them
-all on) trade exactness for throughput, each checked on the first batch against the exact fp32
-model (cosine >= ``min_agreement``, else the run falls back to fp32):
+all on) trade exactness for throughput. Reduced precision and ONNX Runtime are checked on the
+first batch against the exact fp32 model (cosine >= ``min_agreement``, else the run falls back to
+exact fp32); the decoding options change pixels only slightly and are checked by the tests and
+benchmarks against PIL decoding, not at run time:
 
 - ``precision``: "fp32" (default), "bf16", "fp16" (autocast), or "auto" (bf16/fp16 on a GPU,
   fp32 on a CPU);
@@ -129,8 +131,13 @@ class EmbeddingCache:
 def image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
     height, width = preprocess.size
     resized = image.resize((width, height), PIL_INTERPOLATION[preprocess.interpolation])
-    tensor = TF.pil_to_tensor(resized).float().div_(255.0)
-    return TF.normalize(tensor, list(preprocess.mean), list(preprocess.std))
+    return pixels_to_input(TF.pil_to_tensor(resized), preprocess)
+
+
+def pixels_to_input(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (C, H, W) or (N, C, H, W) -> the model's input, the reference's arithmetic:
+    x / 255, then (x - mean) / std."""
+    return TF.normalize(pixels.float().div_(255.0), list(preprocess.mean), list(preprocess.std))
 
 
 def decode_image_draft(data: bytes, name: str, size: tuple[int, int]) -> Image.Image:
@@ -359,6 +366,10 @@ def extract_embeddings(
         # Whatever was computed is kept, even when the run stops on an error.
         if cache and pending_hashes:
             cache.save(pending_hashes, np.concatenate(pending_vectors))
+    # Byte-identical copies were never decoded themselves: they share their first file's failure.
+    for row, duplicates in copies.items():
+        if row in failures:
+            failures.update({copy: f"{paths[copy]}: same bytes as {failures[row]}" for copy in duplicates})
     return Extraction(embeddings, failures, extracted, settings, hashes)
 
 
