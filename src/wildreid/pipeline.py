@@ -83,7 +83,7 @@ def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | 
     matches = np.full((len(query_rows), k), None, dtype=object)
     thresholds, choices, fusions, notes = {}, {}, {}, []
     method = get_method(preset.local, **preset.local_options) if preset.local else None
-    seen_by_backbone = trained_on(preset.backbone)
+    seen_by_backbone = trained_on(backbone.name)  # the descriptor actually used
     for query_positions, database_positions, group in search_groups(queries, database, preset.same_dataset_only):
         group_database = database.iloc[database_positions]
         group_queries = queries.iloc[query_positions]

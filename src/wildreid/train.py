@@ -26,7 +26,7 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,9 @@ import torchvision.transforms.functional as TF
 from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, train_transform
-from .backbones import OFFLINE_LITE0, Backbone, Preprocess, load_backbone
-from .data import DATABASE, QUERY, Dataset, ImageReadError, read_image, read_text_csv
-from .extract import PIL_INTERPOLATION, content_hashes, default_device
+from .backbones import OFFLINE_LITE0, Backbone, Preprocess, folder_fingerprint, load_backbone, local_folder
+from .data import DATABASE, QUERY, Dataset, ImageReadError, decode_image, read_image_bytes, read_text_csv
+from .extract import PIL_INTERPOLATION, default_device, pixels_to_input
 from .files import atomic_path, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -226,29 +226,36 @@ def source_size(size: tuple[int, int], min_crop_scale: float) -> tuple[int, int]
     return math.ceil(size[0] * factor), math.ceil(size[1] * factor)
 
 
+@dataclass
+class LoadedImages:
+    evaluation: list    # uint8 (C, H, W) at the model's size, exactly as identification resizes; None if unreadable
+    training: list      # the augmentation source: the same squash, a little larger
+    hashes: list        # SHA-256 of each file's bytes (as extract.content_hashes), None if unreadable
+    failures: dict      # index -> why the image could not be read
+
+
 def load_pixels(paths: list[str], preprocess: Preprocess, train_size: tuple[int, int],
-                progress: bool = True) -> tuple[list, list, dict[int, str]]:
-    """For each image: the evaluation input (plain resize to the model's size, exactly as
-    identification does it) and the augmentation source (the same squash, a little larger).
-    Returns (eval pixels, train pixels, {index: error}) with None for unreadable images."""
+                progress: bool = True) -> LoadedImages:
+    """Read every image once: its evaluation input, its augmentation source and its content hash."""
     interpolation = PIL_INTERPOLATION[preprocess.interpolation]
     height, width = preprocess.size
 
     def one(path):
         try:
-            image = read_image(path)
+            data = read_image_bytes(path)
+            image = decode_image(data, str(path))
         except ImageReadError as error:
-            return None, None, str(error)
+            return None, None, None, str(error)
         evaluation = TF.pil_to_tensor(image.resize((width, height), interpolation))
         training = TF.pil_to_tensor(image.resize((train_size[1], train_size[0]), interpolation))
-        return evaluation, training, None
+        return evaluation, training, hashlib.sha256(data).hexdigest(), None
 
     # Decoding and resizing release the GIL: threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(tqdm(pool.map(one, paths), total=len(paths), desc="loading images", unit="img",
                             disable=not progress))
-    failures = {i: error for i, (_, _, error) in enumerate(results) if error}
-    return [r[0] for r in results], [r[1] for r in results], failures
+    evaluation, training, hashes, errors = (list(column) for column in zip(*results)) if results else ([],) * 4
+    return LoadedImages(evaluation, training, hashes, {i: e for i, e in enumerate(errors) if e})
 
 
 class _AugmentedImages(torch.utils.data.Dataset):
@@ -260,11 +267,6 @@ class _AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(self.pixels[index]), self.labels[index]
-
-
-def normalise(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> model input; the arithmetic of ``extract.image_to_tensor``."""
-    return TF.normalize(pixels.float().div_(255.0), list(preprocess.mean), list(preprocess.std))
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,9 +329,9 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
     model = backbone.model
 
     roles = split_validation(images, config.val_fraction, config.seed)
-    eval_pixels, train_pixels, failures = load_pixels(
-        images["path"].tolist(), preprocess, source_size(preprocess.size, config.augment.min_crop_scale),
-        progress)
+    loaded = load_pixels(images["path"].tolist(), preprocess,
+                         source_size(preprocess.size, config.augment.min_crop_scale), progress)
+    eval_pixels, train_pixels, failures = loaded.evaluation, loaded.training, loaded.failures
     if failures:
         tqdm.write(f"{len(failures)} unreadable image(s) left out, e.g. {next(iter(failures.values()))}")
     usable = np.array([i not in failures for i in range(len(images))])
@@ -439,8 +441,8 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
             "unreadable": {images["image_id"].iloc[i]: error for i, error in failures.items()},
             # By content (SHA-256), so identification can tell which database photos this model
             # has seen, wherever they are stored later (see trained_on).
-            "trained_image_hashes": _hashes(images["path"].iloc[fit_rows]),
-            "held_out_image_hashes": _hashes(images["path"].iloc[val_rows]),
+            "trained_image_hashes": [loaded.hashes[row] for row in fit_rows],
+            "held_out_image_hashes": [loaded.hashes[row] for row in val_rows],
         },
         "device": str(device), "bf16_autocast": amp,
         "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
@@ -453,13 +455,8 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
     write_text_atomic(out / RECORD, json.dumps(record, indent=2, default=str))
     checkpoint_path.unlink(missing_ok=True)  # train.json now says finished; the checkpoint is spent
     model.to(device)
-    trained = Backbone(f"local-dir:{out}", model, preprocess, f"trained:{fingerprint[:16]}", backbone.dim)
+    trained = Backbone(f"local-dir:{out}", model, preprocess, folder_fingerprint(out), backbone.dim)
     return TrainResult(trained, out, record)
-
-
-def _hashes(paths: pd.Series) -> list[str]:
-    hashes, _ = content_hashes(paths.tolist())
-    return [h for h in hashes if h is not None]
 
 
 @dataclass(frozen=True)
@@ -471,12 +468,12 @@ class TrainedOn:
 
 
 def trained_on(backbone_name: str) -> TrainedOn | None:
-    """For ``local-dir:DIR`` holding a train.json that lists its images: what it was trained on and
-    what was held out for validation. None for any other backbone (or an older record)."""
-    if not backbone_name.startswith("local-dir:"):
-        return None
-    record_path = Path(backbone_name.split(":", 1)[1]) / RECORD
-    if not record_path.is_file():
+    """For a model folder (``local-dir:DIR``, as load_backbone finds it) holding a train.json that
+    lists its images: what it was trained on and what was held out for validation. None for any
+    other backbone (or an older record)."""
+    folder = local_folder(backbone_name)
+    record_path = folder / RECORD if folder is not None else None
+    if record_path is None or not record_path.is_file():
         return None
     try:
         data = json.loads(record_path.read_text()).get("data", {})
@@ -553,7 +550,7 @@ def embed(model, pixels: list[torch.Tensor], preprocess: Preprocess, device, amp
     model.eval()
     vectors = []
     for start in range(0, len(pixels), batch_size):
-        batch = normalise(torch.stack(pixels[start:start + batch_size]), preprocess)
+        batch = pixels_to_input(torch.stack(pixels[start:start + batch_size]), preprocess)
         batch = batch.to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             vectors.append(F.normalize(model(batch).float(), dim=1).cpu())
