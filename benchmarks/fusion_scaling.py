@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from wildreid.data import load_csv
 from wildreid.fusion import fuse_group

@@ -18,15 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from wildreid.data import load_csv, load_dataset
 from wildreid.fusion import FusionSettings
 from wildreid.outputs import evaluate_if_possible
 from wildreid.pipeline import identify
 from wildreid.presets import get_preset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import CLOSED_SPLIT, prepare  # noqa: E402
+from real_data import CLOSED_SPLIT, benchmark_dataset  # noqa: E402
 
 
 def main() -> None:
@@ -36,10 +34,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "wildreid-bench-cache")
     arguments = parser.parse_args()
     closed_set = arguments.dataset == CLOSED_SPLIT
-    if closed_set:  # LionData's published split, as benchmarks/real_data.py builds it
-        dataset = load_csv(prepare(CLOSED_SPLIT, Path(tempfile.mkdtemp()) / CLOSED_SPLIT))
-    else:
-        dataset = load_dataset(SHARED / arguments.dataset)
+    dataset = benchmark_dataset(arguments.dataset)  # as benchmarks/real_data.py measures it
     for variant in arguments.variants:
         settings = json.loads(variant)
         preset = get_preset("fusion").replace(fusion=FusionSettings(**settings))

@@ -29,36 +29,40 @@ from pathlib import Path
 
 import pandas as pd
 
+from wildreid.data import DATABASE, QUERY, Dataset, load_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = ["LionData", "NyalaData", "Holstein2025"]
 CLOSED_SPLIT = "LionData-paper-split"
 
 
-def prepare(name: str, folder: Path) -> Path:
-    """The metadata CSV to load for ``name``; derived tables are written to ``folder``."""
+def benchmark_dataset(name: str) -> Dataset:
+    """The dataset measured as ``name``: a dataset of ../shared/data, or LionData's closed split."""
     if name == CLOSED_SPLIT:
-        table = pd.read_csv(SHARED / "LionData" / "metadata.csv", dtype=str)
-        split = pd.read_csv(SHARED / "LionData" / "paper_split.csv", dtype=str)
-        table = table.drop(columns="split").merge(split, on="image_id")
-        table["split"] = table["paper_split"].map({"train": "database", "test": "query"})
-        table["dataset"] = "LionData"
-    else:
-        table = pd.read_csv(SHARED / name / "metadata.csv", dtype=str)
-        if name == "Holstein2025":
-            # The clip (recording start_end in the file name) marks near-duplicate frames, so the
-            # label-free threshold simulation does not match a frame with its own clip. Only the
-            # time stamps are used, never the identity folder.
-            table["clip"] = table["original_path"].str.rsplit("/", n=1).str[-1].str.split("_").str[:2].str.join("_")
-    table = table.drop(columns=["original_path"], errors="ignore")
-    table["path"] = [str(SHARED / ("LionData" if name == CLOSED_SPLIT else name) / p) for p in table["path"]]
-    folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(folder / "metadata.csv", index=False)
-    return folder / "metadata.csv"
+        return closed_split(SHARED / "LionData")
+    dataset = load_dataset(SHARED / name)
+    table = dataset.table
+    if name == "Holstein2025":
+        # The clip (recording start_end in the file name) marks near-duplicate frames, so the
+        # label-free threshold simulation does not match a frame with its own clip. Only the
+        # time stamps are used, never the identity folder.
+        table["clip"] = table["original_path"].str.rsplit("/", n=1).str[-1].str.split("_").str[:2].str.join("_")
+    dataset.table = table.drop(columns=["original_path"], errors="ignore")
+    return dataset
+
+
+def closed_split(data: Path) -> Dataset:
+    """LionData with its published split (paper_split.csv): train -> database, test -> query."""
+    dataset = load_dataset(data)
+    split = pd.read_csv(data / "paper_split.csv", dtype=str)
+    part = dict(zip(split["image_id"], split["paper_split"]))
+    table = dataset.table.copy()
+    table["split"] = table["image_id"].map(lambda i: DATABASE if part[i] == "train" else QUERY)
+    return Dataset(table, f"{data} (paper_split.csv)")
 
 
 def run_single(name: str, preset_name: str, out: Path, backbone: str | None = None) -> dict:
-    from wildreid.data import load_csv
     from wildreid.decide import decide
     from wildreid.metrics import evaluate
     from wildreid.outputs import evaluate_if_possible, write_run
@@ -75,7 +79,7 @@ def run_single(name: str, preset_name: str, out: Path, backbone: str | None = No
     if name == CLOSED_SPLIT:
         preset = preset.replace(threshold=None)
     with tempfile.TemporaryDirectory() as scratch:
-        dataset = load_csv(prepare(name, Path(scratch) / name))
+        dataset = benchmark_dataset(name)
         result = identify(dataset, preset, cache_dir=Path(scratch) / "cache", progress=False)
         evaluation = evaluate_if_possible(result)
         write_run(result, out / f"{label}-{name}", evaluation=evaluation)

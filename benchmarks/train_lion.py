@@ -24,7 +24,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -32,26 +31,19 @@ sys.path.insert(0, str(PROJECT / "src"))
 
 from wildreid.augment import AugmentConfig  # noqa: E402
 from wildreid.backbones import load_backbone  # noqa: E402
-from wildreid.data import DATABASE, QUERY, Dataset, load_dataset  # noqa: E402
+from wildreid.data import Dataset, load_dataset  # noqa: E402
 from wildreid.extract import default_device  # noqa: E402
 from wildreid.metrics import evaluate  # noqa: E402
 from wildreid.pipeline import identify  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
-from wildreid.train import RECORD, TrainConfig, train, training_images  # noqa: E402
+from wildreid.train import CHECKPOINT, RECORD, TrainConfig, train, training_images  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_data import closed_split  # noqa: E402  (the split as every benchmark builds it)
 
 LION = PROJECT.parent / "shared" / "data" / "LionData"
 PUBLISHED = {"MegaDescriptor-L-384": 0.252, "MegaDescriptor-L-224": 0.206,
              "MegaDescriptor-T-224": 0.148, "MegaDescriptor-B-224": 0.135}
-
-
-def closed_split(data: Path) -> Dataset:
-    """LionData with the paper's split: train -> database, test -> query."""
-    dataset = load_dataset(data)
-    split = pd.read_csv(data / "paper_split.csv", dtype=str)
-    part = dict(zip(split["image_id"], split["paper_split"]))
-    table = dataset.table.copy()
-    table["split"] = table["image_id"].map(lambda i: DATABASE if part[i] == "train" else QUERY)
-    return Dataset(table, f"{data} (paper_split.csv)")
 
 
 def closed_set_top1(dataset: Dataset, backbone_name: str, preprocess=None) -> tuple[float, float]:
@@ -126,7 +118,7 @@ def main(argv=None) -> dict:
                          seed=args.seed, augment=AugmentConfig(min_crop_scale=args.min_crop_scale,
                                                                color_jitter=args.color_jitter, flip=args.flip))
     train_started = time.perf_counter()
-    if (args.out / RECORD).exists() and not (args.out / "checkpoint.pt").exists() and not args.overwrite:
+    if (args.out / RECORD).exists() and not (args.out / CHECKPOINT).exists() and not args.overwrite:
         record = json.loads((args.out / RECORD).read_text())
         print(f"{args.out} already trained; evaluating it (--overwrite trains again)")
     else:

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from wildreid.backbones import lite0_imagenet_classifier, load_backbone, resolve_name

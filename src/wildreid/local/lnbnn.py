@@ -53,10 +53,12 @@ class KeypointIndex:
         """(len(queries), images) LNBNN scores. ``excluded[q]``: images query q may not vote for
         (itself, its near-duplicates), skipped before counting the k neighbours."""
         scores = np.zeros((len(queries), self.images), dtype=np.float64)
+        if self.index is None:
+            return scores
         blocks = [np.ascontiguousarray(f.descriptors[: self.max_per_image], dtype=np.float32)
-                  if f is not None and len(f) else np.zeros((0, self.index.d if self.index else 1), np.float32)
+                  if f is not None and len(f) else np.zeros((0, self.index.d), np.float32)
                   for f in queries]
-        if self.index is None or not any(len(b) for b in blocks):
+        if not any(len(b) for b in blocks):
             return scores
         depth = k + 1 + (spare if excluded is not None else 0)
         # One batched search for every query keypoint: FAISS parallelises large batches well.
