@@ -436,8 +436,7 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
             "val_images_of_held_out_identities": int((roles[val_rows] == VAL_IDENTITY).sum()),
             "val_held_out_identities": int(images["identity"][roles == VAL_IDENTITY].nunique()),
             # With a split file, the training part may hold queries of the dataset's own split.
-            "trained_images_marked_query": int(images["was_query"].iloc[fit_rows].sum())
-            if "was_query" in images else 0,
+            "trained_images_marked_query": int(images["was_query"].iloc[fit_rows].sum()),
             "unreadable": {images["image_id"].iloc[i]: error for i, error in failures.items()},
             # By content (SHA-256), so identification can tell which database photos this model
             # has seen, wherever they are stored later (see trained_on).
