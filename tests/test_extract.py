@@ -271,9 +271,11 @@ def test_disagreeing_approximation_falls_back_to_exact_fp32(tiny_backbone, tmp_p
     exact = extract_embeddings(paths, tiny_backbone, batch_size=4, progress=False)
     with pytest.warns(RuntimeWarning, match="agree with the exact fp32 model only"):
         run = extract_embeddings(paths, tiny_backbone, batch_size=4, precision="bf16",
-                                 min_agreement=1.01, progress=False)
+                                 min_agreement=1.01, cache_dir=tmp_path / "cache", progress=False)
     assert run.settings["fell_back"] and run.settings["precision"] == "fp32"
     assert np.array_equal(run.embeddings, exact.embeddings)
+    # What ran was the exact path, so its vectors serve later exact runs.
+    assert len(EmbeddingCache(tmp_path / "cache", tiny_backbone.cache_key).load()) == len(paths)
 
 
 class _Fragile(torch.nn.Module):

@@ -329,6 +329,8 @@ def extract_embeddings(
                     runner, features = _settle(runner, plan, features, batch.images, backbone, settings,
                                                min_agreement=min_agreement, cache_dir=cache_dir)
                     checked = True
+                    if cache:  # a run that fell back to the exact path stores exact vectors as such
+                        cache = EmbeddingCache(cache_dir, cache_key(backbone, settings))
                 # Queue this batch's copy to host memory, then store the previous batch: the GPU
                 # goes on with the next batch while Python writes results.
                 if in_flight:
