@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from wildreid.data import NEW_INDIVIDUAL, load_csv, read_image
-from wildreid.fusion import Calibration, FusionSettings, shortlist
+from wildreid.fusion import Calibration, FusionSettings
 from wildreid.local import get_method
 from wildreid.local.cache import local_features
 from wildreid.local.lnbnn import KeypointIndex
@@ -18,7 +18,7 @@ from wildreid.local.verify import count_inliers
 from wildreid.outputs import evaluate_if_possible, write_run
 from wildreid.pipeline import identify
 from wildreid.presets import get_preset
-from wildreid.thresholds import choose_threshold
+from wildreid.thresholds import Neighbours, choose_threshold
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +83,27 @@ def test_lnbnn_prefers_shared_distinctive_keypoints():
 
 
 def test_shortlist_unions_both_rankings_and_respects_exclusions():
-    cosine = np.array([[0.9, 0.8, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4]])
-    lnbnn = np.array([[0.0, 0.0, 5.0, 1.0], [9.0, 0.0, 0.0, 0.0]])
-    rows, columns = shortlist(cosine, lnbnn, 1)
-    assert sorted(zip(rows.tolist(), columns.tolist())) == [(0, 0), (0, 2), (1, 0), (1, 3)]
-    excluded = np.zeros_like(cosine, dtype=bool)
-    excluded[0, 0] = True
-    rows, columns = shortlist(cosine, None, 1, excluded)
-    assert sorted(zip(rows.tolist(), columns.tolist())) == [(0, 1), (1, 3)]
+    """Per query: the top-B by cosine (from the index) united with the top-B by LNBNN votes;
+    an excluded image (itself, its clip) is in neither list."""
+    from wildreid.gallery.index import VectorIndex
+    from wildreid.gallery.shortlist import shortlist_pairs
+    from wildreid.local.base import LocalFeatures
+
+    rng = np.random.default_rng(0)
+    database_vectors = rng.normal(size=(6, 8))
+    marks = [rng.normal(size=(20, 16)) for _ in range(6)]
+    database = [LocalFeatures(np.zeros((20, 2), np.float32), m.astype(np.float32), 1.0) for m in marks]
+    index = VectorIndex.build(database_vectors)
+    # Query 0 looks like image 1 globally but carries image 4's keypoints.
+    query_vectors = database_vectors[[1]] + 0.01 * rng.normal(size=(1, 8))
+    query = [LocalFeatures(np.zeros((20, 2), np.float32), (marks[4] + 0.01).astype(np.float32), 1.0)]
+    settings = FusionSettings(shortlist=1, scores=("cosine", "lnbnn"))
+    pairs = shortlist_pairs(index, query_vectors, query, KeypointIndex(database), database, None, settings)
+    assert list(zip(pairs.queries.tolist(), pairs.images.tolist())) == [(0, 1), (0, 4)]
+    assert pairs.raw["lnbnn"][1] > pairs.raw["lnbnn"][0] and pairs.raw["cosine"][0] > 0.99
+    excluded = shortlist_pairs(index, query_vectors, query, KeypointIndex(database), database, None, settings,
+                               excluded=[{1, 4}])
+    assert not ({1, 4} & set(excluded.images.tolist())) and len(excluded.images) == 2
 
 
 def test_calibration_monotone_probabilities_and_round_trip():
@@ -135,7 +148,7 @@ def test_threshold_simulation_on_sparse_scores():
     anchors = np.zeros(len(identities), dtype=bool)
     anchors[::2] = True
     scores[~anchors] = -np.inf
-    choice = choose_threshold(scores, identities, scored_rows=anchors)
+    choice = choose_threshold(Neighbours.from_dense(scores, anchors), identities)
     assert 0.2 < choice.threshold <= 0.9 and choice.simulated_score > 0.95
 
 
@@ -146,7 +159,7 @@ def test_threshold_simulation_ignores_rounds_without_new_queries():
     scores = np.where(identities[:, None] == identities[None, :], 0.9, 0.2)
     scored = np.zeros(len(identities), dtype=bool)
     scored[[0, 1, 3, 4]] = True   # two identities only: most rounds hold out neither as new
-    choice = choose_threshold(scores, identities, scored_rows=scored)
+    choice = choose_threshold(Neighbours.from_dense(scores, scored), identities)
     assert np.isfinite(choice.simulated_baus) and np.isfinite(choice.simulated_baks)
     assert 0.2 < choice.threshold <= 0.9 and choice.simulated_score > 0.95
 
@@ -161,9 +174,9 @@ def test_fusion_preset_end_to_end(shared_data, tmp_path, lite0_backbone):
     dataset = load_csv(tmp_path / "Lions" / "metadata.csv")
     preset = get_preset("fusion").replace(local_options={"max_keypoints": 256}, fusion=FusionSettings(shortlist=5))
     result = identify(dataset, preset, cache_dir=tmp_path / "cache", backbone=lite0_backbone, progress=False)
-    fusion = result.fusions["Lions"]
-    assert fusion.calibration.pairs > 0 and fusion.calibration.positives > 0
-    assert set(fusion.calibration.knots) == {"cosine", "lnbnn", "inliers"}
+    calibration = result.calibrations["Lions"]
+    assert calibration.pairs > 0 and calibration.positives > 0
+    assert set(calibration.knots) == {"cosine", "lnbnn", "inliers"}
     scores = result.candidates["score_1"].dropna()
     assert ((scores >= 0) & (scores <= 1)).all()  # fused scores are probabilities
     threshold = result.thresholds["Lions"]
@@ -172,7 +185,7 @@ def test_fusion_preset_end_to_end(shared_data, tmp_path, lite0_backbone):
 
     written = write_run(result, tmp_path / "out", evaluation=evaluate_if_possible(result), match_examples=2)
     saved = json.loads(written["calibration_Lions"].read_text())
-    assert saved["pairs"] == fusion.calibration.pairs
+    assert saved["pairs"] == calibration.pairs
     match_pictures = list((tmp_path / "out" / "plots").glob("matches_Lions_*.png"))
     assert len(match_pictures) == 2
     assert "matches_Lions_" in written["report"].read_text()

@@ -15,7 +15,7 @@ from wildreid.outputs import evaluate_if_possible, write_run
 from wildreid.pipeline import UNREADABLE, identify
 from wildreid.presets import get_preset, parse_threshold
 from wildreid.search import rank_identities
-from wildreid.thresholds import choose_threshold
+from wildreid.thresholds import Neighbours, choose_threshold
 
 
 def test_rank_identities_matches_brute_force():
@@ -62,7 +62,7 @@ def test_threshold_chosen_between_same_and_different_scores():
     identities = np.repeat([f"i{k}" for k in range(12)], 4)
     same = identities[:, None] == identities[None, :]
     similarity = np.where(same, 0.9, 0.3) + rng.normal(scale=0.02, size=same.shape)
-    choice = choose_threshold(similarity, identities)
+    choice = choose_threshold(Neighbours.from_dense(similarity), identities)
     assert 0.35 < choice.threshold <= 0.85
     assert choice.simulated_score > 0.95
 
@@ -72,8 +72,9 @@ def test_near_duplicate_groups_are_not_matched():
     date, so no known query can be answered correctly: BAKS collapses."""
     identities = np.repeat([f"i{k}" for k in range(8)], 3)
     similarity = np.where(identities[:, None] == identities[None, :], 0.9, 0.3)
-    free = choose_threshold(similarity, identities, rounds=5)
-    grouped = choose_threshold(similarity, identities, rounds=5, near_duplicate_groups=identities.copy())
+    free = choose_threshold(Neighbours.from_dense(similarity), identities, rounds=5)
+    grouped = choose_threshold(Neighbours.from_dense(similarity), identities, rounds=5,
+                               near_duplicate_groups=identities.copy())
     assert free.simulated_baks > 0.9 and grouped.simulated_baks < 0.05
 
 

@@ -230,9 +230,9 @@ def evaluate(
     detail = pd.read_csv(candidates, dtype={"image_id": str}) if candidates else None
     figures = run_evaluate(dataset, load_submission(submission), detail)
     if as_json:
-        from .outputs import _jsonable
+        from .files import jsonable
 
-        stdout.print_json(json.dumps(_jsonable(figures)))
+        stdout.print_json(json.dumps(jsonable(figures)))
     else:
         _print_evaluation(figures)
 

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .files import atomic_path, write_csv_atomic, write_text_atomic
+from .files import atomic_path, jsonable, write_csv_atomic, write_text_atomic
 from .metrics import evaluate
 from .report import _png, figures_for_run, query_truth, render_report
 
@@ -45,11 +45,11 @@ def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, re
         "skipped_images": len(result.failures),
         "evaluation": evaluation,
     }
-    write_text_atomic(written["run"], json.dumps(_jsonable(record), indent=2))
-    for group, fusion in result.fusions.items():
+    write_text_atomic(written["run"], json.dumps(jsonable(record), indent=2))
+    for group, calibration in result.calibrations.items():
         # The calibrations are part of the run: the fused scores cannot be read without them.
         written[f"calibration_{group}"] = out_dir / f"calibration_{_safe(group)}.json"
-        write_text_atomic(written[f"calibration_{group}"], fusion.calibration.to_json())
+        write_text_atomic(written[f"calibration_{group}"], calibration.to_json())
     if report:
         pictures = {name: _png(figure) for name, figure in figures_for_run(result).items()}
         pictures.update(match_pictures(result, per_dataset=match_examples))
@@ -64,7 +64,7 @@ def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, re
 def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> dict[str, bytes]:
     """For the first queries of each dataset (when local matching ran): the query beside its top
     candidates' best photos, with the verified keypoint correspondences drawn."""
-    if not result.fusions or per_dataset <= 0:
+    if not result.calibrations or per_dataset <= 0:
         return {}
     import numpy as np
 
@@ -100,16 +100,3 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
 def _safe(name) -> str:
     """A file-name-safe version of a dataset name or image id."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
-
-
-def _jsonable(value):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
-        return _jsonable(value.item())
-    return value

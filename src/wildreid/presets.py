@@ -50,6 +50,20 @@ class Preset:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @classmethod
+    def from_dict(cls, content: dict) -> "Preset":
+        """The inverse of :meth:`to_dict` (JSON turns tuples into lists)."""
+        content = dict(content)
+        if content.get("preprocess") is not None:
+            pre = content["preprocess"]
+            content["preprocess"] = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]),
+                                               pre["interpolation"])
+        fusion = dict(content.get("fusion") or {})
+        if "scores" in fusion:
+            fusion["scores"] = tuple(fusion["scores"])
+        content["fusion"] = FusionSettings(**fusion)
+        return cls(**content)
+
 
 PRESETS = {
     "seed": Preset(

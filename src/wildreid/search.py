@@ -31,36 +31,42 @@ class IdentityRanking:
 
 
 def rank_identities(similarity: np.ndarray, database_identities: np.ndarray, k: int) -> IdentityRanking:
-    """Rank identities by their best image's similarity, for every row of ``similarity``."""
-    labels, codes = np.unique(np.asarray(database_identities, dtype=object), return_inverse=True)
-    queries, n_identities = similarity.shape[0], len(labels)
-    identity_scores = np.full((queries, n_identities), -np.inf, dtype=np.float64)
-    best_image = np.full((queries, n_identities), -1, dtype=np.int64)
-    # Visit images in decreasing similarity so the first hit per identity is its best image.
+    """Rank identities by their best image's similarity, for every row of a dense ``similarity``."""
     order = np.argsort(-similarity, axis=1, kind="stable")
-    for query in range(queries):
-        seen = np.zeros(n_identities, dtype=bool)
-        for image in order[query]:
-            code = codes[image]
-            if not seen[code]:
-                seen[code] = True
-                identity_scores[query, code] = similarity[query, image]
-                best_image[query, code] = image
-                if seen.sum() >= min(k, n_identities):
-                    break
-    top = min(k, n_identities)
-    top_codes = np.argsort(-identity_scores, axis=1, kind="stable")[:, :top]
-    rows = np.arange(queries)[:, None]
-    identities = np.full((queries, k), None, dtype=object)
-    scores = np.full((queries, k), np.nan)
-    images = np.full((queries, k), -1, dtype=np.int64)
-    identities[:, :top] = labels[top_codes]
-    scores[:, :top] = identity_scores[rows, top_codes]
-    images[:, :top] = best_image[rows, top_codes]
-    # Identities never scored (-inf: outside a shortlist, or excluded) are not candidates.
-    unscored = ~np.isfinite(scores)
-    identities[unscored], scores[unscored], images[unscored] = None, np.nan, -1
-    return IdentityRanking(identities, scores, images)
+    return rank_neighbours(order, np.take_along_axis(similarity, order, axis=1), database_identities, k)
+
+
+def rank_neighbours(columns: np.ndarray, scores: np.ndarray, database_identities: np.ndarray,
+                    k: int) -> IdentityRanking:
+    """Rank identities from each query's nearest database images (``columns``, best first, -1 or
+    -inf where none): an identity's score is its first (best) image's. Works on the top-N
+    neighbours an index returns, so nothing per query grows with the database. Identities with
+    equal scores keep the order of their labels, as a stable sort over all identities would."""
+    identities = np.asarray(database_identities, dtype=object)
+    labels, codes = np.unique(identities, return_inverse=True)
+    queries, depth = columns.shape
+    result = IdentityRanking(np.full((queries, k), None, dtype=object), np.full((queries, k), np.nan),
+                             np.full((queries, k), -1, dtype=np.int64))
+    valid = (columns >= 0) & np.isfinite(scores)
+    if not valid.any() or k <= 0:
+        return result
+    row_of, position = np.nonzero(valid)   # row-major: each row's neighbours in order
+    code = codes[columns[row_of, position]]
+    # The first occurrence of each (query, identity) pair is that identity's best image.
+    _, first = np.unique(row_of * len(labels) + code, return_index=True)
+    first = np.sort(first)
+    row_of, position, code = row_of[first], position[first], code[first]
+    score = scores[row_of, position]
+    # Per query: best score first, then label order; then keep the first k.
+    order = np.lexsort((code, -score, row_of))
+    row_of, position, code, score = row_of[order], position[order], code[order], score[order]
+    rank = np.arange(len(row_of)) - np.searchsorted(row_of, row_of)
+    keep = rank < k
+    row_of, rank = row_of[keep], rank[keep]
+    result.identities[row_of, rank] = labels[code[keep]]
+    result.scores[row_of, rank] = score[keep]
+    result.best_images[row_of, rank] = columns[row_of, position[keep]]
+    return result
 
 
 def search_groups(query_table: pd.DataFrame, database_table: pd.DataFrame, same_dataset_only: bool = True):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .search import rank_identities
 
 
 @dataclass
@@ -27,10 +26,52 @@ class ThresholdChoice:
     curve_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     curve_baks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     curve_baus: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    note: str = ""   # why the choice is not a real one, for the user
 
     def summary(self) -> dict:
         return {"threshold": self.threshold, "simulated_score": self.simulated_score,
-                "simulated_baks": self.simulated_baks, "simulated_baus": self.simulated_baus}
+                "simulated_baks": self.simulated_baks, "simulated_baus": self.simulated_baus, "note": self.note}
+
+
+@dataclass
+class Neighbours:
+    """Some database rows (the pseudo-queries) with their nearest database rows, best first.
+
+    The simulation needs only these lists, never a database-by-database matrix: for the global
+    descriptor they come from the gallery's index (k nearest neighbours), for fused scores from
+    each pseudo-query's shortlist.
+    """
+
+    rows: np.ndarray       # (P,) database rows asked as pseudo-queries
+    columns: np.ndarray    # (P, K) their neighbours' database rows, best first; -1 pads
+    scores: np.ndarray     # (P, K) the neighbours' scores; -inf pads
+
+    @classmethod
+    def from_dense(cls, similarity: np.ndarray, scored_rows: np.ndarray | None = None) -> "Neighbours":
+        """Every column of the given rows of a dense (database x database) similarity; for tests
+        and small problems. Entries of -inf are no neighbour."""
+        rows = np.arange(len(similarity)) if scored_rows is None else np.flatnonzero(scored_rows)
+        block = np.asarray(similarity, dtype=np.float64)[rows]
+        order = np.argsort(-block, axis=1, kind="stable")
+        scores = np.take_along_axis(block, order, axis=1)
+        return cls(rows, np.where(np.isfinite(scores), order, -1), scores)
+
+    @classmethod
+    def from_pairs(cls, rows: np.ndarray, columns: np.ndarray, scores: np.ndarray, askable: np.ndarray) -> "Neighbours":
+        """From scored (row, column) pairs, e.g. a shortlist; ``askable``: the rows to ask."""
+        asked = np.flatnonzero(askable)
+        slot = np.full(len(askable), -1)
+        slot[asked] = np.arange(len(asked))
+        inside = slot[rows] >= 0
+        rows, columns, scores = slot[rows[inside]], columns[inside], np.asarray(scores, np.float64)[inside]
+        order = np.lexsort((columns, -scores, rows))
+        rows, columns, scores = rows[order], columns[order], scores[order]
+        position = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        depth = int(position.max()) + 1 if len(rows) else 0
+        padded_columns = np.full((len(asked), depth), -1, dtype=np.int64)
+        padded_scores = np.full((len(asked), depth), -np.inf)
+        padded_columns[rows, position], padded_scores[rows, position] = columns, scores
+        return cls(asked, padded_columns, padded_scores)
 
 
 @dataclass
@@ -43,16 +84,16 @@ class SimulatedQueries:
     top_score: np.ndarray
 
 
-def simulate_round(database_similarity: np.ndarray, identities: np.ndarray, rng: np.random.Generator,
+def simulate_round(neighbours: Neighbours, identities: np.ndarray, rng: np.random.Generator,
                    *, new_identity_share: float = 0.25, known_query_share: float = 0.25,
-                   near_duplicate_groups: np.ndarray | None = None,
-                   scored_rows: np.ndarray | None = None) -> SimulatedQueries:
+                   near_duplicate_groups: np.ndarray | None = None) -> SimulatedQueries:
     """One simulated open-set split of the database, answered by nearest identity.
 
-    ``near_duplicate_groups`` (e.g. the date or clip of each image): a known pseudo-query is not
-    allowed to match images of its own group, as real queries come from other visits.
-    ``scored_rows``: only these rows of ``database_similarity`` hold scores (the others are held
-    out with their identity but never asked), as when local matching ran for a sample of images.
+    Some whole identities are held out as new, some images of the others as known queries; every
+    pseudo-query that ``neighbours`` can answer (its rows) is answered by its first neighbour
+    that stayed in the database. ``near_duplicate_groups`` (e.g. the date or clip of each image):
+    a known pseudo-query is not allowed to match images of its own group, as real queries come
+    from other visits.
     """
     identities = np.asarray(identities, dtype=object)
     labels = np.unique(identities)
@@ -68,17 +109,19 @@ def simulate_round(database_similarity: np.ndarray, identities: np.ndarray, rng:
             continue  # a lone image must stay in the database to be findable
         take = min(len(members) - 1, max(1, int(rng.binomial(len(members), known_query_share))))
         query[rng.choice(members, size=take, replace=False)] = True
-    database_rows = np.flatnonzero(~query)
-    query_rows = np.flatnonzero(query & (scored_rows if scored_rows is not None else True))
-    similarity = database_similarity[np.ix_(query_rows, database_rows)].astype(np.float64)
+    asked = query[neighbours.rows]
+    rows, columns = neighbours.rows[asked], neighbours.columns[asked]
+    # A neighbour answers if it stayed in the database this round (and is no near-duplicate).
+    answers = (columns >= 0) & ~query[np.maximum(columns, 0)] & np.isfinite(neighbours.scores[asked])
     if near_duplicate_groups is not None:
         groups = np.asarray(near_duplicate_groups, dtype=object)
-        same_group = groups[query_rows][:, None] == groups[database_rows][None, :]
-        same_group &= np.array([g is not None and g == g for g in groups[query_rows]])[:, None]
-        similarity[same_group] = -np.inf
-    ranking = rank_identities(similarity, identities[database_rows], k=1)
-    return SimulatedQueries(identities[query_rows], is_new_image[query_rows],
-                            ranking.identities[:, 0], ranking.scores[:, 0])
+        known_group = np.array([g is not None and g == g for g in groups[rows]])
+        answers &= ~((groups[np.maximum(columns, 0)] == groups[rows][:, None]) & known_group[:, None])
+    first = np.argmax(answers, axis=1)
+    found = answers[np.arange(len(rows)), first]
+    top_identity = np.where(found, identities[columns[np.arange(len(rows)), first]], None)
+    top_score = np.where(found, neighbours.scores[asked][np.arange(len(rows)), first], np.nan)
+    return SimulatedQueries(identities[rows], is_new_image[rows], top_identity, top_score)
 
 
 def score_curves(rounds: list[SimulatedQueries], grid: np.ndarray):
@@ -108,17 +151,22 @@ def _balanced(hits: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(codes)[:, None]).mean(axis=0)
 
 
-def choose_threshold(database_similarity: np.ndarray, identities: np.ndarray, *, rounds: int = 20,
-                     seed: int = 0, near_duplicate_groups: np.ndarray | None = None,
-                     scored_rows: np.ndarray | None = None, grid_size: int = 400) -> ThresholdChoice:
+def choose_threshold(neighbours: Neighbours, identities: np.ndarray, *, rounds: int = 20, seed: int = 0,
+                     near_duplicate_groups: np.ndarray | None = None, grid_size: int = 400) -> ThresholdChoice:
     """The threshold maximising the simulated open-set score on this database."""
+    identities = np.asarray(identities, dtype=object)
     rng = np.random.default_rng(seed)
-    simulated = [simulate_round(database_similarity, identities, rng, near_duplicate_groups=near_duplicate_groups,
-                                scored_rows=scored_rows) for _ in range(rounds)]
+    simulated = [simulate_round(neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups)
+                 for _ in range(rounds)]
     scores = np.concatenate([s.top_score for s in simulated])
     scores = scores[np.isfinite(scores)]
     if len(scores) == 0 or not any(s.is_new.any() for s in simulated):
-        return ThresholdChoice(-math.inf, math.nan, math.nan, math.nan)
+        # Nothing could be held out as new (a single identity, or one photo each): no threshold
+        # can be learnt. Accept every answer, and say so: the caller passes the note on.
+        return ThresholdChoice(-math.inf, math.nan, math.nan, math.nan, note=(
+            f"only {len(np.unique(identities))} identit{'y' if len(np.unique(identities)) == 1 else 'ies'} "
+            "with too few photos to simulate new individuals, so no new_individual threshold could be "
+            "chosen: every query gets the best identity. Give --threshold VALUE to allow new_individual."))
     # Candidate thresholds: score quantiles (dense where the scores are), plus "accept all".
     grid = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, grid_size)),
                                      [scores.max() + 1e-6]]))

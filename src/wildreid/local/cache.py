@@ -61,6 +61,9 @@ def local_features(paths: list[str], method: LocalMethod, *, cache_dir: str | Pa
             features = method.extract(decode_image(data, path))
         except ImageReadError:
             return None
+        # The cache keeps descriptors as float16: round fresh ones the same way, so that a run
+        # scores the same whether its features were just extracted or read back.
+        features.descriptors = features.descriptors.astype(np.float16).astype(np.float32)
         if cached is not None:
             _save(cached, features)
         return features

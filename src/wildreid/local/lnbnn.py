@@ -23,30 +23,49 @@ class KeypointIndex:
     """All descriptors of a set of images, each remembering its image."""
 
     def __init__(self, features: list[LocalFeatures | None], max_per_image: int = 256):
+        self.images = 0
+        self.max_per_image = max_per_image
+        self.owner = np.zeros(0, np.int64)
+        self.index = None
+        blocks, owners = self._blocks(features)
+        if blocks:
+            vectors = np.concatenate(blocks)
+            dim = vectors.shape[1]
+            if len(vectors) <= EXACT_SEARCH_LIMIT:
+                self.index = faiss.IndexFlatL2(dim)
+            else:
+                lists = int(np.sqrt(len(vectors)))
+                self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+                rng = np.random.default_rng(0)
+                self.index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 60 * lists), replace=False)])
+                self.index.nprobe = 8
+            self.index.add(vectors)
+            self.owner = np.concatenate(owners)
+        self.images = len(features)
+
+    def _blocks(self, features: list[LocalFeatures | None]):
+        """Each image's descriptors (at most max_per_image) and their owner, numbered after the
+        images already indexed."""
         blocks, owners = [], []
-        for image, found in enumerate(features):
+        for image, found in enumerate(features, start=self.images):
             if found is None or len(found) == 0:
                 continue
-            descriptors = np.ascontiguousarray(found.descriptors[:max_per_image], dtype=np.float32)
+            descriptors = np.ascontiguousarray(found.descriptors[: self.max_per_image], dtype=np.float32)
             blocks.append(descriptors)
             owners.append(np.full(len(descriptors), image, dtype=np.int64))
-        self.images = len(features)
-        self.max_per_image = max_per_image
-        self.owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-        if not blocks:
-            self.index = None
-            return
-        vectors = np.concatenate(blocks)
-        dim = vectors.shape[1]
-        if len(vectors) <= EXACT_SEARCH_LIMIT:
-            self.index = faiss.IndexFlatL2(dim)
-        else:
-            lists = int(np.sqrt(len(vectors)))
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
-            rng = np.random.default_rng(0)
-            self.index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 60 * lists), replace=False)])
-            self.index.nprobe = 8
-        self.index.add(vectors)
+        return blocks, owners
+
+    def add(self, features: list[LocalFeatures | None]) -> None:
+        """Append images (numbered after the existing ones) without retraining; an IVF index
+        keeps its lists, a flat one stays exact."""
+        blocks, owners = self._blocks(features)
+        if blocks:
+            vectors = np.concatenate(blocks)
+            if self.index is None:
+                self.index = faiss.IndexFlatL2(vectors.shape[1])
+            self.index.add(vectors)
+            self.owner = np.concatenate([self.owner, *owners])
+        self.images += len(features)
 
     def lnbnn(self, queries: list[LocalFeatures | None], k: int = 5,
               excluded: list[set[int]] | None = None, spare: int = 10) -> np.ndarray:

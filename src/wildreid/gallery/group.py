@@ -1,0 +1,177 @@
+"""One comparison group of a gallery (a dataset, or "all"): its index, its keypoints, and what is
+fitted on it (calibration and threshold). Queries meet only the images of their own group.
+
+Fitting asks a bounded sample of the group's own photos as pseudo-queries, through the same
+index and shortlist as real queries (``shortlist.py``), so its cost grows with the sample, not
+with the square of the database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..fusion import Calibration
+from ..local.base import LocalFeatures, LocalMethod
+from ..local.lnbnn import KeypointIndex
+from ..presets import AUTO, Preset
+from ..search import IdentityRanking, rank_neighbours
+from ..thresholds import Neighbours, ThresholdChoice, choose_threshold
+from .index import VectorIndex
+from .shortlist import ScoredPairs, shortlist_pairs
+
+# Pseudo-queries of the threshold simulation (global descriptor alone). Every shared dataset
+# (at most 3,019 database photos) fits in it whole, so there the simulation is the batch one.
+SIMULATION_POOL = 4000
+# Neighbours kept per pseudo-query: all of them up to this many photos (exact), else this many.
+# A round hides about 44% of the photos; a pseudo-query whose kept neighbours are all hidden
+# goes unanswered (counted as "new"), so the depth must exceed an identity's photo count.
+SIMULATION_DEPTH = 4096
+# Neighbours searched per query for ranking; deepened for rows that found fewer than k identities.
+RANKING_DEPTH = 100
+
+
+@dataclass
+class GroupFit:
+    """What was fitted on the group's database, and on what."""
+
+    threshold: float | None
+    choice: ThresholdChoice | None
+    calibration: Calibration | None
+    pseudo_queries: np.ndarray          # database positions asked as pseudo-queries
+    images: int                         # the group's size when fitted
+    fitted_at: str
+    seconds: float = 0.0
+
+
+@dataclass
+class Group:
+    name: str
+    image_ids: np.ndarray              # (D,) object: gallery image id of each database position
+    identities: np.ndarray             # (D,) object
+    near_duplicates: np.ndarray | None  # (D,) object: clip/date of each photo, None where unknown
+    index: VectorIndex
+    features: list[LocalFeatures | None] | None = None
+    keypoints: KeypointIndex | None = None
+    fit: GroupFit | None = None
+    askable: np.ndarray | None = None  # (D,) bool: photos a calibration may ask (see Gallery)
+    notes: list = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.identities)
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit_to(self, preset: Preset, method: LocalMethod | None, *, seed: int = 0) -> GroupFit:
+        """Calibration (with local matching) and threshold, on the group's own photos."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        pool = np.flatnonzero(self.askable) if self.askable is not None else np.arange(self.size)
+        calibration = None
+        if method is not None:
+            pseudo = np.zeros(self.size, dtype=bool)
+            pseudo[rng.permutation(pool)[: preset.fusion.calibration_anchors]] = True
+            rows = np.flatnonzero(pseudo)
+            pairs = self._pseudo_query_pairs(rows, preset, method)
+            same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
+            calibration = Calibration.fit(pairs.raw, same)
+            neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, calibration.fuse(pairs.raw), pseudo)
+        else:
+            pseudo = np.zeros(self.size, dtype=bool)
+            pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
+            neighbours = self._global_neighbours(np.flatnonzero(pseudo))
+        threshold, choice = _threshold(preset.threshold, self.name, neighbours, self.identities, self.near_duplicates)
+        self.fit = GroupFit(threshold, choice, calibration, np.flatnonzero(pseudo), self.size,
+                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter() - started)
+        return self.fit
+
+    def _excluded(self, rows: np.ndarray) -> list[set[int]]:
+        """What each database photo asked as a pseudo-query may not match: itself, and photos
+        of its own clip or date (real queries come from other visits)."""
+        excluded = [{int(row)} for row in rows]
+        if self.near_duplicates is not None:
+            members: dict = {}
+            for position, group in enumerate(self.near_duplicates):
+                if group is not None and group == group:
+                    members.setdefault(group, []).append(position)
+            for banned, row in zip(excluded, rows):
+                banned.update(members.get(self.near_duplicates[row], ()))
+        return excluded
+
+    def _pseudo_query_pairs(self, rows: np.ndarray, preset: Preset, method: LocalMethod) -> ScoredPairs:
+        return shortlist_pairs(self.index, self.index.vectors(rows), [self.features[r] for r in rows],
+                               self.keypoints, self.features, method, preset.fusion, excluded=self._excluded(rows))
+
+    def _global_neighbours(self, rows: np.ndarray) -> Neighbours:
+        depth = self.size if self.size <= SIMULATION_DEPTH else SIMULATION_DEPTH
+        scores, columns = self.index.search(self.index.vectors(rows), depth)
+        return Neighbours(rows, columns, scores)
+
+    # ------------------------------------------------------------------ queries
+
+    def rank(self, vectors: np.ndarray, features: list[LocalFeatures | None] | None, preset: Preset,
+             method: LocalMethod | None, k: int) -> tuple[IdentityRanking, ScoredPairs | None]:
+        """The k best identities of each query: by fused P(same) over its shortlist when the
+        preset matches keypoints, else by cosine over its nearest photos."""
+        if len(vectors) == 0 or self.size == 0:
+            empty = np.zeros((len(vectors), 0))
+            return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
+        if method is not None:
+            pairs = shortlist_pairs(self.index, vectors, features, self.keypoints, self.features, method,
+                                    preset.fusion)
+            fused = self.fit.calibration.fuse(pairs.raw)
+            lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
+            return rank_neighbours(lists.columns, lists.scores, self.identities, k), pairs
+        return self._rank_by_cosine(vectors, k), None
+
+    def _rank_by_cosine(self, vectors: np.ndarray, k: int) -> IdentityRanking:
+        wanted = min(k, len(np.unique(self.identities)))
+        depth = min(self.size, max(RANKING_DEPTH, 4 * k))
+        scores, columns = self.index.search(vectors, depth)
+        ranking = rank_neighbours(columns, scores, self.identities, k)
+        # A query whose nearest photos show fewer than k identities looks deeper, up to all of them.
+        while depth < self.size:
+            short = np.flatnonzero((ranking.best_images >= 0).sum(axis=1) < wanted)
+            if len(short) == 0:
+                break
+            depth = min(self.size, depth * 4)
+            scores, columns = self.index.search(vectors[short], depth)
+            deeper = rank_neighbours(columns, scores, self.identities, k)
+            for name in ("identities", "scores", "best_images"):
+                getattr(ranking, name)[short] = getattr(deeper, name)
+        return ranking
+
+    # ------------------------------------------------------------------ growing
+
+    def add(self, image_ids, identities, near_duplicates, vectors, features) -> None:
+        """Append photos to the index and the keypoint index; nothing is refitted."""
+        self.image_ids = np.concatenate([self.image_ids, np.asarray(image_ids, dtype=object)])
+        self.identities = np.concatenate([self.identities, np.asarray(identities, dtype=object)])
+        if self.near_duplicates is not None or near_duplicates is not None:
+            old = self.near_duplicates if self.near_duplicates is not None else np.full(self.size - len(image_ids), None)
+            new = near_duplicates if near_duplicates is not None else np.full(len(image_ids), None)
+            self.near_duplicates = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
+        if self.askable is not None:
+            self.askable = np.concatenate([self.askable, np.zeros(len(image_ids), dtype=bool)])
+        self.index.add(vectors)
+        if self.features is not None:
+            self.features = self.features + list(features)
+            self.keypoints.add(list(features))
+
+
+def _threshold(setting, name: str, neighbours: Neighbours, identities, near_duplicates):
+    """The threshold of one group: given by the preset, or chosen on its database."""
+    if setting is None or isinstance(setting, float | int):
+        return (None if setting is None else float(setting)), None
+    if isinstance(setting, dict):
+        if name not in setting:
+            raise ValueError(f"no threshold given for dataset '{name}' (thresholds given for "
+                             f"{sorted(setting)}); add '{name}=VALUE'.")
+        return float(setting[name]), None
+    if setting != AUTO:
+        raise ValueError(f"unknown threshold setting {setting!r}")
+    choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates)
+    return choice.threshold, choice
