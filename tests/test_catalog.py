@@ -226,6 +226,28 @@ def test_decisions_are_recorded_and_the_first_final_one_wins(tmp_path, small, ny
         assert catalog.check().ok
 
 
+def test_a_photo_already_catalogued_is_not_reported_filed_elsewhere(tmp_path, small):
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        import_dataset(catalog, small)
+        catalogued = catalog.images("NyalaData_18")[0]   # uploaded again as a query
+        photo = catalog.photo_path(catalogued["stored_path"])
+        for outcome, chosen in (("match", "NyalaData_7"), ("new", None)):
+            query = _ready_query(catalog, photo, [("NyalaData_7", 0.9), ("NyalaData_18", 0.8)])
+            before = catalog.counts()
+            with pytest.raises(CatalogError) as error:
+                catalog.decide(query["id"], outcome, reviewer="alice", preset="offline", individual_id=chosen)
+            message = str(error.value)
+            assert "already in the catalogue as a photo of 'NyalaData_18'" in message
+            assert ("'NyalaData_7'" if chosen else "a new individual") in message and "Confirm 'NyalaData_18'" in message
+            assert catalog.counts() == before and catalog.image(catalogued["id"])["individual_id"] == "NyalaData_18"
+            assert catalog.query(query["id"])["status"] == "ready"
+            confirmed = catalog.decide(query["id"], "match", reviewer="alice", preset="offline",
+                                       individual_id="NyalaData_18")   # the offered choice works
+            assert confirmed["image_id"] == catalogued["id"]
+        with pytest.raises(CatalogError, match="control characters"):
+            catalog.add_individual("two\nlines", "NyalaData")
+
+
 def test_a_failing_decision_changes_nothing(tmp_path, small, nyala, monkeypatch):
     with Catalog(tmp_path / "c.sqlite") as catalog:
         import_dataset(catalog, small)
