@@ -465,6 +465,9 @@ def serve(
     device: Device = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest photo accepted, in MiB.")] = 20,
     max_files: Annotated[int, typer.Option(help="Most photos in one upload.")] = 20,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        help="A Host name the app answers to besides localhost and --host (e.g. the name of a reverse "
+             "proxy in front of it); repeat for several. Other names get 400 (DNS-rebinding guard).")] = None,
 ):
     """Start the review web app: upload photos, confirm candidates, browse individuals."""
     import logging
@@ -478,7 +481,8 @@ def serve(
                                 f"`wildreid catalog import --catalog {catalog} DATASET`.")
     token = token_file.read_text(encoding="utf-8").strip() if token_file else ""
     config = WebConfig(catalog, token=token, preset=get_preset(preset).name, cache_dir=cache_dir,
-                       device=device, max_upload_bytes=max_upload_mb * 1024 * 1024, max_files=max_files)
+                       device=device, max_upload_bytes=max_upload_mb * 1024 * 1024, max_files=max_files,
+                       allowed_hosts=[host, *(allowed_host or [])])
     # The app logs failures (with their reference numbers) under 'wildreid.web'.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     application = create_app(config)

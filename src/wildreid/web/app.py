@@ -17,13 +17,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..catalog import Catalog
 from .config import WebConfig
 from .errors import install_error_handlers
 from .jobs import JobRunner
 from .routes import ROUTERS
-from .security import BodySizeLimit
+from .security import BodySizeLimit, Throttle, TokenGate
 
 HERE = Path(__file__).parent
 # No inline script or style anywhere, so the policy can forbid them (an injected <script> or
@@ -54,9 +55,12 @@ def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
     # No /docs or /openapi.json: the pages are the interface.
     app = FastAPI(title="wildreid review", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.state.config, app.state.jobs = config, jobs
+    app.state.config, app.state.jobs, app.state.throttle = config, jobs, Throttle()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    # Middleware added last runs first: the Host check, then the token (before any body is
+    # read), then the body size limit while the body streams in.
     app.add_middleware(BodySizeLimit, limit=config.max_request_bytes)
+    app.add_middleware(TokenGate, token=config.token, throttle=app.state.throttle)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -65,6 +69,7 @@ def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
             response.headers.setdefault(name, value)
         return response
 
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.served_hosts, www_redirect=False)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -11,11 +11,22 @@ from urllib.parse import quote
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..catalog import Catalog
 from .security import is_signed_in, reviewer_of
 
 HERE = Path(__file__).parent
+
+
+class AnyTextConvertor(PathConvertor):
+    """Like ``{name:path}``, but also matching line breaks: an id that holds one (imported before
+    they were refused) would otherwise match no route at all and its page would be a 404."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("anytext", AnyTextConvertor())
 
 
 def open_catalog(request: Request):

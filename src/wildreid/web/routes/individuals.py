@@ -22,7 +22,7 @@ def individuals(request: Request, catalog: CatalogDep, q: str = ""):
                 more=len(found) > INDIVIDUALS_SHOWN)
 
 
-@router.get("/individuals/{individual_id:path}", response_class=HTMLResponse)
+@router.get("/individuals/{individual_id:anytext}", response_class=HTMLResponse)
 def individual(request: Request, individual_id: str, catalog: CatalogDep, added: int | None = None):
     found = catalog.individual(individual_id)
     if found is None:
@@ -32,7 +32,7 @@ def individual(request: Request, individual_id: str, catalog: CatalogDep, added:
     return page(request, "individual.html", individual=found, photos=photos, added=added)
 
 
-@router.post("/individuals/{individual_id:path}", dependencies=[Depends(require_token)])
+@router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_token)])
 def edit_individual(individual_id: str, catalog: CatalogDep, name: Annotated[str, Form()] = "",
                     notes: Annotated[str, Form()] = ""):
     catalog.update_individual(individual_id, name=clean_text(name, 200), notes=clean_text(notes, 2000))
