@@ -223,10 +223,12 @@ def load_csv(
 def _refuse_outside(resolved, written, root: Path, where: list[str], label: str) -> None:
     """DatasetError listing the images whose real location (links resolved) is outside ``root``."""
     top = os.path.realpath(root)
-    outside = [(w, p) for w, p, real in zip(where, written, resolved)
+    outside = [(w, p, real) for w, p, real in zip(where, written, resolved)
                if real and os.path.commonpath([top, real]) != top]
     if outside:
-        shown = "\n".join(f"  {w}: {p}" for w, p in outside[:20])
+        # the written path, and where it really leads when that is not what it says (a link)
+        shown = "\n".join(f"  {w}: {p}" + (f" (a link to {real})" if os.path.isabs(p) and p != real else "")
+                          for w, p, real in outside[:20])
         more = f"\n  and {len(outside) - 20} more" if len(outside) > 20 else ""
         raise DatasetError(
             f"{label}: {len(outside)} image path(s) lead outside the dataset folder {top}:\n{shown}{more}\n"
