@@ -120,7 +120,8 @@ def test_missing_weights_offline_gives_advice_not_traceback(tmp_path, shared_dat
     table.to_csv(tmp_path / "small.csv", index=False)
     env = {**os.environ, "HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "wildreid", "identify", str(tmp_path / "small.csv"),
-                             "--out", str(tmp_path / "out"), "--preset", "seed", "--no-cache"],
+                             "--out", str(tmp_path / "out"), "--preset", "seed", "--no-cache",
+                             "--allow-outside-paths"],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     message = " ".join(result.stderr.split())

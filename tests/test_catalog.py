@@ -121,7 +121,8 @@ def test_import_reads_the_folder_layout_and_skips_unreadable_photos(tmp_path, ny
     queries = tmp_path / "queries"
     queries.mkdir()
     with Catalog(tmp_path / "c.sqlite") as catalog:
-        report = import_dataset(catalog, load_dataset(database, query_dir=queries))
+        # the photos are links to ../shared/data: outside the folder, so allowed explicitly
+        report = import_dataset(catalog, load_dataset(database, query_dir=queries, allow_outside_paths=True))
         assert report.added == 4
         assert [image_id for image_id, _ in report.unreadable] == [f"database/{INDIVIDUALS[0]}/broken.jpg"]
         assert "not a JPEG, PNG" in report.unreadable[0][1]
@@ -137,7 +138,8 @@ def test_export_writes_an_animalclef_metadata_csv_that_loads_back(tmp_path, smal
             header = metadata.read_text().splitlines()[0].split(",")
             assert header[:8] == ["image_id", "identity", "path", "date", "orientation", "species",
                                   "split", "dataset"]
-            loaded = load_dataset(out)   # every path resolves, every row valid
+            # every path resolves, every row valid; without copies the paths lead into the catalogue
+            loaded = load_dataset(out, allow_outside_paths=not copy)
             assert len(loaded.database) == 40 and len(loaded.queries) == 0
             assert sorted(loaded.table["identity"].unique()) == sorted(INDIVIDUALS)
             assert set(loaded.table["dataset"]) == {"NyalaData"}
@@ -225,6 +227,28 @@ def test_decisions_are_recorded_and_the_first_final_one_wins(tmp_path, small, ny
         assert catalog.check().ok
 
 
+def test_a_photo_already_catalogued_is_not_reported_filed_elsewhere(tmp_path, small):
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        import_dataset(catalog, small)
+        catalogued = catalog.images("NyalaData_18")[0]   # uploaded again as a query
+        photo = catalog.photo_path(catalogued["stored_path"])
+        for outcome, chosen in (("match", "NyalaData_7"), ("new", None)):
+            query = _ready_query(catalog, photo, [("NyalaData_7", 0.9), ("NyalaData_18", 0.8)])
+            before = catalog.counts()
+            with pytest.raises(CatalogError) as error:
+                catalog.decide(query["id"], outcome, reviewer="alice", preset="offline", individual_id=chosen)
+            message = str(error.value)
+            assert "already in the catalogue as a photo of 'NyalaData_18'" in message
+            assert ("'NyalaData_7'" if chosen else "a new individual") in message and "Confirm 'NyalaData_18'" in message
+            assert catalog.counts() == before and catalog.image(catalogued["id"])["individual_id"] == "NyalaData_18"
+            assert catalog.query(query["id"])["status"] == "ready"
+            confirmed = catalog.decide(query["id"], "match", reviewer="alice", preset="offline",
+                                       individual_id="NyalaData_18")   # the offered choice works
+            assert confirmed["image_id"] == catalogued["id"]
+        with pytest.raises(CatalogError, match="control characters"):
+            catalog.add_individual("two\nlines", "NyalaData")
+
+
 def test_a_failing_decision_changes_nothing(tmp_path, small, nyala, monkeypatch):
     with Catalog(tmp_path / "c.sqlite") as catalog:
         import_dataset(catalog, small)
@@ -281,7 +305,7 @@ def test_cli_import_identify_export_check(tmp_path, small, nyala, embedding_cach
     runner = CliRunner()
     path = tmp_path / "c.sqlite"
     csv = write_subset_csv(small.table, tmp_path / "subset.csv")
-    result = runner.invoke(app, ["catalog", "import", str(csv), "--catalog", str(path)])
+    result = runner.invoke(app, ["catalog", "import", str(csv), "--catalog", str(path), "--allow-outside-paths"])
     assert result.exit_code == 0, result.output
     assert "40 photo(s) added" in result.output
 
@@ -320,7 +344,8 @@ def test_import_killed_half_way_loses_nothing_and_resumes(tmp_path, nyala):
     rows = rows.head(60)
     csv = write_subset_csv(rows, tmp_path / "subset.csv")
     path = tmp_path / "c.sqlite"
-    command = [sys.executable, "-m", "wildreid", "catalog", "import", str(csv), "--catalog", str(path)]
+    command = [sys.executable, "-m", "wildreid", "catalog", "import", str(csv), "--catalog", str(path),
+               "--allow-outside-paths"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

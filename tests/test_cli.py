@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 from typer.testing import CliRunner
@@ -17,8 +18,9 @@ def _small_nyala(shared_data, folder, per_split=30):
     database = table[table["split"] == "database"].head(per_split)
     queries = table[table["split"] == "query"].head(per_split // 2)
     table = pd.concat([database, queries])
-    table["path"] = [str(shared_data / "NyalaData" / p) for p in table["path"]]
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for path in table["path"]:   # a folder of its own: paths must stay inside the dataset's folder
+        shutil.copy(shared_data / "NyalaData" / path, folder / path)
     table.rename(columns={"identity": "animal"}).to_csv(folder / "metadata.csv", index=False)
     return folder / "metadata.csv"
 
@@ -81,3 +83,83 @@ def test_demo_runs_offline(tmp_path):
     assert "DemoSpots" in result.output and "mean" in result.output
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["evaluation"]["per_dataset"]["DemoSpots"]["top1"] > 0.3  # far above chance (1/16)
+
+
+# --------------------------------------------------------------------------------------------
+# Faults and hostile input: one message, never a traceback
+
+
+def _refused(arguments: list[str], *messages: str, code: int = 2):
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == code, result.output
+    text = " ".join(result.output.split())
+    for message in messages:
+        assert message in text, (message, text)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return text
+
+
+def test_settings_that_make_no_sense_are_refused(shared_data, tmp_path):
+    csv = _small_nyala(shared_data, tmp_path / "data", per_split=4)
+    base = ["identify", str(csv), "--out", str(tmp_path / "out"), "--identity-column", "animal", "--no-cache"]
+    _refused(base + ["--threshold", "7"], "threshold '7': 7.0 is outside [-1, 1]")
+    _refused(base + ["--threshold", "nan"], "threshold 'nan': nan is outside [-1, 1]")
+    _refused(base + ["--threshold", "NyalaSmall=inf"], "is outside [-1, 1]")
+    _refused(base + ["--top-k", "0"], "top-k: 0 candidates per query; give a whole number of at least 1")
+    _refused(["catalog", "identify", str(tmp_path / "data" / "images"), "--out", str(tmp_path / "out"),
+              "--catalog", str(tmp_path / "none.sqlite"), "--top-k", "0"], "top-k: 0")
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "header-only.csv").write_text("image_id,identity,path,split\n")
+    _refused(["identify", str(tmp_path / "header-only.csv"), "--out", str(tmp_path / "out")],
+             "header-only.csv: the file has a header but no rows")
+    (tmp_path / "a-file").write_text("not a folder")
+    _refused(base[:2] + ["--out", str(tmp_path / "a-file")], "a-file: this is a file, not a folder")
+
+
+def test_symbolic_link_loops_are_one_message(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for arguments in (["identify", str(tmp_path / "loop"), "--out", str(tmp_path / "out")],
+                      ["identify", str(tmp_path / "loop" / "metadata.csv"), "--out", str(tmp_path / "out")],
+                      ["catalog", "import", str(tmp_path / "loop"), "--catalog", str(tmp_path / "c.sqlite")]):
+        _refused(arguments, "symbolic link that loops")
+
+
+def test_catalog_import_stays_inside_the_dataset_folder(shared_data, tmp_path):
+    csv = _small_nyala(shared_data, tmp_path / "data", per_split=4)
+    table = pd.read_csv(csv, dtype=str)
+    (tmp_path / "private.jpg").write_bytes((tmp_path / "data" / table["path"][0]).read_bytes())
+    table.loc[1, "path"] = "../private.jpg"
+    table.loc[2, "path"] = "../../../../../../../../etc/passwd"
+    table.to_csv(csv, index=False)
+    catalog = tmp_path / "c.sqlite"
+    arguments = ["catalog", "import", str(csv), "--identity-column", "animal", "--catalog", str(catalog)]
+    _refused(arguments, "2 image path(s) lead outside the dataset folder", "row 3: ../private.jpg",
+             "row 4: ../../../../../../../../etc/passwd", "--allow-outside-paths")
+    assert not catalog.exists()
+    table.loc[2, "path"] = table.loc[0, "path"]
+    table.loc[2, "image_id"] = "copy"
+    table.to_csv(csv, index=False)
+    allowed = runner.invoke(app, arguments + ["--allow-outside-paths"])
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_evaluate_refuses_repeated_and_foreign_rows(tmp_path):
+    rows = [("d1", "A_a1", "database"), ("d2", "A_a2", "database"), ("q1", "A_a1", "query"),
+            ("q2", "A_a2", "query"), ("q3", "A_x", "query")]
+    pd.DataFrame(rows, columns=["image_id", "identity", "split"]).assign(path="none.jpg").to_csv(
+        tmp_path / "metadata.csv", index=False)
+    wrong = pd.DataFrame({"image_id": ["q1", "q2", "q3"], "identity": ["A_a2", "A_a1", "A_a1"]})
+    wrong.to_csv(tmp_path / "wrong.csv", index=False)
+    scored = runner.invoke(app, ["evaluate", str(tmp_path), str(tmp_path / "wrong.csv"), "--json"])
+    assert scored.exit_code == 0 and json.loads(scored.stdout)["score"] == 0.0
+    # Every query again with the right answer: it must not count (Kaggle rejects the file).
+    right = pd.DataFrame({"image_id": ["q1", "q2", "q3"], "identity": ["A_a1", "A_a2", "new_individual"]})
+    pd.concat([wrong, right]).to_csv(tmp_path / "repeated.csv", index=False)
+    _refused(["evaluate", str(tmp_path), str(tmp_path / "repeated.csv")],
+             "repeated.csv: 3 image id(s) appear more than once", "'q1' at row 2, row 5")
+    pd.concat([right, pd.DataFrame({"image_id": ["d1", "zz"], "identity": ["A_a1", "A_a1"]})]).to_csv(
+        tmp_path / "extra.csv", index=False)
+    _refused(["evaluate", str(tmp_path), str(tmp_path / "extra.csv")],
+             "2 row(s) name images that are not queries of this dataset: row 5 ('d1'), row 6 ('zz')")

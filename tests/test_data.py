@@ -47,9 +47,19 @@ def _subset_csv(shared_data, tmp_path, rows=12, **renames):
     return path
 
 
+def _lion_folder(shared_data, folder, rows=6):
+    """A small dataset folder of its own: metadata.csv and links to LionData photos in images/."""
+    table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str).head(rows)
+    (folder / "images").mkdir(parents=True)
+    for path in table["path"]:
+        shutil.copy(shared_data / "LionData" / path, folder / path)
+    return table
+
+
 def test_csv_with_custom_column_names(shared_data, tmp_path):
     path = _subset_csv(shared_data, tmp_path, path="file", identity="animal", split="role")
-    dataset = load_csv(path, path_column="file", identity_column="animal", split_column="role")
+    dataset = load_csv(path, path_column="file", identity_column="animal", split_column="role",
+                       allow_outside_paths=True)
     assert len(dataset.table) == 12
     assert dataset.table["path"].map(lambda p: p.endswith(".jpg")).all()
     assert set(dataset.table["dataset"]) == {tmp_path.name}
@@ -58,7 +68,7 @@ def test_csv_with_custom_column_names(shared_data, tmp_path):
 def test_missing_columns_named_with_advice(shared_data, tmp_path):
     path = _subset_csv(shared_data, tmp_path, path="file")
     with pytest.raises(DatasetError) as error:
-        load_csv(path)
+        load_csv(path, allow_outside_paths=True)
     message = str(error.value)
     assert str(path) in message and "'path'" in message and "--path-column" in message
 
@@ -71,7 +81,7 @@ def test_all_problems_reported_at_once(shared_data, tmp_path):
     table.loc[7, "split"] = "train"
     table.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DatasetError) as error:
-        load_csv(tmp_path / "bad.csv")
+        load_csv(tmp_path / "bad.csv", allow_outside_paths=True)
     message = str(error.value)
     assert "duplicate image_id" in message and "row 4, row 5" in message  # CSV line numbers
     assert "2 image file(s) not found" in message and "gone1.jpg" in message and "gone2.jpg" in message
@@ -86,7 +96,7 @@ def test_query_dataset_without_database(shared_data, tmp_path):
     table.loc[table.index[:2], "dataset"] = "B"
     table.to_csv(tmp_path / "groups.csv", index=False)
     with pytest.raises(DatasetError, match="dataset 'B' has .* queries but no database images"):
-        load_csv(tmp_path / "groups.csv")
+        load_csv(tmp_path / "groups.csv", allow_outside_paths=True)
 
 
 def test_folder_per_identity_layout(shared_data, tmp_path):
@@ -105,6 +115,86 @@ def test_folder_per_identity_layout(shared_data, tmp_path):
     assert dataset.queries["identity"].isna().all()
     assert dataset.queries["image_id"].iloc[0] == "query/q1.jpg"
     assert load_dataset(tmp_path / "db", query_dir=tmp_path / "queries").table.equals(dataset.table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile or broken metadata: one message naming the file, the rows and what to do
+
+
+def test_paths_outside_the_dataset_folder_are_refused(shared_data, tmp_path):
+    folder = tmp_path / "mine"
+    table = _lion_folder(shared_data, folder)
+    (tmp_path / "secret.jpg").write_bytes((folder / table["path"][0]).read_bytes())
+    (folder / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")   # a link leading out
+    table.loc[1, "path"] = "../../../../../../etc/passwd"
+    table.loc[2, "path"] = str(tmp_path / "secret.jpg")
+    table.loc[3, "path"] = "images/link.jpg"
+    table.to_csv(folder / "metadata.csv", index=False)
+    with pytest.raises(DatasetError) as error:
+        load_dataset(folder)
+    message = str(error.value)
+    assert "3 image path(s) lead outside the dataset folder" in message and "--allow-outside-paths" in message
+    assert "row 3: ../../../../../../etc/passwd" in message and "row 4:" in message and "row 5: images/link.jpg" in message
+    assert "row 2:" not in message and "row 6:" not in message
+    table.loc[1, "path"] = table.loc[0, "path"]
+    table.to_csv(folder / "metadata.csv", index=False)
+    allowed = load_dataset(folder, allow_outside_paths=True)   # the user's explicit choice
+    assert allowed.table["path"][2] == str(tmp_path / "secret.jpg")
+
+    (tmp_path / "db" / "A").mkdir(parents=True)
+    (tmp_path / "queries").mkdir()
+    (tmp_path / "db" / "A" / "x.jpg").symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(DatasetError, match="lead outside"):
+        load_folders(tmp_path / "db", tmp_path / "queries")
+
+
+def test_header_only_metadata_is_refused(tmp_path):
+    (tmp_path / "metadata.csv").write_text("image_id,identity,path,split\n")
+    with pytest.raises(DatasetError, match="metadata.csv: the file has a header but no rows"):
+        load_dataset(tmp_path)
+
+
+def test_semicolons_and_latin1_are_explained(shared_data, tmp_path):
+    folder = tmp_path / "mine"
+    table = _lion_folder(shared_data, folder)
+    table.to_csv(folder / "metadata.csv", index=False, sep=";")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(folder)
+    assert str(folder / "metadata.csv") in str(error.value) and "separated by semicolons" in str(error.value)
+
+    table.loc[3, "identity"] = "Zoé"
+    table.to_csv(folder / "metadata.csv", index=False, encoding="latin-1")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(folder)
+    assert str(folder / "metadata.csv") in str(error.value) and "row 5 is not UTF-8" in str(error.value)
+    table.to_csv(folder / "metadata.csv", index=False, encoding="utf-8")
+    assert "Zoé" in set(load_dataset(folder).table["identity"])
+
+
+def test_symbolic_link_loops_are_explained(shared_data, tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for given in (tmp_path / "a", tmp_path / "a" / "metadata.csv"):
+        with pytest.raises(DatasetError, match="symbolic link that loops"):
+            load_dataset(given)
+    folder = tmp_path / "mine"
+    table = _lion_folder(shared_data, folder)
+    (folder / "images" / "loop.jpg").symlink_to(folder / "images" / "loop.jpg")
+    table.loc[2, "path"] = "images/loop.jpg"
+    table.to_csv(folder / "metadata.csv", index=False)
+    with pytest.raises(DatasetError, match="1 image file.s. not found") as error:   # was a RuntimeError
+        load_dataset(folder)
+    assert "row 4" in str(error.value)
+
+
+def test_identities_with_control_characters_are_refused(shared_data, tmp_path):
+    folder = tmp_path / "mine"
+    table = _lion_folder(shared_data, folder)
+    table.loc[1, "identity"] = "two\nlines"
+    table.loc[4, "identity"] = "tab\there"
+    table.to_csv(folder / "metadata.csv", index=False)
+    with pytest.raises(DatasetError, match=r"control character .* at row 3, row 6"):
+        load_dataset(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +256,27 @@ def test_truncated_empty_and_garbage_images(tmp_path, shared_data):
         assert name in str(error.value)
     with pytest.raises(ImageReadError, match="cannot read"):
         read_image(tmp_path / "absent.jpg")
+
+
+def test_unidentified_image_names_the_file_not_a_buffer():
+    with pytest.raises(ImageReadError) as error:
+        decode_image(b"plain text, no picture" * 20, "notes.jpg")
+    assert str(error.value).startswith("notes.jpg: ") and "BytesIO" not in str(error.value)
+
+
+def test_huge_jpeg_decodes_within_the_memory_bound():
+    from wildreid.data import MAX_DECODED_PIXELS
+
+    huge = _encode(Image.new("L", (14_000, 14_000), 90), "JPEG", quality=1)   # 196 Mpx, ~2 MB
+    decoded = decode_image(huge, "huge.jpg")
+    assert decoded.size == (3500, 3500) and decoded.width * decoded.height <= MAX_DECODED_PIXELS
+    assert abs(decoded.getpixel((10, 10))[0] - 90) < 12
+    drafted = decode_image(huge, "huge.jpg", draft_size=(448, 448))   # the fast path: smaller still
+    assert drafted.size == (1750, 1750)
+    wide_png = _encode(Image.new("RGB", (12_000, 2_500), "red"), "PNG")   # 30 Mpx, no DCT scaling
+    assert decode_image(wide_png, "wide.png").size == (6000, 1250)
+    normal = _encode(Image.new("RGB", (6000, 4000), "red"), "JPEG", quality=5)
+    assert decode_image(normal, "camera.jpg").size == (6000, 4000)   # ordinary photos stay exact
 
 
 def test_real_png_named_jpeg_bytes_decode(shared_data):

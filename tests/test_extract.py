@@ -182,6 +182,37 @@ def test_killed_run_leaves_a_usable_cache_and_the_next_run_resumes(tiny_backbone
     assert len(EmbeddingCache(cache_dir, tiny_backbone.cache_key).load()) == 150
 
 
+def test_a_kill_loses_seconds_of_work_not_everything_below_flush_every(tiny_backbone, tmp_path, cache_dir,
+                                                                       monkeypatch):
+    """The cache is also written every FLUSH_SECONDS, so a small run killed late keeps its vectors
+    (it used to be written only every 512 images, and a kill runs no clean-up)."""
+    from wildreid import extract
+
+    paths = _write_photos(tmp_path / "images", 30)
+    folder = cache_dir / tiny_backbone.cache_key
+    on_disk_at_kill: list[set[str]] = []
+
+    def snapshot(module, inputs, output):   # what a SIGKILL at this moment would leave behind
+        names = set()
+        for shard in folder.glob("shard-*.npz"):
+            with np.load(shard) as content:
+                names.update(content["hashes"].tolist())
+        on_disk_at_kill.append(names)
+
+    monkeypatch.setattr(extract, "FLUSH_SECONDS", 0.0)   # as if every batch took longer than that
+    hook = tiny_backbone.model.register_forward_hook(snapshot)
+    try:
+        extract_embeddings(paths, tiny_backbone, cache_dir=cache_dir, batch_size=5, progress=False)
+    finally:
+        hook.remove()
+    assert len(on_disk_at_kill) == 6 and len(on_disk_at_kill[-1]) >= 20   # all but the batches in flight
+
+    fast = tmp_path / "fast-cache"   # a run quicker than FLUSH_SECONDS writes one shard, as before
+    monkeypatch.setattr(extract, "FLUSH_SECONDS", 3600.0)
+    extract_embeddings(paths, tiny_backbone, cache_dir=fast, batch_size=5, progress=False)
+    assert len(list((fast / tiny_backbone.cache_key).glob("shard-*.npz"))) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Unreadable images
 

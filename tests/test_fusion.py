@@ -171,7 +171,7 @@ def test_fusion_preset_end_to_end(shared_data, tmp_path, lite0_backbone):
     table["path"] = [str(shared_data / "LionData" / p) for p in table["path"]]
     (tmp_path / "Lions").mkdir()
     table.to_csv(tmp_path / "Lions" / "metadata.csv", index=False)
-    dataset = load_csv(tmp_path / "Lions" / "metadata.csv")
+    dataset = load_csv(tmp_path / "Lions" / "metadata.csv", allow_outside_paths=True)
     preset = get_preset("fusion").replace(local_options={"max_keypoints": 256}, fusion=FusionSettings(shortlist=5))
     result = identify(dataset, preset, cache_dir=tmp_path / "cache", backbone=lite0_backbone, progress=False)
     calibration = result.calibrations["Lions"]

@@ -85,3 +85,14 @@ def test_evaluate_requires_every_query():
     predictions = pd.DataFrame({"image_id": ["q1"], "identity": ["A_a1"]})
     with pytest.raises(ValueError, match="no prediction for 3"):
         evaluate(_toy_dataset(), predictions)
+
+
+def test_evaluate_refuses_repeated_and_foreign_predictions():
+    predictions = pd.DataFrame({"image_id": ["q1", "q2", "q3", "q4"],
+                                "identity": ["A_a2", "A_a2", "A_a1", "B_b1"]})
+    repeated = pd.concat([predictions, predictions.assign(identity=["A_a1", "A_a1", "new_individual", "B_b1"])])
+    with pytest.raises(ValueError, match="4 image id.s. appear more than once"):
+        evaluate(_toy_dataset(), repeated.reset_index(drop=True))
+    extra = pd.concat([predictions, pd.DataFrame({"image_id": ["d1"], "identity": ["A_a1"]})])
+    with pytest.raises(ValueError, match="1 row.s. name images that are not queries"):
+        evaluate(_toy_dataset(), extra.reset_index(drop=True))

@@ -92,7 +92,7 @@ def small_lion(shared_data, tmp_path_factory):
 
 
 def test_identify_open_set_on_real_photos(small_lion, tmp_path, lite0_backbone):
-    dataset = load_csv(small_lion / "metadata.csv")
+    dataset = load_csv(small_lion / "metadata.csv", allow_outside_paths=True)
     result = identify(dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone,
                       progress=False)
     candidates = result.candidates
@@ -130,7 +130,7 @@ def test_bad_image_is_skipped_and_flagged(small_lion, tmp_path, lite0_backbone):
         (tmp_path / name).write_bytes(original[: len(original) // 4])
         table.loc[row, "path"] = str(tmp_path / name)
     table.to_csv(tmp_path / "metadata.csv", index=False)
-    dataset = load_csv(tmp_path / "metadata.csv")
+    dataset = load_csv(tmp_path / "metadata.csv", allow_outside_paths=True)
     result = identify(dataset, get_preset("offline").replace(threshold=None), backbone=lite0_backbone,
                       cache_dir=small_lion / "cache", progress=False)
     broken = result.candidates[result.candidates["image_id"] == table.loc[query_row, "image_id"]].iloc[0]
@@ -155,7 +155,7 @@ def test_same_dataset_only(tmp_path, small_lion, lite0_backbone):
     identities = sorted(table["identity"].unique())
     table["dataset"] = ["A" if identities.index(i) % 2 else "B" for i in table["identity"]]
     table.to_csv(tmp_path / "metadata.csv", index=False)
-    dataset = load_csv(tmp_path / "metadata.csv")
+    dataset = load_csv(tmp_path / "metadata.csv", allow_outside_paths=True)
     group_of = dict(zip(table["identity"], table["dataset"]))
     result = identify(dataset, get_preset("offline").replace(threshold=None), backbone=lite0_backbone,
                       cache_dir=small_lion / "cache", progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import shutil
 import socket
 import struct
@@ -26,6 +27,7 @@ from wildreid.catalog.photos import content_hash
 from wildreid.data import load_dataset
 from wildreid.cli import app as cli
 from wildreid.web import WebConfig, create_app
+from wildreid.web.pages import url_part
 
 TOKEN = "test-review-token"
 SIGNED = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "alice"}
@@ -67,6 +69,7 @@ def catalog_path(template, tmp_path) -> Path:
 
 
 def make_app(catalog_path, backbone, cache, **options):
+    options.setdefault("allowed_hosts", ["testserver"])   # TestClient's Host
     return create_app(WebConfig(catalog_path, token=TOKEN, cache_dir=cache, **options), backbone=backbone)
 
 
@@ -484,3 +487,131 @@ def test_serve_command(catalog_path, tmp_path, monkeypatch):
 
     result = CliRunner().invoke(cli, ["serve", "--catalog", str(tmp_path / "nothing.sqlite")])
     assert result.exit_code == 2 and "no catalogue here" in " ".join(result.output.split())
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile use: bodies, guessing, Host names, odd ids
+
+
+def _asgi(app, method: str, path: str, headers: dict, chunks, client=("203.0.113.9", 40000)):
+    """Call the app as a server would, the body streamed from ``chunks``; return (status, headers,
+    body, number of body bytes the app pulled)."""
+    import asyncio
+
+    pulled, sent, chunks = 0, [], iter(chunks)
+
+    async def receive():
+        nonlocal pulled
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "client": client,
+             "server": ("127.0.0.1", 8000), "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body, pulled
+
+
+MULTIPART = {"host": "127.0.0.1:8000", "content-type": "multipart/form-data; boundary=xyz"}
+
+
+def test_unauthenticated_upload_is_refused_before_its_body_is_read(app):
+    megabyte = b"\xff" * 2**20
+    for headers in (MULTIPART, {**MULTIPART, "x-wildreid-token": "wrong-token-wrong-token"},
+                    {**MULTIPART, "cookie": "wildreid_token=forged"}):
+        status, _, body, pulled = _asgi(app, "POST", "/uploads", {**headers, "content-length": str(300 * 2**20)},
+                                        (megabyte for _ in range(300)))
+        assert status == 401 and b"sign in" in body.lower()
+        assert pulled == 0   # not one byte of the 300 MB was received
+    status, _, _, pulled = _asgi(app, "POST", "/review/1", {**MULTIPART, "x-wildreid-token": TOKEN,
+                                                            "origin": "http://evil.example"}, [megabyte])
+    assert status == 403 and pulled == 0
+
+
+def test_upload_size_limit_holds_while_the_body_streams(catalog_path, lite0_backbone, embedding_cache):
+    small = make_app(catalog_path, lite0_backbone, embedding_cache, max_upload_bytes=100_000, max_files=2)
+    limit = small.state.config.max_request_bytes
+    chunk = b"0" * 65536
+    part = b'--xyz\r\nContent-Disposition: form-data; name="photos"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    # no Content-Length (chunked): only counting what streams in can stop it
+    status, _, body, pulled = _asgi(small, "POST", "/uploads", {**MULTIPART, "x-wildreid-token": TOKEN},
+                                    itertools.chain([part], (chunk for _ in range(1000))))   # 64 MB
+    assert status == 413 and b"too large" in body.lower()
+    assert pulled <= limit + len(chunk)
+
+
+def test_token_guessing_is_throttled(client, app):
+    now = [1000.0]
+    app.state.throttle.clock = lambda: now[0]
+    for _ in range(5):   # a few typing mistakes are free
+        assert client.post("/login", data={"token": "wrong-token"}).status_code == 401
+    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401   # the sixth locks for 1 s
+    locked = client.post("/login", data={"token": TOKEN})   # even the right token waits
+    assert locked.status_code == 429 and locked.headers["retry-after"] == "1" and "try again" in locked.text
+    now[0] += 1
+    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401   # the seventh: 2 s
+    now[0] += 1
+    assert client.post("/login", data={"token": TOKEN}).status_code == 429
+    now[0] += 1.5
+    assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+    # The header token is guessed the same way; success above cleared the record.
+    for _ in range(6):
+        assert client.post("/review/1", headers={"X-Wildreid-Token": "guess-guess-guess"},
+                           data={"action": "skip"}).status_code == 401
+    guessed = client.post("/review/1", headers=SIGNED, data={"action": "skip"})
+    assert guessed.status_code == 429 and int(guessed.headers["retry-after"]) >= 1
+
+
+def test_short_tokens_are_refused_at_start(catalog_path, tmp_path):
+    with pytest.raises(ValueError, match="review token: 15 characters is too short.*at least 16"):
+        WebConfig(catalog_path, token="fifteen-chars-x")
+    (tmp_path / "token.txt").write_text("abc12345678\n")
+    result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--token-file", str(tmp_path / "token.txt")])
+    assert result.exit_code == 2 and "11 characters is too short" in " ".join(result.output.split())
+
+
+def test_only_configured_host_names_are_served(catalog_path, lite0_backbone, embedding_cache):
+    app = make_app(catalog_path, lite0_backbone, embedding_cache, allowed_hosts=["reviews.example.org"])
+    client = TestClient(app)
+    for host in ("evil.example", "attacker.example:8000", "testserver"):
+        assert client.get("/", headers={"Host": host}).status_code == 400, host
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000", "reviews.example.org"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+
+
+def test_any_individual_id_has_a_page(client, catalog_path):
+    odd = ["with/slash", "what?#frag", "100%", "with space", "ünïcödé", "semi;colon", "a\\b"]
+    with Catalog(catalog_path) as catalog:
+        for individual_id in odd:
+            catalog.add_individual(individual_id, "NyalaData", name=f"named {individual_id}")
+        # as an older catalogue may hold it: ids with line breaks are refused since
+        catalog.db.execute("INSERT INTO individuals (id, dataset, created_at) VALUES ('two\nlines', 'NyalaData', 'x')")
+    listing = client.get("/individuals").text
+    for individual_id in [*odd, "two\nlines"]:
+        url = f"/individuals/{url_part(individual_id)}"
+        assert url.replace("&", "&amp;") in listing or individual_id == "two\nlines"
+        page = client.get(url)
+        assert page.status_code == 200, individual_id
+
+
+def test_confirming_a_photo_catalogued_under_another_individual_is_refused(client, catalog_path):
+    with Catalog(catalog_path) as catalog:
+        catalogued = catalog.images("NyalaData_18")[0]
+        data = catalog.photo_path(catalogued["stored_path"]).read_bytes()
+        query = catalog.add_query(data, "jpg", dataset="NyalaData")
+        catalog.set_query_result(query["id"], {"prediction": "NyalaData_7", "threshold": 0.5, "preset": "offline",
+                                               "candidates": [{"rank": 1, "individual_id": "NyalaData_7", "score": 0.9}]})
+    response = client.post(f"/review/{query['id']}", headers=SIGNED, data={"action": "match", "individual_id": "NyalaData_7"})
+    assert response.status_code == 400
+    assert "photo of &#39;NyalaData_18&#39;" in response.text and "filed under &#39;NyalaData_7&#39;" in response.text
+    with Catalog(catalog_path) as catalog:
+        assert catalog.image(catalogued["id"])["individual_id"] == "NyalaData_18"
+        assert catalog.query(query["id"])["status"] == "ready" and not catalog.decisions(query_id=query["id"])

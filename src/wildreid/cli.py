@@ -42,6 +42,12 @@ def friendly_errors(command):
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             console.print(f"[bold red]error:[/] {message}", highlight=False, markup=False)
             raise typer.Exit(2) from None
+        except OSError as error:
+            # The last resort for the file system saying no (read-only, full, permissions): the
+            # file and the reason, never a traceback. Known cases have their own message first.
+            where = f"{error.filename}: " if error.filename else ""
+            console.print(f"[bold red]error:[/] {where}{error.strerror or error}", highlight=False, markup=False)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -56,6 +62,9 @@ DatasetColumn = Annotated[str, typer.Option(
 ImageIdColumn = Annotated[str, typer.Option(help="CSV column with image ids (default: the row number).")]
 DatabaseValue = Annotated[str, typer.Option(help="Value of the split column that marks database images.")]
 QueryValue = Annotated[str, typer.Option(help="Value of the split column that marks queries.")]
+AllowOutsidePaths = Annotated[bool, typer.Option(
+    "--allow-outside-paths", help="Read images outside the dataset's folder too (refused by default, so that "
+                                  "a metadata file cannot point wildreid at other files).")]
 CacheDir = Annotated[Optional[Path], typer.Option(
     help="Where embeddings are cached (default $WILDREID_CACHE or ~/.cache/wildreid).")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
@@ -91,11 +100,11 @@ BackboneOption = Annotated[Optional[str], typer.Option(
 
 
 def _load(root: Path, query_dir, path_column, identity_column, split_column, dataset_column,
-          image_id_column, database_value, query_value) -> Dataset:
+          image_id_column, database_value, query_value, allow_outside_paths: bool = False) -> Dataset:
     return load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
                         split_column=split_column, dataset_column=dataset_column,
                         image_id_column=image_id_column, database_value=database_value,
-                        query_value=query_value)
+                        query_value=query_value, allow_outside_paths=allow_outside_paths)
 
 
 @app.command()
@@ -118,13 +127,15 @@ def identify(
     query_value: QueryValue = "query", cache_dir: CacheDir = None, no_cache: NoCache = False,
     device: Device = None, fast: Fast = False, precision: Precision = None, decode: Decode = None,
     compile: Compile = None, engine: Engine = None, batch_size: BatchSize = None,
+    allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Assign every query a known identity or new_individual; write the submission and the report."""
-    from .outputs import evaluate_if_possible, write_run
+    from .outputs import check_out_dir, evaluate_if_possible, write_run
     from .pipeline import identify as run_identify
 
+    check_out_dir(out)   # before the work, not after it
     dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value)
+                    image_id_column, database_value, query_value, allow_outside_paths)
     chosen = get_preset(preset)
     changes = {}
     if backbone:
@@ -169,7 +180,7 @@ def extract(
     image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
     query_value: QueryValue = "query", cache_dir: CacheDir = None, device: Device = None,
     fast: Fast = False, precision: Precision = None, decode: Decode = None, compile: Compile = None,
-    engine: Engine = None,
+    engine: Engine = None, allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Compute global descriptors of every image into the cache (and optionally an .npz file)."""
     import numpy as np
@@ -179,7 +190,7 @@ def extract(
     from .pipeline import embed_dataset
 
     dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value)
+                    image_id_column, database_value, query_value, allow_outside_paths)
     chosen = get_preset(preset).replace(**_speed_changes(fast, precision, decode, compile, engine, batch_size))
     model = load_backbone(backbone or chosen.backbone, preprocess=None if backbone else chosen.preprocess,
                           device=device or default_device())
@@ -226,9 +237,10 @@ def evaluate(
     dataset = load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
                            split_column=split_column, dataset_column=dataset_column,
                            image_id_column=image_id_column, database_value=database_value,
-                           query_value=query_value, check_files=False)
+                           query_value=query_value, check_files=False,
+                           allow_outside_paths=True)   # evaluation never opens an image
     detail = pd.read_csv(candidates, dtype={"image_id": str}) if candidates else None
-    figures = run_evaluate(dataset, load_submission(submission), detail)
+    figures = run_evaluate(dataset, load_submission(submission, queries=dataset.queries["image_id"]), detail)
     if as_json:
         from .files import jsonable
 
@@ -257,11 +269,11 @@ def validate(
     query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
     split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
     image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query",
+    query_value: QueryValue = "query", allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Check a dataset (columns, ids, files) without extracting anything."""
     dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value)
+                    image_id_column, database_value, query_value, allow_outside_paths)
     table = Table("dataset", "database", "query", "identities")
     for name, rows in dataset.table.groupby("dataset", sort=False):
         table.add_row(str(name), str((rows["split"] == "database").sum()), str((rows["split"] == "query").sum()),
@@ -330,7 +342,7 @@ def catalog_import(
     query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
     split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
     image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query",
+    query_value: QueryValue = "query", allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Copy the labelled photos of a dataset into the catalogue (creating it if needed).
     Safe to interrupt and run again: photos already in are recognised by content and skipped."""
@@ -339,7 +351,7 @@ def catalog_import(
     from .catalog import Catalog, import_dataset
 
     dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value)
+                    image_id_column, database_value, query_value, allow_outside_paths)
     with Catalog(catalog) as store, Progress(console=console, transient=True) as bar:
         task = bar.add_task("importing", total=None)
         report = import_dataset(store, dataset, include_queries=include_queries,
@@ -383,8 +395,9 @@ def catalog_identify(
     """Identify query photos with the catalogue as the database; write the usual run outputs."""
     from .catalog import Catalog, identify_with_catalog
     from .data import IMAGE_SUFFIXES
-    from .outputs import evaluate_if_possible, write_run
+    from .outputs import check_out_dir, evaluate_if_possible, write_run
 
+    check_out_dir(out)
     if not query_dir.is_dir():
         raise FileNotFoundError(f"{query_dir}: no such folder of query photos.")
     paths = sorted(p for p in query_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -452,6 +465,9 @@ def serve(
     device: Device = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest photo accepted, in MiB.")] = 20,
     max_files: Annotated[int, typer.Option(help="Most photos in one upload.")] = 20,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        help="A Host name the app answers to besides localhost and --host (e.g. the name of a reverse "
+             "proxy in front of it); repeat for several. Other names get 400 (DNS-rebinding guard).")] = None,
 ):
     """Start the review web app: upload photos, confirm candidates, browse individuals."""
     import logging
@@ -465,7 +481,8 @@ def serve(
                                 f"`wildreid catalog import --catalog {catalog} DATASET`.")
     token = token_file.read_text(encoding="utf-8").strip() if token_file else ""
     config = WebConfig(catalog, token=token, preset=get_preset(preset).name, cache_dir=cache_dir,
-                       device=device, max_upload_bytes=max_upload_mb * 1024 * 1024, max_files=max_files)
+                       device=device, max_upload_bytes=max_upload_mb * 1024 * 1024, max_files=max_files,
+                       allowed_hosts=[host, *(allowed_host or [])])
     # The app logs failures (with their reference numbers) under 'wildreid.web'.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     application = create_app(config)
@@ -527,7 +544,7 @@ def train(
              "1 can be several times faster.")] = None,
     device: Device = None,
     query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    image_id_column: ImageIdColumn = "image_id",
+    image_id_column: ImageIdColumn = "image_id", allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Fine-tune a backbone on the database images with ArcFace; resumable; use it with --backbone local-dir:OUT."""
     from .augment import AugmentConfig
@@ -539,7 +556,7 @@ def train(
 
         torch.set_num_threads(threads)
     dataset = load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
-                           image_id_column=image_id_column)
+                           image_id_column=image_id_column, allow_outside_paths=allow_outside_paths)
     images = training_images(dataset, split_file=split_file, split_column=split_column, train_value=train_value)
     config = TrainConfig(
         backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, margin=margin,

@@ -15,8 +15,10 @@ to make a prediction.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,13 @@ REQUIRED_COLUMNS = ("image_id", "identity", "path", "split", "dataset")
 # camera-trap or survey photo.
 MAX_IMAGE_PIXELS = 200_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL's own warning (turned into an error below) at the same size
+# Memory bound of one decoded picture: a JPEG larger than this is decoded at 1/2, 1/4 or 1/8 scale
+# (libjpeg's DCT scaling: the full-size pixels never exist in memory); other formats are decoded in
+# full (at most MAX_IMAGE_PIXELS) and reduced at once, so every later copy (rotation, RGB
+# conversion, resize) is of the reduced picture. 24 Mpx (6000x4000, 72 MB as RGB) keeps ordinary
+# camera photos exact; the model input is a few hundred pixels wide either way.
+MAX_DECODED_PIXELS = 24_000_000
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DatasetError(ValueError):
@@ -73,20 +82,27 @@ class Dataset:
 # Loading
 
 
-def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, **csv_options) -> Dataset:
+def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, allow_outside_paths: bool = False,
+                 **csv_options) -> Dataset:
     """Load any supported layout.
 
     - ``source`` is a CSV file: columns named by ``csv_options`` (see :func:`load_csv`);
     - ``source`` is a folder with ``metadata.csv`` (AnimalCLEF2025 layout);
     - ``source`` is a folder of identity folders and ``query_dir`` a folder of query images.
+
+    Every image must lie inside the dataset's folder (symbolic links resolved), so that a
+    metadata file cannot make wildreid read (or ``catalog import`` copy) files elsewhere;
+    ``allow_outside_paths`` lifts that rule for data the user knows to be spread out.
     """
     source = Path(source)
     if query_dir is not None:
-        return load_folders(source, query_dir)
+        return load_folders(source, query_dir, allow_outside_paths=allow_outside_paths)
+    for candidate in (source, source / "metadata.csv"):
+        _refuse_unreachable(candidate)
     if source.is_file():
-        return load_csv(source, **csv_options)
+        return load_csv(source, allow_outside_paths=allow_outside_paths, **csv_options)
     if (source / "metadata.csv").is_file():
-        return load_csv(source / "metadata.csv", **csv_options)
+        return load_csv(source / "metadata.csv", allow_outside_paths=allow_outside_paths, **csv_options)
     if not source.exists():
         raise DatasetError(f"{source}: no such file or folder. Give a metadata CSV, a folder "
                            "holding metadata.csv, or a database folder with --query-dir.")
@@ -96,15 +112,54 @@ def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, **c
         "folder-per-identity layout by also passing --query-dir QUERY_FOLDER.")
 
 
+def _refuse_unreachable(path: Path) -> None:
+    """A path that exists as a name but cannot be followed (a symbolic-link loop, no permission)
+    is a DatasetError saying so, not 'no such file' or a traceback later."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DatasetError(f"{path}: a symbolic link that loops (it leads back to itself); point it "
+                               "at the real file or folder, or give that instead.") from None
+        if error.errno != errno.ENOTDIR:
+            raise DatasetError(f"{path}: cannot be read ({error.strerror}).") from None
+
+
 def read_text_csv(path: str | Path, what: str = "file") -> pd.DataFrame:
     """A CSV with every cell as text: ids like "007" must survive, and identities are labels, not
-    numbers. A missing or unreadable file is a DatasetError naming it (``what``: "split file"...)."""
+    numbers. A missing or unreadable file is a DatasetError naming it (``what``: "split file"...);
+    so are text that is not UTF-8 (with the row) and another delimiter than the comma."""
+    path = Path(path)
+    _refuse_unreachable(path)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder; give the CSV file itself.") from None
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the {what} ({error.strerror or error}).") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        row = data[:error.start].count(b"\n") + 1   # rows counted like every message: the header is row 1
+        raise DatasetError(
+            f"{path}: row {row} is not UTF-8 text (byte 0x{data[error.start]:02x}; the file is probably "
+            "Latin-1 or Windows-1252). Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 old.csv > new.csv`, "
+            "or 'CSV UTF-8' in a spreadsheet.") from None
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DatasetError(f"{path}: not a readable CSV file ({error}).") from None
+    if len(table.columns) == 1:
+        header = str(table.columns[0])
+        for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
+            if delimiter in header:
+                raise DatasetError(f"{path}: the columns are separated by {name}, not commas (header "
+                                   f"'{header[:80]}'). Save it as comma-separated CSV.")
+    return table
 
 
 def load_csv(
@@ -119,15 +174,20 @@ def load_csv(
     database_value: str = DATABASE,
     query_value: str = QUERY,
     check_files: bool = True,
+    allow_outside_paths: bool = False,
 ) -> Dataset:
     """Load a metadata CSV (AnimalCLEF2025's ``metadata.csv`` is the default naming).
 
-    Image paths are relative to ``root`` (default: the CSV's folder). Without an image-id column
-    the row number is the id; without a dataset column the dataset is the root folder's name.
+    Image paths are relative to ``root`` (default: the CSV's folder) and must stay inside it,
+    symbolic links resolved, unless ``allow_outside_paths``. Without an image-id column the row
+    number is the id; without a dataset column the dataset is the root folder's name.
     """
     csv_path = Path(csv_path)
     root = Path(root) if root is not None else csv_path.parent
     raw = read_text_csv(csv_path)
+    if raw.empty:
+        raise DatasetError(f"{csv_path}: the file has a header but no rows: nothing to do. Add one row "
+                           "per image, or give the right file.")
 
     needed = {"path": path_column, "identity": identity_column, "split": split_column}
     missing = [f"'{column}' ({role})" for role, column in needed.items() if column not in raw.columns]
@@ -141,7 +201,8 @@ def load_csv(
         "image_id": raw[image_id_column] if image_id_column in raw.columns
         else pd.Series(range(len(raw))).astype(str),
         "identity": raw[identity_column].str.strip().replace("", None),
-        "path": [str((root / p).resolve()) if p else "" for p in raw[path_column]],
+        # realpath, not Path.resolve: a symbolic-link loop is then a missing file, not a RuntimeError.
+        "path": [os.path.realpath(root / p) if p else "" for p in raw[path_column]],
         "split": raw[split_column].str.strip().str.lower().replace(
             {database_value.lower(): DATABASE, query_value.lower(): QUERY}),
         "dataset": raw[dataset_column] if dataset_column in raw.columns
@@ -152,11 +213,31 @@ def load_csv(
                           dataset_column} and column not in table.columns:
             table[column] = raw[column].replace("", None)
     dataset = Dataset(table.reset_index(drop=True), str(csv_path))
+    if not allow_outside_paths:
+        _refuse_outside(table["path"], raw[path_column], root, [f"row {i + 2}" for i in range(len(raw))],
+                        str(csv_path))
     validate_dataset(dataset, check_files=check_files, row_offset=2, file_label=str(csv_path))
     return dataset
 
 
-def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files: bool = True) -> Dataset:
+def _refuse_outside(resolved, written, root: Path, where: list[str], label: str) -> None:
+    """DatasetError listing the images whose real location (links resolved) is outside ``root``."""
+    top = os.path.realpath(root)
+    outside = [(w, p, real) for w, p, real in zip(where, written, resolved)
+               if real and os.path.commonpath([top, real]) != top]
+    if outside:
+        # the written path, and where it really leads when that is not what it says (a link)
+        shown = "\n".join(f"  {w}: {p}" + (f" (a link to {real})" if os.path.isabs(p) and p != real else "")
+                          for w, p, real in outside[:20])
+        more = f"\n  and {len(outside) - 20} more" if len(outside) > 20 else ""
+        raise DatasetError(
+            f"{label}: {len(outside)} image path(s) lead outside the dataset folder {top}:\n{shown}{more}\n"
+            "Move the images into the folder, or pass --allow-outside-paths (allow_outside_paths=True) "
+            "if reading files elsewhere is intended.")
+
+
+def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files: bool = True,
+                 allow_outside_paths: bool = False) -> Dataset:
     """Folder-per-identity database (``database_dir/<identity>/*.jpg``) plus a folder of queries.
 
     Query images may sit directly in ``query_dir`` (truth unknown) or in identity sub-folders
@@ -164,6 +245,7 @@ def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files
     """
     database_dir, query_dir = Path(database_dir), Path(query_dir)
     for folder, role in ((database_dir, "database"), (query_dir, "query")):
+        _refuse_unreachable(folder)
         if not folder.is_dir():
             raise DatasetError(f"{folder}: the {role} folder does not exist.")
     rows = []  # (image_id, identity, path, split); ids are paths relative to their folder
@@ -178,7 +260,12 @@ def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files
         truth = relative.parts[0] if len(relative.parts) > 1 else None
         rows.append((f"query/{relative.as_posix()}", truth, image, QUERY))
     table = pd.DataFrame(rows, columns=["image_id", "identity", "path", "split"])
-    table["path"] = table["path"].map(lambda p: str(p.resolve()))
+    if not allow_outside_paths:   # a symbolic link inside either folder may lead anywhere
+        for split, folder in ((DATABASE, database_dir), (QUERY, query_dir)):
+            files = table.loc[table["split"] == split]
+            _refuse_outside([os.path.realpath(p) for p in files["path"]], [str(p) for p in files["path"]],
+                            folder, list(files["image_id"]), str(folder))
+    table["path"] = table["path"].map(os.path.realpath)
     table["dataset"] = database_dir.resolve().name
     dataset = Dataset(table, f"{database_dir} + {query_dir}")
     validate_dataset(dataset, check_files=check_files)
@@ -219,6 +306,11 @@ def validate_dataset(dataset: Dataset, *, check_files: bool = True, row_offset: 
     if len(unlabelled):
         problems.append(f"database images without identity at {_listing(map(where, unlabelled))}; "
                         "label them or mark them as queries.")
+    control = table.index[table["identity"].map(lambda i: isinstance(i, str) and bool(_CONTROL_CHARACTERS.search(i)))]
+    if len(control):
+        problems.append(f"identity with a control character (line break, tab...) at {_listing(map(where, control))}"
+                        "; identities are one line of text (they become file names, URLs and CSV cells): "
+                        "remove the character.")
     new_label = table.index[(table["split"] == DATABASE) & (table["identity"] == NEW_INDIVIDUAL)]
     if len(new_label):
         problems.append(f"database images labelled '{NEW_INDIVIDUAL}' at "
@@ -268,9 +360,15 @@ def decode_image(data: bytes, name: str = "<image>", *, draft_size: tuple[int, i
     """Decode image bytes to an 8-bit RGB picture, upright as the camera meant it.
 
     Applies EXIF orientation; converts grayscale, CMYK, palette, alpha and 16-bit images to RGB;
-    refuses decompression bombs; raises ImageReadError for anything it cannot decode fully.
+    refuses decompression bombs (over MAX_IMAGE_PIXELS); raises ImageReadError, naming ``name``,
+    for anything it cannot decode fully.
     ``draft_size`` (height, width of the upright picture): a plain RGB or grey JPEG may be decoded
     at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it - much faster, pixels differ.
+
+    Memory bound: the returned picture has at most MAX_DECODED_PIXELS (24 Mpx, 72 MB as RGB).
+    A larger JPEG is decoded directly at the reduced DCT scale (a 14,000 x 14,000 JPEG becomes
+    3,500 x 3,500 and its full-size pixels never exist); another format is decoded in full (so
+    at most MAX_IMAGE_PIXELS) and reduced before any further copy is made.
     """
     try:
         with warnings.catch_warnings():
@@ -280,20 +378,43 @@ def decode_image(data: bytes, name: str = "<image>", *, draft_size: tuple[int, i
                 if width * height > MAX_IMAGE_PIXELS:
                     raise ImageReadError(f"{name}: {width}x{height} pixels is over the "
                                          f"{MAX_IMAGE_PIXELS:,} pixel limit (decompression-bomb guard)")
-                if draft_size and image.format == "JPEG" and image.mode in ("RGB", "L"):
-                    wanted_height, wanted_width = draft_size
-                    if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
-                        wanted_height, wanted_width = wanted_width, wanted_height  # stored sideways
+                scale = _reduction(width, height)
+                if image.format == "JPEG" and image.mode in ("RGB", "L") and (draft_size or scale > 1):
+                    wanted_width, wanted_height = -(-width // scale), -(-height // scale)
+                    if draft_size:
+                        wanted_height, wanted_width = draft_size
+                        if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+                            wanted_height, wanted_width = wanted_width, wanted_height  # stored sideways
+                        # never above the memory bound, whatever size was asked for
+                        wanted_width = min(wanted_width, -(-width // scale))
+                        wanted_height = min(wanted_height, -(-height // scale))
                     image.draft(image.mode, (wanted_width, wanted_height))
                 image.load()  # decode now, so truncation surfaces here and not later
+                scale = _reduction(*image.size)
+                if scale > 1:   # not a JPEG (or one libjpeg could not scale): reduce before any copy
+                    image = image.reduce(scale)
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageReadError(f"{name}: refused as a decompression bomb ({error})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{name}: cannot decode image ({error})") from None
+    except UnidentifiedImageError:
+        # Pillow's own message names its in-memory buffer (<_io.BytesIO object at 0x...>), not the file.
+        raise ImageReadError(f"{name}: cannot decode image (not a picture format wildreid reads: "
+                             "JPEG, PNG, WebP, TIFF, BMP or GIF)") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", str(error))
+        raise ImageReadError(f"{name}: cannot decode image ({reason})") from None
+
+
+def _reduction(width: int, height: int) -> int:
+    """The smallest of 1, 2, 4, 8 that brings the picture within MAX_DECODED_PIXELS (always 8 at
+    most: MAX_IMAGE_PIXELS / 64 is under the bound)."""
+    scale = 1
+    while scale < 8 and (-(-width // scale)) * (-(-height // scale)) > MAX_DECODED_PIXELS:
+        scale *= 2
+    return scale
 
 
 def read_image(path: str | Path) -> Image.Image:

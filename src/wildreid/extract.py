@@ -3,8 +3,9 @@
 The cache is keyed by the backbone's cache key (weights + preprocessing) and each image's
 content hash (SHA-256 of the file bytes), so renamed or copied photos are not extracted twice
 and a changed photo is. It is a folder of shard files, each written atomically (temporary file,
-then rename) every few hundred images: a run killed at any moment leaves only complete shards,
-and the next run extracts just what is missing.
+then rename) every few hundred images or FLUSH_SECONDS, whichever comes first: a run killed at
+any moment leaves only complete shards and loses at most a few seconds of work, and the next run
+extracts just what is missing.
 
 By default an image goes the way of the reference notebook: PIL decoding, PIL resize, fp32
 model. Speed options (all keyword arguments of :func:`extract_embeddings`, ``FAST`` turns them
@@ -67,6 +68,10 @@ FAST = dict(precision="auto", decode="auto", compile="auto", engine="auto", batc
 MIN_AGREEMENT = 0.999
 APPROXIMATE_SUFFIX = "-fast"  # cache folder of vectors computed with speed options
 DRAFT_OVERSAMPLING = 2  # "fast" decoding keeps at least this many times the input size
+# The cache is written at least this often during a run, so that a kill (which runs no clean-up)
+# loses at most this much work; a shard every 10 s is nothing beside the extraction itself, and
+# EmbeddingCache.load merges shards when they pile up.
+FLUSH_SECONDS = 10.0
 
 
 @dataclass
@@ -287,9 +292,10 @@ def extract_embeddings(
     extracted = 0
     pending_hashes: list[str] = []
     pending_vectors: list[np.ndarray] = []
+    last_flush = time.monotonic()
 
     def store(batch: Batch, host: torch.Tensor, ready: torch.cuda.Event | None) -> None:
-        nonlocal extracted, pending_hashes, pending_vectors
+        nonlocal extracted, pending_hashes, pending_vectors, last_flush
         if ready is not None:
             ready.synchronize()
         vectors = host.numpy()
@@ -305,9 +311,9 @@ def extract_embeddings(
             extracted += 1 + len(copies.get(row, []))
         pending_hashes += [hashes[row] for row in batch.rows]
         pending_vectors.append(vectors)
-        if cache and len(pending_hashes) >= flush_every:
+        if cache and (len(pending_hashes) >= flush_every or time.monotonic() - last_flush >= FLUSH_SECONDS):
             cache.save(pending_hashes, np.concatenate(pending_vectors))
-            pending_hashes, pending_vectors = [], []
+            pending_hashes, pending_vectors, last_flush = [], [], time.monotonic()
 
     try:
         if batch_size == "auto" or batch_size is None:

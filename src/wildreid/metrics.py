@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset, read_text_csv
+from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset, DatasetError, _listing, read_text_csv
 
 
 def balanced_accuracy(y_true: np.ndarray, correct: np.ndarray) -> float:
@@ -53,6 +53,7 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
     top-1 score for telling known from new queries. Returns plain numbers for JSON.
     """
     queries = dataset.queries
+    _check_rows(predictions["image_id"], queries["image_id"], "the submission", lambda index: f"row {index + 1}")
     if queries["identity"].isna().any():
         missing = queries.loc[queries["identity"].isna(), "image_id"].head(5).tolist()
         raise ValueError(f"{dataset.source}: queries without a true identity (e.g. image_id "
@@ -118,14 +119,36 @@ def _retrieval_figures(rows: pd.DataFrame, known: np.ndarray) -> dict:
     return figures
 
 
-def load_submission(path) -> pd.DataFrame:
-    """Read a submission CSV (image_id, identity), ids kept as text."""
+def load_submission(path, queries: Sequence | None = None) -> pd.DataFrame:
+    """Read a submission CSV (image_id, identity), ids kept as text. Repeated image ids are refused
+    (each would be scored again), and so, given the ``queries``' image ids, are rows for images
+    that are not queries: Kaggle rejects both. The message lists the rows."""
     table = read_text_csv(path, "submission")
     missing = {"image_id", "identity"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a submission has the header "
-                         "'image_id,identity'.")
+        raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; a submission has the header "
+                           "'image_id,identity'.")
+    _check_rows(table["image_id"], queries, str(path), lambda index: f"row {index + 2}")
     return table
+
+
+def _check_rows(image_ids: pd.Series, queries: Sequence | None, label: str, where) -> None:
+    """DatasetError naming the rows that repeat an image id, or (with ``queries``) name no query."""
+    image_ids = image_ids.reset_index(drop=True)
+    problems = []
+    repeated = image_ids[image_ids.duplicated(keep=False)]
+    if len(repeated):
+        groups = repeated.groupby(repeated).groups
+        problems.append(f"{len(groups)} image id(s) appear more than once (one row per query): " + "; ".join(
+            f"'{image_id}' at {_listing([where(i) for i in rows])}" for image_id, rows in list(groups.items())[:20]))
+    if queries is not None:
+        extra = image_ids.index[~image_ids.isin(set(queries))]
+        if len(extra):
+            problems.append(f"{len(extra)} row(s) name images that are not queries of this dataset: "
+                            + _listing([f"{where(i)} ('{image_ids[i]}')" for i in extra]))
+    if problems:
+        raise DatasetError(f"{label}: " + "\n".join(problems) + "\nFix the submission: exactly one row "
+                           "per query image, as in the metadata.")
 
 
 __all__ = ["baks", "baus", "geometric_score", "evaluate", "load_submission", "QUERY"]

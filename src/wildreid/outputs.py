@@ -1,9 +1,18 @@
-"""Files of a run, each written atomically: submission, detailed candidates, report, run record."""
+"""The files of a run: submission, detailed candidates, report, run record.
+
+They appear together or not at all: ``write_run`` writes them into a temporary folder beside the
+output folder and then swaps that folder in, so a full disk, a read-only folder or a killed run
+never leaves new CSVs beside an old report, and a later run never mixes files with an earlier one.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .files import atomic_path, jsonable, write_csv_atomic, write_text_atomic
@@ -23,13 +32,106 @@ def evaluate_if_possible(result) -> dict | None:
     return evaluate(result.dataset, result.predictions, result.candidates)
 
 
+RUN_RECORD = "run.json"   # what marks a folder as a wildreid run (one we may replace)
+_STAGING = ".wildreid-new-"   # prefixes of the temporary folders beside the output folder
+_RETIRED = ".wildreid-old-"
+
+
+class OutputError(ValueError):
+    """The run's outputs cannot be written where asked; the message says why and what to do."""
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Refuse, before any work, an output folder that write_run would not be allowed to replace:
+    a file, or a folder holding something else than a previous run (its files would be lost)."""
+    out_dir = Path(out_dir)
+    try:
+        if out_dir.exists() or out_dir.is_symlink():
+            if not out_dir.is_dir():
+                raise OutputError(f"--out {out_dir}: this is a file, not a folder; give a folder for the "
+                                  "run's outputs (it is created if needed).")
+            if any(out_dir.iterdir()) and not (out_dir / RUN_RECORD).is_file():
+                raise OutputError(f"--out {out_dir}: this folder holds other files and no {RUN_RECORD}, so it "
+                                  "is not an earlier wildreid run; its content would be replaced. Give a new or "
+                                  "empty folder, or an earlier run's folder.")
+    except OSError as error:
+        raise OutputError(f"--out {out_dir}: cannot be used ({error.strerror or error}); give another "
+                          "folder.") from None
+    return out_dir
+
+
 def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, report: bool = True,
               match_examples: int = 4) -> dict:
-    """Write all outputs of ``result`` under ``out_dir``; return {name: path}."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write all outputs of ``result`` as the folder ``out_dir``; return {name: path}.
+
+    Everything is written into a temporary folder beside ``out_dir`` which then takes its place
+    (an earlier run there is removed, never mixed with this one). On any failure (full disk,
+    read-only file system) the temporary folder is deleted, an earlier run stays as it was, and
+    OutputError says what happened."""
+    out_dir = check_out_dir(out_dir)
+    _remove_leftovers(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING + out_dir.name + ".", dir=out_dir.parent))
+    except OSError as error:
+        raise _output_error(out_dir, error) from None
+    try:
+        names = _write_files(result, staging, evaluation=evaluation, report=report, match_examples=match_examples)
+        _swap_in(staging, out_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _output_error(out_dir, error) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: out_dir / relative for name, relative in names.items()}
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put the finished ``staging`` folder at ``out_dir``: two renames. A crash between them leaves
+    the earlier run complete under a .wildreid-old- name and no ``out_dir``: never a mixture."""
+    retired = None
+    if out_dir.is_dir():
+        retired = Path(tempfile.mkdtemp(prefix=_RETIRED + out_dir.name + ".", dir=out_dir.parent))
+        os.replace(out_dir, retired / "run")
+    try:
+        os.replace(staging, out_dir)
+    except OSError:
+        if retired is not None:   # put the earlier run back
+            os.replace(retired / "run", out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary folders of an earlier run of this folder that was killed while writing; an earlier
+    run killed between the two renames of _swap_in is first put back in place."""
+    for retired in out_dir.parent.glob(f"{_RETIRED}{out_dir.name}.*"):
+        if not out_dir.exists() and (retired / "run").is_dir():
+            os.replace(retired / "run", out_dir)
+    for prefix in (_STAGING, _RETIRED):
+        for leftover in out_dir.parent.glob(f"{prefix}{out_dir.name}.*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _output_error(out_dir: Path, error: OSError) -> OutputError:
+    reason = error.strerror or str(error)
+    advice = {errno.ENOSPC: "free some space or choose another --out",
+              errno.EDQUOT: "free some space or choose another --out",
+              errno.EROFS: "the file system is read-only: choose another --out",
+              errno.EACCES: "choose a folder you may write to",
+              errno.EPERM: "choose a folder you may write to"}.get(error.errno, "choose another --out")
+    return OutputError(f"--out {out_dir}: the run's outputs could not be written ({reason}); nothing was "
+                       f"changed there (an earlier run in it is intact). To keep this run's results, {advice}.")
+
+
+def _write_files(result, out_dir: Path, *, evaluation: dict | None, report: bool, match_examples: int) -> dict:
+    """Write the outputs into ``out_dir`` (the staging folder); return {name: path relative to it}."""
     written = {"submission": out_dir / "submission.csv", "candidates": out_dir / "candidates.csv",
-               "run": out_dir / "run.json"}
+               "run": out_dir / RUN_RECORD}
     write_submission(result, written["submission"])
     write_csv_atomic(result.candidates, written["candidates"])
     if len(result.failures):
@@ -58,7 +160,7 @@ def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, re
                 temporary.write_bytes(data)
         written["report"] = out_dir / "report.html"
         write_text_atomic(written["report"], render_report(result, evaluation, pictures))
-    return written
+    return {name: path.relative_to(out_dir) for name, path in written.items()}
 
 
 def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> dict[str, bytes]:

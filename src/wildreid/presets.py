@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from .fusion import FusionSettings
 
 AUTO = "auto"
+
+
+def check_threshold(value, what: str = "threshold") -> float:
+    """A threshold is a finite number in [-1, 1]: scores are cosine similarities or probabilities.
+    (NaN would compare false with every score and quietly turn the run into a closed set.)"""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what}: {value!r} is not a number; give a number between -1 and 1, 'auto' or 'none'.")
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"{what}: {value} is outside [-1, 1]; scores are cosine similarities or "
+                         "probabilities, so give a number between -1 and 1 (or 'auto', or 'none' for a closed set).")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,17 @@ class Preset:
     local: str | None = None
     local_options: dict = field(default_factory=dict)   # e.g. max_keypoints, max_side, min_side
     fusion: FusionSettings = field(default_factory=FusionSettings)
+
+    def __post_init__(self):
+        # Checked here, so that every way of making or changing a preset (command line, API,
+        # .replace) refuses what would otherwise run and quietly mean something else.
+        if isinstance(self.threshold, dict):
+            for name, value in self.threshold.items():
+                check_threshold(value, f"threshold for '{name}'")
+        elif self.threshold not in (None, AUTO):
+            check_threshold(self.threshold)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
+            raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
 
     def extraction_options(self) -> dict:
         return dict(batch_size=self.batch_size, precision=self.precision, decode=self.decode,
@@ -128,6 +152,7 @@ def parse_threshold(text: str) -> float | str | None | dict[str, float]:
     if lowered == AUTO:
         return AUTO
     try:
-        return float(lowered)
+        number = float(lowered)
     except ValueError:
         raise ValueError(f"threshold '{text}' is not a number, 'auto' or 'none'") from None
+    return check_threshold(number, f"threshold '{text.strip()}'")

@@ -136,6 +136,9 @@ class Catalog:
         individual_id, dataset = (individual_id or "").strip(), (dataset or "").strip()
         if not individual_id:
             raise CatalogError("individual id: empty; give every individual an id.")
+        if any(ord(c) < 32 or ord(c) == 127 for c in individual_id):
+            raise CatalogError(f"individual id {individual_id!r}: control characters (line breaks, tabs...) are "
+                               "not allowed; ids are one line of text.")
         if not dataset:
             raise CatalogError(f"individual '{individual_id}': empty dataset; say which dataset "
                                "(species or study) it belongs to.")
@@ -337,6 +340,16 @@ class Catalog:
             if query["status"] == "queued":
                 raise CatalogError(f"query {query_id} is still being identified; wait for its candidates.")
             image_id = None
+            existing = self.image_by_sha(query["sha256"])
+            if existing is not None and outcome != "skip" and (outcome == "new" or existing["individual_id"] != individual_id):
+                # One photo is filed under one individual: saying "filed under B" while it stays
+                # under A would be a lie, and moving it silently would undo an earlier decision.
+                chosen = "a new individual" if outcome == "new" else f"'{individual_id}'"
+                raise CatalogError(
+                    f"This very photo is already in the catalogue as a photo of '{existing['individual_id']}' "
+                    f"(image {existing['id']}), so it cannot also be filed under {chosen}. Confirm "
+                    f"'{existing['individual_id']}' for it, or skip it; if '{existing['individual_id']}' is "
+                    "wrong, correct that individual's photos first.")
             if outcome == "match":
                 if not individual_id or self.individual(individual_id) is None:
                     raise CatalogError(f"individual '{individual_id}' does not exist; choose a candidate "
@@ -348,14 +361,13 @@ class Catalog:
             else:
                 individual_id = None
             if individual_id is not None:
-                existing = self.image_by_sha(query["sha256"])
                 if existing is None:
                     image_id = self.db.execute(
                         "INSERT INTO images (sha256, stored_path, individual_id, sighting_date, location, "
                         "source, source_image_id, added_at) VALUES (?, ?, ?, ?, ?, 'review', ?, ?)",
                         (query["sha256"], query["stored_path"], individual_id, query["sighting_date"],
                          query["location"], f"query-{query_id}", now())).lastrowid
-                else:  # the very same photo was already catalogued: keep it where it is
+                else:  # the very same photo, already catalogued under this individual
                     image_id = existing["id"]
             score = _candidate_score(query["result"], individual_id)
             decision_id = self.db.execute(

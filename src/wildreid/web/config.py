@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TOKEN_ENV = "WILDREID_TOKEN"
+MIN_TOKEN_LENGTH = 16
+# Host names always served (the machine itself); others must be listed (DNS-rebinding guard).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass
@@ -20,6 +23,7 @@ class WebConfig:
     max_upload_bytes: int = 20 * 1024 * 1024   # per photo
     max_files: int = 20                        # photos per upload
     max_pixels: int = 60_000_000               # decompression-bomb guard for uploads
+    allowed_hosts: list[str] = field(default_factory=list)   # Host names served besides LOCAL_HOSTS
     token_generated: bool = field(default=False, init=False)
 
     def __post_init__(self):
@@ -30,11 +34,17 @@ class WebConfig:
             # No token configured: make one (printed at start-up) rather than run unprotected.
             self.token = secrets.token_urlsafe(24)
             self.token_generated = True
-        if len(self.token) < 8:
+        if len(self.token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"review token: {len(self.token)} characters is too short to protect the "
-                             f"catalogue; use at least 8 (set {TOKEN_ENV} or --token).")
+                             f"catalogue; use at least {MIN_TOKEN_LENGTH} (set {TOKEN_ENV} or --token-file), "
+                             "or set none and use the one generated at start-up.")
+        self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h.strip()]
         if self.max_upload_bytes <= 0 or self.max_files <= 0:
             raise ValueError("upload limits: max_upload_bytes and max_files must be positive.")
+
+    @property
+    def served_hosts(self) -> list[str]:
+        return list(dict.fromkeys([*LOCAL_HOSTS, *self.allowed_hosts]))
 
     @property
     def max_request_bytes(self) -> int:

@@ -1,0 +1,58 @@
+"""Errors: a message a person can act on, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..catalog import AlreadyDecided, CatalogError
+from .pages import page
+
+log = logging.getLogger("wildreid.web")
+
+
+def error_response(request: Request, status: int, message: str):
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status)
+    try:
+        return page(request, "error.html", status_code=status, status=status, message=message)
+    except Exception:  # noqa: BLE001 - the error page itself failed: plain text, still no trace
+        log.exception("rendering the error page failed")
+        return Response(message, status_code=status, media_type="text/plain")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        message = error.detail if isinstance(error.detail, str) else "Request refused."
+        if error.status_code == 404 and message == "Not Found":
+            message = "No such page or photo."
+        response = error_response(request, error.status_code, message)
+        if error.status_code == 405:
+            response.headers["Allow"] = (error.headers or {}).get("Allow", "")
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item.get("loc", ())[1:]) or "request"
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        return error_response(request, 422, "Invalid request: " + "; ".join(problems))
+
+    @app.exception_handler(CatalogError)
+    async def catalog_error(request: Request, error: CatalogError):
+        return error_response(request, 409 if isinstance(error, AlreadyDecided) else 400, str(error))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, error: Exception):
+        reference = secrets.token_hex(4)
+        log.error("unhandled error on %s %s (reference %s)", request.method, request.url.path,
+                  reference, exc_info=error)
+        return error_response(request, 500, f"Something went wrong on the server (reference "
+                                            f"{reference}). The details are in the server's log.")

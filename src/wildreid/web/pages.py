@@ -1,0 +1,84 @@
+"""What the route modules share: one catalogue connection per request, page rendering, and the
+small helpers several areas use."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from starlette.convertors import PathConvertor, register_url_convertor
+
+from ..catalog import Catalog
+from .security import is_signed_in, reviewer_of
+
+HERE = Path(__file__).parent
+
+
+class AnyTextConvertor(PathConvertor):
+    """Like ``{name:path}``, but also matching line breaks: an id that holds one (imported before
+    they were refused) would otherwise match no route at all and its page would be a 404."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("anytext", AnyTextConvertor())
+
+
+def open_catalog(request: Request):
+    """One catalogue connection per request (SQLite connections are not shared between threads)."""
+    catalog = Catalog(request.app.state.config.catalog, create=False)
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
+# Module level: the routes' annotations are strings (postponed evaluation) resolved where they
+# are defined, so each route module imports this name.
+CatalogDep = Annotated[Catalog, Depends(open_catalog)]
+
+
+def when(stamp: str | None) -> str:
+    """'2026-05-01T09:30:12+00:00' -> '2026-05-01 09:30 UTC' (stored times are UTC)."""
+    if not stamp:
+        return "–"
+    try:
+        return dt.datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return stamp
+
+
+def url_part(text: str) -> str:
+    """One URL path segment (an individual id may hold any character, '/' included)."""
+    return quote(str(text), safe="")
+
+
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["score"] = lambda value: "–" if value is None else f"{value:.3f}"
+templates.env.filters["urlpart"] = url_part
+templates.env.filters["when"] = when
+
+
+def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    context.update(signed_in=is_signed_in(request), reviewer=reviewer_of(request),
+                   config=request.app.state.config, request_path=request.url.path)
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def query_or_404(catalog: Catalog, query_id: int) -> dict:
+    query = catalog.query(query_id)
+    if query is None:
+        raise HTTPException(404, f"No query photo #{query_id}.")
+    return query
+
+
+def next_waiting(catalog: Catalog, after: int) -> int | None:
+    """The next query waiting for a decision (after ``after``, else the first one)."""
+    waiting = [q["id"] for q in catalog.queries(status=["ready", "failed"], limit=10_000) if q["id"] != after]
+    later = [i for i in waiting if i > after]
+    return (later or waiting or [None])[0]

@@ -1,0 +1,39 @@
+"""Browsing individuals: the searchable list, one individual's gallery, renaming."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from ..pages import CatalogDep, page, url_part
+from ..security import clean_text, require_token
+
+router = APIRouter()
+INDIVIDUALS_SHOWN = 200   # per list page; the search narrows it down
+
+
+@router.get("/individuals", response_class=HTMLResponse)
+def individuals(request: Request, catalog: CatalogDep, q: str = ""):
+    q = clean_text(q, 200)
+    found = catalog.individuals(q, limit=INDIVIDUALS_SHOWN + 1)
+    return page(request, "individuals.html", q=q, individuals=found[:INDIVIDUALS_SHOWN],
+                more=len(found) > INDIVIDUALS_SHOWN)
+
+
+@router.get("/individuals/{individual_id:anytext}", response_class=HTMLResponse)
+def individual(request: Request, individual_id: str, catalog: CatalogDep, added: int | None = None):
+    found = catalog.individual(individual_id)
+    if found is None:
+        raise HTTPException(404, "No such individual.")
+    decisions = {d["image_id"]: d for d in catalog.decisions(individual_id=individual_id)}
+    photos = [{**image, "decision": decisions.get(image["id"])} for image in catalog.images(individual_id)]
+    return page(request, "individual.html", individual=found, photos=photos, added=added)
+
+
+@router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_token)])
+def edit_individual(individual_id: str, catalog: CatalogDep, name: Annotated[str, Form()] = "",
+                    notes: Annotated[str, Form()] = ""):
+    catalog.update_individual(individual_id, name=clean_text(name, 200), notes=clean_text(notes, 2000))
+    return RedirectResponse(f"/individuals/{url_part(individual_id)}", status_code=303)

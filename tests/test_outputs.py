@@ -1,0 +1,109 @@
+"""The outputs of a run appear together or not at all, whatever the file system does."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from wildreid import files, outputs
+from wildreid.data import load_dataset
+from wildreid.outputs import OutputError, check_out_dir, write_run
+from wildreid.pipeline import identify
+from wildreid.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def result(shared_data, tmp_path_factory, lite0_backbone):
+    """A real run on a small LionData folder (photos copied in, paths relative)."""
+    folder = tmp_path_factory.mktemp("lions") / "Lions"
+    table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
+    identities = table[table["split"] == "database"]["identity"].drop_duplicates().head(6)
+    table = table[table["identity"].isin(identities)]
+    (folder / "images").mkdir(parents=True)
+    for path in table["path"]:
+        shutil.copy(shared_data / "LionData" / path, folder / path)
+    table.to_csv(folder / "metadata.csv", index=False)
+    return identify(load_dataset(folder), get_preset("offline"), backbone=lite0_backbone,
+                    cache_dir=folder.parent / "cache", progress=False)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _no_temporary_folders(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if p.name.startswith(".wildreid-")]
+
+
+def test_a_later_run_replaces_the_earlier_one_whole(result, tmp_path):
+    out = tmp_path / "run"
+    write_run(result, out)
+    (out / "stale-from-an-old-version.csv").write_text("old")
+    written = write_run(result, out, report=False)
+    assert not (out / "report.html").exists() and not (out / "plots").exists()   # nothing of the first run
+    assert not (out / "stale-from-an-old-version.csv").exists()
+    assert written["submission"] == out / "submission.csv" and written["submission"].is_file()
+    assert _no_temporary_folders(tmp_path)
+
+
+def test_full_disk_leaves_the_earlier_run_intact(result, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    write_run(result, out)
+    for name in ("submission.csv", "candidates.csv", "run.json"):   # an earlier run with other results
+        (out / name).write_text(f"earlier {name}")
+    before = _files(out)
+    real = files.write_text_atomic
+
+    def disk_full(path, text):
+        if Path(path).name == "report.html":   # the last file: everything else is written by then
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(outputs, "write_text_atomic", disk_full)
+    with pytest.raises(OutputError, match="No space left on device.*earlier run in it is intact.*free some space"):
+        write_run(result, out)
+    assert _files(out) == before
+    assert _no_temporary_folders(tmp_path)
+
+
+def test_read_only_file_system_is_one_message(result, tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", read_only)
+    with pytest.raises(OutputError, match="Read-only file system.*choose another --out"):
+        write_run(result, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_killed_between_the_renames_is_put_back(result, tmp_path):
+    out = tmp_path / "run"
+    write_run(result, out)
+    before = _files(out)
+    retired = tmp_path / ".wildreid-old-run.abc"   # as _swap_in leaves it when killed half way
+    retired.mkdir()
+    out.rename(retired / "run")
+    (tmp_path / ".wildreid-new-run.xyz").mkdir()    # and a half-written new run
+    outputs._remove_leftovers(out)
+    assert _files(out) == before and _no_temporary_folders(tmp_path)
+
+
+def test_out_must_be_a_folder_of_runs(tmp_path):
+    (tmp_path / "a-file.csv").write_text("x")
+    with pytest.raises(OutputError, match="a-file.csv: this is a file, not a folder"):
+        check_out_dir(tmp_path / "a-file.csv")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(OutputError, match="holds other files and no run.json"):
+        check_out_dir(tmp_path / "photos")
+    (tmp_path / "empty").mkdir()
+    for fine in (tmp_path / "empty", tmp_path / "new" / "folder"):
+        assert check_out_dir(fine) == fine
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "run.json").write_text(json.dumps({}))
+    assert check_out_dir(tmp_path / "earlier") == tmp_path / "earlier"
