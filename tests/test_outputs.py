@@ -12,6 +12,7 @@ import pytest
 
 from wildreid import files, outputs
 from wildreid.data import load_dataset
+from wildreid.files import remove_leftovers
 from wildreid.outputs import OutputError, check_out_dir, write_run
 from wildreid.pipeline import identify
 from wildreid.presets import get_preset
@@ -75,7 +76,7 @@ def test_read_only_file_system_is_one_message(result, tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
 
-    monkeypatch.setattr(outputs.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(files.tempfile, "mkdtemp", read_only)
     with pytest.raises(OutputError, match="Read-only file system.*choose another --out"):
         write_run(result, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -85,11 +86,11 @@ def test_a_run_killed_between_the_renames_is_put_back(result, tmp_path):
     out = tmp_path / "run"
     write_run(result, out)
     before = _files(out)
-    retired = tmp_path / ".wildreid-old-run.abc"   # as _swap_in leaves it when killed half way
+    retired = tmp_path / ".wildreid-old-run.abc"   # as files.atomic_folder leaves it when killed half way
     retired.mkdir()
-    out.rename(retired / "run")
+    out.rename(retired / "old")
     (tmp_path / ".wildreid-new-run.xyz").mkdir()    # and a half-written new run
-    outputs._remove_leftovers(out)
+    remove_leftovers(out)
     assert _files(out) == before and _no_temporary_folders(tmp_path)
 
 

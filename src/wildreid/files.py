@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,32 +38,58 @@ def write_csv_atomic(table, path: str | Path) -> None:
         table.to_csv(temporary, index=False)
 
 
+STAGING = ".wildreid-new-"   # prefixes of the temporary folders beside a folder being replaced
+RETIRED = ".wildreid-old-"
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | Path):
-    """Yield a temporary folder beside ``path``; on success it takes the place of ``path`` (an
-    earlier folder there is swapped out and removed), so readers see the old folder or the new
-    one, never a mix. On failure the temporary folder is removed and ``path`` is untouched."""
-    import shutil
-
+    """Yield a temporary folder beside ``path``; when the block ends without error it takes the
+    place of ``path`` (an earlier folder there is removed, never mixed with the new one). On an
+    error the temporary folder is deleted and ``path`` stays as it was. Readers see the old folder
+    or the new one; a crash between the two renames leaves the old one under a .wildreid-old-
+    name, put back by the next call (:func:`remove_leftovers`)."""
     path = Path(path)
+    remove_leftovers(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING + path.name + ".", dir=path.parent))
     try:
-        yield temporary
-        for file in temporary.rglob("*"):
+        yield staging
+        for file in staging.rglob("*"):
             if file.is_file():
                 with open(file, "rb") as written:
                     os.fsync(written.fileno())
-        if path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, retired / path.name)
-            os.replace(temporary, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, path)
+        _swap_in(staging, path)
     finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    retired = None
+    if path.is_dir():
+        retired = Path(tempfile.mkdtemp(prefix=RETIRED + path.name + ".", dir=path.parent))
+        os.replace(path, retired / "old")
+    try:
+        os.replace(staging, path)
+    except OSError:
+        if retired is not None:   # put the earlier folder back
+            os.replace(retired / "old", path)
+            shutil.rmtree(retired, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Temporary folders of an earlier atomic_folder(path) that was killed; an earlier folder
+    killed between the two renames is first put back in place."""
+    for retired in path.parent.glob(f"{RETIRED}{path.name}.*"):
+        if not path.exists() and (retired / "old").is_dir():
+            os.replace(retired / "old", path)
+    for prefix in (STAGING, RETIRED):
+        for leftover in path.parent.glob(f"{prefix}{path.name}.*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def jsonable(value):

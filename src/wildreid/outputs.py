@@ -10,12 +10,9 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .files import atomic_path, jsonable, write_csv_atomic, write_text_atomic
+from .files import atomic_folder, atomic_path, jsonable, write_csv_atomic, write_text_atomic
 from .metrics import evaluate
 from .report import _png, figures_for_run, query_truth, render_report
 
@@ -33,8 +30,6 @@ def evaluate_if_possible(result) -> dict | None:
 
 
 RUN_RECORD = "run.json"   # what marks a folder as a wildreid run (one we may replace)
-_STAGING = ".wildreid-new-"   # prefixes of the temporary folders beside the output folder
-_RETIRED = ".wildreid-old-"
 
 
 class OutputError(ValueError):
@@ -69,52 +64,12 @@ def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, re
     read-only file system) the temporary folder is deleted, an earlier run stays as it was, and
     OutputError says what happened."""
     out_dir = check_out_dir(out_dir)
-    _remove_leftovers(out_dir)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING + out_dir.name + ".", dir=out_dir.parent))
+        with atomic_folder(out_dir) as staging:
+            names = _write_files(result, staging, evaluation=evaluation, report=report, match_examples=match_examples)
     except OSError as error:
         raise _output_error(out_dir, error) from None
-    try:
-        names = _write_files(result, staging, evaluation=evaluation, report=report, match_examples=match_examples)
-        _swap_in(staging, out_dir)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise _output_error(out_dir, error) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {name: out_dir / relative for name, relative in names.items()}
-
-
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Put the finished ``staging`` folder at ``out_dir``: two renames. A crash between them leaves
-    the earlier run complete under a .wildreid-old- name and no ``out_dir``: never a mixture."""
-    retired = None
-    if out_dir.is_dir():
-        retired = Path(tempfile.mkdtemp(prefix=_RETIRED + out_dir.name + ".", dir=out_dir.parent))
-        os.replace(out_dir, retired / "run")
-    try:
-        os.replace(staging, out_dir)
-    except OSError:
-        if retired is not None:   # put the earlier run back
-            os.replace(retired / "run", out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
-def _remove_leftovers(out_dir: Path) -> None:
-    """Temporary folders of an earlier run of this folder that was killed while writing; an earlier
-    run killed between the two renames of _swap_in is first put back in place."""
-    for retired in out_dir.parent.glob(f"{_RETIRED}{out_dir.name}.*"):
-        if not out_dir.exists() and (retired / "run").is_dir():
-            os.replace(retired / "run", out_dir)
-    for prefix in (_STAGING, _RETIRED):
-        for leftover in out_dir.parent.glob(f"{prefix}{out_dir.name}.*"):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _output_error(out_dir: Path, error: OSError) -> OutputError:

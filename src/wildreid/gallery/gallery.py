@@ -252,8 +252,9 @@ class Gallery:
     def save(self, folder: str | Path) -> Path:
         """Write the gallery atomically: a reader sees the previous gallery or this one, whole."""
         folder = Path(folder)
-        if folder.exists() and not (folder / "gallery.json").is_file():
-            raise GalleryError(f"{folder}: exists and is not a gallery; choose another --out, or remove it.")
+        if folder.exists() and not (folder / "gallery.json").is_file() and any(folder.iterdir()):
+            raise GalleryError(f"{folder}: exists and is not a gallery; its content would be replaced. Choose "
+                               "a new or empty folder, or an earlier gallery's.")
         with atomic_folder(folder) as temporary:
             record = {**self.info(), "preset_settings": self.preset.to_dict(), "notes": self.notes,
                       "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "group_files": {}}
