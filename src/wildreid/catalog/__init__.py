@@ -3,12 +3,12 @@ content-addressed store beside it), descriptors and review decisions."""
 
 from .dataset import catalog_to_dataset
 from .export import export_metadata
-from .identify import candidates_of, identify_with_catalog
+from .identify import candidates_of, catalog_gallery, identify_with_catalog
 from .importer import ImportReport, import_dataset
 from .photos import PhotoStore, sniff_image_type
 from .schema import SCHEMA_VERSION
 from .store import AlreadyDecided, Catalog, CatalogError, CheckReport
 
 __all__ = ["AlreadyDecided", "Catalog", "CatalogError", "CheckReport", "ImportReport", "PhotoStore",
-           "SCHEMA_VERSION", "candidates_of", "catalog_to_dataset", "export_metadata",
+           "SCHEMA_VERSION", "candidates_of", "catalog_gallery", "catalog_to_dataset", "export_metadata",
            "identify_with_catalog", "import_dataset", "sniff_image_type"]

@@ -1,14 +1,23 @@
-"""Identify query photos against a catalogue, through the one pipeline (``pipeline.identify``)."""
+"""Identify query photos against a catalogue: the catalogue's photos are a gallery.
+
+The gallery is kept beside the catalogue (``<catalogue>.cache/gallery-<preset>``) and brought up
+to date before each use: photos added since (imports, reviewers' confirmations) are appended
+without refitting; a photo removed or moved to another individual means a rebuild. A caller that
+identifies often (the web app) keeps the returned gallery in memory and passes it back in.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from ..backbones import Backbone, load_backbone
 from ..extract import default_device
-from ..pipeline import IdentifyResult, identify
+from ..gallery import Gallery, GalleryError
 from ..presets import Preset
+from ..result import IdentifyResult
 from .dataset import catalog_image_id, catalog_to_dataset
 from .descriptors import prepare_descriptors
 from .store import Catalog
@@ -20,23 +29,53 @@ def default_cache_dir(catalog_path: str | Path) -> Path:
     return catalog_path.with_name(catalog_path.name + ".cache")
 
 
+def catalog_gallery(catalog: Catalog, preset: Preset, *, backbone: Backbone, cache_dir: str | Path,
+                    gallery: Gallery | None = None, progress: Callable[[str, int, int], None] | None = None) -> Gallery:
+    """The catalogue's photos as a gallery, up to date: ``gallery`` (one kept in memory), else the
+    saved one, else a new one; saved again when it changed."""
+    folder = Path(cache_dir) / f"gallery-{preset.name}"
+    photos = catalog_to_dataset(catalog, []).database
+    if gallery is None and (folder / "gallery.json").is_file():
+        try:
+            gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
+        except GalleryError:
+            gallery = None   # built by another wildreid or descriptor: rebuilt below
+    if gallery is not None:
+        held = dict(zip(gallery.table["image_id"], gallery.table["identity"]))
+        current = dict(zip(photos["image_id"], photos["identity"]))
+        if any(current.get(image_id) != identity for image_id, identity in held.items()):
+            gallery = None   # a photo left the catalogue or changed individual: refit from scratch
+        else:
+            photos = photos[~photos["image_id"].isin(held)]
+            if len(photos) == 0:
+                return gallery
+    report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
+    prepare_descriptors(catalog, backbone, cache_dir, progress=report)
+    if gallery is None:
+        gallery = Gallery.build(photos, preset, backbone=backbone, cache_dir=cache_dir, progress=False)
+    else:
+        gallery.add(photos, cache_dir=cache_dir, progress=False)
+    gallery.save(folder)
+    return gallery
+
+
 def identify_with_catalog(catalog: Catalog, query_paths: Sequence[str | Path], preset: Preset, *,
                           query_ids: Sequence[str] | None = None, dataset: str | None = None,
                           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
-                          device: str | None = None,
+                          device: str | None = None, gallery: Gallery | None = None,
                           progress: Callable[[str, int, int], None] | None = None) -> IdentifyResult:
     """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(catalog.path)
-    backbone = backbone or load_backbone(preset.backbone, preprocess=preset.preprocess,
-                                         device=device or default_device())
-    report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
-    prepare_descriptors(catalog, backbone, cache_dir, progress=report)
-    dataset_ = catalog_to_dataset(catalog, query_paths, query_ids=query_ids, dataset=dataset)
+    backbone = backbone or (gallery.backbone if gallery else None) or load_backbone(
+        preset.backbone, preprocess=preset.preprocess, device=device or default_device())
+    gallery = catalog_gallery(catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery,
+                              progress=progress)
+    queries = catalog_to_dataset(catalog, query_paths, query_ids=query_ids, dataset=dataset).queries
     if progress:
-        progress("identifying", 0, len(query_paths))
-    result = identify(dataset_, preset, cache_dir=cache_dir, backbone=backbone, progress=False)
+        progress("identifying", 0, len(queries))
+    result = gallery.identify(queries, cache_dir=cache_dir, progress=False)
     if progress:
-        progress("identifying", len(query_paths), len(query_paths))
+        progress("identifying", len(queries), len(queries))
     return result
 
 
@@ -44,21 +83,18 @@ def candidates_of(result: IdentifyResult, catalog: Catalog) -> list[dict]:
     """Per query (in order): the prediction and its ranked candidates as plain JSON-able data,
     each candidate with its best-matching catalogue photo."""
     answers = []
-    for _, row in result.candidates.iterrows():
+    for position, image_id in enumerate(result.queries["image_id"]):
         candidates = []
-        rank = 1
-        while f"identity_{rank}" in row.index:
-            identity, score, match = row[f"identity_{rank}"], row[f"score_{rank}"], row[f"match_{rank}"]
-            if identity is not None and score == score:  # NaN where fewer identities exist
-                image_id = catalog_image_id(match)
-                image = catalog.image(image_id) if image_id is not None else None
-                candidates.append({"rank": rank, "individual_id": identity, "score": float(score),
-                                   "image_id": image["id"] if image else None,
-                                   "sha256": image["sha256"] if image else None})
-            rank += 1
-        threshold = row["threshold"]
-        answers.append({"image_id": row["image_id"], "prediction": row["prediction"],
-                        "threshold": None if threshold is None or threshold != threshold else float(threshold),
-                        "flags": row["flags"], "error": row["error"], "preset": result.preset.name,
+        for rank, (identity, score, match) in enumerate(result.ranking.candidates(position), start=1):
+            catalogued = catalog_image_id(match)
+            image = catalog.image(catalogued) if catalogued is not None else None
+            candidates.append({"rank": rank, "individual_id": identity, "score": score,
+                               "image_id": image["id"] if image else None,
+                               "sha256": image["sha256"] if image else None})
+        threshold = result.query_thresholds[position]
+        error = result.errors[position]
+        answers.append({"image_id": image_id, "prediction": result.prediction[position],
+                        "threshold": None if pd.isna(threshold) else float(threshold),
+                        "flags": "unreadable_image" if error else "", "error": error, "preset": result.preset.name,
                         "candidates": candidates})
     return answers

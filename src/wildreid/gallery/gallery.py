@@ -62,6 +62,9 @@ class Gallery:
         self.notes = notes or []
         self.timings = timings or {}
         self.method = get_method(preset.local, **preset.local_options) if preset.local else None
+        # Image-loading processes per extraction (None: extract.py's default); 0 in a server's
+        # threads, where forking is unsafe.
+        self.loader_workers: int | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -91,7 +94,8 @@ class Gallery:
             raise GalleryError(f"photos without an identity (rows {rows}): only labelled photos join a gallery.")
         started = time.perf_counter()
         extraction = extract_embeddings(photos["path"].tolist(), self.backbone, cache_dir=cache_dir,
-                                        progress=progress, **self.preset.extraction_options())
+                                        progress=progress, num_workers=self.loader_workers,
+                                        **self.preset.extraction_options())
         self.timings["extract_s"] = self.timings.get("extract_s", 0) + time.perf_counter() - started
         self.timings["images_extracted"] = self.timings.get("images_extracted", 0) + extraction.extracted
         self.timings["extraction"] = extraction.settings
@@ -189,7 +193,7 @@ class Gallery:
         k = top_k or self.preset.top_k
         extraction = extract_embeddings(table["path"].tolist(), self.backbone, cache_dir=cache_dir,
                                         progress=progress, description="query descriptors",
-                                        **self.preset.extraction_options())
+                                        num_workers=self.loader_workers, **self.preset.extraction_options())
         timings = {"extract_s": time.perf_counter() - started, "images_extracted": extraction.extracted,
                    "extraction": extraction.settings}
         started = time.perf_counter()

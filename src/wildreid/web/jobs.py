@@ -1,6 +1,10 @@
 """Identification jobs: uploads are identified in one background thread while the page polls
 ``/api/jobs/<id>`` for progress.
 
+The catalogue's gallery (the fitted database side, see gallery/) is kept in memory between jobs
+and brought up to date at the start of each one, so photos confirmed by reviewers are matched
+against from the next upload on, and an upload pays only for its own extraction and shortlist.
+
 The job's queries are rows of the catalogue (status 'queued' until their candidates are stored),
 so a server restarted mid-job picks the unfinished ones up again; only the progress counters live
 in memory. One worker thread runs the jobs in turn: the model is loaded once, and CPU-heavy
@@ -18,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backbones import BackboneUnavailable
-from ..catalog import Catalog, CatalogError, candidates_of, identify_with_catalog
+from ..catalog import Catalog, CatalogError, candidates_of, catalog_gallery, identify_with_catalog
+from ..catalog.identify import default_cache_dir
 from ..presets import get_preset
 from .config import WebConfig
 
@@ -53,6 +58,7 @@ class JobRunner:
     def __init__(self, config: WebConfig, *, backbone=None,
                  identify: Callable = identify_with_catalog):
         self.config, self.backbone, self.identify = config, backbone, identify
+        self.gallery = None   # the catalogue's gallery, kept between jobs (worker thread only)
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -124,6 +130,16 @@ class JobRunner:
             self.backbone = load_backbone(preset.backbone, preprocess=preset.preprocess,
                                           device=self.config.device or default_device())
         with Catalog(self.config.catalog) as catalog:
+            self._update(job, stage="bringing the catalogue's gallery up to date")
+
+            def describing(stage, done, total):
+                self._update(job, stage=f"describing catalogue photos ({done} of {total}; done once)")
+
+            cache_dir = self.config.cache_dir or default_cache_dir(self.config.catalog)
+            self.gallery = catalog_gallery(catalog, preset, backbone=self.backbone, cache_dir=cache_dir,
+                                           gallery=self.gallery, progress=describing)
+            # In a server thread: no forked loader processes (see catalog/descriptors.py).
+            self.gallery.loader_workers = 0
             for position, query_id in enumerate(job.query_ids):
                 query = catalog.query(query_id)
                 if query is None or query["status"] != "queued":
@@ -131,17 +147,11 @@ class JobRunner:
                 self._update(job, stage=f"identifying photo {position + 1} of {len(job.query_ids)}",
                              done=position)
 
-                def progress(stage, done, total, position=position):
-                    if stage.startswith("describing"):
-                        self._update(job, stage=f"describing catalogue photos ({done} of {total}; "
-                                                "done once)", done=position)
-
                 try:
                     # One photo at a time: progress per photo, and one bad photo fails alone.
                     result = self.identify(catalog, [catalog.photo_path(query["stored_path"])], preset,
                                            query_ids=[f"upload-{query_id}"], dataset=query["dataset"],
-                                           backbone=self.backbone, cache_dir=self.config.cache_dir,
-                                           progress=progress)
+                                           backbone=self.backbone, cache_dir=cache_dir, gallery=self.gallery)
                     catalog.set_query_result(query_id, candidates_of(result, catalog)[0])
                 except CatalogError as error:
                     catalog.set_query_result(query_id, None, error=str(error))
