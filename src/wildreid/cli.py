@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .backbones import BackboneUnavailable, load_backbone
@@ -40,13 +41,13 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except (DatasetError, BackboneUnavailable, ValueError, KeyError, FileNotFoundError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            console.print(f"[bold red]error:[/] {message}", highlight=False, markup=False)
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
             raise typer.Exit(2) from None
         except OSError as error:
             # The last resort for the file system saying no (read-only, full, permissions): the
             # file and the reason, never a traceback. Known cases have their own message first.
             where = f"{error.filename}: " if error.filename else ""
-            console.print(f"[bold red]error:[/] {where}{error.strerror or error}", highlight=False, markup=False)
+            console.print(f"[bold red]error:[/] {escape(where + str(error.strerror or error))}", highlight=False)
             raise typer.Exit(1) from None
     return wrapper
 
@@ -107,12 +108,26 @@ def _load(root: Path, query_dir, path_column, identity_column, split_column, dat
                         query_value=query_value, allow_outside_paths=allow_outside_paths)
 
 
+GalleryOption = Annotated[Optional[Path], typer.Option(
+    help="A gallery from `wildreid gallery build`: ROOT... are then query photos (files, folders, or CSVs "
+         "with a path column) identified against it, without refitting anything.")]
+DatasetName = Annotated[Optional[str], typer.Option(
+    "--dataset", help="With --gallery: the dataset the query photos belong to (needed when the gallery holds several "
+         "and the queries carry no dataset column).")]
+
+
 @app.command()
 @friendly_errors
 def identify(
-    root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
+    root: Annotated[list[Path], typer.Argument(
+        help="metadata.csv, a folder holding it, or a folder per identity; with --gallery: query photos, "
+             "folders of them, or CSVs of paths.")],
     out: Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")],
-    preset: PresetOption = DEFAULT_PRESET,
+    gallery: GalleryOption = None,
+    dataset_name: DatasetName = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help=f"Named configuration: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; with --gallery, the "
+             "gallery's). See `wildreid presets`.")] = None,
     backbone: BackboneOption = None,
     threshold: Annotated[Optional[str], typer.Option(
         help="Override the preset's threshold: a number, NAME=VALUE,... per dataset, 'auto' (chosen on "
@@ -129,15 +144,49 @@ def identify(
     compile: Compile = None, engine: Engine = None, batch_size: BatchSize = None,
     allow_outside_paths: AllowOutsidePaths = False,
 ):
-    """Assign every query a known identity or new_individual; write the submission and the report."""
+    """Assign every query a known identity or new_individual; write the submission and the report.
+
+    Without --gallery, ROOT is a dataset: a gallery is built from its database rows on the fly
+    and its queries identified. With --gallery, ROOT... are query photos and only they are
+    described and matched."""
     from .outputs import check_out_dir, evaluate_if_possible, write_run
-    from .pipeline import identify as run_identify
 
     check_out_dir(out)   # before the work, not after it
-    dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value, allow_outside_paths)
-    chosen = get_preset(preset)
-    changes = {}
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    if gallery is not None:
+        result = _identify_with_gallery(root, gallery, preset, threshold, top_k, dataset_name, cache, device,
+                                        path_column, image_id_column, allow_outside_paths)
+    else:
+        from .pipeline import identify as run_identify
+
+        if len(root) != 1:
+            raise ValueError(f"give one dataset (got {len(root)} paths); to identify photos, folders or CSVs of "
+                             "paths against a saved gallery, add --gallery GALLERY.")
+        dataset = _load(root[0], query_dir, path_column, identity_column, split_column, dataset_column,
+                        image_id_column, database_value, query_value, allow_outside_paths)
+        chosen = _chosen_preset(preset or DEFAULT_PRESET, backbone, threshold, top_k, all_datasets,
+                                _speed_changes(fast, precision, decode, compile, engine, batch_size))
+        console.print(f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
+                      f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
+                      f"({chosen.backbone})")
+        result = run_identify(dataset, chosen, cache_dir=cache, device=device)
+    evaluation = evaluate_if_possible(result)
+    written = write_run(result, out, evaluation=evaluation, report=report)
+    if len(result.failures):
+        console.print(f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
+                      f"(listed in {written['failures']}); such queries are answered new_individual.[/]")
+    for note in result.notes:
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+    _print_thresholds(result)
+    if evaluation:
+        _print_evaluation(evaluation)
+    for name, path in written.items():
+        console.print(f"{name:>11}: {path}")
+
+
+def _chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: dict):
+    """The named preset with the command line's changes."""
+    changes = dict(speed)
     if backbone:
         changes.update(backbone=backbone, preprocess=None)
     if threshold is not None:
@@ -146,25 +195,26 @@ def identify(
         changes["top_k"] = top_k
     if all_datasets:
         changes["same_dataset_only"] = False
-    changes.update(_speed_changes(fast, precision, decode, compile, engine, batch_size))
-    chosen = chosen.replace(**changes)
-    console.print(f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
-                  f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
-                  f"({chosen.backbone})")
-    result = run_identify(dataset, chosen, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-                          device=device)
-    evaluation = evaluate_if_possible(result)
-    written = write_run(result, out, evaluation=evaluation, report=report)
-    if len(result.failures):
-        console.print(f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
-                      f"(listed in {written['failures']}); such queries are answered new_individual.[/]")
-    for note in result.notes:
-        console.print(f"[yellow]{note}[/]", highlight=False)
-    _print_thresholds(result)
-    if evaluation:
-        _print_evaluation(evaluation)
-    for name, path in written.items():
-        console.print(f"{name:>11}: {path}")
+    return get_preset(name).replace(**changes)
+
+
+def _identify_with_gallery(sources, folder, preset, threshold, top_k, dataset_name, cache, device, path_column,
+                           image_id_column, allow_outside_paths):
+    from .data import load_query_photos
+    from .gallery import FITTED, Gallery
+
+    photos = load_query_photos(sources, path_column=path_column, image_id_column=image_id_column,
+                               allow_outside_paths=allow_outside_paths)
+    if dataset_name is not None:
+        photos["dataset"] = dataset_name
+    saved = Gallery.load(folder, device=device, preset=preset)
+    setting = FITTED if threshold is None or threshold.strip().lower() == "auto" else parse_threshold(threshold)
+    # The preset's own checks refuse a threshold or top-k that would quietly mean something else.
+    saved.preset.replace(top_k=top_k or saved.preset.top_k, threshold=saved.preset.threshold if setting == FITTED
+                         else setting)
+    console.print(f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
+                  f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})")
+    return saved.identify(photos, cache_dir=cache, threshold=setting, top_k=top_k)
 
 
 @app.command()
@@ -295,7 +345,7 @@ def demo(
 
     metadata = make_demo_dataset(data)
     console.print(f"demo dataset: {metadata}")
-    identify(metadata.parent, out, preset=preset, cache_dir=cache_dir)
+    identify([metadata.parent], out, preset=preset, cache_dir=cache_dir)
 
 
 def _print_thresholds(result) -> None:
@@ -578,6 +628,204 @@ def train(
                   + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
                   highlight=False)
     console.print(f"model: {out} (use it with [bold]--backbone local-dir:{out}[/]); record: {out / 'train.json'}")
+
+
+# --------------------------------------------------------------------------------------------
+# The gallery (`wildreid gallery ...`) and the watch folder (`wildreid watch`)
+
+gallery_app = typer.Typer(
+    help="A gallery is the database side fitted once and saved: descriptors in a FAISS index, keypoints, "
+         "calibration and thresholds. Identify against it with `wildreid identify PHOTOS --gallery G`.",
+    no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(gallery_app, name="gallery")
+
+
+def _labelled_photos(root: Path, path_column, identity_column, split_column, dataset_column, image_id_column,
+                     database_value, allow_outside_paths, include_queries: bool):
+    """The labelled photos of ROOT: database rows of a metadata CSV (and labelled queries if asked),
+    or every photo of a folder-per-identity layout."""
+    from .data import DATABASE, load_folders
+
+    if root.is_dir() and not (root / "metadata.csv").is_file():
+        return load_folders(root, None, allow_outside_paths=allow_outside_paths).table
+    dataset = _load(root, None, path_column, identity_column, split_column, dataset_column, image_id_column,
+                    database_value, "query", allow_outside_paths)
+    table = dataset.table
+    keep = table["split"] == DATABASE
+    if include_queries:
+        keep |= table["identity"].notna()
+    return table[keep]
+
+
+@gallery_app.command("build")
+@friendly_errors
+def gallery_build(
+    root: Annotated[Path, typer.Argument(help="metadata.csv (its database rows), a folder holding it, or a "
+                                              "folder per identity.")],
+    out: Annotated[Path, typer.Option(help="The gallery folder to write (replaced atomically if it exists).")],
+    preset: PresetOption = DEFAULT_PRESET,
+    backbone: BackboneOption = None,
+    threshold: Annotated[Optional[str], typer.Option(
+        help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")] = None,
+    all_datasets: Annotated[bool, typer.Option(
+        "--all-datasets", help="One group for every dataset: queries may match any of them.")] = False,
+    path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
+    cache_dir: CacheDir = None, device: Device = None, allow_outside_paths: AllowOutsidePaths = False,
+):
+    """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
+    from .gallery import Gallery
+
+    photos = _labelled_photos(root, path_column, identity_column, split_column, dataset_column, image_id_column,
+                              database_value, allow_outside_paths, include_queries=False)
+    chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {})
+    console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
+    built = Gallery.build(photos, chosen, cache_dir=cache_dir or default_cache_dir(), device=device)
+    built.save(out)
+    _print_gallery(built, out)
+
+
+@gallery_app.command("add")
+@friendly_errors
+def gallery_add(
+    root: Annotated[Path, typer.Argument(help="Labelled photos: metadata.csv, a folder holding it, or a folder "
+                                              "per identity.")],
+    gallery: Annotated[Path, typer.Option(help="The gallery to grow (saved again atomically).")],
+    include_queries: Annotated[bool, typer.Option(
+        "--include-queries", help="Also add query rows whose identity is known.")] = False,
+    refit: Annotated[Optional[bool], typer.Option(
+        "--refit/--no-refit", help="Refit calibration and thresholds now, or never; by default only a group that "
+                                   "is new or has grown by a quarter since its last fit is refitted.")] = None,
+    path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
+    cache_dir: CacheDir = None, device: Device = None, allow_outside_paths: AllowOutsidePaths = False,
+):
+    """Append labelled photos (known or new individuals) to a gallery without rebuilding it."""
+    from .gallery import Gallery
+
+    photos = _labelled_photos(root, path_column, identity_column, split_column, dataset_column, image_id_column,
+                              database_value, allow_outside_paths, include_queries)
+    saved = Gallery.load(gallery, device=device)
+    counts = saved.add(photos, cache_dir=cache_dir or default_cache_dir(), refit=refit)
+    saved.save(gallery)
+    console.print(f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
+                  f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",
+                  highlight=False)
+    _print_gallery(saved, gallery)
+
+
+@gallery_app.command("refit")
+@friendly_errors
+def gallery_refit(gallery: Annotated[Path, typer.Argument(help="The gallery folder.")], device: Device = None):
+    """Fit calibration and thresholds again on the gallery as it is now."""
+    from .gallery import Gallery
+
+    saved = Gallery.load(gallery, device=device)
+    saved.refit()
+    saved.save(gallery)
+    _print_gallery(saved, gallery)
+
+
+@gallery_app.command("info")
+@friendly_errors
+def gallery_info(gallery: Annotated[Path, typer.Argument(help="The gallery folder.")],
+                 as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False):
+    """What a gallery holds: preset, descriptor, photos, and per group its index and last fit."""
+    from .gallery import GalleryError
+    from .files import jsonable
+
+    record = gallery / "gallery.json"
+    if not record.is_file():
+        raise GalleryError(f"{gallery}: not a gallery (no gallery.json).")
+    info = json.loads(record.read_text(encoding="utf-8"))
+    shown = {k: info[k] for k in ("format_version", "preset", "backbone", "backbone_fingerprint", "local_features",
+                                  "images", "identities", "groups", "saved_at")}
+    if as_json:
+        stdout.print_json(json.dumps(jsonable(shown)))
+        return
+    _print_gallery_info(shown, gallery)
+
+
+def _print_gallery(saved, folder: Path) -> None:
+    for note in saved.notes:
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+    _print_gallery_info(saved.info(), folder)
+
+
+def _print_gallery_info(info: dict, folder: Path) -> None:
+    console.print(f"gallery {folder}: preset {info['preset']}, {info['backbone']}, {info['images']} photos of "
+                  f"{info['identities']} identities (format {info['format_version']})", highlight=False)
+    table = Table("group", "photos", "identities", "index", "threshold", "fitted on", "fitted at", "refit due at")
+    for name, group in info["groups"].items():
+        threshold = group["threshold"]
+        table.add_row(name, str(group["images"]), str(group["identities"]), group["index"],
+                      "none" if threshold in (None, "none") else f"{float(threshold):.4f}",
+                      str(group["fitted_images"]), str(group["fitted_at"]), str(group["refit_due_at"]))
+    stdout.print(table)
+
+
+@app.command()
+@friendly_errors
+def watch(
+    folder: Annotated[Path, typer.Argument(help="The folder photos arrive in (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Where results.csv is appended (the columns of candidates.csv).")],
+    gallery: Annotated[Optional[Path], typer.Option(help="The gallery to identify against.")] = None,
+    catalog: Annotated[Optional[Path], typer.Option(
+        "--catalog", help="Identify against this catalogue's photos instead, and file every photo as a query "
+                          "waiting for review in the web app.")] = None,
+    dataset_name: DatasetName = None,
+    preset: Annotated[str, typer.Option(help="With --catalog: the preset of its gallery.")] = DEFAULT_PRESET,
+    settle_seconds: Annotated[float, typer.Option(
+        help="A photo is read once unchanged for this long (so a file still being copied is not read).")] = 2.0,
+    poll_seconds: Annotated[float, typer.Option(help="Seconds between looks at the folder.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Identify what is there, then stop.")] = False,
+    cache_dir: CacheDir = None, device: Device = None,
+):
+    """Identify photos as they land in FOLDER; stop with Ctrl-C. Safe to kill and restart: every
+    photo is recorded exactly once."""
+    from .gallery import Gallery
+    from .watch import Watcher
+
+    if (gallery is None) == (catalog is None):
+        raise ValueError("give --gallery GALLERY or --catalog CATALOGUE (one of them).")
+    cache = cache_dir or default_cache_dir()
+    store = None
+    if catalog is not None:
+        from .catalog import Catalog, catalog_gallery
+        from .catalog.identify import default_cache_dir as catalog_cache
+
+        store = Catalog(catalog, create=False)
+        cache = cache_dir or catalog_cache(catalog)
+        chosen = get_preset(preset)
+        loaded = catalog_gallery(store, chosen, cache_dir=cache, backbone=load_backbone(
+            chosen.backbone, preprocess=chosen.preprocess, device=device or _default_device()))
+        if dataset_name is None:
+            names = store.datasets()
+            if len(names) > 1:
+                raise ValueError(f"the catalogue holds several datasets ({', '.join(names)}); say which one the "
+                                 "photos belong to (--dataset).")
+            dataset_name = names[0]
+    else:
+        loaded = Gallery.load(gallery, device=device)
+    watcher = Watcher(folder, out, loaded, catalog=store, dataset=dataset_name, cache_dir=cache,
+                      settle_seconds=settle_seconds, report=lambda line: console.print(escape(line), highlight=False))
+    console.print(f"watching {folder} ({len(watcher.done)} photo(s) already recorded in {watcher.results}); "
+                  "Ctrl-C stops", highlight=False)
+    try:
+        watcher.run(poll_seconds, once=once)
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _default_device() -> str:
+    from .extract import default_device
+
+    return default_device()
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m wildreid`

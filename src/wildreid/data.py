@@ -236,15 +236,19 @@ def _refuse_outside(resolved, written, root: Path, where: list[str], label: str)
             "if reading files elsewhere is intended.")
 
 
-def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files: bool = True,
+def load_folders(database_dir: str | Path, query_dir: str | Path | None, *, check_files: bool = True,
                  allow_outside_paths: bool = False) -> Dataset:
-    """Folder-per-identity database (``database_dir/<identity>/*.jpg``) plus a folder of queries.
+    """Folder-per-identity database (``database_dir/<identity>/*.jpg``) plus a folder of queries
+    (None: the database alone, e.g. to build or grow a gallery).
 
     Query images may sit directly in ``query_dir`` (truth unknown) or in identity sub-folders
     (truth known, for evaluation; a sub-folder named ``new_individual`` holds unknown animals).
     """
-    database_dir, query_dir = Path(database_dir), Path(query_dir)
+    database_dir = Path(database_dir)
+    query_dir = Path(query_dir) if query_dir is not None else None
     for folder, role in ((database_dir, "database"), (query_dir, "query")):
+        if folder is None:
+            continue
         _refuse_unreachable(folder)
         if not folder.is_dir():
             raise DatasetError(f"{folder}: the {role} folder does not exist.")
@@ -255,7 +259,7 @@ def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files
     if not rows:
         raise DatasetError(f"{database_dir}: no images found in identity sub-folders "
                            f"(expected {database_dir}/<identity>/<photo>.jpg).")
-    for image in _image_files(query_dir, recursive=True):
+    for image in _image_files(query_dir, recursive=True) if query_dir is not None else []:
         relative = image.relative_to(query_dir)
         truth = relative.parts[0] if len(relative.parts) > 1 else None
         rows.append((f"query/{relative.as_posix()}", truth, image, QUERY))
@@ -263,13 +267,62 @@ def load_folders(database_dir: str | Path, query_dir: str | Path, *, check_files
     if not allow_outside_paths:   # a symbolic link inside either folder may lead anywhere
         for split, folder in ((DATABASE, database_dir), (QUERY, query_dir)):
             files = table.loc[table["split"] == split]
+            if folder is None:
+                continue
             _refuse_outside([os.path.realpath(p) for p in files["path"]], [str(p) for p in files["path"]],
                             folder, list(files["image_id"]), str(folder))
     table["path"] = table["path"].map(os.path.realpath)
     table["dataset"] = database_dir.resolve().name
-    dataset = Dataset(table, f"{database_dir} + {query_dir}")
+    dataset = Dataset(table, f"{database_dir} + {query_dir}" if query_dir is not None else str(database_dir))
     validate_dataset(dataset, check_files=check_files)
     return dataset
+
+
+def load_query_photos(sources: list[str | Path], *, path_column: str = "path", image_id_column: str = "image_id",
+                      allow_outside_paths: bool = False) -> pd.DataFrame:
+    """Photos to identify against a gallery: image files, folders (searched recursively) and CSV
+    files with a ``path_column`` (relative to the CSV's folder; optional image id, ``dataset``
+    and ``identity`` columns, and a ``split`` column whose 'query' rows are kept). Returns a table
+    of image_id, path[, dataset, identity]; ids are file names, paths inside a folder, or the CSV's."""
+    parts = []
+    for source in map(Path, sources):
+        _refuse_unreachable(source)
+        if source.is_dir():
+            files = _image_files(source, recursive=True)
+            parts.append(pd.DataFrame({"image_id": [f.relative_to(source).as_posix() for f in files],
+                                       "path": [os.path.realpath(f) for f in files]}))
+        elif source.suffix.lower() == ".csv":
+            raw = read_text_csv(source)
+            if path_column not in raw:
+                raise DatasetError(f"{source}: no '{path_column}' column (it has {', '.join(map(repr, raw.columns))}); "
+                                   "name the column of image paths with --path-column.")
+            if "split" in raw:
+                raw = raw[raw["split"].str.strip().str.lower() == QUERY]
+            table = pd.DataFrame({"image_id": raw[image_id_column] if image_id_column in raw else raw[path_column],
+                                  "path": [os.path.realpath(source.parent / p) for p in raw[path_column]]})
+            for column in ("dataset", "identity"):
+                if column in raw:
+                    table[column] = raw[column].replace("", None).to_numpy()
+            if not allow_outside_paths:
+                _refuse_outside(table["path"], raw[path_column], source.parent,
+                                [f"row {i + 2}" for i in raw.index], str(source))
+            parts.append(table)
+        elif source.is_file():
+            parts.append(pd.DataFrame({"image_id": [source.name], "path": [os.path.realpath(source)]}))
+        else:
+            raise DatasetError(f"{source}: no such photo, folder or CSV of paths.")
+    photos = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["image_id", "path"])
+    if photos.empty:
+        raise DatasetError(f"no photos found in {', '.join(map(str, sources))} "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))}, or a CSV of paths).")
+    missing = [p for p in photos["path"] if not os.path.isfile(p)]
+    if missing:
+        raise DatasetError(f"{len(missing)} photo(s) not found: {_listing(missing)}")
+    repeated = photos["image_id"][photos["image_id"].duplicated()].unique().tolist()
+    if repeated:
+        raise DatasetError(f"photo ids given twice: {_listing(repeated)}; give each photo once, or an image_id "
+                           "column that tells them apart.")
+    return photos
 
 
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:

@@ -12,7 +12,7 @@ def decide(top_identities: np.ndarray, top_scores: np.ndarray, threshold: float 
     top_identities = np.asarray(top_identities, dtype=object)
     top_scores = np.asarray(top_scores, dtype=float)
     answer = top_identities.copy()
-    no_candidate = np.array([identity is None for identity in top_identities]) | np.isnan(top_scores)
+    no_candidate = np.array([identity is None for identity in top_identities], dtype=bool) | np.isnan(top_scores)
     if threshold is not None:
         answer[top_scores < threshold] = NEW_INDIVIDUAL
     answer[no_candidate] = NEW_INDIVIDUAL

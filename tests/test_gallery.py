@@ -1,0 +1,288 @@
+"""The gallery: fitted once, saved, loaded, grown; the same answers as building it on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from wildreid.cli import app
+from wildreid.data import NEW_INDIVIDUAL, load_dataset
+from wildreid.fusion import FusionSettings
+from wildreid.gallery import REFIT_GROWTH, Gallery, GalleryError
+from wildreid.gallery import group as group_module
+from wildreid.gallery.index import VectorIndex, normalize
+from wildreid.pipeline import identify
+from wildreid.presets import get_preset
+from wildreid.search import rank_identities, rank_neighbours
+from wildreid.thresholds import Neighbours, choose_threshold
+from wildreid.watch import RESULTS, Watcher
+
+OFFLINE = get_preset("offline")
+FUSION = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5))
+
+
+@pytest.fixture(scope="module")
+def lions(shared_data) -> pd.DataFrame:
+    """16 LionData identities: their database photos and queries (some of them new individuals)."""
+    table = load_dataset(shared_data / "LionData").table
+    known = table[table["split"] == "database"]["identity"].drop_duplicates().head(12).tolist()
+    new = sorted(set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"]))
+    return table[table["identity"].isin(known + new[:4])].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gallery-cache")
+
+
+def _dataset(table):
+    from wildreid.data import Dataset
+
+    return Dataset(table.reset_index(drop=True), "lions")
+
+
+@pytest.mark.parametrize("preset", [OFFLINE, FUSION], ids=["offline", "fusion"])
+def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, lite0_backbone):
+    """identify(dataset) == Gallery.build -> save -> load -> identify(queries), row for row."""
+    batch = identify(_dataset(lions), preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    built = Gallery.build(_dataset(lions), preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    built.save(tmp_path / "g")
+    loaded = Gallery.load(tmp_path / "g", backbone=lite0_backbone, preset=preset.name)
+    assert loaded.groups["LionData"].fit.threshold == pytest.approx(batch.thresholds["LionData"])
+    answered = loaded.identify(_dataset(lions), cache_dir=cache, progress=False)
+    pd.testing.assert_frame_equal(answered.candidates, batch.candidates)
+    assert (answered.prediction == NEW_INDIVIDUAL).any() and (answered.prediction != NEW_INDIVIDUAL).any()
+    if preset.local:
+        assert loaded.groups["LionData"].fit.calibration.to_json() == batch.calibrations["LionData"].to_json()
+
+
+def test_a_gallery_refuses_another_descriptor_preset_or_format(lions, cache, tmp_path, lite0_backbone):
+    built = Gallery.build(lions[lions["split"] == "database"], OFFLINE, backbone=lite0_backbone, cache_dir=cache,
+                          progress=False)
+    built.save(tmp_path / "g")
+    with pytest.raises(GalleryError, match="built with preset 'offline', not 'fusion'.*--preset offline"):
+        Gallery.load(tmp_path / "g", backbone=lite0_backbone, preset="fusion")
+    other = type(lite0_backbone)("another-model", lite0_backbone.model, lite0_backbone.preprocess, "other-weights",
+                                 lite0_backbone.dim)
+    with pytest.raises(GalleryError, match="built with descriptor efficientnet-lite0.*not be comparable"):
+        Gallery.load(tmp_path / "g", backbone=other)
+    record = json.loads((tmp_path / "g" / "gallery.json").read_text())
+    record["format_version"] = 0
+    (tmp_path / "g" / "gallery.json").write_text(json.dumps(record))
+    with pytest.raises(GalleryError, match="format 0.*rebuild it with `wildreid gallery build"):
+        Gallery.load(tmp_path / "g", backbone=lite0_backbone)
+    (tmp_path / "not-a-gallery").mkdir()
+    (tmp_path / "not-a-gallery" / "notes.txt").write_text("mine")
+    with pytest.raises(GalleryError, match="not a gallery"):
+        built.save(tmp_path / "not-a-gallery")
+    assert (tmp_path / "not-a-gallery" / "notes.txt").read_text() == "mine"
+
+
+def test_added_photos_are_matched_without_refitting_until_the_gallery_has_grown(lions, cache, lite0_backbone):
+    database = lions[lions["split"] == "database"]
+    identities = database["identity"].drop_duplicates().tolist()
+    first = database[database["identity"].isin(identities[:9])]
+    gallery = Gallery.build(first, OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    fit = gallery.groups["LionData"].fit
+    newcomer = database[database["identity"] == identities[9]]
+    probe, rest = newcomer.iloc[[0]], newcomer   # the probe is one of the photos added
+    before = gallery.identify(probe, cache_dir=cache, progress=False)
+    assert identities[9] not in set(before.ranking.identities[0])
+    added = gallery.add(rest, cache_dir=cache, progress=False)
+    assert added["added"] == len(rest) and added["refitted"] == []
+    assert gallery.groups["LionData"].fit is fit and gallery.groups["LionData"].index.size == len(first) + len(rest)
+    after = gallery.identify(probe, cache_dir=cache, progress=False)
+    assert after.ranking.identities[0, 0] == identities[9] and after.ranking.scores[0, 0] > 0.999
+    assert gallery.add(rest, cache_dir=cache, progress=False)["skipped_duplicates"] == len(rest)   # same bytes
+    # Grown by REFIT_GROWTH since the fit: refitted, and the fit says on how many photos.
+    more = database[database["identity"].isin(identities[10:])]
+    assert len(first) + len(rest) + len(more) >= (1 + REFIT_GROWTH) * len(first)
+    assert gallery.add(more, cache_dir=cache, progress=False)["refitted"] == ["LionData"]
+    assert gallery.groups["LionData"].fit.images == gallery.groups["LionData"].size
+
+
+def test_single_identity_threshold_is_said_not_silent(lions, cache, lite0_backbone):
+    database = lions[lions["split"] == "database"]
+    one = database[database["identity"] == database["identity"].iloc[0]]
+    gallery = Gallery.build(one, OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    assert gallery.groups["LionData"].fit.threshold == -np.inf
+    assert any("no new_individual threshold could be chosen" in note and "--threshold" in note
+               for note in gallery.notes)
+
+
+def test_ranking_from_the_nearest_photos_equals_ranking_over_all(lions, cache, lite0_backbone, monkeypatch):
+    """A shallow neighbour search deepens where it found fewer than k identities."""
+    gallery = Gallery.build(lions, OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    deep = gallery.identify(lions[lions["split"] == "query"], cache_dir=cache, progress=False)
+    monkeypatch.setattr(group_module, "RANKING_DEPTH", 2)
+    shallow = gallery.identify(lions[lions["split"] == "query"], cache_dir=cache, progress=False, top_k=5)
+    np.testing.assert_array_equal(shallow.ranking.identities, deep.ranking.identities)
+    np.testing.assert_allclose(shallow.ranking.scores, deep.ranking.scores)
+
+
+def test_rank_neighbours_breaks_ties_like_a_full_sort():
+    similarity = np.array([[0.5, 0.9, 0.5, 0.1, 0.9]])
+    identities = np.array(["c", "b", "a", "a", "c"])
+    full = rank_identities(similarity, identities, 3)
+    order = np.array([[1, 4, 0, 2, 3]])
+    top = rank_neighbours(order, similarity[:, order[0]], identities, 3)
+    assert top.identities[0].tolist() == full.identities[0].tolist() == ["b", "c", "a"]
+    assert top.best_images[0].tolist() == full.best_images[0].tolist() == [1, 4, 2]
+
+
+def test_threshold_simulation_through_the_index_equals_the_dense_one():
+    rng = np.random.default_rng(0)
+    identities = np.repeat([f"i{k}" for k in range(30)], 5)
+    centres = rng.normal(size=(30, 32))
+    vectors = normalize(np.repeat(centres, 5, axis=0) + 0.8 * rng.normal(size=(150, 32)))
+    index = VectorIndex.build(vectors)
+    scores, columns = index.search(vectors, len(vectors))
+    through_index = choose_threshold(Neighbours(np.arange(150), columns, scores), identities)
+    dense = choose_threshold(Neighbours.from_dense(vectors @ vectors.T), identities)
+    assert through_index.threshold == pytest.approx(dense.threshold, abs=1e-6)
+    assert through_index.simulated_score == pytest.approx(dense.simulated_score)
+
+
+def test_ivf_index_above_the_exact_limit_finds_the_neighbours_and_grows():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(200, 64))
+    vectors = normalize(np.repeat(centres, 20, axis=0) + 0.5 * rng.normal(size=(4000, 64)))
+    exact = VectorIndex.build(vectors)
+    approximate = VectorIndex.build(vectors, exact_limit=1000)
+    assert exact.exact and not approximate.exact
+    _, truth = exact.search(vectors[:200], 10)
+    _, found = approximate.search(vectors[:200], 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found)])
+    assert recall > 0.9
+    np.testing.assert_allclose(approximate.vectors(np.arange(5)), vectors[:5], atol=1e-6)
+    small = VectorIndex.build(vectors[:900], exact_limit=1000)
+    small.add(vectors[900:1200], exact_limit=1000)   # outgrows the exact limit: rebuilt as IVF once
+    assert not small.exact and small.size == 1200
+    np.testing.assert_allclose(small.vectors(np.array([1100])), vectors[[1100]], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_build_info_add_and_identify_against_a_gallery(lions, cache, tmp_path):
+    database = lions[lions["split"] == "database"]
+    identities = database["identity"].drop_duplicates().tolist()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, rows in (("first.csv", database[database["identity"].isin(identities[:10])]),
+                       ("more.csv", database[~database["identity"].isin(identities[:10])])):
+        rows.assign(path=[os.path.relpath(p, folder) for p in rows["path"]]).to_csv(folder / name, index=False)
+    runner, environment = CliRunner(), {"WILDREID_CACHE": str(cache)}
+    built = runner.invoke(app, ["gallery", "build", str(folder / "first.csv"), "--out", str(tmp_path / "g"),
+                                "--allow-outside-paths"], env=environment)
+    assert built.exit_code == 0, built.output
+    added = runner.invoke(app, ["gallery", "add", str(folder / "more.csv"), "--gallery", str(tmp_path / "g"),
+                                "--no-refit", "--allow-outside-paths"], env=environment)
+    assert added.exit_code == 0, added.output
+    assert "refitted: nothing" in added.output
+    info = runner.invoke(app, ["gallery", "info", str(tmp_path / "g"), "--json"])
+    record = json.loads(info.stdout)
+    assert record["images"] == len(database) and record["groups"]["LionData"]["fitted_images"] < len(database)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for path in lions[lions["split"] == "query"]["path"].head(4):
+        (queries / Path(path).name).write_bytes(Path(path).read_bytes())
+    answered = runner.invoke(app, ["identify", str(queries), "--gallery", str(tmp_path / "g"),
+                                   "--out", str(tmp_path / "run")], env=environment)
+    assert answered.exit_code == 0, answered.output
+    candidates = pd.read_csv(tmp_path / "run" / "candidates.csv")
+    assert len(candidates) == 4 and candidates["identity_1"].notna().all()
+    wrong = runner.invoke(app, ["identify", str(queries), "--gallery", str(tmp_path / "g"), "--preset", "fusion",
+                                "--out", str(tmp_path / "run2")], env=environment)
+    said = " ".join(wrong.output.split())   # rich wraps lines at the terminal's width
+    assert wrong.exit_code == 2 and "built with preset 'offline'" in said and "Traceback" not in said
+    bad = runner.invoke(app, ["identify", str(queries), "--gallery", str(tmp_path / "g"), "--threshold", "nan",
+                              "--out", str(tmp_path / "run3")], env=environment)
+    assert bad.exit_code == 2 and "threshold" in bad.output
+
+
+# ------------------------------------------------------------------------------------------------
+# watch folder
+
+
+@pytest.fixture(scope="module")
+def saved_gallery(lions, cache, tmp_path_factory, lite0_backbone) -> Path:
+    folder = tmp_path_factory.mktemp("watch") / "g"
+    Gallery.build(lions[lions["split"] == "database"], OFFLINE, backbone=lite0_backbone, cache_dir=cache,
+                  progress=False).save(folder)
+    return folder
+
+
+def test_watch_reads_settled_photos_once_and_reports_bad_ones(saved_gallery, lions, cache, tmp_path, lite0_backbone):
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    incoming.mkdir()
+    photos = [Path(p) for p in lions[lions["split"] == "query"]["path"].head(3)]
+    gallery = Gallery.load(saved_gallery, backbone=lite0_backbone)
+    lines = []
+    watcher = Watcher(incoming, out, gallery, cache_dir=cache, settle_seconds=1.0, report=lines.append)
+    (incoming / "a.jpg").write_bytes(photos[0].read_bytes())
+    data = photos[1].read_bytes()
+    with open(incoming / "b.jpg", "wb") as growing:      # still being copied
+        growing.write(data[: len(data) // 2])
+        growing.flush()
+        assert watcher.poll() == 0                        # first sight: nothing is read yet
+        time.sleep(0.5)
+        assert watcher.poll() == 0                        # not settled for a second yet
+        growing.write(data[len(data) // 2:])
+    time.sleep(0.6)
+    assert watcher.poll() == 1                            # a.jpg; b.jpg changed since the last look
+    assert watcher.done == {"a.jpg"}
+    (incoming / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    deadline = time.time() + 10
+    while len(watcher.done) < 3 and time.time() < deadline:
+        watcher.poll()
+        time.sleep(0.1)
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
+    assert sorted(results["image_id"]) == ["a.jpg", "b.jpg", "broken.jpg"]
+    assert results.set_index("image_id").loc["b.jpg", "flags"] == ""        # read whole, not half
+    assert results.set_index("image_id").loc["broken.jpg", "flags"] == "unreadable_image"
+    assert any(line.startswith("skipped broken.jpg") for line in lines)
+    assert list(results.columns[:7]) == ["image_id", "dataset", "prediction", "top1_score", "threshold", "flags",
+                                         "error"]
+    assert watcher.poll() == 0 and len(pd.read_csv(out / RESULTS)) == 3     # nothing twice
+
+
+def test_watch_killed_and_restarted_loses_no_photo_and_repeats_none(saved_gallery, lions, cache, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    incoming.mkdir()
+    photos = lions[lions["split"] == "query"]["path"].tolist()[:40]
+    for number, path in enumerate(photos):
+        (incoming / f"{number:03d}.jpg").write_bytes(Path(path).read_bytes())
+    old = time.time() - 60
+    for file in incoming.iterdir():
+        os.utime(file, (old, old))
+    command = [sys.executable, "-m", "wildreid", "watch", str(incoming), "--out", str(out), "--gallery",
+               str(saved_gallery), "--settle-seconds", "0", "--poll-seconds", "0.1", "--cache-dir", str(cache)]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if (out / RESULTS).is_file() and len((out / RESULTS).read_text().splitlines()) > 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    recorded = len((out / RESULTS).read_text().splitlines()) - 1
+    assert 0 < recorded < len(photos), "the watcher was not killed mid-way"
+    with open(out / RESULTS, "ab") as torn:                 # as if killed inside a write
+        torn.write(b"999.jpg,LionData,Lion")
+    finished = subprocess.run(command + ["--once"], capture_output=True, text=True, env=environment, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    results = pd.read_csv(out / RESULTS, dtype=str)
+    assert sorted(results["image_id"]) == sorted(f"{n:03d}.jpg" for n in range(len(photos)))
