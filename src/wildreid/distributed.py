@@ -62,6 +62,7 @@ class RaySummary:
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0             # wall time of the whole call, hashing and cluster start included
     cluster_start_s: float = 0.0     # ray.init (starting or joining the cluster)
+    load_s: float = 0.0              # loading the model (and keypoint method) on the driver, for the cache keys
     hash_s: float = 0.0              # the driver's content hashing and cache look-up
     first_result_s: float | None = None  # from submitting the job to its first result: actor start-up, model load
     workers: int = 0                 # descriptor actors
@@ -116,6 +117,8 @@ def extract_with_ray(paths, backbone_name: str | None, *, preprocess: Preprocess
     backbone = load_backbone(backbone_name, preprocess=preprocess) if backbone_name else None
     method = _local_method(local, local_options)
 
+    summary.load_s = time.perf_counter() - started
+    hashing = time.perf_counter()
     hashes, unreadable = content_hashes(paths)
     summary.failures.update({paths[row]: reason for row, reason in unreadable.items()})
     first_path: dict[str, str] = {}
@@ -127,13 +130,14 @@ def extract_with_ray(paths, backbone_name: str | None, *, preprocess: Preprocess
     need_local = _missing_local(first_path, method, cache_dir)
     todo = set(need_global) | set(need_local)
     summary.skipped = sum(1 for digest in hashes if digest is not None and digest not in todo)
-    summary.hash_s = time.perf_counter() - started
+    summary.hash_s = time.perf_counter() - hashing
 
     owned = False
     if need_global or need_local:
+        connecting = time.perf_counter()
         owned = _connect(ray, address, num_cpus)
         _quiet(ray)
-        summary.cluster_start_s = time.perf_counter() - started - summary.hash_s
+        summary.cluster_start_s = time.perf_counter() - connecting
         try:
             bar = _progress_bar(len(need_global) + len(need_local), progress)
             try:
@@ -203,6 +207,8 @@ def _quiet(ray) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ... which would otherwise warn, once per dataset, that its own bars are off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _progress_bar(total: int, progress: bool):
@@ -211,6 +217,10 @@ def _progress_bar(total: int, progress: bool):
     except ImportError:
         return None
     return tqdm(total=total, desc="ray extraction", unit="img", disable=not progress)
+
+
+def _blocks(rows: int, batch_size: int) -> int:
+    return -(-rows // (batch_size * BATCHES_PER_BLOCK))
 
 
 def _dataset(ray, rows: list[tuple[str, str]], batch_size: int):
@@ -225,7 +235,8 @@ def _run_global(ray, backbone, cache, rows, summary: RaySummary, bar, *, workers
                 flush_seconds) -> None:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    summary.workers = workers or gpus or max(1, int(resources.get("CPU", 1)))
+    # No more actors than blocks of work: a small job does not start models that would idle.
+    summary.workers = min(workers or gpus or max(1, int(resources.get("CPU", 1))), _blocks(len(rows), batch_size))
     constructor = dict(backbone_name=backbone.name, preprocess=backbone.preprocess, cache_key=backbone.cache_key)
     pool = ray.data.ActorPoolStrategy(size=summary.workers)
     dataset = _dataset(ray, rows, batch_size)
@@ -269,9 +280,12 @@ def _run_global(ray, backbone, cache, rows, summary: RaySummary, bar, *, workers
 
 
 def _run_local(ray, method, options: dict, cache_dir, rows, summary: RaySummary, bar, *, batch_size) -> None:
+    from .local.base import LEARNED
     from .local.cache import store_features
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if method.name in LEARNED:  # CPU actors: a learned method must not take the GPUs it would find
+        options = {"device": "cpu", **options}
+    cpus = min(max(1, int(ray.cluster_resources().get("CPU", 1))), _blocks(len(rows), batch_size))
     dataset = _dataset(ray, rows, batch_size).map_batches(
         LocalExtractor, fn_constructor_kwargs=dict(name=method.name, options=options, config_key=method.config_key()),
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cpus), num_cpus=1)
