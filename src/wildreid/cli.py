@@ -231,8 +231,15 @@ def extract(
     query_value: QueryValue = "query", cache_dir: CacheDir = None, device: Device = None,
     fast: Fast = False, precision: Precision = None, decode: Decode = None, compile: Compile = None,
     engine: Engine = None, allow_outside_paths: AllowOutsidePaths = False,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Extract on a Ray cluster: 'auto' (this machine's cluster, else a new local one) or "
+                      "a cluster ADDRESS (exact path only; needs pip install 'wildreid[ray]'; docs/scale.md).")] = None,
+    local: Annotated[Optional[str], typer.Option(
+        help="Also cache local keypoints with this method (rootsift, sift, aliked-lightglue, disk-lightglue); "
+             "default: the preset's (fusion: rootsift); 'none': descriptors only.")] = None,
 ):
-    """Compute global descriptors of every image into the cache (and optionally an .npz file)."""
+    """Compute global descriptors (and the preset's keypoints) of every image into the cache (and optionally
+    an .npz file)."""
     import numpy as np
 
     from .extract import default_device
@@ -241,7 +248,37 @@ def extract(
 
     dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
                     image_id_column, database_value, query_value, allow_outside_paths)
-    chosen = get_preset(preset).replace(**_speed_changes(fast, precision, decode, compile, engine, batch_size))
+    speed = _speed_changes(fast, precision, decode, compile, engine, batch_size)
+    chosen = get_preset(preset).replace(**speed)
+    local_method = chosen.local if local is None else (None if local.lower() == "none" else local)
+    local_options = chosen.local_options if local_method == chosen.local else {}
+    if ray:
+        from .distributed import RayUnavailable, extract_with_ray
+
+        if set(speed) - {"batch_size"}:
+            raise ValueError("--ray extracts on the exact path (fp32, PIL decoding): leave out --fast, --precision, "
+                             "--decode, --compile and --engine.")
+        try:
+            summary = extract_with_ray(
+                dataset.table["path"].tolist(), backbone or chosen.backbone,
+                preprocess=None if backbone else chosen.preprocess, local=local_method, local_options=local_options,
+                cache_dir=cache_dir or default_cache_dir(), address=ray,
+                batch_size=chosen.batch_size if isinstance(chosen.batch_size, int) else 32)
+        except RayUnavailable as error:
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+            raise typer.Exit(2) from None
+        console.print(summary.line(), highlight=False)
+        for path, reason in summary.failures.items():
+            console.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
+        if not out:
+            return
+        # --out: the single-machine path below finds every vector in the cache and writes the file.
+    elif local_method:
+        from .local import get_method
+        from .local.cache import local_features
+
+        local_features(dataset.table["path"].tolist(), get_method(local_method, **local_options),
+                       cache_dir=cache_dir or default_cache_dir())
     model = load_backbone(backbone or chosen.backbone, preprocess=None if backbone else chosen.preprocess,
                           device=device or default_device())
     extraction = embed_dataset(dataset, model, cache_dir=cache_dir or default_cache_dir(),

@@ -118,6 +118,17 @@ class EmbeddingCache:
                 shard.unlink(missing_ok=True)
         return vectors
 
+    def hashes(self) -> set[str]:
+        """The content hashes cached, without reading any vector (what is missing is the rest)."""
+        cached: set[str] = set()
+        for shard in self.folder.glob("shard-*.npz"):
+            try:
+                with np.load(shard, allow_pickle=False) as content:
+                    cached.update(content["hashes"].tolist())
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # load() drops it; its images count as missing
+        return cached
+
     def save(self, hashes: list[str], vectors: np.ndarray) -> None:
         if not hashes:
             return
@@ -133,9 +144,14 @@ class EmbeddingCache:
 
 
 def image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    return pixels_to_input(resized_pixels(image, preprocess), preprocess)
+
+
+def resized_pixels(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (C, H, W): the picture resized by PIL to the model's input, the exact path's first half
+    (distributed.py decodes with it on one machine and normalises on another)."""
     height, width = preprocess.size
-    resized = image.resize((width, height), PIL_INTERPOLATION[preprocess.interpolation])
-    return pixels_to_input(TF.pil_to_tensor(resized), preprocess)
+    return TF.pil_to_tensor(image.resize((width, height), PIL_INTERPOLATION[preprocess.interpolation]))
 
 
 def pixels_to_input(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

@@ -7,6 +7,7 @@ and a re-run extracts only the rest.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,12 +34,27 @@ def _load(path: Path) -> LocalFeatures | None:
         return None
 
 
-def _save(path: Path, features: LocalFeatures) -> None:
+def _save(path: Path, features: LocalFeatures | bytes) -> None:
     with atomic_path(path) as temporary:
-        with open(temporary, "wb") as out:
-            np.savez(out, keypoints=features.keypoints, descriptors=features.descriptors.astype(np.float16),
-                     scale=np.float64(features.scale),
-                     image_size=np.asarray(features.image_size or (0, 0), np.int32))
+        temporary.write_bytes(features if isinstance(features, bytes) else encode_features(features))
+
+
+def encode_features(features: LocalFeatures) -> bytes:
+    """The bytes of one cache file (so a worker can encode and only the writer touches the disk)."""
+    out = io.BytesIO()
+    np.savez(out, keypoints=features.keypoints, descriptors=features.descriptors.astype(np.float16),
+             scale=np.float64(features.scale), image_size=np.asarray(features.image_size or (0, 0), np.int32))
+    return out.getvalue()
+
+
+def missing_digests(digests, method: LocalMethod, cache_dir: str | Path) -> list[str]:
+    """The content hashes (SHA-256 of the file bytes) among ``digests`` with no cached features."""
+    return [digest for digest in digests if not _cache_file(Path(cache_dir), method, digest).is_file()]
+
+
+def store_features(cache_dir: str | Path, method: LocalMethod, digest: str, features: LocalFeatures | bytes) -> None:
+    """Cache one image's features (or their ``encode_features`` bytes), atomically."""
+    _save(_cache_file(Path(cache_dir), method, digest), features)
 
 
 def local_features(paths: list[str], method: LocalMethod, *, cache_dir: str | Path | None = None,
