@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (only Python 3.11 and pip needed):
 #   make demo   - create .venv, install wildreid, run the offline preset on the generated demo
-#   make test   - create .venv, install wildreid with the test extras, run the whole test suite
+#   make test   - create .venv, install wildreid with the test extras, run ruff (lint, format) and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -29,6 +29,8 @@ demo: setup
 	$(PY) -m wildreid demo --out demo-out --data demo-data
 
 test: setup-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 benchmark: setup

@@ -22,10 +22,10 @@ from extract_gpu import main  # noqa: E402
 CPU_DEFAULTS = dict(model="efficientnet-lite0", images=240, seconds=900.0, repeat=2)
 VARIANTS = (
     "precision=fp32,decode=exact,compile=false,engine=torch,batch_size=32",  # the exact path
-    "decode=exact",        # exact PIL decoding, ONNX Runtime
-    "decode=fast",         # PIL DCT-scaled decoding in a worker process, ONNX Runtime
+    "decode=exact",  # exact PIL decoding, ONNX Runtime
+    "decode=fast",  # PIL DCT-scaled decoding in a worker process, ONNX Runtime
     "decode=fast,num_workers=2",  # the same in two worker processes
-    "engine=torch",        # device decoding, PyTorch fp32 eager
+    "engine=torch",  # device decoding, PyTorch fp32 eager
 )
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """End-to-end extraction speed: image files on disk -> embeddings in the cache.
 
-    python benchmarks/extract_gpu.py                        # GPU: random Swin-L-384 (MegaDescriptor-L-384's architecture)
+    python benchmarks/extract_gpu.py          # GPU: random Swin-L-384 (MegaDescriptor-L-384's architecture)
     python benchmarks/extract_gpu.py --images 1000 --seconds 120 --out bench-out/extract_gpu.json
 
 Writes its own test images: photo-like JPEGs of 1920x1280 (quality 90, ~1 MB) and 640x480, some
@@ -66,8 +66,9 @@ def _base_texture(index: int, folder: str) -> str:
     total = np.zeros((height, width, 3), np.float32)
     amplitude = 1.0
     for octave in range(1, 8):
-        small = Image.fromarray(rng.integers(0, 256, (max(2, height >> (8 - octave)),
-                                                      max(2, width >> (8 - octave)), 3), dtype=np.uint8))
+        small = Image.fromarray(
+            rng.integers(0, 256, (max(2, height >> (8 - octave)), max(2, width >> (8 - octave)), 3), dtype=np.uint8)
+        )
         total += (np.asarray(small.resize((width, height), Image.BICUBIC), np.float32) - 128) * amplitude
         amplitude *= 0.75
     total = total * 0.45 + 128 + rng.normal(0, 11, (height, width, 1)).astype(np.float32)
@@ -85,7 +86,7 @@ def _photo(index: int, bases: list[str], size: tuple[int, int]) -> Image.Image:
     crop_h = crop_w * size[1] // size[0]
     left = int(rng.integers(0, BASE_SIZE[0] - crop_w + 1))
     top = int(rng.integers(0, BASE_SIZE[1] - crop_h + 1))
-    pixels = np.asarray(base[top:top + crop_h, left:left + crop_w], np.float32)
+    pixels = np.asarray(base[top : top + crop_h, left : left + crop_w], np.float32)
     pixels = pixels * rng.uniform(0.7, 1.2, 3).astype(np.float32)
     image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     return image if image.size == size else image.resize(size, Image.BICUBIC)
@@ -157,8 +158,9 @@ class _ReferenceFiles(torch.utils.data.Dataset):
         import torchvision.transforms as T
 
         self.paths = paths
-        self.transform = T.Compose([T.Resize(list(preprocess.size)), T.ToTensor(),
-                                    T.Normalize(preprocess.mean, preprocess.std)])
+        self.transform = T.Compose(
+            [T.Resize(list(preprocess.size)), T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)]
+        )
 
     def __len__(self):
         return len(self.paths)
@@ -180,9 +182,13 @@ def run_reference(paths: list[str], backbone, workers: int) -> tuple[np.ndarray,
     device = next(backbone.model.parameters()).device
     embeddings = np.zeros((len(paths), backbone.dim), np.float32)
     ok = np.zeros(len(paths), bool)
-    loader = torch.utils.data.DataLoader(_ReferenceFiles(paths, backbone.preprocess), batch_size=32,
-                                         num_workers=workers, collate_fn=_reference_collate,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        _ReferenceFiles(paths, backbone.preprocess),
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=_reference_collate,
+        pin_memory=device.type == "cuda",
+    )
     started = time.perf_counter()
     with torch.inference_mode():
         for rows, batch in loader:
@@ -215,12 +221,16 @@ def min_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def describe_machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
     try:
-        import torchvision
         import timm
+        import torchvision
 
         info.update(torchvision=torchvision.__version__, timm=timm.__version__)
     except ImportError:
@@ -239,40 +249,69 @@ def parse_options(text: str) -> dict:
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
         lowered = value.strip().lower()
-        options[key.strip()] = (True if lowered == "true" else False if lowered == "false"
-                                else int(lowered) if lowered.isdigit() else value.strip())
+        options[key.strip()] = (
+            True
+            if lowered == "true"
+            else False
+            if lowered == "false"
+            else int(lowered)
+            if lowered.isdigit()
+            else value.strip()
+        )
     return options
 
 
-def main(argv=None, defaults: dict = GPU_DEFAULTS, *, optimised: str = "precision=auto,decode=auto,compile=auto,"
-         "engine=auto,batch_size=auto", before: tuple[str, ...] = ("compile=false",),
-         variants: tuple[str, ...] = ("decode=exact",)) -> dict:
+def main(
+    argv=None,
+    defaults: dict = GPU_DEFAULTS,
+    *,
+    optimised: str = "precision=auto,decode=auto,compile=auto,engine=auto,batch_size=auto",
+    before: tuple[str, ...] = ("compile=false",),
+    variants: tuple[str, ...] = ("decode=exact",),
+) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=defaults["model"],
-                        help="backbone name (random:TIMM_NAME for random weights)")
+    parser.add_argument(
+        "--model", default=defaults["model"], help="backbone name (random:TIMM_NAME for random weights)"
+    )
     parser.add_argument("--images", type=int, default=defaults["images"], help="number of test files")
-    parser.add_argument("--seconds", type=float, default=defaults["seconds"],
-                        help="time budget: variants are skipped when they would not fit")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=defaults["seconds"],
+        help="time budget: variants are skipped when they would not fit",
+    )
     parser.add_argument("--size", type=int, default=None, help="input size (default: the model's own)")
     parser.add_argument("--options", default=optimised, help="extract_embeddings options of the optimised run")
-    parser.add_argument("--before", default=";".join(before),
-                        help="';'-separated option changes run (if time allows) before the optimised run: "
-                             "cheap ones, so that a run cut short still reports them")
-    parser.add_argument("--variants", default=";".join(variants),
-                        help="';'-separated option changes run after the optimised run if time allows")
-    parser.add_argument("--repeat", type=int, default=defaults.get("repeat", 1),
-                        help="time every run this many times and keep the fastest (a shared machine is noisy)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="reference loader workers (default: one per core, 1 on CPU)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where to write the images (default: a temporary folder)")
+    parser.add_argument(
+        "--before",
+        default=";".join(before),
+        help="';'-separated option changes run (if time allows) before the optimised run: "
+        "cheap ones, so that a run cut short still reports them",
+    )
+    parser.add_argument(
+        "--variants",
+        default=";".join(variants),
+        help="';'-separated option changes run after the optimised run if time allows",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=defaults.get("repeat", 1),
+        help="time every run this many times and keep the fastest (a shared machine is noisy)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="reference loader workers (default: one per core, 1 on CPU)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to write the images (default: a temporary folder)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="also write the results as JSON here (after every stage)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the results as JSON here (after every stage)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results: dict = {"machine": describe_machine(), "model": args.model, "command": " ".join(sys.argv),
-                     "variants": {}}
+    results: dict = {"machine": describe_machine(), "model": args.model, "command": " ".join(sys.argv), "variants": {}}
     print(f"machine: {json.dumps(results['machine'])}", flush=True)
 
     def save():
@@ -285,8 +324,9 @@ def main(argv=None, defaults: dict = GPU_DEFAULTS, *, optimised: str = "precisio
         kinds = image_kinds(args.images)
         paths = write_images(scratch / "images", kinds)
         # Warm-up files (other contents, so nothing is a cache hit) for one-time costs.
-        warm_paths = write_images(scratch / "warmup", ["big"] * min(160, max(8, args.images // 8)),
-                                  first_index=10_000_000)
+        warm_paths = write_images(
+            scratch / "warmup", ["big"] * min(160, max(8, args.images // 8)), first_index=10_000_000
+        )
         sizes = [os.path.getsize(p) for p, k in zip(paths, kinds) if k == "big"]
         results["files"] = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
         results["files"]["mean_big_jpeg_mb"] = round(float(np.mean(sizes)) / 1e6, 3) if sizes else None
@@ -300,19 +340,31 @@ def main(argv=None, defaults: dict = GPU_DEFAULTS, *, optimised: str = "precisio
         backbone.preprocess = Preprocess(size, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
         results["preprocess"] = backbone.preprocess.describe()
 
-        workers = args.workers if args.workers is not None else (
-            min(16, os.cpu_count() or 1) if args.device.startswith("cuda") else 1)
+        workers = (
+            args.workers
+            if args.workers is not None
+            else (min(16, os.cpu_count() or 1) if args.device.startswith("cuda") else 1)
+        )
         run_reference(warm_paths[:32], backbone, 0)  # CUDA/cuDNN set-up is not the reference's cost
         timings = []
         for _ in range(args.repeat):
             reference, reference_ok, seconds = run_reference(paths, backbone, workers)
             timings.append(seconds)
         seconds = min(timings)
-        results["reference"] = {"images_per_s": len(paths) / seconds, "seconds": seconds, "all_seconds": timings,
-                                "workers": workers, "batch_size": 32, "precision": "fp32",
-                                "failures": int((~reference_ok).sum())}
-        print(f"reference (fp32, batch 32, PIL + torchvision transforms, {workers} workers): "
-              f"{len(paths) / seconds:.1f} images/s ({seconds:.1f} s)", flush=True)
+        results["reference"] = {
+            "images_per_s": len(paths) / seconds,
+            "seconds": seconds,
+            "all_seconds": timings,
+            "workers": workers,
+            "batch_size": 32,
+            "precision": "fp32",
+            "failures": int((~reference_ok).sum()),
+        }
+        print(
+            f"reference (fp32, batch 32, PIL + torchvision transforms, {workers} workers): "
+            f"{len(paths) / seconds:.1f} images/s ({seconds:.1f} s)",
+            flush=True,
+        )
         save()
 
         base = parse_options(args.options)
@@ -326,8 +378,11 @@ def main(argv=None, defaults: dict = GPU_DEFAULTS, *, optimised: str = "precisio
             # reference's speed. The optimised run itself always runs.
             expected = (longest_warmup or 60.0) + 2 * args.repeat * results["reference"]["seconds"]
             if name != "optimised" and spent + expected > args.seconds:
-                print(f"{name}: skipped ({spent:.0f} s spent, about {expected:.0f} s needed, "
-                      f"{args.seconds:.0f} s budget)", flush=True)
+                print(
+                    f"{name}: skipped ({spent:.0f} s spent, about {expected:.0f} s needed, "
+                    f"{args.seconds:.0f} s budget)",
+                    flush=True,
+                )
                 continue
             warm_started = time.perf_counter()
             try:
@@ -336,44 +391,61 @@ def main(argv=None, defaults: dict = GPU_DEFAULTS, *, optimised: str = "precisio
                 longest_warmup = max(longest_warmup, warm_s)
                 timings = []
                 for repeat in range(args.repeat):
-                    extraction, seconds, cached = run_optimised(paths, backbone, options, scratch,
-                                                                f"run-{number}-{repeat}")
+                    extraction, seconds, cached = run_optimised(
+                        paths, backbone, options, scratch, f"run-{number}-{repeat}"
+                    )
                     timings.append(seconds)
             except Exception as error:  # noqa: BLE001 - one failing variant must not lose the others
                 message = f"{type(error).__name__}: {error}"
                 print(f"{name}: FAILED {message}", flush=True)
                 (results if name == "optimised" else results["variants"]).update(
-                    {name: {"options": options, "error": message}})
+                    {name: {"options": options, "error": message}}
+                )
                 save()
                 continue
             seconds = min(timings)
             mask = reference_ok & extraction.ok
             figures = {
-                "options": options, "images_per_s": len(paths) / seconds, "seconds": seconds,
-                "all_seconds": timings, "warmup_s": warm_s, "speedup": results["reference"]["seconds"] / seconds,
+                "options": options,
+                "images_per_s": len(paths) / seconds,
+                "seconds": seconds,
+                "all_seconds": timings,
+                "warmup_s": warm_s,
+                "speedup": results["reference"]["seconds"] / seconds,
                 "min_cosine": min_cosine(reference, extraction.embeddings, mask),
-                "failures": len(extraction.failures), "same_failures": bool((reference_ok == extraction.ok).all()),
-                "cached_vectors": cached, "settings": extraction.settings,
+                "failures": len(extraction.failures),
+                "same_failures": bool((reference_ok == extraction.ok).all()),
+                "cached_vectors": cached,
+                "settings": extraction.settings,
             }
             if name == "optimised":
                 results.update(optimised=figures, ratio=figures["speedup"], min_cosine=figures["min_cosine"])
             else:
                 results["variants"][name] = figures
             described = ", ".join(f"{key}={value}" for key, value in options.items())
-            print(f"{name} ({described}): {figures['images_per_s']:.1f} images/s "
-                  f"({seconds:.1f} s, warm-up {warm_s:.1f} s), {figures['speedup']:.2f}x the reference, "
-                  f"min cosine {figures['min_cosine']:.5f}, failures {figures['failures']} "
-                  f"(same as reference: {figures['same_failures']}), {cached} vectors cached; "
-                  f"ran {json.dumps(extraction.settings)}", flush=True)
+            print(
+                f"{name} ({described}): {figures['images_per_s']:.1f} images/s "
+                f"({seconds:.1f} s, warm-up {warm_s:.1f} s), {figures['speedup']:.2f}x the reference, "
+                f"min cosine {figures['min_cosine']:.5f}, failures {figures['failures']} "
+                f"(same as reference: {figures['same_failures']}), {cached} vectors cached; "
+                f"ran {json.dumps(extraction.settings)}",
+                flush=True,
+            )
             save()
     results["total_s"] = time.perf_counter() - started
     if "ratio" in results:
-        print(f"SUMMARY reference {results['reference']['images_per_s']:.1f} images/s, optimised "
-              f"{results['optimised']['images_per_s']:.1f} images/s, ratio {results['ratio']:.2f}x, "
-              f"min cosine {results['min_cosine']:.5f}, total {results['total_s']:.0f} s", flush=True)
+        print(
+            f"SUMMARY reference {results['reference']['images_per_s']:.1f} images/s, optimised "
+            f"{results['optimised']['images_per_s']:.1f} images/s, ratio {results['ratio']:.2f}x, "
+            f"min cosine {results['min_cosine']:.5f}, total {results['total_s']:.0f} s",
+            flush=True,
+        )
     else:
-        print(f"SUMMARY reference {results['reference']['images_per_s']:.1f} images/s, optimised run "
-              f"failed: {results['optimised']['error']}", flush=True)
+        print(
+            f"SUMMARY reference {results['reference']['images_per_s']:.1f} images/s, optimised run "
+            f"failed: {results['optimised']['error']}",
+            flush=True,
+        )
     save()
     if args.out:
         print(f"results: {args.out}")

@@ -51,9 +51,15 @@ def main() -> dict:
 
     paths = sorted(str(p) for p in (SHARED / args.dataset / "images").iterdir())
     paths = paths[: args.images] if args.images else paths
-    result = {"dataset": args.dataset, "images": len(paths), "workers": args.workers, "cpus": args.cpus,
-              "batch_size": args.batch_size, "uptime_before": uptime(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                             time.gmtime())}
+    result = {
+        "dataset": args.dataset,
+        "images": len(paths),
+        "workers": args.workers,
+        "cpus": args.cpus,
+        "batch_size": args.batch_size,
+        "uptime_before": uptime(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     print(result["uptime_before"], flush=True)
     work = Path(tempfile.mkdtemp(prefix="wildreid-ray-bench-"))
 
@@ -62,8 +68,12 @@ def main() -> dict:
     hashes, _ = content_hashes(paths)
     seconds = time.perf_counter() - started
     megabytes = sum(os.path.getsize(p) for p in paths) / 1e6
-    result["hash"] = {"seconds": seconds, "images_per_s": len(paths) / seconds, "mb_per_s": megabytes / seconds,
-                      "mean_file_kb": 1000 * megabytes / len(paths)}
+    result["hash"] = {
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds,
+        "mb_per_s": megabytes / seconds,
+        "mean_file_kb": 1000 * megabytes / len(paths),
+    }
     vectors = np.random.default_rng(0).standard_normal((512, 1280)).astype(np.float32)
     started = time.perf_counter()
     for shard in range(8):
@@ -82,8 +92,7 @@ def main() -> dict:
     # Single process, exact path, empty cache (hashing included, as in a real run).
     backbone = load_backbone(OFFLINE_LITE0)
     started = time.perf_counter()
-    single = extract_embeddings(paths, backbone, cache_dir=work / "single", batch_size=args.batch_size,
-                                progress=False)
+    single = extract_embeddings(paths, backbone, cache_dir=work / "single", batch_size=args.batch_size, progress=False)
     seconds = time.perf_counter() - started
     result["single"] = {"seconds": seconds, "images_per_s": len(paths) / seconds, "failed": len(single.failures)}
     print("single", json.dumps(result["single"]), flush=True)
@@ -92,25 +101,34 @@ def main() -> dict:
     started = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     cluster_start = time.perf_counter() - started
-    summary = extract_with_ray(paths, OFFLINE_LITE0, cache_dir=work / "ray", workers=args.workers,
-                               batch_size=args.batch_size, progress=False)
+    summary = extract_with_ray(
+        paths, OFFLINE_LITE0, cache_dir=work / "ray", workers=args.workers, batch_size=args.batch_size, progress=False
+    )
     ray.shutdown()
     total = cluster_start + summary.seconds
-    streaming = (summary.seconds - summary.load_s - summary.hash_s - summary.cluster_start_s
-                 - summary.first_result_s)
+    streaming = summary.seconds - summary.load_s - summary.hash_s - summary.cluster_start_s - summary.first_result_s
     # Steady rate: rows after the first result over the time after it; the rest of the wall time
     # is what a job pays whatever its size.
     first_block = min(summary.computed, args.batch_size * BATCHES_PER_BLOCK)  # results come a block at a time
     steady = (summary.computed - first_block) / streaming if streaming > 0 else float("nan")
-    result["ray"] = {"seconds": total, "images_per_s": summary.computed / total, "failed": summary.failed,
-                     "cluster_start_s": cluster_start, "load_s": summary.load_s, "hash_s": summary.hash_s,
-                     "first_result_s": summary.first_result_s, "steady_images_per_s": steady,
-                     "fixed_overhead_s": total - summary.computed / steady, "summary": summary.line()}
+    result["ray"] = {
+        "seconds": total,
+        "images_per_s": summary.computed / total,
+        "failed": summary.failed,
+        "cluster_start_s": cluster_start,
+        "load_s": summary.load_s,
+        "hash_s": summary.hash_s,
+        "first_result_s": summary.first_result_s,
+        "steady_images_per_s": steady,
+        "fixed_overhead_s": total - summary.computed / steady,
+        "summary": summary.line(),
+    }
     print("ray", json.dumps(result["ray"]), flush=True)
 
     ours = EmbeddingCache(work / "ray", backbone.cache_key).load()
-    result["max_abs_difference"] = float(max(np.abs(ours[h] - v).max() for h, v in zip(single.hashes, single.embeddings)
-                                             if h in ours))
+    result["max_abs_difference"] = float(
+        max(np.abs(ours[h] - v).max() for h, v in zip(single.hashes, single.embeddings) if h in ours)
+    )
     result["uptime_after"] = uptime()
     print(json.dumps(result, indent=2), flush=True)
     if args.out:

@@ -45,14 +45,20 @@ def main() -> None:
         figures = next(iter(evaluate_if_possible(result)["per_dataset"].values()))
         seconds = time.perf_counter() - started
         if closed_set:
-            print(f"{arguments.dataset} {variant}: top-1 {figures['top1']:.3f} top-5 {figures['top5']:.3f} "
-                  f"({seconds:.0f} s)", flush=True)
+            print(
+                f"{arguments.dataset} {variant}: top-1 {figures['top1']:.3f} top-5 {figures['top5']:.3f} "
+                f"({seconds:.0f} s)",
+                flush=True,
+            )
             continue
         choice = next(iter(result.threshold_choices.values()))
-        print(f"{arguments.dataset} {variant}: score {figures['score']:.3f} BAKS {figures['baks']:.3f} "
-              f"BAUS {figures['baus']:.3f} top-1 {figures['top1']:.3f} top-5 {figures['top5']:.3f} "
-              f"AUC {figures['auc_new_vs_known']:.3f} threshold {choice.threshold:.3f} "
-              f"simulated {choice.simulated_score:.3f} ({seconds:.0f} s)", flush=True)
+        print(
+            f"{arguments.dataset} {variant}: score {figures['score']:.3f} BAKS {figures['baks']:.3f} "
+            f"BAUS {figures['baus']:.3f} top-1 {figures['top1']:.3f} top-5 {figures['top5']:.3f} "
+            f"AUC {figures['auc_new_vs_known']:.3f} threshold {choice.threshold:.3f} "
+            f"simulated {choice.simulated_score:.3f} ({seconds:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -50,9 +50,14 @@ def run_single(name: str, preset_name: str, cache: Path, out: Path, threshold: s
     evaluation = evaluate_if_possible(result)
     result.candidates.to_csv(out, index=False)
     choice = next(iter(result.threshold_choices.values()), None)
-    return {"score": evaluation["score"], "top1": evaluation["top1"], "auc": evaluation["auc_new_vs_known"],
-            "threshold": next(iter(result.thresholds.values())), "wall_s": wall,
-            "simulated": None if choice is None else choice.simulated_score}
+    return {
+        "score": evaluation["score"],
+        "top1": evaluation["top1"],
+        "auc": evaluation["auc_new_vs_known"],
+        "threshold": next(iter(result.thresholds.values())),
+        "wall_s": wall,
+        "simulated": None if choice is None else choice.simulated_score,
+    }
 
 
 def launch(source: Path, name: str, preset: str, cache: Path, out: Path, threshold: str | None = None) -> dict:
@@ -73,7 +78,9 @@ def compare(before: Path, after: Path) -> str:
     same_prediction = int((old["prediction"] == new["prediction"]).sum())
     ranked = [c for c in old.columns if c.startswith("identity_")]
     same_ranking = int((old[ranked].fillna("") == new[ranked].fillna("")).all(axis=1).sum())
-    return f"predictions equal {same_prediction}/{len(old)}, top-{len(ranked)} identities equal {same_ranking}/{len(old)}"
+    return (
+        f"predictions equal {same_prediction}/{len(old)}, top-{len(ranked)} identities equal {same_ranking}/{len(old)}"
+    )
 
 
 def main() -> None:
@@ -93,25 +100,37 @@ def main() -> None:
 
     baseline = Path(tempfile.gettempdir()) / f"wildreid-baseline-{arguments.baseline_rev}"
     if not baseline.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), arguments.baseline_rev],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), arguments.baseline_rev],
+            check=True,
+            capture_output=True,
+        )
     scratch = Path(tempfile.mkdtemp(prefix="wildreid-same-answers-"))
     for preset in arguments.presets.split(","):
         for name in arguments.datasets.split(","):
             before = launch(baseline, name, preset, arguments.cache, scratch / f"before-{preset}-{name}.csv")
             after = launch(ROOT, name, preset, arguments.cache, scratch / f"after-{preset}-{name}.csv")
-            print(f"{preset:>7} {name:<13} batch   score {before['score']:.3f} top-1 {before['top1']:.3f} "
-                  f"AUC {before['auc']:.3f} threshold {before['threshold']:.4f} simulated {before['simulated']:.3f} "
-                  f"{before['wall_s']:.1f} s", flush=True)
-            print(f"{'':>7} {'':<13} gallery score {after['score']:.3f} top-1 {after['top1']:.3f} "
-                  f"AUC {after['auc']:.3f} threshold {after['threshold']:.4f} simulated {after['simulated']:.3f} "
-                  f"{after['wall_s']:.1f} s; {compare(scratch / f'before-{preset}-{name}.csv', scratch / f'after-{preset}-{name}.csv')}",
-                  flush=True)
+            print(
+                f"{preset:>7} {name:<13} batch   score {before['score']:.3f} top-1 {before['top1']:.3f} "
+                f"AUC {before['auc']:.3f} threshold {before['threshold']:.4f} simulated {before['simulated']:.3f} "
+                f"{before['wall_s']:.1f} s",
+                flush=True,
+            )
+            print(
+                f"{'':>7} {'':<13} gallery score {after['score']:.3f} top-1 {after['top1']:.3f} "
+                f"AUC {after['auc']:.3f} threshold {after['threshold']:.4f} simulated {after['simulated']:.3f} "
+                f"{after['wall_s']:.1f} s; "
+                f"{compare(scratch / f'before-{preset}-{name}.csv', scratch / f'after-{preset}-{name}.csv')}",
+                flush=True,
+            )
             if preset == "offline":
                 fixed = f"{name}={before['threshold']!r}"
                 pinned = launch(ROOT, name, preset, arguments.cache, scratch / f"fixed-{name}.csv", fixed)
-                print(f"{'':>7} {'':<13} gallery with the batch threshold: score {pinned['score']:.3f}; "
-                      f"{compare(scratch / f'before-{preset}-{name}.csv', scratch / f'fixed-{name}.csv')}", flush=True)
+                print(
+                    f"{'':>7} {'':<13} gallery with the batch threshold: score {pinned['score']:.3f}; "
+                    f"{compare(scratch / f'before-{preset}-{name}.csv', scratch / f'fixed-{name}.csv')}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -102,13 +102,21 @@ def run_single(name: str, preset_name: str, out: Path, backbone: str | None = No
 def _row(name, preset_name, evaluation, result, dataset, wall) -> dict:
     figures = next(iter(evaluation["per_dataset"].values()))
     return {
-        "dataset": name, "preset": preset_name, "score": figures["score"], "baks": figures["baks"],
-        "baus": figures["baus"], "top1": figures["top1"], "top5": figures["top5"],
+        "dataset": name,
+        "preset": preset_name,
+        "score": figures["score"],
+        "baks": figures["baks"],
+        "baus": figures["baus"],
+        "top1": figures["top1"],
+        "top5": figures["top5"],
         "auc": figures["auc_new_vs_known"],
         "threshold": next(iter(result.thresholds.values())),
         "simulated_score": next((c.simulated_score for c in result.threshold_choices.values()), None),
-        "queries": figures["queries"], "images": len(dataset.table),
-        "wall_s": wall, "timings": result.timings, "notes": result.notes,
+        "queries": figures["queries"],
+        "images": len(dataset.table),
+        "wall_s": wall,
+        "timings": result.timings,
+        "notes": result.notes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -138,11 +146,14 @@ def main() -> None:
                 raise SystemExit(f"{preset} on {name} failed")
             for row in json.loads(process.stdout.strip().splitlines()[-1]):
                 rows.append(row)
-                print(f"{row['preset']:>9} {name:<22} score {row['score']:.3f}  BAKS {row['baks']:.3f}  "
-                  f"BAUS {row['baus']:.3f}  top-1 {row['top1']:.3f}  top-5 {row['top5']:.3f}  "
-                  f"thr {row['threshold'] if row['threshold'] is None else round(row['threshold'], 3)}  "
-                  f"sim {row['simulated_score'] if row['simulated_score'] is None else round(row['simulated_score'], 3)}  "
-                      f"{row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{row['preset']:>9} {name:<22} score {row['score']:.3f}  BAKS {row['baks']:.3f}  "
+                    f"BAUS {row['baus']:.3f}  top-1 {row['top1']:.3f}  top-5 {row['top5']:.3f}  "
+                    f"thr {row['threshold'] if row['threshold'] is None else round(row['threshold'], 3)}  "
+                    f"sim {None if row['simulated_score'] is None else round(row['simulated_score'], 3)}  "
+                    f"{row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     arguments.out.mkdir(parents=True, exist_ok=True)
     # One record for all runs: rows of this run replace earlier ones of the same preset and dataset.
     record = arguments.out / "real_data.json"

@@ -42,8 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import closed_split  # noqa: E402  (the split as every benchmark builds it)
 
 LION = PROJECT.parent / "shared" / "data" / "LionData"
-PUBLISHED = {"MegaDescriptor-L-384": 0.252, "MegaDescriptor-L-224": 0.206,
-             "MegaDescriptor-T-224": 0.148, "MegaDescriptor-B-224": 0.135}
+PUBLISHED = {
+    "MegaDescriptor-L-384": 0.252,
+    "MegaDescriptor-L-224": 0.206,
+    "MegaDescriptor-T-224": 0.148,
+    "MegaDescriptor-B-224": 0.135,
+}
 
 
 def closed_set_top1(dataset: Dataset, backbone_name: str, preprocess=None) -> tuple[float, float]:
@@ -79,9 +83,13 @@ def main(argv=None) -> dict:
     # closest right picture is most often the mirror part (right_face <-> left_face, ears likewise).
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; 1 (default) was several times faster on the shared "
-                             "2-core machine, and keeps the run bit-for-bit repeatable; 0: torch's choice")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 (default) was several times faster on the shared "
+        "2-core machine, and keeps the run bit-for-bit repeatable; 0: torch's choice",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -91,51 +99,78 @@ def main(argv=None) -> dict:
     dataset = closed_split(args.data)
     queries, database = dataset.queries, dataset.database
     assert set(queries["identity"]) <= set(database["identity"]), "closed split: every query is known"
-    print(f"LionData paper split: {len(database)} train (database) / {len(queries)} test (query) images, "
-          f"{database['identity'].nunique()} identities", flush=True)
+    print(
+        f"LionData paper split: {len(database)} train (database) / {len(queries)} test (query) images, "
+        f"{database['identity'].nunique()} identities",
+        flush=True,
+    )
 
     results = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "threads": torch.get_num_threads()}
     if not args.skip_baseline:
         base = load_backbone(args.backbone)
         results["before_top1"], seconds = closed_set_top1(dataset, args.backbone)
-        print(f"before training ({args.backbone}, {base.preprocess.describe()}): top-1 "
-              f"{results['before_top1']:.4f} ({seconds:.0f} s)", flush=True)
+        print(
+            f"before training ({args.backbone}, {base.preprocess.describe()}): top-1 "
+            f"{results['before_top1']:.4f} ({seconds:.0f} s)",
+            flush=True,
+        )
         if base.preprocess.size != (args.image_size, args.image_size):
             at_size = replace(base.preprocess, size=(args.image_size, args.image_size))
             results["before_top1_at_train_size"], seconds = closed_set_top1(dataset, args.backbone, at_size)
-            print(f"before training at {args.image_size} px: top-1 "
-                  f"{results['before_top1_at_train_size']:.4f} ({seconds:.0f} s)", flush=True)
+            print(
+                f"before training at {args.image_size} px: top-1 "
+                f"{results['before_top1_at_train_size']:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
 
     # Training images: the paper split's train part, read through the same option the CLI offers
     # (`wildreid train LionData --split-file paper_split.csv --split-column paper_split --train-value train`).
-    images = training_images(load_dataset(args.data), split_file=args.data / "paper_split.csv",
-                             split_column="paper_split", train_value="train")
+    images = training_images(
+        load_dataset(args.data),
+        split_file=args.data / "paper_split.csv",
+        split_column="paper_split",
+        train_value="train",
+    )
     assert not set(images["image_id"]) & set(queries["image_id"]), "no test image may be trained on"
-    config = TrainConfig(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         image_size=args.image_size, margin=args.margin, scale=args.scale,
-                         sub_centers=args.sub_centers, head_epochs=args.head_epochs,
-                         val_fraction=args.val_fraction, patience=args.patience,
-                         seed=args.seed, augment=AugmentConfig(min_crop_scale=args.min_crop_scale,
-                                                               color_jitter=args.color_jitter, flip=args.flip))
+    config = TrainConfig(
+        backbone=args.backbone,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        image_size=args.image_size,
+        margin=args.margin,
+        scale=args.scale,
+        sub_centers=args.sub_centers,
+        head_epochs=args.head_epochs,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        seed=args.seed,
+        augment=AugmentConfig(min_crop_scale=args.min_crop_scale, color_jitter=args.color_jitter, flip=args.flip),
+    )
     train_started = time.perf_counter()
     if (args.out / RECORD).exists() and not (args.out / CHECKPOINT).exists() and not args.overwrite:
         record = json.loads((args.out / RECORD).read_text())
         print(f"{args.out} already trained; evaluating it (--overwrite trains again)")
     else:
-        record = train(images, args.out, config, source={"split_file": "paper_split.csv"},
-                       overwrite=args.overwrite).record
+        record = train(
+            images, args.out, config, source={"split_file": "paper_split.csv"}, overwrite=args.overwrite
+        ).record
     results["train_wall_s"] = record["wall_time_s"]
     results["this_run_train_s"] = time.perf_counter() - train_started
     results["epochs_run"], results["best_epoch"] = record["epochs_run"], record["best_epoch"]
     results["best_val_top1"] = record["best_val_top1"]
     results["after_top1"], seconds = closed_set_top1(dataset, f"local-dir:{args.out.resolve()}")
     results["total_wall_s"] = time.perf_counter() - started
-    print(f"after training ({record['epochs_run']} epochs, best {record['best_epoch']}, "
-          f"{record['wall_time_s']:.0f} s of training): top-1 {results['after_top1']:.4f} ({seconds:.0f} s)")
+    print(
+        f"after training ({record['epochs_run']} epochs, best {record['best_epoch']}, "
+        f"{record['wall_time_s']:.0f} s of training): top-1 {results['after_top1']:.4f} ({seconds:.0f} s)"
+    )
     target = PUBLISHED["MegaDescriptor-L-384"]
     verdict = "meets" if results["after_top1"] >= target else f"misses by {target - results['after_top1']:.4f}"
-    print(f"target (MegaDescriptor-L-384, published): {target} -> {verdict}; "
-          f"total wall time {results['total_wall_s']:.0f} s")
+    print(
+        f"target (MegaDescriptor-L-384, published): {target} -> {verdict}; "
+        f"total wall time {results['total_wall_s']:.0f} s"
+    )
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=2))
     return results
 

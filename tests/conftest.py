@@ -15,8 +15,10 @@ SHARED_DATA = Path(os.environ.get("WILDREID_SHARED_DATA", PROJECT_ROOT.parent / 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
-        pytest.fail(f"real test data not found at {SHARED_DATA}: the tests need ../shared/data "
-                    "(or WILDREID_SHARED_DATA pointing at it)")
+        pytest.fail(
+            f"real test data not found at {SHARED_DATA}: the tests need ../shared/data "
+            "(or WILDREID_SHARED_DATA pointing at it)"
+        )
     return SHARED_DATA
 
 

@@ -22,10 +22,19 @@ MEGADESCRIPTOR_CONFIG = {
     "num_classes": 0,
     "num_features": 1536,
     "pretrained_cfg": {
-        "tag": "", "custom_load": False, "input_size": [3, 384, 384], "fixed_input_size": True,
-        "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
-        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_classes": 0, "pool_size": None,
-        "first_conv": "patch_embed.proj", "classifier": "head.fc",
+        "tag": "",
+        "custom_load": False,
+        "input_size": [3, 384, 384],
+        "fixed_input_size": True,
+        "interpolation": "bicubic",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "num_classes": 0,
+        "pool_size": None,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head.fc",
     },
 }
 
@@ -42,8 +51,9 @@ def test_offline_lite0_has_real_imagenet_weights(shared_data):
     table = pd.read_csv(shared_data / "LionData" / "metadata.csv")
     body_shots = table[table["viewpoint"] == "body"].head(4)
     backbone = load_backbone("efficientnet-lite0")
-    batch = torch.stack([image_to_tensor(read_image(shared_data / "LionData" / p), backbone.preprocess)
-                         for p in body_shots["path"]])
+    batch = torch.stack(
+        [image_to_tensor(read_image(shared_data / "LionData" / p), backbone.preprocess) for p in body_shots["path"]]
+    )
     with torch.no_grad():
         predicted = model(batch).argmax(dim=1).tolist()
     assert predicted.count(291) >= 3, predicted  # ImageNet class 291 is "lion"
@@ -64,8 +74,16 @@ def test_local_dir_layout(tmp_path):
 
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
-    config = {"architecture": "resnet18", "num_classes": 0, "pretrained_cfg": {
-        "input_size": [3, 96, 96], "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2], "interpolation": "bilinear"}}
+    config = {
+        "architecture": "resnet18",
+        "num_classes": 0,
+        "pretrained_cfg": {
+            "input_size": [3, 96, 96],
+            "mean": [0.4, 0.4, 0.4],
+            "std": [0.2, 0.2, 0.2],
+            "interpolation": "bilinear",
+        },
+    }
     _save_timm_folder(tmp_path / "mine", model, config)
     for name in (f"local-dir:{tmp_path / 'mine'}", str(tmp_path / "mine")):
         backbone = load_backbone(name)
@@ -106,7 +124,8 @@ def test_megadescriptor_from_hf_cache_offline(tmp_path):
         f"x = torch.load(r'{tmp_path / 'probe.pt'}')\n"
         "with torch.no_grad(): y = b.model(x).numpy()\n"
         f"numpy.save(r'{tmp_path / 'out.npy'}', y)\n"
-        "print(b.dim, b.preprocess.size, b.preprocess.mean, b.weights_id)\n")
+        "print(b.dim, b.preprocess.size, b.preprocess.mean, b.weights_id)\n"
+    )
     result = _run_python(code, {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "1536 (384, 384) (0.5, 0.5, 0.5)" in result.stdout
@@ -119,10 +138,25 @@ def test_missing_weights_offline_gives_advice_not_traceback(tmp_path, shared_dat
     table["path"] = [str(shared_data / "NyalaData" / p) for p in table["path"]]
     table.to_csv(tmp_path / "small.csv", index=False)
     env = {**os.environ, "HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "wildreid", "identify", str(tmp_path / "small.csv"),
-                             "--out", str(tmp_path / "out"), "--preset", "seed", "--no-cache",
-                             "--allow-outside-paths"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wildreid",
+            "identify",
+            str(tmp_path / "small.csv"),
+            "--out",
+            str(tmp_path / "out"),
+            "--preset",
+            "seed",
+            "--no-cache",
+            "--allow-outside-paths",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
     assert "hf download BVRA/MegaDescriptor-L-384" in message

@@ -15,8 +15,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from wildreid.catalog import (AlreadyDecided, Catalog, CatalogError, candidates_of, catalog_to_dataset,
-                              export_metadata, identify_with_catalog, import_dataset)
+from wildreid.catalog import (
+    AlreadyDecided,
+    Catalog,
+    CatalogError,
+    candidates_of,
+    catalog_to_dataset,
+    export_metadata,
+    identify_with_catalog,
+    import_dataset,
+)
 from wildreid.catalog import store as store_module
 from wildreid.catalog.descriptors import prepare_descriptors
 from wildreid.catalog.schema import SCHEMA_VERSION, migrate
@@ -27,9 +35,17 @@ from wildreid.pipeline import identify
 from wildreid.presets import get_preset
 
 # Eight NyalaData individuals with five database photos each keep the tests quick.
-INDIVIDUALS = ["NyalaData_32", "NyalaData_41", "NyalaData_48", "NyalaData_147", "NyalaData_144",
-               "NyalaData_34", "NyalaData_7", "NyalaData_18"]
-KNOWN_QUERY = "47"   # a NyalaData query photo of NyalaData_32
+INDIVIDUALS = [
+    "NyalaData_32",
+    "NyalaData_41",
+    "NyalaData_48",
+    "NyalaData_147",
+    "NyalaData_144",
+    "NyalaData_34",
+    "NyalaData_7",
+    "NyalaData_18",
+]
+KNOWN_QUERY = "47"  # a NyalaData query photo of NyalaData_32
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +83,10 @@ def integrity(catalog_path: Path) -> dict:
             "foreign_keys": connection.execute("PRAGMA foreign_key_check").fetchall(),
             "individuals_without_photos": connection.execute(
                 "SELECT count(*) FROM individuals i WHERE NOT EXISTS "
-                "(SELECT 1 FROM images m WHERE m.individual_id = i.id)").fetchone()[0],
+                "(SELECT 1 FROM images m WHERE m.individual_id = i.id)"
+            ).fetchone()[0],
             "images": connection.execute("SELECT count(*) FROM images").fetchone()[0],
-            "distinct_sources": connection.execute(
-                "SELECT count(DISTINCT source_image_id) FROM images").fetchone()[0],
+            "distinct_sources": connection.execute("SELECT count(DISTINCT source_image_id) FROM images").fetchone()[0],
         }
         paths = [row[0] for row in connection.execute("SELECT stored_path FROM images")]
     finally:
@@ -104,7 +120,7 @@ def test_import_copies_photos_into_a_content_addressed_store(tmp_path, small):
         viewpoints = {image["viewpoint"] for image in images}
         assert viewpoints <= {"left", "right"} and viewpoints
 
-        again = import_dataset(catalog, small)   # a second import adds nothing
+        again = import_dataset(catalog, small)  # a second import adds nothing
         assert (again.added, again.already_present) == (0, 40)
         assert catalog.counts()["images"] == 40
         assert catalog.check().ok
@@ -136,8 +152,7 @@ def test_export_writes_an_animalclef_metadata_csv_that_loads_back(tmp_path, smal
             out = tmp_path / f"export-{copy}"
             metadata = export_metadata(catalog, out, copy_images=copy)
             header = metadata.read_text().splitlines()[0].split(",")
-            assert header[:8] == ["image_id", "identity", "path", "date", "orientation", "species",
-                                  "split", "dataset"]
+            assert header[:8] == ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
             # every path resolves, every row valid; without copies the paths lead into the catalogue
             loaded = load_dataset(out, allow_outside_paths=not copy)
             assert len(loaded.database) == 40 and len(loaded.queries) == 0
@@ -170,7 +185,7 @@ def test_catalog_opening_errors_say_what_to_do(tmp_path):
 def test_old_catalogue_is_migrated_and_newer_one_refused(tmp_path):
     path = tmp_path / "v1.sqlite"
     connection = sqlite3.connect(path, isolation_level=None)
-    migrate(connection, target=1)   # a catalogue written before the review tables existed
+    migrate(connection, target=1)  # a catalogue written before the review tables existed
     connection.execute("INSERT INTO individuals (id, dataset, created_at) VALUES ('a', 'd', 'now')")
     connection.close()
     with Catalog(path) as catalog:
@@ -190,9 +205,15 @@ def test_old_catalogue_is_migrated_and_newer_one_refused(tmp_path):
 
 def _ready_query(catalog: Catalog, photo: Path, candidates: list[tuple[str, float]]) -> dict:
     query = catalog.add_query(photo.read_bytes(), "jpg", dataset="NyalaData", original_name="q.jpg")
-    catalog.set_query_result(query["id"], {"prediction": candidates[0][0], "threshold": 0.7, "preset": "offline",
-                                           "candidates": [{"rank": r + 1, "individual_id": i, "score": s}
-                                                          for r, (i, s) in enumerate(candidates)]})
+    catalog.set_query_result(
+        query["id"],
+        {
+            "prediction": candidates[0][0],
+            "threshold": 0.7,
+            "preset": "offline",
+            "candidates": [{"rank": r + 1, "individual_id": i, "score": s} for r, (i, s) in enumerate(candidates)],
+        },
+    )
     return catalog.query(query["id"])
 
 
@@ -201,10 +222,14 @@ def test_decisions_are_recorded_and_the_first_final_one_wins(tmp_path, small, ny
     with Catalog(tmp_path / "c.sqlite") as catalog:
         import_dataset(catalog, small)
         first = _ready_query(catalog, Path(photos[0]), [("NyalaData_18", 0.9), ("NyalaData_7", 0.5)])
-        decision = catalog.decide(first["id"], "match", reviewer="alice", preset="offline",
-                                  individual_id="NyalaData_7")
-        assert (decision["outcome"], decision["individual_id"], decision["reviewer"], decision["score"],
-                decision["preset"]) == ("match", "NyalaData_7", "alice", 0.5, "offline")
+        decision = catalog.decide(first["id"], "match", reviewer="alice", preset="offline", individual_id="NyalaData_7")
+        assert (
+            decision["outcome"],
+            decision["individual_id"],
+            decision["reviewer"],
+            decision["score"],
+            decision["preset"],
+        ) == ("match", "NyalaData_7", "alice", 0.5, "offline")
         image = catalog.image(decision["image_id"])
         assert image["individual_id"] == "NyalaData_7" and image["sha256"] == first["sha256"]
         with pytest.raises(AlreadyDecided, match="already decided by alice"):
@@ -230,7 +255,7 @@ def test_decisions_are_recorded_and_the_first_final_one_wins(tmp_path, small, ny
 def test_a_photo_already_catalogued_is_not_reported_filed_elsewhere(tmp_path, small):
     with Catalog(tmp_path / "c.sqlite") as catalog:
         import_dataset(catalog, small)
-        catalogued = catalog.images("NyalaData_18")[0]   # uploaded again as a query
+        catalogued = catalog.images("NyalaData_18")[0]  # uploaded again as a query
         photo = catalog.photo_path(catalogued["stored_path"])
         for outcome, chosen in (("match", "NyalaData_7"), ("new", None)):
             query = _ready_query(catalog, photo, [("NyalaData_7", 0.9), ("NyalaData_18", 0.8)])
@@ -239,11 +264,14 @@ def test_a_photo_already_catalogued_is_not_reported_filed_elsewhere(tmp_path, sm
                 catalog.decide(query["id"], outcome, reviewer="alice", preset="offline", individual_id=chosen)
             message = str(error.value)
             assert "already in the catalogue as a photo of 'NyalaData_18'" in message
-            assert ("'NyalaData_7'" if chosen else "a new individual") in message and "Confirm 'NyalaData_18'" in message
+            assert (
+                "'NyalaData_7'" if chosen else "a new individual"
+            ) in message and "Confirm 'NyalaData_18'" in message
             assert catalog.counts() == before and catalog.image(catalogued["id"])["individual_id"] == "NyalaData_18"
             assert catalog.query(query["id"])["status"] == "ready"
-            confirmed = catalog.decide(query["id"], "match", reviewer="alice", preset="offline",
-                                       individual_id="NyalaData_18")   # the offered choice works
+            confirmed = catalog.decide(
+                query["id"], "match", reviewer="alice", preset="offline", individual_id="NyalaData_18"
+            )  # the offered choice works
             assert confirmed["image_id"] == catalogued["id"]
         with pytest.raises(CatalogError, match="control characters"):
             catalog.add_individual("two\nlines", "NyalaData")
@@ -256,12 +284,12 @@ def test_a_failing_decision_changes_nothing(tmp_path, small, nyala, monkeypatch)
         before = catalog.counts()
 
         def broken(*args):
-            raise RuntimeError("disk full")   # fails after the individual and image were inserted
+            raise RuntimeError("disk full")  # fails after the individual and image were inserted
 
         monkeypatch.setattr(store_module, "_candidate_score", broken)
         with pytest.raises(RuntimeError):
             catalog.decide(query["id"], "new", reviewer="alice", preset="offline")
-        assert catalog.counts() == before   # no individual without photo, no photo without decision
+        assert catalog.counts() == before  # no individual without photo, no photo without decision
         assert catalog.query(query["id"])["status"] == "ready"
 
 
@@ -284,15 +312,20 @@ def test_catalog_is_the_database_of_pipeline_identify(tmp_path, small, nyala, li
         dataset = catalog_to_dataset(catalog, [query["path"]], query_ids=["my-query"])
         assert len(dataset.database) == 40 and dataset.queries["image_id"].tolist() == ["my-query"]
         assert dataset.database["path"].map(lambda p: ".images/" in p).all()
-        result = identify(dataset, get_preset("offline"), backbone=lite0_backbone, cache_dir=embedding_cache,
-                          progress=False)
-        assert result.timings["images_extracted"] <= 1   # catalogue descriptors came from the cache
+        result = identify(
+            dataset, get_preset("offline"), backbone=lite0_backbone, cache_dir=embedding_cache, progress=False
+        )
+        assert result.timings["images_extracted"] <= 1  # catalogue descriptors came from the cache
 
-        answer = candidates_of(identify_with_catalog(catalog, [query["path"]], get_preset("offline"),
-                                                     backbone=lite0_backbone, cache_dir=embedding_cache), catalog)[0]
+        answer = candidates_of(
+            identify_with_catalog(
+                catalog, [query["path"]], get_preset("offline"), backbone=lite0_backbone, cache_dir=embedding_cache
+            ),
+            catalog,
+        )[0]
         assert len(answer["candidates"]) == 5
         assert query["identity"] in [c["individual_id"] for c in answer["candidates"]]
-        for candidate in answer["candidates"]:   # the best photo really is a photo of that individual
+        for candidate in answer["candidates"]:  # the best photo really is a photo of that individual
             assert catalog.image(candidate["image_id"])["individual_id"] == candidate["individual_id"]
 
         with pytest.raises(CatalogError, match="not in the catalogue"):
@@ -315,8 +348,21 @@ def test_cli_import_identify_export_check(tmp_path, small, nyala, embedding_cach
         source = Path(nyala.table.loc[nyala.table["image_id"] == image_id, "path"].item())
         (queries / f"q{image_id}.jpg").symlink_to(source)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["catalog", "identify", str(queries), "--catalog", str(path), "--out", str(out),
-                                 "--cache-dir", str(embedding_cache), "--no-report"])
+    result = runner.invoke(
+        app,
+        [
+            "catalog",
+            "identify",
+            str(queries),
+            "--catalog",
+            str(path),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(embedding_cache),
+            "--no-report",
+        ],
+    )
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(out / "submission.csv", dtype=str)
     assert submission["image_id"].tolist() == ["q47.jpg", "q71.jpg"]
@@ -330,8 +376,9 @@ def test_cli_import_identify_export_check(tmp_path, small, nyala, embedding_cach
     result = runner.invoke(app, ["catalog", "info", "--catalog", str(path)])
     assert result.exit_code == 0 and "NyalaData" in result.output
 
-    result = runner.invoke(app, ["catalog", "identify", str(queries), "--catalog", str(tmp_path / "none.sqlite"),
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["catalog", "identify", str(queries), "--catalog", str(tmp_path / "none.sqlite"), "--out", str(out)]
+    )
     assert result.exit_code == 2 and "no catalogue here" in " ".join(result.output.split())
 
 
@@ -344,8 +391,17 @@ def test_import_killed_half_way_loses_nothing_and_resumes(tmp_path, nyala):
     rows = rows.head(60)
     csv = write_subset_csv(rows, tmp_path / "subset.csv")
     path = tmp_path / "c.sqlite"
-    command = [sys.executable, "-m", "wildreid", "catalog", "import", str(csv), "--catalog", str(path),
-               "--allow-outside-paths"]
+    command = [
+        sys.executable,
+        "-m",
+        "wildreid",
+        "catalog",
+        "import",
+        str(csv),
+        "--catalog",
+        str(path),
+        "--allow-outside-paths",
+    ]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -360,7 +416,7 @@ def test_import_killed_half_way_loses_nothing_and_resumes(tmp_path, nyala):
                         committed = reader.execute("SELECT count(*) FROM images").fetchone()[0]
                 except sqlite3.OperationalError:
                     pass  # the schema is not created yet
-        process.send_signal(signal.SIGKILL)   # no clean-up, no atexit: like a power cut for the process
+        process.send_signal(signal.SIGKILL)  # no clean-up, no atexit: like a power cut for the process
     finally:
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the import finished before it could be killed"
@@ -369,13 +425,13 @@ def test_import_killed_half_way_loses_nothing_and_resumes(tmp_path, nyala):
     assert 10 <= found["images"] < len(rows), "not killed half way"
     assert found["integrity"] == "ok" and found["foreign_keys"] == []
     assert found["missing_files"] == [] and found["individuals_without_photos"] == 0
-    with Catalog(path) as catalog:   # opens (WAL recovered) and agrees
+    with Catalog(path) as catalog:  # opens (WAL recovered) and agrees
         assert catalog.check().ok
 
-    rerun = CliRunner().invoke(app, command[3:])   # the same command, run to the end in-process
+    rerun = CliRunner().invoke(app, command[3:])  # the same command, run to the end in-process
     assert rerun.exit_code == 0, rerun.output
     found = integrity(path)
-    assert found["images"] == found["distinct_sources"] == len(rows)   # complete, no duplicates
+    assert found["images"] == found["distinct_sources"] == len(rows)  # complete, no duplicates
     assert found["integrity"] == "ok" and found["missing_files"] == [] and found["foreign_keys"] == []
     with Catalog(path) as catalog:
         report = catalog.check(repair=True)

@@ -19,7 +19,7 @@ def _small_nyala(shared_data, folder, per_split=30):
     queries = table[table["split"] == "query"].head(per_split // 2)
     table = pd.concat([database, queries])
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for path in table["path"]:   # a folder of its own: paths must stay inside the dataset's folder
+    for path in table["path"]:  # a folder of its own: paths must stay inside the dataset's folder
         shutil.copy(shared_data / "NyalaData" / path, folder / path)
     table.rename(columns={"identity": "animal"}).to_csv(folder / "metadata.csv", index=False)
     return folder / "metadata.csv"
@@ -28,8 +28,21 @@ def _small_nyala(shared_data, folder, per_split=30):
 def test_identify_then_evaluate(shared_data, tmp_path):
     csv = _small_nyala(shared_data, tmp_path / "NyalaSmall")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["identify", str(csv), "--out", str(out), "--identity-column", "animal",
-                                 "--cache-dir", str(tmp_path / "cache"), "--top-k", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "identify",
+            str(csv),
+            "--out",
+            str(out),
+            "--identity-column",
+            "animal",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--top-k",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "AnimalCLEF2025 metric" in result.output and "NyalaSmall" in result.output
     for name in ("submission.csv", "candidates.csv", "run.json", "report.html"):
@@ -39,8 +52,9 @@ def test_identify_then_evaluate(shared_data, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["preset"]["name"] == "offline" and "NyalaSmall" in record["thresholds"]
 
-    evaluated = runner.invoke(app, ["evaluate", str(csv), str(out / "submission.csv"), "--json",
-                                    "--identity-column", "animal"])
+    evaluated = runner.invoke(
+        app, ["evaluate", str(csv), str(out / "submission.csv"), "--json", "--identity-column", "animal"]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     figures = json.loads(evaluated.stdout)
     assert set(figures) >= {"score", "baks", "baus", "per_dataset"}
@@ -50,9 +64,22 @@ def test_identify_then_evaluate(shared_data, tmp_path):
 
 def test_closed_set_threshold_none(shared_data, tmp_path):
     csv = _small_nyala(shared_data, tmp_path / "data", per_split=12)
-    result = runner.invoke(app, ["identify", str(csv), "--out", str(tmp_path / "out"), "--identity-column",
-                                 "animal", "--threshold", "none", "--no-report",
-                                 "--cache-dir", str(tmp_path / "cache")])
+    result = runner.invoke(
+        app,
+        [
+            "identify",
+            str(csv),
+            "--out",
+            str(tmp_path / "out"),
+            "--identity-column",
+            "animal",
+            "--threshold",
+            "none",
+            "--no-report",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(tmp_path / "out" / "submission.csv")
     assert (submission["identity"] != "new_individual").all()
@@ -77,8 +104,18 @@ def test_presets_listed_and_printable():
 
 
 def test_demo_runs_offline(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
-                                 "--cache-dir", str(tmp_path / "cache")])
+    result = runner.invoke(
+        app,
+        [
+            "demo",
+            "--out",
+            str(tmp_path / "out"),
+            "--data",
+            str(tmp_path / "data"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "DemoSpots" in result.output and "mean" in result.output
     record = json.loads((tmp_path / "out" / "run.json").read_text())
@@ -107,22 +144,38 @@ def test_settings_that_make_no_sense_are_refused(shared_data, tmp_path):
     _refused(base + ["--threshold", "nan"], "threshold 'nan': nan is outside [-1, 1]")
     _refused(base + ["--threshold", "NyalaSmall=inf"], "is outside [-1, 1]")
     _refused(base + ["--top-k", "0"], "top-k: 0 candidates per query; give a whole number of at least 1")
-    _refused(["catalog", "identify", str(tmp_path / "data" / "images"), "--out", str(tmp_path / "out"),
-              "--catalog", str(tmp_path / "none.sqlite"), "--top-k", "0"], "top-k: 0")
+    _refused(
+        [
+            "catalog",
+            "identify",
+            str(tmp_path / "data" / "images"),
+            "--out",
+            str(tmp_path / "out"),
+            "--catalog",
+            str(tmp_path / "none.sqlite"),
+            "--top-k",
+            "0",
+        ],
+        "top-k: 0",
+    )
     assert not (tmp_path / "out").exists()
 
     (tmp_path / "header-only.csv").write_text("image_id,identity,path,split\n")
-    _refused(["identify", str(tmp_path / "header-only.csv"), "--out", str(tmp_path / "out")],
-             "header-only.csv: the file has a header but no rows")
+    _refused(
+        ["identify", str(tmp_path / "header-only.csv"), "--out", str(tmp_path / "out")],
+        "header-only.csv: the file has a header but no rows",
+    )
     (tmp_path / "a-file").write_text("not a folder")
     _refused(base[:2] + ["--out", str(tmp_path / "a-file")], "a-file: this is a file, not a folder")
 
 
 def test_symbolic_link_loops_are_one_message(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    for arguments in (["identify", str(tmp_path / "loop"), "--out", str(tmp_path / "out")],
-                      ["identify", str(tmp_path / "loop" / "metadata.csv"), "--out", str(tmp_path / "out")],
-                      ["catalog", "import", str(tmp_path / "loop"), "--catalog", str(tmp_path / "c.sqlite")]):
+    for arguments in (
+        ["identify", str(tmp_path / "loop"), "--out", str(tmp_path / "out")],
+        ["identify", str(tmp_path / "loop" / "metadata.csv"), "--out", str(tmp_path / "out")],
+        ["catalog", "import", str(tmp_path / "loop"), "--catalog", str(tmp_path / "c.sqlite")],
+    ):
         _refused(arguments, "symbolic link that loops")
 
 
@@ -135,8 +188,13 @@ def test_catalog_import_stays_inside_the_dataset_folder(shared_data, tmp_path):
     table.to_csv(csv, index=False)
     catalog = tmp_path / "c.sqlite"
     arguments = ["catalog", "import", str(csv), "--identity-column", "animal", "--catalog", str(catalog)]
-    _refused(arguments, "2 image path(s) lead outside the dataset folder", "row 3: ../private.jpg",
-             "row 4: ../../../../../../../../etc/passwd", "--allow-outside-paths")
+    _refused(
+        arguments,
+        "2 image path(s) lead outside the dataset folder",
+        "row 3: ../private.jpg",
+        "row 4: ../../../../../../../../etc/passwd",
+        "--allow-outside-paths",
+    )
     assert not catalog.exists()
     table.loc[2, "path"] = table.loc[0, "path"]
     table.loc[2, "image_id"] = "copy"
@@ -146,10 +204,16 @@ def test_catalog_import_stays_inside_the_dataset_folder(shared_data, tmp_path):
 
 
 def test_evaluate_refuses_repeated_and_foreign_rows(tmp_path):
-    rows = [("d1", "A_a1", "database"), ("d2", "A_a2", "database"), ("q1", "A_a1", "query"),
-            ("q2", "A_a2", "query"), ("q3", "A_x", "query")]
+    rows = [
+        ("d1", "A_a1", "database"),
+        ("d2", "A_a2", "database"),
+        ("q1", "A_a1", "query"),
+        ("q2", "A_a2", "query"),
+        ("q3", "A_x", "query"),
+    ]
     pd.DataFrame(rows, columns=["image_id", "identity", "split"]).assign(path="none.jpg").to_csv(
-        tmp_path / "metadata.csv", index=False)
+        tmp_path / "metadata.csv", index=False
+    )
     wrong = pd.DataFrame({"image_id": ["q1", "q2", "q3"], "identity": ["A_a2", "A_a1", "A_a1"]})
     wrong.to_csv(tmp_path / "wrong.csv", index=False)
     scored = runner.invoke(app, ["evaluate", str(tmp_path), str(tmp_path / "wrong.csv"), "--json"])
@@ -157,9 +221,15 @@ def test_evaluate_refuses_repeated_and_foreign_rows(tmp_path):
     # Every query again with the right answer: it must not count (Kaggle rejects the file).
     right = pd.DataFrame({"image_id": ["q1", "q2", "q3"], "identity": ["A_a1", "A_a2", "new_individual"]})
     pd.concat([wrong, right]).to_csv(tmp_path / "repeated.csv", index=False)
-    _refused(["evaluate", str(tmp_path), str(tmp_path / "repeated.csv")],
-             "repeated.csv: 3 image id(s) appear more than once", "'q1' at row 2, row 5")
+    _refused(
+        ["evaluate", str(tmp_path), str(tmp_path / "repeated.csv")],
+        "repeated.csv: 3 image id(s) appear more than once",
+        "'q1' at row 2, row 5",
+    )
     pd.concat([right, pd.DataFrame({"image_id": ["d1", "zz"], "identity": ["A_a1", "A_a1"]})]).to_csv(
-        tmp_path / "extra.csv", index=False)
-    _refused(["evaluate", str(tmp_path), str(tmp_path / "extra.csv")],
-             "2 row(s) name images that are not queries of this dataset: row 5 ('d1'), row 6 ('zz')")
+        tmp_path / "extra.csv", index=False
+    )
+    _refused(
+        ["evaluate", str(tmp_path), str(tmp_path / "extra.csv")],
+        "2 row(s) name images that are not queries of this dataset: row 5 ('d1'), row 6 ('zz')",
+    )

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wildreid.data import (DatasetError, ImageReadError, decode_image, load_csv, load_dataset,
-                           load_folders, read_image)
+from wildreid.data import DatasetError, ImageReadError, decode_image, load_csv, load_dataset, load_folders, read_image
 
 
 def test_animalclef_metadata_groups_by_dataset(shared_data):
@@ -58,8 +57,9 @@ def _lion_folder(shared_data, folder, rows=6):
 
 def test_csv_with_custom_column_names(shared_data, tmp_path):
     path = _subset_csv(shared_data, tmp_path, path="file", identity="animal", split="role")
-    dataset = load_csv(path, path_column="file", identity_column="animal", split_column="role",
-                       allow_outside_paths=True)
+    dataset = load_csv(
+        path, path_column="file", identity_column="animal", split_column="role", allow_outside_paths=True
+    )
     assert len(dataset.table) == 12
     assert dataset.table["path"].map(lambda p: p.endswith(".jpg")).all()
     assert set(dataset.table["dataset"]) == {tmp_path.name}
@@ -125,7 +125,7 @@ def test_paths_outside_the_dataset_folder_are_refused(shared_data, tmp_path):
     folder = tmp_path / "mine"
     table = _lion_folder(shared_data, folder)
     (tmp_path / "secret.jpg").write_bytes((folder / table["path"][0]).read_bytes())
-    (folder / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")   # a link leading out
+    (folder / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")  # a link leading out
     table.loc[1, "path"] = "../../../../../../etc/passwd"
     table.loc[2, "path"] = str(tmp_path / "secret.jpg")
     table.loc[3, "path"] = "images/link.jpg"
@@ -134,11 +134,13 @@ def test_paths_outside_the_dataset_folder_are_refused(shared_data, tmp_path):
         load_dataset(folder)
     message = str(error.value)
     assert "3 image path(s) lead outside the dataset folder" in message and "--allow-outside-paths" in message
-    assert "row 3: ../../../../../../etc/passwd" in message and "row 4:" in message and "row 5: images/link.jpg" in message
+    assert (
+        "row 3: ../../../../../../etc/passwd" in message and "row 4:" in message and "row 5: images/link.jpg" in message
+    )
     assert "row 2:" not in message and "row 6:" not in message
     table.loc[1, "path"] = table.loc[0, "path"]
     table.to_csv(folder / "metadata.csv", index=False)
-    allowed = load_dataset(folder, allow_outside_paths=True)   # the user's explicit choice
+    allowed = load_dataset(folder, allow_outside_paths=True)  # the user's explicit choice
     assert allowed.table["path"][2] == str(tmp_path / "secret.jpg")
 
     (tmp_path / "db" / "A").mkdir(parents=True)
@@ -182,7 +184,7 @@ def test_symbolic_link_loops_are_explained(shared_data, tmp_path):
     (folder / "images" / "loop.jpg").symlink_to(folder / "images" / "loop.jpg")
     table.loc[2, "path"] = "images/loop.jpg"
     table.to_csv(folder / "metadata.csv", index=False)
-    with pytest.raises(DatasetError, match="1 image file.s. not found") as error:   # was a RuntimeError
+    with pytest.raises(DatasetError, match="1 image file.s. not found") as error:  # was a RuntimeError
         load_dataset(folder)
     assert "row 4" in str(error.value)
 
@@ -249,8 +251,11 @@ def test_truncated_empty_and_garbage_images(tmp_path, shared_data):
     (tmp_path / "truncated.jpg").write_bytes(real[: len(real) // 3])
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "garbage.jpg").write_bytes(b"this is not an image" * 50)
-    for name, reason in (("truncated.jpg", "truncated|cannot decode"), ("empty.jpg", "empty file"),
-                         ("garbage.jpg", "cannot decode")):
+    for name, reason in (
+        ("truncated.jpg", "truncated|cannot decode"),
+        ("empty.jpg", "empty file"),
+        ("garbage.jpg", "cannot decode"),
+    ):
         with pytest.raises(ImageReadError, match=reason) as error:
             read_image(tmp_path / name)
         assert name in str(error.value)
@@ -267,16 +272,16 @@ def test_unidentified_image_names_the_file_not_a_buffer():
 def test_huge_jpeg_decodes_within_the_memory_bound():
     from wildreid.data import MAX_DECODED_PIXELS
 
-    huge = _encode(Image.new("L", (14_000, 14_000), 90), "JPEG", quality=1)   # 196 Mpx, ~2 MB
+    huge = _encode(Image.new("L", (14_000, 14_000), 90), "JPEG", quality=1)  # 196 Mpx, ~2 MB
     decoded = decode_image(huge, "huge.jpg")
     assert decoded.size == (3500, 3500) and decoded.width * decoded.height <= MAX_DECODED_PIXELS
     assert abs(decoded.getpixel((10, 10))[0] - 90) < 12
-    drafted = decode_image(huge, "huge.jpg", draft_size=(448, 448))   # the fast path: smaller still
+    drafted = decode_image(huge, "huge.jpg", draft_size=(448, 448))  # the fast path: smaller still
     assert drafted.size == (1750, 1750)
-    wide_png = _encode(Image.new("RGB", (12_000, 2_500), "red"), "PNG")   # 30 Mpx, no DCT scaling
+    wide_png = _encode(Image.new("RGB", (12_000, 2_500), "red"), "PNG")  # 30 Mpx, no DCT scaling
     assert decode_image(wide_png, "wide.png").size == (6000, 1250)
     normal = _encode(Image.new("RGB", (6000, 4000), "red"), "JPEG", quality=5)
-    assert decode_image(normal, "camera.jpg").size == (6000, 4000)   # ordinary photos stay exact
+    assert decode_image(normal, "camera.jpg").size == (6000, 4000)  # ordinary photos stay exact
 
 
 def test_real_png_named_jpeg_bytes_decode(shared_data):

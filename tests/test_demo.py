@@ -16,8 +16,9 @@ from wildreid.demo import make_demo_dataset, make_individual, render_animal
 
 COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
 # A small data set keeps most tests fast; the default size is built once per module.
-SMALL = dict(n_known=4, n_new=2, database_per_individual=3, queries_per_known=2,
-             queries_per_new=2, image_size=96, seed=7)
+SMALL = dict(
+    n_known=4, n_new=2, database_per_individual=3, queries_per_known=2, queries_per_new=2, image_size=96, seed=7
+)
 
 
 def _pixels(root, rel_path) -> np.ndarray:
@@ -103,16 +104,14 @@ def test_same_arguments_give_identical_output(tmp_path):
     df = pd.read_csv(meta_a)
     for rel in df.path:
         assert np.array_equal(_pixels(tmp_path / "a", rel), _pixels(tmp_path / "b", rel))
-    assert (tmp_path / "a" / "demo_params.json").read_bytes() == \
-        (tmp_path / "b" / "demo_params.json").read_bytes()
+    assert (tmp_path / "a" / "demo_params.json").read_bytes() == (tmp_path / "b" / "demo_params.json").read_bytes()
 
 
 def test_other_seed_gives_other_data(tmp_path):
     meta_a = make_demo_dataset(tmp_path / "a", **SMALL)
     meta_b = make_demo_dataset(tmp_path / "b", **{**SMALL, "seed": 8})
     assert meta_a.read_bytes() != meta_b.read_bytes()
-    assert not np.array_equal(_pixels(tmp_path / "a", "images/0.jpg"),
-                              _pixels(tmp_path / "b", "images/0.jpg"))
+    assert not np.array_equal(_pixels(tmp_path / "a", "images/0.jpg"), _pixels(tmp_path / "b", "images/0.jpg"))
 
 
 def test_small_counts_and_names(tmp_path):
@@ -151,11 +150,17 @@ def test_individual_rendering_is_deterministic():
 def test_second_call_is_a_no_op(tmp_path):
     meta = make_demo_dataset(tmp_path, **SMALL)
     first_image = tmp_path / "images" / "0.jpg"
-    before = (meta.stat().st_mtime_ns, first_image.stat().st_mtime_ns,
-              (tmp_path / "demo_params.json").stat().st_mtime_ns)
+    before = (
+        meta.stat().st_mtime_ns,
+        first_image.stat().st_mtime_ns,
+        (tmp_path / "demo_params.json").stat().st_mtime_ns,
+    )
     assert make_demo_dataset(tmp_path, **SMALL) == meta
-    after = (meta.stat().st_mtime_ns, first_image.stat().st_mtime_ns,
-             (tmp_path / "demo_params.json").stat().st_mtime_ns)
+    after = (
+        meta.stat().st_mtime_ns,
+        first_image.stat().st_mtime_ns,
+        (tmp_path / "demo_params.json").stat().st_mtime_ns,
+    )
     assert before == after
 
 
@@ -168,8 +173,7 @@ def test_changed_parameters_regenerate(tmp_path):
     df = pd.read_csv(meta)
     assert len(df) == 2 * 3 + 2 * 2 + 1 * 2
     # Old images beyond the new count are gone, and no temporary folder is left.
-    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == \
-        sorted(f"{i}.jpg" for i in df.image_id)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(f"{i}.jpg" for i in df.image_id)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_params.json", "images", "metadata.csv"]
     params = json.loads((tmp_path / "demo_params.json").read_text())
     assert params["seed"] == 1 and params["n_known"] == 2

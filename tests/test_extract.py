@@ -23,9 +23,18 @@ from PIL import Image
 from wildreid import device_decode
 from wildreid.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess, load_backbone
 from wildreid.data import decode_image
+from wildreid.device_decode import (
+    Encoded,
+    Failed,
+    Ready,
+    assemble,
+    decode_jpegs,
+    in_background,
+    jpeg_orientation,
+    orient,
+    read_item,
+)
 from wildreid.extract import APPROXIMATE_SUFFIX, FAST, EmbeddingCache, extract_embeddings, image_to_tensor
-from wildreid.device_decode import (Encoded, Failed, Ready, assemble, decode_jpegs, in_background,
-                                 jpeg_orientation, orient, read_item)
 from wildreid.inference import CPU_BATCH_SIZE, TorchRunner, auto_batch_size, choose_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,8 +117,7 @@ def test_reference_path_is_bit_exact_with_torchvision_transforms(lite0_backbone,
         assert torch.equal(image_to_tensor(image, preprocess), expected)
 
     with torch.inference_mode():
-        expected = torch.cat([backbone.model(torch.stack(expected_inputs[i:i + 4]))
-                              for i in (0, 4)]).numpy()
+        expected = torch.cat([backbone.model(torch.stack(expected_inputs[i : i + 4])) for i in (0, 4)]).numpy()
     extraction = extract_embeddings(paths, backbone, batch_size=4, num_workers=0, progress=False)
     assert np.array_equal(extraction.embeddings, expected)
     assert extraction.settings["agreement"] is None  # nothing approximate ran, nothing checked
@@ -161,8 +169,12 @@ def test_killed_run_leaves_a_usable_cache_and_the_next_run_resumes(tiny_backbone
     listing = tmp_path / "paths.txt"
     listing.write_text("\n".join(paths))
     folder = cache_dir / tiny_backbone.cache_key
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(listing), str(cache_dir)],
-                             env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(listing), str(cache_dir)],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 90
     while not list(folder.glob("shard-*.npz")) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -182,8 +194,7 @@ def test_killed_run_leaves_a_usable_cache_and_the_next_run_resumes(tiny_backbone
     assert len(EmbeddingCache(cache_dir, tiny_backbone.cache_key).load()) == 150
 
 
-def test_a_kill_loses_seconds_of_work_not_everything_below_flush_every(tiny_backbone, tmp_path, cache_dir,
-                                                                       monkeypatch):
+def test_a_kill_loses_seconds_of_work_not_everything_below_flush_every(tiny_backbone, tmp_path, cache_dir, monkeypatch):
     """The cache is also written every FLUSH_SECONDS, so a small run killed late keeps its vectors
     (it used to be written only every 512 images, and a kill runs no clean-up)."""
     from wildreid import extract
@@ -192,22 +203,22 @@ def test_a_kill_loses_seconds_of_work_not_everything_below_flush_every(tiny_back
     folder = cache_dir / tiny_backbone.cache_key
     on_disk_at_kill: list[set[str]] = []
 
-    def snapshot(module, inputs, output):   # what a SIGKILL at this moment would leave behind
+    def snapshot(module, inputs, output):  # what a SIGKILL at this moment would leave behind
         names = set()
         for shard in folder.glob("shard-*.npz"):
             with np.load(shard) as content:
                 names.update(content["hashes"].tolist())
         on_disk_at_kill.append(names)
 
-    monkeypatch.setattr(extract, "FLUSH_SECONDS", 0.0)   # as if every batch took longer than that
+    monkeypatch.setattr(extract, "FLUSH_SECONDS", 0.0)  # as if every batch took longer than that
     hook = tiny_backbone.model.register_forward_hook(snapshot)
     try:
         extract_embeddings(paths, tiny_backbone, cache_dir=cache_dir, batch_size=5, progress=False)
     finally:
         hook.remove()
-    assert len(on_disk_at_kill) == 6 and len(on_disk_at_kill[-1]) >= 20   # all but the batches in flight
+    assert len(on_disk_at_kill) == 6 and len(on_disk_at_kill[-1]) >= 20  # all but the batches in flight
 
-    fast = tmp_path / "fast-cache"   # a run quicker than FLUSH_SECONDS writes one shard, as before
+    fast = tmp_path / "fast-cache"  # a run quicker than FLUSH_SECONDS writes one shard, as before
     monkeypatch.setattr(extract, "FLUSH_SECONDS", 3600.0)
     extract_embeddings(paths, tiny_backbone, cache_dir=fast, batch_size=5, progress=False)
     assert len(list((fast / tiny_backbone.cache_key).glob("shard-*.npz"))) == 1
@@ -237,8 +248,9 @@ def broken_and_good(tmp_path) -> tuple[list[str], dict[int, str]]:
 @pytest.mark.parametrize("decode", ["exact", "fast", "device"])
 def test_unreadable_images_are_skipped_and_reported(tiny_backbone, broken_and_good, cache_dir, decode):
     paths, broken = broken_and_good
-    extraction = extract_embeddings(paths, tiny_backbone, cache_dir=cache_dir, decode=decode,
-                                    batch_size=3, progress=False)
+    extraction = extract_embeddings(
+        paths, tiny_backbone, cache_dir=cache_dir, decode=decode, batch_size=3, progress=False
+    )
     assert sorted(extraction.failures) == sorted(broken)
     for row, word in broken.items():
         assert word in extraction.failures[row]
@@ -301,8 +313,15 @@ def test_disagreeing_approximation_falls_back_to_exact_fp32(tiny_backbone, tmp_p
     paths = _write_photos(tmp_path / "images", 6)
     exact = extract_embeddings(paths, tiny_backbone, batch_size=4, progress=False)
     with pytest.warns(RuntimeWarning, match="agree with the exact fp32 model only"):
-        run = extract_embeddings(paths, tiny_backbone, batch_size=4, precision="bf16",
-                                 min_agreement=1.01, cache_dir=tmp_path / "cache", progress=False)
+        run = extract_embeddings(
+            paths,
+            tiny_backbone,
+            batch_size=4,
+            precision="bf16",
+            min_agreement=1.01,
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
     assert run.settings["fell_back"] and run.settings["precision"] == "fp32"
     assert np.array_equal(run.embeddings, exact.embeddings)
     # What ran was the exact path, so its vectors serve later exact runs.
@@ -348,6 +367,7 @@ def test_compiled_runs_pad_every_batch_to_one_shape(monkeypatch, tmp_path):
         def forward(images):
             shapes.append(tuple(images.shape))
             return model(images)
+
         return forward
 
     monkeypatch.setattr(inference, "_compiled", recording_compile)
@@ -366,6 +386,7 @@ def test_a_failing_compiler_costs_speed_not_the_run(monkeypatch, tmp_path):
     def broken_compile(model):
         def forward(images):
             raise RuntimeError("no C++ compiler")
+
         return forward
 
     monkeypatch.setattr(inference, "_compiled", broken_compile)
@@ -380,8 +401,13 @@ def test_a_failing_compiler_costs_speed_not_the_run(monkeypatch, tmp_path):
 
 def test_options_are_checked():
     backbone = Backbone("fragile", _Fragile(), Preprocess((8, 8), IMAGENET_MEAN, IMAGENET_STD), "test", 3)
-    for options in (dict(decode="gpu"), dict(precision="int8"), dict(engine="tensorrt"),
-                    dict(compile="yes"), dict(engine="onnxruntime", precision="bf16")):
+    for options in (
+        dict(decode="gpu"),
+        dict(precision="int8"),
+        dict(engine="tensorrt"),
+        dict(compile="yes"),
+        dict(engine="onnxruntime", precision="bf16"),
+    ):
         with pytest.raises(ValueError):
             extract_embeddings(["x.jpg"], backbone, progress=False, **options)
 
@@ -410,7 +436,7 @@ def test_only_plain_complete_jpegs_go_to_the_device_decoder():
     photo.save(png, "PNG")
     plain = _jpeg_bytes(photo)
     assert jpeg_orientation(plain) == 1
-    assert jpeg_orientation(plain + b"\x00\x00") == 1        # zero padding after the end marker
+    assert jpeg_orientation(plain + b"\x00\x00") == 1  # zero padding after the end marker
     assert jpeg_orientation(png.getvalue()) is None
     assert jpeg_orientation(_jpeg_bytes(photo, progressive=True)) is None
     assert jpeg_orientation(_jpeg_bytes(photo.convert("CMYK"))) is None
@@ -418,7 +444,7 @@ def test_only_plain_complete_jpegs_go_to_the_device_decoder():
     assert jpeg_orientation(plain[: len(plain) // 2]) is None  # truncated: PIL reports it
     assert jpeg_orientation(b"\xff\xd8 not really a jpeg \xff\xd9") is None
     exif = Image.Exif()
-    exif[0x0112] = 42                                        # out of range: ignored, as PIL does
+    exif[0x0112] = 42  # out of range: ignored, as PIL does
     assert jpeg_orientation(_jpeg_bytes(photo, exif=exif)) == 1
 
 
@@ -445,12 +471,15 @@ def test_assemble_keeps_order_and_sends_refused_jpegs_to_the_cpu_path(monkeypatc
         return image_to_tensor(decode_image(data, name), preprocess)
 
     datas = [_jpeg_bytes(_photo(seed)) for seed in range(3)]
-    items = [Encoded(row, f"{row}.jpg", torch.frombuffer(bytearray(data), dtype=torch.uint8), 1)
-             for row, data in enumerate(datas)]
+    items = [
+        Encoded(row, f"{row}.jpg", torch.frombuffer(bytearray(data), dtype=torch.uint8), 1)
+        for row, data in enumerate(datas)
+    ]
     items.insert(1, Failed(7, "broken"))
     items.append(Ready(9, cpu_path(datas[0], "ready")))
 
     real = device_decode.decode_jpegs
+
     # nvJPEG refusing the middle JPEG: the CPU path must decode it instead.
     def refusing(encoded, device):
         return [None if index == 1 else image for index, image in enumerate(real(encoded, device))]
@@ -507,11 +536,11 @@ def test_in_background_hands_over_items_errors_and_stops_early():
 
 def test_batch_size_from_free_memory():
     gigabyte = 1 << 30
-    assert choose_batch_size(140 * gigabyte, 200 << 20) == 128          # capped
-    assert choose_batch_size(10 * gigabyte, 200 << 20) == 24            # 25.6 fit in half: 24
+    assert choose_batch_size(140 * gigabyte, 200 << 20) == 128  # capped
+    assert choose_batch_size(10 * gigabyte, 200 << 20) == 24  # 25.6 fit in half: 24
     assert choose_batch_size(10 * gigabyte, 200 << 20, fraction=0.9) == 40
-    assert choose_batch_size(gigabyte, 200 << 20) == 2                  # below 8: not rounded
-    assert choose_batch_size(100 << 20, 200 << 20) == 1                 # never zero
+    assert choose_batch_size(gigabyte, 200 << 20) == 2  # below 8: not rounded
+    assert choose_batch_size(100 << 20, 200 << 20) == 1  # never zero
     assert choose_batch_size(140 * gigabyte, 200 << 20, maximum=256) == 256
 
 
@@ -527,10 +556,29 @@ def test_auto_batch_size_on_a_cpu(tiny_backbone):
 def test_cpu_benchmark_script_reports_speed_and_agreement(tmp_path):
     out = tmp_path / "bench.json"
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "extract_cpu.py"), "--model", "random:resnet18",
-         "--images", "16", "--size", "64", "--repeat", "1", "--variants", "decode=fast", "--out", str(out),
-         "--workdir", str(tmp_path)],
-        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "extract_cpu.py"),
+            "--model",
+            "random:resnet18",
+            "--images",
+            "16",
+            "--size",
+            "64",
+            "--repeat",
+            "1",
+            "--variants",
+            "decode=fast",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "SUMMARY reference" in completed.stdout
     results = json.loads(out.read_text())

@@ -30,15 +30,17 @@ def test_rootsift_finds_a_warped_copy_and_not_another_animal(nyala_photos):
     method = get_method("rootsift", max_keypoints=512, max_side=480)
     photo, other = nyala_photos[0], nyala_photos[2]
     warped = photo.rotate(12, resample=Image.BICUBIC, expand=True).resize(
-        (int(photo.width * 0.8), int(photo.height * 0.8)))
+        (int(photo.width * 0.8), int(photo.height * 0.8))
+    )
     a, b, c = method.extract(photo), method.extract(warped), method.extract(other)
     assert len(a) > 100 and a.descriptors.shape[1] == 128
     assert np.allclose(np.linalg.norm(a.descriptors, axis=1), 1, atol=1e-3)  # RootSIFT is unit length
     same = method.match(a, b)
     inliers_same, _ = count_inliers(a.keypoints[same[:, 0]], b.keypoints[same[:, 1]])
     different = method.match(a, c)
-    inliers_different = count_inliers(a.keypoints[different[:, 0]], c.keypoints[different[:, 1]])[0] \
-        if len(different) else 0
+    inliers_different = (
+        count_inliers(a.keypoints[different[:, 0]], c.keypoints[different[:, 1]])[0] if len(different) else 0
+    )
     assert inliers_same > 50 and inliers_same > 5 * max(inliers_different, 1)
 
 
@@ -71,8 +73,8 @@ def test_lnbnn_prefers_shared_distinctive_keypoints():
     def features(descriptors):
         return LocalFeatures(np.zeros((len(descriptors), 2), np.float32), descriptors.astype(np.float32), 1.0)
 
-    marks = rng.normal(size=(40, 16))           # distinctive marks of one animal
-    background = rng.normal(size=(10, 16))      # texture found in every photo
+    marks = rng.normal(size=(40, 16))  # distinctive marks of one animal
+    background = rng.normal(size=(10, 16))  # texture found in every photo
     database = [features(np.vstack([marks + rng.normal(scale=0.05, size=marks.shape), background]))]
     database += [features(np.vstack([rng.normal(size=(40, 16)), background])) for _ in range(5)]
     query = features(np.vstack([marks + rng.normal(scale=0.05, size=marks.shape), background]))
@@ -101,8 +103,9 @@ def test_shortlist_unions_both_rankings_and_respects_exclusions():
     pairs = shortlist_pairs(index, query_vectors, query, KeypointIndex(database), database, None, settings)
     assert list(zip(pairs.queries.tolist(), pairs.images.tolist())) == [(0, 1), (0, 4)]
     assert pairs.raw["lnbnn"][1] > pairs.raw["lnbnn"][0] and pairs.raw["cosine"][0] > 0.99
-    excluded = shortlist_pairs(index, query_vectors, query, KeypointIndex(database), database, None, settings,
-                               excluded=[{1, 4}])
+    excluded = shortlist_pairs(
+        index, query_vectors, query, KeypointIndex(database), database, None, settings, excluded=[{1, 4}]
+    )
     assert not ({1, 4} & set(excluded.images.tolist())) and len(excluded.images) == 2
 
 
@@ -121,7 +124,6 @@ def test_calibration_monotone_probabilities_and_round_trip():
     assert np.allclose(again.probability("cosine", cosine), calibration.probability("cosine", cosine))
 
 
-
 def test_calibration_keeps_the_raw_order_inside_flat_steps():
     """Isotonic steps must not tie a query's candidates: the better raw score still ranks first,
     and no probability moves by more than the tie-break weight."""
@@ -131,7 +133,7 @@ def test_calibration_keeps_the_raw_order_inside_flat_steps():
     calibration = Calibration.fit({"cosine": cosine}, same)
     xs, ys = calibration.knots["cosine"]
     assert len(np.unique(ys)) < len(ys)  # the fit does have flat steps
-    grid = np.linspace(-4, 4, 1001)      # also beyond both ends, where the map is clipped
+    grid = np.linspace(-4, 4, 1001)  # also beyond both ends, where the map is clipped
     probability = calibration.probability("cosine", grid)
     assert np.all(np.diff(probability) > 0)
     assert np.abs(probability - np.interp(grid, xs, ys)).max() <= 1e-6
@@ -140,6 +142,7 @@ def test_calibration_keeps_the_raw_order_inside_flat_steps():
     low, high = xs[flat] + 0.25 * (xs[flat + 1] - xs[flat]), xs[flat] + 0.75 * (xs[flat + 1] - xs[flat])
     fused = calibration.fuse({"cosine": np.array([low, high])})
     assert fused[1] > fused[0]
+
 
 def test_threshold_simulation_on_sparse_scores():
     """Only anchor rows carry scores: the simulation asks only those."""
@@ -158,7 +161,7 @@ def test_threshold_simulation_ignores_rounds_without_new_queries():
     identities = np.repeat([f"i{k}" for k in range(20)], 3)
     scores = np.where(identities[:, None] == identities[None, :], 0.9, 0.2)
     scored = np.zeros(len(identities), dtype=bool)
-    scored[[0, 1, 3, 4]] = True   # two identities only: most rounds hold out neither as new
+    scored[[0, 1, 3, 4]] = True  # two identities only: most rounds hold out neither as new
     choice = choose_threshold(Neighbours.from_dense(scores, scored), identities)
     assert np.isfinite(choice.simulated_baus) and np.isfinite(choice.simulated_baks)
     assert 0.2 < choice.threshold <= 0.9 and choice.simulated_score > 0.95

@@ -36,7 +36,9 @@ def lions(shared_data) -> pd.DataFrame:
     """16 LionData identities: their database photos and queries (some of them new individuals)."""
     table = load_dataset(shared_data / "LionData").table
     known = table[table["split"] == "database"]["identity"].drop_duplicates().head(12).tolist()
-    new = sorted(set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"]))
+    new = sorted(
+        set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"])
+    )
     return table[table["identity"].isin(known + new[:4])].reset_index(drop=True)
 
 
@@ -67,13 +69,15 @@ def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, 
 
 
 def test_a_gallery_refuses_another_descriptor_preset_or_format(lions, cache, tmp_path, lite0_backbone):
-    built = Gallery.build(lions[lions["split"] == "database"], OFFLINE, backbone=lite0_backbone, cache_dir=cache,
-                          progress=False)
+    built = Gallery.build(
+        lions[lions["split"] == "database"], OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False
+    )
     built.save(tmp_path / "g")
     with pytest.raises(GalleryError, match="built with preset 'offline', not 'fusion'.*--preset offline"):
         Gallery.load(tmp_path / "g", backbone=lite0_backbone, preset="fusion")
-    other = type(lite0_backbone)("another-model", lite0_backbone.model, lite0_backbone.preprocess, "other-weights",
-                                 lite0_backbone.dim)
+    other = type(lite0_backbone)(
+        "another-model", lite0_backbone.model, lite0_backbone.preprocess, "other-weights", lite0_backbone.dim
+    )
     with pytest.raises(GalleryError, match="built with descriptor efficientnet-lite0.*not be comparable"):
         Gallery.load(tmp_path / "g", backbone=other)
     record = json.loads((tmp_path / "g" / "gallery.json").read_text())
@@ -95,7 +99,7 @@ def test_added_photos_are_matched_without_refitting_until_the_gallery_has_grown(
     gallery = Gallery.build(first, OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
     fit = gallery.groups["LionData"].fit
     newcomer = database[database["identity"] == identities[9]]
-    probe, rest = newcomer.iloc[[0]], newcomer   # the probe is one of the photos added
+    probe, rest = newcomer.iloc[[0]], newcomer  # the probe is one of the photos added
     before = gallery.identify(probe, cache_dir=cache, progress=False)
     assert identities[9] not in set(before.ranking.identities[0])
     added = gallery.add(rest, cache_dir=cache, progress=False)
@@ -103,7 +107,7 @@ def test_added_photos_are_matched_without_refitting_until_the_gallery_has_grown(
     assert gallery.groups["LionData"].fit is fit and gallery.groups["LionData"].index.size == len(first) + len(rest)
     after = gallery.identify(probe, cache_dir=cache, progress=False)
     assert after.ranking.identities[0, 0] == identities[9] and after.ranking.scores[0, 0] > 0.999
-    assert gallery.add(rest, cache_dir=cache, progress=False)["skipped_duplicates"] == len(rest)   # same bytes
+    assert gallery.add(rest, cache_dir=cache, progress=False)["skipped_duplicates"] == len(rest)  # same bytes
     # Grown by REFIT_GROWTH since the fit: refitted, and the fit says on how many photos.
     more = database[database["identity"].isin(identities[10:])]
     assert len(first) + len(rest) + len(more) >= (1 + REFIT_GROWTH) * len(first)
@@ -116,8 +120,9 @@ def test_single_identity_threshold_is_said_not_silent(lions, cache, lite0_backbo
     one = database[database["identity"] == database["identity"].iloc[0]]
     gallery = Gallery.build(one, OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
     assert gallery.groups["LionData"].fit.threshold == -np.inf
-    assert any("no new_individual threshold could be chosen" in note and "--threshold" in note
-               for note in gallery.notes)
+    assert any(
+        "no new_individual threshold could be chosen" in note and "--threshold" in note for note in gallery.notes
+    )
 
 
 def test_ranking_from_the_nearest_photos_equals_ranking_over_all(lions, cache, lite0_backbone, monkeypatch):
@@ -166,7 +171,7 @@ def test_ivf_index_above_the_exact_limit_finds_the_neighbours_and_grows():
     assert recall > 0.9
     np.testing.assert_allclose(approximate.vectors(np.arange(5)), vectors[:5], atol=1e-6)
     small = VectorIndex.build(vectors[:900], exact_limit=1000)
-    small.add(vectors[900:1200], exact_limit=1000)   # outgrows the exact limit: rebuilt as IVF once
+    small.add(vectors[900:1200], exact_limit=1000)  # outgrows the exact limit: rebuilt as IVF once
     assert not small.exact and small.size == 1200
     np.testing.assert_allclose(small.vectors(np.array([1100])), vectors[[1100]], atol=1e-6)
 
@@ -180,15 +185,31 @@ def test_cli_build_info_add_and_identify_against_a_gallery(lions, cache, tmp_pat
     identities = database["identity"].drop_duplicates().tolist()
     folder = tmp_path / "data"
     folder.mkdir()
-    for name, rows in (("first.csv", database[database["identity"].isin(identities[:10])]),
-                       ("more.csv", database[~database["identity"].isin(identities[:10])])):
+    for name, rows in (
+        ("first.csv", database[database["identity"].isin(identities[:10])]),
+        ("more.csv", database[~database["identity"].isin(identities[:10])]),
+    ):
         rows.assign(path=[os.path.relpath(p, folder) for p in rows["path"]]).to_csv(folder / name, index=False)
     runner, environment = CliRunner(), {"WILDREID_CACHE": str(cache)}
-    built = runner.invoke(app, ["gallery", "build", str(folder / "first.csv"), "--out", str(tmp_path / "g"),
-                                "--allow-outside-paths"], env=environment)
+    built = runner.invoke(
+        app,
+        ["gallery", "build", str(folder / "first.csv"), "--out", str(tmp_path / "g"), "--allow-outside-paths"],
+        env=environment,
+    )
     assert built.exit_code == 0, built.output
-    added = runner.invoke(app, ["gallery", "add", str(folder / "more.csv"), "--gallery", str(tmp_path / "g"),
-                                "--no-refit", "--allow-outside-paths"], env=environment)
+    added = runner.invoke(
+        app,
+        [
+            "gallery",
+            "add",
+            str(folder / "more.csv"),
+            "--gallery",
+            str(tmp_path / "g"),
+            "--no-refit",
+            "--allow-outside-paths",
+        ],
+        env=environment,
+    )
     assert added.exit_code == 0, added.output
     assert "refitted: nothing" in added.output
     info = runner.invoke(app, ["gallery", "info", str(tmp_path / "g"), "--json"])
@@ -198,17 +219,44 @@ def test_cli_build_info_add_and_identify_against_a_gallery(lions, cache, tmp_pat
     queries.mkdir()
     for path in lions[lions["split"] == "query"]["path"].head(4):
         (queries / Path(path).name).write_bytes(Path(path).read_bytes())
-    answered = runner.invoke(app, ["identify", str(queries), "--gallery", str(tmp_path / "g"),
-                                   "--out", str(tmp_path / "run")], env=environment)
+    answered = runner.invoke(
+        app,
+        ["identify", str(queries), "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "run")],
+        env=environment,
+    )
     assert answered.exit_code == 0, answered.output
     candidates = pd.read_csv(tmp_path / "run" / "candidates.csv")
     assert len(candidates) == 4 and candidates["identity_1"].notna().all()
-    wrong = runner.invoke(app, ["identify", str(queries), "--gallery", str(tmp_path / "g"), "--preset", "fusion",
-                                "--out", str(tmp_path / "run2")], env=environment)
-    said = " ".join(wrong.output.split())   # rich wraps lines at the terminal's width
+    wrong = runner.invoke(
+        app,
+        [
+            "identify",
+            str(queries),
+            "--gallery",
+            str(tmp_path / "g"),
+            "--preset",
+            "fusion",
+            "--out",
+            str(tmp_path / "run2"),
+        ],
+        env=environment,
+    )
+    said = " ".join(wrong.output.split())  # rich wraps lines at the terminal's width
     assert wrong.exit_code == 2 and "built with preset 'offline'" in said and "Traceback" not in said
-    bad = runner.invoke(app, ["identify", str(queries), "--gallery", str(tmp_path / "g"), "--threshold", "nan",
-                              "--out", str(tmp_path / "run3")], env=environment)
+    bad = runner.invoke(
+        app,
+        [
+            "identify",
+            str(queries),
+            "--gallery",
+            str(tmp_path / "g"),
+            "--threshold",
+            "nan",
+            "--out",
+            str(tmp_path / "run3"),
+        ],
+        env=environment,
+    )
     assert bad.exit_code == 2 and "threshold" in bad.output
 
 
@@ -219,8 +267,9 @@ def test_cli_build_info_add_and_identify_against_a_gallery(lions, cache, tmp_pat
 @pytest.fixture(scope="module")
 def saved_gallery(lions, cache, tmp_path_factory, lite0_backbone) -> Path:
     folder = tmp_path_factory.mktemp("watch") / "g"
-    Gallery.build(lions[lions["split"] == "database"], OFFLINE, backbone=lite0_backbone, cache_dir=cache,
-                  progress=False).save(folder)
+    Gallery.build(
+        lions[lions["split"] == "database"], OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False
+    ).save(folder)
     return folder
 
 
@@ -233,15 +282,15 @@ def test_watch_reads_settled_photos_once_and_reports_bad_ones(saved_gallery, lio
     watcher = Watcher(incoming, out, gallery, cache_dir=cache, settle_seconds=1.0, report=lines.append)
     (incoming / "a.jpg").write_bytes(photos[0].read_bytes())
     data = photos[1].read_bytes()
-    with open(incoming / "b.jpg", "wb") as growing:      # still being copied
+    with open(incoming / "b.jpg", "wb") as growing:  # still being copied
         growing.write(data[: len(data) // 2])
         growing.flush()
-        assert watcher.poll() == 0                        # first sight: nothing is read yet
+        assert watcher.poll() == 0  # first sight: nothing is read yet
         time.sleep(0.5)
-        assert watcher.poll() == 0                        # not settled for a second yet
-        growing.write(data[len(data) // 2:])
+        assert watcher.poll() == 0  # not settled for a second yet
+        growing.write(data[len(data) // 2 :])
     time.sleep(0.6)
-    assert watcher.poll() == 1                            # a.jpg; b.jpg changed since the last look
+    assert watcher.poll() == 1  # a.jpg; b.jpg changed since the last look
     assert watcher.done == {"a.jpg"}
     (incoming / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     deadline = time.time() + 10
@@ -250,12 +299,19 @@ def test_watch_reads_settled_photos_once_and_reports_bad_ones(saved_gallery, lio
         time.sleep(0.1)
     results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
     assert sorted(results["image_id"]) == ["a.jpg", "b.jpg", "broken.jpg"]
-    assert results.set_index("image_id").loc["b.jpg", "flags"] == ""        # read whole, not half
+    assert results.set_index("image_id").loc["b.jpg", "flags"] == ""  # read whole, not half
     assert results.set_index("image_id").loc["broken.jpg", "flags"] == "unreadable_image"
     assert any(line.startswith("skipped broken.jpg") for line in lines)
-    assert list(results.columns[:7]) == ["image_id", "dataset", "prediction", "top1_score", "threshold", "flags",
-                                         "error"]
-    assert watcher.poll() == 0 and len(pd.read_csv(out / RESULTS)) == 3     # nothing twice
+    assert list(results.columns[:7]) == [
+        "image_id",
+        "dataset",
+        "prediction",
+        "top1_score",
+        "threshold",
+        "flags",
+        "error",
+    ]
+    assert watcher.poll() == 0 and len(pd.read_csv(out / RESULTS)) == 3  # nothing twice
 
 
 def test_watch_killed_and_restarted_loses_no_photo_and_repeats_none(saved_gallery, lions, cache, tmp_path):
@@ -267,8 +323,23 @@ def test_watch_killed_and_restarted_loses_no_photo_and_repeats_none(saved_galler
     old = time.time() - 60
     for file in incoming.iterdir():
         os.utime(file, (old, old))
-    command = [sys.executable, "-m", "wildreid", "watch", str(incoming), "--out", str(out), "--gallery",
-               str(saved_gallery), "--settle-seconds", "0", "--poll-seconds", "0.1", "--cache-dir", str(cache)]
+    command = [
+        sys.executable,
+        "-m",
+        "wildreid",
+        "watch",
+        str(incoming),
+        "--out",
+        str(out),
+        "--gallery",
+        str(saved_gallery),
+        "--settle-seconds",
+        "0",
+        "--poll-seconds",
+        "0.1",
+        "--cache-dir",
+        str(cache),
+    ]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     deadline = time.time() + 180
@@ -280,7 +351,7 @@ def test_watch_killed_and_restarted_loses_no_photo_and_repeats_none(saved_galler
     process.wait()
     recorded = len((out / RESULTS).read_text().splitlines()) - 1
     assert 0 < recorded < len(photos), "the watcher was not killed mid-way"
-    with open(out / RESULTS, "ab") as torn:                 # as if killed inside a write
+    with open(out / RESULTS, "ab") as torn:  # as if killed inside a write
         torn.write(b"999.jpg,LionData,Lion")
     finished = subprocess.run(command + ["--once"], capture_output=True, text=True, env=environment, timeout=300)
     assert finished.returncode == 0, finished.stderr

@@ -46,10 +46,14 @@ def test_geometric_score_nan_is_zero():
 def _toy_dataset() -> Dataset:
     rows = [
         # dataset A: database a1, a2; queries: a1 x2 (known), x (new) x1
-        ("d1", "A_a1", "database", "A"), ("d2", "A_a2", "database", "A"),
-        ("q1", "A_a1", "query", "A"), ("q2", "A_a1", "query", "A"), ("q3", "A_x", "query", "A"),
+        ("d1", "A_a1", "database", "A"),
+        ("d2", "A_a2", "database", "A"),
+        ("q1", "A_a1", "query", "A"),
+        ("q2", "A_a1", "query", "A"),
+        ("q3", "A_x", "query", "A"),
         # dataset B: database b1; queries b1 (known) only -> BAUS NaN -> score 0
-        ("d3", "B_b1", "database", "B"), ("q4", "B_b1", "query", "B"),
+        ("d3", "B_b1", "database", "B"),
+        ("q4", "B_b1", "query", "B"),
     ]
     table = pd.DataFrame(rows, columns=["image_id", "identity", "split", "dataset"])
     table["path"] = ""
@@ -57,8 +61,9 @@ def _toy_dataset() -> Dataset:
 
 
 def test_evaluate_per_dataset_and_mean():
-    predictions = pd.DataFrame({"image_id": ["q1", "q2", "q3", "q4"],
-                                "identity": ["A_a1", "new_individual", "new_individual", "B_b1"]})
+    predictions = pd.DataFrame(
+        {"image_id": ["q1", "q2", "q3", "q4"], "identity": ["A_a1", "new_individual", "new_individual", "B_b1"]}
+    )
     figures = evaluate(_toy_dataset(), predictions)
     a, b = figures["per_dataset"]["A"], figures["per_dataset"]["B"]
     assert a["baks"] == 0.5 and a["baus"] == 1.0 and a["score"] == pytest.approx(math.sqrt(0.5))
@@ -68,14 +73,17 @@ def test_evaluate_per_dataset_and_mean():
 
 
 def test_evaluate_top_k_and_auc():
-    predictions = pd.DataFrame({"image_id": ["q1", "q2", "q3", "q4"],
-                                "identity": ["A_a1", "A_a2", "new_individual", "B_b1"]})
-    candidates = pd.DataFrame({
-        "image_id": ["q1", "q2", "q3", "q4"],
-        "top1_score": [0.9, 0.8, 0.3, 0.7],
-        "identity_1": ["A_a1", "A_a2", "A_a1", "B_b1"],
-        "identity_2": ["A_a2", "A_a1", "A_a2", None],
-    })
+    predictions = pd.DataFrame(
+        {"image_id": ["q1", "q2", "q3", "q4"], "identity": ["A_a1", "A_a2", "new_individual", "B_b1"]}
+    )
+    candidates = pd.DataFrame(
+        {
+            "image_id": ["q1", "q2", "q3", "q4"],
+            "top1_score": [0.9, 0.8, 0.3, 0.7],
+            "identity_1": ["A_a1", "A_a2", "A_a1", "B_b1"],
+            "identity_2": ["A_a2", "A_a1", "A_a2", None],
+        }
+    )
     figures = evaluate(_toy_dataset(), predictions, candidates)["per_dataset"]["A"]
     assert figures["top1"] == 0.5 and figures["top5"] == 1.0
     assert figures["auc_new_vs_known"] == 1.0  # the new query has the lowest score
@@ -88,8 +96,7 @@ def test_evaluate_requires_every_query():
 
 
 def test_evaluate_refuses_repeated_and_foreign_predictions():
-    predictions = pd.DataFrame({"image_id": ["q1", "q2", "q3", "q4"],
-                                "identity": ["A_a2", "A_a2", "A_a1", "B_b1"]})
+    predictions = pd.DataFrame({"image_id": ["q1", "q2", "q3", "q4"], "identity": ["A_a2", "A_a2", "A_a1", "B_b1"]})
     repeated = pd.concat([predictions, predictions.assign(identity=["A_a1", "A_a1", "new_individual", "B_b1"])])
     with pytest.raises(ValueError, match="4 image id.s. appear more than once"):
         evaluate(_toy_dataset(), repeated.reset_index(drop=True))

@@ -29,8 +29,13 @@ def result(shared_data, tmp_path_factory, lite0_backbone):
     for path in table["path"]:
         shutil.copy(shared_data / "LionData" / path, folder / path)
     table.to_csv(folder / "metadata.csv", index=False)
-    return identify(load_dataset(folder), get_preset("offline"), backbone=lite0_backbone,
-                    cache_dir=folder.parent / "cache", progress=False)
+    return identify(
+        load_dataset(folder),
+        get_preset("offline"),
+        backbone=lite0_backbone,
+        cache_dir=folder.parent / "cache",
+        progress=False,
+    )
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -46,7 +51,7 @@ def test_a_later_run_replaces_the_earlier_one_whole(result, tmp_path):
     write_run(result, out)
     (out / "stale-from-an-old-version.csv").write_text("old")
     written = write_run(result, out, report=False)
-    assert not (out / "report.html").exists() and not (out / "plots").exists()   # nothing of the first run
+    assert not (out / "report.html").exists() and not (out / "plots").exists()  # nothing of the first run
     assert not (out / "stale-from-an-old-version.csv").exists()
     assert written["submission"] == out / "submission.csv" and written["submission"].is_file()
     assert _no_temporary_folders(tmp_path)
@@ -55,13 +60,13 @@ def test_a_later_run_replaces_the_earlier_one_whole(result, tmp_path):
 def test_full_disk_leaves_the_earlier_run_intact(result, tmp_path, monkeypatch):
     out = tmp_path / "run"
     write_run(result, out)
-    for name in ("submission.csv", "candidates.csv", "run.json"):   # an earlier run with other results
+    for name in ("submission.csv", "candidates.csv", "run.json"):  # an earlier run with other results
         (out / name).write_text(f"earlier {name}")
     before = _files(out)
     real = files.write_text_atomic
 
     def disk_full(path, text):
-        if Path(path).name == "report.html":   # the last file: everything else is written by then
+        if Path(path).name == "report.html":  # the last file: everything else is written by then
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, text)
 
@@ -86,10 +91,10 @@ def test_a_run_killed_between_the_renames_is_put_back(result, tmp_path):
     out = tmp_path / "run"
     write_run(result, out)
     before = _files(out)
-    retired = tmp_path / ".wildreid-old-run.abc"   # as files.atomic_folder leaves it when killed half way
+    retired = tmp_path / ".wildreid-old-run.abc"  # as files.atomic_folder leaves it when killed half way
     retired.mkdir()
     out.rename(retired / "old")
-    (tmp_path / ".wildreid-new-run.xyz").mkdir()    # and a half-written new run
+    (tmp_path / ".wildreid-new-run.xyz").mkdir()  # and a half-written new run
     remove_leftovers(out)
     assert _files(out) == before and _no_temporary_folders(tmp_path)
 

@@ -73,8 +73,9 @@ def test_near_duplicate_groups_are_not_matched():
     identities = np.repeat([f"i{k}" for k in range(8)], 3)
     similarity = np.where(identities[:, None] == identities[None, :], 0.9, 0.3)
     free = choose_threshold(Neighbours.from_dense(similarity), identities, rounds=5)
-    grouped = choose_threshold(Neighbours.from_dense(similarity), identities, rounds=5,
-                               near_duplicate_groups=identities.copy())
+    grouped = choose_threshold(
+        Neighbours.from_dense(similarity), identities, rounds=5, near_duplicate_groups=identities.copy()
+    )
     assert free.simulated_baks > 0.9 and grouped.simulated_baks < 0.05
 
 
@@ -83,7 +84,9 @@ def small_lion(shared_data, tmp_path_factory):
     """A quick real open-set problem: 20 LionData identities, their database photos and queries."""
     table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
     keep = table[table["split"] == "database"]["identity"].drop_duplicates().head(14).tolist()
-    new = sorted(set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"]))[:6]
+    new = sorted(
+        set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"])
+    )[:6]
     table = table[table["identity"].isin(keep + new)].copy()
     table["path"] = [str(shared_data / "LionData" / p) for p in table["path"]]
     folder = tmp_path_factory.mktemp("lion")
@@ -93,8 +96,9 @@ def small_lion(shared_data, tmp_path_factory):
 
 def test_identify_open_set_on_real_photos(small_lion, tmp_path, lite0_backbone):
     dataset = load_csv(small_lion / "metadata.csv", allow_outside_paths=True)
-    result = identify(dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone,
-                      progress=False)
+    result = identify(
+        dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone, progress=False
+    )
     candidates = result.candidates
     assert candidates["image_id"].tolist() == dataset.queries["image_id"].tolist()
     assert (candidates["prediction"] == NEW_INDIVIDUAL).any()
@@ -115,8 +119,9 @@ def test_identify_open_set_on_real_photos(small_lion, tmp_path, lite0_backbone):
     assert name in html and "data:image/png;base64" in html
     assert (tmp_path / "out" / "plots" / f"{name}_histogram.png").stat().st_size > 1000
 
-    again = identify(dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone,
-                     progress=False)
+    again = identify(
+        dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone, progress=False
+    )
     assert again.timings["images_extracted"] == 0
     pd.testing.assert_frame_equal(again.candidates, candidates)
 
@@ -131,8 +136,13 @@ def test_bad_image_is_skipped_and_flagged(small_lion, tmp_path, lite0_backbone):
         table.loc[row, "path"] = str(tmp_path / name)
     table.to_csv(tmp_path / "metadata.csv", index=False)
     dataset = load_csv(tmp_path / "metadata.csv", allow_outside_paths=True)
-    result = identify(dataset, get_preset("offline").replace(threshold=None), backbone=lite0_backbone,
-                      cache_dir=small_lion / "cache", progress=False)
+    result = identify(
+        dataset,
+        get_preset("offline").replace(threshold=None),
+        backbone=lite0_backbone,
+        cache_dir=small_lion / "cache",
+        progress=False,
+    )
     broken = result.candidates[result.candidates["image_id"] == table.loc[query_row, "image_id"]].iloc[0]
     assert broken["prediction"] == NEW_INDIVIDUAL and broken["flags"] == UNREADABLE
     assert "broken_query.jpg" in broken["error"]
@@ -157,13 +167,23 @@ def test_same_dataset_only(tmp_path, small_lion, lite0_backbone):
     table.to_csv(tmp_path / "metadata.csv", index=False)
     dataset = load_csv(tmp_path / "metadata.csv", allow_outside_paths=True)
     group_of = dict(zip(table["identity"], table["dataset"]))
-    result = identify(dataset, get_preset("offline").replace(threshold=None), backbone=lite0_backbone,
-                      cache_dir=small_lion / "cache", progress=False)
+    result = identify(
+        dataset,
+        get_preset("offline").replace(threshold=None),
+        backbone=lite0_backbone,
+        cache_dir=small_lion / "cache",
+        progress=False,
+    )
     for row in result.candidates.itertuples():
         assert all(group_of[i] == row.dataset for i in (row.identity_1, row.identity_2))
     assert set(result.thresholds) == {"A", "B"}
-    mixed = identify(dataset, get_preset("offline").replace(threshold=None, same_dataset_only=False),
-                     backbone=lite0_backbone, cache_dir=small_lion / "cache", progress=False)
+    mixed = identify(
+        dataset,
+        get_preset("offline").replace(threshold=None, same_dataset_only=False),
+        backbone=lite0_backbone,
+        cache_dir=small_lion / "cache",
+        progress=False,
+    )
     assert set(mixed.thresholds) == {"all"}
     crossed = [group_of[r.identity_1] != r.dataset for r in mixed.candidates.itertuples()]
     assert any(crossed)

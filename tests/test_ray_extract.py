@@ -34,7 +34,7 @@ def cluster():
 
 
 def photos(shared_data: Path, name: str, count: int, start: int = 0) -> list[str]:
-    return [str(path) for path in sorted((shared_data / name / "images").iterdir())[start:start + count]]
+    return [str(path) for path in sorted((shared_data / name / "images").iterdir())[start : start + count]]
 
 
 def shard_hashes(folder: Path) -> Counter:
@@ -60,8 +60,9 @@ def test_vectors_and_keypoints_equal_single_process(cluster, shared_data, lite0_
     from wildreid.local.cache import _cache_file, _load, local_features
 
     paths = photos(shared_data, "NyalaData", 12)
-    summary = extract_with_ray(paths, "efficientnet-lite0", local="rootsift", cache_dir=tmp_path / "ray",
-                               batch_size=4, progress=False)
+    summary = extract_with_ray(
+        paths, "efficientnet-lite0", local="rootsift", cache_dir=tmp_path / "ray", batch_size=4, progress=False
+    )
     assert (summary.computed, summary.local_computed, summary.failed) == (12, 12, 0)
 
     # The same batch size and one thread, as a Ray actor with num_cpus=1 runs: oneDNN chooses its fp32
@@ -69,8 +70,7 @@ def test_vectors_and_keypoints_equal_single_process(cluster, shared_data, lite0_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = extract_embeddings(paths, lite0_backbone, cache_dir=tmp_path / "single", batch_size=4,
-                                    progress=False)
+        single = extract_embeddings(paths, lite0_backbone, cache_dir=tmp_path / "single", batch_size=4, progress=False)
     finally:
         torch.set_num_threads(threads)
     distributed = EmbeddingCache(tmp_path / "ray", lite0_backbone.cache_key).load()
@@ -87,8 +87,7 @@ def test_vectors_and_keypoints_equal_single_process(cluster, shared_data, lite0_
         assert (ours.scale, ours.image_size) == (theirs.scale, theirs.image_size)
 
     # Everything is cached now: no work for Ray, none for the single-machine path either.
-    again = extract_with_ray(paths, "efficientnet-lite0", local="rootsift", cache_dir=tmp_path / "ray",
-                             progress=False)
+    again = extract_with_ray(paths, "efficientnet-lite0", local="rootsift", cache_dir=tmp_path / "ray", progress=False)
     assert (again.computed, again.local_computed, again.skipped) == (0, 0, 12)
     assert extract_embeddings(paths, lite0_backbone, cache_dir=tmp_path / "ray", progress=False).extracted == 0
 
@@ -117,8 +116,9 @@ def test_killed_driver_resumes_from_cache(cluster, shared_data, lite0_backbone, 
     before = sum(shard_hashes(folder).values())
     assert 0 < before < len(paths)
 
-    summary = extract_with_ray(paths, "efficientnet-lite0", cache_dir=tmp_path / "cache", workers=1, batch_size=4,
-                               progress=False)
+    summary = extract_with_ray(
+        paths, "efficientnet-lite0", cache_dir=tmp_path / "cache", workers=1, batch_size=4, progress=False
+    )
     assert summary.skipped == before
     assert summary.computed == len(paths) - before
     assert_each_once(tmp_path / "cache", lite0_backbone, paths)
@@ -161,12 +161,20 @@ def test_killed_worker_job_still_finishes(cluster, shared_data, lite0_backbone, 
     paths = photos(shared_data, "LionData", 40, start=100)
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_one_embedder, args=(tmp_path / "cache" / lite0_backbone.cache_key,
-                                                                 killed, stop))
+    killer = threading.Thread(
+        target=_kill_one_embedder, args=(tmp_path / "cache" / lite0_backbone.cache_key, killed, stop)
+    )
     killer.start()
     try:
-        summary = extract_with_ray(paths, "efficientnet-lite0", cache_dir=tmp_path / "cache", workers=2,
-                                   batch_size=2, flush_every=2, progress=False)
+        summary = extract_with_ray(
+            paths,
+            "efficientnet-lite0",
+            cache_dir=tmp_path / "cache",
+            workers=2,
+            batch_size=2,
+            flush_every=2,
+            progress=False,
+        )
     finally:
         stop.set()
         killer.join()
@@ -188,8 +196,7 @@ def test_bad_images_reported_and_skipped(cluster, shared_data, lite0_backbone, t
     (folder / "garbage.jpg").write_bytes(b"not an image at all" * 50)
     paths = sorted(str(path) for path in folder.iterdir())
 
-    summary = extract_with_ray(paths, "efficientnet-lite0", cache_dir=tmp_path / "cache", batch_size=4,
-                               progress=False)
+    summary = extract_with_ray(paths, "efficientnet-lite0", cache_dir=tmp_path / "cache", batch_size=4, progress=False)
     bad = {str(folder / name) for name in ("empty.jpg", "truncated.jpg", "truncated-copy.jpg", "garbage.jpg")}
     assert set(summary.failures) == bad
     assert all(Path(path).name in reason for path, reason in summary.failures.items() if "same bytes" not in reason)
@@ -240,12 +247,26 @@ def test_cli_extract_on_ray(cluster, shared_data, tmp_path):
     from wildreid.cli import app
 
     database, queries = _tiny_dataset(shared_data, tmp_path / "data")
-    result = CliRunner().invoke(app, ["extract", str(database), "--query-dir", str(queries), "--ray", cluster,
-                                      "--local", "none", "--cache-dir", str(tmp_path / "cache"),
-                                      "--out", str(tmp_path / "embeddings.npz")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(database),
+            "--query-dir",
+            str(queries),
+            "--ray",
+            cluster,
+            "--local",
+            "none",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "embeddings.npz"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "6 images: 6 computed, 0 skipped (already cached), 0 failed" in result.output
-    assert "6 images: 0 extracted, 6 from the cache" in result.output   # --out: the single-machine pass
+    assert "6 images: 0 extracted, 6 from the cache" in result.output  # --out: the single-machine pass
     with np.load(tmp_path / "embeddings.npz") as saved:
         assert saved["embeddings"].shape == (6, 1280) and saved["ok"].all()
 
@@ -257,7 +278,18 @@ def test_cli_without_ray_is_one_clear_message(shared_data, tmp_path, monkeypatch
 
     monkeypatch.setitem(sys.modules, "ray", None)
     database, queries = _tiny_dataset(shared_data, tmp_path / "data")
-    result = CliRunner().invoke(app, ["extract", str(database), "--query-dir", str(queries), "--ray", "auto",
-                                      "--cache-dir", str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(database),
+            "--query-dir",
+            str(queries),
+            "--ray",
+            "auto",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 2
     assert "pip install 'wildreid[ray]'" in result.output and "Traceback" not in result.output

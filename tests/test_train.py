@@ -28,8 +28,19 @@ from wildreid.extract import content_hashes, extract_embeddings
 from wildreid.fusion import FusionSettings
 from wildreid.pipeline import identify
 from wildreid.presets import get_preset
-from wildreid.train import (CHECKPOINT, TRAIN, VAL_IDENTITY, VAL_IMAGE, ArcFaceHead, TrainConfig,
-                            TrainError, split_validation, train, trained_on, training_images)
+from wildreid.train import (
+    CHECKPOINT,
+    TRAIN,
+    VAL_IDENTITY,
+    VAL_IMAGE,
+    ArcFaceHead,
+    TrainConfig,
+    TrainError,
+    split_validation,
+    train,
+    trained_on,
+    training_images,
+)
 
 runner = CliRunner()
 # One thread: these tests check behaviour, not speed, and on a small shared machine torch's thread
@@ -56,8 +67,7 @@ def small_images(lion):
     images = training_images(lion)
     counts = images["identity"].value_counts()
     chosen = sorted(counts[counts >= 5].index)[:8]
-    return (images[images["identity"].isin(chosen)].groupby("identity").head(5)
-            .reset_index(drop=True))
+    return images[images["identity"].isin(chosen)].groupby("identity").head(5).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +101,13 @@ def test_sub_center_head_uses_the_nearest_prototype():
     torch.manual_seed(1)
     head = ArcFaceHead(dim=4, classes=2, margin=0.2, scale=5.0, sub_centers=3)
     features = torch.randn(3, 4)
-    all_cosines = F.normalize(features) @ F.normalize(head.weight).T   # (3, 2*3)
+    all_cosines = F.normalize(features) @ F.normalize(head.weight).T  # (3, 2*3)
     assert torch.allclose(head.cosine(features), all_cosines.view(3, 2, 3).amax(2), atol=1e-6)
 
 
 def test_arcface_head_matches_pytorch_metric_learning():
     from pytorch_metric_learning import losses  # test extra: the reference ArcFace
+
     torch.manual_seed(2)
     ours = ArcFaceHead(dim=8, classes=5, margin=0.4, scale=20.0)
     theirs = losses.ArcFaceLoss(num_classes=5, embedding_size=8, margin=math.degrees(0.4), scale=20.0)
@@ -247,11 +258,33 @@ def _metadata_of(images: pd.DataFrame, folder) -> str:
 def test_killed_training_resumes_from_its_checkpoint_and_finishes(small_images, tmp_path):
     metadata = _metadata_of(small_images.head(24), tmp_path)
     out = tmp_path / "run"
-    arguments = ["train", metadata, "--out", str(out), "--epochs", "4", "--head-epochs", "1",
-                 "--batch-size", "8", "--image-size", "48", "--lr", "1e-3", "--val-fraction", "0.25", "--workers", "0",
-                 "--allow-outside-paths"]
-    process = subprocess.Popen([sys.executable, "-m", "wildreid", *arguments], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=SINGLE_THREAD_ENV)
+    arguments = [
+        "train",
+        metadata,
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--head-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "48",
+        "--lr",
+        "1e-3",
+        "--val-fraction",
+        "0.25",
+        "--workers",
+        "0",
+        "--allow-outside-paths",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wildreid", *arguments],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=SINGLE_THREAD_ENV,
+    )
     try:
         deadline = time.monotonic() + 180
         while not (out / CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
@@ -319,12 +352,20 @@ def test_cli_train_reports_bad_input_without_a_traceback(shared_data, tmp_path):
     def flat(result):  # Rich wraps long messages at the terminal width
         return " ".join(result.output.split())
 
-    result = runner.invoke(app, ["train", str(shared_data / "LionData"), "--out", str(tmp_path / "x"),
-                                 "--split-file", str(tmp_path / "missing.csv")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(shared_data / "LionData"),
+            "--out",
+            str(tmp_path / "x"),
+            "--split-file",
+            str(tmp_path / "missing.csv"),
+        ],
+    )
     assert result.exit_code == 2 and "missing.csv: split file not found" in flat(result)
     assert "Traceback" not in result.output
-    result = runner.invoke(app, ["train", str(shared_data / "LionData"), "--out", str(tmp_path / "x"),
-                                 "--margin", "2"])
+    result = runner.invoke(app, ["train", str(shared_data / "LionData"), "--out", str(tmp_path / "x"), "--margin", "2"])
     assert result.exit_code == 2 and "margin is an angle in radians" in flat(result)
 
 
@@ -370,37 +411,40 @@ def test_a_damaged_training_record_is_named(trained, tmp_path):
         trained_on(f"local-dir:{copy}")
 
 
-def test_identification_calibrates_on_the_photos_training_held_out(trained_with_validation, trained, small_images,
-                                                                   lion, tmp_path, monkeypatch):
-    import wildreid.pipeline as pipeline
+def test_identification_calibrates_on_the_photos_training_held_out(
+    trained_with_validation, trained, small_images, lion, tmp_path, monkeypatch
+):
+    import wildreid.gallery.group as group_module
+    from wildreid.gallery import Gallery
 
     dataset = _lions_with_queries(small_images, lion, tmp_path)
     roles = split_validation(small_images, 0.4, seed=0)
     held_out = dataset.database["path"].isin(small_images["path"][roles != TRAIN]).to_numpy()
     asked = {}
-    real_choice = pipeline.choose_threshold
+    real_choice = group_module.choose_threshold
 
-    def spy(scores, identities, **options):
-        asked["rows"] = options.get("scored_rows")
-        return real_choice(scores, identities, **options)
+    def spy(neighbours, identities, **options):
+        asked["rows"] = neighbours.rows  # the database photos asked as pseudo-queries
+        return real_choice(neighbours, identities, **options)
 
-    monkeypatch.setattr(pipeline, "choose_threshold", spy)
+    monkeypatch.setattr(group_module, "choose_threshold", spy)
     backbone = f"local-dir:{trained_with_validation.out}"
     offline = get_preset("offline").replace(backbone=backbone, preprocess=None)
     result = identify(dataset, offline, cache_dir=None, progress=False)
     # The threshold is simulated only with photos the model never trained on...
-    np.testing.assert_array_equal(asked["rows"], held_out)
+    np.testing.assert_array_equal(asked["rows"], np.flatnonzero(held_out))
     assert any(f"use the {held_out.sum()} it held out" in note for note in result.notes)
     # ...and fusion draws its calibration pairs from them.
-    fusion = get_preset("fusion").replace(backbone=backbone, preprocess=None, local_options={"max_keypoints": 128},
-                                          fusion=FusionSettings(shortlist=5))
-    anchors = identify(dataset, fusion, cache_dir=tmp_path / "cache", progress=False).fusions["Lions"].anchors
-    assert anchors.any() and not (anchors & ~held_out).any()
+    fusion = get_preset("fusion").replace(
+        backbone=backbone, preprocess=None, local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5)
+    )
+    anchors = Gallery.build(dataset, fusion, cache_dir=tmp_path / "cache", progress=False).groups["Lions"].fit
+    assert len(anchors.pseudo_queries) and held_out[anchors.pseudo_queries].all()
 
     # A model trained on every photo (no validation) cannot: all rows are used, and the user is told.
     without = identify(dataset, offline.replace(backbone=f"local-dir:{trained.out}"), cache_dir=None, progress=False)
-    assert asked["rows"] is None
+    assert len(asked["rows"]) == len(held_out)
     assert any("optimistic" in note and "--val-fraction" in note for note in without.notes)
     # An untrained descriptor: nothing to say.
     plain = identify(dataset, get_preset("offline").replace(threshold="auto"), cache_dir=None, progress=False)
-    assert plain.notes == [] and asked["rows"] is None
+    assert plain.notes == [] and len(asked["rows"]) == len(held_out)

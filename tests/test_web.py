@@ -24,16 +24,24 @@ from typer.testing import CliRunner
 from wildreid.catalog import Catalog, import_dataset
 from wildreid.catalog.descriptors import prepare_descriptors
 from wildreid.catalog.photos import content_hash
-from wildreid.data import load_dataset
 from wildreid.cli import app as cli
+from wildreid.data import load_dataset
 from wildreid.web import WebConfig, create_app
 from wildreid.web.pages import url_part
 
 TOKEN = "test-review-token"
 SIGNED = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "alice"}
-INDIVIDUALS = ["NyalaData_32", "NyalaData_41", "NyalaData_48", "NyalaData_147", "NyalaData_144",
-               "NyalaData_34", "NyalaData_7", "NyalaData_18"]
-KNOWN_QUERY, SECOND_QUERY = "47", "71"   # NyalaData query photos of NyalaData_32 and NyalaData_34
+INDIVIDUALS = [
+    "NyalaData_32",
+    "NyalaData_41",
+    "NyalaData_48",
+    "NyalaData_147",
+    "NyalaData_144",
+    "NyalaData_34",
+    "NyalaData_7",
+    "NyalaData_18",
+]
+KNOWN_QUERY, SECOND_QUERY = "47", "71"  # NyalaData query photos of NyalaData_32 and NyalaData_34
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,7 +55,7 @@ def nyala(shared_data):
 
 @pytest.fixture(scope="module")
 def embedding_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"   # shared by the test files
+    return tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared by the test files
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def catalog_path(template, tmp_path) -> Path:
 
 
 def make_app(catalog_path, backbone, cache, **options):
-    options.setdefault("allowed_hosts", ["testserver"])   # TestClient's Host
+    options.setdefault("allowed_hosts", ["testserver"])  # TestClient's Host
     return create_app(WebConfig(catalog_path, token=TOKEN, cache_dir=cache, **options), backbone=backbone)
 
 
@@ -80,7 +88,7 @@ def app(catalog_path, lite0_backbone, embedding_cache):
 
 @pytest.fixture
 def client(app):
-    with TestClient(app) as client:   # `with`: runs start-up and shut-down (the job thread)
+    with TestClient(app) as client:  # `with`: runs start-up and shut-down (the job thread)
         yield client
 
 
@@ -107,8 +115,13 @@ def photo(nyala, image_id: str) -> bytes:
 
 
 def upload(client, files: list[tuple[str, bytes]], headers=SIGNED, **form) -> httpx.Response:
-    return client.post("/uploads", headers=headers, data=form, follow_redirects=False,
-                       files=[("photos", (name, data, "image/jpeg")) for name, data in files])
+    return client.post(
+        "/uploads",
+        headers=headers,
+        data=form,
+        follow_redirects=False,
+        files=[("photos", (name, data, "image/jpeg")) for name, data in files],
+    )
 
 
 def wait_for_job(client, location: str, timeout: float = 120) -> dict:
@@ -127,9 +140,9 @@ def png_claiming(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (1, 1)).save(buffer, "PNG")
     data = bytearray(buffer.getvalue())
-    ihdr = 8 + 8   # signature, then length + type of the IHDR chunk
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
     return bytes(data)
 
 
@@ -139,8 +152,9 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def test_upload_review_confirm_new_and_browse(client, nyala, catalog_path):
     first, second = photo(nyala, KNOWN_QUERY), photo(nyala, SECOND_QUERY)
-    response = upload(client, [("IMG_0047.JPG", first), ("second.jpg", second)],
-                      sighting_date="2024-05-01", location="waterhole 3")
+    response = upload(
+        client, [("IMG_0047.JPG", first), ("second.jpg", second)], sighting_date="2024-05-01", location="waterhole 3"
+    )
     assert response.status_code == 303 and response.headers["location"].startswith("/jobs/")
     job_page = client.get(response.headers["location"])
     assert job_page.status_code == 200 and "<progress" in job_page.text
@@ -161,24 +175,32 @@ def test_upload_review_confirm_new_and_browse(client, nyala, catalog_path):
     page = client.get(f"/review/{first_id}")
     assert page.status_code == 200
     assert page.text.count('<article class="candidate') == 5
-    for candidate in candidates:   # each with its best-matching catalogue photo and its score
-        assert f'/photos/{candidate["sha256"]}' in page.text
-        assert f'{candidate["score"]:.3f}' in page.text
-        picture = client.get(f'/photos/{candidate["sha256"]}')
+    for candidate in candidates:  # each with its best-matching catalogue photo and its score
+        assert f"/photos/{candidate['sha256']}" in page.text
+        assert f"{candidate['score']:.3f}" in page.text
+        picture = client.get(f"/photos/{candidate['sha256']}")
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
     # the offline preset has no local matching, hence no keypoint picture
     assert "/match/1.png" not in page.text and client.get(f"/review/{first_id}/match/1.png").status_code == 404
 
-    confirm = client.post(f"/review/{first_id}", headers=SIGNED, follow_redirects=False,
-                          data={"action": "match", "individual_id": "NyalaData_32"})
+    confirm = client.post(
+        f"/review/{first_id}",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"action": "match", "individual_id": "NyalaData_32"},
+    )
     assert confirm.status_code == 303
-    assert confirm.headers["location"] == f"/review/{second_id}?decided={first_id}"   # the next photo
+    assert confirm.headers["location"] == f"/review/{second_id}?decided={first_id}"  # the next photo
     gallery = client.get("/individuals/NyalaData_32")
     assert f"/photos/{content_hash(first)}" in gallery.text
     assert "2024-05-01" in gallery.text and "waterhole 3" in gallery.text and "confirmed by alice" in gallery.text
 
-    create = client.post(f"/review/{second_id}", headers=SIGNED, follow_redirects=False,
-                         data={"action": "new", "name": "Broken Horn", "notes": "scar on the left flank"})
+    create = client.post(
+        f"/review/{second_id}",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"action": "new", "name": "Broken Horn", "notes": "scar on the left flank"},
+    )
     assert create.status_code == 303
     assert create.headers["location"].startswith("/individuals/NyalaData_new0001?added=")
     assert f"/photos/{content_hash(second)}" in client.get(create.headers["location"]).text
@@ -191,15 +213,37 @@ def test_upload_review_confirm_new_and_browse(client, nyala, catalog_path):
     with Catalog(catalog_path) as catalog:
         decisions = catalog.decisions()
         assert [(d["outcome"], d["individual_id"], d["reviewer"], d["preset"]) for d in decisions] == [
-            ("match", "NyalaData_32", "alice", "offline"), ("new", "NyalaData_new0001", "alice", "offline")]
+            ("match", "NyalaData_32", "alice", "offline"),
+            ("new", "NyalaData_new0001", "alice", "offline"),
+        ]
         matched = next(c for c in candidates if c["individual_id"] == "NyalaData_32")
         assert decisions[0]["score"] == pytest.approx(matched["score"])
         assert catalog.check().ok
     assert "NyalaData_new0001" in client.get("/review").text
 
 
+def test_a_confirmed_photo_is_matched_from_the_next_upload_on(client, app, nyala):
+    """The job runner keeps the catalogue's gallery in memory; a new individual created by a
+    reviewer joins it, without refitting, and the next upload finds it."""
+    second = photo(nyala, SECOND_QUERY)
+    state = wait_for_job(client, upload(client, [("second.jpg", second)]).headers["location"])
+    gallery = app.state.jobs.gallery
+    size, fit = len(gallery.table), gallery.groups["NyalaData"].fit
+    query_id = state["queries"][0]["id"]
+    created = client.post(f"/review/{query_id}", headers=SIGNED, follow_redirects=False, data={"action": "new"})
+    individual = created.headers["location"].split("?")[0].rsplit("/", 1)[-1]
+    again = io.BytesIO()
+    Image.open(io.BytesIO(second)).save(again, "JPEG", quality=90)  # new bytes, same animal and view
+    state = wait_for_job(client, upload(client, [("again.jpg", again.getvalue())]).headers["location"])
+    with Catalog(app.state.config.catalog) as catalog:
+        best = catalog.query(state["queries"][0]["id"])["result"]["candidates"][0]
+    assert best["individual_id"] == individual and best["score"] > 0.95
+    assert app.state.jobs.gallery is gallery and len(gallery.table) == size + 1  # appended in place
+    assert gallery.groups["NyalaData"].fit is fit
+
+
 def test_unfinished_uploads_are_identified_after_a_restart(catalog_path, nyala, lite0_backbone, embedding_cache):
-    with Catalog(catalog_path) as catalog:   # as a server killed before identifying it left it
+    with Catalog(catalog_path) as catalog:  # as a server killed before identifying it left it
         query = catalog.add_query(photo(nyala, KNOWN_QUERY), "jpg", dataset="NyalaData", job_id="00112233445566ff")
     with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
         state = wait_for_job(client, "/jobs/00112233445566ff")
@@ -214,18 +258,31 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
     with Catalog(catalog_path) as catalog:
         best = [i for i in catalog.images("NyalaData_32")][0]
         query = catalog.add_query(photo(nyala, KNOWN_QUERY), "jpg", dataset="NyalaData")
-        catalog.set_query_result(query["id"], {   # as the fusion preset would have ranked it
-            "prediction": "NyalaData_32", "threshold": 0.5, "preset": "fusion",
-            "candidates": [{"rank": 1, "individual_id": "NyalaData_32", "score": 0.9,
-                            "image_id": best["id"], "sha256": best["sha256"]}]})
+        catalog.set_query_result(
+            query["id"],
+            {  # as the fusion preset would have ranked it
+                "prediction": "NyalaData_32",
+                "threshold": 0.5,
+                "preset": "fusion",
+                "candidates": [
+                    {
+                        "rank": 1,
+                        "individual_id": "NyalaData_32",
+                        "score": 0.9,
+                        "image_id": best["id"],
+                        "sha256": best["sha256"],
+                    }
+                ],
+            },
+        )
     with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, preset="fusion")) as client:
         page = client.get(f"/review/{query['id']}")
-        assert f'/review/{query["id"]}/match/1.png' in page.text
+        assert f"/review/{query['id']}/match/1.png" in page.text
         response = client.get(f"/review/{query['id']}/match/1.png")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         picture = Image.open(io.BytesIO(response.content))
-        assert picture.width > picture.height   # the two photos side by side
-        assert client.get(f"/review/{query['id']}/match/1.png").content == response.content   # from the cache
+        assert picture.width > picture.height  # the two photos side by side
+        assert client.get(f"/review/{query['id']}/match/1.png").content == response.content  # from the cache
         assert client.get(f"/review/{query['id']}/match/2.png").status_code == 404
 
 
@@ -240,29 +297,38 @@ def test_changes_need_the_token(client, nyala, catalog_path):
         assert response.status_code == 401 and "sign in" in response.text.lower()
         assert client.post("/review/1", headers=headers, data={"action": "skip"}).status_code == 401
         assert client.post("/individuals/NyalaData_18", headers=headers, data={"name": "x"}).status_code == 401
-    foreign = client.post("/individuals/NyalaData_18", data={"name": "x"},
-                          headers={**SIGNED, "Origin": "http://evil.example"})
+    foreign = client.post(
+        "/individuals/NyalaData_18", data={"name": "x"}, headers={**SIGNED, "Origin": "http://evil.example"}
+    )
     assert foreign.status_code == 403
     with Catalog(catalog_path) as catalog:
         assert catalog.counts()["queries"] == 0 and catalog.individual("NyalaData_18")["name"] == ""
 
     assert client.post("/login", data={"token": "wrong-token", "reviewer": "mallory"}).status_code == 401
     assert "wildreid_token" not in client.cookies
-    login = client.post("/login", data={"token": TOKEN, "reviewer": "bob", "next": "https://evil.example/"},
-                        follow_redirects=False)
-    assert login.status_code == 303 and login.headers["location"] == "/"   # never off-site
+    login = client.post(
+        "/login", data={"token": TOKEN, "reviewer": "bob", "next": "https://evil.example/"}, follow_redirects=False
+    )
+    assert login.status_code == 303 and login.headers["location"] == "/"  # never off-site
     cookie = login.headers.get_list("set-cookie")[0].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and TOKEN not in cookie
     renamed = client.post("/individuals/NyalaData_18", data={"name": "Old Bull"}, follow_redirects=False)
-    assert renamed.status_code == 303   # the cookie alone signs the request
+    assert renamed.status_code == 303  # the cookie alone signs the request
     assert "Old Bull" in client.get("/individuals", params={"q": "old bull"}).text
 
 
 def test_uploads_are_checked_by_content_not_name(client, nyala, catalog_path, tmp_path):
     real = photo(nyala, KNOWN_QUERY)
-    refused = upload(client, [("notes.jpg", b"just some text, not a photo"), ("cut.jpg", real[:3000]),
-                              ("bomb.png", png_claiming(9_000, 9_000)), ("huge.png", png_claiming(50_000, 50_000)),
-                              ("empty.jpg", b"")])
+    refused = upload(
+        client,
+        [
+            ("notes.jpg", b"just some text, not a photo"),
+            ("cut.jpg", real[:3000]),
+            ("bomb.png", png_claiming(9_000, 9_000)),
+            ("huge.png", png_claiming(50_000, 50_000)),
+            ("empty.jpg", b""),
+        ],
+    )
     assert refused.status_code == 400
     text = refused.text
     assert "notes.jpg: not a photo" in text
@@ -279,8 +345,8 @@ def test_uploads_are_checked_by_content_not_name(client, nyala, catalog_path, tm
     assert "readme.txt: not a photo" in client.get(accepted.headers["location"]).text
     with Catalog(catalog_path) as catalog:
         [query] = catalog.queries()
-    assert query["original_name"] == "escaped.jpg"             # shown, never used as a path
-    assert query["stored_path"].endswith(".png")                  # the bytes are a PNG, whatever the name
+    assert query["original_name"] == "escaped.jpg"  # shown, never used as a path
+    assert query["stored_path"].endswith(".png")  # the bytes are a PNG, whatever the name
     assert not escape.exists()
     wait_for_job(client, accepted.headers["location"])
 
@@ -342,7 +408,7 @@ def test_no_path_traversal_through_any_route(live_server, catalog_path):
         connection.close()
         return response.status, body
 
-    assert fetch("/static/app.css")[0] == 200 and fetch(f"/photos/{sha}")[0] == 200   # the routes work
+    assert fetch("/static/app.css")[0] == 200 and fetch(f"/photos/{sha}")[0] == 200  # the routes work
     for path in TRAVERSALS + [f"/photos/{sha}/../../catalog.sqlite", f"/photos/{sha}%2f..%2f..%2fcatalog.sqlite"]:
         status, body = fetch(path)
         assert status in (400, 404, 405, 422), (path, status)
@@ -396,10 +462,18 @@ def _ready_queries(catalog_path: Path, nyala, count: int) -> list[int]:
     with Catalog(catalog_path) as catalog:
         for path in photos:
             query = catalog.add_query(Path(path).read_bytes(), "jpg", dataset="NyalaData")
-            catalog.set_query_result(query["id"], {
-                "prediction": "NyalaData_18", "threshold": 0.7, "preset": "offline",
-                "candidates": [{"rank": 1, "individual_id": "NyalaData_18", "score": 0.9},
-                               {"rank": 2, "individual_id": "NyalaData_7", "score": 0.8}]})
+            catalog.set_query_result(
+                query["id"],
+                {
+                    "prediction": "NyalaData_18",
+                    "threshold": 0.7,
+                    "preset": "offline",
+                    "candidates": [
+                        {"rank": 1, "individual_id": "NyalaData_18", "score": 0.9},
+                        {"rank": 2, "individual_id": "NyalaData_7", "score": 0.8},
+                    ],
+                },
+            )
             ids.append(query["id"])
     return ids
 
@@ -410,8 +484,9 @@ def _race(base_url: str, requests: list[tuple[str, str, dict]]) -> list[int]:
     statuses: list[int | None] = [None] * len(requests)
 
     def send(index: int, reviewer: str, path: str, form: dict):
-        with httpx.Client(base_url=base_url, timeout=60,
-                          headers={"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": reviewer}) as http:
+        with httpx.Client(
+            base_url=base_url, timeout=60, headers={"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": reviewer}
+        ) as http:
             barrier.wait()
             statuses[index] = http.post(path, data=form, follow_redirects=False).status_code
 
@@ -429,8 +504,10 @@ def test_reviewers_deciding_at_the_same_moment(live_server, catalog_path, nyala)
     # Six reviewers confirm the same photo as different individuals at once: one wins, the
     # others are told it was already decided; the photo is filed exactly once.
     choices = ["NyalaData_18", "NyalaData_7", "NyalaData_32", "NyalaData_34", "NyalaData_41", "NyalaData_48"]
-    statuses = _race(live_server, [(f"reviewer{i}", f"/review/{same}", {"action": "match", "individual_id": c})
-                                   for i, c in enumerate(choices)])
+    statuses = _race(
+        live_server,
+        [(f"reviewer{i}", f"/review/{same}", {"action": "match", "individual_id": c}) for i, c in enumerate(choices)],
+    )
     assert sorted(statuses) == [303] + [409] * 5
     with Catalog(catalog_path) as catalog:
         [decision] = catalog.decisions(query_id=same)
@@ -439,13 +516,18 @@ def test_reviewers_deciding_at_the_same_moment(live_server, catalog_path, nyala)
         before = catalog.counts()
 
     # Ten photos decided at once, half of them as new individuals (whose ids are drawn in the race).
-    requests = [(f"r{i}", f"/review/{query_id}",
-                 {"action": "new", "name": f"new {i}"} if i % 2 else {"action": "match", "individual_id": "NyalaData_7"})
-                for i, query_id in enumerate(others)]
+    requests = [
+        (
+            f"r{i}",
+            f"/review/{query_id}",
+            {"action": "new", "name": f"new {i}"} if i % 2 else {"action": "match", "individual_id": "NyalaData_7"},
+        )
+        for i, query_id in enumerate(others)
+    ]
     assert _race(live_server, requests) == [303] * len(others)
     with Catalog(catalog_path) as catalog:
         after = catalog.counts()
-        assert after["decisions"] == before["decisions"] + 10     # no decision lost
+        assert after["decisions"] == before["decisions"] + 10  # no decision lost
         assert after["images"] == before["images"] + 10
         assert after["individuals"] == before["individuals"] + 5
         created = sorted(d["individual_id"] for d in catalog.decisions() if d["outcome"] == "new")
@@ -475,7 +557,7 @@ def test_serve_command(catalog_path, tmp_path, monkeypatch):
     monkeypatch.delenv("WILDREID_TOKEN", raising=False)
     result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--port", "8123"])
     assert result.exit_code == 0, result.output
-    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)   # this machine only, by default
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)  # this machine only, by default
     token = started["app"].state.config.token
     assert f"review token: {token}" in " ".join(result.output.split())
 
@@ -511,9 +593,20 @@ def _asgi(app, method: str, path: str, headers: dict, chunks, client=("203.0.113
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "client": client,
-             "server": ("127.0.0.1", 8000), "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": client,
+        "server": ("127.0.0.1", 8000),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -525,14 +618,19 @@ MULTIPART = {"host": "127.0.0.1:8000", "content-type": "multipart/form-data; bou
 
 def test_unauthenticated_upload_is_refused_before_its_body_is_read(app):
     megabyte = b"\xff" * 2**20
-    for headers in (MULTIPART, {**MULTIPART, "x-wildreid-token": "wrong-token-wrong-token"},
-                    {**MULTIPART, "cookie": "wildreid_token=forged"}):
-        status, _, body, pulled = _asgi(app, "POST", "/uploads", {**headers, "content-length": str(300 * 2**20)},
-                                        (megabyte for _ in range(300)))
+    for headers in (
+        MULTIPART,
+        {**MULTIPART, "x-wildreid-token": "wrong-token-wrong-token"},
+        {**MULTIPART, "cookie": "wildreid_token=forged"},
+    ):
+        status, _, body, pulled = _asgi(
+            app, "POST", "/uploads", {**headers, "content-length": str(300 * 2**20)}, (megabyte for _ in range(300))
+        )
         assert status == 401 and b"sign in" in body.lower()
-        assert pulled == 0   # not one byte of the 300 MB was received
-    status, _, _, pulled = _asgi(app, "POST", "/review/1", {**MULTIPART, "x-wildreid-token": TOKEN,
-                                                            "origin": "http://evil.example"}, [megabyte])
+        assert pulled == 0  # not one byte of the 300 MB was received
+    status, _, _, pulled = _asgi(
+        app, "POST", "/review/1", {**MULTIPART, "x-wildreid-token": TOKEN, "origin": "http://evil.example"}, [megabyte]
+    )
     assert status == 403 and pulled == 0
 
 
@@ -540,10 +638,17 @@ def test_upload_size_limit_holds_while_the_body_streams(catalog_path, lite0_back
     small = make_app(catalog_path, lite0_backbone, embedding_cache, max_upload_bytes=100_000, max_files=2)
     limit = small.state.config.max_request_bytes
     chunk = b"0" * 65536
-    part = b'--xyz\r\nContent-Disposition: form-data; name="photos"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    part = (
+        b'--xyz\r\nContent-Disposition: form-data; name="photos"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
     # no Content-Length (chunked): only counting what streams in can stop it
-    status, _, body, pulled = _asgi(small, "POST", "/uploads", {**MULTIPART, "x-wildreid-token": TOKEN},
-                                    itertools.chain([part], (chunk for _ in range(1000))))   # 64 MB
+    status, _, body, pulled = _asgi(
+        small,
+        "POST",
+        "/uploads",
+        {**MULTIPART, "x-wildreid-token": TOKEN},
+        itertools.chain([part], (chunk for _ in range(1000))),
+    )  # 64 MB
     assert status == 413 and b"too large" in body.lower()
     assert pulled <= limit + len(chunk)
 
@@ -551,21 +656,25 @@ def test_upload_size_limit_holds_while_the_body_streams(catalog_path, lite0_back
 def test_token_guessing_is_throttled(client, app):
     now = [1000.0]
     app.state.throttle.clock = lambda: now[0]
-    for _ in range(5):   # a few typing mistakes are free
+    for _ in range(5):  # a few typing mistakes are free
         assert client.post("/login", data={"token": "wrong-token"}).status_code == 401
-    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401   # the sixth locks for 1 s
-    locked = client.post("/login", data={"token": TOKEN})   # even the right token waits
+    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401  # the sixth locks for 1 s
+    locked = client.post("/login", data={"token": TOKEN})  # even the right token waits
     assert locked.status_code == 429 and locked.headers["retry-after"] == "1" and "try again" in locked.text
     now[0] += 1
-    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401   # the seventh: 2 s
+    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401  # the seventh: 2 s
     now[0] += 1
     assert client.post("/login", data={"token": TOKEN}).status_code == 429
     now[0] += 1.5
     assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
     # The header token is guessed the same way; success above cleared the record.
     for _ in range(6):
-        assert client.post("/review/1", headers={"X-Wildreid-Token": "guess-guess-guess"},
-                           data={"action": "skip"}).status_code == 401
+        assert (
+            client.post(
+                "/review/1", headers={"X-Wildreid-Token": "guess-guess-guess"}, data={"action": "skip"}
+            ).status_code
+            == 401
+        )
     guessed = client.post("/review/1", headers=SIGNED, data={"action": "skip"})
     assert guessed.status_code == 429 and int(guessed.headers["retry-after"]) >= 1
 
@@ -574,7 +683,9 @@ def test_short_tokens_are_refused_at_start(catalog_path, tmp_path):
     with pytest.raises(ValueError, match="review token: 15 characters is too short.*at least 16"):
         WebConfig(catalog_path, token="fifteen-chars-x")
     (tmp_path / "token.txt").write_text("abc12345678\n")
-    result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--token-file", str(tmp_path / "token.txt")])
+    result = CliRunner().invoke(
+        cli, ["serve", "--catalog", str(catalog_path), "--token-file", str(tmp_path / "token.txt")]
+    )
     assert result.exit_code == 2 and "11 characters is too short" in " ".join(result.output.split())
 
 
@@ -607,9 +718,18 @@ def test_confirming_a_photo_catalogued_under_another_individual_is_refused(clien
         catalogued = catalog.images("NyalaData_18")[0]
         data = catalog.photo_path(catalogued["stored_path"]).read_bytes()
         query = catalog.add_query(data, "jpg", dataset="NyalaData")
-        catalog.set_query_result(query["id"], {"prediction": "NyalaData_7", "threshold": 0.5, "preset": "offline",
-                                               "candidates": [{"rank": 1, "individual_id": "NyalaData_7", "score": 0.9}]})
-    response = client.post(f"/review/{query['id']}", headers=SIGNED, data={"action": "match", "individual_id": "NyalaData_7"})
+        catalog.set_query_result(
+            query["id"],
+            {
+                "prediction": "NyalaData_7",
+                "threshold": 0.5,
+                "preset": "offline",
+                "candidates": [{"rank": 1, "individual_id": "NyalaData_7", "score": 0.9}],
+            },
+        )
+    response = client.post(
+        f"/review/{query['id']}", headers=SIGNED, data={"action": "match", "individual_id": "NyalaData_7"}
+    )
     assert response.status_code == 400
     assert "photo of &#39;NyalaData_18&#39;" in response.text and "filed under &#39;NyalaData_7&#39;" in response.text
     with Catalog(catalog_path) as catalog:

@@ -29,17 +29,25 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "e2e-review-token"
-INDIVIDUALS = ["NyalaData_32", "NyalaData_41", "NyalaData_48", "NyalaData_147", "NyalaData_144",
-               "NyalaData_34", "NyalaData_7", "NyalaData_18"]
-QUERY, QUERY_IDENTITY = "47", "NyalaData_32"   # a NyalaData query photo and who it shows
-DROPPED = "71"                                   # a second query photo, dropped onto the page
+INDIVIDUALS = [
+    "NyalaData_32",
+    "NyalaData_41",
+    "NyalaData_48",
+    "NyalaData_147",
+    "NyalaData_144",
+    "NyalaData_34",
+    "NyalaData_7",
+    "NyalaData_18",
+]
+QUERY, QUERY_IDENTITY = "47", "NyalaData_32"  # a NyalaData query photo and who it shows
+DROPPED = "71"  # a second query photo, dropped onto the page
 
 
 @pytest.fixture(scope="module")
 def server(shared_data, lite0_backbone, tmp_path_factory):
     """A 40-photo catalogue served on 127.0.0.1; yields (base URL, catalogue path, dataset)."""
     nyala = load_dataset(shared_data / "NyalaData")
-    cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"   # shared with test_web*.py
+    cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
     path = tmp_path_factory.mktemp("e2e") / "catalog.sqlite"
     chosen = nyala.database[nyala.database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
     with Catalog(path) as catalog:
@@ -66,14 +74,17 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-                    "(or name another binary with WILDREID_CHROMIUM).")
-    if ARTIFACTS.exists():   # only this run's screenshots
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+            "(or name another binary with WILDREID_CHROMIUM)."
+        )
+    if ARTIFACTS.exists():  # only this run's screenshots
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         yield browser
         browser.close()
 
@@ -87,10 +98,18 @@ def tab(chromium):
     # a 404 stylesheet) are collected here; a clean run has none.
     page.problems = []
     page.on("pageerror", lambda error: page.problems.append(str(error)))
-    page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
-            and page.problems.append(message.text))
-    page.on("response", lambda response: response.status >= 400 and page.problems.append(
-        f"{response.status} {response.url}"))
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and "Failed to load resource" not in message.text
+            and page.problems.append(message.text)
+        ),
+    )
+    page.on(
+        "response",
+        lambda response: response.status >= 400 and page.problems.append(f"{response.status} {response.url}"),
+    )
     yield page
     context.close()
 
@@ -127,10 +146,10 @@ def test_reviewer_uploads_confirms_and_finds_the_photo_in_the_gallery(server, ta
     page.locator("#upload-button").click()
     page.wait_for_url("**/jobs/**")
     snap(page, "04-job")
-    page.wait_for_url("**/review/**", timeout=120_000)   # the page polls the job, then moves on
+    page.wait_for_url("**/review/**", timeout=120_000)  # the page polls the job, then moves on
     page.wait_for_load_state("networkidle")
     snap(page, "05-review")
-    page.screenshot(path=str(ARTIFACTS / "05-review-viewport.png"))   # the picture for docs/
+    page.screenshot(path=str(ARTIFACTS / "05-review-viewport.png"))  # the picture for docs/
 
     candidates = page.locator("article.candidate")
     assert candidates.count() == 5
@@ -159,7 +178,10 @@ def test_reviewer_uploads_confirms_and_finds_the_photo_in_the_gallery(server, ta
     with Catalog(catalog_path) as catalog:
         [decision] = catalog.decisions()
         assert (decision["outcome"], decision["individual_id"], decision["reviewer"]) == (
-            "match", QUERY_IDENTITY, "Alice")
+            "match",
+            QUERY_IDENTITY,
+            "Alice",
+        )
     assert page.problems == []
 
 
@@ -180,7 +202,9 @@ def test_drag_and_drop_upload_then_skip(server, tab):
              const transfer = new DataTransfer();
              transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
              zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-           }""", [base64.b64encode(dropped.read_bytes()).decode(), "dropped.jpg"])
+           }""",
+        [base64.b64encode(dropped.read_bytes()).decode(), "dropped.jpg"],
+    )
     assert page.locator("#photos").evaluate("input => input.files.length") == 1
     assert "dropped.jpg" in page.locator("#chosen").inner_text()
     snap(page, "11-dropped")

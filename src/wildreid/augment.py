@@ -21,18 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
-
+from torchvision.transforms import InterpolationMode, v2
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    min_crop_scale: float = 0.7   # smallest crop, as a fraction of the picture's area
-    color_jitter: float = 0.3     # brightness and contrast in [1-x, 1+x]; saturation in [1-x/2, 1+x/2]
-    hue: float = 0.0              # hue shift (fraction of the colour circle); 0: coat colour kept
+    min_crop_scale: float = 0.7  # smallest crop, as a fraction of the picture's area
+    color_jitter: float = 0.3  # brightness and contrast in [1-x, 1+x]; saturation in [1-x/2, 1+x/2]
+    hue: float = 0.0  # hue shift (fraction of the colour circle); 0: coat colour kept
     blur_probability: float = 0.2
-    flip: bool = False            # mirror images; only for animals whose two sides look alike
+    flip: bool = False  # mirror images; only for animals whose two sides look alike
 
     def __post_init__(self):
         if not 0.05 <= self.min_crop_scale <= 1.0:
@@ -43,20 +41,32 @@ class AugmentConfig:
             raise ValueError("color_jitter must be >= 0 and blur_probability within [0, 1]")
 
 
-def train_transform(size: tuple[int, int], mean, std, interpolation: str,
-                    config: AugmentConfig = AugmentConfig()) -> v2.Compose:
+def train_transform(
+    size: tuple[int, int], mean, std, interpolation: str, config: AugmentConfig = AugmentConfig()
+) -> v2.Compose:
     """Random view of a uint8 picture -> normalised float tensor of ``size`` (height, width)."""
     steps = [
-        v2.RandomResizedCrop(size, scale=(config.min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3),
-                             interpolation=_tensor_interpolation(interpolation), antialias=True),
+        v2.RandomResizedCrop(
+            size,
+            scale=(config.min_crop_scale, 1.0),
+            ratio=(3 / 4, 4 / 3),
+            interpolation=_tensor_interpolation(interpolation),
+            antialias=True,
+        ),
         # Colour and blur work on floats: several times faster than on uint8 in torchvision.
         v2.ToDtype(torch.float32, scale=True),
     ]
     if config.flip:
         steps.append(v2.RandomHorizontalFlip())
     if config.color_jitter > 0 or config.hue > 0:
-        steps.append(v2.ColorJitter(brightness=config.color_jitter, contrast=config.color_jitter,
-                                    saturation=config.color_jitter / 2, hue=config.hue))
+        steps.append(
+            v2.ColorJitter(
+                brightness=config.color_jitter,
+                contrast=config.color_jitter,
+                saturation=config.color_jitter / 2,
+                hue=config.hue,
+            )
+        )
     if config.blur_probability > 0:
         # A kernel about 1/30 of the picture (odd, at least 3): mild defocus, not a smear.
         kernel = max(3, (min(size) // 30) | 1)

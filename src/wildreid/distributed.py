@@ -29,7 +29,6 @@ cache only by the driver. See docs/scale.md.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,8 @@ import numpy as np
 from .backbones import Preprocess
 
 INSTALL_HINT = "pip install 'wildreid[ray]'"
-FLUSH_EVERY = 512      # descriptor rows per shard written by the driver (as extract.py)
-FLUSH_SECONDS = 5.0    # ... or after this long, so a killed driver loses only seconds of work
+FLUSH_EVERY = 512  # descriptor rows per shard written by the driver (as extract.py)
+FLUSH_SECONDS = 5.0  # ... or after this long, so a killed driver loses only seconds of work
 # Rows per input block, in batches: blocks of whole batches keep every batch but the last at
 # batch_size rows, as on one machine (oneDNN picks its fp32 convolution by batch size: vectors of
 # a batch of 8 and one of 16 differ by ~3e-6).
@@ -55,17 +54,17 @@ class RayUnavailable(RuntimeError):
 class RaySummary:
     """What one distributed run did. ``failures``: path -> reason, as in Extraction.failures."""
 
-    images: int = 0                  # paths given
-    computed: int = 0                # descriptors computed and cached by this run
-    local_computed: int = 0          # keypoint files computed and cached by this run
-    skipped: int = 0                 # images with everything already cached (nothing to do)
+    images: int = 0  # paths given
+    computed: int = 0  # descriptors computed and cached by this run
+    local_computed: int = 0  # keypoint files computed and cached by this run
+    skipped: int = 0  # images with everything already cached (nothing to do)
     failures: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0             # wall time of the whole call, hashing and cluster start included
-    cluster_start_s: float = 0.0     # ray.init (starting or joining the cluster)
-    load_s: float = 0.0              # loading the model (and keypoint method) on the driver, for the cache keys
-    hash_s: float = 0.0              # the driver's content hashing and cache look-up
+    seconds: float = 0.0  # wall time of the whole call, hashing and cluster start included
+    cluster_start_s: float = 0.0  # ray.init (starting or joining the cluster)
+    load_s: float = 0.0  # loading the model (and keypoint method) on the driver, for the cache keys
+    hash_s: float = 0.0  # the driver's content hashing and cache look-up
     first_result_s: float | None = None  # from submitting the job to its first result: actor start-up, model load
-    workers: int = 0                 # descriptor actors
+    workers: int = 0  # descriptor actors
 
     @property
     def failed(self) -> int:
@@ -78,8 +77,10 @@ class RaySummary:
 
     def line(self) -> str:
         local = f", {self.local_computed} keypoint sets" if self.local_computed else ""
-        return (f"{self.images} images: {self.computed} computed{local}, {self.skipped} skipped (already cached), "
-                f"{self.failed} failed; {self.seconds:.1f} s, {self.images_per_second:.1f} images/s")
+        return (
+            f"{self.images} images: {self.computed} computed{local}, {self.skipped} skipped (already cached), "
+            f"{self.failed} failed; {self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
+        )
 
 
 def require_ray():
@@ -88,16 +89,28 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401 - the data extra (pyarrow, ...) is needed too
     except ImportError as error:
-        raise RayUnavailable(f"distributed extraction needs Ray, which is not installed ({error}); "
-                             f"install it with: {INSTALL_HINT}") from None
+        raise RayUnavailable(
+            f"distributed extraction needs Ray, which is not installed ({error}); install it with: {INSTALL_HINT}"
+        ) from None
     return ray
 
 
-def extract_with_ray(paths, backbone_name: str | None, *, preprocess: Preprocess | None = None,
-                     local: str | None = None, local_options: dict | None = None, cache_dir: str | Path,
-                     address: str | None = "auto", num_cpus: int | None = None, workers: int | None = None,
-                     batch_size: int = 32, flush_every: int = FLUSH_EVERY, flush_seconds: float = FLUSH_SECONDS,
-                     progress: bool = True) -> RaySummary:
+def extract_with_ray(
+    paths,
+    backbone_name: str | None,
+    *,
+    preprocess: Preprocess | None = None,
+    local: str | None = None,
+    local_options: dict | None = None,
+    cache_dir: str | Path,
+    address: str | None = "auto",
+    num_cpus: int | None = None,
+    workers: int | None = None,
+    batch_size: int = 32,
+    flush_every: int = FLUSH_EVERY,
+    flush_seconds: float = FLUSH_SECONDS,
+    progress: bool = True,
+) -> RaySummary:
     """Fill the descriptor cache of ``backbone_name`` (None: keypoints only) and, with ``local``
     (e.g. "rootsift"), the keypoint cache, for every image in ``paths``, on a Ray cluster.
 
@@ -142,12 +155,29 @@ def extract_with_ray(paths, backbone_name: str | None, *, preprocess: Preprocess
             bar = _progress_bar(len(need_global) + len(need_local), progress)
             try:
                 if need_global:
-                    _run_global(ray, backbone, cache, [(first_path[d], d) for d in need_global], summary, bar,
-                                workers=workers, batch_size=batch_size, flush_every=flush_every,
-                                flush_seconds=flush_seconds)
+                    _run_global(
+                        ray,
+                        backbone,
+                        cache,
+                        [(first_path[d], d) for d in need_global],
+                        summary,
+                        bar,
+                        workers=workers,
+                        batch_size=batch_size,
+                        flush_every=flush_every,
+                        flush_seconds=flush_seconds,
+                    )
                 if need_local:
-                    _run_local(ray, method, local_options or {}, cache_dir, [(first_path[d], d) for d in need_local],
-                               summary, bar, batch_size=batch_size)
+                    _run_local(
+                        ray,
+                        method,
+                        local_options or {},
+                        cache_dir,
+                        [(first_path[d], d) for d in need_local],
+                        summary,
+                        bar,
+                        batch_size=batch_size,
+                    )
             finally:
                 if bar is not None:
                     bar.close()
@@ -228,11 +258,12 @@ def _dataset(ray, rows: list[tuple[str, str]], batch_size: int):
 
     table = pd.DataFrame(rows, columns=["path", "hash"])
     step = batch_size * BATCHES_PER_BLOCK
-    return ray.data.from_pandas([table[start:start + step] for start in range(0, len(table), step)])
+    return ray.data.from_pandas([table[start : start + step] for start in range(0, len(table), step)])
 
 
-def _run_global(ray, backbone, cache, rows, summary: RaySummary, bar, *, workers, batch_size, flush_every,
-                flush_seconds) -> None:
+def _run_global(
+    ray, backbone, cache, rows, summary: RaySummary, bar, *, workers, batch_size, flush_every, flush_seconds
+) -> None:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     # No more actors than blocks of work: a small job does not start models that would idle.
@@ -242,13 +273,30 @@ def _run_global(ray, backbone, cache, rows, summary: RaySummary, bar, *, workers
     dataset = _dataset(ray, rows, batch_size)
     if gpus:
         # GPUs wait on nothing but the model: CPU tasks decode and resize in front of them.
-        dataset = dataset.map_batches(decode_batch, fn_kwargs=dict(preprocess=backbone.preprocess),
-                                      batch_size=batch_size, batch_format="numpy", num_cpus=1)
-        dataset = dataset.map_batches(Embedder, fn_constructor_kwargs=constructor, batch_size=batch_size,
-                                      batch_format="numpy", compute=pool, num_gpus=1)
+        dataset = dataset.map_batches(
+            decode_batch,
+            fn_kwargs=dict(preprocess=backbone.preprocess),
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=1,
+        )
+        dataset = dataset.map_batches(
+            Embedder,
+            fn_constructor_kwargs=constructor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=pool,
+            num_gpus=1,
+        )
     else:
-        dataset = dataset.map_batches(Embedder, fn_constructor_kwargs=constructor, batch_size=batch_size,
-                                      batch_format="numpy", compute=pool, num_cpus=1)
+        dataset = dataset.map_batches(
+            Embedder,
+            fn_constructor_kwargs=constructor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=pool,
+            num_cpus=1,
+        )
 
     submitted = time.perf_counter()
     written: set[str] = set()
@@ -287,8 +335,13 @@ def _run_local(ray, method, options: dict, cache_dir, rows, summary: RaySummary,
         options = {"device": "cpu", **options}
     cpus = min(max(1, int(ray.cluster_resources().get("CPU", 1))), _blocks(len(rows), batch_size))
     dataset = _dataset(ray, rows, batch_size).map_batches(
-        LocalExtractor, fn_constructor_kwargs=dict(name=method.name, options=options, config_key=method.config_key()),
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cpus), num_cpus=1)
+        LocalExtractor,
+        fn_constructor_kwargs=dict(name=method.name, options=options, config_key=method.config_key()),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cpus),
+        num_cpus=1,
+    )
     written: set[str] = set()
     submitted = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -312,10 +365,10 @@ def _run_local(ray, method, options: dict, cache_dir, rows, summary: RaySummary,
 def _read(path: str) -> tuple[bytes, str]:
     """The file's bytes and their hash, taken from these very bytes: if the file changed since the
     driver hashed it, the result is filed under what was actually computed."""
-    from .data import read_image_bytes
+    from .data import content_hash, read_image_bytes
 
     data = read_image_bytes(path)
-    return data, hashlib.sha256(data).hexdigest()
+    return data, content_hash(data)
 
 
 def decode_batch(batch: dict, preprocess: Preprocess) -> dict:
@@ -348,8 +401,10 @@ class Embedder:
         self.backbone = load_backbone(backbone_name, preprocess=preprocess, device=self.device)
         if self.backbone.cache_key != cache_key:
             # Other weights on this node would file wrong vectors under the driver's key.
-            raise RuntimeError(f"{backbone_name} on this worker has cache key {self.backbone.cache_key}, the driver's "
-                               f"is {cache_key}: install the same weights and wildreid version on every node.")
+            raise RuntimeError(
+                f"{backbone_name} on this worker has cache key {self.backbone.cache_key}, the driver's "
+                f"is {cache_key}: install the same weights and wildreid version on every node."
+            )
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -376,8 +431,10 @@ class LocalExtractor:
 
         self.method = get_method(name, **options)
         if self.method.config_key() != config_key:
-            raise RuntimeError(f"{name} on this worker has configuration {self.method.config_key()}, the driver's "
-                               f"is {config_key}: install the same wildreid version (and weights) on every node.")
+            raise RuntimeError(
+                f"{name} on this worker has configuration {self.method.config_key()}, the driver's "
+                f"is {config_key}: install the same wildreid version (and weights) on every node."
+            )
 
     def __call__(self, batch: dict) -> dict:
         from .data import ImageReadError, decode_image

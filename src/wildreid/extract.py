@@ -33,7 +33,6 @@ Vectors computed with any speed option are cached in their own folder (the backb
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -48,9 +47,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from .backbones import Backbone, Preprocess
-from .data import ImageReadError, decode_image, read_image_bytes
-from .device_decode import (DECODED_BYTES_PER_IMAGE, TENSOR_INTERPOLATIONS, Batch,
-                            device_batches, normalise, resize)
+from .data import ImageReadError, content_hash, decode_image, read_image_bytes
+from .device_decode import DECODED_BYTES_PER_IMAGE, TENSOR_INTERPOLATIONS, Batch, device_batches, normalise, resize
 from .files import atomic_path
 from .inference import TorchRunner, agreement, auto_batch_size, resolve_precision
 
@@ -59,8 +57,13 @@ try:
 except ImportError:  # a bare benchmark machine may lack tqdm: no progress bar then
     tqdm = None
 
-PIL_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-                     "nearest": Image.NEAREST, "lanczos": Image.LANCZOS, "box": Image.BOX}
+PIL_INTERPOLATION = {
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+}
 DECODES = ("exact", "fast", "device", "auto")
 ENGINES = ("torch", "onnxruntime", "auto")
 # Every speed option on, each resolved for the device at run time.
@@ -78,13 +81,13 @@ FLUSH_SECONDS = 10.0
 class Extraction:
     """Embeddings in input order; rows of failed images are zero and listed in ``failures``."""
 
-    embeddings: np.ndarray                         # (N, D) float32
-    failures: dict[int, str] = field(default_factory=dict)   # row -> reason
-    extracted: int = 0                              # rows computed by this run (not from the cache)
+    embeddings: np.ndarray  # (N, D) float32
+    failures: dict[int, str] = field(default_factory=dict)  # row -> reason
+    extracted: int = 0  # rows computed by this run (not from the cache)
     # What actually ran: precision, decode, engine, compile, batch_size, agreement (lowest
     # cosine with the exact fp32 model on the first batch, None when running exact), ...
     settings: dict = field(default_factory=dict)
-    hashes: list = field(default_factory=list)      # SHA-256 of each file (None if unreadable)
+    hashes: list = field(default_factory=list)  # SHA-256 of each file (None if unreadable)
 
     @property
     def ok(self) -> np.ndarray:
@@ -215,8 +218,12 @@ def _collate(samples):
 def _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft) -> Iterator[Batch]:
     """Batches decoded by PIL in loader worker processes (so decoding overlaps the model)."""
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, rows, preprocess, draft), batch_size=batch_size,
-        num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+        _ImageFiles(paths, rows, preprocess, draft),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
     for batch_rows, tensors, bad in loader:
         images = None if tensors is None else tensors.to(device, non_blocking=True)
         yield Batch(batch_rows, images, bad, cpu_decoded=len(batch_rows))
@@ -232,9 +239,10 @@ def content_hashes(paths: list[str], threads: int | None = None) -> tuple[list[s
     Threads, because hashing and reading release the GIL: on a GPU machine a serial pass over
     1 MB photos would cost as much as the extraction itself.
     """
+
     def one(path):
         try:
-            return hashlib.sha256(read_image_bytes(path)).hexdigest(), None
+            return content_hash(read_image_bytes(path)), None
         except ImageReadError as error:
             return None, str(error)
 
@@ -274,8 +282,7 @@ def extract_embeddings(
     """
     paths = [str(path) for path in paths]
     device = next(backbone.model.parameters()).device
-    settings = _resolve_settings(backbone, device, precision=precision, decode=decode,
-                                 compile=compile, engine=engine)
+    settings = _resolve_settings(backbone, device, precision=precision, decode=decode, compile=compile, engine=engine)
     hashes, failures = content_hashes(paths)
     cache = EmbeddingCache(cache_dir, cache_key(backbone, settings)) if cache_dir else None
     known = cache.load() if cache else {}
@@ -284,7 +291,7 @@ def extract_embeddings(
         known = {**EmbeddingCache(cache_dir, backbone.cache_key).load(), **known}
     embeddings = np.zeros((len(paths), backbone.dim), dtype=np.float32)
     todo: list[int] = []
-    copies: dict[int, list[int]] = {}   # row computed -> later rows with the same bytes
+    copies: dict[int, list[int]] = {}  # row computed -> later rows with the same bytes
     first_of: dict[str, int] = {}
     for row, digest in enumerate(hashes):
         if digest is None:
@@ -337,10 +344,9 @@ def extract_embeddings(
             batch_size = auto_batch_size(runner, backbone.preprocess.size, device, extra_bytes_per_image=extra)
         settings["batch_size"] = batch_size = int(batch_size)
         runner.fixed_batch = batch_size
-        batches = _batches(paths, todo, backbone.preprocess, device, settings["decode"],
-                           batch_size, num_workers)
+        batches = _batches(paths, todo, backbone.preprocess, device, settings["decode"], batch_size, num_workers)
         checked = False
-        in_flight = None   # (batch, its features on their way to host memory, event)
+        in_flight = None  # (batch, its features on their way to host memory, event)
         for batch in batches:
             failures.update(batch.failures)
             settings["device_decoded"] += batch.device_decoded
@@ -348,8 +354,16 @@ def extract_embeddings(
             if batch.images is not None:
                 features = runner(batch.images)
                 if not checked:
-                    runner, features = _settle(runner, plan, features, batch.images, backbone, settings,
-                                               min_agreement=min_agreement, cache_dir=cache_dir)
+                    runner, features = _settle(
+                        runner,
+                        plan,
+                        features,
+                        batch.images,
+                        backbone,
+                        settings,
+                        min_agreement=min_agreement,
+                        cache_dir=cache_dir,
+                    )
                     checked = True
                     if cache:  # a run that fell back to the exact path stores exact vectors as such
                         cache = EmbeddingCache(cache_dir, cache_key(backbone, settings))
@@ -382,8 +396,12 @@ def extract_embeddings(
 def cache_key(backbone: Backbone, settings: dict) -> str:
     """The cache folder for a run: the backbone's key for exact runs, a separate one for runs
     with any speed option, so that an exact run never reads approximate vectors."""
-    exact = (settings["precision"] == "fp32" and settings["decode"] == "exact"
-             and settings["engine"] == "torch" and not settings["compile"])
+    exact = (
+        settings["precision"] == "fp32"
+        and settings["decode"] == "exact"
+        and settings["engine"] == "torch"
+        and not settings["compile"]
+    )
     return backbone.cache_key if exact else f"{backbone.cache_key}{APPROXIMATE_SUFFIX}"
 
 
@@ -400,22 +418,37 @@ def _resolve_settings(backbone: Backbone, device: torch.device, *, precision, de
     if decode == "auto":
         decode = "device"
     if decode == "device" and backbone.preprocess.interpolation not in TENSOR_INTERPOLATIONS:
-        warnings.warn(f"{backbone.preprocess.interpolation} resizing has no tensor kernel matching "
-                      "PIL's; decoding with PIL instead", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{backbone.preprocess.interpolation} resizing has no tensor kernel matching "
+            "PIL's; decoding with PIL instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         decode = "exact"
     if compile == "auto":
         compile = cuda
     if engine == "auto":
         from . import onnx_engine
 
-        engine = ("onnxruntime" if not cuda and precision == "fp32" and not compile and onnx_engine.available()
-                  else "torch")
+        engine = (
+            "onnxruntime" if not cuda and precision == "fp32" and not compile and onnx_engine.available() else "torch"
+        )
     if engine == "onnxruntime" and (cuda or precision != "fp32" or compile):
-        raise ValueError("engine='onnxruntime' runs fp32 on a CPU: use it with a CPU model, "
-                         "precision='fp32' and compile=False")
-    return dict(precision=precision, decode=decode, compile=bool(compile), engine=engine,
-                device=str(device), batch_size=None, agreement=None, fell_back=False,
-                device_decoded=0, cpu_decoded=0)
+        raise ValueError(
+            "engine='onnxruntime' runs fp32 on a CPU: use it with a CPU model, precision='fp32' and compile=False"
+        )
+    return dict(
+        precision=precision,
+        decode=decode,
+        compile=bool(compile),
+        engine=engine,
+        device=str(device),
+        batch_size=None,
+        agreement=None,
+        fell_back=False,
+        device_decoded=0,
+        cpu_decoded=0,
+    )
 
 
 def _runner_plan(settings: dict, requested_precision: str, device: torch.device) -> list[dict]:
@@ -432,20 +465,33 @@ def _runner_plan(settings: dict, requested_precision: str, device: torch.device)
     return plan
 
 
-def _settle(runner, plan: list[dict], features: torch.Tensor, images: torch.Tensor, backbone: Backbone,
-            settings: dict, *, min_agreement: float, cache_dir):
+def _settle(
+    runner,
+    plan: list[dict],
+    features: torch.Tensor,
+    images: torch.Tensor,
+    backbone: Backbone,
+    settings: dict,
+    *,
+    min_agreement: float,
+    cache_dir,
+):
     """Check an approximate runner on the first batch against the exact fp32 model, and go down
     the plan until one agrees (exact fp32, last, always does). Returns the runner to keep and the
     batch's features from it."""
     while runner.approximate:
         score = agreement(backbone.model, images, features)
         settings["agreement"] = score
-        if score >= min_agreement or not plan:   # NaN compares False: falls back
+        if score >= min_agreement or not plan:  # NaN compares False: falls back
             break
         choice = plan.pop(0)
-        warnings.warn(f"{runner.engine} {runner.precision} features agree with the exact fp32 model only "
-                      f"to cosine {score:.5f} (< {min_agreement}); using {choice['engine']} "
-                      f"{choice['precision']} instead.", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{runner.engine} {runner.precision} features agree with the exact fp32 model only "
+            f"to cosine {score:.5f} (< {min_agreement}); using {choice['engine']} "
+            f"{choice['precision']} instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         batch_size = runner.fixed_batch
         runner.close()
         runner = _make_runner(backbone, images.device, choice, cache_dir)
@@ -469,8 +515,15 @@ def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers) -
     if decode == "device":
         # Threads only read files and parse headers (and decode the odd PNG): a few suffice.
         threads = num_workers if num_workers else min(8, cpus)
-        return device_batches(paths, rows, preprocess, device, batch_size, threads=threads,
-                              cpu_path=lambda data, name: image_to_tensor(decode_image(data, name), preprocess))
+        return device_batches(
+            paths,
+            rows,
+            preprocess,
+            device,
+            batch_size,
+            threads=threads,
+            cpu_path=lambda data, name: image_to_tensor(decode_image(data, name), preprocess),
+        )
     if num_workers is None:
         # With a GPU, PIL decoding is the bottleneck: a worker per core. On a CPU-only machine the
         # model's own threads use the cores, and one worker keeps decoding ahead of it.

@@ -38,7 +38,7 @@ def write_csv_atomic(table, path: str | Path) -> None:
         table.to_csv(temporary, index=False)
 
 
-STAGING = ".wildreid-new-"   # prefixes of the temporary folders beside a folder being replaced
+STAGING = ".wildreid-new-"  # prefixes of the temporary folders beside a folder being replaced
 RETIRED = ".wildreid-old-"
 
 
@@ -72,7 +72,7 @@ def _swap_in(staging: Path, path: Path) -> None:
     try:
         os.replace(staging, path)
     except OSError:
-        if retired is not None:   # put the earlier folder back
+        if retired is not None:  # put the earlier folder back
             os.replace(retired / "old", path)
             shutil.rmtree(retired, ignore_errors=True)
         raise

@@ -68,17 +68,24 @@ class Calibration:
 
 @dataclass
 class FusionSettings:
-    shortlist: int = 20            # B: images per shortlist (cosine, and LNBNN)
-    use_lnbnn: bool = True         # LNBNN shortlist and score
+    shortlist: int = 20  # B: images per shortlist (cosine, and LNBNN)
+    use_lnbnn: bool = True  # LNBNN shortlist and score
     scores: tuple[str, ...] = SCORE_TYPES
     geometry: str = "homography"
     calibration_anchors: int = 600  # database images used as pseudo-queries for calibration
     lnbnn_k: int = 5
-    workers: int = 0               # 0: one thread per core
+    workers: int = 0  # 0: one thread per core
 
 
-def inlier_counts(method: LocalMethod, left: list[LocalFeatures | None], right: list[LocalFeatures | None],
-                  rows: np.ndarray, columns: np.ndarray, geometry: str, workers: int = 0) -> np.ndarray:
+def inlier_counts(
+    method: LocalMethod,
+    left: list[LocalFeatures | None],
+    right: list[LocalFeatures | None],
+    rows: np.ndarray,
+    columns: np.ndarray,
+    geometry: str,
+    workers: int = 0,
+) -> np.ndarray:
     def one(pair):
         a, b = left[pair[0]], right[pair[1]]
         if a is None or b is None:
@@ -90,6 +97,8 @@ def inlier_counts(method: LocalMethod, left: list[LocalFeatures | None], right: 
 
     # NumPy's matrix product and OpenCV release the GIL: one thread per core, each with a
     # single-threaded BLAS (nested BLAS threads would fight over the same cores).
-    with threadpool_limits(limits=1, user_api="blas"), \
-            ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+    ):
         return np.fromiter(pool.map(one, zip(rows, columns)), dtype=np.float64, count=len(rows))

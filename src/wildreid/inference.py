@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CPU_BATCH_SIZE = 32          # a CPU gains nothing from larger batches
-MAX_AUTO_BATCH_SIZE = 128    # beyond this a GPU gets no faster, and the pipeline fills slowly
-AGREEMENT_SAMPLE = 16        # images of the first batch run again in fp32 to check agreement
+CPU_BATCH_SIZE = 32  # a CPU gains nothing from larger batches
+MAX_AUTO_BATCH_SIZE = 128  # beyond this a GPU gets no faster, and the pipeline fills slowly
+AGREEMENT_SAMPLE = 16  # images of the first batch run again in fp32 to check agreement
 
 # Compiled models and measured batch sizes, so that a second extraction with the same model (a
 # warm-up, then the real run) neither compiles nor measures again. A compiled wrapper refers to its
@@ -49,8 +49,7 @@ class TorchRunner:
 
     engine = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
-                 compile: bool = False):
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False):
         self.model, self.device, self.precision = model, device, precision
         self.compiled = compile
         # With compile, every batch is padded to this size (set by the caller to its batch size;
@@ -87,8 +86,11 @@ class TorchRunner:
                     raise
                 # A compiler that fails (no Triton, no C++ compiler, an unsupported op) costs speed,
                 # not the run: go on eagerly.
-                warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); "
-                              "running the model eagerly", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); running the model eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 self.compiled, self._forward = False, self.model
                 features = self.model(images)
             return features[:count].float()
@@ -123,8 +125,9 @@ def _compiled(model: torch.nn.Module) -> torch.nn.Module:
     return _COMPILED[model]
 
 
-def agreement(model: torch.nn.Module, images: torch.Tensor, features: torch.Tensor,
-              sample: int = AGREEMENT_SAMPLE) -> float:
+def agreement(
+    model: torch.nn.Module, images: torch.Tensor, features: torch.Tensor, sample: int = AGREEMENT_SAMPLE
+) -> float:
     """Lowest cosine similarity between ``features`` and the eager fp32 model's features for the
     first ``sample`` images (NaN if either has non-finite values)."""
     count = min(sample, len(images))
@@ -136,8 +139,9 @@ def agreement(model: torch.nn.Module, images: torch.Tensor, features: torch.Tens
     return float(F.cosine_similarity(approximate, exact, dim=1, eps=1e-12).min())
 
 
-def choose_batch_size(free_bytes: int, bytes_per_image: int, *, fraction: float = 0.5,
-                      maximum: int = MAX_AUTO_BATCH_SIZE) -> int:
+def choose_batch_size(
+    free_bytes: int, bytes_per_image: int, *, fraction: float = 0.5, maximum: int = MAX_AUTO_BATCH_SIZE
+) -> int:
     """Largest batch using at most ``fraction`` of the free memory, a multiple of 8 when >= 8
     (tensor cores work in multiples of 8), between 1 and ``maximum``."""
     fits = int(free_bytes * fraction) // max(1, int(bytes_per_image))
@@ -145,8 +149,7 @@ def choose_batch_size(free_bytes: int, bytes_per_image: int, *, fraction: float 
     return size - size % 8 if size >= 8 else size
 
 
-def auto_batch_size(runner, size: tuple[int, int], device: torch.device, *,
-                    extra_bytes_per_image: int = 0) -> int:
+def auto_batch_size(runner, size: tuple[int, int], device: torch.device, *, extra_bytes_per_image: int = 0) -> int:
     """Batch size from the GPU's free memory (measured once per model and setting); a CPU gets
     CPU_BATCH_SIZE."""
     if device.type != "cuda" or not isinstance(runner, TorchRunner):

@@ -33,8 +33,7 @@ def baks(y_true: Sequence, y_pred: Sequence, new_identities: Sequence) -> float:
     return balanced_accuracy(y_true[known], y_pred[known] == y_true[known])
 
 
-def baus(y_true: Sequence, y_pred: Sequence, new_identities: Sequence,
-         new_class: str = NEW_INDIVIDUAL) -> float:
+def baus(y_true: Sequence, y_pred: Sequence, new_identities: Sequence, new_class: str = NEW_INDIVIDUAL) -> float:
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     new = np.isin(y_true, np.asarray(list(new_identities), dtype=object))
     return balanced_accuracy(y_true[new], y_pred[new] == new_class)
@@ -56,23 +55,29 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
     _check_rows(predictions["image_id"], queries["image_id"], "the submission", lambda index: f"row {index + 1}")
     if queries["identity"].isna().any():
         missing = queries.loc[queries["identity"].isna(), "image_id"].head(5).tolist()
-        raise ValueError(f"{dataset.source}: queries without a true identity (e.g. image_id "
-                         f"{missing}); evaluation needs the truth for every query.")
+        raise ValueError(
+            f"{dataset.source}: queries without a true identity (e.g. image_id "
+            f"{missing}); evaluation needs the truth for every query."
+        )
     merged = queries[["image_id", "identity", "dataset"]].merge(
-        predictions[["image_id", "identity"]].rename(columns={"identity": "prediction"}),
-        on="image_id", how="left")
+        predictions[["image_id", "identity"]].rename(columns={"identity": "prediction"}), on="image_id", how="left"
+    )
     absent = merged.loc[merged["prediction"].isna(), "image_id"].tolist()
     if absent:
-        raise ValueError(f"the submission has no prediction for {len(absent)} quer(ies), e.g. "
-                         f"image_id {absent[:5]}; it needs one row per query.")
+        raise ValueError(
+            f"the submission has no prediction for {len(absent)} quer(ies), e.g. "
+            f"image_id {absent[:5]}; it needs one row per query."
+        )
     if candidates is not None:
-        merged = merged.merge(candidates.drop(columns=["identity", "dataset", "prediction"], errors="ignore"),
-                              on="image_id", how="left")
+        merged = merged.merge(
+            candidates.drop(columns=["identity", "dataset", "prediction"], errors="ignore"), on="image_id", how="left"
+        )
 
     per_dataset = {}
     for name, rows in merged.groupby("dataset", sort=False):
-        database_identities = set(dataset.table.loc[(dataset.table["split"] == DATABASE)
-                                                    & (dataset.table["dataset"] == name), "identity"])
+        database_identities = set(
+            dataset.table.loc[(dataset.table["split"] == DATABASE) & (dataset.table["dataset"] == name), "identity"]
+        )
         new_identities = sorted(set(rows["identity"]) - database_identities)
         known = ~rows["identity"].isin(new_identities)
         figures = {
@@ -101,8 +106,9 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
 
 
 def _retrieval_figures(rows: pd.DataFrame, known: np.ndarray) -> dict:
-    ranked_columns = sorted((c for c in rows.columns if c.startswith("identity_") and c[9:].isdigit()),
-                            key=lambda c: int(c[9:]))
+    ranked_columns = sorted(
+        (c for c in rows.columns if c.startswith("identity_") and c[9:].isdigit()), key=lambda c: int(c[9:])
+    )
     ranked = rows[ranked_columns].to_numpy(dtype=object)
     truth = rows["identity"].to_numpy(dtype=object)[:, None]
     hit_rank = np.where(ranked == truth, np.arange(1, ranked.shape[1] + 1), np.inf).min(axis=1)
@@ -126,8 +132,9 @@ def load_submission(path, queries: Sequence | None = None) -> pd.DataFrame:
     table = read_text_csv(path, "submission")
     missing = {"image_id", "identity"} - set(table.columns)
     if missing:
-        raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; a submission has the header "
-                           "'image_id,identity'.")
+        raise DatasetError(
+            f"{path}: missing column(s) {sorted(missing)}; a submission has the header 'image_id,identity'."
+        )
     _check_rows(table["image_id"], queries, str(path), lambda index: f"row {index + 2}")
     return table
 
@@ -139,16 +146,24 @@ def _check_rows(image_ids: pd.Series, queries: Sequence | None, label: str, wher
     repeated = image_ids[image_ids.duplicated(keep=False)]
     if len(repeated):
         groups = repeated.groupby(repeated).groups
-        problems.append(f"{len(groups)} image id(s) appear more than once (one row per query): " + "; ".join(
-            f"'{image_id}' at {_listing([where(i) for i in rows])}" for image_id, rows in list(groups.items())[:20]))
+        problems.append(
+            f"{len(groups)} image id(s) appear more than once (one row per query): "
+            + "; ".join(
+                f"'{image_id}' at {_listing([where(i) for i in rows])}" for image_id, rows in list(groups.items())[:20]
+            )
+        )
     if queries is not None:
         extra = image_ids.index[~image_ids.isin(set(queries))]
         if len(extra):
-            problems.append(f"{len(extra)} row(s) name images that are not queries of this dataset: "
-                            + _listing([f"{where(i)} ('{image_ids[i]}')" for i in extra]))
+            problems.append(
+                f"{len(extra)} row(s) name images that are not queries of this dataset: "
+                + _listing([f"{where(i)} ('{image_ids[i]}')" for i in extra])
+            )
     if problems:
-        raise DatasetError(f"{label}: " + "\n".join(problems) + "\nFix the submission: exactly one row "
-                           "per query image, as in the metadata.")
+        raise DatasetError(
+            f"{label}: " + "\n".join(problems) + "\nFix the submission: exactly one row "
+            "per query image, as in the metadata."
+        )
 
 
 __all__ = ["baks", "baus", "geometric_score", "evaluate", "load_submission", "QUERY"]

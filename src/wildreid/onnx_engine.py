@@ -54,11 +54,18 @@ class OnnxRunner:
     precision = "fp32"
     compiled = False
     channels_last = False
-    approximate = True   # another implementation of the model: checked on the first batch
-    fixed_batch = None   # any batch size works
+    approximate = True  # another implementation of the model: checked on the first batch
+    fixed_batch = None  # any batch size works
 
-    def __init__(self, model: torch.nn.Module, size: tuple[int, int], *, cache_key: str,
-                 folder: str | Path | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        size: tuple[int, int],
+        *,
+        cache_key: str,
+        folder: str | Path | None = None,
+        threads: int | None = None,
+    ):
         self.model = model
         key = (tuple(size), threads or torch.get_num_threads())
         sessions = _SESSIONS.setdefault(model, {})
@@ -103,8 +110,15 @@ def _exported(model: torch.nn.Module, size: tuple[int, int], cache_key: str, fol
         # onnxscript package; for these convolutional models both give the same graph.
         warnings.simplefilter("ignore")
         example = torch.zeros((1, 3, *size), device=next(model.parameters()).device)
-        torch.onnx.export(model, (example,), str(temporary), input_names=["images"],
-                          output_names=["features"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(temporary),
+            input_names=["images"],
+            output_names=["features"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        )
     os.chmod(path, 0o644)
     return path

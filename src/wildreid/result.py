@@ -23,37 +23,42 @@ UNREADABLE = "unreadable_image"
 class Ranking:
     """Per query (rows) the k best identities, best first; None / NaN where fewer exist."""
 
-    identities: np.ndarray    # (Q, k) object
-    scores: np.ndarray        # (Q, k) float
-    matches: np.ndarray       # (Q, k) object: image_id of the identity's best database photo
+    identities: np.ndarray  # (Q, k) object
+    scores: np.ndarray  # (Q, k) float
+    matches: np.ndarray  # (Q, k) object: image_id of the identity's best database photo
 
     @classmethod
     def empty(cls, queries: int, k: int) -> "Ranking":
-        return cls(np.full((queries, k), None, dtype=object), np.full((queries, k), np.nan),
-                   np.full((queries, k), None, dtype=object))
+        return cls(
+            np.full((queries, k), None, dtype=object),
+            np.full((queries, k), np.nan),
+            np.full((queries, k), None, dtype=object),
+        )
 
     def candidates(self, query: int) -> list[tuple[str, float, str | None]]:
         """(identity, score, best image id) of one query, best first."""
-        return [(identity, float(score), match)
-                for identity, score, match in zip(self.identities[query], self.scores[query], self.matches[query])
-                if identity is not None and score == score]
+        return [
+            (identity, float(score), match)
+            for identity, score, match in zip(self.identities[query], self.scores[query], self.matches[query])
+            if identity is not None and score == score
+        ]
 
 
 @dataclass
 class IdentifyResult:
-    dataset: Dataset                # the queries (and, where known, the database), for evaluation
+    dataset: Dataset  # the queries (and, where known, the database), for evaluation
     preset: Preset
-    queries: pd.DataFrame           # image_id, dataset: one row per query, in input order
-    prediction: np.ndarray          # (Q,) object: an identity or new_individual
+    queries: pd.DataFrame  # image_id, dataset: one row per query, in input order
+    prediction: np.ndarray  # (Q,) object: an identity or new_individual
     ranking: Ranking
-    query_thresholds: np.ndarray    # (Q,) the threshold each query was decided with (NaN: closed set)
-    errors: list                    # (Q,) why a query could not be read, or ""
-    thresholds: dict                # dataset -> threshold used (float, or None = closed set)
-    threshold_choices: dict         # dataset -> ThresholdChoice, where chosen automatically
-    failures: pd.DataFrame          # image_id, split, path, reason
+    query_thresholds: np.ndarray  # (Q,) the threshold each query was decided with (NaN: closed set)
+    errors: list  # (Q,) why a query could not be read, or ""
+    thresholds: dict  # dataset -> threshold used (float, or None = closed set)
+    threshold_choices: dict  # dataset -> ThresholdChoice, where chosen automatically
+    failures: pd.DataFrame  # image_id, split, path, reason
     timings: dict = field(default_factory=dict)
-    calibrations: dict = field(default_factory=dict)   # dataset -> Calibration, when local matching ran
-    notes: list = field(default_factory=list)          # what a user should know about how it ran
+    calibrations: dict = field(default_factory=dict)  # dataset -> Calibration, when local matching ran
+    notes: list = field(default_factory=list)  # what a user should know about how it ran
 
     @property
     def predictions(self) -> pd.DataFrame:
@@ -63,15 +68,17 @@ class IdentifyResult:
     @cached_property
     def candidates(self) -> pd.DataFrame:
         """The detailed table of candidates.csv: one row per query, the ranking flattened."""
-        table = pd.DataFrame({
-            "image_id": self.queries["image_id"].to_numpy(),
-            "dataset": self.queries["dataset"].to_numpy(),
-            "prediction": self.prediction,
-            "top1_score": self.ranking.scores[:, 0] if self.ranking.scores.shape[1] else np.nan,
-            "threshold": [None if t != t else t for t in self.query_thresholds],
-            "flags": [UNREADABLE if reason else "" for reason in self.errors],
-            "error": list(self.errors),
-        })
+        table = pd.DataFrame(
+            {
+                "image_id": self.queries["image_id"].to_numpy(),
+                "dataset": self.queries["dataset"].to_numpy(),
+                "prediction": self.prediction,
+                "top1_score": self.ranking.scores[:, 0] if self.ranking.scores.shape[1] else np.nan,
+                "threshold": [None if t != t else t for t in self.query_thresholds],
+                "flags": [UNREADABLE if reason else "" for reason in self.errors],
+                "error": list(self.errors),
+            }
+        )
         for rank in range(self.ranking.identities.shape[1]):
             table[f"identity_{rank + 1}"] = self.ranking.identities[:, rank]
             table[f"score_{rank + 1}"] = self.ranking.scores[:, rank]

@@ -25,9 +25,9 @@ def cosine_similarity(query_vectors: np.ndarray, database_vectors: np.ndarray) -
 class IdentityRanking:
     """For each query row: the k best identities, their scores and their best database image."""
 
-    identities: np.ndarray    # (Q, k) object; None where fewer than k identities exist
-    scores: np.ndarray        # (Q, k) float; NaN where no identity
-    best_images: np.ndarray   # (Q, k) int, row in the database table; -1 where none
+    identities: np.ndarray  # (Q, k) object; None where fewer than k identities exist
+    scores: np.ndarray  # (Q, k) float; NaN where no identity
+    best_images: np.ndarray  # (Q, k) int, row in the database table; -1 where none
 
 
 def rank_identities(similarity: np.ndarray, database_identities: np.ndarray, k: int) -> IdentityRanking:
@@ -36,8 +36,9 @@ def rank_identities(similarity: np.ndarray, database_identities: np.ndarray, k: 
     return rank_neighbours(order, np.take_along_axis(similarity, order, axis=1), database_identities, k)
 
 
-def rank_neighbours(columns: np.ndarray, scores: np.ndarray, database_identities: np.ndarray,
-                    k: int) -> IdentityRanking:
+def rank_neighbours(
+    columns: np.ndarray, scores: np.ndarray, database_identities: np.ndarray, k: int
+) -> IdentityRanking:
     """Rank identities from each query's nearest database images (``columns``, best first, -1 or
     -inf where none): an identity's score is its first (best) image's. Works on the top-N
     neighbours an index returns, so nothing per query grows with the database. Identities with
@@ -45,12 +46,15 @@ def rank_neighbours(columns: np.ndarray, scores: np.ndarray, database_identities
     identities = np.asarray(database_identities, dtype=object)
     labels, codes = np.unique(identities, return_inverse=True)
     queries, depth = columns.shape
-    result = IdentityRanking(np.full((queries, k), None, dtype=object), np.full((queries, k), np.nan),
-                             np.full((queries, k), -1, dtype=np.int64))
+    result = IdentityRanking(
+        np.full((queries, k), None, dtype=object),
+        np.full((queries, k), np.nan),
+        np.full((queries, k), -1, dtype=np.int64),
+    )
     valid = (columns >= 0) & np.isfinite(scores)
     if not valid.any() or k <= 0:
         return result
-    row_of, position = np.nonzero(valid)   # row-major: each row's neighbours in order
+    row_of, position = np.nonzero(valid)  # row-major: each row's neighbours in order
     code = codes[columns[row_of, position]]
     # The first occurrence of each (query, identity) pair is that identity's best image.
     _, first = np.unique(row_of * len(labels) + code, return_index=True)
@@ -75,5 +79,8 @@ def search_groups(query_table: pd.DataFrame, database_table: pd.DataFrame, same_
         yield np.arange(len(query_table)), np.arange(len(database_table)), "all"
         return
     for name in dict.fromkeys(query_table["dataset"]):
-        yield (np.flatnonzero(query_table["dataset"].to_numpy() == name),
-               np.flatnonzero(database_table["dataset"].to_numpy() == name), name)
+        yield (
+            np.flatnonzero(query_table["dataset"].to_numpy() == name),
+            np.flatnonzero(database_table["dataset"].to_numpy() == name),
+            name,
+        )

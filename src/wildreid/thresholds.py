@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-
 @dataclass
 class ThresholdChoice:
     threshold: float
@@ -26,11 +25,16 @@ class ThresholdChoice:
     curve_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     curve_baks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     curve_baus: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
-    note: str = ""   # why the choice is not a real one, for the user
+    note: str = ""  # why the choice is not a real one, for the user
 
     def summary(self) -> dict:
-        return {"threshold": self.threshold, "simulated_score": self.simulated_score,
-                "simulated_baks": self.simulated_baks, "simulated_baus": self.simulated_baus, "note": self.note}
+        return {
+            "threshold": self.threshold,
+            "simulated_score": self.simulated_score,
+            "simulated_baks": self.simulated_baks,
+            "simulated_baus": self.simulated_baus,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -42,9 +46,9 @@ class Neighbours:
     each pseudo-query's shortlist.
     """
 
-    rows: np.ndarray       # (P,) database rows asked as pseudo-queries
-    columns: np.ndarray    # (P, K) their neighbours' database rows, best first; -1 pads
-    scores: np.ndarray     # (P, K) the neighbours' scores; -inf pads
+    rows: np.ndarray  # (P,) database rows asked as pseudo-queries
+    columns: np.ndarray  # (P, K) their neighbours' database rows, best first; -1 pads
+    scores: np.ndarray  # (P, K) the neighbours' scores; -inf pads
 
     @classmethod
     def from_dense(cls, similarity: np.ndarray, scored_rows: np.ndarray | None = None) -> "Neighbours":
@@ -78,15 +82,21 @@ class Neighbours:
 class SimulatedQueries:
     """Top-1 answers of one simulated round."""
 
-    truth: np.ndarray        # identity of each pseudo-query
-    is_new: np.ndarray       # held-out identity?
+    truth: np.ndarray  # identity of each pseudo-query
+    is_new: np.ndarray  # held-out identity?
     top_identity: np.ndarray
     top_score: np.ndarray
 
 
-def simulate_round(neighbours: Neighbours, identities: np.ndarray, rng: np.random.Generator,
-                   *, new_identity_share: float = 0.25, known_query_share: float = 0.25,
-                   near_duplicate_groups: np.ndarray | None = None) -> SimulatedQueries:
+def simulate_round(
+    neighbours: Neighbours,
+    identities: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    new_identity_share: float = 0.25,
+    known_query_share: float = 0.25,
+    near_duplicate_groups: np.ndarray | None = None,
+) -> SimulatedQueries:
     """One simulated open-set split of the database, answered by nearest identity.
 
     Some whole identities are held out as new, some images of the others as known queries; every
@@ -131,7 +141,7 @@ def score_curves(rounds: list[SimulatedQueries], grid: np.ndarray):
     rounds = [s for s in rounds if s.is_new.any() and (~s.is_new).any()] or rounds
     baks_rows, baus_rows, score_rows = [], [], []
     for simulated in rounds:
-        accept = simulated.top_score[:, None] >= grid[None, :]        # (queries, thresholds)
+        accept = simulated.top_score[:, None] >= grid[None, :]  # (queries, thresholds)
         correct = (simulated.top_identity == simulated.truth)[:, None] & accept
         baks = _balanced(correct[~simulated.is_new], simulated.truth[~simulated.is_new])
         baus = _balanced(~accept[simulated.is_new], simulated.truth[simulated.is_new])
@@ -151,26 +161,41 @@ def _balanced(hits: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(codes)[:, None]).mean(axis=0)
 
 
-def choose_threshold(neighbours: Neighbours, identities: np.ndarray, *, rounds: int = 20, seed: int = 0,
-                     near_duplicate_groups: np.ndarray | None = None, grid_size: int = 400) -> ThresholdChoice:
+def choose_threshold(
+    neighbours: Neighbours,
+    identities: np.ndarray,
+    *,
+    rounds: int = 20,
+    seed: int = 0,
+    near_duplicate_groups: np.ndarray | None = None,
+    grid_size: int = 400,
+) -> ThresholdChoice:
     """The threshold maximising the simulated open-set score on this database."""
     identities = np.asarray(identities, dtype=object)
     rng = np.random.default_rng(seed)
-    simulated = [simulate_round(neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups)
-                 for _ in range(rounds)]
+    simulated = [
+        simulate_round(neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups) for _ in range(rounds)
+    ]
     scores = np.concatenate([s.top_score for s in simulated])
     scores = scores[np.isfinite(scores)]
     if len(scores) == 0 or not any(s.is_new.any() for s in simulated):
         # Nothing could be held out as new (a single identity, or one photo each): no threshold
         # can be learnt. Accept every answer, and say so: the caller passes the note on.
-        return ThresholdChoice(-math.inf, math.nan, math.nan, math.nan, note=(
-            f"only {len(np.unique(identities))} identit{'y' if len(np.unique(identities)) == 1 else 'ies'} "
-            "with too few photos to simulate new individuals, so no new_individual threshold could be "
-            "chosen: every query gets the best identity. Give --threshold VALUE to allow new_individual."))
+        return ThresholdChoice(
+            -math.inf,
+            math.nan,
+            math.nan,
+            math.nan,
+            note=(
+                f"only {len(np.unique(identities))} identit{'y' if len(np.unique(identities)) == 1 else 'ies'} "
+                "with too few photos to simulate new individuals, so no new_individual threshold could be "
+                "chosen: every query gets the best identity. Give --threshold VALUE to allow new_individual."
+            ),
+        )
     # Candidate thresholds: score quantiles (dense where the scores are), plus "accept all".
-    grid = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, grid_size)),
-                                     [scores.max() + 1e-6]]))
+    grid = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, grid_size)), [scores.max() + 1e-6]]))
     baks, baus, score = score_curves(simulated, grid)
     best = int(np.argmax(score))
-    return ThresholdChoice(float(grid[best]), float(score[best]), float(baks[best]), float(baus[best]),
-                           grid, score, baks, baus)
+    return ThresholdChoice(
+        float(grid[best]), float(score[best]), float(baks[best]), float(baus[best]), grid, score, baks, baus
+    )

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, train_transform
 from .backbones import OFFLINE_LITE0, Backbone, Preprocess, folder_fingerprint, load_backbone, local_folder
-from .data import DATABASE, QUERY, Dataset, ImageReadError, decode_image, read_image_bytes, read_text_csv
+from .data import DATABASE, QUERY, Dataset, ImageReadError, content_hash, decode_image, read_image_bytes, read_text_csv
 from .extract import PIL_INTERPOLATION, default_device, pixels_to_input
 from .files import atomic_path, write_text_atomic
 
@@ -48,7 +48,7 @@ MODEL_FILES = ("config.json", "model.safetensors")
 
 # Roles of the training images.
 TRAIN = "train"
-VAL_IMAGE = "val_image"        # held-out image of an identity that is trained on
+VAL_IMAGE = "val_image"  # held-out image of an identity that is trained on
 VAL_IDENTITY = "val_identity"  # image of an identity held out entirely
 
 
@@ -61,18 +61,18 @@ class TrainConfig:
     backbone: str = OFFLINE_LITE0
     epochs: int = 30
     batch_size: int = 32
-    lr: float = 3e-4                # backbone learning rate (AdamW, peak of the cosine schedule)
-    head_lr_factor: float = 10.0    # the freshly initialised ArcFace head learns this much faster
-    weight_decay: float = 0.01      # not applied to biases and normalisation weights
-    head_epochs: int = 2            # first epochs train the head alone, the backbone frozen (see below);
-                                    # at most epochs - 1: the last epoch always trains the backbone
-    warmup_epochs: float = 1.0      # then the backbone's learning rate rises linearly, then falls (cosine)
-    image_size: int | None = None   # square input side; None: the backbone's own input size
-    margin: float = 0.3             # ArcFace additive angular margin, radians
-    scale: float = 30.0             # ArcFace logit scale
-    sub_centers: int = 1            # >1: sub-center ArcFace (several prototypes per identity)
-    val_fraction: float = 0.15      # of the training images; 0: no validation, no early stopping
-    patience: int = 5               # epochs without a better validation top-1 before stopping
+    lr: float = 3e-4  # backbone learning rate (AdamW, peak of the cosine schedule)
+    head_lr_factor: float = 10.0  # the freshly initialised ArcFace head learns this much faster
+    weight_decay: float = 0.01  # not applied to biases and normalisation weights
+    head_epochs: int = 2  # first epochs train the head alone, the backbone frozen (see below);
+    # at most epochs - 1: the last epoch always trains the backbone
+    warmup_epochs: float = 1.0  # then the backbone's learning rate rises linearly, then falls (cosine)
+    image_size: int | None = None  # square input side; None: the backbone's own input size
+    margin: float = 0.3  # ArcFace additive angular margin, radians
+    scale: float = 30.0  # ArcFace logit scale
+    sub_centers: int = 1  # >1: sub-center ArcFace (several prototypes per identity)
+    val_fraction: float = 0.15  # of the training images; 0: no validation, no early stopping
+    patience: int = 5  # epochs without a better validation top-1 before stopping
     # Batch-norm statistics stay the pretrained ones by default: those of a few dozen images per
     # batch are noisy, and updating them shifts every feature at once (validation top-1 on LionData
     # fell by half in the first fine-tuning epoch); frozen, training and identification also
@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     augment: AugmentConfig = AugmentConfig()
     # Where and how fast it runs; may change between a run and its resumption.
-    device: str | None = None       # None: a GPU if there is one
+    device: str | None = None  # None: a GPU if there is one
     num_workers: int | None = None  # augmentation processes; None: 1 on CPU, up to 8 with a GPU
 
     RUNTIME_FIELDS = ("device", "num_workers")
@@ -121,9 +121,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    backbone: Backbone      # the trained model (best epoch), in eval mode, as load_backbone gives it
+    backbone: Backbone  # the trained model (best epoch), in eval mode, as load_backbone gives it
     out: Path
-    record: dict            # what train.json holds
+    record: dict  # what train.json holds
 
     @property
     def history(self) -> list[dict]:
@@ -134,8 +134,9 @@ class TrainResult:
 # Which images to train on
 
 
-def training_images(dataset: Dataset, *, split_file: str | Path | None = None,
-                    split_column: str = "split", train_value: str = DATABASE) -> pd.DataFrame:
+def training_images(
+    dataset: Dataset, *, split_file: str | Path | None = None, split_column: str = "split", train_value: str = DATABASE
+) -> pd.DataFrame:
     """The rows of ``dataset`` to train on: image_id, identity, path, plus ``was_query``.
 
     By default the database images (never the queries). ``split_column``/``train_value`` pick
@@ -148,44 +149,58 @@ def training_images(dataset: Dataset, *, split_file: str | Path | None = None,
         split = read_text_csv(split_file, "split file")
         missing = [c for c in ("image_id", split_column) if c not in split.columns]
         if missing:
-            raise TrainError(f"{split_file}: missing column(s) {missing}; it has {list(split.columns)}. "
-                             "A split file needs 'image_id' and the column named by --split-column.")
+            raise TrainError(
+                f"{split_file}: missing column(s) {missing}; it has {list(split.columns)}. "
+                "A split file needs 'image_id' and the column named by --split-column."
+            )
         if split["image_id"].duplicated().any():
             twice = split.loc[split["image_id"].duplicated(), "image_id"].head(5).tolist()
             raise TrainError(f"{split_file}: image_id listed more than once (e.g. {twice}).")
         unknown = sorted(set(split["image_id"]) - set(table["image_id"]))
         if unknown:
-            raise TrainError(f"{split_file}: {len(unknown)} image_id(s) not in {dataset.source} "
-                             f"(e.g. {unknown[:5]}); the split file must belong to this dataset.")
+            raise TrainError(
+                f"{split_file}: {len(unknown)} image_id(s) not in {dataset.source} "
+                f"(e.g. {unknown[:5]}); the split file must belong to this dataset."
+            )
         # Images the split file does not list are simply not trained on.
         values = table["image_id"].map(dict(zip(split["image_id"], split[split_column])))
         source = f"{split_file} column '{split_column}'"
     else:
         if split_column not in table.columns:
-            raise TrainError(f"{dataset.source}: no column '{split_column}' to choose training images "
-                             f"from; it has {list(table.columns)}. Name one with --split-column, or "
-                             "give a CSV of image_id and that column with --split-file.")
+            raise TrainError(
+                f"{dataset.source}: no column '{split_column}' to choose training images "
+                f"from; it has {list(table.columns)}. Name one with --split-column, or "
+                "give a CSV of image_id and that column with --split-file."
+            )
         values = table[split_column]
         source = f"{dataset.source} column '{split_column}'"
     if split_column == "split" and split_file is None and train_value != DATABASE:
-        raise TrainError(f"training images come from the database, not '{train_value}': "
-                         "queries are what a trained model is tested on.")
+        raise TrainError(
+            f"training images come from the database, not '{train_value}': "
+            "queries are what a trained model is tested on."
+        )
     chosen = values.astype(str).str.strip() == train_value
     if not chosen.any():
         found = sorted(set(values.dropna().astype(str)))[:10]
-        raise TrainError(f"{source}: no row has the value '{train_value}' (values found: {found}). "
-                         "Pass the value that marks training images with --train-value.")
+        raise TrainError(
+            f"{source}: no row has the value '{train_value}' (values found: {found}). "
+            "Pass the value that marks training images with --train-value."
+        )
     rows = table[chosen]
     unlabelled = rows["identity"].isna()
     if unlabelled.any():
-        raise TrainError(f"{source}: {int(unlabelled.sum())} training image(s) without identity (e.g. "
-                         f"image_id {rows.loc[unlabelled, 'image_id'].head(5).tolist()}); label them or "
-                         "leave them out of the training part.")
+        raise TrainError(
+            f"{source}: {int(unlabelled.sum())} training image(s) without identity (e.g. "
+            f"image_id {rows.loc[unlabelled, 'image_id'].head(5).tolist()}); label them or "
+            "leave them out of the training part."
+        )
     images = rows[["image_id", "identity", "path"]].reset_index(drop=True)
     images["was_query"] = (rows["split"] == QUERY).to_numpy()
     if images["identity"].nunique() < 2:
-        raise TrainError(f"{source}: the training images show {images['identity'].nunique()} "
-                         "identity; telling animals apart needs at least 2.")
+        raise TrainError(
+            f"{source}: the training images show {images['identity'].nunique()} "
+            "identity; telling animals apart needs at least 2."
+        )
     return images
 
 
@@ -228,14 +243,15 @@ def source_size(size: tuple[int, int], min_crop_scale: float) -> tuple[int, int]
 
 @dataclass
 class LoadedImages:
-    evaluation: list    # uint8 (C, H, W) at the model's size, exactly as identification resizes; None if unreadable
-    training: list      # the augmentation source: the same squash, a little larger
-    hashes: list        # SHA-256 of each file's bytes (as extract.content_hashes), None if unreadable
-    failures: dict      # index -> why the image could not be read
+    evaluation: list  # uint8 (C, H, W) at the model's size, exactly as identification resizes; None if unreadable
+    training: list  # the augmentation source: the same squash, a little larger
+    hashes: list  # SHA-256 of each file's bytes (as extract.content_hashes), None if unreadable
+    failures: dict  # index -> why the image could not be read
 
 
-def load_pixels(paths: list[str], preprocess: Preprocess, train_size: tuple[int, int],
-                progress: bool = True) -> LoadedImages:
+def load_pixels(
+    paths: list[str], preprocess: Preprocess, train_size: tuple[int, int], progress: bool = True
+) -> LoadedImages:
     """Read every image once: its evaluation input, its augmentation source and its content hash."""
     interpolation = PIL_INTERPOLATION[preprocess.interpolation]
     height, width = preprocess.size
@@ -248,12 +264,13 @@ def load_pixels(paths: list[str], preprocess: Preprocess, train_size: tuple[int,
             return None, None, None, str(error)
         evaluation = TF.pil_to_tensor(image.resize((width, height), interpolation))
         training = TF.pil_to_tensor(image.resize((train_size[1], train_size[0]), interpolation))
-        return evaluation, training, hashlib.sha256(data).hexdigest(), None
+        return evaluation, training, content_hash(data), None
 
     # Decoding and resizing release the GIL: threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(tqdm(pool.map(one, paths), total=len(paths), desc="loading images", unit="img",
-                            disable=not progress))
+        results = list(
+            tqdm(pool.map(one, paths), total=len(paths), desc="loading images", unit="img", disable=not progress)
+        )
     evaluation, training, hashes, errors = (list(column) for column in zip(*results)) if results else ([],) * 4
     return LoadedImages(evaluation, training, hashes, {i: e for i, e in enumerate(errors) if e})
 
@@ -301,8 +318,11 @@ class ArcFaceHead(torch.nn.Module):
         with_margin = target * math.cos(self.margin) - sine * math.sin(self.margin)  # cos(theta + m)
         # Beyond theta = pi - m, cos(theta + m) would rise again; continue it as a straight line
         # instead (InsightFace's rule), so the loss keeps pushing the wrong way-round images.
-        with_margin = torch.where(target > math.cos(math.pi - self.margin), with_margin,
-                                  target - math.sin(math.pi - self.margin) * self.margin)
+        with_margin = torch.where(
+            target > math.cos(math.pi - self.margin),
+            with_margin,
+            target - math.sin(math.pi - self.margin) * self.margin,
+        )
         logits = cosine.scatter(1, labels[:, None], with_margin) * self.scale
         return F.cross_entropy(logits, labels), cosine.detach()
 
@@ -311,8 +331,15 @@ class ArcFaceHead(torch.nn.Module):
 # Training
 
 
-def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConfig(), *,
-          source: dict | None = None, overwrite: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    images: pd.DataFrame,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    source: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
     """Fine-tune ``config.backbone`` on ``images`` (from :func:`training_images`) and save it in
     ``out``; resume from ``out/checkpoint.pt`` if an earlier run was interrupted."""
     started = time.perf_counter()
@@ -329,8 +356,9 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
     model = backbone.model
 
     roles = split_validation(images, config.val_fraction, config.seed)
-    loaded = load_pixels(images["path"].tolist(), preprocess,
-                         source_size(preprocess.size, config.augment.min_crop_scale), progress)
+    loaded = load_pixels(
+        images["path"].tolist(), preprocess, source_size(preprocess.size, config.augment.min_crop_scale), progress
+    )
     eval_pixels, train_pixels, failures = loaded.evaluation, loaded.training, loaded.failures
     if failures:
         tqdm.write(f"{len(failures)} unreadable image(s) left out, e.g. {next(iter(failures.values()))}")
@@ -339,8 +367,10 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
     val_rows = np.flatnonzero(usable & (roles != TRAIN))
     classes = sorted(set(images["identity"].iloc[fit_rows]))
     if len(classes) < 2:
-        raise TrainError(f"only {len(classes)} identity left to train on after holding out validation "
-                         "images; lower --val-fraction or add images.")
+        raise TrainError(
+            f"only {len(classes)} identity left to train on after holding out validation "
+            "images; lower --val-fraction or add images."
+        )
     label_of = {identity: index for index, identity in enumerate(classes)}
     labels = [label_of[i] for i in images["identity"].iloc[fit_rows]]
     head = ArcFaceHead(backbone.dim, len(classes), config.margin, config.scale, config.sub_centers)
@@ -354,22 +384,36 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedules(config, steps_per_epoch))
 
     fingerprint = _data_fingerprint(images, roles, usable)
-    state = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": None, "best_weights": None,
-             "stale": 0, "stopped_early": False, "resumed_from": [], "seconds_before": 0.0}
+    state = {
+        "epoch": 0,
+        "history": [],
+        "best_score": -1.0,
+        "best_epoch": None,
+        "best_weights": None,
+        "stale": 0,
+        "stopped_early": False,
+        "resumed_from": [],
+        "seconds_before": 0.0,
+    }
     checkpoint_path = out / CHECKPOINT
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, config, fingerprint, model, head, optimizer, scheduler, device)
         state["resumed_from"].append(state["epoch"])
         tqdm.write(f"resuming from {checkpoint_path} after epoch {state['epoch']}")
 
-    loader_data = _AugmentedImages([train_pixels[i] for i in fit_rows], labels,
-                                   train_transform(preprocess.size, preprocess.mean, preprocess.std,
-                                                   preprocess.interpolation, config.augment))
+    loader_data = _AugmentedImages(
+        [train_pixels[i] for i in fit_rows],
+        labels,
+        train_transform(preprocess.size, preprocess.mean, preprocess.std, preprocess.interpolation, config.augment),
+    )
     # Augmentation runs in worker processes, overlapping the model. On CPU one is enough (it needs
     # ~3 ms per image against the model's ~100 ms) and torch runs it single-threaded there, which on
     # a small busy machine is many times faster than in the main process's thread pool.
-    workers = config.num_workers if config.num_workers is not None else (
-        min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
+    workers = (
+        config.num_workers
+        if config.num_workers is not None
+        else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
+    )
     validation = _Validation(images, roles, val_rows, fit_rows, eval_pixels, preprocess)
     if validation.rows.size and not state["history"]:
         # Epoch 0: the starting weights. If no epoch beats them, they are what is saved: training
@@ -385,33 +429,64 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
         # The shuffle order depends only on the seed and the epoch, so a resumed run sees the same
         # batches as one that was never interrupted.
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        loader = torch.utils.data.DataLoader(loader_data, batch_size=batch_size, shuffle=True,
-                                             drop_last=True, num_workers=workers, generator=generator,
-                                             pin_memory=device.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            loader_data,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            generator=generator,
+            pin_memory=device.type == "cuda",
+        )
         # A bar updated by hand (not wrapping the loader): it must stay open after the last batch
         # to show the validation figures.
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                   disable=not progress, leave=True, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(loader),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
         head_only = epoch <= _head_epochs(config)
         model.train(config.update_norm_statistics and not head_only)
-        figures = {"epoch": epoch, **_train_epoch(model, head, loader, optimizer, scheduler, device, amp,
-                                                  head_only, bar)}
+        figures = {
+            "epoch": epoch,
+            **_train_epoch(model, head, loader, optimizer, scheduler, device, amp, head_only, bar),
+        }
         if validation.rows.size:
             figures.update(validation.evaluate(model, device, amp, config.batch_size))
             if figures["val_top1"] > state["best_score"]:
-                state.update(best_score=figures["val_top1"], best_epoch=epoch, stale=0,
-                             best_weights=_cpu_copy(model.state_dict()))
+                state.update(
+                    best_score=figures["val_top1"],
+                    best_epoch=epoch,
+                    stale=0,
+                    best_weights=_cpu_copy(model.state_dict()),
+                )
             else:
                 state["stale"] += 1
                 state["stopped_early"] = state["stale"] >= config.patience
-            bar.set_postfix(loss=f"{figures['loss']:.3f}", acc=f"{figures['train_accuracy']:.3f}",
-                            val_top1=f"{figures['val_top1']:.3f}", best=f"{state['best_score']:.3f}")
+            bar.set_postfix(
+                loss=f"{figures['loss']:.3f}",
+                acc=f"{figures['train_accuracy']:.3f}",
+                val_top1=f"{figures['val_top1']:.3f}",
+                best=f"{state['best_score']:.3f}",
+            )
         bar.close()
         figures["seconds"] = time.perf_counter() - epoch_started
         state["history"].append(figures)
         state["epoch"] = epoch
-        _save_checkpoint(checkpoint_path, config, fingerprint, model, head, optimizer, scheduler, state,
-                         state["seconds_before"] + time.perf_counter() - started)
+        _save_checkpoint(
+            checkpoint_path,
+            config,
+            fingerprint,
+            model,
+            head,
+            optimizer,
+            scheduler,
+            state,
+            state["seconds_before"] + time.perf_counter() - started,
+        )
     if state["stopped_early"]:
         tqdm.write(f"stopped early: no better validation top-1 for {config.patience} epochs")
 
@@ -424,14 +499,20 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
         "status": "finished",
         "config": config.to_dict(),
         "start_weights": backbone.weights_id,
-        "model": {"folder": str(out.resolve()), "files": list(MODEL_FILES),
-                  "architecture": model.pretrained_cfg.get("architecture"), "dim": backbone.dim,
-                  "preprocess": dataclasses.asdict(preprocess),
-                  "use": f"--backbone local-dir:{out.resolve()}"},
+        "model": {
+            "folder": str(out.resolve()),
+            "files": list(MODEL_FILES),
+            "architecture": model.pretrained_cfg.get("architecture"),
+            "dim": backbone.dim,
+            "preprocess": dataclasses.asdict(preprocess),
+            "use": f"--backbone local-dir:{out.resolve()}",
+        },
         "data": {
             **(source or {}),
-            "images": int(len(images)), "identities": int(images["identity"].nunique()),
-            "train_images": int(len(fit_rows)), "train_identities": len(classes),
+            "images": int(len(images)),
+            "identities": int(images["identity"].nunique()),
+            "train_images": int(len(fit_rows)),
+            "train_identities": len(classes),
             "val_images_of_trained_identities": int((roles[val_rows] == VAL_IMAGE).sum()),
             "val_images_of_held_out_identities": int((roles[val_rows] == VAL_IDENTITY).sum()),
             "val_held_out_identities": int(images["identity"][roles == VAL_IDENTITY].nunique()),
@@ -443,10 +524,13 @@ def train(images: pd.DataFrame, out: str | Path, config: TrainConfig = TrainConf
             "trained_image_hashes": [loaded.hashes[row] for row in fit_rows],
             "held_out_image_hashes": [loaded.hashes[row] for row in val_rows],
         },
-        "device": str(device), "bf16_autocast": amp,
-        "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+        "device": str(device),
+        "bf16_autocast": amp,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
         "best_val_top1": state["best_score"] if state["best_epoch"] is not None else None,
-        "stopped_early": state["stopped_early"], "resumed_after_epochs": state["resumed_from"],
+        "stopped_early": state["stopped_early"],
+        "resumed_after_epochs": state["resumed_from"],
         "wall_time_s": round(state["seconds_before"] + time.perf_counter() - started, 1),
         "versions": {"torch": torch.__version__, "timm": _timm_version()},
         "history": state["history"],
@@ -477,8 +561,10 @@ def trained_on(backbone_name: str) -> TrainedOn | None:
     try:
         data = json.loads(record_path.read_text()).get("data", {})
     except (json.JSONDecodeError, AttributeError) as error:
-        raise TrainError(f"{record_path}: not a readable training record ({error}); restore it, or "
-                         "remove it to use the model without its calibration photos.") from None
+        raise TrainError(
+            f"{record_path}: not a readable training record ({error}); restore it, or "
+            "remove it to use the model without its calibration photos."
+        ) from None
     if "trained_image_hashes" not in data:
         return None
     return TrainedOn(frozenset(data["trained_image_hashes"]), frozenset(data.get("held_out_image_hashes", [])))
@@ -507,8 +593,13 @@ def _train_epoch(model, head, loader, optimizer, scheduler, device, amp: bool, h
         seen += len(batch)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.update()
-    return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"],
-            "head_lr": optimizer.param_groups[2]["lr"], "head_only": head_only}
+    return {
+        "loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "lr": optimizer.param_groups[0]["lr"],
+        "head_lr": optimizer.param_groups[2]["lr"],
+        "head_only": head_only,
+    }
 
 
 class _Validation:
@@ -542,14 +633,13 @@ class _Validation:
 
 
 @torch.inference_mode()
-def embed(model, pixels: list[torch.Tensor], preprocess: Preprocess, device, amp: bool,
-          batch_size: int) -> np.ndarray:
+def embed(model, pixels: list[torch.Tensor], preprocess: Preprocess, device, amp: bool, batch_size: int) -> np.ndarray:
     """L2-normalised embeddings of uint8 pictures already at the model's input size."""
     was_training = model.training
     model.eval()
     vectors = []
     for start in range(0, len(pixels), batch_size):
-        batch = pixels_to_input(torch.stack(pixels[start:start + batch_size]), preprocess)
+        batch = pixels_to_input(torch.stack(pixels[start : start + batch_size]), preprocess)
         batch = batch.to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             vectors.append(F.normalize(model(batch).float(), dim=1).cpu())
@@ -571,11 +661,14 @@ def _optimizer(model, head, config: TrainConfig) -> torch.optim.Optimizer:
     # only shrinks the features.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": list(head.parameters()), "weight_decay": 0.0, "lr": config.lr * config.head_lr_factor},
-    ], lr=config.lr)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"params": list(head.parameters()), "weight_decay": 0.0, "lr": config.lr * config.head_lr_factor},
+        ],
+        lr=config.lr,
+    )
 
 
 def _head_epochs(config: TrainConfig) -> int:
@@ -618,8 +711,10 @@ def _cpu_copy(state_dict: dict) -> dict:
 
 
 def _data_fingerprint(images: pd.DataFrame, roles: np.ndarray, usable: np.ndarray) -> str:
-    text = "\n".join(f"{i}|{identity}|{role}|{ok}" for i, identity, role, ok in
-                     zip(images["image_id"], images["identity"], roles, usable))
+    text = "\n".join(
+        f"{i}|{identity}|{role}|{ok}"
+        for i, identity, role, ok in zip(images["image_id"], images["identity"], roles, usable)
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -639,16 +734,17 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
     record = out / RECORD
     if record.exists() and not (out / CHECKPOINT).exists():
         if not overwrite:
-            raise TrainError(f"{out} already holds a trained model ({record}); choose another --out, "
-                             "or pass --overwrite to train again from the start.")
+            raise TrainError(
+                f"{out} already holds a trained model ({record}); choose another --out, "
+                "or pass --overwrite to train again from the start."
+            )
     if overwrite:
         for name in (CHECKPOINT, RECORD, *MODEL_FILES):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _save_checkpoint(path: Path, config, fingerprint, model, head, optimizer, scheduler, state,
-                     seconds: float) -> None:
+def _save_checkpoint(path: Path, config, fingerprint, model, head, optimizer, scheduler, state, seconds: float) -> None:
     """Everything needed to continue exactly where this epoch ended, written atomically: a kill
     while writing leaves the previous epoch's checkpoint intact."""
     payload = {
@@ -660,9 +756,12 @@ def _save_checkpoint(path: Path, config, fingerprint, model, head, optimizer, sc
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "state": {**state, "seconds_before": seconds},
-        "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": {
+            "python": random.getstate(),
+            "numpy": _numpy_rng_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
     }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
@@ -676,18 +775,26 @@ def _resume(path: Path, config, fingerprint, model, head, optimizer, scheduler, 
             raise ValueError("not a wildreid training checkpoint")
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainError(f"{path}: cannot read the checkpoint ({reason}); delete it or pass --overwrite "
-                         "to start again.") from None
+        raise TrainError(
+            f"{path}: cannot read the checkpoint ({reason}); delete it or pass --overwrite to start again."
+        ) from None
     saved = json.loads(payload["settings"])
     now = json.loads(json.dumps(config.result_settings(), sort_keys=True, default=str))
-    changed = [f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k)]
+    changed = [
+        f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
     if changed:
-        raise TrainError(f"{path} was written with other settings ({'; '.join(changed)}). Resume with "
-                         "the same settings, choose another --out, or pass --overwrite to start again.")
+        raise TrainError(
+            f"{path} was written with other settings ({'; '.join(changed)}). Resume with "
+            "the same settings, choose another --out, or pass --overwrite to start again."
+        )
     if payload["data"] != fingerprint:
-        raise TrainError(f"{path} was written for other training images (or another validation split); "
-                         "choose another --out, or pass --overwrite to start again.")
+        raise TrainError(
+            f"{path} was written for other training images (or another validation split); "
+            "choose another --out, or pass --overwrite to start again."
+        )
     model.load_state_dict(payload["model"])
     head.load_state_dict(payload["head"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -719,10 +826,14 @@ def save_model(model: torch.nn.Module, preprocess: Preprocess, out: Path) -> Non
     from timm.models import save_for_hf
 
     export = out / ".export"
-    data_config = {"input_size": (3, *preprocess.size), "mean": tuple(preprocess.mean),
-                   "std": tuple(preprocess.std), "interpolation": preprocess.interpolation,
-                   # A plain resize of the whole picture, as wildreid's preprocessing does it.
-                   "crop_pct": 1.0}
+    data_config = {
+        "input_size": (3, *preprocess.size),
+        "mean": tuple(preprocess.mean),
+        "std": tuple(preprocess.std),
+        "interpolation": preprocess.interpolation,
+        # A plain resize of the whole picture, as wildreid's preprocessing does it.
+        "crop_pct": 1.0,
+    }
     save_for_hf(model, export, safe_serialization=True, data_config=data_config)
     # Weights first, config last: load_backbone needs config.json, so a folder is never taken for
     # a model before both files are complete.

@@ -22,8 +22,9 @@ def _panel(image: Image.Image) -> tuple[np.ndarray, float]:
     return np.asarray(resized).copy(), scale
 
 
-def draw_matches(query: Image.Image, candidate: Image.Image, method: LocalMethod,
-                 geometry: str = "homography", caption: str = "") -> tuple[np.ndarray, int]:
+def draw_matches(
+    query: Image.Image, candidate: Image.Image, method: LocalMethod, geometry: str = "homography", caption: str = ""
+) -> tuple[np.ndarray, int]:
     """Side-by-side RGB picture with inlier lines (green) and the inlier count; returns (picture, inliers)."""
     a, b = method.extract(query), method.extract(candidate)
     matches = method.match(a, b)
@@ -35,7 +36,7 @@ def draw_matches(query: Image.Image, candidate: Image.Image, method: LocalMethod
     picture = np.concatenate([left, np.full((PANEL_HEIGHT, 8, 3), 255, np.uint8), right], axis=1)
     offset = left.shape[1] + 8
     # Keypoints are in working-image pixels: back to original pixels, then to panel pixels.
-    for (i, j) in matches[inliers] if len(matches) else []:
+    for i, j in matches[inliers] if len(matches) else []:
         x1, y1 = a.keypoints[i] / a.scale * left_scale
         x2, y2 = b.keypoints[j] / b.scale * right_scale
         cv2.line(picture, (int(x1), int(y1)), (int(x2 + offset), int(y2)), (40, 220, 40), 1, cv2.LINE_AA)
@@ -53,8 +54,9 @@ def to_png(picture: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def match_picture(query_path: str, candidate_path: str, method: str | LocalMethod = "rootsift",
-                  caption: str = "") -> bytes:
+def match_picture(
+    query_path: str, candidate_path: str, method: str | LocalMethod = "rootsift", caption: str = ""
+) -> bytes:
     """PNG bytes of :func:`draw_matches` for two image files."""
     method = get_method(method) if isinstance(method, str) else method
     picture, _ = draw_matches(read_image(query_path), read_image(candidate_path), method, caption=caption)

@@ -29,20 +29,29 @@ from .files import atomic_path
 from .gallery import Gallery
 
 RESULTS = "results.csv"
-BATCH = 32   # photos identified together: one model call, one shortlist search
+BATCH = 32  # photos identified together: one model call, one shortlist search
 
 
 class Watcher:
-    def __init__(self, folder: str | Path, out: str | Path, gallery: Gallery, *, catalog=None,
-                 dataset: str | None = None, cache_dir=None, settle_seconds: float = 2.0,
-                 report: Callable[[str], None] = print):
+    def __init__(
+        self,
+        folder: str | Path,
+        out: str | Path,
+        gallery: Gallery,
+        *,
+        catalog=None,
+        dataset: str | None = None,
+        cache_dir=None,
+        settle_seconds: float = 2.0,
+        report: Callable[[str], None] = print,
+    ):
         self.folder, self.out = Path(folder), Path(out)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder}: no such folder to watch.")
         self.gallery, self.catalog, self.dataset, self.cache_dir = gallery, catalog, dataset, cache_dir
         self.settle_seconds, self.report = settle_seconds, report
         self.results = self.out / RESULTS
-        self.seen: dict[str, tuple[int, int]] = {}    # photo -> (size, mtime) at the last poll
+        self.seen: dict[str, tuple[int, int]] = {}  # photo -> (size, mtime) at the last poll
         self.done = self._recorded()
 
     def _recorded(self) -> set[str]:
@@ -70,7 +79,7 @@ class Watcher:
             try:
                 stat = path.stat()
             except OSError:
-                continue   # gone between the listing and now
+                continue  # gone between the listing and now
             current[name] = (stat.st_size, stat.st_mtime_ns)
             if self.seen.get(name) == current[name] and now - stat.st_mtime >= self.settle_seconds:
                 ready.append(path)
@@ -81,7 +90,7 @@ class Watcher:
         """Identify the photos that have settled; return how many were recorded."""
         ready = self.settled()
         for start in range(0, len(ready), BATCH):
-            self._identify([p for p in ready[start:start + BATCH]])
+            self._identify([p for p in ready[start : start + BATCH]])
         return len(ready)
 
     def run(self, poll_seconds: float = 1.0, *, once: bool = False) -> None:
@@ -114,8 +123,7 @@ class Watcher:
             else:
                 self.report(f"{name}: {row['prediction']} (score {row['top1_score']:.3f})")
             if answers is not None:
-                self.catalog.set_query_result(answers[position][0], answers[position][1],
-                                              error=row["error"] or None)
+                self.catalog.set_query_result(answers[position][0], answers[position][1], error=row["error"] or None)
 
     def _identify_for_review(self, queries: pd.DataFrame, paths: list[Path]):
         """Each photo stored in the catalogue as a query, identified on the catalogue's gallery
@@ -123,14 +131,25 @@ class Watcher:
         from .catalog import candidates_of, catalog_gallery
         from .catalog.photos import sniff_image_type
 
-        self.gallery = catalog_gallery(self.catalog, self.gallery.preset, backbone=self.gallery.backbone,
-                                       cache_dir=self.cache_dir, gallery=self.gallery)
+        self.gallery = catalog_gallery(
+            self.catalog,
+            self.gallery.preset,
+            backbone=self.gallery.backbone,
+            cache_dir=self.cache_dir,
+            gallery=self.gallery,
+        )
         stored = []
         for path, name in zip(paths, queries["image_id"]):
             data = path.read_bytes()
-            stored.append(self.catalog.add_query(data, sniff_image_type(data) or path.suffix.lstrip(".").lower(),
-                                                 dataset=queries["dataset"].iloc[0], original_name=name,
-                                                 uploaded_by="wildreid watch"))
+            stored.append(
+                self.catalog.add_query(
+                    data,
+                    sniff_image_type(data) or path.suffix.lstrip(".").lower(),
+                    dataset=queries["dataset"].iloc[0],
+                    original_name=name,
+                    uploaded_by="wildreid watch",
+                )
+            )
         result = self.gallery.identify(queries, cache_dir=self.cache_dir, progress=False)
         return result, [(query["id"], answer) for query, answer in zip(stored, candidates_of(result, self.catalog))]
 
@@ -140,7 +159,7 @@ class Watcher:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.results) as temporary:
                 temporary.write_text(",".join(row.columns) + "\n", encoding="utf-8")
-        line = row.to_csv(header=False, index=False, lineterminator="\n")   # as candidates.csv writes it
+        line = row.to_csv(header=False, index=False, lineterminator="\n")  # as candidates.csv writes it
         descriptor = os.open(self.results, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(descriptor, line.encode("utf-8"))

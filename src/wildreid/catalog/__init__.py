@@ -9,6 +9,19 @@ from .photos import PhotoStore, sniff_image_type
 from .schema import SCHEMA_VERSION
 from .store import AlreadyDecided, Catalog, CatalogError, CheckReport
 
-__all__ = ["AlreadyDecided", "Catalog", "CatalogError", "CheckReport", "ImportReport", "PhotoStore",
-           "SCHEMA_VERSION", "candidates_of", "catalog_gallery", "catalog_to_dataset", "export_metadata",
-           "identify_with_catalog", "import_dataset", "sniff_image_type"]
+__all__ = [
+    "AlreadyDecided",
+    "Catalog",
+    "CatalogError",
+    "CheckReport",
+    "ImportReport",
+    "PhotoStore",
+    "SCHEMA_VERSION",
+    "candidates_of",
+    "catalog_gallery",
+    "catalog_to_dataset",
+    "export_metadata",
+    "identify_with_catalog",
+    "import_dataset",
+    "sniff_image_type",
+]

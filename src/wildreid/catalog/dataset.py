@@ -10,7 +10,6 @@ import pandas as pd
 from ..data import DATABASE, QUERY, Dataset, validate_dataset
 from .store import Catalog, CatalogError
 
-
 # Database image ids carry a prefix so that they can never collide with a query's id.
 PREFIX = "catalog:"
 
@@ -19,11 +18,16 @@ def catalog_image_id(image_id: str | None) -> int | None:
     """The catalogue image id behind a database image_id of :func:`catalog_to_dataset`."""
     if image_id is None or not str(image_id).startswith(PREFIX):
         return None
-    return int(str(image_id)[len(PREFIX):])
+    return int(str(image_id)[len(PREFIX) :])
 
 
-def catalog_to_dataset(catalog: Catalog, query_paths: Sequence[str | Path], *,
-                       query_ids: Sequence[str] | None = None, dataset: str | None = None) -> Dataset:
+def catalog_to_dataset(
+    catalog: Catalog,
+    query_paths: Sequence[str | Path],
+    *,
+    query_ids: Sequence[str] | None = None,
+    dataset: str | None = None,
+) -> Dataset:
     """A :class:`Dataset` whose database rows are the catalogue's photos (image_id
     ``catalog:<image id>``, see :func:`catalog_image_id`; identity = individual id) and whose
     queries are ``query_paths`` (image_id = ``query_ids``, default the paths).
@@ -33,13 +37,14 @@ def catalog_to_dataset(catalog: Catalog, query_paths: Sequence[str | Path], *,
     """
     images = catalog.images()
     if not images:
-        raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with "
-                           "`wildreid catalog import`.")
+        raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
     known = sorted({image["dataset"] for image in images})
     if dataset is None:
         if len(known) > 1:
-            raise CatalogError(f"the catalogue holds several datasets ({', '.join(known)}); say which "
-                               "one the queries belong to (--dataset).")
+            raise CatalogError(
+                f"the catalogue holds several datasets ({', '.join(known)}); say which "
+                "one the queries belong to (--dataset)."
+            )
         dataset = known[0]
     elif dataset not in known:
         raise CatalogError(f"dataset '{dataset}': not in the catalogue; choose one of {', '.join(known)}.")
@@ -47,19 +52,28 @@ def catalog_to_dataset(catalog: Catalog, query_paths: Sequence[str | Path], *,
     query_ids = list(query_ids) if query_ids is not None else query_paths
     if len(query_ids) != len(query_paths):
         raise ValueError(f"query_ids: {len(query_ids)} ids for {len(query_paths)} query paths.")
-    database = pd.DataFrame({
-        "image_id": [f"{PREFIX}{image['id']}" for image in images],
-        "identity": [image["individual_id"] for image in images],
-        "path": [str(catalog.photo_path(image["stored_path"])) for image in images],
-        "split": DATABASE,
-        "dataset": [image["dataset"] for image in images],
-        "date": [image["sighting_date"] for image in images],
-        "orientation": [image["orientation"] for image in images],
-        "viewpoint": [image["viewpoint"] for image in images],
-        "species": [image["species"] or None for image in images],
-    })
-    queries = pd.DataFrame({"image_id": [str(i) for i in query_ids], "identity": None,
-                            "path": query_paths, "split": QUERY, "dataset": dataset})
+    database = pd.DataFrame(
+        {
+            "image_id": [f"{PREFIX}{image['id']}" for image in images],
+            "identity": [image["individual_id"] for image in images],
+            "path": [str(catalog.photo_path(image["stored_path"])) for image in images],
+            "split": DATABASE,
+            "dataset": [image["dataset"] for image in images],
+            "date": [image["sighting_date"] for image in images],
+            "orientation": [image["orientation"] for image in images],
+            "viewpoint": [image["viewpoint"] for image in images],
+            "species": [image["species"] or None for image in images],
+        }
+    )
+    queries = pd.DataFrame(
+        {
+            "image_id": [str(i) for i in query_ids],
+            "identity": None,
+            "path": query_paths,
+            "split": QUERY,
+            "dataset": dataset,
+        }
+    )
     table = pd.concat([database, queries], ignore_index=True)
     result = Dataset(table, f"catalogue {catalog.path}")
     validate_dataset(result)

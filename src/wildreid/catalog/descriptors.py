@@ -20,18 +20,24 @@ from .store import Catalog
 CHUNK = 64  # photos per extraction call: progress is reported, and kept, chunk by chunk
 
 
-def prepare_descriptors(catalog: Catalog, backbone: Backbone, cache_dir: str | Path, *,
-                        progress: Callable[[int, int], None] | None = None) -> int:
+def prepare_descriptors(
+    catalog: Catalog, backbone: Backbone, cache_dir: str | Path, *, progress: Callable[[int, int], None] | None = None
+) -> int:
     """Make sure every catalogue photo has a descriptor for ``backbone`` in the catalogue and in
     the embedding cache at ``cache_dir``; return how many were computed."""
     key = backbone.cache_key
     missing = catalog.images_without_descriptors(key)
     for start in range(0, len(missing), CHUNK):
-        chunk = missing[start:start + CHUNK]
+        chunk = missing[start : start + CHUNK]
         # num_workers=0: this may run in a web server's worker thread, where forking loader
         # processes is unsafe; the chunks are small anyway.
-        extraction = extract_embeddings([str(catalog.photo_path(m["stored_path"])) for m in chunk],
-                                        backbone, cache_dir=cache_dir, num_workers=0, progress=False)
+        extraction = extract_embeddings(
+            [str(catalog.photo_path(m["stored_path"])) for m in chunk],
+            backbone,
+            cache_dir=cache_dir,
+            num_workers=0,
+            progress=False,
+        )
         good = [row for row in range(len(chunk)) if row not in extraction.failures]
         catalog.save_descriptors(key, [chunk[row]["sha256"] for row in good], extraction.embeddings[good])
         if progress:

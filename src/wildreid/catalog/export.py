@@ -12,8 +12,20 @@ from ..files import atomic_path, write_csv_atomic
 from .store import Catalog
 
 # AnimalCLEF2025's columns first, in its order; then what the catalogue knows beyond them.
-COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset",
-           "name", "location", "viewpoint", "sha256"]
+COLUMNS = [
+    "image_id",
+    "identity",
+    "path",
+    "date",
+    "orientation",
+    "species",
+    "split",
+    "dataset",
+    "name",
+    "location",
+    "viewpoint",
+    "sha256",
+]
 
 
 def export_metadata(catalog: Catalog, out_dir: str | Path, *, copy_images: bool = False) -> Path:
@@ -33,11 +45,22 @@ def export_metadata(catalog: Catalog, out_dir: str | Path, *, copy_images: bool 
             path = f"images/{stored.name}"
         else:
             path = Path(os.path.relpath(stored.resolve(), out_dir.resolve())).as_posix()
-        rows.append({"image_id": image["id"], "identity": image["individual_id"], "path": path,
-                     "date": image["sighting_date"], "orientation": image["orientation"],
-                     "species": image["species"], "split": "database", "dataset": image["dataset"],
-                     "name": image["name"], "location": image["location"],
-                     "viewpoint": image["viewpoint"], "sha256": image["sha256"]})
+        rows.append(
+            {
+                "image_id": image["id"],
+                "identity": image["individual_id"],
+                "path": path,
+                "date": image["sighting_date"],
+                "orientation": image["orientation"],
+                "species": image["species"],
+                "split": "database",
+                "dataset": image["dataset"],
+                "name": image["name"],
+                "location": image["location"],
+                "viewpoint": image["viewpoint"],
+                "sha256": image["sha256"],
+            }
+        )
     metadata = out_dir / "metadata.csv"
     write_csv_atomic(pd.DataFrame(rows, columns=COLUMNS), metadata)
     return metadata

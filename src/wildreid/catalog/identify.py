@@ -29,8 +29,15 @@ def default_cache_dir(catalog_path: str | Path) -> Path:
     return catalog_path.with_name(catalog_path.name + ".cache")
 
 
-def catalog_gallery(catalog: Catalog, preset: Preset, *, backbone: Backbone, cache_dir: str | Path,
-                    gallery: Gallery | None = None, progress: Callable[[str, int, int], None] | None = None) -> Gallery:
+def catalog_gallery(
+    catalog: Catalog,
+    preset: Preset,
+    *,
+    backbone: Backbone,
+    cache_dir: str | Path,
+    gallery: Gallery | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Gallery:
     """The catalogue's photos as a gallery, up to date: ``gallery`` (one kept in memory), else the
     saved one, else a new one; saved again when it changed."""
     folder = Path(cache_dir) / f"gallery-{preset.name}"
@@ -39,12 +46,12 @@ def catalog_gallery(catalog: Catalog, preset: Preset, *, backbone: Backbone, cac
         try:
             gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
         except GalleryError:
-            gallery = None   # built by another wildreid or descriptor: rebuilt below
+            gallery = None  # built by another wildreid or descriptor: rebuilt below
     if gallery is not None:
         held = dict(zip(gallery.table["image_id"], gallery.table["identity"]))
         current = dict(zip(photos["image_id"], photos["identity"]))
         if any(current.get(image_id) != identity for image_id, identity in held.items()):
-            gallery = None   # a photo left the catalogue or changed individual: refit from scratch
+            gallery = None  # a photo left the catalogue or changed individual: refit from scratch
         else:
             photos = photos[~photos["image_id"].isin(held)]
             if len(photos) == 0:
@@ -59,17 +66,29 @@ def catalog_gallery(catalog: Catalog, preset: Preset, *, backbone: Backbone, cac
     return gallery
 
 
-def identify_with_catalog(catalog: Catalog, query_paths: Sequence[str | Path], preset: Preset, *,
-                          query_ids: Sequence[str] | None = None, dataset: str | None = None,
-                          backbone: Backbone | None = None, cache_dir: str | Path | None = None,
-                          device: str | None = None, gallery: Gallery | None = None,
-                          progress: Callable[[str, int, int], None] | None = None) -> IdentifyResult:
+def identify_with_catalog(
+    catalog: Catalog,
+    query_paths: Sequence[str | Path],
+    preset: Preset,
+    *,
+    query_ids: Sequence[str] | None = None,
+    dataset: str | None = None,
+    backbone: Backbone | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    gallery: Gallery | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> IdentifyResult:
     """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(catalog.path)
-    backbone = backbone or (gallery.backbone if gallery else None) or load_backbone(
-        preset.backbone, preprocess=preset.preprocess, device=device or default_device())
-    gallery = catalog_gallery(catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery,
-                              progress=progress)
+    backbone = (
+        backbone
+        or (gallery.backbone if gallery else None)
+        or load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
+    )
+    gallery = catalog_gallery(
+        catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery, progress=progress
+    )
     queries = catalog_to_dataset(catalog, query_paths, query_ids=query_ids, dataset=dataset).queries
     if progress:
         progress("identifying", 0, len(queries))
@@ -88,13 +107,26 @@ def candidates_of(result: IdentifyResult, catalog: Catalog) -> list[dict]:
         for rank, (identity, score, match) in enumerate(result.ranking.candidates(position), start=1):
             catalogued = catalog_image_id(match)
             image = catalog.image(catalogued) if catalogued is not None else None
-            candidates.append({"rank": rank, "individual_id": identity, "score": score,
-                               "image_id": image["id"] if image else None,
-                               "sha256": image["sha256"] if image else None})
+            candidates.append(
+                {
+                    "rank": rank,
+                    "individual_id": identity,
+                    "score": score,
+                    "image_id": image["id"] if image else None,
+                    "sha256": image["sha256"] if image else None,
+                }
+            )
         threshold = result.query_thresholds[position]
         error = result.errors[position]
-        answers.append({"image_id": image_id, "prediction": result.prediction[position],
-                        "threshold": None if pd.isna(threshold) else float(threshold),
-                        "flags": "unreadable_image" if error else "", "error": error, "preset": result.preset.name,
-                        "candidates": candidates})
+        answers.append(
+            {
+                "image_id": image_id,
+                "prediction": result.prediction[position],
+                "threshold": None if pd.isna(threshold) else float(threshold),
+                "flags": "unreadable_image" if error else "",
+                "error": error,
+                "preset": result.preset.name,
+                "candidates": candidates,
+            }
+        )
     return answers

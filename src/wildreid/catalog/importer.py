@@ -17,8 +17,7 @@ from .photos import content_hash, sniff_image_type
 from .store import Catalog
 
 # Optional dataset columns copied onto catalogue photos (catalogue field <- dataset column).
-IMAGE_FIELDS = {"sighting_date": "date", "location": "location", "orientation": "orientation",
-                "viewpoint": "viewpoint"}
+IMAGE_FIELDS = {"sighting_date": "date", "location": "location", "orientation": "orientation", "viewpoint": "viewpoint"}
 
 
 @dataclass
@@ -26,19 +25,26 @@ class ImportReport:
     added: int = 0
     already_present: int = 0
     individuals_added: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)   # (image_id, reason)
-    conflicts: list[str] = field(default_factory=list)               # same photo, other identity
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
+    conflicts: list[str] = field(default_factory=list)  # same photo, other identity
 
     def lines(self) -> list[str]:
-        lines = [f"{self.added} photo(s) added, {self.already_present} already in the catalogue, "
-                 f"{self.individuals_added} new individual(s)"]
+        lines = [
+            f"{self.added} photo(s) added, {self.already_present} already in the catalogue, "
+            f"{self.individuals_added} new individual(s)"
+        ]
         lines += [f"skipped {image_id}: {reason}" for image_id, reason in self.unreadable]
         lines += self.conflicts
         return lines
 
 
-def import_dataset(catalog: Catalog, dataset: Dataset, *, include_queries: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> ImportReport:
+def import_dataset(
+    catalog: Catalog,
+    dataset: Dataset,
+    *,
+    include_queries: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
     """Add the labelled photos of ``dataset`` (its database split; with ``include_queries`` also
     the queries whose identity is known) to ``catalog``."""
     table = dataset.table
@@ -68,7 +74,8 @@ def _import_row(catalog: Catalog, row: dict, species: dict, source: str, report:
             if existing["individual_id"] != row["identity"]:
                 report.conflicts.append(
                     f"{image_id}: the same photo is already catalogued as image {existing['id']} of "
-                    f"'{existing['individual_id']}', not '{row['identity']}'; kept as it was.")
+                    f"'{existing['individual_id']}', not '{row['identity']}'; kept as it was."
+                )
             return
         decode_image(data, row["path"])  # refuse what could not be identified later
     except ImageReadError as error:
@@ -80,8 +87,9 @@ def _import_row(catalog: Catalog, row: dict, species: dict, source: str, report:
     with catalog.transaction():
         if catalog.add_individual(row["identity"], row["dataset"], species=species.get(row["identity"], "")):
             report.individuals_added += 1
-        _, created = catalog.add_image(data, extension, row["identity"], source=source,
-                                       source_image_id=image_id, **fields)
+        _, created = catalog.add_image(
+            data, extension, row["identity"], source=source, source_image_id=image_id, **fields
+        )
     report.added += created
     report.already_present += not created
 

@@ -9,10 +9,10 @@ committed: a crash can leave a file nobody refers to (harmless, removed by ``cat
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
+from ..data import content_hash
 from ..files import atomic_path
 
 # Magic numbers of the photo formats accepted. Checked before decoding so that a file is trusted
@@ -33,13 +33,9 @@ def sniff_image_type(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     for magic, offset, extension in _SIGNATURES:
-        if data[offset:offset + len(magic)] == magic:
+        if data[offset : offset + len(magic)] == magic:
             return extension
     return None
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class PhotoStore:
@@ -69,8 +65,11 @@ class PhotoStore:
         """Every stored photo, as paths relative to the store (temporary files excluded)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob("??/*")
-                      if p.is_file() and STORED_PATH_PATTERN.fullmatch(p.relative_to(self.root).as_posix()))
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.glob("??/*")
+            if p.is_file() and STORED_PATH_PATTERN.fullmatch(p.relative_to(self.root).as_posix())
+        )
 
     def leftovers(self) -> list[Path]:
         """Temporary files of writes a crash interrupted."""

@@ -109,10 +109,13 @@ def migrate(connection: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> 
         if found > SCHEMA_VERSION:
             raise SchemaError(
                 f"this catalogue has schema version {found}, newer than this wildreid understands "
-                f"({SCHEMA_VERSION}); upgrade wildreid to open it.")
+                f"({SCHEMA_VERSION}); upgrade wildreid to open it."
+            )
         if found == 0 and _has_foreign_tables(connection):
-            raise SchemaError("this SQLite file is not a wildreid catalogue (it has other tables); "
-                              "give a new path or an existing catalogue.")
+            raise SchemaError(
+                "this SQLite file is not a wildreid catalogue (it has other tables); "
+                "give a new path or an existing catalogue."
+            )
         for version in range(found + 1, target + 1):
             for statement in _statements(MIGRATIONS[version - 1]):
                 connection.execute(statement)

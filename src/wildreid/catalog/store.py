@@ -27,7 +27,7 @@ from .photos import PhotoStore
 from .schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
 
 BUSY_TIMEOUT_S = 30
-DECIDED = {"matched", "new"}          # final states of a query
+DECIDED = {"matched", "new"}  # final states of a query
 OUTCOME_STATUS = {"match": "matched", "new": "new", "skip": "skipped"}
 
 
@@ -55,31 +55,35 @@ class Catalog:
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.is_file():
-            raise CatalogError(f"{self.path}: no catalogue here. Create one with "
-                               f"`wildreid catalog import --catalog {self.path} DATASET`.")
+            raise CatalogError(
+                f"{self.path}: no catalogue here. Create one with "
+                f"`wildreid catalog import --catalog {self.path} DATASET`."
+            )
         if self.path.is_dir():
-            raise CatalogError(f"{self.path} is a folder; give the catalogue's file name "
-                               "(e.g. animals.sqlite).")
+            raise CatalogError(f"{self.path} is a folder; give the catalogue's file name (e.g. animals.sqlite).")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.photos = PhotoStore(default_photo_root(self.path))
         try:
             # isolation_level=None: no implicit transactions; ours are explicit (see transaction()).
             # check_same_thread=False: a web request may be served by more than one worker thread,
             # one after the other; a Catalog is still never used by two threads at once.
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S,
-                                      check_same_thread=False)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
             mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
-                raise CatalogError(f"{self.path}: cannot switch the catalogue to WAL mode (got {mode}); "
-                                   "put it on a local disk (network file systems do not support WAL).")
+                raise CatalogError(
+                    f"{self.path}: cannot switch the catalogue to WAL mode (got {mode}); "
+                    "put it on a local disk (network file systems do not support WAL)."
+                )
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.execute("PRAGMA foreign_keys = ON")
             migrate(self.db)
         except sqlite3.DatabaseError as error:
-            raise CatalogError(f"{self.path}: not a readable catalogue ({error}). Give another path, "
-                               "or restore the file from a backup.") from None
+            raise CatalogError(
+                f"{self.path}: not a readable catalogue ({error}). Give another path, "
+                "or restore the file from a backup."
+            ) from None
         except SchemaError as error:
             raise CatalogError(f"{self.path}: {error}") from None
 
@@ -121,8 +125,10 @@ class Catalog:
         return schema_version(self.db)
 
     def counts(self) -> dict[str, int]:
-        return {table: self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("individuals", "images", "descriptors", "queries", "decisions")}
+        return {
+            table: self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("individuals", "images", "descriptors", "queries", "decisions")
+        }
 
     def datasets(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT DISTINCT dataset FROM individuals ORDER BY dataset")]
@@ -130,23 +136,28 @@ class Catalog:
     # ----------------------------------------------------------------------------------------
     # individuals
 
-    def add_individual(self, individual_id: str, dataset: str, *, name: str = "", species: str = "",
-                       notes: str = "") -> bool:
+    def add_individual(
+        self, individual_id: str, dataset: str, *, name: str = "", species: str = "", notes: str = ""
+    ) -> bool:
         """Create the individual unless it exists; True if it was created."""
         individual_id, dataset = (individual_id or "").strip(), (dataset or "").strip()
         if not individual_id:
             raise CatalogError("individual id: empty; give every individual an id.")
         if any(ord(c) < 32 or ord(c) == 127 for c in individual_id):
-            raise CatalogError(f"individual id {individual_id!r}: control characters (line breaks, tabs...) are "
-                               "not allowed; ids are one line of text.")
+            raise CatalogError(
+                f"individual id {individual_id!r}: control characters (line breaks, tabs...) are "
+                "not allowed; ids are one line of text."
+            )
         if not dataset:
-            raise CatalogError(f"individual '{individual_id}': empty dataset; say which dataset "
-                               "(species or study) it belongs to.")
+            raise CatalogError(
+                f"individual '{individual_id}': empty dataset; say which dataset (species or study) it belongs to."
+            )
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO individuals (id, name, species, dataset, notes, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (individual_id, name.strip(), species.strip(), dataset,
-                                              notes.strip(), now()))
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (individual_id, name.strip(), species.strip(), dataset, notes.strip(), now()),
+            )
         return cursor.rowcount == 1
 
     def individual(self, individual_id: str) -> dict | None:
@@ -161,10 +172,14 @@ class Catalog:
             "max(m.sighting_date) AS last_seen FROM individuals i "
             "LEFT JOIN images m ON m.individual_id = i.id "
             "WHERE i.id LIKE ? ESCAPE '\\' OR i.name LIKE ? ESCAPE '\\' "
-            "GROUP BY i.id ORDER BY i.id LIMIT ? OFFSET ?", pattern, pattern, limit, offset)
+            "GROUP BY i.id ORDER BY i.id LIMIT ? OFFSET ?",
+            pattern,
+            pattern,
+            limit,
+            offset,
+        )
 
-    def update_individual(self, individual_id: str, *, name: str | None = None,
-                          notes: str | None = None) -> None:
+    def update_individual(self, individual_id: str, *, name: str | None = None, notes: str | None = None) -> None:
         with self.transaction():
             if self.individual(individual_id) is None:
                 raise CatalogError(f"individual '{individual_id}' does not exist.")
@@ -177,24 +192,39 @@ class Catalog:
         """The next free ``<dataset>_new<NNNN>``; call inside the write transaction so that two
         reviewers creating individuals at once cannot get the same id."""
         prefix = f"{dataset}_new"
-        taken = {row[0] for row in self.db.execute(
-            "SELECT id FROM individuals WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))}
+        taken = {
+            row[0]
+            for row in self.db.execute("SELECT id FROM individuals WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
+        }
         number = len(taken) + 1
         while f"{prefix}{number:04d}" in taken:
             number += 1
         return f"{prefix}{number:04d}"
 
     def _dataset_species(self, dataset: str) -> str:
-        row = self.db.execute("SELECT species, count(*) AS n FROM individuals WHERE dataset = ? "
-                              "AND species != '' GROUP BY species ORDER BY n DESC LIMIT 1", (dataset,)).fetchone()
+        row = self.db.execute(
+            "SELECT species, count(*) AS n FROM individuals WHERE dataset = ? "
+            "AND species != '' GROUP BY species ORDER BY n DESC LIMIT 1",
+            (dataset,),
+        ).fetchone()
         return row[0] if row else ""
 
     # ----------------------------------------------------------------------------------------
     # images
 
-    def add_image(self, data: bytes, extension: str, individual_id: str, *, sighting_date=None,
-                  location=None, orientation=None, viewpoint=None, source: str = "",
-                  source_image_id=None) -> tuple[dict, bool]:
+    def add_image(
+        self,
+        data: bytes,
+        extension: str,
+        individual_id: str,
+        *,
+        sighting_date=None,
+        location=None,
+        orientation=None,
+        viewpoint=None,
+        source: str = "",
+        source_image_id=None,
+    ) -> tuple[dict, bool]:
         """Store a photo of ``individual_id``; return (image row, created). A photo already in the
         catalogue (same bytes) is not added twice: its existing row is returned."""
         sha256, stored_path = self.photos.put(data, extension)  # the file first, then the row
@@ -208,8 +238,19 @@ class Catalog:
                 "INSERT INTO images (sha256, stored_path, individual_id, sighting_date, location, "
                 "orientation, viewpoint, source, source_image_id, added_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sha256, stored_path, individual_id, _text(sighting_date), _text(location),
-                 _text(orientation), _text(viewpoint), source, _text(source_image_id), now()))
+                (
+                    sha256,
+                    stored_path,
+                    individual_id,
+                    _text(sighting_date),
+                    _text(location),
+                    _text(orientation),
+                    _text(viewpoint),
+                    source,
+                    _text(source_image_id),
+                    now(),
+                ),
+            )
             return self.image(cursor.lastrowid), True
 
     def image(self, image_id: int) -> dict | None:
@@ -225,15 +266,21 @@ class Catalog:
         return self._all(
             "SELECT m.*, i.dataset, i.species, i.name FROM images m "
             f"JOIN individuals i ON i.id = m.individual_id {where} "
-            "ORDER BY m.sighting_date IS NULL, m.sighting_date, m.id", *args)
+            "ORDER BY m.sighting_date IS NULL, m.sighting_date, m.id",
+            *args,
+        )
 
     def photo_path(self, stored_path: str) -> Path:
         return self.photos.path(stored_path)
 
     def stored_file(self, sha256: str) -> Path | None:
         """The file of a catalogue photo or an uploaded query with this hash, or None."""
-        row = self._one("SELECT stored_path FROM images WHERE sha256 = ? UNION ALL "
-                        "SELECT stored_path FROM queries WHERE sha256 = ? LIMIT 1", sha256, sha256)
+        row = self._one(
+            "SELECT stored_path FROM images WHERE sha256 = ? UNION ALL "
+            "SELECT stored_path FROM queries WHERE sha256 = ? LIMIT 1",
+            sha256,
+            sha256,
+        )
         return self.photos.path(row["stored_path"]) if row else None
 
     # ----------------------------------------------------------------------------------------
@@ -242,43 +289,72 @@ class Catalog:
     def descriptors(self, backbone_key: str, hashes: list[str] | None = None) -> dict[str, np.ndarray]:
         """Stored descriptors for one backbone (all, or those of ``hashes``), by content hash."""
         if hashes is None:
-            rows = self.db.execute("SELECT sha256, dim, vector FROM descriptors WHERE backbone_key = ?",
-                                   (backbone_key,)).fetchall()
+            rows = self.db.execute(
+                "SELECT sha256, dim, vector FROM descriptors WHERE backbone_key = ?", (backbone_key,)
+            ).fetchall()
         else:
             rows = []
             for start in range(0, len(hashes), 500):  # bounded IN lists
-                chunk = hashes[start:start + 500]
+                chunk = hashes[start : start + 500]
                 rows += self.db.execute(
                     f"SELECT sha256, dim, vector FROM descriptors WHERE backbone_key = ? "
-                    f"AND sha256 IN ({', '.join('?' * len(chunk))})", (backbone_key, *chunk)).fetchall()
+                    f"AND sha256 IN ({', '.join('?' * len(chunk))})",
+                    (backbone_key, *chunk),
+                ).fetchall()
         return {row[0]: np.frombuffer(row[2], dtype="<f4").reshape(row[1]).copy() for row in rows}
 
     def images_without_descriptors(self, backbone_key: str) -> list[dict]:
-        return self._all("SELECT m.* FROM images m WHERE NOT EXISTS (SELECT 1 FROM descriptors d "
-                         "WHERE d.sha256 = m.sha256 AND d.backbone_key = ?) ORDER BY m.id", backbone_key)
+        return self._all(
+            "SELECT m.* FROM images m WHERE NOT EXISTS (SELECT 1 FROM descriptors d "
+            "WHERE d.sha256 = m.sha256 AND d.backbone_key = ?) ORDER BY m.id",
+            backbone_key,
+        )
 
     def save_descriptors(self, backbone_key: str, hashes: list[str], vectors: np.ndarray) -> None:
         vectors = np.asarray(vectors, dtype="<f4")
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO descriptors (sha256, backbone_key, dim, vector) VALUES (?, ?, ?, ?)",
-                [(h, backbone_key, int(v.shape[0]), v.tobytes()) for h, v in zip(hashes, vectors)])
+                [(h, backbone_key, int(v.shape[0]), v.tobytes()) for h, v in zip(hashes, vectors)],
+            )
 
     # ----------------------------------------------------------------------------------------
     # review: uploaded queries and decisions
 
-    def add_query(self, data: bytes, extension: str, *, dataset: str, original_name: str = "",
-                  sighting_date=None, location=None, uploaded_by: str = "", job_id=None) -> dict:
+    def add_query(
+        self,
+        data: bytes,
+        extension: str,
+        *,
+        dataset: str,
+        original_name: str = "",
+        sighting_date=None,
+        location=None,
+        uploaded_by: str = "",
+        job_id=None,
+    ) -> dict:
         if dataset not in self.datasets():
-            raise CatalogError(f"dataset '{dataset}': the catalogue has no individuals in it; "
-                               f"choose one of {', '.join(self.datasets()) or '(none: import some first)'}.")
+            raise CatalogError(
+                f"dataset '{dataset}': the catalogue has no individuals in it; "
+                f"choose one of {', '.join(self.datasets()) or '(none: import some first)'}."
+            )
         sha256, stored_path = self.photos.put(data, extension)
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO queries (sha256, stored_path, original_name, dataset, sighting_date, "
                 "location, uploaded_by, uploaded_at, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sha256, stored_path, original_name, dataset, _text(sighting_date), _text(location),
-                 uploaded_by, now(), job_id))
+                (
+                    sha256,
+                    stored_path,
+                    original_name,
+                    dataset,
+                    _text(sighting_date),
+                    _text(location),
+                    uploaded_by,
+                    now(),
+                    job_id,
+                ),
+            )
             return self.query(cursor.lastrowid)
 
     def query(self, query_id: int) -> dict | None:
@@ -287,8 +363,9 @@ class Catalog:
             row["result"] = json.loads(row["result"]) if row["result"] else None
         return row
 
-    def queries(self, *, status: str | list[str] | None = None, job_id: str | None = None,
-                limit: int = 200) -> list[dict]:
+    def queries(
+        self, *, status: str | list[str] | None = None, job_id: str | None = None, limit: int = 200
+    ) -> list[dict]:
         clauses, args = [], []
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -308,11 +385,20 @@ class Catalog:
         with self.transaction():
             self.db.execute(
                 "UPDATE queries SET result = ?, error = ?, status = ? WHERE id = ? AND status = 'queued'",
-                (json.dumps(result) if result is not None else None, error,
-                 "failed" if error else "ready", query_id))
+                (json.dumps(result) if result is not None else None, error, "failed" if error else "ready", query_id),
+            )
 
-    def decide(self, query_id: int, outcome: str, *, reviewer: str, preset: str,
-               individual_id: str | None = None, name: str = "", notes: str = "") -> dict:
+    def decide(
+        self,
+        query_id: int,
+        outcome: str,
+        *,
+        reviewer: str,
+        preset: str,
+        individual_id: str | None = None,
+        name: str = "",
+        notes: str = "",
+    ) -> dict:
         """Record a reviewer's decision on a query, in one transaction:
 
         - ``match``: the photo joins ``individual_id``'s photos;
@@ -332,16 +418,25 @@ class Catalog:
             if query is None:
                 raise CatalogError(f"query {query_id} does not exist.")
             if query["status"] in DECIDED:
-                previous = self._one("SELECT * FROM decisions WHERE query_id = ? AND outcome != 'skip' "
-                                     "ORDER BY id DESC LIMIT 1", query_id)
+                previous = self._one(
+                    "SELECT * FROM decisions WHERE query_id = ? AND outcome != 'skip' ORDER BY id DESC LIMIT 1",
+                    query_id,
+                )
                 who = f" by {previous['reviewer']} at {previous['decided_at']}" if previous else ""
-                raise AlreadyDecided(f"query {query_id} was already decided{who}: "
-                                     f"{query['status']} ({previous and previous['individual_id']}).", previous)
+                raise AlreadyDecided(
+                    f"query {query_id} was already decided{who}: "
+                    f"{query['status']} ({previous and previous['individual_id']}).",
+                    previous,
+                )
             if query["status"] == "queued":
                 raise CatalogError(f"query {query_id} is still being identified; wait for its candidates.")
             image_id = None
             existing = self.image_by_sha(query["sha256"])
-            if existing is not None and outcome != "skip" and (outcome == "new" or existing["individual_id"] != individual_id):
+            if (
+                existing is not None
+                and outcome != "skip"
+                and (outcome == "new" or existing["individual_id"] != individual_id)
+            ):
                 # One photo is filed under one individual: saying "filed under B" while it stays
                 # under A would be a lie, and moving it silently would undo an earlier decision.
                 chosen = "a new individual" if outcome == "new" else f"'{individual_id}'"
@@ -349,15 +444,22 @@ class Catalog:
                     f"This very photo is already in the catalogue as a photo of '{existing['individual_id']}' "
                     f"(image {existing['id']}), so it cannot also be filed under {chosen}. Confirm "
                     f"'{existing['individual_id']}' for it, or skip it; if '{existing['individual_id']}' is "
-                    "wrong, correct that individual's photos first.")
+                    "wrong, correct that individual's photos first."
+                )
             if outcome == "match":
                 if not individual_id or self.individual(individual_id) is None:
-                    raise CatalogError(f"individual '{individual_id}' does not exist; choose a candidate "
-                                       "or create a new individual.")
+                    raise CatalogError(
+                        f"individual '{individual_id}' does not exist; choose a candidate or create a new individual."
+                    )
             elif outcome == "new":
                 individual_id = self._new_individual_id(query["dataset"])
-                self.add_individual(individual_id, query["dataset"], name=name, notes=notes,
-                                    species=self._dataset_species(query["dataset"]))
+                self.add_individual(
+                    individual_id,
+                    query["dataset"],
+                    name=name,
+                    notes=notes,
+                    species=self._dataset_species(query["dataset"]),
+                )
             else:
                 individual_id = None
             if individual_id is not None:
@@ -365,16 +467,24 @@ class Catalog:
                     image_id = self.db.execute(
                         "INSERT INTO images (sha256, stored_path, individual_id, sighting_date, location, "
                         "source, source_image_id, added_at) VALUES (?, ?, ?, ?, ?, 'review', ?, ?)",
-                        (query["sha256"], query["stored_path"], individual_id, query["sighting_date"],
-                         query["location"], f"query-{query_id}", now())).lastrowid
+                        (
+                            query["sha256"],
+                            query["stored_path"],
+                            individual_id,
+                            query["sighting_date"],
+                            query["location"],
+                            f"query-{query_id}",
+                            now(),
+                        ),
+                    ).lastrowid
                 else:  # the very same photo, already catalogued under this individual
                     image_id = existing["id"]
             score = _candidate_score(query["result"], individual_id)
             decision_id = self.db.execute(
                 "INSERT INTO decisions (query_id, outcome, individual_id, image_id, reviewer, decided_at, "
                 "score, preset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (query_id, outcome, individual_id, image_id, reviewer, now(), score,
-                 preset)).lastrowid
+                (query_id, outcome, individual_id, image_id, reviewer, now(), score, preset),
+            ).lastrowid
             self.db.execute("UPDATE queries SET status = ? WHERE id = ?", (OUTCOME_STATUS[outcome], query_id))
             return self._one("SELECT * FROM decisions WHERE id = ?", decision_id)
 
@@ -387,8 +497,11 @@ class Catalog:
             clauses.append("d.individual_id = ?")
             args.append(individual_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all("SELECT d.*, q.original_name, q.sighting_date, q.location FROM decisions d "
-                         f"JOIN queries q ON q.id = d.query_id {where} ORDER BY d.id", *args)
+        return self._all(
+            "SELECT d.*, q.original_name, q.sighting_date, q.location FROM decisions d "
+            f"JOIN queries q ON q.id = d.query_id {where} ORDER BY d.id",
+            *args,
+        )
 
     # ----------------------------------------------------------------------------------------
     # health
@@ -425,9 +538,9 @@ class CheckReport:
     schema_version: int
     integrity: list[str] = field(default_factory=list)
     foreign_key_violations: list[tuple] = field(default_factory=list)
-    missing_files: list[str] = field(default_factory=list)      # rows whose photo is gone: data loss
+    missing_files: list[str] = field(default_factory=list)  # rows whose photo is gone: data loss
     unreferenced_files: list[str] = field(default_factory=list)  # photos no row names: harmless
-    leftover_files: list[str] = field(default_factory=list)      # interrupted writes: harmless
+    leftover_files: list[str] = field(default_factory=list)  # interrupted writes: harmless
 
     @property
     def ok(self) -> bool:
@@ -435,14 +548,18 @@ class CheckReport:
         return self.integrity == ["ok"] and not self.foreign_key_violations and not self.missing_files
 
     def lines(self) -> list[str]:
-        lines = [f"schema version {self.schema_version} (current {SCHEMA_VERSION})",
-                 f"integrity_check: {', '.join(self.integrity[:5])}",
-                 f"foreign key violations: {len(self.foreign_key_violations)}",
-                 f"rows whose photo file is missing: {len(self.missing_files)}"]
+        lines = [
+            f"schema version {self.schema_version} (current {SCHEMA_VERSION})",
+            f"integrity_check: {', '.join(self.integrity[:5])}",
+            f"foreign key violations: {len(self.foreign_key_violations)}",
+            f"rows whose photo file is missing: {len(self.missing_files)}",
+        ]
         lines += [f"  {m}" for m in self.missing_files[:20]]
-        lines += [f"photos no row refers to (left by an interrupted import; --repair deletes them): "
-                  f"{len(self.unreferenced_files)}",
-                  f"temporary files of interrupted writes: {len(self.leftover_files)}"]
+        lines += [
+            f"photos no row refers to (left by an interrupted import; --repair deletes them): "
+            f"{len(self.unreferenced_files)}",
+            f"temporary files of interrupted writes: {len(self.leftover_files)}",
+        ]
         return lines
 
 
@@ -463,4 +580,3 @@ def _candidate_score(result: dict | None, individual_id: str | None) -> float | 
         if candidate["individual_id"] == individual_id:
             return candidate["score"]
     return result["candidates"][0]["score"]
-

@@ -43,9 +43,9 @@ FORMAT_VERSION = 1
 # matter; below it, refitting on every addition would make each confirmation cost a full fit.
 REFIT_GROWTH = 0.25
 NEAR_DUPLICATE_COLUMNS = ("clip", "video", "date")
-MIN_HELD_OUT_IMAGES = 10   # fewer held-out photos than this cannot calibrate anything
-ALL = "all"                 # the one group when queries may match any dataset
-FITTED = "fitted"           # identify(threshold=FITTED): the thresholds fitted on the gallery
+MIN_HELD_OUT_IMAGES = 10  # fewer held-out photos than this cannot calibrate anything
+ALL = "all"  # the one group when queries may match any dataset
+FITTED = "fitted"  # identify(threshold=FITTED): the thresholds fitted on the gallery
 
 
 class GalleryError(ValueError):
@@ -53,10 +53,19 @@ class GalleryError(ValueError):
 
 
 class Gallery:
-    def __init__(self, preset: Preset, backbone: Backbone, table: pd.DataFrame, groups: dict[str, Group], *,
-                 failures: pd.DataFrame | None = None, notes: list | None = None, timings: dict | None = None):
+    def __init__(
+        self,
+        preset: Preset,
+        backbone: Backbone,
+        table: pd.DataFrame,
+        groups: dict[str, Group],
+        *,
+        failures: pd.DataFrame | None = None,
+        notes: list | None = None,
+        timings: dict | None = None,
+    ):
         self.preset, self.backbone = preset, backbone
-        self.table = table              # image_id, identity, dataset, group, path, sha256, near_duplicate
+        self.table = table  # image_id, identity, dataset, group, path, sha256, near_duplicate
         self.groups = groups
         self.failures = failures if failures is not None else _no_failures()
         self.notes = notes or []
@@ -69,13 +78,22 @@ class Gallery:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, database: Dataset | pd.DataFrame, preset: Preset, *, backbone: Backbone | None = None,
-              cache_dir=None, device: str | None = None, progress: bool = True) -> "Gallery":
+    def build(
+        cls,
+        database: Dataset | pd.DataFrame,
+        preset: Preset,
+        *,
+        backbone: Backbone | None = None,
+        cache_dir=None,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> "Gallery":
         """Describe the labelled photos (rows with split 'database' of a Dataset, or a table of
         image_id, identity, path[, dataset, clip/date]) and fit every group."""
         started = time.perf_counter()
-        backbone = backbone or load_backbone(preset.backbone, preprocess=preset.preprocess,
-                                             device=device or default_device())
+        backbone = backbone or load_backbone(
+            preset.backbone, preprocess=preset.preprocess, device=device or default_device()
+        )
         table = database.database if isinstance(database, Dataset) else database
         gallery = cls(preset, backbone, _empty_table(), {})
         gallery.timings["load_backbone_s"] = time.perf_counter() - started
@@ -93,9 +111,14 @@ class Gallery:
             rows = photos.index[photos["identity"].isna()].tolist()[:5]
             raise GalleryError(f"photos without an identity (rows {rows}): only labelled photos join a gallery.")
         started = time.perf_counter()
-        extraction = extract_embeddings(photos["path"].tolist(), self.backbone, cache_dir=cache_dir,
-                                        progress=progress, num_workers=self.loader_workers,
-                                        **self.preset.extraction_options())
+        extraction = extract_embeddings(
+            photos["path"].tolist(),
+            self.backbone,
+            cache_dir=cache_dir,
+            progress=progress,
+            num_workers=self.loader_workers,
+            **self.preset.extraction_options(),
+        )
         self.timings["extract_s"] = self.timings.get("extract_s", 0) + time.perf_counter() - started
         self.timings["images_extracted"] = self.timings.get("images_extracted", 0) + extraction.extracted
         self.timings["extraction"] = extraction.settings
@@ -119,13 +142,23 @@ class Gallery:
             group_features = [features[r] for r in rows] if features is not None else None
             near = part["near_duplicate"].to_numpy(dtype=object) if part["near_duplicate"].notna().any() else None
             if name in self.groups:
-                self.groups[name].add(part["image_id"].to_numpy(dtype=object), part["identity"].to_numpy(dtype=object),
-                                      near, vectors[rows], group_features or [])
+                self.groups[name].add(
+                    part["image_id"].to_numpy(dtype=object),
+                    part["identity"].to_numpy(dtype=object),
+                    near,
+                    vectors[rows],
+                    group_features or [],
+                )
             else:
-                self.groups[name] = Group(name, part["image_id"].to_numpy(dtype=object),
-                                          part["identity"].to_numpy(dtype=object), near, VectorIndex.build(vectors[rows]),
-                                          group_features,
-                                          KeypointIndex(group_features) if group_features is not None else None)
+                self.groups[name] = Group(
+                    name,
+                    part["image_id"].to_numpy(dtype=object),
+                    part["identity"].to_numpy(dtype=object),
+                    near,
+                    VectorIndex.build(vectors[rows]),
+                    group_features,
+                    KeypointIndex(group_features) if group_features is not None else None,
+                )
             touched.append(name)
         self.table = pd.concat([self.table, photos[list(_empty_table().columns)]], ignore_index=True)
         refitted = []
@@ -170,8 +203,15 @@ class Gallery:
 
     # ------------------------------------------------------------------ queries
 
-    def identify(self, queries: Dataset | pd.DataFrame, *, cache_dir=None, threshold=FITTED, top_k: int | None = None,
-                 progress: bool = True) -> IdentifyResult:
+    def identify(
+        self,
+        queries: Dataset | pd.DataFrame,
+        *,
+        cache_dir=None,
+        threshold=FITTED,
+        top_k: int | None = None,
+        progress: bool = True,
+    ) -> IdentifyResult:
         """Rank the gallery's identities for each query and decide: the best identity, or
         new_individual below its group's threshold. ``queries``: a Dataset (its query rows) or a
         table with image_id, path[, dataset]. ``threshold``: FITTED (the gallery's), or a number,
@@ -181,21 +221,34 @@ class Gallery:
         table = table.reset_index(drop=True)
         if "dataset" not in table:
             if len(self.groups) > 1 and self.preset.same_dataset_only:
-                raise GalleryError(f"the gallery holds several datasets ({', '.join(self.groups)}); say which one "
-                                   "the queries belong to (a 'dataset' column, or --dataset).")
+                raise GalleryError(
+                    f"the gallery holds several datasets ({', '.join(self.groups)}); say which one "
+                    "the queries belong to (a 'dataset' column, or --dataset)."
+                )
             table = table.assign(dataset=next(iter(self.groups), ALL))
         table = _with_group(table, self.preset.same_dataset_only)
         unknown = sorted(set(table["group"]) - set(self.groups))
         if unknown:
-            raise GalleryError(f"no database photos for dataset(s) {', '.join(map(str, unknown))} in this gallery "
-                               f"(it has {', '.join(self.groups) or 'none'}); add labelled photos of them first "
-                               "(`wildreid gallery add`).")
+            raise GalleryError(
+                f"no database photos for dataset(s) {', '.join(map(str, unknown))} in this gallery "
+                f"(it has {', '.join(self.groups) or 'none'}); add labelled photos of them first "
+                "(`wildreid gallery add`)."
+            )
         k = top_k or self.preset.top_k
-        extraction = extract_embeddings(table["path"].tolist(), self.backbone, cache_dir=cache_dir,
-                                        progress=progress, description="query descriptors",
-                                        num_workers=self.loader_workers, **self.preset.extraction_options())
-        timings = {"extract_s": time.perf_counter() - started, "images_extracted": extraction.extracted,
-                   "extraction": extraction.settings}
+        extraction = extract_embeddings(
+            table["path"].tolist(),
+            self.backbone,
+            cache_dir=cache_dir,
+            progress=progress,
+            description="query descriptors",
+            num_workers=self.loader_workers,
+            **self.preset.extraction_options(),
+        )
+        timings = {
+            "extract_s": time.perf_counter() - started,
+            "images_extracted": extraction.extracted,
+            "extraction": extraction.settings,
+        }
         started = time.perf_counter()
         features = self._local_features(table["path"].tolist(), cache_dir, progress)
         ranking = Ranking.empty(len(table), k)
@@ -213,23 +266,39 @@ class Gallery:
                 calibrations[name] = group.fit.calibration
             query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
             asked = members[usable[members]]
-            found, _ = group.rank(extraction.embeddings[asked],
-                                  [features[r] for r in asked] if features is not None else None,
-                                  self.preset, self.method, k)
+            found, _ = group.rank(
+                extraction.embeddings[asked],
+                [features[r] for r in asked] if features is not None else None,
+                self.preset,
+                self.method,
+                k,
+            )
             ranking.identities[asked] = found.identities
             ranking.scores[asked] = found.scores
-            ranking.matches[asked] = np.where(found.best_images >= 0, group.image_ids[np.maximum(found.best_images, 0)],
-                                              None)
+            ranking.matches[asked] = np.where(
+                found.best_images >= 0, group.image_ids[np.maximum(found.best_images, 0)], None
+            )
             prediction[asked] = decide(found.identities[:, 0], found.scores[:, 0], thresholds[name])
         timings["match_s"] = time.perf_counter() - started
         errors = [extraction.failures.get(row, "") for row in range(len(table))]
         return IdentifyResult(
-            dataset=Dataset(pd.concat([self.database_rows(), table.assign(split=QUERY).drop(columns=["group"])],
-                                      ignore_index=True), "gallery"),
-            preset=self.preset, queries=table[["image_id", "dataset"]], prediction=prediction, ranking=ranking,
-            query_thresholds=query_thresholds, errors=errors, thresholds=thresholds, threshold_choices=choices,
-            failures=_failures(table, extraction.failures, QUERY), timings=timings, calibrations=calibrations,
-            notes=list(self.notes))
+            dataset=Dataset(
+                pd.concat([self.database_rows(), table.assign(split=QUERY).drop(columns=["group"])], ignore_index=True),
+                "gallery",
+            ),
+            preset=self.preset,
+            queries=table[["image_id", "dataset"]],
+            prediction=prediction,
+            ranking=ranking,
+            query_thresholds=query_thresholds,
+            errors=errors,
+            thresholds=thresholds,
+            threshold_choices=choices,
+            failures=_failures(table, extraction.failures, QUERY),
+            timings=timings,
+            calibrations=calibrations,
+            notes=list(self.notes),
+        )
 
     def database_rows(self) -> pd.DataFrame:
         """The gallery's photos as database rows of a Dataset table."""
@@ -239,29 +308,43 @@ class Gallery:
 
     def info(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION, "preset": self.preset.name, "backbone": self.backbone.name,
+            "format_version": FORMAT_VERSION,
+            "preset": self.preset.name,
+            "backbone": self.backbone.name,
             "backbone_fingerprint": self.backbone.cache_key,
             "local_features": self.method.config_key() if self.method else None,
-            "images": int(len(self.table)), "identities": int(self.table["identity"].nunique()),
-            "groups": {name: {"images": group.size, "identities": int(len(set(group.identities))),
-                              "index": "exact" if group.index.exact else "ivf",
-                              "threshold": group.fit.threshold if group.fit else None,
-                              "fitted_images": group.fit.images if group.fit else None,
-                              "fitted_at": group.fit.fitted_at if group.fit else None,
-                              "refit_due_at": int(np.ceil((1 + REFIT_GROWTH) * max(group.fit.images, 1)))
-                              if group.fit else None}
-                       for name, group in self.groups.items()},
+            "images": int(len(self.table)),
+            "identities": int(self.table["identity"].nunique()),
+            "groups": {
+                name: {
+                    "images": group.size,
+                    "identities": int(len(set(group.identities))),
+                    "index": "exact" if group.index.exact else "ivf",
+                    "threshold": group.fit.threshold if group.fit else None,
+                    "fitted_images": group.fit.images if group.fit else None,
+                    "fitted_at": group.fit.fitted_at if group.fit else None,
+                    "refit_due_at": int(np.ceil((1 + REFIT_GROWTH) * max(group.fit.images, 1))) if group.fit else None,
+                }
+                for name, group in self.groups.items()
+            },
         }
 
     def save(self, folder: str | Path) -> Path:
         """Write the gallery atomically: a reader sees the previous gallery or this one, whole."""
         folder = Path(folder)
         if folder.exists() and not (folder / "gallery.json").is_file() and any(folder.iterdir()):
-            raise GalleryError(f"{folder}: exists and is not a gallery; its content would be replaced. Choose "
-                               "a new or empty folder, or an earlier gallery's.")
+            raise GalleryError(
+                f"{folder}: exists and is not a gallery; its content would be replaced. Choose "
+                "a new or empty folder, or an earlier gallery's."
+            )
         with atomic_folder(folder) as temporary:
-            record = {**self.info(), "preset_settings": self.preset.to_dict(), "notes": self.notes,
-                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "group_files": {}}
+            record = {
+                **self.info(),
+                "preset_settings": self.preset.to_dict(),
+                "notes": self.notes,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "group_files": {},
+            }
             self.table.to_csv(temporary / "images.csv", index=False)
             self.failures.to_csv(temporary / "failures.csv", index=False)
             for number, (name, group) in enumerate(self.groups.items()):
@@ -276,53 +359,79 @@ class Gallery:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, backbone: Backbone | None = None, device: str | None = None,
-             preset: str | None = None) -> "Gallery":
+    def load(
+        cls,
+        folder: str | Path,
+        *,
+        backbone: Backbone | None = None,
+        device: str | None = None,
+        preset: str | None = None,
+    ) -> "Gallery":
         """Open a saved gallery. ``backbone``: reuse a loaded model (it must be the one the
         gallery was built with); ``preset``: the preset the caller expects (refused if another)."""
         folder = Path(folder)
         record_path = folder / "gallery.json"
         if not record_path.is_file():
-            raise GalleryError(f"{folder}: not a gallery (no gallery.json). Build one with "
-                               f"`wildreid gallery build ROOT --out {folder}`.")
+            raise GalleryError(
+                f"{folder}: not a gallery (no gallery.json). Build one with "
+                f"`wildreid gallery build ROOT --out {folder}`."
+            )
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise GalleryError(f"{record_path}: damaged ({error}); rebuild the gallery.") from None
         if record.get("format_version") != FORMAT_VERSION:
-            raise GalleryError(f"{folder}: gallery format {record.get('format_version')}, this wildreid reads format "
-                               f"{FORMAT_VERSION}; rebuild it with `wildreid gallery build ROOT --out {folder}`.")
+            raise GalleryError(
+                f"{folder}: gallery format {record.get('format_version')}, this wildreid reads format "
+                f"{FORMAT_VERSION}; rebuild it with `wildreid gallery build ROOT --out {folder}`."
+            )
         settings = Preset.from_dict(record["preset_settings"])
         if preset is not None and preset != settings.name:
-            raise GalleryError(f"{folder} was built with preset '{settings.name}', not '{preset}': its calibration "
-                               f"and thresholds belong to '{settings.name}'. Use --preset {settings.name}, or build "
-                               f"a gallery with `wildreid gallery build ROOT --out DIR --preset {preset}`.")
-        backbone = backbone or load_backbone(settings.backbone, preprocess=settings.preprocess,
-                                             device=device or default_device())
+            raise GalleryError(
+                f"{folder} was built with preset '{settings.name}', not '{preset}': its calibration "
+                f"and thresholds belong to '{settings.name}'. Use --preset {settings.name}, or build "
+                f"a gallery with `wildreid gallery build ROOT --out DIR --preset {preset}`."
+            )
+        backbone = backbone or load_backbone(
+            settings.backbone, preprocess=settings.preprocess, device=device or default_device()
+        )
         if backbone.cache_key != record["backbone_fingerprint"]:
-            raise GalleryError(f"{folder} was built with descriptor {record['backbone']} "
-                               f"(fingerprint {record['backbone_fingerprint']}); this run uses {backbone.name} "
-                               f"({backbone.cache_key}). Its vectors would not be comparable: use the same "
-                               "descriptor, or rebuild the gallery with this one.")
+            raise GalleryError(
+                f"{folder} was built with descriptor {record['backbone']} "
+                f"(fingerprint {record['backbone_fingerprint']}); this run uses {backbone.name} "
+                f"({backbone.cache_key}). Its vectors would not be comparable: use the same "
+                "descriptor, or rebuild the gallery with this one."
+            )
         table = pd.read_csv(folder / "images.csv", dtype=str, keep_default_na=False, na_values=[""])
         failures = pd.read_csv(folder / "failures.csv", dtype=str, keep_default_na=False)
         gallery = cls(settings, backbone, table, {}, failures=failures, notes=record.get("notes", []))
         if gallery.method is not None and gallery.method.config_key() != record["local_features"]:
-            raise GalleryError(f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
-                               f"extracts {gallery.method.config_key()}; rebuild the gallery.")
+            raise GalleryError(
+                f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
+                f"extracts {gallery.method.config_key()}; rebuild the gallery."
+            )
         for name, files in record["group_files"].items():
             part = folder / files["folder"]
             rows = table[table["group"] == name]
             near = rows["near_duplicate"].to_numpy(dtype=object)
             near = np.where(pd.isna(near), None, near) if rows["near_duplicate"].notna().any() else None
             features = _load_features(part / "local_features.npz") if (part / "local_features.npz").is_file() else None
-            group = Group(name, rows["image_id"].to_numpy(dtype=object), rows["identity"].to_numpy(dtype=object), near,
-                          VectorIndex.load(part / "vectors.faiss"), features,
-                          KeypointIndex(features) if features is not None else None,
-                          fit=_fit_from_record(files["fit"]), askable=np.load(part / "askable.npy"))
+            group = Group(
+                name,
+                rows["image_id"].to_numpy(dtype=object),
+                rows["identity"].to_numpy(dtype=object),
+                near,
+                VectorIndex.load(part / "vectors.faiss"),
+                features,
+                KeypointIndex(features) if features is not None else None,
+                fit=_fit_from_record(files["fit"]),
+                askable=np.load(part / "askable.npy"),
+            )
             if group.index.size != group.size:
-                raise GalleryError(f"{folder}: group '{name}' lists {group.size} photos but its index holds "
-                                   f"{group.index.size}; the gallery is damaged, rebuild it.")
+                raise GalleryError(
+                    f"{folder}: group '{name}' lists {group.size} photos but its index holds "
+                    f"{group.index.size}; the gallery is damaged, rebuild it."
+                )
             gallery.groups[name] = group
         return gallery
 
@@ -340,8 +449,12 @@ def near_duplicate_groups(table: pd.DataFrame) -> np.ndarray | None:
 
 
 def _empty_table() -> pd.DataFrame:
-    return pd.DataFrame({name: pd.Series(dtype=object) for name in
-                         ("image_id", "identity", "dataset", "group", "path", "sha256", "near_duplicate")})
+    return pd.DataFrame(
+        {
+            name: pd.Series(dtype=object)
+            for name in ("image_id", "identity", "dataset", "group", "path", "sha256", "near_duplicate")
+        }
+    )
 
 
 def _no_failures() -> pd.DataFrame:
@@ -360,8 +473,13 @@ def _with_group(table: pd.DataFrame, same_dataset_only: bool) -> pd.DataFrame:
 
 
 def _failures(table: pd.DataFrame, failures: dict[int, str], split: str) -> pd.DataFrame:
-    return pd.DataFrame([(table["image_id"].iloc[row], split, table["path"].iloc[row], reason)
-                         for row, reason in sorted(failures.items())], columns=["image_id", "split", "path", "reason"])
+    return pd.DataFrame(
+        [
+            (table["image_id"].iloc[row], split, table["path"].iloc[row], reason)
+            for row, reason in sorted(failures.items())
+        ],
+        columns=["image_id", "split", "path", "reason"],
+    )
 
 
 def _chosen_threshold(setting, group: Group):
@@ -369,8 +487,10 @@ def _chosen_threshold(setting, group: Group):
         return group.fit.threshold
     if isinstance(setting, dict):
         if group.name not in setting:
-            raise GalleryError(f"no threshold given for dataset '{group.name}' (thresholds given for "
-                               f"{sorted(setting)}); add '{group.name}=VALUE'.")
+            raise GalleryError(
+                f"no threshold given for dataset '{group.name}' (thresholds given for "
+                f"{sorted(setting)}); add '{group.name}=VALUE'."
+            )
         return float(setting[group.name])
     return None if setting is None else float(setting)
 
@@ -391,13 +511,17 @@ def _askable(group: Group, table: pd.DataFrame, seen: TrainedOn | None, name: st
         return None
     held_out = np.array([h in seen.held_out for h in hashes])
     if held_out.sum() >= MIN_HELD_OUT_IMAGES:
-        notes.append(f"{name}: the descriptor was trained on {trained.sum()} of the {len(hashes)} database "
-                     f"images; calibration and threshold use the {held_out.sum()} it held out.")
+        notes.append(
+            f"{name}: the descriptor was trained on {trained.sum()} of the {len(hashes)} database "
+            f"images; calibration and threshold use the {held_out.sum()} it held out."
+        )
         return held_out
-    notes.append(f"{name}: the descriptor was trained on {trained.sum()} of the {len(hashes)} database "
-                 f"images and held out {held_out.sum()} (fewer than {MIN_HELD_OUT_IMAGES}), so calibration "
-                 "and threshold are fitted on photos it has memorised and will be optimistic; train with "
-                 "--val-fraction 0.15 (the default) to avoid this.")
+    notes.append(
+        f"{name}: the descriptor was trained on {trained.sum()} of the {len(hashes)} database "
+        f"images and held out {held_out.sum()} (fewer than {MIN_HELD_OUT_IMAGES}), so calibration "
+        "and threshold are fitted on photos it has memorised and will be optimistic; train with "
+        "--val-fraction 0.15 (the default) to avoid this."
+    )
     return None
 
 
@@ -405,13 +529,18 @@ def _save_features(path: Path, features: list[LocalFeatures | None]) -> None:
     counts = np.array([-1 if f is None else len(f) for f in features], dtype=np.int64)
     present = [f for f in features if f is not None]
     dim = next((f.descriptors.shape[1] for f in present), 0)
-    np.savez(path, counts=counts,
-             keypoints=np.concatenate([f.keypoints for f in present]) if present else np.zeros((0, 2), np.float32),
-             descriptors=(np.concatenate([f.descriptors for f in present]) if present
-                          else np.zeros((0, dim))).astype(np.float16),
-             scales=np.array([1.0 if f is None else f.scale for f in features]),
-             sizes=np.array([(0, 0) if f is None or f.image_size is None else f.image_size for f in features],
-                            dtype=np.int64).reshape(-1, 2))
+    np.savez(
+        path,
+        counts=counts,
+        keypoints=np.concatenate([f.keypoints for f in present]) if present else np.zeros((0, 2), np.float32),
+        descriptors=(np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, dim))).astype(
+            np.float16
+        ),
+        scales=np.array([1.0 if f is None else f.scale for f in features]),
+        sizes=np.array(
+            [(0, 0) if f is None or f.image_size is None else f.image_size for f in features], dtype=np.int64
+        ).reshape(-1, 2),
+    )
 
 
 def _load_features(path: Path) -> list[LocalFeatures | None]:
@@ -423,8 +552,14 @@ def _load_features(path: Path) -> list[LocalFeatures | None]:
         if count < 0:
             features.append(None)
             continue
-        features.append(LocalFeatures(keypoints[start:start + count], descriptors[start:start + count], float(scale),
-                                      tuple(int(v) for v in size) if size.any() else None))
+        features.append(
+            LocalFeatures(
+                keypoints[start : start + count],
+                descriptors[start : start + count],
+                float(scale),
+                tuple(int(v) for v in size) if size.any() else None,
+            )
+        )
         start += count
     return features
 
@@ -433,12 +568,23 @@ def _fit_record(fit: GroupFit | None) -> dict | None:
     if fit is None:
         return None
     choice = fit.choice
-    return {"threshold": "none" if fit.threshold is None else fit.threshold, "images": fit.images, "fitted_at": fit.fitted_at, "seconds": fit.seconds,
-            "pseudo_queries": fit.pseudo_queries.tolist(),
-            "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
-            "choice": None if choice is None else {
-                **choice.summary(), "grid": choice.grid.tolist(), "curve_score": choice.curve_score.tolist(),
-                "curve_baks": choice.curve_baks.tolist(), "curve_baus": choice.curve_baus.tolist()}}
+    return {
+        "threshold": "none" if fit.threshold is None else fit.threshold,
+        "images": fit.images,
+        "fitted_at": fit.fitted_at,
+        "seconds": fit.seconds,
+        "pseudo_queries": fit.pseudo_queries.tolist(),
+        "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
+        "choice": None
+        if choice is None
+        else {
+            **choice.summary(),
+            "grid": choice.grid.tolist(),
+            "curve_score": choice.curve_score.tolist(),
+            "curve_baks": choice.curve_baks.tolist(),
+            "curve_baus": choice.curve_baus.tolist(),
+        },
+    }
 
 
 def _fit_from_record(record: dict | None) -> GroupFit | None:
@@ -446,14 +592,21 @@ def _fit_from_record(record: dict | None) -> GroupFit | None:
         return None
     choice = record["choice"]
     if choice is not None:
-        choice = ThresholdChoice(*(_number(choice[k]) for k in ("threshold", "simulated_score", "simulated_baks",
-                                                                "simulated_baus")),
-                                 *(np.asarray(choice[k], dtype=float) for k in ("grid", "curve_score", "curve_baks",
-                                                                                "curve_baus")),
-                                 note=choice.get("note", ""))
+        choice = ThresholdChoice(
+            *(_number(choice[k]) for k in ("threshold", "simulated_score", "simulated_baks", "simulated_baus")),
+            *(np.asarray(choice[k], dtype=float) for k in ("grid", "curve_score", "curve_baks", "curve_baus")),
+            note=choice.get("note", ""),
+        )
     calibration = Calibration.from_json(json.dumps(record["calibration"])) if record["calibration"] else None
-    return GroupFit(_number(record["threshold"]), choice, calibration, np.asarray(record["pseudo_queries"], np.int64),
-                    record["images"], record["fitted_at"], record.get("seconds", 0.0))
+    return GroupFit(
+        _number(record["threshold"]),
+        choice,
+        calibration,
+        np.asarray(record["pseudo_queries"], np.int64),
+        record["images"],
+        record["fitted_at"],
+        record.get("seconds", 0.0),
+    )
 
 
 def _number(value):

@@ -40,8 +40,8 @@ class GroupFit:
     threshold: float | None
     choice: ThresholdChoice | None
     calibration: Calibration | None
-    pseudo_queries: np.ndarray          # database positions asked as pseudo-queries
-    images: int                         # the group's size when fitted
+    pseudo_queries: np.ndarray  # database positions asked as pseudo-queries
+    images: int  # the group's size when fitted
     fitted_at: str
     seconds: float = 0.0
 
@@ -49,8 +49,8 @@ class GroupFit:
 @dataclass
 class Group:
     name: str
-    image_ids: np.ndarray              # (D,) object: gallery image id of each database position
-    identities: np.ndarray             # (D,) object
+    image_ids: np.ndarray  # (D,) object: gallery image id of each database position
+    identities: np.ndarray  # (D,) object
     near_duplicates: np.ndarray | None  # (D,) object: clip/date of each photo, None where unknown
     index: VectorIndex
     features: list[LocalFeatures | None] | None = None
@@ -84,8 +84,15 @@ class Group:
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
             neighbours = self._global_neighbours(np.flatnonzero(pseudo))
         threshold, choice = _threshold(preset.threshold, self.name, neighbours, self.identities, self.near_duplicates)
-        self.fit = GroupFit(threshold, choice, calibration, np.flatnonzero(pseudo), self.size,
-                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter() - started)
+        self.fit = GroupFit(
+            threshold,
+            choice,
+            calibration,
+            np.flatnonzero(pseudo),
+            self.size,
+            time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            time.perf_counter() - started,
+        )
         return self.fit
 
     def _excluded(self, rows: np.ndarray) -> list[set[int]]:
@@ -102,8 +109,16 @@ class Group:
         return excluded
 
     def _pseudo_query_pairs(self, rows: np.ndarray, preset: Preset, method: LocalMethod) -> ScoredPairs:
-        return shortlist_pairs(self.index, self.index.vectors(rows), [self.features[r] for r in rows],
-                               self.keypoints, self.features, method, preset.fusion, excluded=self._excluded(rows))
+        return shortlist_pairs(
+            self.index,
+            self.index.vectors(rows),
+            [self.features[r] for r in rows],
+            self.keypoints,
+            self.features,
+            method,
+            preset.fusion,
+            excluded=self._excluded(rows),
+        )
 
     def _global_neighbours(self, rows: np.ndarray) -> Neighbours:
         depth = self.size if self.size <= SIMULATION_DEPTH else SIMULATION_DEPTH
@@ -112,16 +127,21 @@ class Group:
 
     # ------------------------------------------------------------------ queries
 
-    def rank(self, vectors: np.ndarray, features: list[LocalFeatures | None] | None, preset: Preset,
-             method: LocalMethod | None, k: int) -> tuple[IdentityRanking, ScoredPairs | None]:
+    def rank(
+        self,
+        vectors: np.ndarray,
+        features: list[LocalFeatures | None] | None,
+        preset: Preset,
+        method: LocalMethod | None,
+        k: int,
+    ) -> tuple[IdentityRanking, ScoredPairs | None]:
         """The k best identities of each query: by fused P(same) over its shortlist when the
         preset matches keypoints, else by cosine over its nearest photos."""
         if len(vectors) == 0 or self.size == 0:
             empty = np.zeros((len(vectors), 0))
             return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
         if method is not None:
-            pairs = shortlist_pairs(self.index, vectors, features, self.keypoints, self.features, method,
-                                    preset.fusion)
+            pairs = shortlist_pairs(self.index, vectors, features, self.keypoints, self.features, method, preset.fusion)
             fused = self.fit.calibration.fuse(pairs.raw)
             lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
             return rank_neighbours(lists.columns, lists.scores, self.identities, k), pairs
@@ -151,7 +171,9 @@ class Group:
         self.image_ids = np.concatenate([self.image_ids, np.asarray(image_ids, dtype=object)])
         self.identities = np.concatenate([self.identities, np.asarray(identities, dtype=object)])
         if self.near_duplicates is not None or near_duplicates is not None:
-            old = self.near_duplicates if self.near_duplicates is not None else np.full(self.size - len(image_ids), None)
+            old = (
+                self.near_duplicates if self.near_duplicates is not None else np.full(self.size - len(image_ids), None)
+            )
             new = near_duplicates if near_duplicates is not None else np.full(len(image_ids), None)
             self.near_duplicates = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
         if self.askable is not None:
@@ -168,8 +190,9 @@ def _threshold(setting, name: str, neighbours: Neighbours, identities, near_dupl
         return (None if setting is None else float(setting)), None
     if isinstance(setting, dict):
         if name not in setting:
-            raise ValueError(f"no threshold given for dataset '{name}' (thresholds given for "
-                             f"{sorted(setting)}); add '{name}=VALUE'.")
+            raise ValueError(
+                f"no threshold given for dataset '{name}' (thresholds given for {sorted(setting)}); add '{name}=VALUE'."
+            )
         return float(setting[name]), None
     if setting != AUTO:
         raise ValueError(f"unknown threshold setting {setting!r}")

@@ -3,7 +3,7 @@
 Vectors are L2-normalised, so inner product is cosine. Up to ``EXACT_LIMIT`` vectors a flat index
 answers exactly: at 50,000 x 1280-d a query costs about 64 MFLOP (a few ms on two cores), and
 exact answers keep small galleries identical to the batch computation. Above it an IVF index
-(``nlist`` = 4 sqrt(N) lists, ``nprobe`` lists searched) keeps a query's cost nearly flat as the
+(``nlist`` = sqrt(N) lists, ``IVF_NPROBE`` of them searched) keeps a query's cost nearly flat as the
 gallery grows; ``benchmarks/gallery_scale.py`` measures its recall against exact search. The
 index holds the only copy of the vectors: ``vectors(rows)`` reads them back (FAISS keeps IVF
 vectors uncompressed, so the read-back is exact).
@@ -23,11 +23,15 @@ IVF_NPROBE = 16
 IVF_TRAINING_PER_LIST = 40  # k-means training sample per list (FAISS warns below 39)
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, as float32 (the arithmetic of search.cosine_similarity)."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+def normalize(vectors: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Rows scaled to unit length, as float32, computed in float64 as search.cosine_similarity
+    does; in chunks, so that a million vectors need no float64 copy of them all."""
+    vectors = np.asarray(vectors)
+    out = np.empty(vectors.shape, dtype=np.float32)
+    for start in range(0, len(vectors), chunk):
+        block = vectors[start : start + chunk].astype(np.float64)
+        out[start : start + chunk] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 class VectorIndex:
@@ -37,20 +41,24 @@ class VectorIndex:
         self.index = index
 
     @classmethod
-    def build(cls, vectors: np.ndarray, *, exact_limit: int = EXACT_LIMIT, seed: int = 0) -> "VectorIndex":
-        vectors = normalize(vectors)
+    def build(
+        cls, vectors: np.ndarray, *, exact_limit: int = EXACT_LIMIT, seed: int = 0, chunk: int = 65536
+    ) -> "VectorIndex":
+        """An index of ``vectors`` (normalised chunk by chunk as they are added, so building
+        holds the input and the index, never a third copy)."""
         dim = vectors.shape[1]
         if len(vectors) <= exact_limit:
             index = faiss.IndexFlatIP(dim)
         else:
-            lists = int(4 * np.sqrt(len(vectors)))
+            lists = int(np.sqrt(len(vectors)))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
             sample = rng.choice(len(vectors), size=min(len(vectors), IVF_TRAINING_PER_LIST * lists), replace=False)
-            index.train(vectors[np.sort(sample)])
+            index.train(normalize(vectors[np.sort(sample)]))
             index.nprobe = IVF_NPROBE
             index.make_direct_map()  # so vectors(rows) can read any row back
-        index.add(vectors)
+        for start in range(0, len(vectors), chunk):
+            index.add(normalize(vectors[start : start + chunk]))
         return cls(index)
 
     @property

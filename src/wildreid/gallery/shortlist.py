@@ -26,39 +26,46 @@ LNBNN_CHUNK = 32  # queries whose LNBNN scores over the whole database are held 
 class ScoredPairs:
     """(query, database image) pairs with their raw scores; rows sorted by (query, image)."""
 
-    queries: np.ndarray            # (M,) position of the query in its batch
-    images: np.ndarray             # (M,) database position
-    raw: dict[str, np.ndarray]     # score type -> (M,) values
+    queries: np.ndarray  # (M,) position of the query in its batch
+    images: np.ndarray  # (M,) database position
+    raw: dict[str, np.ndarray]  # score type -> (M,) values
 
 
-def nearest(index: VectorIndex, vectors: np.ndarray, size: int,
-            excluded: list[set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    index: VectorIndex, vectors: np.ndarray, size: int, excluded: list[set[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query the ``size`` nearest database positions by cosine, skipping ``excluded[q]``:
     (queries, images) arrays. Searches deep enough that the exclusions cannot shorten a list."""
     spare = max((len(e) for e in excluded), default=0) if excluded is not None else 0
     scores, images = index.search(vectors, size + spare)
     keep = images >= 0
     if excluded is not None:
-        keep &= np.array([[image not in excluded[q] for image in row] for q, row in enumerate(images)],
-                         dtype=bool).reshape(images.shape)
+        keep &= np.array(
+            [[image not in excluded[q] for image in row] for q, row in enumerate(images)], dtype=bool
+        ).reshape(images.shape)
     rank = np.cumsum(keep, axis=1) - 1
     keep &= rank < size
     queries = np.repeat(np.arange(len(images)), images.shape[1]).reshape(images.shape)
     return queries[keep], images[keep]
 
 
-def shortlist_pairs(index: VectorIndex, vectors: np.ndarray, features: list[LocalFeatures | None] | None,
-                    keypoints: KeypointIndex | None, database_features: list[LocalFeatures | None] | None,
-                    method: LocalMethod | None, settings: FusionSettings,
-                    excluded: list[set[int]] | None = None) -> ScoredPairs:
+def shortlist_pairs(
+    index: VectorIndex,
+    vectors: np.ndarray,
+    features: list[LocalFeatures | None] | None,
+    keypoints: KeypointIndex | None,
+    database_features: list[LocalFeatures | None] | None,
+    method: LocalMethod | None,
+    settings: FusionSettings,
+    excluded: list[set[int]] | None = None,
+) -> ScoredPairs:
     """Shortlist every query (cosine top-B, and LNBNN top-B when there is a keypoint index) and
     score the pairs. ``excluded[q]``: database positions query q may not be paired with (itself
     and its near-duplicates, when the queries are database photos)."""
     queries, images = nearest(index, vectors, settings.shortlist, excluded)
     lnbnn_values = None
     if keypoints is not None and settings.use_lnbnn:
-        queries, images, lnbnn_values = _add_lnbnn_shortlist(queries, images, features, keypoints, settings,
-                                                             excluded)
+        queries, images, lnbnn_values = _add_lnbnn_shortlist(queries, images, features, keypoints, settings, excluded)
     else:
         order = np.lexsort((images, queries))
         queries, images = queries[order], images[order]
@@ -66,8 +73,9 @@ def shortlist_pairs(index: VectorIndex, vectors: np.ndarray, features: list[Loca
     if lnbnn_values is not None:
         table["lnbnn"] = lnbnn_values
     if method is not None and "inliers" in settings.scores:
-        table["inliers"] = inlier_counts(method, features, database_features, queries, images, settings.geometry,
-                                         settings.workers)
+        table["inliers"] = inlier_counts(
+            method, features, database_features, queries, images, settings.geometry, settings.workers
+        )
     return ScoredPairs(queries, images, {name: table[name] for name in settings.scores if name in table})
 
 
@@ -87,8 +95,16 @@ def _add_lnbnn_shortlist(queries, images, features, keypoints: KeypointIndex, se
         keep = np.take_along_axis(scores, top, axis=1) > -np.inf
         lnbnn_queries = np.repeat(np.arange(start, stop), top.shape[1])[keep.ravel()]
         in_chunk = (queries >= start) & (queries < stop)
-        pairs = np.unique(np.stack([np.concatenate([queries[in_chunk], lnbnn_queries]),
-                                    np.concatenate([images[in_chunk], top.ravel()[keep.ravel()]])], axis=1), axis=0)
+        pairs = np.unique(
+            np.stack(
+                [
+                    np.concatenate([queries[in_chunk], lnbnn_queries]),
+                    np.concatenate([images[in_chunk], top.ravel()[keep.ravel()]]),
+                ],
+                axis=1,
+            ),
+            axis=0,
+        )
         all_queries.append(pairs[:, 0])
         all_images.append(pairs[:, 1])
         all_values.append(scores[pairs[:, 0] - start, pairs[:, 1]])

@@ -12,9 +12,9 @@ from PIL import Image
 class LocalFeatures:
     """Keypoints of one image at its working resolution."""
 
-    keypoints: np.ndarray    # (N, 2) float32, x, y in working-image pixels
+    keypoints: np.ndarray  # (N, 2) float32, x, y in working-image pixels
     descriptors: np.ndarray  # (N, D) float32
-    scale: float             # working-image pixels per original pixel
+    scale: float  # working-image pixels per original pixel
     image_size: tuple[int, int] | None = None  # (width, height) of the working image
 
     @classmethod

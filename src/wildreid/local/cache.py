@@ -6,7 +6,6 @@ and a re-run extracts only the rest.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import ImageReadError, decode_image, read_image_bytes
+from ..data import ImageReadError, content_hash, decode_image, read_image_bytes
 from ..files import atomic_path
 from .base import LocalFeatures, LocalMethod
 
@@ -28,8 +27,9 @@ def _load(path: Path) -> LocalFeatures | None:
     try:
         with np.load(path, allow_pickle=False) as content:
             size = tuple(int(v) for v in content["image_size"]) if "image_size" in content else (0, 0)
-            return LocalFeatures(content["keypoints"], content["descriptors"], float(content["scale"]),
-                                 size if size != (0, 0) else None)
+            return LocalFeatures(
+                content["keypoints"], content["descriptors"], float(content["scale"]), size if size != (0, 0) else None
+            )
     except (OSError, ValueError, KeyError, EOFError):
         return None
 
@@ -42,8 +42,13 @@ def _save(path: Path, features: LocalFeatures | bytes) -> None:
 def encode_features(features: LocalFeatures) -> bytes:
     """The bytes of one cache file (so a worker can encode and only the writer touches the disk)."""
     out = io.BytesIO()
-    np.savez(out, keypoints=features.keypoints, descriptors=features.descriptors.astype(np.float16),
-             scale=np.float64(features.scale), image_size=np.asarray(features.image_size or (0, 0), np.int32))
+    np.savez(
+        out,
+        keypoints=features.keypoints,
+        descriptors=features.descriptors.astype(np.float16),
+        scale=np.float64(features.scale),
+        image_size=np.asarray(features.image_size or (0, 0), np.int32),
+    )
     return out.getvalue()
 
 
@@ -57,8 +62,14 @@ def store_features(cache_dir: str | Path, method: LocalMethod, digest: str, feat
     _save(_cache_file(Path(cache_dir), method, digest), features)
 
 
-def local_features(paths: list[str], method: LocalMethod, *, cache_dir: str | Path | None = None,
-                   workers: int | None = None, progress: bool = True) -> list[LocalFeatures | None]:
+def local_features(
+    paths: list[str],
+    method: LocalMethod,
+    *,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[LocalFeatures | None]:
     """Features of every image in ``paths`` (None for an unreadable image)."""
 
     def one(path: str) -> LocalFeatures | None:
@@ -68,7 +79,7 @@ def local_features(paths: list[str], method: LocalMethod, *, cache_dir: str | Pa
             return None
         cached = None
         if cache_dir is not None:
-            cached = _cache_file(Path(cache_dir), method, hashlib.sha256(data).hexdigest())
+            cached = _cache_file(Path(cache_dir), method, content_hash(data))
             found = _load(cached) if cached.is_file() else None
             if found is not None:
                 found.descriptors = found.descriptors.astype(np.float32)
@@ -86,5 +97,12 @@ def local_features(paths: list[str], method: LocalMethod, *, cache_dir: str | Pa
 
     # OpenCV releases the GIL while it computes, so threads use every core.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(tqdm(pool.map(one, paths), total=len(paths), desc=f"{method.name} keypoints",
-                         unit="img", disable=not progress))
+        return list(
+            tqdm(
+                pool.map(one, paths),
+                total=len(paths),
+                desc=f"{method.name} keypoints",
+                unit="img",
+                disable=not progress,
+            )
+        )

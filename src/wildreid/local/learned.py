@@ -44,9 +44,9 @@ _BORDER = 2
 class _Weights:
     """One weights file: where kornia caches it and where it comes from."""
 
-    role: str       # "DISK detector", "LightGlue matcher for DISK", ...
+    role: str  # "DISK detector", "LightGlue matcher for DISK", ...
     file_name: str  # the name kornia saves it under in <hub dir>/checkpoints
-    url: str        # kornia's primary source, for a manual download
+    url: str  # kornia's primary source, for a manual download
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class _Spec:
     extractor: _Weights
     matcher: _Weights
     lightglue_features: str  # the key of kornia's LightGlue.features
-    fetch: str               # the Python that makes kornia download both files
+    fetch: str  # the Python that makes kornia download both files
 
 
 def _lightglue_weights(features: str) -> _Weights:
@@ -74,8 +74,12 @@ def _disk_spec() -> _Spec:
     # kornia passes several URLs without a file name, so the cache name is the first URL's.
     url = urls["depth"][0]
     extractor = _Weights("DISK detector ('depth' checkpoint)", Path(urlparse(url).path).name, url)
-    return _Spec(extractor, _lightglue_weights("disk"), "disk",
-                 "import kornia.feature as KF; KF.DISK.from_pretrained('depth'); KF.LightGlue('disk')")
+    return _Spec(
+        extractor,
+        _lightglue_weights("disk"),
+        "disk",
+        "import kornia.feature as KF; KF.DISK.from_pretrained('depth'); KF.LightGlue('disk')",
+    )
 
 
 ALIKED_MODEL = "aliked-n16"  # the ALIKED variant LightGlue's 'aliked' weights were trained on
@@ -86,9 +90,12 @@ def _aliked_spec() -> _Spec:
 
     url = _CHECKPOINT_URLS[0].format(ALIKED_MODEL)
     extractor = _Weights(f"ALIKED detector ('{ALIKED_MODEL}')", Path(urlparse(url).path).name, url)
-    return _Spec(extractor, _lightglue_weights("aliked"), "aliked",
-                 f"import kornia.feature as KF; KF.ALIKED.from_pretrained('{ALIKED_MODEL}'); "
-                 "KF.LightGlue('aliked')")
+    return _Spec(
+        extractor,
+        _lightglue_weights("aliked"),
+        "aliked",
+        f"import kornia.feature as KF; KF.ALIKED.from_pretrained('{ALIKED_MODEL}'); KF.LightGlue('aliked')",
+    )
 
 
 SPECS: dict[str, Callable[[], _Spec]] = {"disk-lightglue": _disk_spec, "aliked-lightglue": _aliked_spec}
@@ -119,9 +126,16 @@ class LearnedMethod(LocalMethod):
 
     descriptor_dim = 128  # DISK's default desc_dim and aliked-n16's dim; both LightGlues take 128
 
-    def __init__(self, name: str, max_keypoints: int = 1024, max_side: int = 640, min_side: int = 320,
-                 device: str | torch.device | None = None, weights_dir: str | Path | None = None,
-                 filter_threshold: float = 0.1):
+    def __init__(
+        self,
+        name: str,
+        max_keypoints: int = 1024,
+        max_side: int = 640,
+        min_side: int = 320,
+        device: str | torch.device | None = None,
+        weights_dir: str | Path | None = None,
+        filter_threshold: float = 0.1,
+    ):
         name = name.lower()
         if name not in SPECS:
             raise KeyError(f"unknown learned local feature method '{name}'; choose one of {', '.join(SPECS)}")
@@ -130,8 +144,7 @@ class LearnedMethod(LocalMethod):
         # LightGlue keeps mutual best matches whose assignment probability exceeds this (its own
         # default 0.1); matching only, so it is not part of config_key.
         self.filter_threshold = filter_threshold
-        self.device = torch.device(device if device is not None else
-                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self._spec = SPECS[name]()
         self.weights_dir = _weights_folder(weights_dir)
         extractor_file, matcher_file = self._require_files()
@@ -156,10 +169,11 @@ class LearnedMethod(LocalMethod):
             raise BackboneUnavailable(
                 f"'{self.name}' cannot start: {what}. wildreid never downloads weights at run time. To get them, "
                 f"on a machine with internet access and kornia {kornia.__version__} run "
-                f"`python -c \"{spec.fetch}\"`, then copy {spec.extractor.file_name} and "
+                f'`python -c "{spec.fetch}"`, then copy {spec.extractor.file_name} and '
                 f"{spec.matcher.file_name} from that machine's ~/.cache/torch/hub/checkpoints/ (or "
                 f"$TORCH_HOME/hub/checkpoints/) into {folder}/ here (set TORCH_HOME to use another folder, or "
-                f"pass weights_dir); or {manual}.")
+                f"pass weights_dir); or {manual}."
+            )
         return folder / spec.extractor.file_name, folder / spec.matcher.file_name
 
     def _read(self, path: Path) -> dict:
@@ -169,8 +183,9 @@ class LearnedMethod(LocalMethod):
         except Exception as error:  # noqa: BLE001 - truncated, corrupt, or not a checkpoint at all
             raise BackboneUnavailable(
                 f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}). Delete it and "
-                f"fetch it again: on a machine with internet access run `python -c \"{self._spec.fetch}\"`, then "
-                f"copy {path.name} from that machine's ~/.cache/torch/hub/checkpoints/ to {path}.") from None
+                f'fetch it again: on a machine with internet access run `python -c "{self._spec.fetch}"`, then '
+                f"copy {path.name} from that machine's ~/.cache/torch/hub/checkpoints/ to {path}."
+            ) from None
         if not isinstance(checkpoint, dict):
             raise BackboneUnavailable(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
         return checkpoint
@@ -187,7 +202,8 @@ class LearnedMethod(LocalMethod):
         if missing:
             raise BackboneUnavailable(
                 f"{path} lacks {len(missing)} of the {len(parameters)} weight tensors of the {self.name} model "
-                f"(first: {', '.join(missing[:3])}); it is not the file kornia {self._spec.fetch!r} saves.")
+                f"(first: {', '.join(missing[:3])}); it is not the file kornia {self._spec.fetch!r} saves."
+            )
         return module
 
     def _build_extractor(self, path: Path) -> torch.nn.Module:
@@ -197,8 +213,10 @@ class LearnedMethod(LocalMethod):
         if self.name == "disk-lightglue":
             # DISK's released checkpoints keep the network under "extractor" (DISK.from_pretrained).
             if "extractor" not in checkpoint:
-                raise BackboneUnavailable(f"{path} has no 'extractor' entry: it is not a DISK checkpoint "
-                                          f"(found {', '.join(map(str, list(checkpoint)[:5]))}).")
+                raise BackboneUnavailable(
+                    f"{path} has no 'extractor' entry: it is not a DISK checkpoint "
+                    f"(found {', '.join(map(str, list(checkpoint)[:5]))})."
+                )
             return self._load(KF.DISK(desc_dim=self.descriptor_dim), checkpoint["extractor"], path)
         # detection_threshold 0.2 is kornia's and LightGlue's default for ALIKED: threshold mode,
         # capped at max_keypoints (see ALIKED's Convention block).
@@ -210,15 +228,18 @@ class LearnedMethod(LocalMethod):
 
         # features=None builds from the configuration alone, so nothing is fetched; weights=None
         # also keeps it from looking for a file inside the kornia package.
-        conf = {**LightGlue.features[self._spec.lightglue_features], "weights": None,
-                "filter_threshold": self.filter_threshold}
+        conf = {
+            **LightGlue.features[self._spec.lightglue_features],
+            "weights": None,
+            "filter_threshold": self.filter_threshold,
+        }
         matcher = LightGlue(None, **conf)
         state_dict = self._read(path)
         # The same key changes kornia's LightGlue.__init__ makes: xfeat's "matcher." prefix, and
         # the v0.1 release's per-layer "self_attn.i" / "cross_attn.i" modules, since merged into
         # "transformers.i".
         prefix = "matcher."
-        state_dict = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+        state_dict = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
         for i in range(matcher.conf.n_layers):
             pattern = f"self_attn.{i}", f"transformers.{i}.self_attn"
             state_dict = {k.replace(*pattern): v for k, v in state_dict.items()}
@@ -241,16 +262,20 @@ class LearnedMethod(LocalMethod):
             if self.name == "disk-lightglue":
                 # DISK needs sides divisible by 16: zero-pad bottom/right (kornia crops the maps
                 # back before NMS, so no keypoint lands in the padding) instead of resizing.
-                found = self._extractor(tensor, n=self.max_keypoints, window_size=5, score_threshold=0.0,
-                                        pad_if_not_divisible=True)[0]
+                found = self._extractor(
+                    tensor, n=self.max_keypoints, window_size=5, score_threshold=0.0, pad_if_not_divisible=True
+                )[0]
             else:
                 # ALIKED replicate-pads to multiples of 32 itself and crops the maps back.
                 found = self._extractor(tensor)[0]
         if found.keypoints.shape[0] == 0:
             features = LocalFeatures.empty(self.descriptor_dim, scale)
         else:
-            features = LocalFeatures(found.keypoints.float().cpu().numpy().astype(np.float32),
-                                     found.descriptors.float().cpu().numpy().astype(np.float32), scale)
+            features = LocalFeatures(
+                found.keypoints.float().cpu().numpy().astype(np.float32),
+                found.descriptors.float().cpu().numpy().astype(np.float32),
+                scale,
+            )
         # LightGlue normalises keypoints by the image size, which LocalFeatures has no field for
         # yet; an attribute works with or without such a field (see _image_size).
         features.image_size = (width, height)

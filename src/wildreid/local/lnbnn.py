@@ -67,16 +67,20 @@ class KeypointIndex:
             self.owner = np.concatenate([self.owner, *owners])
         self.images += len(features)
 
-    def lnbnn(self, queries: list[LocalFeatures | None], k: int = 5,
-              excluded: list[set[int]] | None = None, spare: int = 10) -> np.ndarray:
+    def lnbnn(
+        self, queries: list[LocalFeatures | None], k: int = 5, excluded: list[set[int]] | None = None, spare: int = 10
+    ) -> np.ndarray:
         """(len(queries), images) LNBNN scores. ``excluded[q]``: images query q may not vote for
         (itself, its near-duplicates), skipped before counting the k neighbours."""
         scores = np.zeros((len(queries), self.images), dtype=np.float64)
         if self.index is None:
             return scores
-        blocks = [np.ascontiguousarray(f.descriptors[: self.max_per_image], dtype=np.float32)
-                  if f is not None and len(f) else np.zeros((0, self.index.d), np.float32)
-                  for f in queries]
+        blocks = [
+            np.ascontiguousarray(f.descriptors[: self.max_per_image], dtype=np.float32)
+            if f is not None and len(f)
+            else np.zeros((0, self.index.d), np.float32)
+            for f in queries
+        ]
         if not any(len(b) for b in blocks):
             return scores
         depth = k + 1 + (spare if excluded is not None else 0)
@@ -87,8 +91,13 @@ class KeypointIndex:
         start = 0
         for row, block in enumerate(blocks):
             stop = start + len(block)
-            self._vote(scores[row], distances[start:stop], owners[start:stop], k,
-                       excluded[row] if excluded is not None else None)
+            self._vote(
+                scores[row],
+                distances[start:stop],
+                owners[start:stop],
+                k,
+                excluded[row] if excluded is not None else None,
+            )
             start = stop
         return scores
 

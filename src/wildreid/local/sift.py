@@ -12,8 +12,15 @@ from .base import LocalFeatures, LocalMethod, working_image
 class SiftMethod(LocalMethod):
     descriptor_dim = 128
 
-    def __init__(self, root: bool = True, max_keypoints: int = 512, max_side: int = 512,
-                 min_side: int = 256, ratio: float = 0.8, mutual: bool = False):
+    def __init__(
+        self,
+        root: bool = True,
+        max_keypoints: int = 512,
+        max_side: int = 512,
+        min_side: int = 256,
+        ratio: float = 0.8,
+        mutual: bool = False,
+    ):
         self.root, self.max_keypoints = root, max_keypoints
         self.max_side, self.min_side = max_side, min_side
         self.ratio, self.mutual = ratio, mutual

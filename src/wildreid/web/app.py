@@ -31,8 +31,8 @@ HERE = Path(__file__).parent
 # attribute handler would not run even if escaping failed somewhere).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-                               "script-src 'self'; frame-ancestors 'none'; form-action 'self'; "
-                               "base-uri 'none'",
+    "script-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+    "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
@@ -53,8 +53,7 @@ def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
         jobs.stop()
 
     # No /docs or /openapi.json: the pages are the interface.
-    app = FastAPI(title="wildreid review", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(title="wildreid review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.config, app.state.jobs, app.state.throttle = config, jobs, Throttle()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     # Middleware added last runs first: the Host check, then the token (before any body is

@@ -15,15 +15,15 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 @dataclass
 class WebConfig:
-    catalog: Path                          # the catalogue's SQLite file
-    token: str = ""                        # the review token; generated when empty
-    preset: str = "offline"                # named preset of pipeline.identify
-    cache_dir: Path | None = None          # embedding cache (default: beside the catalogue)
+    catalog: Path  # the catalogue's SQLite file
+    token: str = ""  # the review token; generated when empty
+    preset: str = "offline"  # named preset of pipeline.identify
+    cache_dir: Path | None = None  # embedding cache (default: beside the catalogue)
     device: str | None = None
-    max_upload_bytes: int = 20 * 1024 * 1024   # per photo
-    max_files: int = 20                        # photos per upload
-    max_pixels: int = 60_000_000               # decompression-bomb guard for uploads
-    allowed_hosts: list[str] = field(default_factory=list)   # Host names served besides LOCAL_HOSTS
+    max_upload_bytes: int = 20 * 1024 * 1024  # per photo
+    max_files: int = 20  # photos per upload
+    max_pixels: int = 60_000_000  # decompression-bomb guard for uploads
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names served besides LOCAL_HOSTS
     token_generated: bool = field(default=False, init=False)
 
     def __post_init__(self):
@@ -35,9 +35,11 @@ class WebConfig:
             self.token = secrets.token_urlsafe(24)
             self.token_generated = True
         if len(self.token) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"review token: {len(self.token)} characters is too short to protect the "
-                             f"catalogue; use at least {MIN_TOKEN_LENGTH} (set {TOKEN_ENV} or --token-file), "
-                             "or set none and use the one generated at start-up.")
+            raise ValueError(
+                f"review token: {len(self.token)} characters is too short to protect the "
+                f"catalogue; use at least {MIN_TOKEN_LENGTH} (set {TOKEN_ENV} or --token-file), "
+                "or set none and use the one generated at start-up."
+            )
         self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h.strip()]
         if self.max_upload_bytes <= 0 or self.max_files <= 0:
             raise ValueError("upload limits: max_upload_bytes and max_files must be positive.")

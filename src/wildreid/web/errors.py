@@ -52,7 +52,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crash(request: Request, error: Exception):
         reference = secrets.token_hex(4)
-        log.error("unhandled error on %s %s (reference %s)", request.method, request.url.path,
-                  reference, exc_info=error)
-        return error_response(request, 500, f"Something went wrong on the server (reference "
-                                            f"{reference}). The details are in the server's log.")
+        log.error(
+            "unhandled error on %s %s (reference %s)", request.method, request.url.path, reference, exc_info=error
+        )
+        return error_response(
+            request,
+            500,
+            f"Something went wrong on the server (reference {reference}). The details are in the server's log.",
+        )

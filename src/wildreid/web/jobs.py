@@ -37,15 +37,22 @@ class Job:
     stage: str = "waiting for earlier uploads"
     done: int = 0
     total: int = 0
-    status: str = "queued"         # queued | running | done | failed
+    status: str = "queued"  # queued | running | done | failed
     error: str = ""
-    rejected: list[str] = field(default_factory=list)   # upload messages, shown on the job page
+    rejected: list[str] = field(default_factory=list)  # upload messages, shown on the job page
     finished_at: float | None = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "status": self.status, "stage": self.stage, "done": self.done,
-                "total": self.total, "error": self.error, "rejected": self.rejected,
-                "query_ids": self.query_ids}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "stage": self.stage,
+            "done": self.done,
+            "total": self.total,
+            "error": self.error,
+            "rejected": self.rejected,
+            "query_ids": self.query_ids,
+        }
 
 
 def new_job_id() -> str:
@@ -55,10 +62,9 @@ def new_job_id() -> str:
 class JobRunner:
     KEEP_FINISHED_S = 24 * 3600  # finished jobs are forgotten after a day (their results stay)
 
-    def __init__(self, config: WebConfig, *, backbone=None,
-                 identify: Callable = identify_with_catalog):
+    def __init__(self, config: WebConfig, *, backbone=None, identify: Callable = identify_with_catalog):
         self.config, self.backbone, self.identify = config, backbone, identify
-        self.gallery = None   # the catalogue's gallery, kept between jobs (worker thread only)
+        self.gallery = None  # the catalogue's gallery, kept between jobs (worker thread only)
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -117,8 +123,7 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - keep serving; the details go to the server log
                 reference = secrets.token_hex(4)
                 log.exception("job %s failed (reference %s)", job.id, reference)
-                self._fail(job, f"identification failed (reference {reference}); the details are "
-                                "in the server log.")
+                self._fail(job, f"identification failed (reference {reference}); the details are in the server log.")
 
     def _run(self, job: Job) -> None:
         preset = get_preset(self.config.preset)
@@ -127,8 +132,9 @@ class JobRunner:
             from ..backbones import load_backbone
             from ..extract import default_device
 
-            self.backbone = load_backbone(preset.backbone, preprocess=preset.preprocess,
-                                          device=self.config.device or default_device())
+            self.backbone = load_backbone(
+                preset.backbone, preprocess=preset.preprocess, device=self.config.device or default_device()
+            )
         with Catalog(self.config.catalog) as catalog:
             self._update(job, stage="bringing the catalogue's gallery up to date")
 
@@ -136,22 +142,29 @@ class JobRunner:
                 self._update(job, stage=f"describing catalogue photos ({done} of {total}; done once)")
 
             cache_dir = self.config.cache_dir or default_cache_dir(self.config.catalog)
-            self.gallery = catalog_gallery(catalog, preset, backbone=self.backbone, cache_dir=cache_dir,
-                                           gallery=self.gallery, progress=describing)
+            self.gallery = catalog_gallery(
+                catalog, preset, backbone=self.backbone, cache_dir=cache_dir, gallery=self.gallery, progress=describing
+            )
             # In a server thread: no forked loader processes (see catalog/descriptors.py).
             self.gallery.loader_workers = 0
             for position, query_id in enumerate(job.query_ids):
                 query = catalog.query(query_id)
                 if query is None or query["status"] != "queued":
                     continue
-                self._update(job, stage=f"identifying photo {position + 1} of {len(job.query_ids)}",
-                             done=position)
+                self._update(job, stage=f"identifying photo {position + 1} of {len(job.query_ids)}", done=position)
 
                 try:
                     # One photo at a time: progress per photo, and one bad photo fails alone.
-                    result = self.identify(catalog, [catalog.photo_path(query["stored_path"])], preset,
-                                           query_ids=[f"upload-{query_id}"], dataset=query["dataset"],
-                                           backbone=self.backbone, cache_dir=cache_dir, gallery=self.gallery)
+                    result = self.identify(
+                        catalog,
+                        [catalog.photo_path(query["stored_path"])],
+                        preset,
+                        query_ids=[f"upload-{query_id}"],
+                        dataset=query["dataset"],
+                        backbone=self.backbone,
+                        cache_dir=cache_dir,
+                        gallery=self.gallery,
+                    )
                     catalog.set_query_result(query_id, candidates_of(result, catalog)[0])
                 except CatalogError as error:
                     catalog.set_query_result(query_id, None, error=str(error))

@@ -32,23 +32,28 @@ def match_pictures_available(preset: Preset) -> bool:
     return bool(getattr(preset, "local", None)) and _viz() is not None
 
 
-def match_picture(query_path: str | Path, candidate_path: str | Path, *, preset: Preset,
-                  cache_dir: str | Path | None = None) -> bytes | None:
+def match_picture(
+    query_path: str | Path, candidate_path: str | Path, *, preset: Preset, cache_dir: str | Path | None = None
+) -> bytes | None:
     """PNG bytes of the keypoint matches between the two photos, or None when the preset has no
     local matching or a photo cannot be read."""
     viz = _viz()
     if viz is None or not getattr(preset, "local", None):
         return None
     options = getattr(preset, "local_options", {}) or {}
-    key = hashlib.sha256("|".join([Path(query_path).stem, Path(candidate_path).stem, preset.local,
-                                   json.dumps(options, sort_keys=True)]).encode()).hexdigest()
+    key = hashlib.sha256(
+        "|".join(
+            [Path(query_path).stem, Path(candidate_path).stem, preset.local, json.dumps(options, sort_keys=True)]
+        ).encode()
+    ).hexdigest()
     cached = Path(cache_dir) / "match-pictures" / f"{key}.png" if cache_dir else None
     if cached is not None and cached.is_file():
         return cached.read_bytes()
     with _LOCK:
         try:
-            picture = viz.match_picture(str(query_path), str(candidate_path),
-                                        _method(preset.local, json.dumps(options, sort_keys=True)))
+            picture = viz.match_picture(
+                str(query_path), str(candidate_path), _method(preset.local, json.dumps(options, sort_keys=True))
+            )
         except ImageReadError as error:
             log.warning("no match picture: %s", error)
             return None

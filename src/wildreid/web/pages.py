@@ -65,8 +65,12 @@ templates.env.filters["when"] = when
 
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
-    context.update(signed_in=is_signed_in(request), reviewer=reviewer_of(request),
-                   config=request.app.state.config, request_path=request.url.path)
+    context.update(
+        signed_in=is_signed_in(request),
+        reviewer=reviewer_of(request),
+        config=request.app.state.config,
+        request_path=request.url.path,
+    )
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 

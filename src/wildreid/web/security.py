@@ -1,8 +1,8 @@
 """What keeps the review app safe to put in front of a browser.
 
 - Changes need the review token (a cookie set by /login holding a value derived from it, or an
-  ``X-Wildreid-Token`` header); the cookie is HttpOnly and SameSite=Strict, and cross-origin POSTs are refused, so another
-  web site cannot make a signed-in reviewer's browser post decisions. ``TokenGate`` checks this
+  ``X-Wildreid-Token`` header); the cookie is HttpOnly and SameSite=Strict, and cross-origin POSTs
+  are refused, so another web site cannot make a signed-in reviewer's browser post decisions. ``TokenGate`` checks this
   before a single byte of the request body is read: an anonymous 300 MB upload costs nothing.
 - Guessing the token is throttled per client address (``Throttle``): after a few wrong tokens,
   each further try waits twice as long (429 with Retry-After). Tokens under 16 characters are
@@ -80,8 +80,10 @@ def require_token(request: Request) -> None:
         raise HTTPException(401, SIGN_IN_MESSAGE)
 
 
-SIGN_IN_MESSAGE = ("This needs the review token: sign in first (the token is printed when the server starts, "
-                   "or set with WILDREID_TOKEN).")
+SIGN_IN_MESSAGE = (
+    "This needs the review token: sign in first (the token is printed when the server starts, "
+    "or set with WILDREID_TOKEN)."
+)
 CROSS_SITE_MESSAGE = "Cross-site request refused: post from the review app's own pages."
 
 
@@ -107,7 +109,7 @@ class Throttle:
 
     def __init__(self, free: int = 5, first: float = 1.0, longest: float = 900.0, clock=time.monotonic):
         self.free, self.first, self.longest, self.clock = free, first, longest, clock
-        self.failures: dict[str, tuple[int, float]] = {}   # client -> (failures, locked until)
+        self.failures: dict[str, tuple[int, float]] = {}  # client -> (failures, locked until)
         self.lock = threading.Lock()
 
     def retry_after(self, client: str) -> int:
@@ -118,7 +120,7 @@ class Throttle:
 
     def failed(self, client: str) -> None:
         with self.lock:
-            if len(self.failures) > 10_000:   # bounded memory under a spray of addresses
+            if len(self.failures) > 10_000:  # bounded memory under a spray of addresses
                 now = self.clock()
                 self.failures = {c: f for c, f in self.failures.items() if f[1] > now}
             count = self.failures.get(client, (0, 0.0))[0] + 1
@@ -135,8 +137,7 @@ def client_of(scope) -> str:
 
 
 def too_many_tries(seconds: int) -> tuple[str, dict]:
-    return (f"Too many wrong tokens from this address: try again in {seconds} s.",
-            {"Retry-After": str(seconds)})
+    return (f"Too many wrong tokens from this address: try again in {seconds} s.", {"Retry-After": str(seconds)})
 
 
 class TokenGate:
@@ -171,8 +172,11 @@ class TokenGate:
         if changes:
             if _cross_site(headers.get("origin"), headers.get("host", "")):
                 return await _plain(send, 403, CROSS_SITE_MESSAGE)
-            signed_in = token_matches(given, self.token) if given else token_matches(
-                _cookie(headers.get("cookie", ""), TOKEN_COOKIE), session_value(self.token))
+            signed_in = (
+                token_matches(given, self.token)
+                if given
+                else token_matches(_cookie(headers.get("cookie", ""), TOKEN_COOKIE), session_value(self.token))
+            )
             if not signed_in:
                 return await _plain(send, 401, SIGN_IN_MESSAGE)
         return await self.app(scope, receive, send)
@@ -195,9 +199,12 @@ def _cookie(header: str, name: str) -> str:
 
 async def _plain(send, status: int, message: str, extra: dict | None = None) -> None:
     body = message.encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-               # the body was not read: the connection cannot carry another request
-               (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        # the body was not read: the connection cannot carry another request
+        (b"connection", b"close"),
+    ]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -242,26 +249,33 @@ def check_photo(data: bytes, label: str, *, max_bytes: int, max_pixels: int) -> 
     if not data:
         raise UploadRejected(f"{label}: the file is empty.")
     if len(data) > max_bytes:
-        raise UploadRejected(f"{label}: the file is over the {_megabytes(max_bytes)} limit per photo; "
-                             "send a smaller photo.")
+        raise UploadRejected(
+            f"{label}: the file is over the {_megabytes(max_bytes)} limit per photo; send a smaller photo."
+        )
     extension = sniff_image_type(data)
     if extension is None:
-        raise UploadRejected(f"{label}: not a photo. Accepted are {ACCEPTED_TYPES} files (recognised "
-                             "by their content, whatever the file name says).")
+        raise UploadRejected(
+            f"{label}: not a photo. Accepted are {ACCEPTED_TYPES} files (recognised "
+            "by their content, whatever the file name says)."
+        )
     try:
         # Read the header alone first: a small file can declare billions of pixels.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as header:
                 width, height = header.size
-    except Image.DecompressionBombError:   # Pillow's own guard, for sizes far beyond ours
-        raise UploadRejected(f"{label}: its header declares a gigantic picture; refused as a possible "
-                             "decompression bomb. Send a smaller photo.") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, for sizes far beyond ours
+        raise UploadRejected(
+            f"{label}: its header declares a gigantic picture; refused as a possible "
+            "decompression bomb. Send a smaller photo."
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UploadRejected(f"{label}: the photo cannot be read ({error}).") from None
     if width * height > max_pixels:
-        raise UploadRejected(f"{label}: {width}x{height} pixels is over the {max_pixels:,} pixel limit "
-                             "(refused as a possible decompression bomb); send a smaller photo.")
+        raise UploadRejected(
+            f"{label}: {width}x{height} pixels is over the {max_pixels:,} pixel limit "
+            "(refused as a possible decompression bomb); send a smaller photo."
+        )
     try:
         decode_image(data, label)
     except ImageReadError as error:
@@ -320,12 +334,20 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send):
-        body = (f"Upload too large: the limit is {_megabytes(self.limit)} per request. "
-                "Send fewer or smaller photos.").encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = (
+            f"Upload too large: the limit is {_megabytes(self.limit)} per request. Send fewer or smaller photos."
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

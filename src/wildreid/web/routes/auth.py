@@ -8,8 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ..pages import page
-from ..security import (REVIEWER_COOKIE, TOKEN_COOKIE, clean_text, client_of, safe_next, session_value,
-                        token_matches)
+from ..security import REVIEWER_COOKIE, TOKEN_COOKIE, clean_text, client_of, safe_next, session_value, token_matches
 
 router = APIRouter()
 
@@ -20,8 +19,12 @@ def login_form(request: Request, next: str = "/"):
 
 
 @router.post("/login")
-def login(request: Request, token: Annotated[str, Form()] = "", reviewer: Annotated[str, Form()] = "",
-          next: Annotated[str, Form()] = "/"):
+def login(
+    request: Request,
+    token: Annotated[str, Form()] = "",
+    reviewer: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+):
     config, throttle = request.app.state.config, request.app.state.throttle
     # (A client locked out by the throttle never gets here: TokenGate answers 429 first.)
     if not token_matches(token.strip(), config.token):
@@ -30,10 +33,17 @@ def login(request: Request, token: Annotated[str, Form()] = "", reviewer: Annota
     throttle.succeeded(client_of(request.scope))
     response = RedirectResponse(safe_next(next), status_code=303)
     secure = request.url.scheme == "https"
-    response.set_cookie(TOKEN_COOKIE, session_value(config.token), httponly=True, samesite="strict",
-                        secure=secure, max_age=12 * 3600)
-    response.set_cookie(REVIEWER_COOKIE, clean_text(reviewer, 80) or "reviewer", httponly=True,
-                        samesite="strict", secure=secure, max_age=365 * 24 * 3600)
+    response.set_cookie(
+        TOKEN_COOKIE, session_value(config.token), httponly=True, samesite="strict", secure=secure, max_age=12 * 3600
+    )
+    response.set_cookie(
+        REVIEWER_COOKIE,
+        clean_text(reviewer, 80) or "reviewer",
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+        max_age=365 * 24 * 3600,
+    )
     return response
 
 

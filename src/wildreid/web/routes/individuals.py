@@ -11,15 +11,16 @@ from ..pages import CatalogDep, page, url_part
 from ..security import clean_text, require_token
 
 router = APIRouter()
-INDIVIDUALS_SHOWN = 200   # per list page; the search narrows it down
+INDIVIDUALS_SHOWN = 200  # per list page; the search narrows it down
 
 
 @router.get("/individuals", response_class=HTMLResponse)
 def individuals(request: Request, catalog: CatalogDep, q: str = ""):
     q = clean_text(q, 200)
     found = catalog.individuals(q, limit=INDIVIDUALS_SHOWN + 1)
-    return page(request, "individuals.html", q=q, individuals=found[:INDIVIDUALS_SHOWN],
-                more=len(found) > INDIVIDUALS_SHOWN)
+    return page(
+        request, "individuals.html", q=q, individuals=found[:INDIVIDUALS_SHOWN], more=len(found) > INDIVIDUALS_SHOWN
+    )
 
 
 @router.get("/individuals/{individual_id:anytext}", response_class=HTMLResponse)
@@ -33,7 +34,8 @@ def individual(request: Request, individual_id: str, catalog: CatalogDep, added:
 
 
 @router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_token)])
-def edit_individual(individual_id: str, catalog: CatalogDep, name: Annotated[str, Form()] = "",
-                    notes: Annotated[str, Form()] = ""):
+def edit_individual(
+    individual_id: str, catalog: CatalogDep, name: Annotated[str, Form()] = "", notes: Annotated[str, Form()] = ""
+):
     catalog.update_individual(individual_id, name=clean_text(name, 200), notes=clean_text(notes, 2000))
     return RedirectResponse(f"/individuals/{url_part(individual_id)}", status_code=303)

@@ -9,8 +9,7 @@ from ...catalog.photos import SHA256_PATTERN
 from ..pages import CatalogDep
 
 router = APIRouter()
-MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tif": "image/tiff",
-               "bmp": "image/bmp"}
+MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tif": "image/tiff", "bmp": "image/bmp"}
 
 
 @router.get("/photos/{sha256}")
@@ -22,8 +21,9 @@ def photo(sha256: str, catalog: CatalogDep):
     path = catalog.stored_file(sha256)
     if path is None or not path.is_file():
         raise HTTPException(404, "No such photo.")
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix[1:]],
-                        headers={"Cache-Control": "private, max-age=31536000, immutable"})
+    return FileResponse(
+        path, media_type=MEDIA_TYPES[path.suffix[1:]], headers={"Cache-Control": "private, max-age=31536000, immutable"}
+    )
 
 
 @router.get("/healthz")

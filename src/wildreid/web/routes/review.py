@@ -18,10 +18,13 @@ router = APIRouter()
 
 @router.get("/review", response_class=HTMLResponse)
 def review_list(request: Request, catalog: CatalogDep):
-    return page(request, "review_list.html",
-                waiting=catalog.queries(status=["ready", "failed", "queued"]),
-                skipped=catalog.queries(status="skipped"),
-                decided=catalog.decisions()[-50:][::-1])
+    return page(
+        request,
+        "review_list.html",
+        waiting=catalog.queries(status=["ready", "failed", "queued"]),
+        skipped=catalog.queries(status="skipped"),
+        decided=catalog.decisions()[-50:][::-1],
+    )
 
 
 @router.get("/review/{query_id}", response_class=HTMLResponse)
@@ -30,32 +33,56 @@ def review(request: Request, query_id: int, catalog: CatalogDep, decided: int | 
     candidates = []
     for candidate in (query["result"] or {}).get("candidates", []):
         individual = catalog.individual(candidate["individual_id"]) or {}
-        candidates.append({**candidate, "name": individual.get("name", ""),
-                           "photo_count": len(catalog.images(candidate["individual_id"]))})
+        candidates.append(
+            {
+                **candidate,
+                "name": individual.get("name", ""),
+                "photo_count": len(catalog.images(candidate["individual_id"])),
+            }
+        )
     just_decided = catalog.decisions(query_id=decided)[-1:] if decided else []
-    return page(request, "review.html", query=query, candidates=candidates,
-                history=catalog.decisions(query_id=query_id), just_decided=just_decided,
-                next_id=next_waiting(catalog, query_id),
-                match_pictures=match_pictures_available(get_preset(request.app.state.config.preset)))
+    return page(
+        request,
+        "review.html",
+        query=query,
+        candidates=candidates,
+        history=catalog.decisions(query_id=query_id),
+        just_decided=just_decided,
+        next_id=next_waiting(catalog, query_id),
+        match_pictures=match_pictures_available(get_preset(request.app.state.config.preset)),
+    )
 
 
 @router.post("/review/{query_id}", dependencies=[Depends(require_token)])
-def decide(request: Request, query_id: int, catalog: CatalogDep,
-           action: Annotated[str, Form()], individual_id: Annotated[str, Form()] = "",
-           name: Annotated[str, Form()] = "", notes: Annotated[str, Form()] = ""):
+def decide(
+    request: Request,
+    query_id: int,
+    catalog: CatalogDep,
+    action: Annotated[str, Form()],
+    individual_id: Annotated[str, Form()] = "",
+    name: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form()] = "",
+):
     if action not in ("match", "new", "skip"):
         raise HTTPException(400, f"action: '{clean_text(action, 20)}' is not one of match, new, skip.")
     query = query_or_404(catalog, query_id)
-    used = (query["result"] or {}).get("preset") or request.app.state.config.preset   # the preset that ranked it
-    decision = catalog.decide(query_id, action, reviewer=reviewer_of(request), preset=used,
-                              individual_id=individual_id.strip() or None, name=clean_text(name, 200),
-                              notes=clean_text(notes, 2000))
+    used = (query["result"] or {}).get("preset") or request.app.state.config.preset  # the preset that ranked it
+    decision = catalog.decide(
+        query_id,
+        action,
+        reviewer=reviewer_of(request),
+        preset=used,
+        individual_id=individual_id.strip() or None,
+        name=clean_text(name, 200),
+        notes=clean_text(notes, 2000),
+    )
     next_id = next_waiting(catalog, query_id)
     if next_id is not None:
         return RedirectResponse(f"/review/{next_id}?decided={query_id}", status_code=303)
     if decision["individual_id"]:
-        return RedirectResponse(f"/individuals/{url_part(decision['individual_id'])}?added="
-                                f"{decision['image_id']}", status_code=303)
+        return RedirectResponse(
+            f"/individuals/{url_part(decision['individual_id'])}?added={decision['image_id']}", status_code=303
+        )
     return RedirectResponse("/review", status_code=303)
 
 
@@ -67,9 +94,16 @@ def match_png(request: Request, query_id: int, rank: int, catalog: CatalogDep):
     if not 1 <= rank <= len(candidates) or not candidates[rank - 1].get("sha256"):
         raise HTTPException(404, "No such candidate.")
     candidate_file = catalog.stored_file(candidates[rank - 1]["sha256"])
-    picture = match_picture(catalog.photo_path(query["stored_path"]), candidate_file,
-                            preset=get_preset(config.preset),
-                            cache_dir=config.cache_dir or default_cache_dir(config.catalog)) if candidate_file else None
+    picture = (
+        match_picture(
+            catalog.photo_path(query["stored_path"]),
+            candidate_file,
+            preset=get_preset(config.preset),
+            cache_dir=config.cache_dir or default_cache_dir(config.catalog),
+        )
+        if candidate_file
+        else None
+    )
     if picture is None:
         raise HTTPException(404, "No keypoint-match picture for this candidate.")
     return Response(picture, media_type="image/png")

@@ -20,19 +20,31 @@ JOB_ID = re.compile(r"[0-9a-f]{16}")
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, catalog: CatalogDep):
-    return page(request, "home.html", datasets=catalog.datasets(), counts=catalog.counts(),
-                waiting=catalog.queries(status=["ready", "failed", "skipped", "queued"]))
+    return page(
+        request,
+        "home.html",
+        datasets=catalog.datasets(),
+        counts=catalog.counts(),
+        waiting=catalog.queries(status=["ready", "failed", "skipped", "queued"]),
+    )
 
 
 @router.post("/uploads", dependencies=[Depends(require_token)])
-def upload(request: Request, catalog: CatalogDep,
-           photos: Annotated[list[UploadFile], File(description="one or more photos")],
-           dataset: Annotated[str, Form()] = "", sighting_date: Annotated[str, Form()] = "",
-           location: Annotated[str, Form()] = ""):
+def upload(
+    request: Request,
+    catalog: CatalogDep,
+    photos: Annotated[list[UploadFile], File(description="one or more photos")],
+    dataset: Annotated[str, Form()] = "",
+    sighting_date: Annotated[str, Form()] = "",
+    location: Annotated[str, Form()] = "",
+):
     config = request.app.state.config
     if len(photos) > config.max_files:
-        raise HTTPException(400, f"photos: {len(photos)} files in one upload; the limit is "
-                                 f"{config.max_files}. Upload them in smaller batches.")
+        raise HTTPException(
+            400,
+            f"photos: {len(photos)} files in one upload; the limit is "
+            f"{config.max_files}. Upload them in smaller batches.",
+        )
     dataset = _chosen_dataset(catalog, dataset)
     sighting_date = _checked_date(sighting_date)
     job = Job(new_job_id(), [])
@@ -40,14 +52,20 @@ def upload(request: Request, catalog: CatalogDep,
         label = display_name(photo.filename)
         data = photo.file.read(config.max_upload_bytes + 1)  # +1: enough to see it is too big
         try:
-            extension = check_photo(data, label, max_bytes=config.max_upload_bytes,
-                                    max_pixels=config.max_pixels)
+            extension = check_photo(data, label, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels)
         except UploadRejected as error:
             job.rejected.append(str(error))
             continue
-        query = catalog.add_query(data, extension, dataset=dataset, original_name=label,
-                                  sighting_date=sighting_date, location=clean_text(location, 200),
-                                  uploaded_by=reviewer_of(request), job_id=job.id)
+        query = catalog.add_query(
+            data,
+            extension,
+            dataset=dataset,
+            original_name=label,
+            sighting_date=sighting_date,
+            location=clean_text(location, 200),
+            uploaded_by=reviewer_of(request),
+            job_id=job.id,
+        )
         job.query_ids.append(query["id"])
     if not job.query_ids:
         raise HTTPException(400, "No photo accepted. " + " ".join(job.rejected))
@@ -62,13 +80,26 @@ def job_state(request: Request, catalog: Catalog, job_id: str) -> dict:
     queries = catalog.queries(job_id=job_id, limit=10_000)
     job = request.app.state.jobs.get(job_id)
     if job is None and not queries:
-        raise HTTPException(404, "No such upload job (it may have been forgotten after a restart; "
-                                 "its photos are listed on the home page).")
-    state = job.to_dict() if job else {
-        "id": job_id, "status": "queued" if any(q["status"] == "queued" for q in queries) else "done",
-        "stage": "", "done": 0, "total": len(queries), "error": "", "rejected": []}
-    state["queries"] = [{"id": q["id"], "status": q["status"], "name": q["original_name"],
-                         "url": f"/review/{q['id']}"} for q in queries]
+        raise HTTPException(
+            404,
+            "No such upload job (it may have been forgotten after a restart; its photos are listed on the home page).",
+        )
+    state = (
+        job.to_dict()
+        if job
+        else {
+            "id": job_id,
+            "status": "queued" if any(q["status"] == "queued" for q in queries) else "done",
+            "stage": "",
+            "done": 0,
+            "total": len(queries),
+            "error": "",
+            "rejected": [],
+        }
+    )
+    state["queries"] = [
+        {"id": q["id"], "status": q["status"], "name": q["original_name"], "url": f"/review/{q['id']}"} for q in queries
+    ]
     ready = [q for q in queries if q["status"] in ("ready", "failed")]
     state["next_url"] = f"/review/{ready[0]['id']}" if ready and state["status"] in ("done", "failed") else None
     return state
@@ -87,8 +118,9 @@ def job_api(request: Request, job_id: str, catalog: CatalogDep):
 def _chosen_dataset(catalog: Catalog, dataset: str) -> str:
     known = catalog.datasets()
     if not known:
-        raise HTTPException(400, "The catalogue is empty: import photos of known individuals first "
-                                 "(wildreid catalog import).")
+        raise HTTPException(
+            400, "The catalogue is empty: import photos of known individuals first (wildreid catalog import)."
+        )
     dataset = dataset.strip()
     if not dataset and len(known) == 1:
         return known[0]
@@ -104,5 +136,4 @@ def _checked_date(text: str) -> str | None:
     try:
         return dt.date.fromisoformat(text).isoformat()
     except ValueError:
-        raise HTTPException(400, f"sighting date: '{clean_text(text, 40)}' is not a date; use "
-                                 "YYYY-MM-DD.") from None
+        raise HTTPException(400, f"sighting date: '{clean_text(text, 40)}' is not a date; use YYYY-MM-DD.") from None
