@@ -6,7 +6,8 @@ Holstein2025 photos; and the batch rule it replaced, measured in the same run.
 
 For each preset: a real uvicorn server on 127.0.0.1 (the app of `wildreid serve`) over one
 catalogue; a first upload warms it (model load, the catalogue's gallery built and saved: timed
-apart); then ``--photos`` single-photo uploads one after another, and a burst of ``--burst``
+apart; with ``--work`` kept from an earlier run, the saved gallery is only loaded); then
+``--photos`` single-photo uploads one after another, and a burst of ``--burst``
 single-photo uploads sent back to back. The photos uploaded are Holstein2025 query photos
 re-encoded (JPEG quality 92), so their bytes are new to the catalogue and every upload pays its
 own extraction. Latency is from sending the upload to its job reported done (upload included),
@@ -182,14 +183,18 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=30)
     parser.add_argument("--baseline-rev", default="0425512")
     parser.add_argument("--baseline-presets", default="offline,fusion", help="'' to skip the baseline")
+    parser.add_argument("--work", type=Path, help="keep the catalogue and its caches here (a re-run then starts warm)")
     arguments = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="wildreid-latency-"))
+    scratch = arguments.work or Path(tempfile.mkdtemp(prefix="wildreid-latency-"))
     try:
         started = time.perf_counter()
-        catalog = make_catalogue(scratch)
-        print(f"catalogue of all Holstein2025 photos imported in {time.perf_counter() - started:.0f} s", flush=True)
+        catalog = scratch / "holstein.sqlite"
+        if not catalog.is_file():
+            scratch.mkdir(parents=True, exist_ok=True)
+            catalog = make_catalogue(scratch)
+            print(f"catalogue of all Holstein2025 photos imported in {time.perf_counter() - started:.0f} s", flush=True)
         for preset in arguments.presets.split(","):
-            cache = scratch / f"cache-{preset}"
+            cache = scratch / "cache"  # one cache: descriptors are extracted once for both presets
             row = measure(catalog, preset, cache, arguments.photos, arguments.burst)
             print(
                 f"{preset:>7} gallery: first upload (builds the gallery) {row['warm_up_s']:.1f} s; one upload "
@@ -205,7 +210,8 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if arguments.work is None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

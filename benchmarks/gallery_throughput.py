@@ -1,14 +1,16 @@
 """Batch throughput once a gallery is built: Holstein2025's 757 queries against its 3,019
 database photos, per preset, with the time to build the gallery reported apart.
 
-    python benchmarks/gallery_throughput.py [--presets offline,fusion]
+    python benchmarks/gallery_throughput.py [--presets offline,fusion] [--cache DIR]
 
 Per preset, with an empty cache: ``Gallery.build`` on the database rows (extraction of the
 descriptors and keypoints, index, calibration and threshold: the same work as
 ``wildreid gallery build``), saved and loaded back; then ``Gallery.identify`` on the queries twice:
 cold (their descriptors and keypoints extracted, as a new batch of photos) and warm (features
 cached: matching alone). Prints queries/s for both and the score, which must equal the batch
-run's (benchmarks/gallery_same_answers.py).
+run's (benchmarks/gallery_same_answers.py). With ``--cache`` (a cache already holding Holstein2025's
+descriptors and keypoints, e.g. gallery_same_answers.py's) extraction is skipped: the build time
+is then index and fit alone, and both passes are matching alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from wildreid.presets import get_preset
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="offline,fusion")
+    parser.add_argument("--cache", type=Path, help="a cache already holding the photos' features")
     arguments = parser.parse_args()
     from wildreid.data import load_dataset
 
@@ -37,7 +40,7 @@ def main() -> None:
     dataset.table = table.drop(columns=["original_path"])
     for name in arguments.presets.split(","):
         with tempfile.TemporaryDirectory() as scratch:
-            cache = Path(scratch) / "cache"
+            cache = arguments.cache or Path(scratch) / "cache"
             started = time.perf_counter()
             built = Gallery.build(dataset, get_preset(name), cache_dir=cache, progress=False)
             build_s = time.perf_counter() - started

@@ -21,24 +21,38 @@ def catalog_image_id(image_id: str | None) -> int | None:
     return int(str(image_id)[len(PREFIX) :])
 
 
-def catalog_to_dataset(
+def catalog_photos(catalog: Catalog, images: list[dict] | None = None) -> pd.DataFrame:
+    """The catalogue's photos (all of them, or ``images`` from ``catalog.images()``) as database
+    rows: image_id ``catalog:<image id>`` (see :func:`catalog_image_id`), identity = individual id."""
+    images = catalog.images() if images is None else images
+    return pd.DataFrame(
+        {
+            "image_id": [f"{PREFIX}{image['id']}" for image in images],
+            "identity": [image["individual_id"] for image in images],
+            "path": [str(catalog.photo_path(image["stored_path"])) for image in images],
+            "split": DATABASE,
+            "dataset": [image["dataset"] for image in images],
+            "date": [image["sighting_date"] for image in images],
+            "orientation": [image["orientation"] for image in images],
+            "viewpoint": [image["viewpoint"] for image in images],
+            "species": [image["species"] or None for image in images],
+        },
+        columns=["image_id", "identity", "path", "split", "dataset", "date", "orientation", "viewpoint", "species"],
+    )
+
+
+def query_table(
     catalog: Catalog,
     query_paths: Sequence[str | Path],
     *,
     query_ids: Sequence[str] | None = None,
     dataset: str | None = None,
-) -> Dataset:
-    """A :class:`Dataset` whose database rows are the catalogue's photos (image_id
-    ``catalog:<image id>``, see :func:`catalog_image_id`; identity = individual id) and whose
-    queries are ``query_paths`` (image_id = ``query_ids``, default the paths).
-
-    ``dataset`` names the catalogue dataset the queries belong to (they are compared only with
-    its individuals); it may be left out when the catalogue holds a single dataset.
-    """
-    images = catalog.images()
-    if not images:
+) -> pd.DataFrame:
+    """Query photos as rows of ``dataset`` (which may be left out when the catalogue holds a
+    single dataset): image_id (``query_ids``, default the paths), path, split, dataset."""
+    known = catalog.datasets()
+    if not known:
         raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
-    known = sorted({image["dataset"] for image in images})
     if dataset is None:
         if len(known) > 1:
             raise CatalogError(
@@ -52,20 +66,7 @@ def catalog_to_dataset(
     query_ids = list(query_ids) if query_ids is not None else query_paths
     if len(query_ids) != len(query_paths):
         raise ValueError(f"query_ids: {len(query_ids)} ids for {len(query_paths)} query paths.")
-    database = pd.DataFrame(
-        {
-            "image_id": [f"{PREFIX}{image['id']}" for image in images],
-            "identity": [image["individual_id"] for image in images],
-            "path": [str(catalog.photo_path(image["stored_path"])) for image in images],
-            "split": DATABASE,
-            "dataset": [image["dataset"] for image in images],
-            "date": [image["sighting_date"] for image in images],
-            "orientation": [image["orientation"] for image in images],
-            "viewpoint": [image["viewpoint"] for image in images],
-            "species": [image["species"] or None for image in images],
-        }
-    )
-    queries = pd.DataFrame(
+    return pd.DataFrame(
         {
             "image_id": [str(i) for i in query_ids],
             "identity": None,
@@ -74,7 +75,19 @@ def catalog_to_dataset(
             "dataset": dataset,
         }
     )
-    table = pd.concat([database, queries], ignore_index=True)
+
+
+def catalog_to_dataset(
+    catalog: Catalog,
+    query_paths: Sequence[str | Path],
+    *,
+    query_ids: Sequence[str] | None = None,
+    dataset: str | None = None,
+) -> Dataset:
+    """A validated :class:`Dataset`: the catalogue's photos (:func:`catalog_photos`) as the
+    database, ``query_paths`` as the queries (:func:`query_table`)."""
+    queries = query_table(catalog, query_paths, query_ids=query_ids, dataset=dataset)
+    table = pd.concat([catalog_photos(catalog), queries], ignore_index=True)
     result = Dataset(table, f"catalogue {catalog.path}")
     validate_dataset(result)
     return result

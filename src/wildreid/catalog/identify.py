@@ -18,9 +18,9 @@ from ..extract import default_device
 from ..gallery import Gallery, GalleryError
 from ..presets import Preset
 from ..result import IdentifyResult
-from .dataset import catalog_image_id, catalog_to_dataset
+from .dataset import PREFIX, catalog_image_id, catalog_photos, query_table
 from .descriptors import prepare_descriptors
-from .store import Catalog
+from .store import Catalog, CatalogError
 
 
 def default_cache_dir(catalog_path: str | Path) -> Path:
@@ -41,7 +41,9 @@ def catalog_gallery(
     """The catalogue's photos as a gallery, up to date: ``gallery`` (one kept in memory), else the
     saved one, else a new one; saved again when it changed."""
     folder = Path(cache_dir) / f"gallery-{preset.name}"
-    photos = catalog_to_dataset(catalog, []).database
+    images = catalog.images()  # one query: the check below must stay cheap, it runs per upload
+    if not images:
+        raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
     if gallery is None and (folder / "gallery.json").is_file():
         try:
             gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
@@ -49,13 +51,14 @@ def catalog_gallery(
             gallery = None  # built by another wildreid or descriptor: rebuilt below
     if gallery is not None:
         held = dict(zip(gallery.table["image_id"], gallery.table["identity"]))
-        current = dict(zip(photos["image_id"], photos["identity"]))
+        current = {f"{PREFIX}{image['id']}": image["individual_id"] for image in images}
         if any(current.get(image_id) != identity for image_id, identity in held.items()):
             gallery = None  # a photo left the catalogue or changed individual: refit from scratch
         else:
-            photos = photos[~photos["image_id"].isin(held)]
-            if len(photos) == 0:
+            images = [image for image in images if f"{PREFIX}{image['id']}" not in held]
+            if not images:
                 return gallery
+    photos = catalog_photos(catalog, images)
     report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
     prepare_descriptors(catalog, backbone, cache_dir, progress=report)
     if gallery is None:
@@ -89,7 +92,7 @@ def identify_with_catalog(
     gallery = catalog_gallery(
         catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery, progress=progress
     )
-    queries = catalog_to_dataset(catalog, query_paths, query_ids=query_ids, dataset=dataset).queries
+    queries = query_table(catalog, query_paths, query_ids=query_ids, dataset=dataset)
     if progress:
         progress("identifying", 0, len(queries))
     result = gallery.identify(queries, cache_dir=cache_dir, progress=False)
