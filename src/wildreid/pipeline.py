@@ -13,7 +13,6 @@ from .backbones import Backbone, load_backbone
 from .data import Dataset
 from .extract import Extraction, default_device, extract_embeddings
 from .gallery import Gallery
-from .gallery.gallery import near_duplicate_groups  # noqa: F401  (re-exported: benchmarks use it)
 from .presets import Preset
 from .result import UNREADABLE, IdentifyResult  # noqa: F401  (re-exported)
 

@@ -1,7 +1,7 @@
-"""Nearest neighbours: cosine similarity of queries to database images, ranked as identities.
+"""Identities ranked from a query's nearest database images.
 
 An identity's score is its best image's score (the reference's top-1 image rule, generalised to
-top-k identities). Queries meet only database images of their own ``dataset`` unless told otherwise.
+top-k identities). The neighbours come from the gallery's index (gallery/index.py) or shortlist.
 """
 
 from __future__ import annotations
@@ -9,16 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
-def cosine_similarity(query_vectors: np.ndarray, database_vectors: np.ndarray) -> np.ndarray:
-    return normalize(query_vectors).astype(np.float32) @ normalize(database_vectors).astype(np.float32).T
 
 
 @dataclass
@@ -71,16 +61,3 @@ def rank_neighbours(
     result.scores[row_of, rank] = score[keep]
     result.best_images[row_of, rank] = columns[row_of, position[keep]]
     return result
-
-
-def search_groups(query_table: pd.DataFrame, database_table: pd.DataFrame, same_dataset_only: bool = True):
-    """Yield (query positions, database positions, group name) for each comparison group."""
-    if not same_dataset_only:
-        yield np.arange(len(query_table)), np.arange(len(database_table)), "all"
-        return
-    for name in dict.fromkeys(query_table["dataset"]):
-        yield (
-            np.flatnonzero(query_table["dataset"].to_numpy() == name),
-            np.flatnonzero(database_table["dataset"].to_numpy() == name),
-            name,
-        )

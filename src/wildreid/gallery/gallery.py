@@ -61,14 +61,12 @@ class Gallery:
         groups: dict[str, Group],
         *,
         failures: pd.DataFrame | None = None,
-        notes: list | None = None,
         timings: dict | None = None,
     ):
         self.preset, self.backbone = preset, backbone
         self.table = table  # image_id, identity, dataset, group, path, sha256, near_duplicate
         self.groups = groups
         self.failures = failures if failures is not None else _no_failures()
-        self.notes = notes or []
         self.timings = timings or {}
         self.method = get_method(preset.local, **preset.local_options) if preset.local else None
         # Image-loading processes per extraction (None: extract.py's default); 0 in a server's
@@ -104,7 +102,8 @@ class Gallery:
     def add(self, photos: pd.DataFrame, *, cache_dir=None, progress: bool = True, refit: bool | None = None) -> dict:
         """Append labelled photos (image_id, identity, path[, dataset, clip/date]) to the index
         and keypoints without refitting. A group that is new, or has grown by REFIT_GROWTH since
-        its fit, is (re)fitted; ``refit=True`` refits every group touched, ``False`` none.
+        its fit, is (re)fitted; ``refit=True`` refits every group touched, ``False`` only new
+        ones (a group cannot answer before its first fit).
         Photos already in the gallery (same bytes, same group) are skipped. Returns counts."""
         photos = _with_group(photos.reset_index(drop=True), self.preset.same_dataset_only)
         if photos["identity"].isna().any() or (photos["identity"].astype(str).str.strip() == "").any():
@@ -164,10 +163,9 @@ class Gallery:
         refitted = []
         for name in touched:
             group = self.groups[name]
-            grown = group.fit is None or group.size >= (1 + REFIT_GROWTH) * max(group.fit.images, 1)
-            if refit or (refit is None and grown):
-                group.askable = _askable(group, self.table, seen, name, self.notes)
-                self._fit(group)
+            grown = group.fit is not None and group.size >= (1 + REFIT_GROWTH) * max(group.fit.images, 1)
+            if group.fit is None or refit or (refit is None and grown):
+                self._fit(group, seen)
                 refitted.append(name)
         return {"added": len(photos), "skipped_duplicates": skipped, "failed": len(failed), "refitted": refitted}
 
@@ -178,18 +176,24 @@ class Gallery:
         for name in names:
             if name not in self.groups:
                 raise GalleryError(f"no group '{name}' in this gallery; it has {', '.join(self.groups) or 'none'}.")
-            self.groups[name].askable = _askable(self.groups[name], self.table, seen, name, self.notes)
-            self._fit(self.groups[name])
+            self._fit(self.groups[name], seen)
         return names
 
-    def _fit(self, group: Group) -> GroupFit:
+    @property
+    def notes(self) -> list[str]:
+        """What a user should know about how the groups were fitted."""
+        return [note for group in self.groups.values() for note in group.notes]
+
+    def _fit(self, group: Group, seen: TrainedOn | None) -> GroupFit:
         started = time.perf_counter()
+        group.notes = []
+        group.askable = _askable(group, self.table, seen, group.name, group.notes)
         if group.size == 0:
             group.fit = GroupFit(-np.inf, None, None, np.zeros(0, np.int64), 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         else:
             group.fit_to(self.preset, self.method)
         if group.fit.choice is not None and group.fit.choice.note:
-            self.notes.append(f"{group.name}: {group.fit.choice.note}")
+            group.notes.append(f"{group.name}: {group.fit.choice.note}")
         self.timings[f"fit_{group.name}_s"] = time.perf_counter() - started
         return group.fit
 
@@ -354,7 +358,7 @@ class Gallery:
                 if group.features is not None:
                     _save_features(part / "local_features.npz", group.features)
                 np.save(part / "askable.npy", group.askable if group.askable is not None else np.ones(group.size, bool))
-                record["group_files"][name] = {"folder": part.name, "fit": _fit_record(group.fit)}
+                record["group_files"][name] = {"folder": part.name, "fit": _fit_record(group.fit), "notes": group.notes}
             (temporary / "gallery.json").write_text(json.dumps(jsonable(record), indent=2), encoding="utf-8")
         return folder
 
@@ -404,7 +408,7 @@ class Gallery:
             )
         table = pd.read_csv(folder / "images.csv", dtype=str, keep_default_na=False, na_values=[""])
         failures = pd.read_csv(folder / "failures.csv", dtype=str, keep_default_na=False)
-        gallery = cls(settings, backbone, table, {}, failures=failures, notes=record.get("notes", []))
+        gallery = cls(settings, backbone, table, {}, failures=failures)
         if gallery.method is not None and gallery.method.config_key() != record["local_features"]:
             raise GalleryError(
                 f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
@@ -426,6 +430,7 @@ class Gallery:
                 KeypointIndex(features) if features is not None else None,
                 fit=_fit_from_record(files["fit"]),
                 askable=np.load(part / "askable.npy"),
+                notes=files.get("notes", []),
             )
             if group.index.size != group.size:
                 raise GalleryError(

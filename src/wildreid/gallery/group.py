@@ -25,10 +25,13 @@ from .shortlist import ScoredPairs, shortlist_pairs
 # Pseudo-queries of the threshold simulation (global descriptor alone). Every shared dataset
 # (at most 3,019 database photos) fits in it whole, so there the simulation is the batch one.
 SIMULATION_POOL = 4000
-# Neighbours kept per pseudo-query: all of them up to this many photos (exact), else this many.
-# A round hides about 44% of the photos; a pseudo-query whose kept neighbours are all hidden
-# goes unanswered (counted as "new"), so the depth must exceed an identity's photo count.
-SIMULATION_DEPTH = 4096
+# Neighbours kept per pseudo-query: all of them up to EXACT_SIMULATION photos (the simulation is
+# then the batch one, exactly), else SIMULATION_DEPTH. A round hides about 44% of the photos; a
+# pseudo-query whose kept neighbours are all hidden goes unanswered (counted as "new"), so the
+# depth must well exceed an identity's photo count: 1,024 leaves a pseudo-query unanswered with
+# odds of about 0.44^(1024 - its identity's photos).
+EXACT_SIMULATION = 4096
+SIMULATION_DEPTH = 1024
 # Neighbours searched per query for ranking; deepened for rows that found fewer than k identities.
 RANKING_DEPTH = 100
 
@@ -121,7 +124,7 @@ class Group:
         )
 
     def _global_neighbours(self, rows: np.ndarray) -> Neighbours:
-        depth = self.size if self.size <= SIMULATION_DEPTH else SIMULATION_DEPTH
+        depth = self.size if self.size <= EXACT_SIMULATION else SIMULATION_DEPTH
         scores, columns = self.index.search(self.index.vectors(rows), depth)
         return Neighbours(rows, columns, scores)
 

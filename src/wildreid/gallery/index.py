@@ -24,8 +24,8 @@ IVF_TRAINING_PER_LIST = 40  # k-means training sample per list (FAISS warns belo
 
 
 def normalize(vectors: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Rows scaled to unit length, as float32, computed in float64 as search.cosine_similarity
-    does; in chunks, so that a million vectors need no float64 copy of them all."""
+    """Rows scaled to unit length, as float32, computed in float64 (the batch pipeline's
+    arithmetic); in chunks, so that a million vectors need no float64 copy of them all."""
     vectors = np.asarray(vectors)
     out = np.empty(vectors.shape, dtype=np.float32)
     for start in range(0, len(vectors), chunk):
