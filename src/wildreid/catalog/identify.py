@@ -80,9 +80,12 @@ def identify_with_catalog(
     cache_dir: str | Path | None = None,
     device: str | None = None,
     gallery: Gallery | None = None,
+    cache_queries: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> IdentifyResult:
-    """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``."""
+    """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``.
+    ``cache_queries=False``: the queries' features are not looked up in or written to the cache
+    (an upload is new: reading the whole descriptor cache would cost more than describing it)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(catalog.path)
     backbone = (
         backbone
@@ -95,7 +98,7 @@ def identify_with_catalog(
     queries = query_table(catalog, query_paths, query_ids=query_ids, dataset=dataset)
     if progress:
         progress("identifying", 0, len(queries))
-    result = gallery.identify(queries, cache_dir=cache_dir, progress=False)
+    result = gallery.identify(queries, cache_dir=cache_dir if cache_queries else None, progress=False)
     if progress:
         progress("identifying", len(queries), len(queries))
     return result

@@ -164,6 +164,7 @@ class JobRunner:
                         backbone=self.backbone,
                         cache_dir=cache_dir,
                         gallery=self.gallery,
+                        cache_queries=False,
                     )
                     catalog.set_query_result(query_id, candidates_of(result, catalog)[0])
                 except CatalogError as error:
