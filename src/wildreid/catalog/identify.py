@@ -81,20 +81,23 @@ def identify_with_catalog(
     device: str | None = None,
     gallery: Gallery | None = None,
     cache_queries: bool = True,
+    sync: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> IdentifyResult:
     """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``.
     ``cache_queries=False``: the queries' features are not looked up in or written to the cache
-    (an upload is new: reading the whole descriptor cache would cost more than describing it)."""
+    (an upload is new: reading the whole descriptor cache would cost more than describing it).
+    ``sync=False``: ``gallery`` was brought up to date by the caller (catalog_gallery) already."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(catalog.path)
     backbone = (
         backbone
         or (gallery.backbone if gallery else None)
         or load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
     )
-    gallery = catalog_gallery(
-        catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery, progress=progress
-    )
+    if sync or gallery is None:
+        gallery = catalog_gallery(
+            catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery, progress=progress
+        )
     queries = query_table(catalog, query_paths, query_ids=query_ids, dataset=dataset)
     if progress:
         progress("identifying", 0, len(queries))

@@ -165,6 +165,7 @@ class JobRunner:
                         cache_dir=cache_dir,
                         gallery=self.gallery,
                         cache_queries=False,
+                        sync=False,  # brought up to date above, once per job
                     )
                     catalog.set_query_result(query_id, candidates_of(result, catalog)[0])
                 except CatalogError as error:
