@@ -259,6 +259,12 @@ class Catalog:
     def image_by_sha(self, sha256: str) -> dict | None:
         return self._one("SELECT * FROM images WHERE sha256 = ?", sha256)
 
+    def images_signature(self) -> tuple[int, int]:
+        """(number of photos, newest photo id): photos are only ever added (nothing here updates
+        or deletes one), so an unchanged signature means an unchanged set of photos."""
+        row = self._one("SELECT count(*) AS photos, coalesce(max(id), 0) AS newest FROM images")
+        return int(row["photos"]), int(row["newest"])
+
     def images(self, individual_id: str | None = None) -> list[dict]:
         """Photos (of one individual, or all), oldest sighting first; with the individual's
         dataset and species."""
