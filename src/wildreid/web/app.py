@@ -2,7 +2,7 @@
 
 Server-rendered pages (Jinja2) with a little vanilla JavaScript (drag and drop, job polling).
 Every page that changes the catalogue needs the review token (see security.py). Identification
-goes through ``pipeline.identify`` (via ``catalog.identify_with_catalog``), in a background
+goes through the catalogue's gallery (``catalog.identify_with_catalog``), kept in memory by a background
 thread (jobs.py).
 
 The routes live in routes/ (one router per area: auth, uploads, review, individuals, photos);

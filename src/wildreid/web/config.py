@@ -17,7 +17,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 class WebConfig:
     catalog: Path  # the catalogue's SQLite file
     token: str = ""  # the review token; generated when empty
-    preset: str = "offline"  # named preset of pipeline.identify
+    preset: str = "offline"  # named preset of the catalogue's gallery
     cache_dir: Path | None = None  # embedding cache (default: beside the catalogue)
     device: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024  # per photo
