@@ -96,6 +96,7 @@ def simulate_round(
     new_identity_share: float = 0.25,
     known_query_share: float = 0.25,
     near_duplicate_groups: np.ndarray | None = None,
+    members: tuple[np.ndarray, list[np.ndarray]] | None = None,
 ) -> SimulatedQueries:
     """One simulated open-set split of the database, answered by nearest identity.
 
@@ -103,22 +104,23 @@ def simulate_round(
     pseudo-query that ``neighbours`` can answer (its rows) is answered by its first neighbour
     that stayed in the database. ``near_duplicate_groups`` (e.g. the date or clip of each image):
     a known pseudo-query is not allowed to match images of its own group, as real queries come
-    from other visits.
+    from other visits. ``members``: ``identity_members(identities)``, when already computed.
     """
     identities = np.asarray(identities, dtype=object)
-    labels = np.unique(identities)
+    labels, members = members or identity_members(identities)
+    codes = np.empty(len(identities), dtype=np.int64)
+    for code, rows in enumerate(members):
+        codes[rows] = code
     n_new = max(1, int(round(new_identity_share * len(labels)))) if len(labels) > 2 else 0
-    new_labels = set(rng.choice(labels, size=n_new, replace=False).tolist()) if n_new else set()
-    is_new_image = np.array([label in new_labels for label in identities])
+    new_codes = np.searchsorted(labels, rng.choice(labels, size=n_new, replace=False)) if n_new else np.zeros(0, int)
+    is_new_image = np.isin(codes, new_codes)
     query = is_new_image.copy()
-    for label in labels:
-        if label in new_labels:
-            continue
-        members = np.flatnonzero(identities == label)
-        if len(members) < 2:
+    new_set = set(new_codes.tolist())
+    for code, rows in enumerate(members):  # in label order: the random draws stay reproducible
+        if code in new_set or len(rows) < 2:
             continue  # a lone image must stay in the database to be findable
-        take = min(len(members) - 1, max(1, int(rng.binomial(len(members), known_query_share))))
-        query[rng.choice(members, size=take, replace=False)] = True
+        take = min(len(rows) - 1, max(1, int(rng.binomial(len(rows), known_query_share))))
+        query[rng.choice(rows, size=take, replace=False)] = True
     asked = query[neighbours.rows]
     rows, columns = neighbours.rows[asked], neighbours.columns[asked]
     # A neighbour answers if it stayed in the database this round (and is no near-duplicate).
@@ -132,6 +134,15 @@ def simulate_round(
     top_identity = np.where(found, identities[columns[np.arange(len(rows)), first]], None)
     top_score = np.where(found, neighbours.scores[asked][np.arange(len(rows)), first], np.nan)
     return SimulatedQueries(identities[rows], is_new_image[rows], top_identity, top_score)
+
+
+def identity_members(identities: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The sorted labels and each label's rows (in increasing order); computed once per
+    simulation, not once per label and round, which was quadratic in the number of identities."""
+    labels, codes = np.unique(np.asarray(identities, dtype=object), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(labels) + 1))
+    return labels, [order[bounds[i] : bounds[i + 1]] for i in range(len(labels))]
 
 
 def score_curves(rounds: list[SimulatedQueries], grid: np.ndarray):
@@ -173,8 +184,10 @@ def choose_threshold(
     """The threshold maximising the simulated open-set score on this database."""
     identities = np.asarray(identities, dtype=object)
     rng = np.random.default_rng(seed)
+    members = identity_members(identities)
     simulated = [
-        simulate_round(neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups) for _ in range(rounds)
+        simulate_round(neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups, members=members)
+        for _ in range(rounds)
     ]
     scores = np.concatenate([s.top_score for s in simulated])
     scores = scores[np.isfinite(scores)]
