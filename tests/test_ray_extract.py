@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray")  # the test extra installs it; a bare core inst
 
 from wildreid.distributed import RayUnavailable, extract_with_ray, require_ray  # noqa: E402
 from wildreid.extract import EmbeddingCache, content_hashes, extract_embeddings  # noqa: E402
+from wildreid.presets import get_preset  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -269,6 +270,42 @@ def test_cli_extract_on_ray(cluster, shared_data, tmp_path):
     assert "6 images: 0 extracted, 6 from the cache" in result.output  # --out: the single-machine pass
     with np.load(tmp_path / "embeddings.npz") as saved:
         assert saved["embeddings"].shape == (6, 1280) and saved["ok"].all()
+
+
+def test_cli_gallery_build_on_ray(cluster, shared_data, tmp_path):
+    """The second form: the photos are described on the cluster, and the gallery is built from the
+    caches it filled, extracting nothing itself."""
+    from typer.testing import CliRunner
+
+    from wildreid.cli import app
+    from wildreid.gallery import Gallery
+
+    database, _ = _tiny_dataset(shared_data, tmp_path / "data")
+    result = CliRunner().invoke(
+        app,
+        [
+            "gallery",
+            "build",
+            str(database),
+            "--out",
+            str(tmp_path / "g"),
+            "--ray",
+            cluster,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--allow-outside-paths",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "0 failed" in said and "computed" in said
+    rebuilt = Gallery.build(
+        Gallery.load(tmp_path / "g").database_rows(),
+        get_preset("offline"),
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    assert rebuilt.timings["images_extracted"] == 0  # everything came from the cluster's caches
 
 
 def test_cli_without_ray_is_one_clear_message(shared_data, tmp_path, monkeypatch):

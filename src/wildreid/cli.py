@@ -416,30 +416,21 @@ def extract(
     local_method = chosen.local if local is None else (None if local.lower() == "none" else local)
     local_options = chosen.local_options if local_method == chosen.local else {}
     if ray:
-        from .distributed import RayUnavailable, extract_with_ray
-
         if set(speed) - {"batch_size"}:
             raise ValueError(
                 "--ray extracts on the exact path (fp32, PIL decoding): leave out --fast, --precision, "
                 "--decode, --compile and --engine."
             )
-        try:
-            summary = extract_with_ray(
-                dataset.table["path"].tolist(),
-                backbone or chosen.backbone,
-                preprocess=None if backbone else chosen.preprocess,
-                local=local_method,
-                local_options=local_options,
-                cache_dir=cache_dir or default_cache_dir(),
-                address=ray,
-                batch_size=chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
-            )
-        except RayUnavailable as error:
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
-            raise typer.Exit(2) from None
-        console.print(summary.line(), highlight=False)
-        for reason in summary.failures.values():
-            console.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
+        _extract_on_ray(
+            dataset.table["path"].tolist(),
+            backbone or chosen.backbone,
+            None if backbone else chosen.preprocess,
+            local_method,
+            local_options,
+            cache_dir or default_cache_dir(),
+            ray,
+            chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
+        )
         if not out:
             return
         # --out: the single-machine path below finds every vector in the cache and writes the file.
@@ -486,6 +477,30 @@ def extract(
                     ok=extraction.ok,
                 )
         console.print(f"embeddings: {out}")
+
+
+def _extract_on_ray(paths, backbone, preprocess, local, local_options, cache_dir, address, batch_size) -> None:
+    """Fill the caches on a Ray cluster (wildreid.distributed); the single-machine code then
+    finds every vector and keypoint there."""
+    from .distributed import RayUnavailable, extract_with_ray
+
+    try:
+        summary = extract_with_ray(
+            paths,
+            backbone,
+            preprocess=preprocess,
+            local=local,
+            local_options=local_options,
+            cache_dir=cache_dir,
+            address=address,
+            batch_size=batch_size,
+        )
+    except RayUnavailable as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(summary.line(), highlight=False)
+    for reason in summary.failures.values():
+        console.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
 
 
 @app.command()
@@ -1089,6 +1104,14 @@ def gallery_build(
     cache_dir: CacheDir = None,
     device: Device = None,
     allow_outside_paths: AllowOutsidePaths = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            help="Describe the photos on a Ray cluster first ('auto' or an ADDRESS, as `wildreid extract --ray`); "
+            "the gallery is then built from the filled caches.",
+        ),
+    ] = None,
 ):
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from .gallery import Gallery
@@ -1105,6 +1128,17 @@ def gallery_build(
         include_queries=False,
     )
     chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {})
+    if ray:
+        _extract_on_ray(
+            photos["path"].tolist(),
+            chosen.backbone,
+            chosen.preprocess,
+            chosen.local,
+            chosen.local_options,
+            cache_dir or default_cache_dir(),
+            ray,
+            chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
+        )
     console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
     built = Gallery.build(photos, chosen, cache_dir=cache_dir or default_cache_dir(), device=device)
     built.save(out)
