@@ -209,6 +209,20 @@ def identify(
         typer.Option("--all-datasets", help="Compare queries with every database image, not only their own dataset's."),
     ] = False,
     report: Annotated[bool, typer.Option(help="Write report.html and plots.")] = True,
+    grouping: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Group the queries with each other and with known individuals (groups.csv): 'average' "
+            "linkage (the presets' default), 'single', or 'none' (each query decided alone)."
+        ),
+    ] = None,
+    submission_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="submission.csv as AnimalCLEF2025 wants it (image_id,identity) or AnimalCLEF2026 (image_id,cluster).",
+        ),
+    ] = "animalclef2025",
     query_dir: QueryDir = None,
     path_column: PathColumn = "path",
     identity_column: IdentityColumn = "identity",
@@ -233,8 +247,11 @@ def identify(
     Without --gallery, ROOT is a dataset: a gallery is built from its database rows on the fly
     and its queries identified. With --gallery, ROOT... are query photos and only they are
     described and matched."""
-    from .outputs import check_out_dir, evaluate_if_possible, write_run
+    from .outputs import SUBMISSION_FORMATS, check_out_dir, evaluate_if_possible, write_run
 
+    if submission_format not in SUBMISSION_FORMATS:
+        raise ValueError(f"--format {submission_format}: choose one of {', '.join(SUBMISSION_FORMATS)}.")
+    grouping_method = _grouping_option(grouping)
     check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or default_cache_dir())
     if gallery is not None:
@@ -244,6 +261,7 @@ def identify(
             preset,
             threshold,
             top_k,
+            grouping_method,
             dataset_name,
             cache,
             device,
@@ -279,6 +297,8 @@ def identify(
             all_datasets,
             _speed_changes(fast, precision, decode, compile, engine, batch_size),
         )
+        if grouping_method is not KEEP:
+            chosen = chosen.replace(grouping=grouping_method)
         console.print(
             f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
             f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
@@ -286,7 +306,7 @@ def identify(
         )
         result = run_identify(dataset, chosen, cache_dir=cache, device=device)
     evaluation = evaluate_if_possible(result)
-    written = write_run(result, out, evaluation=evaluation, report=report)
+    written = write_run(result, out, evaluation=evaluation, report=report, format=submission_format)
     if len(result.failures):
         console.print(
             f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
@@ -299,6 +319,23 @@ def identify(
         _print_evaluation(evaluation)
     for name, path in written.items():
         console.print(f"{name:>11}: {path}")
+
+
+KEEP = object()  # an option not given: the preset's own setting stays
+
+
+def _grouping_option(text: str | None):
+    """--grouping: KEEP when absent, None for 'none', else a linkage method."""
+    from .grouping import METHODS
+
+    if text is None:
+        return KEEP
+    lowered = text.strip().lower()
+    if lowered == "none":
+        return None
+    if lowered not in METHODS:
+        raise ValueError(f"--grouping {text}: choose one of {', '.join(METHODS)} or none.")
+    return lowered
 
 
 def _chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: dict):
@@ -321,6 +358,7 @@ def _identify_with_gallery(
     preset,
     threshold,
     top_k,
+    grouping,
     dataset_name,
     cache,
     device,
@@ -346,7 +384,9 @@ def _identify_with_gallery(
         f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
         f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})"
     )
-    return saved.identify(photos, cache_dir=cache, threshold=setting, top_k=top_k)
+    return saved.identify(
+        photos, cache_dir=cache, threshold=setting, top_k=top_k, grouping=FITTED if grouping is KEEP else grouping
+    )
 
 
 @app.command()

@@ -1,10 +1,16 @@
-"""The AnimalCLEF2025 metric (BAKS, BAUS, their geometric mean per dataset) and retrieval figures.
+"""The AnimalCLEF2025 metric (BAKS, BAUS, their geometric mean per dataset), the AnimalCLEF2026
+one (adjusted Rand index of the queries' clusters per dataset, mean over datasets), pairwise
+precision and recall of "same individual" among queries, and retrieval figures.
 
 BAKS: balanced accuracy on known samples - for each true identity that exists in the database,
 the fraction of its queries predicted as exactly that identity; the mean over those identities.
 BAUS: balanced accuracy on unknown samples - for each identity absent from the database, the
 fraction of its queries predicted ``new_individual``; the mean over those identities.
 Per dataset: sqrt(BAKS * BAUS), a NaN counted as 0. Final score: plain mean over datasets.
+
+Clusters of the queries, for ARI: a 2026 submission's ``cluster`` column; else a run's groups
+(candidates.csv ``group``: a known individual or new_individual_<k>); else the 2025 decision,
+each new_individual alone. A query alone is its own cluster.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
+from sklearn.metrics.cluster import pair_confusion_matrix
 
 from .data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset, DatasetError, _listing, read_text_csv
 
@@ -44,8 +51,29 @@ def geometric_score(baks_value: float, baus_value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+def pairwise_precision_recall(truth: Sequence, clusters: Sequence) -> tuple[float, float]:
+    """Of the query pairs put in one cluster, the fraction truly of one individual (precision);
+    of the pairs truly of one individual, the fraction put in one cluster (recall)."""
+    (_, false_link), (missed, linked) = pair_confusion_matrix(list(truth), list(clusters))
+    precision = linked / (linked + false_link) if linked + false_link else math.nan
+    recall = linked / (linked + missed) if linked + missed else math.nan
+    return float(precision), float(recall)
+
+
+def query_clusters(rows: pd.DataFrame) -> np.ndarray:
+    """The cluster of every query row (see the module's docstring)."""
+    alone = "alone:" + rows["image_id"].astype(str)
+    if "cluster" in rows:
+        return rows["cluster"].fillna(alone).astype(str).to_numpy(dtype=object)
+    if "group" in rows:
+        group = rows["group"].fillna("").astype(str)
+        return np.where(group != "", group, alone).astype(object)
+    return np.where(rows["prediction"] != NEW_INDIVIDUAL, rows["prediction"].astype(str), alone).astype(object)
+
+
 def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFrame | None = None) -> dict:
-    """Score predictions (columns image_id, identity) against the truth held in ``dataset``.
+    """Score predictions (columns image_id and identity and/or cluster) against the truth held in
+    ``dataset``.
 
     ``candidates`` (the detailed output: image_id, top1_score and ranked identity columns
     identity_1..identity_k) adds top-1/top-5 accuracy on known queries and the ROC-AUC of the
@@ -59,10 +87,15 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
             f"{dataset.source}: queries without a true identity (e.g. image_id "
             f"{missing}); evaluation needs the truth for every query."
         )
+    answer = "prediction" if "identity" in predictions else "cluster"
     merged = queries[["image_id", "identity", "dataset"]].merge(
-        predictions[["image_id", "identity"]].rename(columns={"identity": "prediction"}), on="image_id", how="left"
+        predictions[["image_id"] + [c for c in ("identity", "cluster") if c in predictions]].rename(
+            columns={"identity": "prediction"}
+        ),
+        on="image_id",
+        how="left",
     )
-    absent = merged.loc[merged["prediction"].isna(), "image_id"].tolist()
+    absent = merged.loc[merged[answer].isna(), "image_id"].tolist()
     if absent:
         raise ValueError(
             f"the submission has no prediction for {len(absent)} quer(ies), e.g. "
@@ -80,14 +113,16 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
         )
         new_identities = sorted(set(rows["identity"]) - database_identities)
         known = ~rows["identity"].isin(new_identities)
-        figures = {
-            "baks": baks(rows["identity"], rows["prediction"], new_identities),
-            "baus": baus(rows["identity"], rows["prediction"], new_identities),
-            "queries": int(len(rows)),
-            "known_queries": int(known.sum()),
-            "new_queries": int((~known).sum()),
-        }
-        figures["score"] = geometric_score(figures["baks"], figures["baus"])
+        figures = {"queries": int(len(rows)), "known_queries": int(known.sum()), "new_queries": int((~known).sum())}
+        if answer == "prediction":  # a 2026 submission names clusters, not individuals
+            figures["baks"] = baks(rows["identity"], rows["prediction"], new_identities)
+            figures["baus"] = baus(rows["identity"], rows["prediction"], new_identities)
+            figures["score"] = geometric_score(figures["baks"], figures["baus"])
+        clusters = query_clusters(rows)
+        figures["ari"] = float(adjusted_rand_score(rows["identity"].astype(str), clusters))
+        figures["pair_precision"], figures["pair_recall"] = pairwise_precision_recall(
+            rows["identity"].astype(str), clusters
+        )
         if candidates is not None:
             figures.update(_retrieval_figures(rows, known.to_numpy()))
         per_dataset[str(name)] = figures
@@ -97,9 +132,12 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
         return float(np.mean(values)) if values else math.nan
 
     return {
-        "score": float(np.mean([f["score"] for f in per_dataset.values()])),
+        "score": float(np.mean([f["score"] for f in per_dataset.values()])) if answer == "prediction" else math.nan,
         "baks": mean_of("baks"),
         "baus": mean_of("baus"),
+        "ari": mean_of("ari"),
+        "pair_precision": mean_of("pair_precision"),
+        "pair_recall": mean_of("pair_recall"),
         **({key: mean_of(key) for key in ("top1", "top5", "auc_new_vs_known")} if candidates is not None else {}),
         "per_dataset": per_dataset,
     }
@@ -126,14 +164,15 @@ def _retrieval_figures(rows: pd.DataFrame, known: np.ndarray) -> dict:
 
 
 def load_submission(path, queries: Sequence | None = None) -> pd.DataFrame:
-    """Read a submission CSV (image_id, identity), ids kept as text. Repeated image ids are refused
-    (each would be scored again), and so, given the ``queries``' image ids, are rows for images
-    that are not queries: Kaggle rejects both. The message lists the rows."""
+    """Read a submission CSV (image_id, identity) or (image_id, cluster), ids kept as text.
+    Repeated image ids are refused (each would be scored again), and so, given the ``queries``'
+    image ids, are rows for images that are not queries: Kaggle rejects both. The message lists
+    the rows."""
     table = read_text_csv(path, "submission")
-    missing = {"image_id", "identity"} - set(table.columns)
-    if missing:
+    if "image_id" not in table.columns or not {"identity", "cluster"} & set(table.columns):
         raise DatasetError(
-            f"{path}: missing column(s) {sorted(missing)}; a submission has the header 'image_id,identity'."
+            f"{path}: columns {list(table.columns)}; a submission has the header 'image_id,identity' "
+            "(AnimalCLEF2025) or 'image_id,cluster' (AnimalCLEF2026)."
         )
     _check_rows(table["image_id"], queries, str(path), lambda index: f"row {index + 2}")
     return table
@@ -166,4 +205,13 @@ def _check_rows(image_ids: pd.Series, queries: Sequence | None, label: str, wher
         )
 
 
-__all__ = ["baks", "baus", "geometric_score", "evaluate", "load_submission", "QUERY"]
+__all__ = [
+    "baks",
+    "baus",
+    "geometric_score",
+    "evaluate",
+    "load_submission",
+    "pairwise_precision_recall",
+    "query_clusters",
+    "QUERY",
+]

@@ -15,10 +15,17 @@ from .files import atomic_folder, atomic_path, jsonable, write_csv_atomic, write
 from .metrics import evaluate
 from .report import _png, figures_for_run, query_truth, render_report
 
+SUBMISSION_FORMATS = ("animalclef2025", "animalclef2026")
+# The columns of groups.csv besides image_id and dataset (IdentifyResult.candidates has them all).
+GROUP_COLUMNS = ("group", "group_kind", "group_size", "group_identity", "links_in_group", "best_gallery_link")
 
-def write_submission(result, path: str | Path) -> None:
-    """Kaggle format: header ``image_id,identity``, one row per query in metadata order."""
-    write_csv_atomic(result.predictions, path)
+
+def write_submission(result, path: str | Path, format: str = "animalclef2025") -> None:
+    """Kaggle formats, one row per query in metadata order. animalclef2025: ``image_id,identity``
+    (a known individual or new_individual); animalclef2026: ``image_id,cluster``."""
+    if format not in SUBMISSION_FORMATS:
+        raise ValueError(f"submission format '{format}': choose one of {', '.join(SUBMISSION_FORMATS)}.")
+    write_csv_atomic(result.predictions if format == "animalclef2025" else result.clusters, path)
 
 
 def evaluate_if_possible(result) -> dict | None:
@@ -60,7 +67,13 @@ def check_out_dir(out_dir: str | Path) -> Path:
 
 
 def write_run(
-    result, out_dir: str | Path, *, evaluation: dict | None = None, report: bool = True, match_examples: int = 4
+    result,
+    out_dir: str | Path,
+    *,
+    evaluation: dict | None = None,
+    report: bool = True,
+    match_examples: int = 4,
+    format: str = "animalclef2025",
 ) -> dict:
     """Write all outputs of ``result`` as the folder ``out_dir``; return {name: path}.
 
@@ -71,7 +84,9 @@ def write_run(
     out_dir = check_out_dir(out_dir)
     try:
         with atomic_folder(out_dir) as staging:
-            names = _write_files(result, staging, evaluation=evaluation, report=report, match_examples=match_examples)
+            names = _write_files(
+                result, staging, evaluation=evaluation, report=report, match_examples=match_examples, format=format
+            )
     except OSError as error:
         raise _output_error(out_dir, error) from None
     return {name: out_dir / relative for name, relative in names.items()}
@@ -92,15 +107,20 @@ def _output_error(out_dir: Path, error: OSError) -> OutputError:
     )
 
 
-def _write_files(result, out_dir: Path, *, evaluation: dict | None, report: bool, match_examples: int) -> dict:
+def _write_files(
+    result, out_dir: Path, *, evaluation: dict | None, report: bool, match_examples: int, format: str
+) -> dict:
     """Write the outputs into ``out_dir`` (the staging folder); return {name: path relative to it}."""
     written = {
         "submission": out_dir / "submission.csv",
         "candidates": out_dir / "candidates.csv",
         "run": out_dir / RUN_RECORD,
     }
-    write_submission(result, written["submission"])
+    write_submission(result, written["submission"], format)
     write_csv_atomic(result.candidates, written["candidates"])
+    if result.grouping is not None:
+        written["groups"] = out_dir / "groups.csv"
+        write_csv_atomic(result.candidates[["image_id", "dataset", *GROUP_COLUMNS]], written["groups"])
     if len(result.failures):
         written["failures"] = out_dir / "failures.csv"
         write_csv_atomic(result.failures, written["failures"])
@@ -109,6 +129,19 @@ def _write_files(result, out_dir: Path, *, evaluation: dict | None, report: bool
         "preset": result.preset.to_dict(),
         "thresholds": result.thresholds,
         "threshold_choices": {g: c.summary() for g, c in result.threshold_choices.items()},
+        "submission_format": format,
+        "grouping": None
+        if result.grouping is None
+        else {
+            name: {
+                "method": grouping.method,
+                "link_threshold": grouping.link_threshold,
+                "known_threshold": grouping.known_threshold,
+                "queries": int(grouping.graph.queries),
+                "edges": int(len(grouping.graph.left)),
+            }
+            for name, grouping in result.grouping.datasets.items()
+        },
         "notes": result.notes,
         "timings": result.timings,
         "skipped_images": len(result.failures),

@@ -51,6 +51,9 @@ class Preset:
     local: str | None = None
     local_options: dict = field(default_factory=dict)  # e.g. max_keypoints, max_side, min_side
     fusion: FusionSettings = field(default_factory=FusionSettings)
+    # Queries grouped with each other and with known individuals (grouping/): "average" or
+    # "single" linkage; None decides each query alone.
+    grouping: str | None = "average"
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
@@ -60,6 +63,8 @@ class Preset:
                 check_threshold(value, f"threshold for '{name}'")
         elif self.threshold not in (None, AUTO):
             check_threshold(self.threshold)
+        if self.grouping not in (None, "average", "single"):
+            raise ValueError(f"grouping: {self.grouping!r}; give 'average', 'single' or 'none'.")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
 

@@ -13,7 +13,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from .data import Dataset
+from .data import NEW_INDIVIDUAL, Dataset
+from .grouping import Grouping
 from .presets import Preset
 
 UNREADABLE = "unreadable_image"
@@ -59,11 +60,25 @@ class IdentifyResult:
     timings: dict = field(default_factory=dict)
     calibrations: dict = field(default_factory=dict)  # dataset -> Calibration, when local matching ran
     notes: list = field(default_factory=list)  # what a user should know about how it ran
+    grouping: Grouping | None = None  # queries grouped into individuals, when the preset groups
 
     @property
     def predictions(self) -> pd.DataFrame:
         """The submission: image_id, identity."""
         return pd.DataFrame({"image_id": self.queries["image_id"].to_numpy(), "identity": self.prediction})
+
+    @property
+    def clusters(self) -> pd.DataFrame:
+        """The AnimalCLEF2026 submission: image_id, cluster. A query's cluster is its group (a known
+        individual or new_individual_<k>); a query alone, or any query of a run without grouping
+        that was answered new_individual, is a cluster of its own."""
+        if self.grouping is not None:
+            group = self.grouping.per_query(len(self.queries))["group"].to_numpy(dtype=object)
+        else:
+            group = np.where(self.prediction == NEW_INDIVIDUAL, "", self.prediction).astype(object)
+        image_ids = self.queries["image_id"].astype(str).to_numpy()
+        cluster = np.where(group != "", group, np.char.add("alone_", image_ids.astype(str))).astype(object)
+        return pd.DataFrame({"image_id": self.queries["image_id"].to_numpy(), "cluster": cluster})
 
     @cached_property
     def candidates(self) -> pd.DataFrame:
@@ -79,6 +94,8 @@ class IdentifyResult:
                 "error": list(self.errors),
             }
         )
+        if self.grouping is not None:
+            table = pd.concat([table, self.grouping.per_query(len(table))], axis=1)
         for rank in range(self.ranking.identities.shape[1]):
             table[f"identity_{rank + 1}"] = self.ranking.identities[:, rank]
             table[f"score_{rank + 1}"] = self.ranking.scores[:, rank]

@@ -107,6 +107,36 @@ def simulate_round(
     from other visits. ``members``: ``identity_members(identities)``, when already computed.
     """
     identities = np.asarray(identities, dtype=object)
+    query, is_new_image = draw_queries(
+        identities, rng, new_identity_share=new_identity_share, known_query_share=known_query_share, members=members
+    )
+    asked = query[neighbours.rows]
+    rows, columns = neighbours.rows[asked], neighbours.columns[asked]
+    # A neighbour answers if it stayed in the database this round (and is no near-duplicate).
+    answers = (columns >= 0) & ~query[np.maximum(columns, 0)] & np.isfinite(neighbours.scores[asked])
+    if near_duplicate_groups is not None:
+        groups = np.asarray(near_duplicate_groups, dtype=object)
+        known_group = np.array([g is not None and g == g for g in groups[rows]])
+        answers &= ~((groups[np.maximum(columns, 0)] == groups[rows][:, None]) & known_group[:, None])
+    first = np.argmax(answers, axis=1)
+    found = answers[np.arange(len(rows)), first]
+    top_identity = np.where(found, identities[columns[np.arange(len(rows)), first]], None)
+    top_score = np.where(found, neighbours.scores[asked][np.arange(len(rows)), first], np.nan)
+    return SimulatedQueries(identities[rows], is_new_image[rows], top_identity, top_score)
+
+
+def draw_queries(
+    identities: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    new_identity_share: float = 0.25,
+    known_query_share: float = 0.25,
+    members: tuple[np.ndarray, list[np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One simulated split of the database: (is a pseudo-query, belongs to a held-out "new"
+    identity) per photo. Whole identities are held out as new; of each other identity with two
+    photos or more some photos become known pseudo-queries, at least one staying behind."""
+    identities = np.asarray(identities, dtype=object)
     labels, members = members or identity_members(identities)
     codes = np.empty(len(identities), dtype=np.int64)
     for code, rows in enumerate(members):
@@ -121,19 +151,7 @@ def simulate_round(
             continue  # a lone image must stay in the database to be findable
         take = min(len(rows) - 1, max(1, int(rng.binomial(len(rows), known_query_share))))
         query[rng.choice(rows, size=take, replace=False)] = True
-    asked = query[neighbours.rows]
-    rows, columns = neighbours.rows[asked], neighbours.columns[asked]
-    # A neighbour answers if it stayed in the database this round (and is no near-duplicate).
-    answers = (columns >= 0) & ~query[np.maximum(columns, 0)] & np.isfinite(neighbours.scores[asked])
-    if near_duplicate_groups is not None:
-        groups = np.asarray(near_duplicate_groups, dtype=object)
-        known_group = np.array([g is not None and g == g for g in groups[rows]])
-        answers &= ~((groups[np.maximum(columns, 0)] == groups[rows][:, None]) & known_group[:, None])
-    first = np.argmax(answers, axis=1)
-    found = answers[np.arange(len(rows)), first]
-    top_identity = np.where(found, identities[columns[np.arange(len(rows)), first]], None)
-    top_score = np.where(found, neighbours.scores[asked][np.arange(len(rows)), first], np.nan)
-    return SimulatedQueries(identities[rows], is_new_image[rows], top_identity, top_score)
+    return query, is_new_image
 
 
 def identity_members(identities: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -26,6 +26,8 @@ from ..decide import decide
 from ..extract import default_device, extract_embeddings
 from ..files import atomic_folder, jsonable
 from ..fusion import Calibration
+from ..grouping import METHODS as GROUPING_METHODS
+from ..grouping import DatasetGrouping, Grouping, LinkChoice
 from ..local import get_method
 from ..local.base import LocalFeatures
 from ..local.cache import local_features
@@ -34,7 +36,7 @@ from ..presets import Preset
 from ..result import IdentifyResult, Ranking
 from ..thresholds import ThresholdChoice
 from ..train import TrainedOn, trained_on
-from .group import Group, GroupFit
+from .group import GROUPING_IDENTITIES, Group, GroupFit
 from .index import VectorIndex
 
 FORMAT_VERSION = 1
@@ -214,12 +216,18 @@ class Gallery:
         cache_dir=None,
         threshold=FITTED,
         top_k: int | None = None,
+        grouping=FITTED,
         progress: bool = True,
     ) -> IdentifyResult:
         """Rank the gallery's identities for each query and decide: the best identity, or
-        new_individual below its group's threshold. ``queries``: a Dataset (its query rows) or a
-        table with image_id, path[, dataset]. ``threshold``: FITTED (the gallery's), or a number,
-        {dataset: number}, None (closed set)."""
+        new_individual below its group's threshold; with grouping, queries are grouped with each
+        other and with known individuals and each takes its group's answer. ``queries``: a Dataset
+        (its query rows) or a table with image_id, path[, dataset]. ``threshold``: FITTED (the
+        gallery's), or a number, {dataset: number}, None (closed set). ``grouping``: FITTED (the
+        preset's), "average", "single", or None (each query decided alone)."""
+        method = self.preset.grouping if grouping is FITTED else grouping
+        if method not in (None, *GROUPING_METHODS):
+            raise GalleryError(f"grouping '{method}': choose one of {', '.join(GROUPING_METHODS)} or none.")
         started = time.perf_counter()
         table = queries.queries if isinstance(queries, Dataset) else queries
         table = table.reset_index(drop=True)
@@ -256,7 +264,7 @@ class Gallery:
         started = time.perf_counter()
         features = self._local_features(table["path"].tolist(), cache_dir, progress)
         ranking = Ranking.empty(len(table), k)
-        thresholds, choices, calibrations = {}, {}, {}
+        thresholds, choices, calibrations, groupings = {}, {}, {}, {}
         query_thresholds = np.full(len(table), np.nan)
         prediction = np.full(len(table), NEW_INDIVIDUAL, dtype=object)
         usable = extraction.ok
@@ -266,23 +274,33 @@ class Gallery:
             thresholds[name] = _chosen_threshold(threshold, group)
             if group.fit.choice is not None and threshold == FITTED:
                 choices[name] = group.fit.choice
-            if group.fit.calibration is not None:
+            if group.fit.calibration is not None and self.method is not None:
                 calibrations[name] = group.fit.calibration
             query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
             asked = members[usable[members]]
+            vectors = extraction.embeddings[asked]
+            asked_features = [features[r] for r in asked] if features is not None else None
+            grouped = method is not None and len(asked) > 0
             found, _ = group.rank(
-                extraction.embeddings[asked],
-                [features[r] for r in asked] if features is not None else None,
+                vectors,
+                asked_features,
                 self.preset,
                 self.method,
-                k,
+                max(k, GROUPING_IDENTITIES) if grouped else k,
             )
-            ranking.identities[asked] = found.identities
-            ranking.scores[asked] = found.scores
+            ranking.identities[asked] = found.identities[:, :k]
+            ranking.scores[asked] = found.scores[:, :k]
             ranking.matches[asked] = np.where(
-                found.best_images >= 0, group.image_ids[np.maximum(found.best_images, 0)], None
+                found.best_images[:, :k] >= 0, group.image_ids[np.maximum(found.best_images[:, :k], 0)], None
             )
             prediction[asked] = decide(found.identities[:, 0], found.scores[:, 0], thresholds[name])
+            if grouped:
+                groupings[name] = self._group_queries(
+                    group, name, method, thresholds[name], asked, table, vectors, asked_features, found
+                )
+                for node, row in enumerate(asked):
+                    identity = groupings[name].identity_of(node)
+                    prediction[row] = NEW_INDIVIDUAL if identity is None else identity
         timings["match_s"] = time.perf_counter() - started
         errors = [extraction.failures.get(row, "") for row in range(len(table))]
         return IdentifyResult(
@@ -302,6 +320,28 @@ class Gallery:
             timings=timings,
             calibrations=calibrations,
             notes=list(self.notes),
+            grouping=Grouping(groupings) if method is not None else None,
+        )
+
+    def _group_queries(
+        self, group: Group, name, method, threshold, asked, table, vectors, features, found
+    ) -> DatasetGrouping:
+        """Group one dataset's queries with each other and with their best known individuals;
+        ``threshold``: the new_individual threshold this run decides with (None: closed set)."""
+        if group.fit.calibration is None or method not in group.fit.links:
+            raise GalleryError(
+                f"the gallery's fit of '{name}' predates grouping (no calibration or linking threshold); "
+                "run `wildreid gallery refit GALLERY` once, or pass --grouping none."
+            )
+        graph = group.match_graph(vectors, features, found, self.preset, self.method)
+        return DatasetGrouping.fit(
+            name,
+            asked,
+            table["image_id"].to_numpy()[asked],
+            graph,
+            method=method,
+            link_threshold=group.fit.links[method].threshold,
+            known_threshold=group.known_probability(threshold, self.method),
         )
 
     def database_rows(self) -> pd.DataFrame:
@@ -580,6 +620,10 @@ def _fit_record(fit: GroupFit | None) -> dict | None:
         "seconds": fit.seconds,
         "pseudo_queries": fit.pseudo_queries.tolist(),
         "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
+        "links": {
+            method: {**link.summary(), "grid": link.grid.tolist(), "curve": link.curve.tolist()}
+            for method, link in fit.links.items()
+        },
         "choice": None
         if choice is None
         else {
@@ -603,6 +647,16 @@ def _fit_from_record(record: dict | None) -> GroupFit | None:
             note=choice.get("note", ""),
         )
     calibration = Calibration.from_json(json.dumps(record["calibration"])) if record["calibration"] else None
+    links = {  # absent in galleries fitted before grouping existed
+        method: LinkChoice(
+            float(link["threshold"]),
+            _number(link["simulated_ari"]),
+            np.asarray(link["grid"], float),
+            np.asarray(link["curve"], float),
+            link.get("note", ""),
+        )
+        for method, link in record.get("links", {}).items()
+    }
     return GroupFit(
         _number(record["threshold"]),
         choice,
@@ -611,6 +665,7 @@ def _fit_from_record(record: dict | None) -> GroupFit | None:
         record["images"],
         record["fitted_at"],
         record.get("seconds", 0.0),
+        links,
     )
 
 

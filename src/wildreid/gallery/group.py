@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..fusion import Calibration
+from ..grouping import METHODS, LinkChoice, MatchGraph, choose_link_threshold
 from ..local.base import LocalFeatures, LocalMethod
 from ..local.lnbnn import KeypointIndex
 from ..presets import AUTO, Preset
 from ..search import IdentityRanking, rank_neighbours
 from ..thresholds import Neighbours, ThresholdChoice, choose_threshold
 from .index import VectorIndex
-from .shortlist import ScoredPairs, shortlist_pairs
+from .shortlist import ScoredPairs, nearest, shortlist_pairs
 
 # Pseudo-queries of the threshold simulation (global descriptor alone). Every shared dataset
 # (at most 3,019 database photos) fits in it whole, so there the simulation is the batch one.
@@ -34,6 +35,8 @@ EXACT_SIMULATION = 4096
 SIMULATION_DEPTH = 1024
 # Neighbours searched per query for ranking; deepened for rows that found fewer than k identities.
 RANKING_DEPTH = 100
+# Known individuals each query is linked to in the grouping graph (its best ones).
+GROUPING_IDENTITIES = 10
 
 
 @dataclass
@@ -42,11 +45,15 @@ class GroupFit:
 
     threshold: float | None
     choice: ThresholdChoice | None
+    # Raw scores -> P(same individual): all of the preset's scores with local matching, else the
+    # cosine alone (which then serves only the grouping; ranking stays by cosine).
     calibration: Calibration | None
     pseudo_queries: np.ndarray  # database positions asked as pseudo-queries
     images: int  # the group's size when fitted
     fitted_at: str
     seconds: float = 0.0
+    # The grouping's query-to-query threshold per linkage method, chosen on the database.
+    links: dict[str, LinkChoice] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,11 +76,11 @@ class Group:
     # ------------------------------------------------------------------ fitting
 
     def fit_to(self, preset: Preset, method: LocalMethod | None, *, seed: int = 0) -> GroupFit:
-        """Calibration (with local matching) and threshold, on the group's own photos."""
+        """Calibration (with local matching) and threshold, on the group's own photos; then the
+        grouping's linking threshold, from the same scored pairs."""
         started = time.perf_counter()
         rng = np.random.default_rng(seed)
         pool = np.flatnonzero(self.askable) if self.askable is not None else np.arange(self.size)
-        calibration = None
         if method is not None:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[rng.permutation(pool)[: preset.fusion.calibration_anchors]] = True
@@ -81,12 +88,27 @@ class Group:
             pairs = self._pseudo_query_pairs(rows, preset, method)
             same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
             calibration = Calibration.fit(pairs.raw, same)
-            neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, calibration.fuse(pairs.raw), pseudo)
+            fused = calibration.fuse(pairs.raw)
+            neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, fused, pseudo)
+            scored = (rows[pairs.queries], pairs.images, fused)
         else:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
             neighbours = self._global_neighbours(np.flatnonzero(pseudo))
+            calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
         threshold, choice = _threshold(preset.threshold, self.name, neighbours, self.identities, self.near_duplicates)
+        links = {}
+        if calibration is not None:
+            known = _as_probability(threshold, calibration, method)
+            for linkage in METHODS:
+                links[linkage] = choose_link_threshold(
+                    *scored,
+                    self.identities,
+                    known_threshold=known,
+                    method=linkage,
+                    near_duplicates=self.near_duplicates,
+                    seed=seed,
+                )
         self.fit = GroupFit(
             threshold,
             choice,
@@ -95,8 +117,20 @@ class Group:
             self.size,
             time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             time.perf_counter() - started,
+            links,
         )
         return self.fit
+
+    def _cosine_calibration(self, rows: np.ndarray, preset: Preset):
+        """Cosine -> P(same) on each pseudo-query's shortlist of nearest photos (itself and its
+        near-duplicates excluded), as a query's shortlist would be; with the scored pairs."""
+        queries, images = nearest(self.index, self.index.vectors(rows), preset.fusion.shortlist, self._excluded(rows))
+        if len(queries) == 0:
+            return None, None
+        cosine = self.index.pair_cosine(self.index.vectors(rows), queries, images)
+        same = (self.identities[rows[queries]] == self.identities[images]).astype(float)
+        calibration = Calibration.fit({"cosine": cosine}, same)
+        return calibration, (rows[queries], images, calibration.fuse({"cosine": cosine}))
 
     def _excluded(self, rows: np.ndarray) -> list[set[int]]:
         """What each database photo asked as a pseudo-query may not match: itself, and photos
@@ -167,6 +201,52 @@ class Group:
                 getattr(ranking, name)[short] = getattr(deeper, name)
         return ranking
 
+    def match_graph(
+        self,
+        vectors: np.ndarray,
+        features: list[LocalFeatures | None] | None,
+        ranking: IdentityRanking,
+        preset: Preset,
+        method: LocalMethod | None,
+    ) -> MatchGraph:
+        """The queries compared with each other (a shortlist from an index of the queries, local
+        verification, the group's calibration) and with their best known individuals (from their
+        ranking), every edge as P(same individual)."""
+        from ..local.lnbnn import KeypointIndex
+
+        calibration = self.fit.calibration
+        query_index = VectorIndex.build(vectors)
+        keypoints = KeypointIndex(features) if method is not None and features is not None else None
+        settings = preset.fusion
+        pairs = shortlist_pairs(
+            query_index,
+            vectors,
+            features if method is not None else None,
+            keypoints,
+            features if method is not None else None,
+            method,
+            settings,
+            excluded=[{row} for row in range(len(vectors))],
+        )
+        raw = {name: values for name, values in pairs.raw.items() if name in calibration.knots}
+        query_probability = calibration.fuse(raw)
+        known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
+            ranking.identities.shape
+        )
+        link_queries = np.nonzero(known)[0]
+        link_scores = ranking.scores[known]
+        if method is None:  # ranked by cosine: the same calibration as the query pairs
+            link_scores = calibration.fuse({"cosine": link_scores})
+        return MatchGraph.build(
+            len(vectors),
+            (pairs.queries, pairs.images, query_probability),
+            (link_queries, ranking.identities[known], link_scores),
+        )
+
+    def known_probability(self, threshold: float | None, method: LocalMethod | None) -> float | None:
+        """A decision threshold on the ranking's scale, as P(same)."""
+        return _as_probability(threshold, self.fit.calibration, method)
+
     # ------------------------------------------------------------------ growing
 
     def add(self, image_ids, identities, near_duplicates, vectors, features) -> None:
@@ -201,3 +281,11 @@ def _threshold(setting, name: str, neighbours: Neighbours, identities, near_dupl
         raise ValueError(f"unknown threshold setting {setting!r}")
     choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates)
     return choice.threshold, choice
+
+
+def _as_probability(threshold: float | None, calibration: Calibration | None, method: LocalMethod | None):
+    """The new_individual threshold as P(same): fused scores already are; a cosine goes through
+    the cosine calibration (monotone, so the same queries pass)."""
+    if threshold is None or calibration is None or method is not None or not np.isfinite(threshold):
+        return threshold
+    return float(calibration.fuse({"cosine": np.array([threshold])})[0])
