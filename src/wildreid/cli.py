@@ -751,20 +751,171 @@ def catalog_import(
     console.print(f"catalogue {catalog}: {counts['individuals']} individuals, {counts['images']} photos")
 
 
+CAMTRAP = "Camtrap DP (--format camtrap-dp)"
+
+
+def _camtrap_option(help: str, *names: str):
+    return typer.Option(*names, help=help, rich_help_panel=CAMTRAP)
+
+
 @catalog_app.command("export")
 @friendly_errors
 def catalog_export(
-    out: Annotated[Path, typer.Argument(help="Folder to write metadata.csv into.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the export into.")],
     catalog: CatalogPath = DEFAULT_CATALOG,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="animalclef: an AnimalCLEF2025-style metadata.csv; camtrap-dp: a Camtrap DP 1.0.2 package "
+            "(the TDWG standard GBIF ingests), see docs/camtrap-dp.md.",
+        ),
+    ] = "animalclef",
     copy_images: Annotated[
-        bool, typer.Option("--copy-images", help="Copy the photos into OUT/images/ (a self-contained dataset folder).")
+        bool,
+        typer.Option(
+            "--copy-images", help="animalclef: copy the photos into OUT/images/ (a self-contained dataset folder)."
+        ),
     ] = False,
+    dataset: Annotated[Optional[list[str]], _camtrap_option("Export only this dataset (repeatable).")] = None,
+    sampling_design: Annotated[
+        Optional[str],
+        _camtrap_option(
+            "The cameras' layout: simpleRandom, systematicRandom, clusteredRandom, experimental, targeted, "
+            "opportunistic."
+        ),
+    ] = None,
+    capture_method: Annotated[
+        Optional[list[str]],
+        _camtrap_option("How the photos were taken (repeatable): activityDetection, timeLapse."),
+    ] = None,
+    contact: Annotated[
+        Optional[list[str]], _camtrap_option("A contact for the data, 'Name <email>' (repeatable).")
+    ] = None,
+    title: Annotated[Optional[str], _camtrap_option("Title of the package and its project.")] = None,
+    locations: Annotated[
+        Optional[Path],
+        _camtrap_option(
+            "CSV location,latitude,longitude[,coordinateUncertainty]: where each location the photos name is."
+        ),
+    ] = None,
+    latitude: Annotated[
+        Optional[float], _camtrap_option("Latitude (WGS84) of photos whose location is not in --locations.")
+    ] = None,
+    longitude: Annotated[
+        Optional[float], _camtrap_option("Longitude (WGS84) of photos whose location is not in --locations.")
+    ] = None,
+    coordinate_uncertainty: Annotated[
+        Optional[int], _camtrap_option("Uncertainty of --latitude/--longitude, in metres.")
+    ] = None,
+    timezone: Annotated[
+        Optional[str],
+        _camtrap_option(
+            "UTC offset (+02:00) or zone name (Africa/Johannesburg) of sighting times written without one."
+        ),
+    ] = None,
+    scientific_name: Annotated[
+        Optional[list[str]],
+        _camtrap_option("DATASET='Genus species', for a dataset whose species text holds no scientific name."),
+    ] = None,
+    labels_by: Annotated[
+        Optional[str],
+        _camtrap_option("Who labelled the imported datasets (people): their photos become human classifications."),
+    ] = None,
+    media_url: Annotated[
+        Optional[str],
+        _camtrap_option(
+            "Address where the catalogue's photo store (<catalogue>.images/) is published; else the "
+            "photos are copied into OUT/media/."
+        ),
+    ] = None,
+    private_media: Annotated[
+        bool, _camtrap_option("The photos are not publicly accessible (filePublic false).", "--private-media")
+    ] = False,
+    include_machine: Annotated[
+        bool,
+        _camtrap_option(
+            "Also publish uploaded photos awaiting review, as the machine's classifications.", "--include-machine"
+        ),
+    ] = False,
+    skip_undated: Annotated[
+        bool, _camtrap_option("Leave out photos without a usable sighting date.", "--skip-undated")
+    ] = False,
+    validate: Annotated[
+        bool,
+        _camtrap_option("Validate the package (frictionless) before putting it in place.", "--validate/--no-validate"),
+    ] = True,
 ):
-    """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row)."""
+    """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row), or
+    its sightings as a Camtrap DP package."""
     from .catalog import Catalog, export_metadata
 
+    camtrap_given = [
+        name
+        for name, value in {
+            "--dataset": dataset,
+            "--sampling-design": sampling_design,
+            "--capture-method": capture_method,
+            "--contact": contact,
+            "--title": title,
+            "--locations": locations,
+            "--latitude": latitude,
+            "--longitude": longitude,
+            "--coordinate-uncertainty": coordinate_uncertainty,
+            "--timezone": timezone,
+            "--scientific-name": scientific_name,
+            "--labels-by": labels_by,
+            "--media-url": media_url,
+            "--private-media": private_media,
+            "--include-machine": include_machine,
+            "--skip-undated": skip_undated,
+        }.items()
+        if value not in (None, False, [])
+    ]
+    if format == "animalclef":
+        if camtrap_given:
+            raise ValueError(f"{', '.join(camtrap_given)}: only for --format camtrap-dp.")
+        with Catalog(catalog, create=False) as store:
+            console.print(f"written: {export_metadata(store, out, copy_images=copy_images)}")
+        return
+    if format != "camtrap-dp":
+        raise ValueError(f"--format '{format}': choose animalclef or camtrap-dp.")
+    if copy_images:
+        raise ValueError("--copy-images: only for --format animalclef (camtrap-dp copies photos unless --media-url).")
+    from .catalog.camtrap import CamtrapSettings, export_camtrap_dp, make_place, read_places
+
+    if (latitude is None) != (longitude is None):
+        raise ValueError("give --latitude and --longitude together.")
+    names = {}
+    for item in scientific_name or []:
+        name_of, equals, value = item.partition("=")
+        if not equals or not name_of.strip() or not value.strip():
+            raise ValueError(f"--scientific-name '{item}': write DATASET='Genus species'.")
+        names[name_of.strip()] = value.strip().strip("'\"")
+    settings = CamtrapSettings(
+        sampling_design=sampling_design,
+        capture_methods=capture_method or [],
+        contacts=contact or [],
+        title=title,
+        places=read_places(locations) if locations else {},
+        default_place=(
+            make_place(latitude, longitude, coordinate_uncertainty, "--latitude/--longitude")
+            if latitude is not None
+            else None
+        ),
+        timezone=timezone,
+        scientific_names=names,
+        labels_by=labels_by,
+        media_url=media_url,
+        private_media=private_media,
+        include_machine=include_machine,
+        skip_undated=skip_undated,
+        datasets=dataset,
+    )
     with Catalog(catalog, create=False) as store:
-        console.print(f"written: {export_metadata(store, out, copy_images=copy_images)}")
+        report = export_camtrap_dp(store, out, settings, validate=validate)
+    for line in report.lines():
+        console.print(line, highlight=False, markup=False)
 
 
 @catalog_app.command("identify")

@@ -84,7 +84,15 @@ CREATE INDEX decisions_query ON decisions (query_id);
 CREATE INDEX decisions_individual ON decisions (individual_id);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# Version 3: when and by which program a query was identified, so that an export can say who
+# classified a sighting the reviewers have not decided yet (Camtrap DP's classifiedBy and
+# classificationTimestamp). Queries identified before this version keep NULL: not known.
+_V3 = """
+ALTER TABLE queries ADD COLUMN identified_at TEXT;
+ALTER TABLE queries ADD COLUMN identified_by TEXT
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

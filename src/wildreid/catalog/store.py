@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .photos import PhotoStore
 from .schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
 
@@ -201,7 +202,8 @@ class Catalog:
             number += 1
         return f"{prefix}{number:04d}"
 
-    def _dataset_species(self, dataset: str) -> str:
+    def dataset_species(self, dataset: str) -> str:
+        """The species most individuals of ``dataset`` have (empty when none says)."""
         row = self.db.execute(
             "SELECT species, count(*) AS n FROM individuals WHERE dataset = ? "
             "AND species != '' GROUP BY species ORDER BY n DESC LIMIT 1",
@@ -387,11 +389,20 @@ class Catalog:
         return rows
 
     def set_query_result(self, query_id: int, result: dict | None, *, error: str | None = None) -> None:
-        """Store the identification result (status 'ready'), or the error (status 'failed')."""
+        """Store the identification result (status 'ready'), or the error (status 'failed'), with
+        when and by which wildreid it was identified."""
         with self.transaction():
             self.db.execute(
-                "UPDATE queries SET result = ?, error = ?, status = ? WHERE id = ? AND status = 'queued'",
-                (json.dumps(result) if result is not None else None, error, "failed" if error else "ready", query_id),
+                "UPDATE queries SET result = ?, error = ?, status = ?, identified_at = ?, identified_by = ? "
+                "WHERE id = ? AND status = 'queued'",
+                (
+                    json.dumps(result) if result is not None else None,
+                    error,
+                    "failed" if error else "ready",
+                    now(),
+                    f"wildreid {__version__}",
+                    query_id,
+                ),
             )
 
     def decide(
@@ -464,7 +475,7 @@ class Catalog:
                     query["dataset"],
                     name=name,
                     notes=notes,
-                    species=self._dataset_species(query["dataset"]),
+                    species=self.dataset_species(query["dataset"]),
                 )
             else:
                 individual_id = None
