@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from wildreid.grouping import MatchGraph, cluster_graph, choose_link_threshold
+from wildreid.grouping import MatchGraph, choose_link_threshold, cluster_graph
 from wildreid.metrics import pairwise_precision_recall, query_clusters
 
 
