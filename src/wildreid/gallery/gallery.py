@@ -330,8 +330,9 @@ class Gallery:
         ``threshold``: the new_individual threshold this run decides with (None: closed set)."""
         if group.fit.calibration is None or method not in group.fit.links:
             raise GalleryError(
-                f"the gallery's fit of '{name}' predates grouping (no calibration or linking threshold); "
-                "run `wildreid gallery refit GALLERY` once, or pass --grouping none."
+                f"the gallery's fit of '{name}' has no linking threshold for '{method}' grouping (it was fitted "
+                f"for {', '.join(group.fit.links) or 'no grouping'}); pass --grouping "
+                f"{next(iter(group.fit.links), 'none')}, or build the gallery with a preset that groups by '{method}'."
             )
         graph = group.match_graph(vectors, features, found, self.preset, self.method)
         return DatasetGrouping.fit(

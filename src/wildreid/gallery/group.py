@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..fusion import Calibration
-from ..grouping import METHODS, LinkChoice, MatchGraph, choose_link_threshold
+from ..grouping import LinkChoice, MatchGraph, choose_link_threshold
 from ..local.base import LocalFeatures, LocalMethod
 from ..local.lnbnn import KeypointIndex
 from ..presets import AUTO, Preset
@@ -52,7 +52,7 @@ class GroupFit:
     images: int  # the group's size when fitted
     fitted_at: str
     seconds: float = 0.0
-    # The grouping's query-to-query threshold per linkage method, chosen on the database.
+    # The grouping's query-to-query threshold for the preset's linkage method, chosen on the database.
     links: dict[str, LinkChoice] = field(default_factory=dict)
 
 
@@ -98,17 +98,15 @@ class Group:
             calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
         threshold, choice = _threshold(preset.threshold, self.name, neighbours, self.identities, self.near_duplicates)
         links = {}
-        if calibration is not None:
-            known = _as_probability(threshold, calibration, method)
-            for linkage in METHODS:
-                links[linkage] = choose_link_threshold(
-                    *scored,
-                    self.identities,
-                    known_threshold=known,
-                    method=linkage,
-                    near_duplicates=self.near_duplicates,
-                    seed=seed,
-                )
+        if calibration is not None and preset.grouping is not None:
+            links[preset.grouping] = choose_link_threshold(
+                *scored,
+                self.identities,
+                known_threshold=_as_probability(threshold, calibration, method),
+                method=preset.grouping,
+                near_duplicates=self.near_duplicates,
+                seed=seed,
+            )
         self.fit = GroupFit(
             threshold,
             choice,

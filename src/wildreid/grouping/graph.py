@@ -13,6 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Each query keeps its strongest links to this many other queries (an edge stays when either end
+# keeps it): a k-nearest-neighbour graph. Its density then does not depend on how many queries a
+# batch has, so a threshold chosen on database pseudo-queries (whose shortlists hold fewer of
+# each other) means the same on a real batch; average linkage counts a missing edge as 0, so
+# without this a larger batch would link more.
+QUERY_NEIGHBOURS = 5
+
 
 @dataclass
 class MatchGraph:
@@ -35,10 +42,12 @@ class MatchGraph:
         queries: int,
         query_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
         identity_links: tuple[np.ndarray, np.ndarray, np.ndarray],
+        neighbours: int = QUERY_NEIGHBOURS,
     ) -> "MatchGraph":
         """``query_pairs``: (query, query, P) in any direction; ``identity_links``: (query,
         identity label, P). A pair seen twice (a found b, b found a) keeps its larger P: being
-        shortlisted from either side is enough to be compared."""
+        shortlisted from either side is enough to be compared. Query-to-query edges are then
+        thinned to each query's ``neighbours`` strongest (see QUERY_NEIGHBOURS)."""
         first, second, probability = (np.asarray(a) for a in query_pairs)
         keep = first != second
         first, second, probability = first[keep], second[keep], np.asarray(probability[keep], np.float64)
@@ -54,7 +63,9 @@ class MatchGraph:
         left, right, weight = left[order], right[order], weight[order]
         first_of_pair = np.ones(len(left), dtype=bool)
         first_of_pair[1:] = (left[1:] != left[:-1]) | (right[1:] != right[:-1])
-        return cls(queries, labels.astype(object), left[first_of_pair], right[first_of_pair], weight[first_of_pair])
+        left, right, weight = left[first_of_pair], right[first_of_pair], weight[first_of_pair]
+        keep = _nearest_queries(queries, left, right, weight, neighbours)
+        return cls(queries, labels.astype(object), left[keep], right[keep], weight[keep])
 
     def subgraph(self, keep_queries: np.ndarray) -> tuple["MatchGraph", np.ndarray]:
         """The graph of some queries (a boolean mask) and all known individuals; also returns the
@@ -72,3 +83,18 @@ class MatchGraph:
             self.probability[inside],
         )
         return graph, kept
+
+
+def _nearest_queries(queries: int, left, right, weight, neighbours: int) -> np.ndarray:
+    """Edges to keep: every query-to-individual edge, and a query-to-query edge when it is among
+    the ``neighbours`` strongest of either end."""
+    between_queries = right < queries
+    keep = ~between_queries
+    index = np.flatnonzero(between_queries)
+    ends = np.concatenate([left[index], right[index]])
+    edge = np.concatenate([index, index])
+    order = np.lexsort((-weight[edge], ends))  # per end, strongest first
+    ends, edge = ends[order], edge[order]
+    rank = np.arange(len(ends)) - np.searchsorted(ends, ends)
+    keep[edge[rank < neighbours]] = True
+    return keep
