@@ -233,3 +233,43 @@ def test_evaluate_refuses_repeated_and_foreign_rows(tmp_path):
         ["evaluate", str(tmp_path), str(tmp_path / "extra.csv")],
         "2 row(s) name images that are not queries of this dataset: row 5 ('d1'), row 6 ('zz')",
     )
+
+
+def test_identify_groups_queries_and_writes_the_2026_format(shared_data, tmp_path):
+    """Queries grouped with each other: groups.csv and the group columns agree, a group shares one
+    answer, the AnimalCLEF2026 submission names a cluster per query, and evaluate scores it."""
+    csv = _small_nyala(shared_data, tmp_path / "NyalaSmall")
+    out = tmp_path / "out"
+    arguments = ["identify", str(csv), "--identity-column", "animal", "--cache-dir", str(tmp_path / "cache")]
+    result = runner.invoke(app, [*arguments, "--out", str(out), "--format", "animalclef2026", "--no-report"])
+    assert result.exit_code == 0, result.output
+    submission = pd.read_csv(out / "submission.csv", dtype=str)
+    assert submission.columns.tolist() == ["image_id", "cluster"]
+    groups = pd.read_csv(out / "groups.csv", dtype=str, keep_default_na=False)
+    candidates = pd.read_csv(out / "candidates.csv", dtype=str, keep_default_na=False)
+    assert groups["image_id"].tolist() == candidates["image_id"].tolist() == submission["image_id"].tolist()
+    assert (groups["group"] == candidates["group"]).all()
+    for _, members in candidates[candidates["group"] != ""].groupby("group"):
+        assert members["prediction"].nunique() == 1  # one group, one answer
+        assert (members["group_size"].astype(int) == len(members)).all()
+    new_groups = candidates[candidates["group_kind"] == "new"]
+    assert (new_groups["prediction"] == "new_individual").all()
+    assert new_groups["group"].str.match(r"new_individual_\d+$").all()
+    alone = candidates["group"] == ""
+    assert (submission.loc[alone, "cluster"] == "alone_" + submission.loc[alone, "image_id"]).all()
+    record = json.loads((out / "run.json").read_text())
+    assert record["submission_format"] == "animalclef2026" and record["grouping"]["NyalaSmall"]["method"] == "average"
+
+    evaluated = runner.invoke(
+        app, ["evaluate", str(csv), str(out / "submission.csv"), "--json", "--identity-column", "animal"]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    figures = json.loads(evaluated.stdout)
+    assert -1.0 <= figures["per_dataset"]["NyalaSmall"]["ari"] <= 1.0
+    assert figures["ari"] == record["evaluation"]["ari"]  # the same clusters as the run's groups
+
+    alone_run = runner.invoke(app, [*arguments, "--out", str(tmp_path / "alone"), "--grouping", "none", "--no-report"])
+    assert alone_run.exit_code == 0, alone_run.output
+    assert not (tmp_path / "alone" / "groups.csv").exists()
+    bad = runner.invoke(app, [*arguments, "--out", str(tmp_path / "bad"), "--format", "animalclef2024"])
+    assert bad.exit_code != 0 and "animalclef2026" in bad.output and "Traceback" not in bad.output

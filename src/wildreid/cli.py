@@ -669,12 +669,18 @@ def _print_thresholds(result) -> None:
 
 
 def _print_evaluation(evaluation: dict) -> None:
-    keys = ["score", "baks", "baus", "top1", "top5", "auc_new_vs_known"]
-    keys = [k for k in keys if k in evaluation]
-    table = Table("dataset", "queries", *keys, title="AnimalCLEF2025 metric")
+    """AnimalCLEF2025 (score = sqrt(BAKS * BAUS)) and AnimalCLEF2026 (ARI) figures per dataset; a
+    2026 submission names clusters, not individuals, so it has no BAKS/BAUS."""
+    keys = ["score", "baks", "baus", "ari", "pair_precision", "pair_recall", "top1", "top5", "auc_new_vs_known"]
+    keys = [k for k in keys if k in evaluation and evaluation[k] == evaluation[k]]
+
+    def number(value) -> str:
+        return "-" if value is None or value != value else f"{value:.4f}"
+
+    table = Table("dataset", "queries", *keys, title="AnimalCLEF2025 metric, and ARI (AnimalCLEF2026)")
     for name, figures in evaluation["per_dataset"].items():
-        table.add_row(name, str(figures["queries"]), *(f"{figures.get(k, float('nan')):.4f}" for k in keys))
-    table.add_row("[bold]mean[/]", "", *(f"{evaluation[k]:.4f}" for k in keys))
+        table.add_row(name, str(figures["queries"]), *(number(figures.get(k)) for k in keys))
+    table.add_row("[bold]mean[/]", "", *(number(evaluation[k]) for k in keys))
     stdout.print(table)
 
 

@@ -8,6 +8,7 @@ with the square of the database.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -68,6 +69,9 @@ class Group:
     fit: GroupFit | None = None
     askable: np.ndarray | None = None  # (D,) bool: photos a calibration may ask (see Gallery)
     notes: list = field(default_factory=list)
+    # The last fit's scored pseudo-query pairs (rows, images, P(same)); in memory only, so that
+    # another linkage's threshold can be chosen without matching again (link_choice).
+    fit_pairs: tuple | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -90,23 +94,17 @@ class Group:
             calibration = Calibration.fit(pairs.raw, same)
             fused = calibration.fuse(pairs.raw)
             neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, fused, pseudo)
-            scored = (rows[pairs.queries], pairs.images, fused)
+            scored = (rows[pairs.queries], pairs.images, fused, calibration.fuse(_between_queries(pairs.raw)))
         else:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
             neighbours = self._global_neighbours(np.flatnonzero(pseudo))
             calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
         threshold, choice = _threshold(preset.threshold, self.name, neighbours, self.identities, self.near_duplicates)
+        self.fit_pairs = scored
         links = {}
         if calibration is not None and preset.grouping is not None:
-            links[preset.grouping] = choose_link_threshold(
-                *scored,
-                self.identities,
-                known_threshold=_as_probability(threshold, calibration, method),
-                method=preset.grouping,
-                near_duplicates=self.near_duplicates,
-                seed=seed,
-            )
+            links[preset.grouping] = self._link_choice(preset.grouping, threshold, calibration, method, seed)
         self.fit = GroupFit(
             threshold,
             choice,
@@ -119,6 +117,28 @@ class Group:
         )
         return self.fit
 
+    def link_choice(self, linkage: str, method: LocalMethod | None, *, seed: int = 0) -> LinkChoice:
+        """The linking threshold for another linkage method, from the last fit's scored pairs
+        (held in memory since that fit), and kept in the fit."""
+        if self.fit_pairs is None:
+            raise ValueError(f"'{self.name}': no scored pairs in memory; refit the gallery first.")
+        self.fit.links[linkage] = self._link_choice(linkage, self.fit.threshold, self.fit.calibration, method, seed)
+        return self.fit.links[linkage]
+
+    def _link_choice(self, linkage, threshold, calibration, method, seed) -> LinkChoice:
+        rows, images, probability, pair_probability = self.fit_pairs
+        return choose_link_threshold(
+            rows,
+            images,
+            probability,
+            self.identities,
+            pair_probability=pair_probability,
+            known_threshold=_as_probability(threshold, calibration, method),
+            method=linkage,
+            near_duplicates=self.near_duplicates,
+            seed=seed,
+        )
+
     def _cosine_calibration(self, rows: np.ndarray, preset: Preset):
         """Cosine -> P(same) on each pseudo-query's shortlist of nearest photos (itself and its
         near-duplicates excluded), as a query's shortlist would be; with the scored pairs."""
@@ -128,7 +148,8 @@ class Group:
         cosine = self.index.pair_cosine(self.index.vectors(rows), queries, images)
         same = (self.identities[rows[queries]] == self.identities[images]).astype(float)
         calibration = Calibration.fit({"cosine": cosine}, same)
-        return calibration, (rows[queries], images, calibration.fuse({"cosine": cosine}))
+        probability = calibration.fuse({"cosine": cosine})
+        return calibration, (rows[queries], images, probability, probability)
 
     def _excluded(self, rows: np.ndarray) -> list[set[int]]:
         """What each database photo asked as a pseudo-query may not match: itself, and photos
@@ -210,24 +231,20 @@ class Group:
         """The queries compared with each other (a shortlist from an index of the queries, local
         verification, the group's calibration) and with their best known individuals (from their
         ranking), every edge as P(same individual)."""
-        from ..local.lnbnn import KeypointIndex
-
         calibration = self.fit.calibration
         query_index = VectorIndex.build(vectors)
-        keypoints = KeypointIndex(features) if method is not None and features is not None else None
-        settings = preset.fusion
+        settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see _between_queries
         pairs = shortlist_pairs(
             query_index,
             vectors,
             features if method is not None else None,
-            keypoints,
+            None,
             features if method is not None else None,
             method,
             settings,
             excluded=[{row} for row in range(len(vectors))],
         )
-        raw = {name: values for name, values in pairs.raw.items() if name in calibration.knots}
-        query_probability = calibration.fuse(raw)
+        query_probability = calibration.fuse(_between_queries(pairs.raw))
         known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
             ranking.identities.shape
         )
@@ -287,3 +304,10 @@ def _as_probability(threshold: float | None, calibration: Calibration | None, me
     if threshold is None or calibration is None or method is not None or not np.isfinite(threshold):
         return threshold
     return float(calibration.fuse({"cosine": np.array([threshold])})[0])
+
+
+def _between_queries(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scores that mean the same between two queries as between a query and the database:
+    all but LNBNN, whose votes are normalised by the keypoints of the set searched (the
+    database), so the same pair scores higher among a few queries than against a large database."""
+    return {name: values for name, values in raw.items() if name != "lnbnn"}

@@ -10,11 +10,12 @@ pair whose linkage falls below its threshold never merges. Two linkages:
   kept apart by the cannot-links (Kruskal's order).
 
 Two thresholds, both P(same), both chosen on the database: a merge that would give a group a
-known individual needs ``known_threshold`` (the per-dataset new_individual threshold: a lone
-query joins its best individual exactly when today's decision says so); a merge of queries with
-queries needs ``link_threshold``. Constraints: two known individuals never share a cluster;
-``cannot_link`` pairs of nodes never do either; ``must_link`` pairs are joined first (a reviewer's
-"same"). The cost is one pass over the edges with a heap: O(E log E) for E edges.
+known individual needs ``known_threshold`` (the per-dataset new_individual threshold); a merge of
+queries with queries needs ``link_threshold``. Constraints: two known individuals never share a
+cluster; ``cannot_link`` pairs of nodes never do either. Order: ``must_link`` pairs (a reviewer's
+"same") are joined first; then each query whose best known individual passes
+``known_threshold`` is anchored to it (today's per-query decision); then clusters merge. The
+cost is one pass over the edges with a heap: O(E log E) for E edges.
 """
 
 from __future__ import annotations
@@ -122,6 +123,20 @@ def cluster_graph(
             conflicts.append((a, b, "two known individuals" if (ra in anchor and rb in anchor) else "a cannot-link"))
             continue
         merge(ra, rb)
+
+    # Anchoring first: a query whose best known individual passes the known threshold joins it,
+    # as the per-query decision would, before queries are linked with each other. So grouping
+    # never takes a known individual away from a query that matches it well (a stronger link to
+    # a query that is itself new could otherwise outvote it); it can only give one to a query
+    # whose group matches it, or group queries that are new.
+    best_known: dict[int, tuple[float, int]] = {}
+    for a, b, p in zip(graph.left.tolist(), graph.right.tolist(), graph.probability.tolist()):
+        if b >= graph.queries and p >= known_threshold and p > best_known.get(a, (-np.inf, -1))[0]:
+            best_known[a] = (p, b)
+    for query, (_, individual) in sorted(best_known.items(), key=lambda item: -item[1][0]):
+        ra, rb = root(query), root(individual)
+        if ra != rb and compatible(ra, rb):
+            merge(ra, rb)
 
     # Only pairs that could merge now are queued; a pair below its threshold comes back when a
     # merge changes its linkage (every merge re-queues the joined cluster's pairs).

@@ -9,11 +9,12 @@ individual). Candidates are
 * inside a cluster: its weakest member against that member's best partner: "different" would
   split the cluster.
 
-Priority = uncertainty x photos at stake: the binary entropy of the linkage P(same), times the
-number of query photos whose answer would change (both clusters, or the whole cluster). So
-uncertain links between large groups come first. Pairs that earlier answers already settle
-(joined by "same", kept apart by "different", two known individuals, or answered "can't tell")
-are never asked.
+Priority = the expected number of photos one answer moves: the probability that the grouping is
+wrong about the pair (P(same) for two clusters kept apart, 1 - P(same) for a pair put together;
+P is the pair's calibrated probability), times the query photos at stake (both clusters, or the
+whole cluster). So uncertain links between large groups come first, and a confident decision on
+a lone photo comes last. Pairs that earlier answers already settle (joined by "same", kept
+apart by "different", two known individuals, or answered "can't tell") are never asked.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ class PairQuestion:
     linkage: float  # P(same) between the two clusters as the grouping sees them
     priority: float
     kind: str  # "join" (different clusters) or "split" (one cluster)
-
-
-def _entropy(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
 def pair_questions(grouping: DatasetGrouping, asked: set[tuple[int, int]] = frozenset()) -> list[PairQuestion]:
@@ -89,9 +85,7 @@ def pair_questions(grouping: DatasetGrouping, asked: set[tuple[int, int]] = froz
             continue
         linkage = total / (sizes[ca] * sizes[cb]) if grouping.method == "average" else best[2]
         stake = int(photos[ca] + photos[cb])
-        questions.append(
-            PairQuestion(min(best[:2]), max(best[:2]), best[2], linkage, float(_entropy(best[2]) * stake), "join")
-        )
+        questions.append(PairQuestion(min(best[:2]), max(best[:2]), best[2], linkage, float(best[2] * stake), "join"))
     # Inside clusters: each cluster's weakest member against its best partner in the cluster.
     inside = ~between
     weakest: dict[int, tuple[float, int, int]] = {}
@@ -106,7 +100,7 @@ def pair_questions(grouping: DatasetGrouping, asked: set[tuple[int, int]] = froz
             weakest[cluster] = (p, node, other)
     for cluster, (p, node, other) in weakest.items():
         stake = int(photos[cluster])
-        questions.append(PairQuestion(min(node, other), max(node, other), p, p, float(_entropy(p) * stake), "split"))
+        questions.append(PairQuestion(min(node, other), max(node, other), p, p, float((1.0 - p) * stake), "split"))
     questions.sort(key=lambda q: (-q.priority, q.left, q.right))
     return questions
 

@@ -46,6 +46,7 @@ def choose_link_threshold(
     probability: np.ndarray,
     identities: np.ndarray,
     *,
+    pair_probability: np.ndarray | None = None,
     known_threshold: float | None,
     method: str = "average",
     near_duplicates: np.ndarray | None = None,
@@ -53,13 +54,15 @@ def choose_link_threshold(
     seed: int = 0,
 ) -> LinkChoice:
     """``rows``/``images``/``probability``: scored pairs of database photos (each row a photo
-    asked as a pseudo-query, as the calibration asked them)."""
+    asked as a pseudo-query, as the calibration asked them); ``pair_probability``: the same pairs
+    scored as two queries would be (see Group.match_graph), when that differs."""
     identities = np.asarray(identities, dtype=object)
     rows, images = np.asarray(rows, np.int64), np.asarray(images, np.int64)
     probability = np.asarray(probability, np.float64)
+    pair_probability = probability if pair_probability is None else np.asarray(pair_probability, np.float64)
     asked = np.zeros(len(identities), dtype=bool)
     asked[rows] = True
-    grid = np.unique(np.round(np.concatenate([LINK_GRID, np.quantile(probability, QUANTILES)]), 4))
+    grid = np.unique(np.round(np.concatenate([LINK_GRID, np.quantile(pair_probability, QUANTILES)]), 4))
     labels, members = identity_members(identities)
     rng = np.random.default_rng(seed)
     curves = []
@@ -68,7 +71,9 @@ def choose_link_threshold(
         nodes = np.flatnonzero(query & asked)
         if len(nodes) < 2:
             continue
-        graph, truth = _round_graph(nodes, query, rows, images, probability, identities, near_duplicates)
+        graph, truth = _round_graph(
+            nodes, query, rows, images, probability, pair_probability, identities, near_duplicates
+        )
         truth_codes = np.unique(truth.astype(str), return_inverse=True)[1]
         curves.append([_ari(truth_codes, graph, method, threshold, known_threshold) for threshold in grid])
     if not curves:
@@ -98,7 +103,7 @@ def _draw_round(identities: np.ndarray, members: list[np.ndarray], rng: np.rando
     return query
 
 
-def _round_graph(nodes, query, rows, images, probability, identities, near_duplicates):
+def _round_graph(nodes, query, rows, images, probability, pair_probability, identities, near_duplicates):
     """The match graph of one round: pseudo-queries as query nodes, the identities that stayed in
     the database as individuals (each linked by its best photo, never a near-duplicate)."""
     number = np.full(len(identities), -1, dtype=np.int64)
@@ -114,7 +119,7 @@ def _round_graph(nodes, query, rows, images, probability, identities, near_dupli
         to_database &= ~same_visit
     graph = MatchGraph.build(
         len(nodes),
-        (number[rows[both]], number[images[both]], probability[both]),
+        (number[rows[both]], number[images[both]], pair_probability[both]),
         (number[rows[to_database]], identities[images[to_database]], probability[to_database]),
     )
     return graph, identities[nodes]

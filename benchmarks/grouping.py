@@ -1,0 +1,138 @@
+"""Grouping the queries into individuals (issue 13): ARI, pairwise precision/recall and the
+AnimalCLEF2025 score of the transductive decision, against two baselines, per dataset.
+
+    python benchmarks/grouping.py --presets offline,fusion --datasets NyalaData,LionData,Holstein2025
+
+For every (preset, dataset) one gallery is built (features cached under --cache) and the queries
+identified once; the rows are then the same run decided four ways:
+
+* ``today, new alone``: the per-query decision (best identity, or new_individual below the
+  threshold), every new_individual its own cluster;
+* ``today, new as one``: the same decision with new_individual read as one label, as a 2025
+  submission would be if scored by ARI;
+* ``average`` and ``single``: the grouping (grouping/), each linkage with its own linking
+  threshold chosen on the database (no query labels).
+
+ARI is measured on the queries only (scikit-learn's adjusted_rand_score via wildreid.metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from real_data import benchmark_dataset  # noqa: E402
+
+from wildreid.data import NEW_INDIVIDUAL  # noqa: E402
+from wildreid.decide import decide  # noqa: E402
+from wildreid.gallery import Gallery  # noqa: E402
+from wildreid.grouping import METHODS, DatasetGrouping, Grouping  # noqa: E402
+from wildreid.metrics import evaluate  # noqa: E402
+from wildreid.presets import get_preset  # noqa: E402
+
+
+def grouped_run(name: str, preset_name: str, cache: Path, method: str = "average"):
+    """(dataset, gallery, result) of one grouped identification."""
+    dataset = benchmark_dataset(name)
+    preset = get_preset(preset_name).replace(grouping=method)
+    started = time.perf_counter()
+    gallery = Gallery.build(dataset, preset, cache_dir=cache, progress=False)
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    result = gallery.identify(dataset, cache_dir=cache, progress=False)
+    result.timings["benchmark_build_s"], result.timings["benchmark_identify_s"] = built, time.perf_counter() - started
+    result.dataset = dataset
+    return dataset, gallery, result
+
+
+def figures(dataset, predictions, candidates) -> dict:
+    evaluation = evaluate(dataset, predictions, candidates)
+    keys = ("score", "baks", "baus", "ari", "pair_precision", "pair_recall")
+    return {key: round(float(evaluation[key]), 3) for key in keys}
+
+
+def regrouped(result, gallery, method: str) -> tuple:
+    """The run's queries grouped again with another linkage (its own threshold chosen on the
+    database from the fit's scored pairs): (predictions, candidates)."""
+    datasets = {}
+    for name, grouping in result.grouping.datasets.items():
+        group = gallery.groups[name]
+        link = group.fit.links.get(method) or group.link_choice(method, gallery.method)
+        datasets[name] = DatasetGrouping.fit(
+            name,
+            grouping.rows,
+            grouping.image_ids,
+            grouping.graph,
+            method=method,
+            link_threshold=link.threshold,
+            known_threshold=grouping.known_threshold,
+        )
+    other = Grouping(datasets)
+    table = other.per_query(len(result.queries))
+    candidates = result.candidates.drop(columns=list(table.columns)).assign(**{c: table[c] for c in table})
+    predictions = result.predictions.assign(identity=table["group_identity"].to_numpy())
+    return predictions, candidates, {n: g.link_threshold for n, g in datasets.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="offline,fusion")
+    parser.add_argument("--datasets", default="LionData,NyalaData,Holstein2025")
+    parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache-grouping")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "grouping.json")
+    args = parser.parse_args()
+    rows = []
+    for preset_name in args.presets.split(","):
+        for name in args.datasets.split(","):
+            dataset, gallery, result = grouped_run(name, preset_name, args.cache)
+            candidates = result.candidates
+            today = candidates.drop(columns=[c for c in candidates.columns if c.startswith("group")])
+            threshold = next(iter(result.thresholds.values()))
+            decided = decide(result.ranking.identities[:, 0], result.ranking.scores[:, 0], threshold)
+            today_predictions = result.predictions.assign(identity=decided)
+            as_one = today.assign(prediction=decided)
+            as_one["group"] = np.where(decided == NEW_INDIVIDUAL, NEW_INDIVIDUAL, decided)
+            variants = {
+                "today, new alone": figures(dataset, today_predictions, today),
+                "today, new as one": figures(dataset, today_predictions, as_one),
+            }
+            thresholds = {}
+            for method in METHODS:
+                started = time.perf_counter()
+                predictions, grouped, links = regrouped(result, gallery, method)
+                variants[method] = figures(dataset, predictions, grouped)
+                thresholds[method] = links
+                variants[method]["grouping_s"] = round(time.perf_counter() - started, 2)
+            for variant, values in variants.items():
+                row = {"preset": preset_name, "dataset": name, "decision": variant, **values}
+                if variant in thresholds:
+                    row["link_threshold"] = round(next(iter(thresholds[variant].values())), 3)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "preset": preset_name,
+                        "dataset": name,
+                        "build_s": round(result.timings["benchmark_build_s"], 1),
+                        "identify_and_group_s": round(result.timings["benchmark_identify_s"], 1),
+                        "known_threshold": next(iter(result.grouping.datasets.values())).known_threshold,
+                    }
+                ),
+                flush=True,
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
