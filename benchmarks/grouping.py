@@ -40,12 +40,24 @@ from wildreid.metrics import evaluate  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
 
 
-def grouped_run(name: str, preset_name: str, cache: Path, method: str = "average"):
-    """(dataset, gallery, result) of one grouped identification."""
+def grouped_run(name: str, preset_name: str, cache: Path, method: str = "average", galleries: Path | None = None):
+    """(dataset, gallery, result) of one grouped identification. With ``galleries``, the gallery
+    is saved there once built (with the linking thresholds of every method) and loaded next time."""
     dataset = benchmark_dataset(name)
     preset = get_preset(preset_name).replace(grouping=method)
+    folder = galleries / f"{preset_name}-{name}" if galleries is not None else None
     started = time.perf_counter()
-    gallery = Gallery.build(dataset, preset, cache_dir=cache, progress=False)
+    if folder is not None and folder.is_dir():
+        gallery = Gallery.load(folder, preset=preset_name)
+        gallery.preset = gallery.preset.replace(grouping=method)
+    else:
+        gallery = Gallery.build(dataset, preset, cache_dir=cache, progress=False)
+        for group in gallery.groups.values():
+            for other in METHODS:
+                if other not in group.fit.links:
+                    group.link_choice(other, gallery.method)
+        if folder is not None:
+            gallery.save(folder)
     built = time.perf_counter() - started
     started = time.perf_counter()
     result = gallery.identify(dataset, cache_dir=cache, progress=False)
@@ -89,11 +101,14 @@ def main() -> None:
     parser.add_argument("--datasets", default="LionData,NyalaData,Holstein2025")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache-grouping")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "grouping.json")
+    parser.add_argument(
+        "--galleries", type=Path, default=None, help="save built galleries here and load them next time"
+    )
     args = parser.parse_args()
     rows = []
     for preset_name in args.presets.split(","):
         for name in args.datasets.split(","):
-            dataset, gallery, result = grouped_run(name, preset_name, args.cache)
+            dataset, gallery, result = grouped_run(name, preset_name, args.cache, galleries=args.galleries)
             candidates = result.candidates
             today = candidates.drop(columns=[c for c in candidates.columns if c.startswith("group")])
             threshold = next(iter(result.thresholds.values()))

@@ -80,9 +80,12 @@ def main() -> None:
     parser.add_argument("--datasets", default="NyalaData")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "cache-grouping")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--galleries", type=Path, default=None, help="save built galleries here and load them next time"
+    )
     args = parser.parse_args()
     for name in args.datasets.split(","):
-        dataset, _, result = grouped_run(name, args.preset, args.cache)
+        dataset, _, result = grouped_run(name, args.preset, args.cache, galleries=args.galleries)
         for order in ("queue", "random"):
             for row in simulate(result, dataset, order, args.seed):
                 print(json.dumps({"preset": args.preset, "dataset": name, "order": order, **row}), flush=True)

@@ -70,10 +70,9 @@ def test_cannot_link_and_must_link_are_kept(method):
     apart = cluster_graph(g, method=method, link_threshold=0.5, known_threshold=0.5, cannot_link=[(0, 1)])
     assert apart.labels[0] != apart.labels[1]
     joined = cluster_graph(g, method=method, link_threshold=0.5, known_threshold=0.5, must_link=[(1, 2)])
-    assert joined.labels[1] == joined.labels[2]  # a reviewer's "same", though their P is 0.1
-    # Query 0 then meets {1, 2}: single linkage by its best edge (0.9), average by the mean
-    # over both pairs ((0.9 + 0) / 2 < 0.5).
-    assert (joined.labels[0] == joined.labels[1]) == (method == "single")
+    # A reviewer's "same" joins the two photos' groups ({0, 1} by their 0.9, and {2}), though
+    # 1 and 2 score only 0.1.
+    assert joined.labels[0] == joined.labels[1] == joined.labels[2]
 
 
 def test_must_link_between_two_known_individuals_is_reported_not_kept():
@@ -132,3 +131,64 @@ def test_query_clusters_reads_groups_and_leaves_new_individuals_alone():
     assert list(query_clusters(rows)) == ["X", "new_individual_1", "new_individual_1", "alone:4"]
     today = rows.drop(columns=["group"])
     assert list(query_clusters(today)) == ["X", "alone:2", "alone:3", "alone:4"]
+
+
+def _grouping(g, link=0.5, known=0.5):
+    from wildreid.grouping import DatasetGrouping
+
+    return DatasetGrouping.fit(
+        "d",
+        np.arange(g.queries),
+        np.array([f"q{i}" for i in range(g.queries)], dtype=object),
+        g,
+        method="average",
+        link_threshold=link,
+        known_threshold=known,
+    )
+
+
+def test_review_queue_asks_the_most_useful_pair_first_and_never_a_settled_one():
+    from wildreid.grouping.review import DIFFERENT, SAME, apply_answer, pair_questions
+
+    # Two groups of three queries each, joined by one uncertain pair (0.45 < 0.5: kept apart),
+    # and a lone query weakly linked (0.1) to a known individual.
+    pairs = [(0, 1, 0.9), (1, 2, 0.9), (0, 2, 0.9), (3, 4, 0.9), (4, 5, 0.9), (3, 5, 0.9), (2, 3, 0.45)]
+    g = graph(7, pairs=pairs, links=[(6, "X", 0.1)])
+    grouping = _grouping(g)
+    questions = pair_questions(grouping)
+    first = questions[0]
+    # The pair between the two groups: a 0.45 chance that keeping them apart is wrong, and
+    # "same" would move three photos into the other group.
+    assert (first.left, first.right, first.kind) == (2, 3, "join")
+    assert first.priority == pytest.approx(0.45 * 3)
+    moved = apply_answer(grouping, 2, 3, SAME)
+    assert moved == 6 and len(set(grouping.clustering.query_labels(7)[:6])) == 1
+    # Settled: the same pair is never asked again, nor any pair inside the joined group's must-link.
+    assert all((q.left, q.right) != (2, 3) for q in pair_questions(grouping, {(2, 3)}))
+    # "different" between two photos of the joined group splits it, and the split holds.
+    apply_answer(grouping, 0, 5, DIFFERENT)
+    labels = grouping.clustering.query_labels(7)
+    assert labels[0] != labels[5]
+    assert grouping.cannot_link == [(0, 5)] and grouping.must_link == [(2, 3)]
+
+
+def test_review_answer_same_with_a_known_individual_names_the_whole_group():
+    from wildreid.grouping.review import SAME, apply_answer, settled_queries
+
+    g = graph(3, pairs=[(0, 1, 0.9), (1, 2, 0.9), (0, 2, 0.9)], links=[(0, "X", 0.2)])
+    grouping = _grouping(g)
+    assert grouping.identity_of(0) is None  # 0.2 is below the known threshold
+    x_node = 3
+    apply_answer(grouping, 0, x_node, SAME)
+    assert [grouping.identity_of(q) for q in range(3)] == ["X", "X", "X"]
+    assert settled_queries(grouping).tolist() == [True, False, False]
+
+
+def test_fast_adjusted_rand_index_equals_scikit_learn():
+    from wildreid.grouping.simulate import adjusted_rand_index
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        truth, predicted = rng.integers(0, 6, 40), rng.integers(0, 9, 40)
+        assert adjusted_rand_index(truth, predicted) == pytest.approx(adjusted_rand_score(truth, predicted))
+    assert adjusted_rand_index(np.array([0, 0, 1]), np.array([4, 4, 7])) == pytest.approx(1.0)

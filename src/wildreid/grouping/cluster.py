@@ -12,10 +12,12 @@ pair whose linkage falls below its threshold never merges. Two linkages:
 Two thresholds, both P(same), both chosen on the database: a merge that would give a group a
 known individual needs ``known_threshold`` (the per-dataset new_individual threshold); a merge of
 queries with queries needs ``link_threshold``. Constraints: two known individuals never share a
-cluster; ``cannot_link`` pairs of nodes never do either. Order: ``must_link`` pairs (a reviewer's
-"same") are joined first; then each query whose best known individual passes
-``known_threshold`` is anchored to it (today's per-query decision); then clusters merge. The
-cost is one pass over the edges with a heap: O(E log E) for E edges.
+cluster; ``cannot_link`` pairs of nodes never do either. Order: a reviewer's "same" between a
+query and a known individual (``must_link``) pins it first; then each query whose best known
+individual passes ``known_threshold`` is anchored to it (today's per-query decision); then
+clusters merge; last, a reviewer's "same" between two queries joins their two clusters (a
+conflict with a cannot-link or two known individuals is reported in ``conflicts``, not kept).
+The cost is one pass over the edges with a heap: O(E log E) for E edges.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def cluster_graph(
     version = [0] * nodes
     owner = list(range(nodes))  # union-find parent
     anchor = {graph.queries + i: i for i in range(len(graph.identities))}
+    pinned: dict[int, int] = {}  # cluster -> the known individual a reviewer named one of its photos
     links: list[dict[int, float]] = [dict() for _ in range(nodes)]  # summed (average) or max (single) P
     for a, b, p in zip(graph.left.tolist(), graph.right.tolist(), graph.probability.tolist()):
         links[a][b] = p
@@ -76,15 +79,22 @@ def cluster_graph(
             node = owner[node]
         return node
 
+    def named(cluster: int) -> int | None:
+        """The known individual a cluster holds, or is pinned to by a reviewer's "same"."""
+        return anchor.get(cluster, pinned.get(cluster))
+
     def compatible(a: int, b: int) -> bool:
-        return not (a in anchor and b in anchor) and b not in forbidden[a]
+        if a in anchor and b in anchor:
+            return False
+        ia, ib = named(a), named(b)
+        return (ia is None or ib is None or ia == ib) and b not in forbidden[a]
 
     def linkage(a: int, b: int) -> float:
         total = links[a].get(b, 0.0)
         return total / (size[a] * size[b]) if method == "average" else total
 
     def threshold(a: int, b: int) -> float:
-        return known_threshold if (a in anchor or b in anchor) else link_threshold
+        return known_threshold if (named(a) is not None or named(b) is not None) else link_threshold
 
     def merge(a: int, b: int) -> int:
         """Join clusters a and b; the one with more links absorbs the other (so that each link is
@@ -98,8 +108,6 @@ def cluster_graph(
             merged = links[a].get(c, 0.0) + value if method == "average" else max(links[a].get(c, 0.0), value)
             links[a][c] = links[c][a] = merged
         links[b] = {}
-        if len(forbidden[a]) < len(forbidden[b]):
-            forbidden[a], forbidden[b] = forbidden[b], forbidden[a]
         for c in forbidden[b]:
             forbidden[c].discard(b)
             forbidden[c].add(a)
@@ -108,6 +116,8 @@ def cluster_graph(
         forbidden[b] = set()
         if b in anchor:
             anchor[a] = anchor.pop(b)
+        if b in pinned:
+            pinned[a] = pinned.pop(b)
         size[a] += size[b]
         alive[b] = False
         owner[b] = a
@@ -115,14 +125,26 @@ def cluster_graph(
         return a
 
     conflicts = []
+
+    def join_must_links(pairs) -> None:
+        for a, b in pairs:
+            ra, rb = root(a), root(b)
+            if ra == rb:
+                continue
+            if not compatible(ra, rb):
+                reason = "two known individuals" if (ra in anchor and rb in anchor) else "a cannot-link"
+                conflicts.append((a, b, reason))
+                continue
+            merge(ra, rb)
+
+    # A reviewer's "same" is kept once the groups have formed: it joins the two photos' groups
+    # (joining the two photos first would leave their group mates behind, as average linkage
+    # divides the mates' links by the joined pair's size). Until then a query named by a
+    # reviewer is pinned: its group may take no other known individual.
     for a, b in must_link:
-        ra, rb = root(a), root(b)
-        if ra == rb:
-            continue
-        if not compatible(ra, rb):
-            conflicts.append((a, b, "two known individuals" if (ra in anchor and rb in anchor) else "a cannot-link"))
-            continue
-        merge(ra, rb)
+        if (a >= graph.queries) != (b >= graph.queries):
+            query, individual = (a, b) if b >= graph.queries else (b, a)
+            pinned[query] = anchor[individual]
 
     # Anchoring first: a query whose best known individual passes the known threshold joins it,
     # as the per-query decision would, before queries are linked with each other. So grouping
@@ -163,6 +185,7 @@ def cluster_graph(
         if compatible(a, c):  # a cannot-link may have arrived with a merge
             push_all(merge(a, c))
 
+    join_must_links(must_link)
     roots = np.array([root(node) for node in range(nodes)])
     _, labels = np.unique(roots, return_index=False, return_inverse=True)
     # Number clusters by their first node, so that labels read in input order.
