@@ -157,10 +157,10 @@ def test_review_queue_asks_the_most_useful_pair_first_and_never_a_settled_one():
     grouping = _grouping(g)
     questions = pair_questions(grouping)
     first = questions[0]
-    # The pair between the two groups: a 0.45 chance that keeping them apart is wrong, and
-    # "same" would move three photos into the other group.
+    # The pair between the two groups: a 0.45 chance that keeping them apart is wrong, about
+    # six photos.
     assert (first.left, first.right, first.kind) == (2, 3, "join")
-    assert first.priority == pytest.approx(0.45 * 3)
+    assert first.priority == pytest.approx(0.45 * 6)
     moved = apply_answer(grouping, 2, 3, SAME)
     assert moved == 6 and len(set(grouping.clustering.query_labels(7)[:6])) == 1
     # Settled: the same pair is never asked again, nor any pair inside the joined group's must-link.

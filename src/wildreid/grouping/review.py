@@ -11,10 +11,11 @@ individual). Candidates are
 
 Priority = the expected number of photos one answer moves: the probability that the grouping is
 wrong about the pair (P(same) for two clusters kept apart, 1 - P(same) for a pair put together;
-P is the pair's calibrated probability), times the query photos that would move. "Same" between
-a group and a known individual names the whole group; "same" between two groups moves the
-smaller into the larger; "different" inside a group moves its weakest member out. So uncertain
-links of large groups come first, and a confident decision on a lone photo comes last. Pairs
+P is the pair's calibrated probability), times the query photos at stake: both clusters of a
+"join" question, the whole cluster of a "split" one. So uncertain links between large groups
+come first, and a confident decision on a lone photo comes last. (Counting only the photos that
+would move - the smaller group, or the one member split off - was tried: on NyalaData with
+`fusion` it lifted ARI less per answer, benchmarks/review_simulation.py.) Pairs
 that earlier answers already settle (joined by "same", kept apart by "different", two known
 individuals, or answered "can't tell") are never asked.
 """
@@ -86,9 +87,7 @@ def pair_questions(grouping: DatasetGrouping, asked: set[tuple[int, int]] = froz
         if best is None:
             continue
         linkage = total / (sizes[ca] * sizes[cb]) if grouping.method == "average" else best[2]
-        # Photos whose answer would change: a group named by a known individual, or the smaller of
-        # two groups joining the larger.
-        stake = int(photos[cb] if ca in anchored else photos[ca] if cb in anchored else min(photos[ca], photos[cb]))
+        stake = int(photos[ca] + photos[cb])
         questions.append(PairQuestion(min(best[:2]), max(best[:2]), best[2], linkage, float(best[2] * stake), "join"))
     # Inside clusters: each cluster's weakest member against its best partner in the cluster.
     inside = ~between
@@ -102,8 +101,9 @@ def pair_questions(grouping: DatasetGrouping, asked: set[tuple[int, int]] = froz
         cluster = int(labels[node])
         if cluster not in weakest or p < weakest[cluster][0]:
             weakest[cluster] = (p, node, other)
-    for p, node, other in weakest.values():  # "different" moves the weakest member out: one photo
-        questions.append(PairQuestion(min(node, other), max(node, other), p, p, float(1.0 - p), "split"))
+    for cluster, (p, node, other) in weakest.items():
+        stake = int(photos[cluster])
+        questions.append(PairQuestion(min(node, other), max(node, other), p, p, float((1.0 - p) * stake), "split"))
     questions.sort(key=lambda q: (-q.priority, q.left, q.right))
     return questions
 
