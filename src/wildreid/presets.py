@@ -121,8 +121,9 @@ PRESETS = {
     ),
     "megadescriptor": Preset(
         name="megadescriptor",
-        description="MegaDescriptor-L-384 with its own preprocessing (mean = std = 0.5) and the "
-        "database-chosen threshold per dataset.",
+        description="MegaDescriptor-L-384 with the preprocessing its authors trained and evaluated it with "
+        "(384x384 bilinear, ImageNet mean/std; the backbone registry's) and the database-chosen threshold "
+        "per dataset.",
         backbone="megadescriptor-l-384",
         threshold=AUTO,
     ),
