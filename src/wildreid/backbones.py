@@ -164,6 +164,8 @@ SHORT_NAMES = {
 }
 MEGADESCRIPTOR = {name: source for name, source in SHORT_NAMES.items() if name.startswith("megadescriptor-")}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+# What is fetched from a Hub repository: never its Python files, which are not needed and never run.
+HUB_PATTERNS = ["config.json", "*.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
 
 
 @dataclass
@@ -403,6 +405,28 @@ def folder_fingerprint(folder: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def weights_advice(name: str) -> str | None:
+    """None when load_backbone(name) finds its weights on disk or may download them; else the
+    advice its BackboneUnavailable would give (offline, and nowhere on this machine)."""
+    from huggingface_hub import snapshot_download
+
+    spec = resolve_name(name)
+    if spec.startswith(("package:", "random:")) or local_folder(spec) is not None or not _offline():
+        return None
+    repo_id = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _hub_repo_of_timm_name(spec)
+    if repo_id is None:
+        return None  # timm's own download (or its cache) decides; load_backbone says what failed
+    try:
+        snapshot = snapshot_download(
+            repo_id, local_files_only=True, allow_patterns=HUB_PATTERNS, cache_dir=hub_cache_dir()
+        )
+    except Exception:  # noqa: BLE001 - not cached
+        snapshot = None
+    if snapshot is not None and _has_weights(Path(snapshot)):
+        return None
+    return _fetch_advice(name, spec, repo_id, "HF_HUB_OFFLINE is set")
+
+
 def hub_cache_dir() -> Path:
     """huggingface_hub's cache folder, from the environment as it is now (huggingface_hub reads it
     once, at import): HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub."""
@@ -424,9 +448,7 @@ def _from_hub(name: str, spec: str) -> tuple[torch.nn.Module, str]:
             return timm.create_model(spec, pretrained=True, num_classes=0), f"timm:{spec}"
         except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
             raise BackboneUnavailable(_fetch_advice(name, spec, None, error)) from None
-    # Never the repository's Python files: they are not needed, and never run.
-    patterns = ["config.json", "*.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
-    cache = hub_cache_dir()
+    patterns, cache = HUB_PATTERNS, hub_cache_dir()
     try:
         snapshot = snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, cache_dir=cache)
     except Exception:  # noqa: BLE001 - not cached (or a partial cache): try the network
