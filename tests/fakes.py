@@ -91,6 +91,36 @@ def timm_config(architecture: str, num_features: int, size: int, **pretrained_cf
     return json.dumps(config, indent=2).encode()
 
 
+# config.json of BVRA/MegaDescriptor-B-224 as on the Hub (blame of revision 94bad65, 610 bytes).
+B224_CONFIG = {
+    "architecture": "swin_base_patch4_window7_224",
+    "num_classes": 0,
+    "num_features": 1024,
+    "global_pool": "avg",
+    "pretrained_cfg": {
+        "custom_load": False,
+        "input_size": [3, 224, 224],
+        "fixed_input_size": True,
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+        "crop_mode": "center",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "num_classes": 0,
+        "pool_size": [7, 7],
+        "first_conv": "patch_embed.proj",
+        "license": "mit",
+        "classifier": "head.fc",
+    },
+}
+
+
+def b224_like(architecture: str, num_features: int) -> bytes:
+    """T-224, S-224 and L-224's config.json were not readable (609-611 bytes on the Hub, like
+    B-224's 610): B-224's with the architecture their model cards name."""
+    return json.dumps({**B224_CONFIG, "architecture": architecture, "num_features": num_features}).encode()
+
+
 # --- kornia's learned local features ---------------------------------------------------------
 
 LEARNED_FILES = {

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fakes import REVISION, publish, random_state_dict, save_pickle, timm_config
+from fakes import B224_CONFIG, REVISION, b224_like, publish, random_state_dict, save_pickle, timm_config
 
 from wildreid.backbones import (
     IMAGENET_MEAN,
@@ -185,49 +185,19 @@ def test_missing_weights_offline_gives_advice_not_traceback(tmp_path, shared_dat
 
 # --- the registry: every short name in its repository's exact layout ------------------------
 
-# config.json of BVRA/MegaDescriptor-B-224 as on the Hub (blame of revision 94bad65, 610 bytes).
-B224_CONFIG = {
-    "architecture": "swin_base_patch4_window7_224",
-    "num_classes": 0,
-    "num_features": 1024,
-    "global_pool": "avg",
-    "pretrained_cfg": {
-        "custom_load": False,
-        "input_size": [3, 224, 224],
-        "fixed_input_size": True,
-        "interpolation": "bicubic",
-        "crop_pct": 0.9,
-        "crop_mode": "center",
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "num_classes": 0,
-        "pool_size": [7, 7],
-        "first_conv": "patch_embed.proj",
-        "license": "mit",
-        "classifier": "head.fc",
-    },
-}
-
-
-def _b224_like(architecture: str, num_features: int) -> bytes:
-    """T-224, S-224 and L-224's config.json were not readable (609-611 bytes on the Hub, like
-    B-224's 610): B-224's with the architecture their model cards name."""
-    return json.dumps({**B224_CONFIG, "architecture": architecture, "num_features": num_features}).encode()
-
-
 IMAGENET_BILINEAR = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
 # short name -> (repository, architecture, config.json, expected (size, mean, std, interpolation))
 FAMILY = {
     "megadescriptor-t-224": (
         "BVRA/MegaDescriptor-T-224",
         "swin_tiny_patch4_window7_224",
-        _b224_like("swin_tiny_patch4_window7_224", 768),
+        b224_like("swin_tiny_patch4_window7_224", 768),
         ((224, 224), *IMAGENET_BILINEAR),
     ),
     "megadescriptor-s-224": (
         "BVRA/MegaDescriptor-S-224",
         "swin_small_patch4_window7_224",
-        _b224_like("swin_small_patch4_window7_224", 768),
+        b224_like("swin_small_patch4_window7_224", 768),
         ((224, 224), *IMAGENET_BILINEAR),
     ),
     "megadescriptor-b-224": (
@@ -239,7 +209,7 @@ FAMILY = {
     "megadescriptor-l-224": (
         "BVRA/MegaDescriptor-L-224",
         "swin_large_patch4_window7_224",
-        _b224_like("swin_large_patch4_window7_224", 1536),
+        b224_like("swin_large_patch4_window7_224", 1536),
         ((224, 224), *IMAGENET_BILINEAR),
     ),
     "megadescriptor-l-384": (
@@ -353,7 +323,7 @@ def test_numpy_arrays_in_a_pickle_are_read_anything_else_is_refused(offline_hf, 
         offline_hf,
         "BVRA/MegaDescriptor-T-224",
         {
-            "config.json": _b224_like("swin_tiny_patch4_window7_224", 768),
+            "config.json": b224_like("swin_tiny_patch4_window7_224", 768),
             "pytorch_model.bin": save_pickle(state, tmp_path / "w.bin"),
         },
     )
@@ -362,7 +332,7 @@ def test_numpy_arrays_in_a_pickle_are_read_anything_else_is_refused(offline_hf, 
 
     folder = tmp_path / "unsafe"
     folder.mkdir()
-    (folder / "config.json").write_bytes(_b224_like("swin_tiny_patch4_window7_224", 768))
+    (folder / "config.json").write_bytes(b224_like("swin_tiny_patch4_window7_224", 768))
     torch.save({**saved, "saved_at": datetime.datetime(2023, 9, 27)}, folder / "pytorch_model.bin")
     with pytest.raises(BackboneUnavailable) as error:
         load_backbone(f"local-dir:{folder}")

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import LEARNED_FILES, publish, random_state_dict, save_pickle, write_learned_weights
-from test_backbones import _b224_like
+from fakes import LEARNED_FILES, b224_like, publish, random_state_dict, save_pickle, write_learned_weights
 from typer.testing import CliRunner
 
 from wildreid.backbones import BackboneUnavailable
@@ -86,7 +85,7 @@ SMALL_KEYPOINTS = {"max_keypoints": 128, "max_side": 256, "min_side": 128}
 def publish_stand_in(hf_home: Path, tmp_path: Path) -> None:
     state = random_state_dict("swin_tiny_patch4_window7_224")
     files = {
-        "config.json": _b224_like("swin_tiny_patch4_window7_224", 768),
+        "config.json": b224_like("swin_tiny_patch4_window7_224", 768),
         "pytorch_model.bin": save_pickle(state, tmp_path / "stand-in.bin"),
     }
     publish(hf_home, "BVRA/MegaDescriptor-T-224", files)
