@@ -17,6 +17,7 @@ import kornia.feature as KF
 import numpy as np
 import pytest
 import torch
+from fakes import LEARNED_FILES, write_learned_weights
 
 from wildreid.backbones import BackboneUnavailable
 from wildreid.data import read_image
@@ -25,10 +26,7 @@ from wildreid.local.base import working_image
 from wildreid.local.cache import local_features
 from wildreid.local.learned import LearnedMethod, _image_size, weights_files
 
-FILE_NAMES = {
-    "disk-lightglue": ("depth-save.pth", "disk_lightglue_v0-1_arxiv-pth"),
-    "aliked-lightglue": ("aliked-n16.pth", "aliked_lightglue_v0-1_arxiv-pth"),
-}
+FILE_NAMES = LEARNED_FILES
 FETCH = {
     "disk-lightglue": "KF.DISK.from_pretrained('depth'); KF.LightGlue('disk')",
     "aliked-lightglue": "KF.ALIKED.from_pretrained('aliked-n16'); KF.LightGlue('aliked')",
@@ -61,35 +59,6 @@ def photo_path(shared_data) -> Path:
     return shared_data / "NyalaData" / "images" / "000000.jpg"
 
 
-def release_layout(state_dict: dict) -> dict:
-    """A kornia LightGlue state dict as the v0.1 release files store it: per-layer
-    "self_attn.i" / "cross_attn.i" instead of "transformers.i.*", without derived buffers."""
-    out = {}
-    for key, value in state_dict.items():
-        if key == "confidence_thresholds":
-            continue
-        for kind in ("self_attn", "cross_attn"):
-            if key.startswith("transformers.") and f".{kind}." in key:
-                index = key.split(".")[1]
-                key = key.replace(f"transformers.{index}.{kind}", f"{kind}.{index}")
-        out[key] = value
-    return out
-
-
-def write_random_weights(folder: Path, name: str, seed: int = 0, which: str = "both") -> None:
-    torch.manual_seed(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    extractor_name, matcher_name = FILE_NAMES[name]
-    if which in ("both", "extractor"):
-        if name == "disk-lightglue":
-            torch.save({"extractor": KF.DISK().state_dict()}, folder / extractor_name)
-        else:
-            torch.save(KF.ALIKED("aliked-n16").state_dict(), folder / extractor_name)
-    if which in ("both", "matcher"):
-        matcher = KF.LightGlue(None, input_dim=128)  # the disk/aliked configuration, random weights
-        torch.save(release_layout(matcher.state_dict()), folder / matcher_name)
-
-
 def checkpoints(home: Path) -> Path:
     return home / "hub" / "checkpoints"
 
@@ -105,7 +74,7 @@ def test_torch_hub_dir_follows_torch_home_at_call_time(torch_home):
 def test_loads_the_files_kornia_itself_would_load(torch_home, name):
     """Same names, same key mapping: kornia's own loaders, reading our files from its cache,
     build exactly the models the method built."""
-    write_random_weights(checkpoints(torch_home), name)
+    write_learned_weights(checkpoints(torch_home), name)
     method = get_method(name, **SMALL)
     assert isinstance(method, LearnedMethod) and method.name == name
     assert not method._extractor.training and not method._matcher.training
@@ -121,7 +90,7 @@ def test_loads_the_files_kornia_itself_would_load(torch_home, name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_extract_and_match_a_real_photo(torch_home, tmp_path, photo_path, name):
-    write_random_weights(checkpoints(torch_home), name)
+    write_learned_weights(checkpoints(torch_home), name)
     # filter_threshold 0 keeps every mutual best match, so random weights still give some to check.
     method = get_method(name, filter_threshold=0.0, **SMALL)
     grey, scale = working_image(read_image(photo_path), SMALL["max_side"], SMALL["min_side"])
@@ -178,7 +147,7 @@ def test_missing_weights_say_where_and_how(torch_home, name):
     assert "download" in message and FETCH[name] in message and "\n" not in message
 
     # only the matcher missing: the message names it, not the extractor's path
-    write_random_weights(checkpoints(torch_home), name, which="extractor")
+    write_learned_weights(checkpoints(torch_home), name, which="extractor")
     with pytest.raises(BackboneUnavailable) as error:
         get_method(name, **SMALL)
     assert str(checkpoints(torch_home) / matcher_name) in str(error.value)
@@ -190,27 +159,27 @@ def test_explicit_weights_dir(torch_home, tmp_path):
     with pytest.raises(BackboneUnavailable) as error:
         get_method("disk-lightglue", weights_dir=folder, **SMALL)
     assert str(folder / "depth-save.pth") in str(error.value)
-    write_random_weights(folder, "disk-lightglue")
+    write_learned_weights(folder, "disk-lightglue")
     assert get_method("disk-lightglue", weights_dir=folder, **SMALL).weights_dir == folder
     assert not checkpoints(torch_home).exists()  # TORCH_HOME was never needed
 
 
 def test_broken_weights_files_are_refused(torch_home):
     folder = checkpoints(torch_home)
-    write_random_weights(folder, "disk-lightglue")
+    write_learned_weights(folder, "disk-lightglue")
     (folder / "disk_lightglue_v0-1_arxiv-pth").write_bytes(b"<html>rate limited</html>")
     with pytest.raises(BackboneUnavailable, match="cannot be read as a PyTorch checkpoint"):
         get_method("disk-lightglue", **SMALL)
 
     # a checkpoint of the wrong kind (DISK weights without the "extractor" wrapper)
-    write_random_weights(folder, "disk-lightglue")
+    write_learned_weights(folder, "disk-lightglue")
     torch.save(KF.DISK().state_dict(), folder / "depth-save.pth")
     with pytest.raises(BackboneUnavailable, match="no 'extractor' entry"):
         get_method("disk-lightglue", **SMALL)
 
     # a partial file would leave learned weights random
     partial = {k: v for k, v in KF.ALIKED("aliked-n16").state_dict().items() if not k.startswith("desc_head")}
-    write_random_weights(folder, "aliked-lightglue")
+    write_learned_weights(folder, "aliked-lightglue")
     torch.save(partial, folder / "aliked-n16.pth")
     with pytest.raises(BackboneUnavailable, match="lacks .* weight tensors"):
         get_method("aliked-lightglue", **SMALL)
@@ -218,7 +187,7 @@ def test_broken_weights_files_are_refused(torch_home):
 
 def test_config_key_follows_settings_and_extractor_weights(torch_home):
     folder = checkpoints(torch_home)
-    write_random_weights(folder, "disk-lightglue")
+    write_learned_weights(folder, "disk-lightglue")
     key = get_method("disk-lightglue", **SMALL).config_key()
     assert key.startswith("disk-lightglue-k256-s256-128-w")
     assert get_method("disk-lightglue", **SMALL).config_key() == key  # stable while nothing changes
@@ -227,7 +196,7 @@ def test_config_key_follows_settings_and_extractor_weights(torch_home):
     # new extractor weights (same size, so only the modification time tells them apart)
     extractor = folder / "depth-save.pth"
     size = extractor.stat().st_size
-    write_random_weights(folder, "disk-lightglue", seed=1, which="extractor")
+    write_learned_weights(folder, "disk-lightglue", seed=1, which="extractor")
     stat = extractor.stat()
     os.utime(extractor, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     assert extractor.stat().st_size == size
@@ -236,6 +205,6 @@ def test_config_key_follows_settings_and_extractor_weights(torch_home):
 
     # LightGlue's weights do not change the extracted features, so cached features stay valid
     matcher = folder / "disk_lightglue_v0-1_arxiv-pth"
-    write_random_weights(folder, "disk-lightglue", seed=2, which="matcher")
+    write_learned_weights(folder, "disk-lightglue", seed=2, which="matcher")
     os.utime(matcher, ns=(stat.st_atime_ns, stat.st_mtime_ns + 9_000_000_000))
     assert get_method("disk-lightglue", **SMALL).config_key() == changed

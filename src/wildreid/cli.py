@@ -123,6 +123,14 @@ def _speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -
     return changes
 
 
+LocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's local keypoint matcher: rootsift, sift, aliked-lightglue, disk-lightglue "
+        "(ALIKED/DISK + LightGlue; weights from disk only, see README), or 'none' (global descriptor only). "
+        "Its scores are calibrated and fused as the preset's fusion settings say."
+    ),
+]
 BackboneOption = Annotated[
     Optional[str],
     typer.Option(
@@ -196,6 +204,7 @@ def identify(
         ),
     ] = None,
     backbone: BackboneOption = None,
+    local: LocalOption = None,
     threshold: Annotated[
         Optional[str],
         typer.Option(
@@ -255,6 +264,11 @@ def identify(
     check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or default_cache_dir())
     if gallery is not None:
+        if local is not None:
+            raise ValueError(
+                "--local is fixed when a gallery is built (its keypoints are saved in it); leave it out with "
+                "--gallery, or build another gallery with `wildreid gallery build --local ...`."
+            )
         result = _identify_with_gallery(
             root,
             gallery,
@@ -296,6 +310,7 @@ def identify(
             top_k,
             all_datasets,
             _speed_changes(fast, precision, decode, compile, engine, batch_size),
+            local,
         )
         if grouping_method is not KEEP:
             chosen = chosen.replace(grouping=grouping_method)
@@ -338,9 +353,11 @@ def _grouping_option(text: str | None):
     return lowered
 
 
-def _chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: dict):
+def _chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: dict, local: str | None = None):
     """The named preset with the command line's changes."""
     changes = dict(speed)
+    if local is not None:
+        changes.update(_local_changes(get_preset(name), local))
     if backbone:
         changes.update(backbone=backbone, preprocess=None)
     if threshold is not None:
@@ -387,6 +404,21 @@ def _identify_with_gallery(
     return saved.identify(
         photos, cache_dir=cache, threshold=setting, top_k=top_k, grouping=FITTED if grouping is KEEP else grouping
     )
+
+
+def _local_changes(preset, local: str) -> dict:
+    """Preset changes for --local: the method, and its options only when it is the preset's own
+    (another method starts from its own defaults)."""
+    from .local import method_names
+
+    name = local.strip().lower()
+    if name == "none":
+        return {"local": None, "local_options": {}}
+    if name not in method_names():
+        raise ValueError(
+            f"--local {local}: unknown local feature method; choose one of {', '.join(method_names())}, or none."
+        )
+    return {"local": name, "local_options": preset.local_options if name == preset.local else {}}
 
 
 @app.command()
@@ -453,8 +485,9 @@ def extract(
     )
     speed = _speed_changes(fast, precision, decode, compile, engine, batch_size)
     chosen = get_preset(preset).replace(**speed)
-    local_method = chosen.local if local is None else (None if local.lower() == "none" else local)
-    local_options = chosen.local_options if local_method == chosen.local else {}
+    if local is not None:
+        chosen = chosen.replace(**_local_changes(chosen, local))
+    local_method, local_options = chosen.local, chosen.local_options
     if ray:
         if set(speed) - {"batch_size"}:
             raise ValueError(
@@ -1286,6 +1319,7 @@ def gallery_build(
     out: Annotated[Path, typer.Option(help="The gallery folder to write (replaced atomically if it exists).")],
     preset: PresetOption = DEFAULT_PRESET,
     backbone: BackboneOption = None,
+    local: LocalOption = None,
     threshold: Annotated[
         Optional[str], typer.Option(help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")
     ] = None,
@@ -1324,7 +1358,7 @@ def gallery_build(
         allow_outside_paths,
         include_queries=False,
     )
-    chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {})
+    chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {}, local)
     if ray:
         _extract_on_ray(
             photos["path"].tolist(),

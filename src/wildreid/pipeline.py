@@ -13,7 +13,7 @@ from .backbones import Backbone, load_backbone
 from .data import Dataset
 from .extract import Extraction, default_device, extract_embeddings
 from .gallery import Gallery
-from .presets import Preset
+from .presets import Preset, require_weights
 from .result import UNREADABLE, IdentifyResult  # noqa: F401  (re-exported)
 
 
@@ -37,6 +37,8 @@ def identify(
 ) -> IdentifyResult:
     """Every query of ``dataset`` against its database rows, as ``preset`` says."""
     started = time.perf_counter()
+    if backbone is None:
+        require_weights(preset)  # every missing weights file named at once, before any work
     backbone = backbone or load_backbone(
         preset.backbone, preprocess=preset.preprocess, device=device or default_device()
     )

@@ -121,8 +121,9 @@ PRESETS = {
     ),
     "megadescriptor": Preset(
         name="megadescriptor",
-        description="MegaDescriptor-L-384 with its own preprocessing (mean = std = 0.5) and the "
-        "database-chosen threshold per dataset.",
+        description="MegaDescriptor-L-384 with the preprocessing its authors trained and evaluated it with "
+        "(384x384 bilinear, ImageNet mean/std; the backbone registry's) and the database-chosen threshold "
+        "per dataset.",
         backbone="megadescriptor-l-384",
         threshold=AUTO,
     ),
@@ -136,8 +137,57 @@ PRESETS = {
         local="rootsift",
         threshold=AUTO,
     ),
+    # The AnimalCLEF2025 baseline recipe (WildFusion, wildlife-tools): MegaDescriptor-L-384 cosine
+    # and ALIKED keypoints matched by LightGlue, each calibrated to P(same individual) by isotonic
+    # regression and averaged, on a shortlist of the nearest photos by cosine. LightGlue's score is
+    # wildlife-tools' default: the count of matches with confidence above 0.5, no geometry and no
+    # LNBNN. ALIKED as wildlife-tools runs it: the 256 strongest keypoints (top-k, no threshold);
+    # wildlife-tools squashes every picture to 512x512, here the long side is 512 (aspect kept).
+    "wildfusion": Preset(
+        name="wildfusion",
+        description="The AnimalCLEF2025 baseline recipe (WildFusion): MegaDescriptor-L-384 cosine + ALIKED "
+        "keypoints matched by LightGlue (count of matches above confidence 0.5), each calibrated to "
+        "P(same individual) on database pairs and averaged over a cosine shortlist; threshold per dataset "
+        "chosen on the database. Needs both weights on disk (see README).",
+        backbone="megadescriptor-l-384",
+        local="aliked-lightglue",
+        local_options={"max_keypoints": 256, "max_side": 512, "detection_threshold": 0.0},
+        fusion=FusionSettings(use_lnbnn=False, scores=("cosine", "matches"), match_confidence=0.5),
+        threshold=AUTO,
+    ),
 }
 DEFAULT_PRESET = "offline"
+
+
+def missing_weights(preset: Preset) -> list[str]:
+    """What a preset needs that is not on this machine (and will not be downloaded), as advice:
+    empty when it can run."""
+    from .backbones import weights_advice
+    from .local.base import LEARNED
+
+    missing = []
+    backbone = weights_advice(preset.backbone)
+    if backbone is not None:
+        missing.append(backbone)
+    if preset.local in LEARNED:
+        from .local.learned import missing_weights_advice
+
+        local = missing_weights_advice(preset.local, preset.local_options.get("weights_dir"))
+        if local is not None:
+            missing.append(local)
+    return missing
+
+
+def require_weights(preset: Preset) -> None:
+    """Raise BackboneUnavailable naming every weights file the preset still needs, all at once."""
+    from .backbones import BackboneUnavailable
+
+    missing = missing_weights(preset)
+    if len(missing) == 1:
+        raise BackboneUnavailable(missing[0])
+    if missing:
+        listed = " ".join(f"({number}) {advice}" for number, advice in enumerate(missing, start=1))
+        raise BackboneUnavailable(f"The '{preset.name}' preset needs weights that are not on this machine: {listed}")
 
 
 def get_preset(name: str) -> Preset:

@@ -32,7 +32,7 @@ from ..local import get_method
 from ..local.base import LocalFeatures
 from ..local.cache import local_features
 from ..local.lnbnn import KeypointIndex
-from ..presets import Preset
+from ..presets import Preset, require_weights
 from ..result import IdentifyResult, Ranking
 from ..thresholds import ThresholdChoice
 from ..train import TrainedOn, trained_on
@@ -91,6 +91,8 @@ class Gallery:
         """Describe the labelled photos (rows with split 'database' of a Dataset, or a table of
         image_id, identity, path[, dataset, clip/date]) and fit every group."""
         started = time.perf_counter()
+        if backbone is None:
+            require_weights(preset)  # every missing weights file named at once, before any work
         backbone = backbone or load_backbone(
             preset.backbone, preprocess=preset.preprocess, device=device or default_device()
         )

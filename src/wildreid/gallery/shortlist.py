@@ -3,9 +3,9 @@ the database photos a calibration asks as pseudo-queries.
 
 Per query, the top-B database images by global cosine (from the index) and the top-B by LNBNN
 keypoint votes (which finds individuals a weak global descriptor ranks low); each pair then gets
-its cosine, its LNBNN score and its count of geometrically verified keypoint matches. Work and
-memory grow with the batch and the shortlist, and with the database only inside the index
-searches (FAISS), never as a database-by-database matrix.
+its cosine, its LNBNN score and its counts of keypoint matches (geometrically verified, or
+confident; fusion.py). Work and memory grow with the batch and the shortlist, and with the
+database only inside the index searches (FAISS), never as a database-by-database matrix.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fusion import FusionSettings, inlier_counts
+from ..fusion import PAIR_COUNTS, FusionSettings, pair_counts
 from ..local.base import LocalFeatures, LocalMethod
 from ..local.lnbnn import KeypointIndex
 from .index import VectorIndex
@@ -72,9 +72,19 @@ def shortlist_pairs(
     table = {"cosine": index.pair_cosine(vectors, queries, images)}
     if lnbnn_values is not None:
         table["lnbnn"] = lnbnn_values
-    if method is not None and "inliers" in settings.scores:
-        table["inliers"] = inlier_counts(
-            method, features, database_features, queries, images, settings.geometry, settings.workers
+    counted = tuple(name for name in PAIR_COUNTS if name in settings.scores)
+    if method is not None and counted:
+        # One matching per pair, whichever counts the settings fuse.
+        table |= pair_counts(
+            method,
+            features,
+            database_features,
+            queries,
+            images,
+            counted,
+            settings.geometry,
+            settings.match_confidence,
+            settings.workers,
         )
     return ScoredPairs(queries, images, {name: table[name] for name in settings.scores if name in table})
 

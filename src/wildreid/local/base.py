@@ -42,6 +42,11 @@ class LocalMethod:
         """Tentative correspondences as an (M, 2) int array of (index in a, index in b)."""
         raise NotImplementedError
 
+    def match_with_confidence(self, a: LocalFeatures, b: LocalFeatures) -> tuple[np.ndarray, np.ndarray | None]:
+        """``match``'s correspondences and, for a matcher that scores them (LightGlue), the (M,)
+        confidence of each; None for one that does not (a ratio test has no confidence)."""
+        return self.match(a, b), None
+
 
 def working_image(image: Image.Image, max_side: int, min_side: int) -> tuple[np.ndarray, float]:
     """Grey working image: shrink so the long side is at most ``max_side``; enlarge tiny crops so

@@ -83,6 +83,9 @@ def _disk_spec() -> _Spec:
 
 
 ALIKED_MODEL = "aliked-n16"  # the ALIKED variant LightGlue's 'aliked' weights were trained on
+# kornia's and LightGlue's default ALIKED detection threshold (threshold mode, capped at
+# max_keypoints; see ALIKED's Convention block).
+ALIKED_THRESHOLD = 0.2
 
 
 def _aliked_spec() -> _Spec:
@@ -115,6 +118,26 @@ def _weights_folder(weights_dir: str | Path | None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def missing_weights_advice(name: str, weights_dir: str | Path | None = None) -> str | None:
+    """None when both weights files of method ``name`` are on disk, else what to fetch and where."""
+    spec, folder = SPECS[name](), _weights_folder(weights_dir)
+    missing = [w for w in (spec.extractor, spec.matcher) if not (folder / w.file_name).is_file()]
+    if not missing:
+        return None
+    import kornia
+
+    what = "; ".join(f"the {w.role} weights '{w.file_name}' are not at {folder / w.file_name}" for w in missing)
+    manual = "; ".join(f"download {w.url} and save it as {folder / w.file_name}" for w in missing)
+    return (
+        f"'{name}' cannot start: {what}. wildreid never downloads weights at run time. To get them, "
+        f"on a machine with internet access and kornia {kornia.__version__} run "
+        f'`python -c "{spec.fetch}"`, then copy {spec.extractor.file_name} and '
+        f"{spec.matcher.file_name} from that machine's ~/.cache/torch/hub/checkpoints/ (or "
+        f"$TORCH_HOME/hub/checkpoints/) into {folder}/ here (set TORCH_HOME to use another folder, or "
+        f"pass weights_dir); or {manual}."
+    )
+
+
 def _fingerprint(path: Path) -> str:
     stat = path.stat()
     text = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -135,6 +158,7 @@ class LearnedMethod(LocalMethod):
         device: str | torch.device | None = None,
         weights_dir: str | Path | None = None,
         filter_threshold: float = 0.1,
+        detection_threshold: float = ALIKED_THRESHOLD,
     ):
         name = name.lower()
         if name not in SPECS:
@@ -144,6 +168,9 @@ class LearnedMethod(LocalMethod):
         # LightGlue keeps mutual best matches whose assignment probability exceeds this (its own
         # default 0.1); matching only, so it is not part of config_key.
         self.filter_threshold = filter_threshold
+        # ALIKED only: a positive value keeps the maxima above it (at most max_keypoints); 0 keeps
+        # the max_keypoints strongest ones (kornia's top-k mode), as wildlife-tools' extractor does.
+        self.detection_threshold = detection_threshold
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self._spec = SPECS[name]()
         self.weights_dir = _weights_folder(weights_dir)
@@ -159,22 +186,10 @@ class LearnedMethod(LocalMethod):
     # --- weights -------------------------------------------------------------------------
 
     def _require_files(self) -> tuple[Path, Path]:
-        spec, folder = self._spec, self.weights_dir
-        missing = [w for w in (spec.extractor, spec.matcher) if not (folder / w.file_name).is_file()]
-        if missing:
-            import kornia
-
-            what = "; ".join(f"the {w.role} weights '{w.file_name}' are not at {folder / w.file_name}" for w in missing)
-            manual = "; ".join(f"download {w.url} and save it as {folder / w.file_name}" for w in missing)
-            raise BackboneUnavailable(
-                f"'{self.name}' cannot start: {what}. wildreid never downloads weights at run time. To get them, "
-                f"on a machine with internet access and kornia {kornia.__version__} run "
-                f'`python -c "{spec.fetch}"`, then copy {spec.extractor.file_name} and '
-                f"{spec.matcher.file_name} from that machine's ~/.cache/torch/hub/checkpoints/ (or "
-                f"$TORCH_HOME/hub/checkpoints/) into {folder}/ here (set TORCH_HOME to use another folder, or "
-                f"pass weights_dir); or {manual}."
-            )
-        return folder / spec.extractor.file_name, folder / spec.matcher.file_name
+        advice = missing_weights_advice(self.name, self.weights_dir)
+        if advice is not None:
+            raise BackboneUnavailable(advice)
+        return self.weights_dir / self._spec.extractor.file_name, self.weights_dir / self._spec.matcher.file_name
 
     def _read(self, path: Path) -> dict:
         try:
@@ -218,9 +233,9 @@ class LearnedMethod(LocalMethod):
                     f"(found {', '.join(map(str, list(checkpoint)[:5]))})."
                 )
             return self._load(KF.DISK(desc_dim=self.descriptor_dim), checkpoint["extractor"], path)
-        # detection_threshold 0.2 is kornia's and LightGlue's default for ALIKED: threshold mode,
-        # capped at max_keypoints (see ALIKED's Convention block).
-        model = KF.ALIKED(ALIKED_MODEL, max_num_keypoints=self.max_keypoints, detection_threshold=0.2)
+        model = KF.ALIKED(
+            ALIKED_MODEL, max_num_keypoints=self.max_keypoints, detection_threshold=self.detection_threshold
+        )
         return self._load(model, checkpoint, path)
 
     def _build_matcher(self, path: Path) -> torch.nn.Module:
@@ -252,7 +267,10 @@ class LearnedMethod(LocalMethod):
     def config_key(self) -> str:
         # Only the extractor's file: the key names cached *features*, which LightGlue's weights
         # do not change.
-        return f"{self.name}-k{self.max_keypoints}-s{self.max_side}-{self.min_side}-w{self._weights_id}"
+        # The detection threshold shows only when not the default, so existing caches keep their keys.
+        changed = self.name == "aliked-lightglue" and self.detection_threshold != ALIKED_THRESHOLD
+        threshold = f"-t{self.detection_threshold:g}" if changed else ""
+        return f"{self.name}-k{self.max_keypoints}-s{self.max_side}-{self.min_side}{threshold}-w{self._weights_id}"
 
     def extract(self, image: Image.Image) -> LocalFeatures:
         rgb, scale = working_rgb(image, self.max_side, self.min_side)
@@ -282,8 +300,12 @@ class LearnedMethod(LocalMethod):
         return features
 
     def match(self, a: LocalFeatures, b: LocalFeatures) -> np.ndarray:
+        return self.match_with_confidence(a, b)[0]
+
+    def match_with_confidence(self, a: LocalFeatures, b: LocalFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """LightGlue's mutual matches above filter_threshold and their assignment probabilities."""
         if len(a) == 0 or len(b) == 0:
-            return np.zeros((0, 2), dtype=np.int64)
+            return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
 
         def side(features: LocalFeatures) -> dict:
             return {
@@ -294,7 +316,8 @@ class LearnedMethod(LocalMethod):
 
         with self._lock, torch.inference_mode():
             out = self._matcher({"image0": side(a), "image1": side(b)})
-        return out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
+        matches = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
+        return matches, out["scores"][0].float().cpu().numpy().reshape(-1)
 
 
 def working_rgb(image: Image.Image, max_side: int, min_side: int) -> tuple[np.ndarray, float]:
