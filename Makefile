@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (only Python 3.11 and pip needed):
-#   make demo   - create .venv, install wildreid, run the offline preset on the generated demo
+#   make demo   - create .venv, install wildreid, run the default (fusion) preset on the generated demo
 #   make test   - create .venv, install wildreid with the test extras, run ruff (lint, format) and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv

@@ -41,6 +41,8 @@ def test_identify_then_evaluate(shared_data, tmp_path):
             str(tmp_path / "cache"),
             "--top-k",
             "3",
+            "--preset",
+            "offline",  # the fast preset: this test is about the command line, not accuracy
         ],
     )
     assert result.exit_code == 0, result.output
@@ -75,6 +77,8 @@ def test_closed_set_threshold_none(shared_data, tmp_path):
             "animal",
             "--threshold",
             "none",
+            "--preset",
+            "offline",
             "--no-report",
             "--cache-dir",
             str(tmp_path / "cache"),
@@ -103,7 +107,8 @@ def test_presets_listed_and_printable():
     assert unknown.exit_code == 2 and "unknown preset" in unknown.output
 
 
-def test_demo_runs_offline(tmp_path):
+def test_demo_runs_offline_with_the_default_preset(tmp_path):
+    """The README's first command: the demo with the default preset (fusion), no download."""
     result = runner.invoke(
         app,
         [
@@ -119,6 +124,7 @@ def test_demo_runs_offline(tmp_path):
     assert result.exit_code == 0, result.output
     assert "DemoSpots" in result.output and "mean" in result.output
     record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["preset"]["name"] == "fusion"
     assert record["evaluation"]["per_dataset"]["DemoSpots"]["top1"] > 0.3  # far above chance (1/16)
 
 
@@ -241,6 +247,7 @@ def test_identify_groups_queries_and_writes_the_2026_format(shared_data, tmp_pat
     csv = _small_nyala(shared_data, tmp_path / "NyalaSmall")
     out = tmp_path / "out"
     arguments = ["identify", str(csv), "--identity-column", "animal", "--cache-dir", str(tmp_path / "cache")]
+    arguments += ["--preset", "offline"]  # the fast preset; grouping works the same with fusion
     result = runner.invoke(app, [*arguments, "--out", str(out), "--format", "animalclef2026", "--no-report"])
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(out / "submission.csv", dtype=str)
