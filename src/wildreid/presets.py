@@ -9,7 +9,9 @@ import numbers
 from dataclasses import dataclass, field
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
+from .foreground import check_method
 from .fusion import FusionSettings
+from .regions import DEFAULT_MARGIN, check_margin
 
 AUTO = "auto"
 
@@ -51,6 +53,11 @@ class Preset:
     local: str | None = None
     local_options: dict = field(default_factory=dict)  # e.g. max_keypoints, max_side, min_side
     fusion: FusionSettings = field(default_factory=FusionSettings)
+    # Regions (regions.py, docs/regions.md): the margin added around every region's box, as a
+    # fraction of its width and height; and the automatic foreground for photos without a region
+    # (foreground.py: "cam", or None for the whole photo).
+    region_margin: float = DEFAULT_MARGIN
+    foreground: str | None = None
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
@@ -62,6 +69,8 @@ class Preset:
             check_threshold(self.threshold)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
+        check_margin(self.region_margin)
+        object.__setattr__(self, "foreground", check_method(self.foreground))  # "none" -> None
 
     def extraction_options(self) -> dict:
         return dict(
