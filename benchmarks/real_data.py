@@ -7,6 +7,10 @@
 ``--backbone`` replaces the presets' descriptor (with its own preprocessing), e.g. a model from
 ``wildreid train``; rows and run folders are then labelled ``PRESET+trained``.
 
+``--foreground cam`` describes every photo by its automatic foreground box (foreground.py,
+docs/regions.md); rows are then labelled ``PRESET+cam`` and carry the foreground's own time
+(``foreground_ms_per_image``: class-activation boxes of all the dataset's photos, per photo).
+
 With the offline preset it also prints ``seed-rule``: the seed's decision rule (top-1 cosine,
 new_individual below 0.6) applied to the same run's scores.
 
@@ -62,7 +66,9 @@ def closed_split(data: Path) -> Dataset:
     return Dataset(table, f"{data} (paper_split.csv)")
 
 
-def run_single(name: str, preset_name: str, out: Path, backbone: str | None = None) -> dict:
+def run_single(
+    name: str, preset_name: str, out: Path, backbone: str | None = None, foreground: str | None = None
+) -> dict:
     from wildreid.decide import decide
     from wildreid.metrics import evaluate
     from wildreid.outputs import evaluate_if_possible, write_run
@@ -76,6 +82,9 @@ def run_single(name: str, preset_name: str, out: Path, backbone: str | None = No
         # As `wildreid identify --backbone`: the model's own preprocessing replaces the preset's.
         preset = preset.replace(backbone=backbone, preprocess=None)
         label = f"{preset_name}+trained"
+    if foreground:
+        preset = preset.replace(foreground=foreground)
+        label = f"{label}+{foreground}"
     if name == CLOSED_SPLIT:
         preset = preset.replace(threshold=None)
     with tempfile.TemporaryDirectory() as scratch:
@@ -85,7 +94,7 @@ def run_single(name: str, preset_name: str, out: Path, backbone: str | None = No
         write_run(result, out / f"{label}-{name}", evaluation=evaluation)
     wall = time.perf_counter() - started
     rows = [_row(name, label, evaluation, result, dataset, wall)]
-    if preset_name == "offline" and not backbone and name != CLOSED_SPLIT:
+    if preset_name == "offline" and not backbone and not foreground and name != CLOSED_SPLIT:
         # The seed's decision rule (top-1 cosine, new_individual below 0.6) on the same scores:
         # the MegaDescriptor weights cannot be downloaded here, the rule can be measured.
         seed_rule = result.candidates.copy()
@@ -118,6 +127,9 @@ def _row(name, preset_name, evaluation, result, dataset, wall) -> dict:
         "timings": result.timings,
         "notes": result.notes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "foreground_ms_per_image": 1000
+        * (result.timings.get("build_foreground_s", 0) + result.timings.get("queries_foreground_s", 0))
+        / len(dataset.table),
     }
 
 
@@ -127,11 +139,12 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS + [CLOSED_SPLIT]))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--backbone", help="descriptor replacing the presets' own, e.g. local-dir:DIR")
+    parser.add_argument("--foreground", help="automatic foreground for every photo, e.g. cam (docs/regions.md)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.single:
         name, preset = arguments.single.split(":")
-        print(json.dumps(run_single(name, preset, arguments.out, arguments.backbone)))
+        print(json.dumps(run_single(name, preset, arguments.out, arguments.backbone, arguments.foreground)))
         return
 
     rows = []
@@ -140,6 +153,8 @@ def main() -> None:
             command = [sys.executable, __file__, "--single", f"{name}:{preset}", "--out", str(arguments.out)]
             if arguments.backbone:
                 command += ["--backbone", arguments.backbone]
+            if arguments.foreground:
+                command += ["--foreground", arguments.foreground]
             process = subprocess.run(command, capture_output=True, text=True)
             if process.returncode != 0:
                 print(process.stderr, file=sys.stderr)
@@ -151,7 +166,8 @@ def main() -> None:
                     f"BAUS {row['baus']:.3f}  top-1 {row['top1']:.3f}  top-5 {row['top5']:.3f}  "
                     f"thr {row['threshold'] if row['threshold'] is None else round(row['threshold'], 3)}  "
                     f"sim {None if row['simulated_score'] is None else round(row['simulated_score'], 3)}  "
-                    f"{row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB",
+                    f"AUC {row['auc']:.3f}  {row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB  "
+                    f"foreground {row['foreground_ms_per_image']:.0f} ms/img",
                     flush=True,
                 )
     arguments.out.mkdir(parents=True, exist_ok=True)

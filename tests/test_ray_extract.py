@@ -93,6 +93,51 @@ def test_vectors_and_keypoints_equal_single_process(cluster, shared_data, lite0_
     assert extract_embeddings(paths, lite0_backbone, cache_dir=tmp_path / "ray", progress=False).extracted == 0
 
 
+def test_regions_on_ray_are_filed_as_on_one_machine(cluster, shared_data, lite0_backbone, tmp_path):
+    """A photo and two regions of it: three cache entries, the regions' under their region keys, with
+    the vectors and keypoints a single process computes; an identify with the regions then extracts nothing."""
+    import torch
+
+    from wildreid.local import get_method
+    from wildreid.local.cache import local_features
+    from wildreid.regions import Region, region_keys, upright_size
+
+    path = photos(shared_data, "NyalaData", 1)[0]
+    width, height = upright_size(Path(path).read_bytes())
+    regions = [None, Region((0, 0, width / 2, height), margin=0.0), Region((width / 2, 0, width / 2, height))]
+    paths = [path] * 3
+    summary = extract_with_ray(
+        paths,
+        "efficientnet-lite0",
+        local="rootsift",
+        cache_dir=tmp_path,
+        batch_size=4,
+        progress=False,
+        regions=regions,
+    )
+    assert (summary.computed, summary.local_computed, summary.failed) == (3, 3, 0)
+    keys = region_keys(content_hashes([path])[0] * 3, regions)
+    distributed = EmbeddingCache(tmp_path, lite0_backbone.cache_key).load()
+    assert set(distributed) == set(keys) and len(set(keys)) == 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = extract_embeddings(paths, lite0_backbone, regions=regions, batch_size=4, progress=False)
+        assert (
+            extract_embeddings(paths, lite0_backbone, regions=regions, cache_dir=tmp_path, progress=False).extracted
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for key, vector in zip(single.keys, single.embeddings):
+        np.testing.assert_allclose(distributed[key], vector, rtol=0, atol=1e-5)
+    method = get_method("rootsift")
+    cached = local_features(paths, method, cache_dir=tmp_path, regions=regions, progress=False)
+    fresh = local_features(paths, method, regions=regions, progress=False)
+    for ours, theirs in zip(cached, fresh):
+        np.testing.assert_array_equal(ours.keypoints, theirs.keypoints)
+
+
 DRIVER = """
 import sys
 from wildreid.distributed import extract_with_ray

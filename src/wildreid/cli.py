@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .backbones import BackboneUnavailable, load_backbone
-from .data import Dataset, DatasetError, load_dataset
+from .data import Dataset, DatasetError, load_dataset, validate_dataset
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, parse_threshold
 
 app = typer.Typer(
@@ -131,6 +131,78 @@ LocalOption = Annotated[
         "Its scores are calibrated and fused as the preset's fusion settings say."
     ),
 ]
+DetectionsOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--detections",
+        help="MegaDetector results for these photos (its batch-output JSON, as AddaxAI/EcoAssist write it): "
+        "each animal above --detection-threshold becomes its own row, id IMAGE_ID#K, described by its box; "
+        "photos without one are reported (no_animal.csv). See docs/regions.md.",
+    ),
+]
+DetectionThreshold = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Lowest MegaDetector confidence of an animal that is used (default 0.2, MegaDetector v5's "
+        "typical threshold). Needs --detections."
+    ),
+]
+RegionMargin = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Margin added around every region's box (metadata bbox/segmentation, detections, foreground), "
+        "as a fraction of its width and height (default: the preset's, 0.1)."
+    ),
+]
+ForegroundOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Automatic foreground for photos without a region: 'cam' (a box from the class-activation map "
+        "of the offline ImageNet classifier) or 'none' (the whole photo). Default: the preset's (none)."
+    ),
+]
+
+
+def _region_changes(region_margin: float | None, foreground: str | None) -> dict:
+    """Preset changes for the region options given on the command line."""
+    changes = {}
+    if region_margin is not None:
+        changes["region_margin"] = region_margin
+    if foreground is not None:
+        changes["foreground"] = foreground
+    return changes
+
+
+def _detection_rows(table, detections: Path | None, threshold: float | None, *, labelled: bool):
+    """With --detections: (one row per animal, the photos without one); else (table, None)."""
+    if detections is None:
+        if threshold is not None:
+            raise ValueError("--detection-threshold applies to MegaDetector results: give them with --detections.")
+        return table, None
+    from .detections import DEFAULT_THRESHOLD, DETECTION, read_detections, split_by_detections
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    rows, no_animal = split_by_detections(table, read_detections(detections), threshold)
+    photos = len(table) - len(no_animal)
+    console.print(
+        f"MegaDetector ({detections.name}): {len(rows)} animal(s) at or above {threshold:g} in {photos} of "
+        f"{len(table)} photo(s); {len(no_animal)} photo(s) without one are left out.",
+        highlight=False,
+    )
+    for item in no_animal.head(10).itertuples():
+        console.print(f"[yellow]no animal[/] {escape(str(item.image_id))}: {escape(item.reason)}", highlight=False)
+    if len(no_animal) > 10:
+        console.print(f"[yellow]... and {len(no_animal) - 10} more[/]")
+    if labelled and len(rows):
+        several = rows.loc[rows.duplicated("path", keep=False) & rows["identity"].notna(), "path"].nunique()
+        if several:
+            console.print(
+                f"[yellow]{several} labelled photo(s) hold several animals: each animal got the photo's identity. "
+                f"Check them (column '{DETECTION}' numbers the animals), or raise --detection-threshold.[/]"
+            )
+    return rows, no_animal
+
+
 BackboneOption = Annotated[
     Optional[str],
     typer.Option(
@@ -250,6 +322,10 @@ def identify(
     engine: Engine = None,
     batch_size: BatchSize = None,
     allow_outside_paths: AllowOutsidePaths = False,
+    detections: DetectionsOption = None,
+    detection_threshold: DetectionThreshold = None,
+    region_margin: RegionMargin = None,
+    foreground: ForegroundOption = None,
 ):
     """Assign every query a known identity or new_individual; write the submission and the report.
 
@@ -269,6 +345,11 @@ def identify(
                 "--local is fixed when a gallery is built (its keypoints are saved in it); leave it out with "
                 "--gallery, or build another gallery with `wildreid gallery build --local ...`."
             )
+        if region_margin is not None or foreground is not None:
+            raise ValueError(
+                "--region-margin and --foreground belong to the gallery (its photos were described with "
+                "them); queries follow the gallery's. Build a gallery with them to change them."
+            )
         result = _identify_with_gallery(
             root,
             gallery,
@@ -282,6 +363,8 @@ def identify(
             path_column,
             image_id_column,
             allow_outside_paths,
+            detections,
+            detection_threshold,
         )
     else:
         from .pipeline import identify as run_identify
@@ -309,23 +392,38 @@ def identify(
             threshold,
             top_k,
             all_datasets,
-            _speed_changes(fast, precision, decode, compile, engine, batch_size),
+            {
+                **_speed_changes(fast, precision, decode, compile, engine, batch_size),
+                **_region_changes(region_margin, foreground),
+            },
             local,
         )
         if grouping_method is not KEEP:
             chosen = chosen.replace(grouping=grouping_method)
+        rows, no_animal = _detection_rows(dataset.table, detections, detection_threshold, labelled=True)
+        if no_animal is not None:
+            if rows.empty:
+                raise DatasetError("MegaDetector found no animal in any of the photos: nothing to identify.")
+            dataset = Dataset(rows, dataset.source)
+            validate_dataset(dataset, check_files=False)  # e.g. a dataset whose database photos hold no animal
         console.print(
             f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
             f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
             f"({chosen.backbone})"
         )
         result = run_identify(dataset, chosen, cache_dir=cache, device=device)
+        result.no_animal = no_animal
     evaluation = evaluate_if_possible(result)
     written = write_run(result, out, evaluation=evaluation, report=report, format=submission_format)
     if len(result.failures):
         console.print(
             f"[yellow]{len(result.failures)} image(s) could not be read and were skipped "
             f"(listed in {written['failures']}); such queries are answered new_individual.[/]"
+        )
+    if result.no_animal is not None and len(result.no_animal):
+        console.print(
+            f"[yellow]{len(result.no_animal)} photo(s) without an animal were left out (listed in "
+            f"{written['no_animal']}).[/]"
         )
     for note in result.notes:
         console.print(f"[yellow]{escape(note)}[/]", highlight=False)
@@ -382,6 +480,8 @@ def _identify_with_gallery(
     path_column,
     image_id_column,
     allow_outside_paths,
+    detections=None,
+    detection_threshold=None,
 ):
     from .data import load_query_photos
     from .gallery import FITTED, Gallery
@@ -389,6 +489,9 @@ def _identify_with_gallery(
     photos = load_query_photos(
         sources, path_column=path_column, image_id_column=image_id_column, allow_outside_paths=allow_outside_paths
     )
+    photos, no_animal = _detection_rows(photos, detections, detection_threshold, labelled=False)
+    if no_animal is not None and photos.empty:
+        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to identify.")
     if dataset_name is not None:
         photos["dataset"] = dataset_name
     saved = Gallery.load(folder, device=device, preset=preset)
@@ -401,9 +504,11 @@ def _identify_with_gallery(
         f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
         f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})"
     )
-    return saved.identify(
+    result = saved.identify(
         photos, cache_dir=cache, threshold=setting, top_k=top_k, grouping=FITTED if grouping is KEEP else grouping
     )
+    result.no_animal = no_animal
+    return result
 
 
 def _local_changes(preset, local: str) -> dict:
@@ -462,6 +567,10 @@ def extract(
             "default: the preset's (fusion: rootsift); 'none': descriptors only."
         ),
     ] = None,
+    detections: DetectionsOption = None,
+    detection_threshold: DetectionThreshold = None,
+    region_margin: RegionMargin = None,
+    foreground: ForegroundOption = None,
 ):
     """Compute global descriptors (and the preset's keypoints) of every image into the cache (and optionally
     an .npz file)."""
@@ -484,10 +593,20 @@ def extract(
         allow_outside_paths,
     )
     speed = _speed_changes(fast, precision, decode, compile, engine, batch_size)
-    chosen = get_preset(preset).replace(**speed)
+    chosen = get_preset(preset).replace(**speed, **_region_changes(region_margin, foreground))
     if local is not None:
         chosen = chosen.replace(**_local_changes(chosen, local))
     local_method, local_options = chosen.local, chosen.local_options
+    rows, _ = _detection_rows(dataset.table, detections, detection_threshold, labelled=True)
+    dataset = Dataset(rows, dataset.source)
+    # The regions the photos will be described by (the foreground's boxes are computed here, on
+    # this machine), so the caches hold exactly what `identify` with the same options reads.
+    from .regions import table_regions
+
+    table, regions, _ = table_regions(
+        dataset.table, chosen.region_margin, chosen.foreground, cache_dir=cache_dir or default_cache_dir()
+    )
+    dataset = Dataset(table, dataset.source)
     if ray:
         if set(speed) - {"batch_size"}:
             raise ValueError(
@@ -503,6 +622,7 @@ def extract(
             cache_dir or default_cache_dir(),
             ray,
             chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
+            regions,
         )
         if not out:
             return
@@ -515,6 +635,7 @@ def extract(
             dataset.table["path"].tolist(),
             get_method(local_method, **local_options),
             cache_dir=cache_dir or default_cache_dir(),
+            regions=regions,
         )
     model = load_backbone(
         backbone or chosen.backbone,
@@ -522,7 +643,7 @@ def extract(
         device=device or default_device(),
     )
     extraction = embed_dataset(
-        dataset, model, cache_dir=cache_dir or default_cache_dir(), **chosen.extraction_options()
+        dataset, model, cache_dir=cache_dir or default_cache_dir(), regions=regions, **chosen.extraction_options()
     )
     console.print(
         f"{len(dataset.table)} images: {extraction.extracted} extracted, "
@@ -552,7 +673,9 @@ def extract(
         console.print(f"embeddings: {out}")
 
 
-def _extract_on_ray(paths, backbone, preprocess, local, local_options, cache_dir, address, batch_size) -> None:
+def _extract_on_ray(
+    paths, backbone, preprocess, local, local_options, cache_dir, address, batch_size, regions=None
+) -> None:
     """Fill the caches on a Ray cluster (wildreid.distributed); the single-machine code then
     finds every vector and keypoint there."""
     from .distributed import RayUnavailable, extract_with_ray
@@ -567,6 +690,7 @@ def _extract_on_ray(paths, backbone, preprocess, local, local_options, cache_dir
             cache_dir=cache_dir,
             address=address,
             batch_size=batch_size,
+            regions=regions,
         )
     except RayUnavailable as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
@@ -1343,6 +1467,10 @@ def gallery_build(
             "the gallery is then built from the filled caches.",
         ),
     ] = None,
+    detections: DetectionsOption = None,
+    detection_threshold: DetectionThreshold = None,
+    region_margin: RegionMargin = None,
+    foreground: ForegroundOption = None,
 ):
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from .gallery import Gallery
@@ -1358,8 +1486,19 @@ def gallery_build(
         allow_outside_paths,
         include_queries=False,
     )
-    chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {}, local)
+    chosen = _chosen_preset(
+        preset, backbone, threshold, None, all_datasets, _region_changes(region_margin, foreground), local
+    )
+    photos, no_animal = _detection_rows(photos, detections, detection_threshold, labelled=True)
+    if no_animal is not None and photos.empty:
+        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to build a gallery of.")
     if ray:
+        from .regions import table_regions
+
+        # The foreground's boxes (if any) are computed here; the cluster describes the regions.
+        photos, regions, _ = table_regions(
+            photos, chosen.region_margin, chosen.foreground, cache_dir=cache_dir or default_cache_dir()
+        )
         _extract_on_ray(
             photos["path"].tolist(),
             chosen.backbone,
@@ -1369,6 +1508,7 @@ def gallery_build(
             cache_dir or default_cache_dir(),
             ray,
             chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
+            regions,
         )
     console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
     built = Gallery.build(photos, chosen, cache_dir=cache_dir or default_cache_dir(), device=device)

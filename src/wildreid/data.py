@@ -9,6 +9,8 @@ The internal form is a pandas table with one row per image and these columns:
     dataset    str   the group a query is compared within (AnimalCLEF: LynxID2025, ...)
 
 plus whatever optional columns the source had (date, orientation, species, viewpoint, ...).
+Two of them mean a region of the photo (regions.py): ``bbox`` ([x, y, w, h] in pixels) and
+``segmentation`` (a COCO mask); they are checked here and kept in canonical form.
 A query row *may* carry an identity: that is ground truth for evaluation only and is never used
 to make a prediction.
 """
@@ -27,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from .regions import BBOX, SEGMENTATION, check_boxes_inside, normalise_region_columns
 
 DATABASE = "database"
 QUERY = "query"
@@ -350,7 +354,7 @@ def load_query_photos(
                     "path": [os.path.realpath(source.parent / p) for p in raw[path_column]],
                 }
             )
-            for column in ("dataset", "identity"):
+            for column in ("dataset", "identity", BBOX, SEGMENTATION):
                 if column in raw:
                     table[column] = raw[column].replace("", None).to_numpy()
             if not allow_outside_paths:
@@ -377,6 +381,10 @@ def load_query_photos(
             f"photo ids given twice: {_listing(repeated)}; give each photo once, or an image_id "
             "column that tells them apart."
         )
+    problems = normalise_region_columns(photos, lambda index: f"photo {photos['image_id'][index]}")
+    problems = problems or check_boxes_inside(photos, lambda index: f"photo {photos['image_id'][index]}")
+    if problems:
+        raise DatasetError(f"{len(problems)} problem(s) with the photos' regions:\n- " + "\n- ".join(problems))
     return photos
 
 
@@ -437,6 +445,10 @@ def validate_dataset(
     empty_path = table.index[table["path"] == ""]
     if len(empty_path):
         problems.append(f"empty path at {_listing(map(where, empty_path))}.")
+    # Region cells: checked (and rewritten in canonical form) here, so a bad box is reported with
+    # its row before any work; whether it fits its photo needs the photo's header (below).
+    region_problems = normalise_region_columns(table, where)
+    problems += region_problems
     if check_files:
         absent = [(i, p) for i, p in zip(table.index, table["path"]) if p and not os.path.isfile(p)]
         if absent and len(absent) == len(table):
@@ -449,6 +461,8 @@ def validate_dataset(
                 f"{len(absent)} image file(s) not found (paths are relative to the CSV's "
                 "folder):\n" + "\n".join(f"  {where(i)}: {p}" for i, p in absent)
             )
+    if check_files and not region_problems:
+        problems += check_boxes_inside(table, where)
     query_sets = set(table.loc[table["split"] == QUERY, "dataset"])
     database_sets = set(table.loc[table["split"] == DATABASE, "dataset"])
     for name in sorted(query_sets - database_sets):

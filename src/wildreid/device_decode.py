@@ -165,10 +165,11 @@ class Failed:
 CpuPath = Callable[[bytes, str], torch.Tensor]  # (file bytes, name) -> model input (3, H, W)
 
 
-def read_item(path: str, row: int, cpu_path: CpuPath) -> Encoded | Ready | Failed:
+def read_item(path: str, row: int, cpu_path: CpuPath, cpu_only: bool = False) -> Encoded | Ready | Failed:
+    """``cpu_only``: ``cpu_path`` makes this image's input whatever its format (a region of it)."""
     try:
         data = read_image_bytes(path)
-        orientation = jpeg_orientation(data)
+        orientation = None if cpu_only else jpeg_orientation(data)
         if orientation is not None:
             return Encoded(row, str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation)
         return Ready(row, cpu_path(data, str(path)))
@@ -232,8 +233,11 @@ def device_batches(
     threads: int,
     cpu_path: CpuPath,
     ahead: int = 2,
+    cpu_only: dict[int, CpuPath] | None = None,
 ) -> Iterator[Batch]:
-    """Batches of model input for ``rows`` of ``paths``, in order, decoded on ``device``."""
+    """Batches of model input for ``rows`` of ``paths``, in order, decoded on ``device``;
+    the rows of ``cpu_only`` are made by their own CPU path instead (regions of photos)."""
+    cpu_only = cpu_only or {}
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="wildreid-read")
 
     def read_batches() -> Iterator[list]:
@@ -241,7 +245,9 @@ def device_batches(
         pending: deque = deque()
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            pending.append([pool.submit(read_item, paths[row], row, cpu_path) for row in chunk])
+            pending.append(
+                [pool.submit(read_item, paths[row], row, cpu_only.get(row, cpu_path), row in cpu_only) for row in chunk]
+            )
             if len(pending) > ahead:
                 yield [future.result() for future in pending.popleft()]
         while pending:

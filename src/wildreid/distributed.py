@@ -25,6 +25,10 @@ How the work is split:
 
 Images must be readable at the same path by the driver (it hashes them) and by every worker; the
 cache only by the driver. See docs/scale.md.
+
+``regions`` (regions.py): per path the region to describe; rows then carry the region (as JSON
+text) and are filed under the region's key, exactly as on one machine. The automatic foreground's
+boxes are computed before, by the caller (the CLI: on the driver).
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ def extract_with_ray(
     flush_every: int = FLUSH_EVERY,
     flush_seconds: float = FLUSH_SECONDS,
     progress: bool = True,
+    regions: list | None = None,
 ) -> RaySummary:
     """Fill the descriptor cache of ``backbone_name`` (None: keypoints only) and, with ``local``
     (e.g. "rootsift"), the keypoint cache, for every image in ``paths``, on a Ray cluster.
@@ -121,6 +126,7 @@ def extract_with_ray(
     """
     from .backbones import load_backbone
     from .extract import EmbeddingCache, content_hashes
+    from .regions import region_keys
 
     ray = require_ray()
     started = time.perf_counter()
@@ -134,10 +140,15 @@ def extract_with_ray(
     hashing = time.perf_counter()
     hashes, unreadable = content_hashes(paths)
     summary.failures.update({paths[row]: reason for row, reason in unreadable.items()})
+    # The cache keys: the content hash, joined with the region where there is one.
+    hashes = region_keys(hashes, regions)
+    region_text = ["" if regions is None or r is None else r.to_json() for r in regions or [None] * len(paths)]
     first_path: dict[str, str] = {}
-    for path, digest in zip(paths, hashes):
+    region_of: dict[str, str] = {}
+    for path, digest, region in zip(paths, hashes, region_text):
         if digest is not None:
             first_path.setdefault(digest, path)
+            region_of.setdefault(digest, region)
     cache = EmbeddingCache(cache_dir, backbone.cache_key) if backbone else None
     need_global = sorted(set(first_path) - cache.hashes()) if cache else []
     need_local = _missing_local(first_path, method, cache_dir)
@@ -159,7 +170,7 @@ def extract_with_ray(
                         ray,
                         backbone,
                         cache,
-                        [(first_path[d], d) for d in need_global],
+                        [(first_path[d], d, region_of[d]) for d in need_global],
                         summary,
                         bar,
                         workers=workers,
@@ -173,7 +184,7 @@ def extract_with_ray(
                         method,
                         local_options or {},
                         cache_dir,
-                        [(first_path[d], d) for d in need_local],
+                        [(first_path[d], d, region_of[d]) for d in need_local],
                         summary,
                         bar,
                         batch_size=batch_size,
@@ -253,10 +264,10 @@ def _blocks(rows: int, batch_size: int) -> int:
     return -(-rows // (batch_size * BATCHES_PER_BLOCK))
 
 
-def _dataset(ray, rows: list[tuple[str, str]], batch_size: int):
+def _dataset(ray, rows: list[tuple[str, str, str]], batch_size: int):
     import pandas as pd
 
-    table = pd.DataFrame(rows, columns=["path", "hash"])
+    table = pd.DataFrame(rows, columns=["path", "hash", "region"])
     step = batch_size * BATCHES_PER_BLOCK
     return ray.data.from_pandas([table[start : start + step] for start in range(0, len(table), step)])
 
@@ -362,31 +373,41 @@ def _run_local(ray, method, options: dict, cache_dir, rows, summary: RaySummary,
 # Workers (run in Ray processes; they compute and return, never write)
 
 
-def _read(path: str) -> tuple[bytes, str]:
-    """The file's bytes and their hash, taken from these very bytes: if the file changed since the
-    driver hashed it, the result is filed under what was actually computed."""
+def _read(path: str, region: str = ""):
+    """The file's bytes, their cache key (the hash joined with ``region``, its JSON text, if any)
+    taken from these very bytes - if the file changed since the driver hashed it, the result is
+    filed under what was actually computed -, and the Region (None: the whole photo)."""
     from .data import content_hash, read_image_bytes
+    from .regions import Region, region_key
 
     data = read_image_bytes(path)
-    return data, content_hash(data)
+    parsed = Region.from_json(region) if region else None
+    return data, region_key(content_hash(data), parsed), parsed
 
 
 def decode_batch(batch: dict, preprocess: Preprocess) -> dict:
-    """Rows (path, hash) -> + error ("" if none) and pixels: uint8 (N, C, H, W) resized by PIL exactly
-    as extract.image_to_tensor does (zeros for a failed row)."""
-    from .data import ImageReadError, decode_image
+    """Rows (path, hash, region) -> + error ("" if none) and pixels: uint8 (N, C, H, W) resized by PIL
+    exactly as extract.image_to_tensor does (zeros for a failed row)."""
+    from .data import ImageReadError
     from .extract import resized_pixels
+    from .regions import region_picture
 
     count = len(batch["path"])
     pixels = np.zeros((count, 3, *preprocess.size), dtype=np.uint8)
     hashes, errors = list(batch["hash"]), [""] * count
-    for i, path in enumerate(batch["path"]):
+    for i, (path, region) in enumerate(zip(batch["path"], batch["region"])):
         try:
-            data, hashes[i] = _read(str(path))
-            pixels[i] = resized_pixels(decode_image(data, str(path)), preprocess).numpy()
+            data, hashes[i], parsed = _read(str(path), str(region))
+            pixels[i] = resized_pixels(region_picture(data, str(path), parsed), preprocess).numpy()
         except ImageReadError as error:
             errors[i] = str(error)
-    return {"path": batch["path"], "hash": np.array(hashes), "error": np.array(errors), "pixels": pixels}
+    return {
+        "path": batch["path"],
+        "hash": np.array(hashes),
+        "region": batch["region"],
+        "error": np.array(errors),
+        "pixels": pixels,
+    }
 
 
 class Embedder:
@@ -437,15 +458,15 @@ class LocalExtractor:
             )
 
     def __call__(self, batch: dict) -> dict:
-        from .data import ImageReadError, decode_image
-        from .local.cache import encode_features
+        from .data import ImageReadError
+        from .local.cache import encode_features, extract_region
 
         count = len(batch["path"])
         hashes, errors, encoded = list(batch["hash"]), [""] * count, [b""] * count
-        for i, path in enumerate(batch["path"]):
+        for i, (path, region) in enumerate(zip(batch["path"], batch["region"])):
             try:
-                data, hashes[i] = _read(str(path))
-                encoded[i] = encode_features(self.method.extract(decode_image(data, str(path))))
+                data, hashes[i], parsed = _read(str(path), str(region))
+                encoded[i] = encode_features(extract_region(self.method, data, str(path), parsed))
             except ImageReadError as error:
                 errors[i] = str(error)
         features = np.empty(count, dtype=object)

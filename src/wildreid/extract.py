@@ -29,10 +29,17 @@ benchmarks against PIL decoding, not at run time:
 
 Vectors computed with any speed option are cached in their own folder (the backbone's key plus
 "-fast"): a fast run uses exact vectors already cached, an exact run never uses approximate ones.
+
+``regions`` (regions.py): per image, the part of the photo to describe (None: the whole photo).
+A region's vector is cached under ``regions.region_key`` (the content hash joined with the
+region), never under the photo's own hash. Region pictures are always decoded by PIL in full
+(never at a reduced JPEG scale, never by the device decoder): a crop of a reduced decode could be
+smaller than the model's input.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -51,6 +58,7 @@ from .data import ImageReadError, content_hash, decode_image, read_image_bytes
 from .device_decode import DECODED_BYTES_PER_IMAGE, TENSOR_INTERPOLATIONS, Batch, device_batches, normalise, resize
 from .files import atomic_path
 from .inference import TorchRunner, agreement, auto_batch_size, resolve_precision
+from .regions import Region, region_keys, region_picture
 
 try:
     from tqdm.auto import tqdm
@@ -88,6 +96,7 @@ class Extraction:
     # cosine with the exact fp32 model on the first batch, None when running exact), ...
     settings: dict = field(default_factory=dict)
     hashes: list = field(default_factory=list)  # SHA-256 of each file (None if unreadable)
+    keys: list = field(default_factory=list)  # cache key of each row: its hash, or its region's key
 
     @property
     def ok(self) -> np.ndarray:
@@ -190,8 +199,16 @@ def fast_image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Te
 class _ImageFiles(torch.utils.data.Dataset):
     """Reads, decodes and preprocesses; a bad image yields its error instead of a tensor."""
 
-    def __init__(self, paths: list[str], rows: list[int], preprocess: Preprocess, draft: bool = False):
+    def __init__(
+        self,
+        paths: list[str],
+        rows: list[int],
+        preprocess: Preprocess,
+        draft: bool = False,
+        regions: list[Region | None] | None = None,
+    ):
         self.paths, self.rows, self.preprocess, self.draft = paths, rows, preprocess, draft
+        self.regions = regions
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -200,6 +217,11 @@ class _ImageFiles(torch.utils.data.Dataset):
         row = self.rows[item]
         try:
             data = read_image_bytes(self.paths[row])
+            region = self.regions[row] if self.regions is not None else None
+            if region is not None:
+                picture = region_picture(data, self.paths[row], region)
+                convert = fast_image_to_tensor if self.draft else image_to_tensor
+                return row, convert(picture, self.preprocess), None
             if self.draft:
                 image = decode_image_draft(data, self.paths[row], self.preprocess.size)
                 return row, fast_image_to_tensor(image, self.preprocess), None
@@ -215,10 +237,10 @@ def _collate(samples):
     return [row for row, _ in good], tensors, bad
 
 
-def _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft) -> Iterator[Batch]:
+def _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft, regions=None) -> Iterator[Batch]:
     """Batches decoded by PIL in loader worker processes (so decoding overlaps the model)."""
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, rows, preprocess, draft),
+        _ImageFiles(paths, rows, preprocess, draft, regions),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -275,15 +297,20 @@ def extract_embeddings(
     compile: bool | str = False,
     engine: str = "torch",
     min_agreement: float = MIN_AGREEMENT,
+    regions: list[Region | None] | None = None,
 ) -> Extraction:
     """Embed every image (pooled backbone features, not normalised); use and fill the cache.
 
-    The defaults reproduce the reference exactly; see the module docstring for the speed options.
+    The defaults reproduce the reference exactly; see the module docstring for the speed options
+    and ``regions``.
     """
     paths = [str(path) for path in paths]
+    if regions is not None and len(regions) != len(paths):
+        raise ValueError(f"{len(regions)} regions for {len(paths)} images")
     device = next(backbone.model.parameters()).device
     settings = _resolve_settings(backbone, device, precision=precision, decode=decode, compile=compile, engine=engine)
     hashes, failures = content_hashes(paths)
+    keys = region_keys(hashes, regions)
     cache = EmbeddingCache(cache_dir, cache_key(backbone, settings)) if cache_dir else None
     known = cache.load() if cache else {}
     if cache and cache.folder.name != backbone.cache_key:
@@ -293,7 +320,7 @@ def extract_embeddings(
     todo: list[int] = []
     copies: dict[int, list[int]] = {}  # row computed -> later rows with the same bytes
     first_of: dict[str, int] = {}
-    for row, digest in enumerate(hashes):
+    for row, digest in enumerate(keys):
         if digest is None:
             continue
         if digest in known:
@@ -305,7 +332,7 @@ def extract_embeddings(
             todo.append(row)
 
     if not todo:
-        return Extraction(embeddings, failures, 0, settings, hashes)
+        return Extraction(embeddings, failures, 0, settings, hashes, keys)
 
     # Runners to try, in order, until one agrees with the exact model on the first batch.
     plan = _runner_plan(settings, precision, device)
@@ -332,7 +359,7 @@ def extract_embeddings(
         for row in batch.rows:
             embeddings[copies.get(row, [])] = embeddings[row]
             extracted += 1 + len(copies.get(row, []))
-        pending_hashes += [hashes[row] for row in batch.rows]
+        pending_hashes += [keys[row] for row in batch.rows]
         pending_vectors.append(vectors)
         if cache and (len(pending_hashes) >= flush_every or time.monotonic() - last_flush >= FLUSH_SECONDS):
             cache.save(pending_hashes, np.concatenate(pending_vectors))
@@ -344,7 +371,9 @@ def extract_embeddings(
             batch_size = auto_batch_size(runner, backbone.preprocess.size, device, extra_bytes_per_image=extra)
         settings["batch_size"] = batch_size = int(batch_size)
         runner.fixed_batch = batch_size
-        batches = _batches(paths, todo, backbone.preprocess, device, settings["decode"], batch_size, num_workers)
+        batches = _batches(
+            paths, todo, backbone.preprocess, device, settings["decode"], batch_size, num_workers, regions
+        )
         checked = False
         in_flight = None  # (batch, its features on their way to host memory, event)
         for batch in batches:
@@ -390,7 +419,7 @@ def extract_embeddings(
     for row, duplicates in copies.items():
         if row in failures:
             failures.update({copy: f"{paths[copy]}: same bytes as {failures[row]}" for copy in duplicates})
-    return Extraction(embeddings, failures, extracted, settings, hashes)
+    return Extraction(embeddings, failures, extracted, settings, hashes, keys)
 
 
 def cache_key(backbone: Backbone, settings: dict) -> str:
@@ -510,11 +539,17 @@ def _make_runner(backbone: Backbone, device: torch.device, choice: dict, cache_d
     return TorchRunner(backbone.model, device, choice["precision"], choice["compile"])
 
 
-def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers) -> Iterator[Batch]:
+def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers, regions=None) -> Iterator[Batch]:
     cpus = os.cpu_count() or 1
     if decode == "device":
         # Threads only read files and parse headers (and decode the odd PNG): a few suffice.
         threads = num_workers if num_workers else min(8, cpus)
+        # Regions are cut on the CPU (PIL), each with its own region.
+        region_paths = {
+            row: functools.partial(_region_tensor, region=regions[row], preprocess=preprocess)
+            for row in rows
+            if regions is not None and regions[row] is not None
+        }
         return device_batches(
             paths,
             rows,
@@ -523,12 +558,17 @@ def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers) -
             batch_size,
             threads=threads,
             cpu_path=lambda data, name: image_to_tensor(decode_image(data, name), preprocess),
+            cpu_only=region_paths,
         )
     if num_workers is None:
         # With a GPU, PIL decoding is the bottleneck: a worker per core. On a CPU-only machine the
         # model's own threads use the cores, and one worker keeps decoding ahead of it.
         num_workers = min(16, cpus) if device.type == "cuda" else 1
-    return _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft=decode == "fast")
+    return _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, decode == "fast", regions)
+
+
+def _region_tensor(data: bytes, name: str, *, region: Region, preprocess: Preprocess) -> torch.Tensor:
+    return image_to_tensor(region_picture(data, name, region), preprocess)
 
 
 def _to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:

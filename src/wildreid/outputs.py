@@ -124,6 +124,9 @@ def _write_files(
     if len(result.failures):
         written["failures"] = out_dir / "failures.csv"
         write_csv_atomic(result.failures, written["failures"])
+    if result.no_animal is not None:  # MegaDetector detections were used: always say which photos gave no row
+        written["no_animal"] = out_dir / "no_animal.csv"
+        write_csv_atomic(result.no_animal, written["no_animal"])
     record = {
         "source": result.dataset.source,
         "preset": result.preset.to_dict(),
@@ -145,6 +148,7 @@ def _write_files(
         "notes": result.notes,
         "timings": result.timings,
         "skipped_images": len(result.failures),
+        "photos_without_animal": None if result.no_animal is None else len(result.no_animal),
         "evaluation": evaluation,
     }
     write_text_atomic(written["run"], json.dumps(jsonable(record), indent=2))
@@ -170,12 +174,15 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
         return {}
     import numpy as np
 
-    from .data import ImageReadError, read_image
+    from .data import ImageReadError
     from .local import get_method
-    from .viz import draw_matches, to_png
+    from .regions import regions_of
+    from .viz import draw_matches, shown_region, to_png
 
     method = get_method(result.preset.local, **result.preset.local_options)
-    path_of = dict(zip(result.dataset.table["image_id"], result.dataset.table["path"]))
+    table = result.dataset.table
+    path_of = dict(zip(table["image_id"], table["path"]))
+    region_of = dict(zip(table["image_id"], regions_of(table, result.preset.region_margin) or [None] * len(table)))
     pictures = {}
     for group, rows in result.candidates.groupby("dataset", sort=False):
         for row in rows.head(per_dataset).itertuples():
@@ -186,8 +193,8 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
                     continue
                 try:
                     picture, _ = draw_matches(
-                        read_image(path_of[row.image_id]),
-                        read_image(path_of[match_id]),
+                        shown_region(path_of[row.image_id], region_of[row.image_id]),
+                        shown_region(path_of[match_id], region_of[match_id]),
                         method,
                         result.preset.fusion.geometry,
                         caption=f"#{rank} {getattr(row, f'identity_{rank}')} P={getattr(row, f'score_{rank}'):.2f}",

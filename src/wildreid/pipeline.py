@@ -14,15 +14,30 @@ from .data import Dataset
 from .extract import Extraction, default_device, extract_embeddings
 from .gallery import Gallery
 from .presets import Preset, require_weights
+from .regions import BBOX, REGION_SOURCE, SEGMENTATION
 from .result import UNREADABLE, IdentifyResult  # noqa: F401  (re-exported)
 
 
 def embed_dataset(
-    dataset: Dataset, backbone: Backbone, *, cache_dir=None, batch_size: int | str = 32, progress: bool = True, **speed
+    dataset: Dataset,
+    backbone: Backbone,
+    *,
+    cache_dir=None,
+    batch_size: int | str = 32,
+    progress: bool = True,
+    regions=None,
+    **speed,
 ) -> Extraction:
-    """``speed``: extract_embeddings' speed options (precision, decode, compile, engine)."""
+    """``speed``: extract_embeddings' speed options (precision, decode, compile, engine);
+    ``regions``: per row its regions.Region (None: the whole photo)."""
     return extract_embeddings(
-        dataset.table["path"].tolist(), backbone, cache_dir=cache_dir, batch_size=batch_size, progress=progress, **speed
+        dataset.table["path"].tolist(),
+        backbone,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+        regions=regions,
+        **speed,
     )
 
 
@@ -45,7 +60,7 @@ def identify(
     loaded = time.perf_counter() - started
     gallery = Gallery.build(dataset, preset, backbone=backbone, cache_dir=cache_dir, progress=progress)
     result = gallery.identify(dataset, cache_dir=cache_dir, progress=progress)
-    result.dataset = dataset
+    result.dataset = _with_regions(dataset, result.dataset)
     result.failures = _in_table_order(dataset, gallery.failures, result.failures)
     built = gallery.timings
     result.timings = {
@@ -56,6 +71,19 @@ def identify(
         "images_extracted": built.get("images_extracted", 0) + result.timings["images_extracted"],
     }
     return result
+
+
+def _with_regions(dataset: Dataset, described: Dataset) -> Dataset:
+    """``dataset`` with the regions its photos were described by (the automatic foreground's
+    included), so that reports show what was compared."""
+    columns = [c for c in (BBOX, SEGMENTATION, REGION_SOURCE) if c in described.table]
+    if not columns:
+        return dataset
+    regions = described.table.drop_duplicates("image_id").set_index("image_id")[columns]
+    table = dataset.table.copy()
+    for column in columns:
+        table[column] = table["image_id"].map(regions[column]).astype(object)
+    return Dataset(table, dataset.source)
 
 
 def _in_table_order(dataset: Dataset, *failures):

@@ -9,7 +9,9 @@ import numbers
 from dataclasses import dataclass, field
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
+from .foreground import check_method
 from .fusion import FusionSettings
+from .regions import DEFAULT_MARGIN, check_margin
 
 AUTO = "auto"
 
@@ -54,6 +56,11 @@ class Preset:
     # Queries grouped with each other and with known individuals (grouping/): "average" or
     # "single" linkage; None decides each query alone.
     grouping: str | None = "average"
+    # Regions (regions.py, docs/regions.md): the margin added around every region's box, as a
+    # fraction of its width and height; and the automatic foreground for photos without a region
+    # (foreground.py: "cam", or None for the whole photo).
+    region_margin: float = DEFAULT_MARGIN
+    foreground: str | None = None
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
@@ -67,6 +74,8 @@ class Preset:
             raise ValueError(f"grouping: {self.grouping!r}; give 'average', 'single' or 'none'.")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
+        check_margin(self.region_margin)
+        object.__setattr__(self, "foreground", check_method(self.foreground))  # "none" -> None
 
     def extraction_options(self) -> dict:
         return dict(

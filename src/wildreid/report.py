@@ -166,6 +166,16 @@ def render_report(result, evaluation: dict | None, figure_png: dict[str, bytes])
             )
             + "</ul>"
         )
+    if result.no_animal is not None and len(result.no_animal):
+        failures += (
+            f"<h2>Photos without an animal ({len(result.no_animal)})</h2><p>MegaDetector found no animal "
+            "above the detection threshold in these photos (or could not read them); they were left out.</p><ul>"
+            + "".join(
+                f"<li>{html.escape(str(r.image_id))} ({r.split}): {html.escape(str(r.reason))}</li>"
+                for r in result.no_animal.itertuples()
+            )
+            + "</ul>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>wildreid report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}

@@ -61,6 +61,9 @@ class IdentifyResult:
     calibrations: dict = field(default_factory=dict)  # dataset -> Calibration, when local matching ran
     notes: list = field(default_factory=list)  # what a user should know about how it ran
     grouping: Grouping | None = None  # queries grouped into individuals, when the preset groups
+    # With MegaDetector detections (detections.py): the photos that gave no row, and why
+    # (image_id, split, path, reason); None when no detections file was used.
+    no_animal: pd.DataFrame | None = None
 
     @property
     def predictions(self) -> pd.DataFrame:
@@ -96,6 +99,10 @@ class IdentifyResult:
         )
         if self.grouping is not None:
             table = pd.concat([table, self.grouping.per_query(len(table))], axis=1)
+        # Where regions were used: the region each query was described by, beside its id.
+        for position, column in enumerate(("bbox", "region_source"), start=2):
+            if column in self.queries:
+                table.insert(position, column, self.queries[column].to_numpy())
         for rank in range(self.ranking.identities.shape[1]):
             table[f"identity_{rank + 1}"] = self.ranking.identities[:, rank]
             table[f"score_{rank + 1}"] = self.ranking.scores[:, rank]

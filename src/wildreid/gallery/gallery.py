@@ -33,6 +33,7 @@ from ..local.base import LocalFeatures
 from ..local.cache import local_features
 from ..local.lnbnn import KeypointIndex
 from ..presets import Preset, require_weights
+from ..regions import BBOX, REGION_SOURCE, SEGMENTATION, Region, region_keys, regions_of, table_regions
 from ..result import IdentifyResult, Ranking
 from ..thresholds import ThresholdChoice
 from ..train import TrainedOn, trained_on
@@ -66,7 +67,12 @@ class Gallery:
         timings: dict | None = None,
     ):
         self.preset, self.backbone = preset, backbone
-        self.table = table  # image_id, identity, dataset, group, path, sha256, near_duplicate
+        # image_id, identity, dataset, group, path, sha256, near_duplicate, bbox, segmentation,
+        # region_source (the last three empty for whole photos; regions.py)
+        self.table = table
+        for column in (BBOX, SEGMENTATION, REGION_SOURCE):
+            if column not in self.table:  # a gallery saved before regions existed
+                self.table[column] = None
         self.groups = groups
         self.failures = failures if failures is not None else _no_failures()
         self.timings = timings or {}
@@ -113,6 +119,7 @@ class Gallery:
         if photos["identity"].isna().any() or (photos["identity"].astype(str).str.strip() == "").any():
             rows = photos.index[photos["identity"].isna()].tolist()[:5]
             raise GalleryError(f"photos without an identity (rows {rows}): only labelled photos join a gallery.")
+        photos, regions = self._regions(photos, cache_dir, progress, self.timings)
         started = time.perf_counter()
         extraction = extract_embeddings(
             photos["path"].tolist(),
@@ -120,6 +127,7 @@ class Gallery:
             cache_dir=cache_dir,
             progress=progress,
             num_workers=self.loader_workers,
+            regions=regions,
             **self.preset.extraction_options(),
         )
         self.timings["extract_s"] = self.timings.get("extract_s", 0) + time.perf_counter() - started
@@ -128,15 +136,20 @@ class Gallery:
         photos["sha256"] = extraction.hashes
         failed = _failures(photos, extraction.failures, DATABASE)
         self.failures = pd.concat([self.failures, failed], ignore_index=True) if len(failed) else self.failures
-        known = set(zip(self.table["group"], self.table["sha256"]))
-        fresh = extraction.ok & np.array([(g, h) not in known for g, h in zip(photos["group"], photos["sha256"])])
-        fresh &= ~photos.duplicated(["group", "sha256"]).to_numpy()
+        # The same photo (bytes) with the same region is already in the gallery: skipped. Two
+        # detections in one photo are two regions, so both stay.
+        keys = extraction.keys
+        known = set(zip(self.table["group"], self._keys(self.table)))
+        fresh = extraction.ok & np.array([(g, k) not in known for g, k in zip(photos["group"], keys)])
+        fresh &= ~pd.Series(list(zip(photos["group"], keys))).duplicated().to_numpy()
         skipped = int((extraction.ok & ~fresh).sum())
         vectors = extraction.embeddings[fresh]
         photos = photos[fresh].reset_index(drop=True)
         photos["near_duplicate"] = near_duplicate_groups(photos) if len(photos) else None
 
-        features = self._local_features(photos["path"].tolist(), cache_dir, progress)
+        features = self._local_features(
+            photos["path"].tolist(), cache_dir, progress, regions_of(photos, self.preset.region_margin)
+        )
         seen = trained_on(self.backbone.name)
         touched = []
         for name in dict.fromkeys(photos["group"]):
@@ -201,13 +214,36 @@ class Gallery:
         self.timings[f"fit_{group.name}_s"] = time.perf_counter() - started
         return group.fit
 
-    def _local_features(self, paths: list[str], cache_dir, progress: bool) -> list[LocalFeatures | None] | None:
+    def _local_features(
+        self, paths: list[str], cache_dir, progress: bool, regions: list[Region | None] | None
+    ) -> list[LocalFeatures | None] | None:
         if self.method is None:
             return None
         started = time.perf_counter()
-        features = local_features(paths, self.method, cache_dir=cache_dir, progress=progress)
+        features = local_features(paths, self.method, cache_dir=cache_dir, progress=progress, regions=regions)
         self.timings["local_features_s"] = self.timings.get("local_features_s", 0) + time.perf_counter() - started
         return features
+
+    def _regions(self, table: pd.DataFrame, cache_dir, progress: bool, timings: dict):
+        """The table with its region columns (the preset's automatic foreground filled in where a
+        row has no region), and per row its Region (None: the whole photo). The foreground's time
+        goes into ``timings``."""
+        table, regions, record = table_regions(
+            table,
+            self.preset.region_margin,
+            self.preset.foreground,
+            cache_dir=cache_dir,
+            device=str(next(self.backbone.model.parameters()).device),
+            progress=progress,
+        )
+        if record is not None:
+            timings["foreground_s"] = timings.get("foreground_s", 0) + record.seconds
+            timings["foreground_computed"] = timings.get("foreground_computed", 0) + record.computed
+        return table, regions
+
+    def _keys(self, table: pd.DataFrame) -> list[str]:
+        """Each gallery photo's cache key: its content hash, joined with its region if it has one."""
+        return region_keys(table["sha256"].tolist(), regions_of(table, self.preset.region_margin))
 
     # ------------------------------------------------------------------ queries
 
@@ -249,6 +285,8 @@ class Gallery:
                 "(`wildreid gallery add`)."
             )
         k = top_k or self.preset.top_k
+        foreground: dict = {}
+        table, regions = self._regions(table, cache_dir, progress, foreground)
         extraction = extract_embeddings(
             table["path"].tolist(),
             self.backbone,
@@ -256,15 +294,17 @@ class Gallery:
             progress=progress,
             description="query descriptors",
             num_workers=self.loader_workers,
+            regions=regions,
             **self.preset.extraction_options(),
         )
         timings = {
+            **foreground,
             "extract_s": time.perf_counter() - started,
             "images_extracted": extraction.extracted,
             "extraction": extraction.settings,
         }
         started = time.perf_counter()
-        features = self._local_features(table["path"].tolist(), cache_dir, progress)
+        features = self._local_features(table["path"].tolist(), cache_dir, progress, regions)
         ranking = Ranking.empty(len(table), k)
         thresholds, choices, calibrations, groupings = {}, {}, {}, {}
         query_thresholds = np.full(len(table), np.nan)
@@ -311,7 +351,7 @@ class Gallery:
                 "gallery",
             ),
             preset=self.preset,
-            queries=table[["image_id", "dataset"]],
+            queries=table[["image_id", "dataset"] + ([BBOX, REGION_SOURCE] if regions is not None else [])],
             prediction=prediction,
             ranking=ranking,
             query_thresholds=query_thresholds,
@@ -500,7 +540,18 @@ def _empty_table() -> pd.DataFrame:
     return pd.DataFrame(
         {
             name: pd.Series(dtype=object)
-            for name in ("image_id", "identity", "dataset", "group", "path", "sha256", "near_duplicate")
+            for name in (
+                "image_id",
+                "identity",
+                "dataset",
+                "group",
+                "path",
+                "sha256",
+                "near_duplicate",
+                BBOX,
+                SEGMENTATION,
+                REGION_SOURCE,
+            )
         }
     )
 

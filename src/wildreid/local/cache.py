@@ -2,6 +2,11 @@
 
 One small .npz per image (written atomically), so a killed run keeps everything finished so far
 and a re-run extracts only the rest.
+
+With ``regions`` (regions.py) an image's keypoints are those of its region, filed under the
+region's key (the content hash joined with the region), never under the whole photo's hash.
+Keypoint coordinates are then in the region's picture (as cut by ``regions.read_region``), and
+with a segmentation only the keypoints on the animal are kept.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageReadError, content_hash, decode_image, read_image_bytes
 from ..files import atomic_path
+from ..regions import Region, read_region, region_key
 from .base import LocalFeatures, LocalMethod
 
 
@@ -62,6 +68,24 @@ def store_features(cache_dir: str | Path, method: LocalMethod, digest: str, feat
     _save(_cache_file(Path(cache_dir), method, digest), features)
 
 
+def extract_region(method: LocalMethod, data: bytes, name: str, region: Region | None) -> LocalFeatures:
+    """One photo's (region's) features, uncached. ImageReadError when it cannot be read."""
+    picture, mask = read_region(decode_image(data, name), data, region, name)
+    features = method.extract(picture)
+    return features if mask is None else inside_mask(features, mask)
+
+
+def inside_mask(features: LocalFeatures, mask: np.ndarray) -> LocalFeatures:
+    """Only the keypoints that lie on the mask (``mask``: bool, the region's picture's pixels)."""
+    if len(features) == 0:
+        return features
+    points = np.floor(features.keypoints / features.scale).astype(np.int64)
+    x = np.clip(points[:, 0], 0, mask.shape[1] - 1)
+    y = np.clip(points[:, 1], 0, mask.shape[0] - 1)
+    keep = mask[y, x]
+    return LocalFeatures(features.keypoints[keep], features.descriptors[keep], features.scale, features.image_size)
+
+
 def local_features(
     paths: list[str],
     method: LocalMethod,
@@ -69,23 +93,28 @@ def local_features(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    regions: list[Region | None] | None = None,
 ) -> list[LocalFeatures | None]:
-    """Features of every image in ``paths`` (None for an unreadable image)."""
+    """Features of every image in ``paths`` (None for an unreadable image), of its region where
+    ``regions`` gives one."""
+    if regions is not None and len(regions) != len(paths):
+        raise ValueError(f"{len(regions)} regions for {len(paths)} images")
 
-    def one(path: str) -> LocalFeatures | None:
+    def one(item: tuple[str, Region | None]) -> LocalFeatures | None:
+        path, region = item
         try:
             data = read_image_bytes(path)
         except ImageReadError:
             return None
         cached = None
         if cache_dir is not None:
-            cached = _cache_file(Path(cache_dir), method, content_hash(data))
+            cached = _cache_file(Path(cache_dir), method, region_key(content_hash(data), region))
             found = _load(cached) if cached.is_file() else None
             if found is not None:
                 found.descriptors = found.descriptors.astype(np.float32)
                 return found
         try:
-            features = method.extract(decode_image(data, path))
+            features = extract_region(method, data, path, region)
         except ImageReadError:
             return None
         # The cache keeps descriptors as float16: round fresh ones the same way, so that a run
@@ -99,7 +128,7 @@ def local_features(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(
             tqdm(
-                pool.map(one, paths),
+                pool.map(one, zip(paths, regions if regions is not None else [None] * len(paths))),
                 total=len(paths),
                 desc=f"{method.name} keypoints",
                 unit="img",
