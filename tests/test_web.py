@@ -285,6 +285,10 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
         assert picture.width > picture.height  # the two photos side by side
         assert client.get(f"/review/{query['id']}/match/1.png").content == response.content  # from the cache
         assert client.get(f"/review/{query['id']}/match/2.png").status_code == 404
+        # the pair question's picture: the same drawing, for a waiting photo on the left only
+        pair = client.get(f"/pairs/match/{query['sha256']}/{best['sha256']}.png")
+        assert pair.status_code == 200 and pair.content == response.content
+        assert client.get(f"/pairs/match/{best['sha256']}/{query['sha256']}.png").status_code == 404
 
 
 # ------------------------------------------------------------------------------------------------

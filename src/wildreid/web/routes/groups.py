@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ...catalog import Catalog
 from ...catalog.changes import (
+    PENDING,
     answer_counts,
     answer_pair,
     confirm_group,
@@ -362,6 +363,10 @@ def pair_match_png(request: Request, left: str, right: str, catalog: CatalogDep)
     """The keypoint matches of two photos (by content hash), with the preset's local method."""
     if not (SHA256_PATTERN.fullmatch(left) and SHA256_PATTERN.fullmatch(right)):
         raise HTTPException(404, "No such photo.")
+    # Only what a question shows: a waiting photo on the left (drawing is CPU-heavy, and
+    # anyone may look at the pages).
+    if not any(query["sha256"] == left for query in catalog.queries(status=list(PENDING), limit=1_000_000)):
+        raise HTTPException(404, "No keypoint-match picture for these photos.")
     config = request.app.state.config
     files = [catalog.stored_file(left), catalog.stored_file(right)]
     picture = (
