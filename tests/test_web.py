@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import itertools
+import re
 import shutil
 import socket
 import struct
@@ -284,6 +285,10 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
         assert picture.width > picture.height  # the two photos side by side
         assert client.get(f"/review/{query['id']}/match/1.png").content == response.content  # from the cache
         assert client.get(f"/review/{query['id']}/match/2.png").status_code == 404
+        # the pair question's picture: the same drawing, for a waiting photo on the left only
+        pair = client.get(f"/pairs/match/{query['sha256']}/{best['sha256']}.png")
+        assert pair.status_code == 200 and pair.content == response.content
+        assert client.get(f"/pairs/match/{best['sha256']}/{query['sha256']}.png").status_code == 404
 
 
 # ------------------------------------------------------------------------------------------------
@@ -735,3 +740,207 @@ def test_confirming_a_photo_catalogued_under_another_individual_is_refused(clien
     with Catalog(catalog_path) as catalog:
         assert catalog.image(catalogued["id"])["individual_id"] == "NyalaData_18"
         assert catalog.query(query["id"])["status"] == "ready" and not catalog.decisions(query_id=query["id"])
+
+
+# ------------------------------------------------------------------------------------------------
+# review that learns: groups, pair questions, confirming a group, merge, split, history and undo
+
+# Two nyala not in the catalogue, three photos each, that the offline preset groups right against
+# this catalogue (two groups of 3, neither linked to a known individual; found by trying every
+# 3-photo subset of the individuals outside it, see the e2e test).
+STRANGERS = {"NyalaData_61": ["403", "404", "406"], "NyalaData_47": ["133", "135", "137"]}
+
+
+def upload_strangers(client, nyala) -> dict[str, list[int]]:
+    """Upload the six photos; return the query ids of each animal's photos."""
+    files = [(f"{image_id}.jpg", photo(nyala, image_id)) for ids in STRANGERS.values() for image_id in ids]
+    response = upload(client, files)
+    state = wait_for_job(client, response.headers["location"])
+    assert state["status"] == "done", state
+    ids = [q["id"] for q in state["queries"]]
+    assert state["next_url"] == "/groups?dataset=NyalaData"  # grouped with others: reviewed as groups
+    return {"A": ids[:3], "B": ids[3:]}
+
+
+def proposed(client) -> list[list[int]]:
+    """The groups the page proposes (several photos each), as sorted query ids."""
+    page = groups_page(client)
+    sections = re.findall(r'<section class="panel group (?:new|known)".*?</section>', page, re.S)
+    return sorted(sorted({int(i) for i in re.findall(r'name="query_ids" value="(\d+)"', s)}) for s in sections)
+
+
+def groups_page(client, url: str = "/groups?dataset=NyalaData") -> str:
+    """The groups page, waiting for the grouping job when the page hands over to one."""
+    response = client.get(url, headers=SIGNED, follow_redirects=False)
+    if response.status_code == 303 and response.headers["location"].startswith("/jobs/"):
+        state = wait_for_job(client, response.headers["location"])
+        assert state["status"] == "done", state
+        response = client.get(state["next_url"], headers=SIGNED, follow_redirects=False)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def counters(page: str) -> dict[str, str]:
+    return dict(re.findall(r'data-counter="([\w-]+)">([^<]*)<', page))
+
+
+def test_groups_pair_answers_confirm_and_undo(client, nyala, catalog_path):
+    animals = upload_strangers(client, nyala)
+    a, b = animals["A"], animals["B"]
+    page = groups_page(client)
+    assert proposed(client) == [a, b] and page.count("look like one new animal") == 2
+    assert counters(page) == {
+        "waiting": "6",
+        "settled": "0",
+        "questions": counters(page)["questions"],
+        "per-answer": "–",
+    }
+    assert int(counters(page)["questions"]) > 0
+
+    # the queue's first question, answered from the truth
+    question = client.get("/pairs?dataset=NyalaData", headers=SIGNED).text
+    form = dict(re.findall(r'name="(left|right_query|right_individual)" value="([^"]*)"', question))
+    assert "left" in form and 'class="matchpic"' not in question  # offline: the photos, no keypoint picture
+    left = int(form["left"])
+    truth = "same" if "right_query" in form and (int(form["right_query"]) in a) == (left in a) else "different"
+    answered = client.post(
+        "/pairs", headers=SIGNED, follow_redirects=False, data={"dataset": "NyalaData", **form, "answer": truth}
+    )
+    assert answered.status_code == 303 and "answered=" in answered.headers["location"]
+    after = client.get(answered.headers["location"], headers=SIGNED).text
+    assert "Saved: query #" in after and "6 photos settled by it" in after and counters(after)["per-answer"] == "6.0"
+    with Catalog(catalog_path) as catalog:
+        [stored] = catalog._all("SELECT * FROM pair_answers")
+        assert (stored["query_id"], stored["answer"], stored["reviewer"]) == (left, truth, "alice")
+        # the first question is the uncertain link between the two groups: it decides all six photos
+        assert stored["settled"] == 6 and stored["answered_at"]
+    assert proposed(client) == [a, b]  # a true answer keeps the right grouping
+
+    # confirm A as a new individual in one action, then undo it
+    confirmed = client.post(
+        "/groups/confirm",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"dataset": "NyalaData", "query_ids": a, "target": "new", "name": "Stripes"},
+    )
+    assert confirmed.status_code == 303
+    page = groups_page(client, confirmed.headers["location"])
+    assert "Saved: 3 photos" in page and "NyalaData_new0001" in page and proposed(client) == [b]
+    with Catalog(catalog_path) as catalog:
+        assert (
+            len(catalog.images("NyalaData_new0001")) == 3
+            and catalog.individual("NyalaData_new0001")["name"] == "Stripes"
+        )
+        assert {catalog.query(q)["status"] for q in a} == {"new"}
+        last = catalog.last_change()["id"]
+    undone = client.post(
+        "/undo", headers=SIGNED, follow_redirects=False, data={"expected": last, "next": "/groups?dataset=NyalaData"}
+    )
+    assert undone.status_code == 303 and "undone=" in undone.headers["location"]
+    page = groups_page(client, undone.headers["location"])  # regrouped: the photos are waiting again
+    assert "Undone: 3 photos" in page and proposed(client) == [a, b]
+    with Catalog(catalog_path) as catalog:
+        assert catalog.individual("NyalaData_new0001") is None and not catalog.images("NyalaData_new0001")
+        assert {catalog.query(q)["status"] for q in a} == {"ready"}
+
+    # move a photo out of B (kept apart from the rest), then undo: B whole again, at once
+    split = client.post(
+        "/groups/split",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"dataset": "NyalaData", "query_ids": b, "moved": [b[0]]},
+    )
+    assert split.status_code == 303
+    assert proposed(client) == [a, b[1:]]
+    with Catalog(catalog_path) as catalog:
+        last = catalog.last_change()["id"]
+    client.post("/undo", headers=SIGNED, data={"expected": last, "next": "/groups?dataset=NyalaData"})
+    assert proposed(client) == [a, b]
+    history = client.get("/history").text
+    assert history.count('class="undone"') == 2 and "moved out of a group of 3" in history
+
+
+def test_answers_are_reapplied_when_the_grouping_is_rebuilt(catalog_path, nyala, lite0_backbone, embedding_cache):
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
+        a = upload_strangers(client, nyala)["A"]
+        different = client.post(
+            "/pairs",
+            headers=SIGNED,
+            follow_redirects=False,
+            data={"dataset": "NyalaData", "left": a[0], "right_query": a[1], "answer": "different"},
+        )
+        assert different.status_code == 303
+        split = proposed(client)
+        assert not any(a[0] in group and a[1] in group for group in split)
+    # a new server: nothing in memory; the grouping is rebuilt from the catalogue, answer included
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
+        assert client.get("/groups?dataset=NyalaData", follow_redirects=False).status_code == 303  # a grouping job
+        assert proposed(client) == split
+        stale = client.post(  # a question about a photo filed since is refused, not applied
+            "/pairs",
+            headers=SIGNED,
+            data={"dataset": "NyalaData", "left": a[0], "right_query": 10_000, "answer": "same"},
+        )
+        assert stale.status_code == 409
+
+
+def test_merge_split_edit_and_undo_individuals(client, catalog_path):
+    with Catalog(catalog_path) as catalog:
+        own = sorted(p["id"] for p in catalog.images("NyalaData_41"))
+    merged = client.post(
+        "/merge", headers=SIGNED, follow_redirects=False, data={"keep": "NyalaData_32", "absorb": "NyalaData_41"}
+    )
+    assert merged.status_code == 303 and merged.headers["location"].startswith("/individuals/NyalaData_32?done=")
+    page = client.get(merged.headers["location"], headers=SIGNED).text
+    assert "NyalaData_41 merged into NyalaData_32: 5 photos moved" in page and "Undo:" in page
+    gone = client.get("/individuals/NyalaData_41")
+    assert gone.status_code == 404 and "merged into NyalaData_32 by alice" in gone.text
+    last = int(re.search(r'name="expected" value="(\d+)"', page).group(1))
+    back = client.post("/undo", headers=SIGNED, follow_redirects=False, data={"expected": last, "next": "/history"})
+    assert back.status_code == 303 and back.headers["location"].startswith("/history?undone=")
+    with Catalog(catalog_path) as catalog:
+        assert sorted(p["id"] for p in catalog.images("NyalaData_41")) == own
+        assert len(catalog.images("NyalaData_32")) == 5
+
+    split = client.post(
+        "/split",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"individual_id": "NyalaData_41", "image_ids": own[:2], "name": "calf"},
+    )
+    assert split.status_code == 303
+    with Catalog(catalog_path) as catalog:
+        assert [p["id"] for p in catalog.images("NyalaData_new0001")] == own[:2]
+        assert catalog.individual("NyalaData_new0001")["name"] == "calf"
+    client.post("/individuals/NyalaData_41", headers=SIGNED, data={"name": "Old Bull"})
+    history = client.get("/history", headers=SIGNED).text
+    assert "NyalaData_41: name edited" in history and "2 photos of NyalaData_41 moved" in history
+    for _ in range(2):  # the edit, then the split
+        with Catalog(catalog_path) as catalog:
+            last = catalog.last_change()["id"]
+        assert client.post("/undo", headers=SIGNED, data={"expected": last}).status_code == 200
+    with Catalog(catalog_path) as catalog:
+        assert sorted(p["id"] for p in catalog.images("NyalaData_41")) == own
+        assert catalog.individual("NyalaData_41")["name"] == "" and catalog.individual("NyalaData_new0001") is None
+    assert "Nothing to undo" in client.post("/undo", headers=SIGNED, data={"expected": last}).text
+    client.post("/individuals/NyalaData_41", headers=SIGNED, data={"name": "Old Bull"})
+    stale = client.post("/undo", headers=SIGNED, data={"expected": last})  # another change came since
+    assert stale.status_code == 400 and "not the one you saw" in stale.text
+
+
+def test_review_changes_need_the_token(client, catalog_path):
+    posts = [
+        ("/groups/confirm", {"dataset": "NyalaData", "query_ids": 1, "target": "new"}),
+        ("/groups/split", {"dataset": "NyalaData", "query_ids": 1, "moved": 1}),
+        ("/pairs", {"dataset": "NyalaData", "left": 1, "right_query": 2, "answer": "same"}),
+        ("/merge", {"keep": "NyalaData_32", "absorb": "NyalaData_41"}),
+        ("/split", {"individual_id": "NyalaData_41", "image_ids": 1}),
+        ("/undo", {"expected": 1}),
+    ]
+    for url, data in posts:
+        for headers in ({}, {"X-Wildreid-Token": "wrong-token"}):
+            assert client.post(url, headers=headers, data=data).status_code == 401, url
+        foreign = client.post(url, headers={**SIGNED, "Origin": "http://evil.example"}, data=data)
+        assert foreign.status_code == 403, url
+    with Catalog(catalog_path) as catalog:
+        assert catalog.history() == [] and len(catalog.images("NyalaData_41")) == 5

@@ -41,12 +41,19 @@ def catalog_gallery(
     """The catalogue's photos as a gallery, up to date: ``gallery`` (one kept in memory), else the
     saved one, else a new one; saved again when it changed."""
     folder = Path(cache_dir) / f"gallery-{preset.name}"
-    if gallery is not None and len(gallery.table):
-        # The per-upload fast path: the catalogue only ever gains photos, so the same count and
-        # newest id as the gallery's mean nothing to do (one aggregate query, not 3,776 rows).
-        newest = max(catalog_image_id(image_id) or 0 for image_id in gallery.table["image_id"])
-        if catalog.images_signature() == (len(gallery.table), newest):
-            return gallery
+    # Read before the photos: a change made in between shows as a new signature next time.
+    signature = catalog.images_signature()
+    if gallery is not None and len(gallery.table) and gallery.catalog_signature == signature:
+        # The per-upload fast path: the same count, newest id and number of photo changes as
+        # when the gallery was last brought up to date mean nothing to do (one aggregate query,
+        # not 3,776 rows).
+        return gallery
+    gallery = _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress)
+    gallery.catalog_signature = signature
+    return gallery
+
+
+def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> Gallery:
     images = catalog.images()  # one query: the check below must stay cheap, it runs per upload
     if not images:
         raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
@@ -56,9 +63,11 @@ def catalog_gallery(
         except GalleryError:
             gallery = None  # built by another wildreid or descriptor: rebuilt below
     if gallery is not None:
-        held = dict(zip(gallery.table["image_id"], gallery.table["identity"]))
-        current = {f"{PREFIX}{image['id']}": image["individual_id"] for image in images}
-        if any(current.get(image_id) != identity for image_id, identity in held.items()):
+        held = dict(zip(gallery.table["image_id"], zip(gallery.table["identity"], gallery.table["sha256"])))
+        current = {f"{PREFIX}{image['id']}": (image["individual_id"], image["sha256"]) for image in images}
+        # An undone confirmation deletes photos, and SQLite may hand their ids out again: the
+        # content hash tells a reused id from the photo the gallery holds.
+        if any(current.get(image_id) != held_as for image_id, held_as in held.items()):
             gallery = None  # a photo left the catalogue or changed individual: refit from scratch
         else:
             images = [image for image in images if f"{PREFIX}{image['id']}" not in held]

@@ -92,7 +92,55 @@ ALTER TABLE queries ADD COLUMN identified_at TEXT;
 ALTER TABLE queries ADD COLUMN identified_by TEXT
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# Version 4: review that learns. ``history`` records every change a reviewer makes (a decision,
+# a group confirmed, a merge, a split, an answer to a pair question, an edit), with who, when and
+# the rows it inserted, updated (with their values before) and deleted (whole): enough to undo it
+# exactly. An undone change stays in the history, marked undone. ``pair_answers`` are the
+# reviewers' answers about two uploaded photos (or a photo and a known individual), re-applied as
+# constraints whenever the waiting photos are grouped again. ``image_changes`` counts updates and
+# deletions of photos (merges, splits, undos), so that a gallery kept in memory can tell that
+# photos changed even when their number and newest id did not.
+_V4 = """
+CREATE TABLE history (
+    id         INTEGER PRIMARY KEY,
+    action     TEXT NOT NULL,
+    dataset    TEXT,
+    reviewer   TEXT NOT NULL,
+    made_at    TEXT NOT NULL,
+    summary    TEXT NOT NULL,              -- one line, for people
+    change     TEXT NOT NULL,              -- JSON: the row changes, what undo replays backwards
+    undone_at  TEXT,
+    undone_by  TEXT
+);
+CREATE INDEX history_open ON history (undone_at, id);
+
+CREATE TABLE pair_answers (
+    id             INTEGER PRIMARY KEY,
+    history_id     INTEGER NOT NULL REFERENCES history (id),
+    dataset        TEXT NOT NULL,
+    query_id       INTEGER NOT NULL REFERENCES queries (id),
+    other_query_id INTEGER REFERENCES queries (id),
+    individual_id  TEXT,                    -- no foreign key: an answer stays as said if the individual is merged away
+    answer         TEXT NOT NULL CHECK (answer IN ('same', 'different', 'cant_tell')),
+    source         TEXT NOT NULL DEFAULT 'question' CHECK (source IN ('question', 'split')),
+    probability    REAL,                    -- the machine's P(same) for the pair when it was asked
+    settled        INTEGER,                 -- photos of the groups the answer decided (review counters)
+    reviewer       TEXT NOT NULL,
+    answered_at    TEXT NOT NULL,
+    CHECK ((other_query_id IS NULL) != (individual_id IS NULL))
+);
+CREATE INDEX pair_answers_dataset ON pair_answers (dataset);
+
+CREATE TABLE image_changes (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    count  INTEGER NOT NULL
+);
+INSERT INTO image_changes (id, count) VALUES (1, 0);
+CREATE TRIGGER images_updated AFTER UPDATE ON images BEGIN UPDATE image_changes SET count = count + 1; END;
+CREATE TRIGGER images_deleted AFTER DELETE ON images BEGIN UPDATE image_changes SET count = count + 1; END
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -137,7 +185,18 @@ def migrate(connection: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> 
 
 def _statements(script: str) -> list[str]:
     # executescript() would COMMIT our transaction first; run the statements one by one instead.
-    return [s.strip() for s in script.split(";") if s.strip()]
+    # A trigger's body holds semicolons of its own: pieces are joined until SQLite says the
+    # statement is complete.
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip().removesuffix(";").strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip().removesuffix(";").strip())
+    return statements
 
 
 def _has_foreign_tables(connection: sqlite3.Connection) -> bool:

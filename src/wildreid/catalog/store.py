@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .journal import Journal
 from .photos import PhotoStore
 from .schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
 
@@ -128,7 +129,7 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         return {
             table: self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("individuals", "images", "descriptors", "queries", "decisions")
+            for table in ("individuals", "images", "descriptors", "queries", "decisions", "history")
         }
 
     def datasets(self) -> list[str]:
@@ -180,14 +181,26 @@ class Catalog:
             offset,
         )
 
-    def update_individual(self, individual_id: str, *, name: str | None = None, notes: str | None = None) -> None:
+    def update_individual(
+        self, individual_id: str, *, name: str | None = None, notes: str | None = None, reviewer: str = "catalogue"
+    ) -> None:
         with self.transaction():
             if self.individual(individual_id) is None:
                 raise CatalogError(f"individual '{individual_id}' does not exist.")
-            if name is not None:
-                self.db.execute("UPDATE individuals SET name = ? WHERE id = ?", (name.strip(), individual_id))
-            if notes is not None:
-                self.db.execute("UPDATE individuals SET notes = ? WHERE id = ?", (notes.strip(), individual_id))
+            changes = {
+                column: value.strip() for column, value in (("name", name), ("notes", notes)) if value is not None
+            }
+            journal = Journal(self.db)
+            journal.update("individuals", individual_id, changes)
+            if journal.steps:
+                edited = journal.steps[-1][4]  # the columns that changed
+                self.record_history(
+                    journal,
+                    "edit",
+                    reviewer=_reviewer(reviewer),
+                    dataset=self.individual(individual_id)["dataset"],
+                    summary=f"{individual_id}: {' and '.join(edited)} edited",
+                )
 
     def _new_individual_id(self, dataset: str) -> str:
         """The next free ``<dataset>_new<NNNN>``; call inside the write transaction so that two
@@ -261,11 +274,16 @@ class Catalog:
     def image_by_sha(self, sha256: str) -> dict | None:
         return self._one("SELECT * FROM images WHERE sha256 = ?", sha256)
 
-    def images_signature(self) -> tuple[int, int]:
-        """(number of photos, newest photo id): photos are only ever added (nothing here updates
-        or deletes one), so an unchanged signature means an unchanged set of photos."""
-        row = self._one("SELECT count(*) AS photos, coalesce(max(id), 0) AS newest FROM images")
-        return int(row["photos"]), int(row["newest"])
+    def images_signature(self) -> tuple[int, int, int]:
+        """(number of photos, newest photo id, updates and deletions of photos so far): photos
+        are added far more often than they change, and the counter (kept by triggers, see
+        schema.py) says when one was moved to another individual or removed. An unchanged
+        signature means an unchanged set of photos."""
+        row = self._one(
+            "SELECT count(*) AS photos, coalesce(max(id), 0) AS newest, "
+            "(SELECT count FROM image_changes) AS changes FROM images"
+        )
+        return int(row["photos"]), int(row["newest"]), int(row["changes"])
 
     def images(self, individual_id: str | None = None) -> list[dict]:
         """Photos (of one individual, or all), oldest sighting first; with the individual's
@@ -319,11 +337,14 @@ class Catalog:
         )
 
     def save_descriptors(self, backbone_key: str, hashes: list[str], vectors: np.ndarray) -> None:
+        """Store descriptors of catalogue photos; a photo removed meanwhile (an undone
+        confirmation, while a background job described it) is left out."""
         vectors = np.asarray(vectors, dtype="<f4")
         with self.transaction():
             self.db.executemany(
-                "INSERT OR REPLACE INTO descriptors (sha256, backbone_key, dim, vector) VALUES (?, ?, ?, ?)",
-                [(h, backbone_key, int(v.shape[0]), v.tobytes()) for h, v in zip(hashes, vectors)],
+                "INSERT OR REPLACE INTO descriptors (sha256, backbone_key, dim, vector) "
+                "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE sha256 = ?)",
+                [(h, backbone_key, int(v.shape[0]), v.tobytes(), h) for h, v in zip(hashes, vectors)],
             )
 
     # ----------------------------------------------------------------------------------------
@@ -427,83 +448,123 @@ class Catalog:
         """
         if outcome not in OUTCOME_STATUS:
             raise CatalogError(f"decision: '{outcome}' is not one of match, new, skip.")
-        reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise CatalogError("reviewer: empty; say who takes the decision.")
+        reviewer = _reviewer(reviewer)
         with self.transaction():
             query = self.query(query_id)
             if query is None:
                 raise CatalogError(f"query {query_id} does not exist.")
-            if query["status"] in DECIDED:
-                previous = self._one(
-                    "SELECT * FROM decisions WHERE query_id = ? AND outcome != 'skip' ORDER BY id DESC LIMIT 1",
-                    query_id,
-                )
-                who = f" by {previous['reviewer']} at {previous['decided_at']}" if previous else ""
-                raise AlreadyDecided(
-                    f"query {query_id} was already decided{who}: "
-                    f"{query['status']} ({previous and previous['individual_id']}).",
-                    previous,
-                )
-            if query["status"] == "queued":
-                raise CatalogError(f"query {query_id} is still being identified; wait for its candidates.")
-            image_id = None
-            existing = self.image_by_sha(query["sha256"])
-            if (
-                existing is not None
-                and outcome != "skip"
-                and (outcome == "new" or existing["individual_id"] != individual_id)
-            ):
-                # One photo is filed under one individual: saying "filed under B" while it stays
-                # under A would be a lie, and moving it silently would undo an earlier decision.
-                chosen = "a new individual" if outcome == "new" else f"'{individual_id}'"
-                raise CatalogError(
-                    f"This very photo is already in the catalogue as a photo of '{existing['individual_id']}' "
-                    f"(image {existing['id']}), so it cannot also be filed under {chosen}. Confirm "
-                    f"'{existing['individual_id']}' for it, or skip it; if '{existing['individual_id']}' is "
-                    "wrong, correct that individual's photos first."
-                )
-            if outcome == "match":
-                if not individual_id or self.individual(individual_id) is None:
-                    raise CatalogError(
-                        f"individual '{individual_id}' does not exist; choose a candidate or create a new individual."
-                    )
-            elif outcome == "new":
-                individual_id = self._new_individual_id(query["dataset"])
-                self.add_individual(
-                    individual_id,
-                    query["dataset"],
-                    name=name,
-                    notes=notes,
-                    species=self.dataset_species(query["dataset"]),
-                )
-            else:
+            self._check_decidable(query)
+            journal = Journal(self.db)
+            if outcome == "new":
+                individual_id = self._create_individual(journal, query["dataset"], name=name, notes=notes)
+            elif outcome == "skip":
                 individual_id = None
+            [decision_id] = self._file_queries(journal, [query], outcome, individual_id, reviewer, preset)
+            what = {"match": f"filed under {individual_id}", "new": f"filed under the new individual {individual_id}"}
+            self.record_history(
+                journal,
+                "decide",
+                reviewer=reviewer,
+                dataset=query["dataset"],
+                summary=f"query #{query_id} ({query['original_name']}) {what.get(outcome, 'skipped')}",
+            )
+            return self._one("SELECT * FROM decisions WHERE id = ?", decision_id)
+
+    def _check_decidable(self, query: dict) -> None:
+        """Refuse a query already decided (:class:`AlreadyDecided`) or still being identified."""
+        if query["status"] in DECIDED:
+            previous = self._one(
+                "SELECT * FROM decisions WHERE query_id = ? AND outcome != 'skip' ORDER BY id DESC LIMIT 1",
+                query["id"],
+            )
+            who = f" by {previous['reviewer']} at {previous['decided_at']}" if previous else ""
+            raise AlreadyDecided(
+                f"query {query['id']} was already decided{who}: "
+                f"{query['status']} ({previous and previous['individual_id']}).",
+                previous,
+            )
+        if query["status"] == "queued":
+            raise CatalogError(f"query {query['id']} is still being identified; wait for its candidates.")
+
+    def _create_individual(self, journal: Journal, dataset: str, *, name: str = "", notes: str = "") -> str:
+        """A new individual ``<dataset>_newNNNN`` (inside the caller's transaction)."""
+        individual_id = self._new_individual_id(dataset)
+        journal.insert(
+            "individuals",
+            {
+                "id": individual_id,
+                "name": name.strip(),
+                "species": self.dataset_species(dataset),
+                "dataset": dataset,
+                "notes": notes.strip(),
+                "created_at": now(),
+            },
+        )
+        return individual_id
+
+    def _file_queries(
+        self,
+        journal: Journal,
+        queries: list[dict],
+        outcome: str,
+        individual_id: str | None,
+        reviewer: str,
+        preset: str,
+    ) -> list[int]:
+        """File decidable ``queries`` under ``individual_id`` (None: a skip), each with its
+        decision; return the decisions' ids. Inside the caller's transaction."""
+        if outcome != "skip" and (not individual_id or self.individual(individual_id) is None):
+            raise CatalogError(
+                f"individual '{individual_id}' does not exist; choose a candidate or create a new individual."
+            )
+        decisions = []
+        for query in queries:
+            image_id = None
             if individual_id is not None:
+                existing = self.image_by_sha(query["sha256"])
+                if existing is not None and existing["individual_id"] != individual_id:
+                    # One photo is filed under one individual: saying "filed under B" while it stays
+                    # under A would be a lie, and moving it silently would undo an earlier decision.
+                    chosen = "a new individual" if outcome == "new" else f"'{individual_id}'"
+                    raise CatalogError(
+                        f"This very photo (query #{query['id']}) is already in the catalogue as a photo of "
+                        f"'{existing['individual_id']}' (image {existing['id']}), so it cannot also be filed under "
+                        f"{chosen}. Confirm '{existing['individual_id']}' for it, or skip it; if "
+                        f"'{existing['individual_id']}' is wrong, correct that individual's photos first."
+                    )
                 if existing is None:
-                    image_id = self.db.execute(
-                        "INSERT INTO images (sha256, stored_path, individual_id, sighting_date, location, "
-                        "source, source_image_id, added_at) VALUES (?, ?, ?, ?, ?, 'review', ?, ?)",
-                        (
-                            query["sha256"],
-                            query["stored_path"],
-                            individual_id,
-                            query["sighting_date"],
-                            query["location"],
-                            f"query-{query_id}",
-                            now(),
-                        ),
-                    ).lastrowid
+                    image_id = journal.insert(
+                        "images",
+                        {
+                            "sha256": query["sha256"],
+                            "stored_path": query["stored_path"],
+                            "individual_id": individual_id,
+                            "sighting_date": query["sighting_date"],
+                            "location": query["location"],
+                            "source": "review",
+                            "source_image_id": f"query-{query['id']}",
+                            "added_at": now(),
+                        },
+                    )
                 else:  # the very same photo, already catalogued under this individual
                     image_id = existing["id"]
-            score = _candidate_score(query["result"], individual_id)
-            decision_id = self.db.execute(
-                "INSERT INTO decisions (query_id, outcome, individual_id, image_id, reviewer, decided_at, "
-                "score, preset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (query_id, outcome, individual_id, image_id, reviewer, now(), score, preset),
-            ).lastrowid
-            self.db.execute("UPDATE queries SET status = ? WHERE id = ?", (OUTCOME_STATUS[outcome], query_id))
-            return self._one("SELECT * FROM decisions WHERE id = ?", decision_id)
+            decisions.append(
+                journal.insert(
+                    "decisions",
+                    {
+                        "query_id": query["id"],
+                        "outcome": outcome,
+                        "individual_id": individual_id,
+                        "image_id": image_id,
+                        "reviewer": reviewer,
+                        "decided_at": now(),
+                        "score": _candidate_score(query["result"], individual_id),
+                        "preset": preset,
+                    },
+                )
+            )
+            journal.update("queries", query["id"], {"status": OUTCOME_STATUS[outcome]})
+        return decisions
 
     def decisions(self, *, query_id: int | None = None, individual_id: str | None = None) -> list[dict]:
         clauses, args = [], []
@@ -519,6 +580,41 @@ class Catalog:
             f"JOIN queries q ON q.id = d.query_id {where} ORDER BY d.id",
             *args,
         )
+
+    # ----------------------------------------------------------------------------------------
+    # history: every change a reviewer makes, undoable (see journal.py and changes.py)
+
+    def record_history(self, journal: Journal, action: str, *, reviewer: str, dataset: str | None, summary: str) -> int:
+        """Record a change made through ``journal`` (inside its transaction); return its id."""
+        return self.db.execute(
+            "INSERT INTO history (action, dataset, reviewer, made_at, summary, change) VALUES (?, ?, ?, ?, ?, ?)",
+            (action, dataset, reviewer, now(), summary, json.dumps({"steps": journal.steps})),
+        ).lastrowid
+
+    def update_history_change(self, history_id: int, journal: Journal) -> None:
+        """Store the steps ``journal`` took after its entry was recorded (rows that name the entry)."""
+        self.db.execute(
+            "UPDATE history SET change = ? WHERE id = ?", (json.dumps({"steps": journal.steps}), history_id)
+        )
+
+    def history(self, *, limit: int = 100, include_undone: bool = True) -> list[dict]:
+        """The latest changes first, each with its recorded ``change`` as data."""
+        where = "" if include_undone else "WHERE undone_at IS NULL"
+        rows = self._all(f"SELECT * FROM history {where} ORDER BY id DESC LIMIT ?", limit)
+        for row in rows:
+            row["change"] = json.loads(row["change"])
+        return rows
+
+    def history_entry(self, history_id: int) -> dict | None:
+        row = self._one("SELECT * FROM history WHERE id = ?", history_id)
+        if row is not None:
+            row["change"] = json.loads(row["change"])
+        return row
+
+    def last_change(self) -> dict | None:
+        """The latest change not undone: the one undo would take back."""
+        rows = self.history(limit=1, include_undone=False)
+        return rows[0] if rows else None
 
     # ----------------------------------------------------------------------------------------
     # health
@@ -578,6 +674,13 @@ class CheckReport:
             f"temporary files of interrupted writes: {len(self.leftover_files)}",
         ]
         return lines
+
+
+def _reviewer(name: str | None) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise CatalogError("reviewer: empty; say who takes the decision.")
+    return name
 
 
 def _text(value) -> str | None:

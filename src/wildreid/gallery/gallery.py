@@ -80,6 +80,9 @@ class Gallery:
         # Image-loading processes per extraction (None: extract.py's default); 0 in a server's
         # threads, where forking is unsafe.
         self.loader_workers: int | None = None
+        # The catalogue's images_signature() when a catalogue last brought this gallery up to
+        # date (catalog/identify.py); None: not known, compare photo by photo.
+        self.catalog_signature: tuple | None = None
 
     # ------------------------------------------------------------------ building
 

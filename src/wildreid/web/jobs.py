@@ -1,6 +1,12 @@
 """Identification jobs: uploads are identified in one background thread while the page polls
 ``/api/jobs/<id>`` for progress.
 
+After an upload is identified, the waiting photos of its dataset are grouped (catalog/pending.py):
+identified together, compared with each other and with the known individuals. The grouping is
+kept in memory per dataset, with the reviewers' answers applied; a grouping job rebuilds it
+whenever it is missing (a restart) or out of date (photos filed, an undo), reading the answers
+back from the catalogue.
+
 The catalogue's gallery (the fitted database side, see gallery/) is kept in memory between jobs
 and brought up to date at the start of each one, so photos confirmed by reviewers are matched
 against from the next upload on, and an upload pays only for its own extraction and shortlist.
@@ -23,7 +29,10 @@ from dataclasses import dataclass, field
 
 from ..backbones import BackboneUnavailable
 from ..catalog import Catalog, CatalogError, candidates_of, catalog_gallery, identify_with_catalog
+from ..catalog.changes import pair_answers
 from ..catalog.identify import default_cache_dir
+from ..catalog.pending import PendingGrouping, group_pending, pending_queries
+from ..gallery import GalleryError
 from ..presets import get_preset
 from .config import WebConfig
 
@@ -41,6 +50,9 @@ class Job:
     error: str = ""
     rejected: list[str] = field(default_factory=list)  # upload messages, shown on the job page
     finished_at: float | None = None
+    kind: str = "identify"  # identify (an upload) | group (the waiting photos of ``dataset``)
+    dataset: str | None = None
+    next_url: str | None = None  # group jobs: where the page goes when done
 
     def to_dict(self) -> dict:
         return {
@@ -52,11 +64,17 @@ class Job:
             "error": self.error,
             "rejected": self.rejected,
             "query_ids": self.query_ids,
+            "kind": self.kind,
+            "dataset": self.dataset,
         }
 
 
 def new_job_id() -> str:
     return secrets.token_hex(8)
+
+
+class GroupingFailed(Exception):
+    """The waiting photos could not be grouped; the message says why."""
 
 
 class JobRunner:
@@ -65,6 +83,15 @@ class JobRunner:
     def __init__(self, config: WebConfig, *, backbone=None, identify: Callable = identify_with_catalog):
         self.config, self.backbone, self.identify = config, backbone, identify
         self.gallery = None  # the catalogue's gallery, kept between jobs (worker thread only)
+        # Per dataset, the grouping of its waiting photos; read and changed by requests (answers)
+        # and replaced by the worker, always under group_lock.
+        self.groupings: dict[str, PendingGrouping] = {}
+        self.grouping_failures: dict[str, tuple[frozenset, str]] = {}  # dataset -> (waiting photos, why)
+        # Bumped whenever the catalogue changes under a dataset's grouping (photos filed, an
+        # undo, a merge): a grouping job that started before installs nothing, however its
+        # photos compare (it may have used individuals that are gone).
+        self.generations: dict[str, int] = {}
+        self.group_lock = threading.RLock()
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -83,6 +110,41 @@ class JobRunner:
         with self.lock:
             return self.jobs.get(job_id)
 
+    def request_grouping(self, dataset: str, next_url: str) -> Job:
+        """The job that will (re)group ``dataset``'s waiting photos: one of that dataset not
+        started yet (an upload regroups its dataset when it ends), else a new one. A running job
+        may have read the waiting photos already, so it does not count."""
+        with self.lock:
+            for job in self.jobs.values():
+                if job.dataset == dataset and job.status == "queued":
+                    if job.kind == "group":
+                        job.next_url = next_url
+                    return job
+        job = Job(new_job_id(), [], kind="group", dataset=dataset, stage="waiting for earlier jobs", next_url=next_url)
+        self.submit(job)
+        return job
+
+    def grouping(self, dataset: str) -> PendingGrouping | None:
+        """The dataset's grouping (use it under ``group_lock``)."""
+        with self.group_lock:
+            return self.groupings.get(dataset)
+
+    def invalidate(self, dataset: str, replacement: PendingGrouping | None = None) -> None:
+        """The catalogue changed under ``dataset``'s grouping: drop it (or hold ``replacement``,
+        built from it for the change), and keep the results of grouping jobs already started."""
+        with self.group_lock:
+            self.generations[dataset] = self.generations.get(dataset, 0) + 1
+            if replacement is None:
+                self.groupings.pop(dataset, None)
+            else:
+                self.groupings[dataset] = replacement
+
+    def grouping_failure(self, dataset: str, waiting: frozenset) -> str | None:
+        """Why grouping these very waiting photos failed last time (None: it did not)."""
+        with self.group_lock:
+            failure = self.grouping_failures.get(dataset)
+        return failure[1] if failure and failure[0] == waiting else None
+
     def resume_unfinished(self) -> None:
         """Queue again the queries a previous server process did not finish."""
         with Catalog(self.config.catalog) as catalog:
@@ -90,8 +152,9 @@ class JobRunner:
         by_job: dict[str, list[int]] = {}
         for query in waiting:
             by_job.setdefault(query["job_id"] or new_job_id(), []).append(query["id"])
+        datasets = {query["id"]: query["dataset"] for query in waiting}
         for job_id, query_ids in by_job.items():
-            self.submit(Job(job_id, query_ids, total=len(query_ids)))
+            self.submit(Job(job_id, query_ids, total=len(query_ids), dataset=datasets[query_ids[0]]))
 
     def stop(self) -> None:
         if self.thread is not None:
@@ -118,12 +181,13 @@ class JobRunner:
             try:
                 self._run(job)
                 self._update(job, status="done", stage="done", finished_at=time.time())
-            except BackboneUnavailable as error:
+            except (BackboneUnavailable, GroupingFailed) as error:
                 self._fail(job, str(error))
             except Exception:  # noqa: BLE001 - keep serving; the details go to the server log
                 reference = secrets.token_hex(4)
                 log.exception("job %s failed (reference %s)", job.id, reference)
-                self._fail(job, f"identification failed (reference {reference}); the details are in the server log.")
+                what = "grouping" if job.kind == "group" else "identification"
+                self._fail(job, f"{what} failed (reference {reference}); the details are in the server log.")
 
     def _run(self, job: Job) -> None:
         preset = get_preset(self.config.preset)
@@ -171,6 +235,52 @@ class JobRunner:
                 except CatalogError as error:
                     catalog.set_query_result(query_id, None, error=str(error))
             self._update(job, done=len(job.query_ids))
+            datasets = [job.dataset] if job.dataset else sorted({catalog.query(q)["dataset"] for q in job.query_ids})
+            for dataset in datasets:
+                self._update(job, stage=f"grouping the waiting photos of {dataset}")
+                problem = self._group(catalog, dataset, cache_dir)
+                if problem and job.kind == "group":
+                    raise GroupingFailed(problem)
+
+    def _group(self, catalog: Catalog, dataset: str, cache_dir) -> str | None:
+        """Group ``dataset``'s waiting photos (the gallery is up to date); return why it failed,
+        or None. A failure is kept, so that the page says why instead of asking again."""
+        waiting = None
+        with self.group_lock:
+            generation = self.generations.get(dataset, 0)
+        try:
+            # Brought up to date after the generation is read: a change made before is in the
+            # gallery, one made after voids this grouping.
+            self.gallery = catalog_gallery(
+                catalog,
+                get_preset(self.config.preset),
+                backbone=self.backbone,
+                cache_dir=cache_dir,
+                gallery=self.gallery,
+            )
+            pending = group_pending(catalog, self.gallery, dataset, cache_dir=cache_dir)
+            waiting = frozenset(pending.query_ids)
+            with self.group_lock:
+                if self.generations.get(dataset, 0) != generation:
+                    return None  # changed meanwhile; whoever changed it asked for a new grouping
+                # Answers given while this ran are in the catalogue: apply them all again.
+                pending.apply_answers(pair_answers(catalog, dataset))
+                self.groupings[dataset] = pending
+                self.grouping_failures.pop(dataset, None)
+            return None
+        except (CatalogError, GalleryError) as error:
+            message = f"the waiting photos of {dataset} could not be grouped: {error}"
+        except Exception:  # noqa: BLE001 - identification itself succeeded; keep serving
+            reference = secrets.token_hex(4)
+            log.exception("grouping %s failed (reference %s)", dataset, reference)
+            message = (
+                f"the waiting photos of {dataset} could not be grouped (reference {reference}; see the server log)."
+            )
+        waiting = frozenset(q["id"] for q in pending_queries(catalog, dataset)) if waiting is None else waiting
+        with self.group_lock:
+            self.groupings.pop(dataset, None)
+            self.grouping_failures[dataset] = (waiting, message)
+        return message
 
     def _update(self, job: Job, **changes) -> None:
         with self.lock:

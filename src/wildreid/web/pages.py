@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -14,6 +14,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..catalog import Catalog
+from ..catalog.changes import pair_answers
+from ..catalog.pending import without_queries
 from .security import is_signed_in, reviewer_of
 
 HERE = Path(__file__).parent
@@ -86,3 +88,36 @@ def next_waiting(catalog: Catalog, after: int) -> int | None:
     waiting = [q["id"] for q in catalog.queries(status=["ready", "failed"], limit=10_000) if q["id"] != after]
     later = [i for i in waiting if i > after]
     return (later or waiting or [None])[0]
+
+
+def with_params(url: str, **params) -> str:
+    """``url`` with query parameters set (replacing any of the same name)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in params]
+    query += [(k, str(v)) for k, v in params.items() if v is not None]
+    return urlunsplit(("", "", parts.path, urlencode(query), ""))
+
+
+def groups_url(dataset: str, **params) -> str:
+    return with_params("/groups", dataset=dataset, **params)
+
+
+def grouped_with_others(request: Request, dataset: str, query_ids: set[int]) -> bool:
+    """Whether the dataset's grouping puts one of ``query_ids`` in a group of several photos."""
+    jobs = request.app.state.jobs
+    with jobs.group_lock:
+        pending = jobs.grouping(dataset)
+        groups = pending.groups() if pending is not None else []
+    return any(len(group.query_ids) > 1 and query_ids & set(group.query_ids) for group in groups)
+
+
+def photos_filed(request: Request, catalog: Catalog, dataset: str, query_ids: set[int], *, regroup: bool) -> None:
+    """Photos just filed leave the dataset's grouping at once; ``regroup``: a full regroup
+    (against the gallery that now holds them) follows in the background."""
+    jobs = request.app.state.jobs
+    with jobs.group_lock:
+        pending = jobs.grouping(dataset)
+        reduced = without_queries(pending, query_ids, pair_answers(catalog, dataset)) if pending else None
+        jobs.invalidate(dataset, reduced)
+    if regroup:
+        jobs.request_grouping(dataset, next_url=groups_url(dataset))

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ..pages import CatalogDep, page, url_part
-from ..security import clean_text, require_token
+from ...catalog.changes import entry_details, merged_into
+from ..pages import CatalogDep, page, url_part, when
+from ..security import clean_text, require_token, reviewer_of
 
 router = APIRouter()
 INDIVIDUALS_SHOWN = 200  # per list page; the search narrows it down
@@ -24,18 +25,49 @@ def individuals(request: Request, catalog: CatalogDep, q: str = ""):
 
 
 @router.get("/individuals/{individual_id:anytext}", response_class=HTMLResponse)
-def individual(request: Request, individual_id: str, catalog: CatalogDep, added: int | None = None):
+def individual(
+    request: Request,
+    individual_id: str,
+    catalog: CatalogDep,
+    added: int | None = None,
+    done: int | None = None,
+    undone: int | None = None,
+):
     found = catalog.individual(individual_id)
     if found is None:
+        merge = merged_into(catalog, individual_id)
+        if merge is not None:
+            raise HTTPException(
+                404,
+                f"{individual_id} was merged into {merge['into'] or 'another individual'} by {merge['reviewer']} "
+                f"at {when(merge['made_at'])} (history #{merge['id']}; undoing that merge brings it back).",
+            )
         raise HTTPException(404, "No such individual.")
     decisions = {d["image_id"]: d for d in catalog.decisions(individual_id=individual_id)}
     photos = [{**image, "decision": decisions.get(image["id"])} for image in catalog.images(individual_id)]
-    return page(request, "individual.html", individual=found, photos=photos, added=added)
+    here = f"/individuals/{url_part(individual_id)}"
+    return page(
+        request,
+        "individual.html",
+        individual=found,
+        photos=photos,
+        added=added,
+        done=entry_details(catalog.history_entry(done)) if done else None,
+        undone=entry_details(catalog.history_entry(undone)) if undone else None,
+        last=catalog.last_change(),
+        here=here,
+    )
 
 
 @router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_token)])
 def edit_individual(
-    individual_id: str, catalog: CatalogDep, name: Annotated[str, Form()] = "", notes: Annotated[str, Form()] = ""
+    request: Request,
+    individual_id: str,
+    catalog: CatalogDep,
+    name: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form()] = "",
 ):
-    catalog.update_individual(individual_id, name=clean_text(name, 200), notes=clean_text(notes, 2000))
+    catalog.update_individual(
+        individual_id, name=clean_text(name, 200), notes=clean_text(notes, 2000), reviewer=reviewer_of(request)
+    )
     return RedirectResponse(f"/individuals/{url_part(individual_id)}", status_code=303)

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from ...catalog.changes import entry_details
 from ...catalog.identify import default_cache_dir
 from ...presets import get_preset
 from ..matches import match_picture, match_pictures_available
-from ..pages import CatalogDep, next_waiting, page, query_or_404, url_part
+from ..pages import CatalogDep, next_waiting, page, photos_filed, query_or_404, url_part
 from ..security import clean_text, require_token, reviewer_of
 
 router = APIRouter()
@@ -28,7 +29,7 @@ def review_list(request: Request, catalog: CatalogDep):
 
 
 @router.get("/review/{query_id}", response_class=HTMLResponse)
-def review(request: Request, query_id: int, catalog: CatalogDep, decided: int | None = None):
+def review(request: Request, query_id: int, catalog: CatalogDep, decided: int | None = None, undone: int | None = None):
     query = query_or_404(catalog, query_id)
     candidates = []
     for candidate in (query["result"] or {}).get("candidates", []):
@@ -50,6 +51,9 @@ def review(request: Request, query_id: int, catalog: CatalogDep, decided: int | 
         just_decided=just_decided,
         next_id=next_waiting(catalog, query_id),
         match_pictures=match_pictures_available(get_preset(request.app.state.config.preset)),
+        last=catalog.last_change() if just_decided else None,
+        done=None,
+        undone=entry_details(catalog.history_entry(undone)) if undone else None,
     )
 
 
@@ -76,6 +80,8 @@ def decide(
         name=clean_text(name, 200),
         notes=clean_text(notes, 2000),
     )
+    if decision["individual_id"]:
+        photos_filed(request, catalog, query["dataset"], {query_id}, regroup=False)
     next_id = next_waiting(catalog, query_id)
     if next_id is not None:
         return RedirectResponse(f"/review/{next_id}?decided={query_id}", status_code=303)

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ...catalog import Catalog
 from ..jobs import Job, new_job_id
-from ..pages import CatalogDep, page
+from ..pages import CatalogDep, grouped_with_others, groups_url, page
 from ..security import UploadRejected, check_photo, clean_text, display_name, require_token, reviewer_of
 
 router = APIRouter()
@@ -47,7 +47,7 @@ def upload(
         )
     dataset = _chosen_dataset(catalog, dataset)
     sighting_date = _checked_date(sighting_date)
-    job = Job(new_job_id(), [])
+    job = Job(new_job_id(), [], dataset=dataset)
     for photo in photos:
         label = display_name(photo.filename)
         data = photo.file.read(config.max_upload_bytes + 1)  # +1: enough to see it is too big
@@ -100,8 +100,19 @@ def job_state(request: Request, catalog: Catalog, job_id: str) -> dict:
     state["queries"] = [
         {"id": q["id"], "status": q["status"], "name": q["original_name"], "url": f"/review/{q['id']}"} for q in queries
     ]
+    finished = state["status"] in ("done", "failed")
+    if job is not None and job.kind == "group":
+        state["next_url"] = job.next_url if finished else None
+        return state
     ready = [q for q in queries if q["status"] in ("ready", "failed")]
-    state["next_url"] = f"/review/{ready[0]['id']}" if ready and state["status"] in ("done", "failed") else None
+    state["next_url"] = None
+    if finished and queries:
+        # Photos the grouping put together with others are reviewed as groups; else one by one.
+        dataset = queries[0]["dataset"]
+        if grouped_with_others(request, dataset, {q["id"] for q in queries}):
+            state["next_url"] = groups_url(dataset)
+        elif ready:
+            state["next_url"] = f"/review/{ready[0]['id']}"
     return state
 
 

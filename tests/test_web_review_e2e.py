@@ -1,0 +1,202 @@
+"""Review as groups, end to end in a real headless browser (Playwright driving Debian's Chromium,
+as test_web_e2e.py): six photos of two animals the catalogue does not know are uploaded, proposed
+as two groups, one pair question is answered, a group is confirmed as a new individual, and that
+is undone. Screenshots go to test-artifacts/e2e/review/.
+
+The two animals: NyalaData_61 and NyalaData_47, three photos each. They were chosen by trying,
+against this very catalogue (the 8 individuals x 5 photos of test_web*.py) and the offline
+preset, every 3-photo subset of the nyala outside it: 108 subsets group as one new animal on
+their own; of the pairs of them, these two (among 279 pairs that do) come out as exactly two
+groups of three, neither linked to a known individual.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from wildreid.catalog import Catalog, import_dataset
+from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog.photos import content_hash
+from wildreid.data import load_dataset
+from wildreid.web import WebConfig, create_app
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e" / "review"
+CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
+TOKEN = "e2e-review-token"
+INDIVIDUALS = [  # the catalogue of test_web_e2e.py
+    "NyalaData_32",
+    "NyalaData_41",
+    "NyalaData_48",
+    "NyalaData_147",
+    "NyalaData_144",
+    "NyalaData_34",
+    "NyalaData_7",
+    "NyalaData_18",
+]
+ANIMALS = {"NyalaData_61": ["403", "404", "406"], "NyalaData_47": ["133", "135", "137"]}
+
+
+@pytest.fixture(scope="module")
+def server(shared_data, lite0_backbone, tmp_path_factory):
+    """A 40-photo catalogue served on 127.0.0.1; yields (base URL, catalogue path, dataset)."""
+    nyala = load_dataset(shared_data / "NyalaData")
+    cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
+    path = tmp_path_factory.mktemp("e2e-review") / "catalog.sqlite"
+    chosen = nyala.database[nyala.database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
+    with Catalog(path) as catalog:
+        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
+        prepare_descriptors(catalog, lite0_backbone, cache)
+    app = create_app(WebConfig(path, token=TOKEN, cache_dir=cache), backbone=lite0_backbone)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uvicorn_server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uvicorn_server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", path, nyala
+    uvicorn_server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+            "(or name another binary with WILDREID_CHROMIUM)."
+        )
+    if ARTIFACTS.exists():  # only this run's screenshots
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        tab = context.new_page()
+        tab.set_default_timeout(30_000)
+        # Script errors, Content-Security-Policy violations and failed requests; a clean run has none.
+        tab.problems = []
+        tab.on("pageerror", lambda error: tab.problems.append(str(error)))
+        tab.on(
+            "console",
+            lambda message: (
+                message.type == "error"
+                and "Failed to load resource" not in message.text
+                and tab.problems.append(message.text)
+            ),
+        )
+        tab.on(
+            "response",
+            lambda response: response.status >= 400 and tab.problems.append(f"{response.status} {response.url}"),
+        )
+        yield tab
+        context.close()
+        browser.close()
+
+
+def snap(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def shown_groups(page) -> list[set[str]]:
+    """The proposed groups of several photos, each as the set of its photos' content hashes."""
+    groups = []
+    for section in page.locator("section.group").all():
+        sources = section.locator("li[data-query] img").evaluate_all("images => images.map((i) => i.src)")
+        groups.append({source.rsplit("/", 1)[-1] for source in sources})
+    return groups
+
+
+def test_reviewer_confirms_a_group_as_a_new_individual_and_undoes_it(server, page):
+    base, catalog_path, nyala = server
+    paths = {
+        name: [Path(nyala.table.loc[nyala.table["image_id"] == i, "path"].item()) for i in ids]
+        for name, ids in ANIMALS.items()
+    }
+    truth = [{content_hash(p.read_bytes()) for p in photos} for photos in paths.values()]
+
+    page.goto(base + "/login?next=/")
+    page.get_by_label("Your name").fill("Alice")
+    page.get_by_label("Review token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + "/")
+    page.set_input_files("#photos", [str(p) for photos in paths.values() for p in photos])
+    assert "6 chosen" in page.locator("#chosen").inner_text()
+    snap(page, "01-upload")
+    page.locator("#upload-button").click()
+    page.wait_for_url("**/jobs/**")
+    snap(page, "02-job")
+
+    # identified, then grouped: the job page moves on to the proposed groups
+    page.wait_for_url("**/groups?dataset=NyalaData", timeout=120_000)
+    page.wait_for_load_state("networkidle")
+    snap(page, "03-groups")
+    page.screenshot(path=str(ARTIFACTS / "03-groups-viewport.png"))
+    assert sorted(map(sorted, shown_groups(page))) == sorted(map(sorted, truth))
+    assert page.locator("section.group h2").all_inner_texts() == ["These 3 photos look like one new animal"] * 2
+    assert page.locator('[data-counter="waiting"]').inner_text() == "6"
+
+    # one pair question, answered from the truth
+    page.locator("#questions-link").click()
+    page.wait_for_url("**/pairs?dataset=NyalaData")
+    page.wait_for_load_state("networkidle")
+    snap(page, "04-question")
+    photos = page.locator("#question .pair img").evaluate_all("images => images.map((i) => i.src.split('/').pop())")
+    assert len(photos) == 2
+    same = any(set(photos) <= animal for animal in truth)
+    page.get_by_role("button", name="Same animal" if same else "Different animals").click()
+    page.wait_for_url("**/pairs?dataset=NyalaData&answered=*")
+    assert page.locator("#saved").inner_text().startswith("Saved: query #")
+    assert page.locator('[data-counter="per-answer"]').inner_text() == "6.0"  # the link between the two groups
+    snap(page, "05-answered")
+
+    # the first group confirmed as a new individual, in one action
+    page.get_by_role("link", name="Back to the groups").click()
+    page.wait_for_url("**/groups?dataset=NyalaData")
+    assert sorted(map(sorted, shown_groups(page))) == sorted(map(sorted, truth))  # a true answer keeps them
+    first = page.locator("section.group").first
+    confirmed = shown_groups(page)[0]
+    first.get_by_label("Name").fill("Stripes")
+    first.get_by_role("button", name="Confirm as a new individual").click()
+    page.wait_for_url("**/groups?dataset=NyalaData&done=*")
+    page.wait_for_load_state("networkidle")
+    snap(page, "06-confirmed")
+    assert (
+        "Saved: 3 photos" in page.locator("#saved").inner_text()
+        and "NyalaData_new0001" in page.locator("#saved").inner_text()
+    )
+    assert shown_groups(page) == [next(animal for animal in truth if animal != confirmed)]
+    with Catalog(catalog_path) as catalog:
+        assert {image["sha256"] for image in catalog.images("NyalaData_new0001")} == confirmed
+
+    # undo: the photos are waiting again, the individual is gone, the two groups are back
+    page.get_by_role("button", name="Undo: 3 photos").click()
+    page.wait_for_url("**/groups?dataset=NyalaData&undone=*", timeout=120_000)  # via the regrouping job
+    page.wait_for_load_state("networkidle")
+    snap(page, "07-undone")
+    assert page.locator("#undone").inner_text().startswith("Undone: 3 photos")
+    assert sorted(map(sorted, shown_groups(page))) == sorted(map(sorted, truth))
+    with Catalog(catalog_path) as catalog:
+        assert catalog.individual("NyalaData_new0001") is None
+        assert len(catalog.queries(status="ready")) == 6
+        assert [entry["action"] for entry in catalog.history()] == ["confirm_group", "answer"]
+        assert catalog.history()[0]["undone_by"] == "Alice"
+    page.goto(base + "/history")
+    snap(page, "08-history")
+    assert page.problems == []
