@@ -121,7 +121,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    backbone: Backbone  # the trained model (best epoch), in eval mode, as load_backbone gives it
+    backbone: Backbone | None  # the trained model (best epoch), in eval mode; None while paused (stop_after)
     out: Path
     record: dict  # what train.json holds
 
@@ -337,11 +337,18 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     source: dict | None = None,
+    selection: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Fine-tune ``config.backbone`` on ``images`` (from :func:`training_images`) and save it in
-    ``out``; resume from ``out/checkpoint.pt`` if an earlier run was interrupted."""
+    ``out``; resume from ``out/checkpoint.pt`` if an earlier run was interrupted.
+
+    ``stop_after``: pause after that many epochs (of the ``config.epochs`` the schedule is planned
+    for), leaving the checkpoint and no model; calling again with a larger value continues the
+    same run (the settings search trains its candidates this way). ``selection``: how the settings
+    were chosen (see tuning.py), kept in train.json."""
     started = time.perf_counter()
     out = Path(out)
     _prepare_out_dir(out, overwrite)
@@ -423,7 +430,8 @@ def train(
         state["history"].append(figures)
         tqdm.write(f"before training: validation top-1 {figures['val_top1']:.3f}")
 
-    while state["epoch"] < config.epochs and not state["stopped_early"]:
+    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    while state["epoch"] < last and not state["stopped_early"]:
         epoch_started = time.perf_counter()
         epoch = state["epoch"] + 1
         # The shuffle order depends only on the seed and the epoch, so a resumed run sees the same
@@ -489,6 +497,9 @@ def train(
         )
     if state["stopped_early"]:
         tqdm.write(f"stopped early: no better validation top-1 for {config.patience} epochs")
+    elif state["epoch"] < config.epochs:
+        # Paused (stop_after): the checkpoint is the run; nothing is saved as a model yet.
+        return TrainResult(None, out, {"status": "paused", **_progress_figures(state)})
 
     # The result: the best validated epoch's weights, or the last epoch's without validation.
     if state["best_weights"] is not None:
@@ -526,20 +537,27 @@ def train(
         },
         "device": str(device),
         "bf16_autocast": amp,
-        "epochs_run": state["epoch"],
-        "best_epoch": state["best_epoch"],
-        "best_val_top1": state["best_score"] if state["best_epoch"] is not None else None,
-        "stopped_early": state["stopped_early"],
+        **({"selection": selection} if selection is not None else {}),
+        **_progress_figures(state),
         "resumed_after_epochs": state["resumed_from"],
         "wall_time_s": round(state["seconds_before"] + time.perf_counter() - started, 1),
         "versions": {"torch": torch.__version__, "timm": _timm_version()},
-        "history": state["history"],
     }
     write_text_atomic(out / RECORD, json.dumps(record, indent=2, default=str))
     checkpoint_path.unlink(missing_ok=True)  # train.json now says finished; the checkpoint is spent
     model.to(device)
     trained = Backbone(f"local-dir:{out}", model, preprocess, folder_fingerprint(out), backbone.dim)
     return TrainResult(trained, out, record)
+
+
+def _progress_figures(state: dict) -> dict:
+    return {
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val_top1": state["best_score"] if state["best_epoch"] is not None else None,
+        "stopped_early": state["stopped_early"],
+        "history": state["history"],
+    }
 
 
 @dataclass(frozen=True)
@@ -603,9 +621,11 @@ def _train_epoch(model, head, loader, optimizer, scheduler, device, amp: bool, h
 
 
 class _Validation:
-    """Validation top-1: each held-out image against a gallery of the other held-out images and
-    the training images of the identities that have a held-out image (a match must exist for an
-    image to count; the gallery is kept small because it is embedded again every epoch)."""
+    """Validation top-1 and mAP: each held-out image against a gallery of the other held-out images
+    and the training images of the identities that have a held-out image (a match must exist for an
+    image to count; the gallery is kept small because it is embedded again every epoch). mAP counts
+    every right picture, not only the first, so it moves more smoothly than top-1 on a few dozen
+    images; the settings search breaks top-1 ties with it."""
 
     def __init__(self, images, roles, val_rows, fit_rows, eval_pixels, preprocess):
         identities = images["identity"].to_numpy(dtype=object)
@@ -623,13 +643,33 @@ class _Validation:
         queries = vectors[: len(self.rows)]
         similarity = queries @ vectors.T
         similarity[np.arange(len(queries)), np.arange(len(queries))] = -np.inf  # not itself
-        correct = self.identities[similarity.argmax(1)] == self.identities[: len(self.rows)]
-        figures = {"val_top1": float(correct.mean())}
+        truth = self.identities[: len(self.rows)]
+        correct = self.identities[similarity.argmax(1)] == truth
+        figures = {
+            "val_top1": float(correct.mean()),
+            "val_map": mean_average_precision(similarity, truth, self.identities),
+        }
         if (~self.is_new).any():
             figures["val_top1_known"] = float(correct[~self.is_new].mean())
         if self.is_new.any():
             figures["val_top1_new"] = float(correct[self.is_new].mean())
         return figures
+
+
+def mean_average_precision(similarity: np.ndarray, query_identities, gallery_identities) -> float:
+    """Mean over queries of the average precision of the gallery ranked by similarity (entries of
+    -inf, the query itself, are not part of the ranking). Queries without a match count 0."""
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    precisions = []
+    for row, ranking in enumerate(order):
+        ranking = ranking[np.isfinite(similarity[row, ranking])]
+        hits = np.asarray(gallery_identities)[ranking] == query_identities[row]
+        if not hits.any():
+            precisions.append(0.0)
+            continue
+        ranks = np.flatnonzero(hits) + 1
+        precisions.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
+    return float(np.mean(precisions))
 
 
 @torch.inference_mode()
