@@ -275,6 +275,7 @@ def test_killed_training_resumes_from_its_checkpoint_and_finishes(small_images, 
         "1e-3",
         "--val-fraction",
         "0.25",
+        "--no-flip",  # every setting given: no settings search (see test_tuning.py)
         "--workers",
         "0",
         "--allow-outside-paths",
