@@ -95,18 +95,31 @@ def test_mean_average_precision():
     assert mean_average_precision(similarity, np.array(["a", "b"]), gallery) == pytest.approx((1 / 2 + 2 / 3) / 4)
 
 
-def test_the_best_epoch_breaks_top1_ties_by_map_then_takes_the_earlier():
+def test_the_best_epoch_is_the_first_with_the_best_monitored_figure():
     history = [
         {"epoch": 0, "val_top1": 0.2, "val_map": 0.3},
-        {"epoch": 1, "val_top1": 0.5, "val_map": 0.4},
+        {"epoch": 1, "val_top1": 0.7, "val_map": 0.4},
         {"epoch": 2, "val_top1": 0.5, "val_map": 0.6},
-        {"epoch": 3, "val_top1": 0.5, "val_map": 0.6},
+        {"epoch": 3, "val_top1": 0.6, "val_map": 0.6},
         {"epoch": 4, "val_top1": 0.9, "val_map": 0.9},
     ]
-    assert best_epoch(history, until=3)["epoch"] == 2
+    assert best_epoch(history, until=3)["epoch"] == 2  # as train() keeps it: the first of equals
+    assert best_epoch(history, until=3, monitor="val_top1")["epoch"] == 1
     assert best_epoch(history, until=4)["epoch"] == 4
     with pytest.raises(TrainError, match="--val-fraction"):
         best_epoch([{"epoch": 1, "loss": 1.0}], until=1)
+
+
+def test_candidates_tied_on_map_are_ranked_by_top1(few_images, tmp_path):
+    keys = [(False, 3e-4), (False, 1e-3), (True, 3e-4), (True, 1e-3)]
+    curves = {key: (lambda epoch: 0.4) for key in keys}
+    runs = FakeRuns(curves, top1={**{key: 0.3 for key in keys}, (True, 3e-4): 0.5})
+    space, free = SearchSpace(first_rung=2), {"flip", "lr"}
+    selection = choose_settings(few_images, tmp_path, tiny_config(), free, space, run=runs)
+    assert (selection["chosen"]["flip"], selection["chosen"]["lr"]) == (True, 3e-4)
+    # All equal: the grid's first candidate.
+    selection = choose_settings(few_images, tmp_path, tiny_config(), free, space, run=FakeRuns(curves))
+    assert (selection["chosen"]["flip"], selection["chosen"]["lr"]) == (False, 3e-4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,18 +127,20 @@ def test_the_best_epoch_breaks_top1_ties_by_map_then_takes_the_earlier():
 
 
 class FakeRuns:
-    """Stands in for training: each candidate's validation top-1 at each epoch comes from
-    ``curves[(flip, lr)]`` (a function of the epoch); records every call."""
+    """Stands in for training: each candidate's validation mAP at each epoch comes from
+    ``curves[(flip, lr)]`` (a function of the epoch), its top-1 is ``top1[(flip, lr)]`` or the mAP's
+    double; records every call."""
 
-    def __init__(self, curves, early_stop: dict | None = None):
-        self.curves, self.early_stop, self.calls = curves, early_stop or {}, []
+    def __init__(self, curves, early_stop: dict | None = None, top1: dict | None = None):
+        self.curves, self.early_stop, self.top1, self.calls = curves, early_stop or {}, top1 or {}, []
 
     def __call__(self, images, config, folder, until):
         key = (config.augment.flip, config.lr)
         self.calls.append((key, until, tuple(images["image_id"])))
         last = min(until, config.epochs, self.early_stop.get(key, config.epochs))
         history = [
-            {"epoch": e, "val_top1": self.curves[key](e), "val_map": self.curves[key](e) / 2} for e in range(last + 1)
+            {"epoch": e, "val_map": self.curves[key](e), "val_top1": self.top1.get(key, 2 * self.curves[key](e))}
+            for e in range(last + 1)
         ]
         finished = last >= config.epochs or key in self.early_stop
         return {"status": "finished" if finished else "paused", "epochs_run": last, "history": history}
@@ -152,7 +167,7 @@ def test_the_choice_follows_the_validation_metric(few_images, tmp_path, best):
     chosen = selection["chosen"]
     assert (chosen["flip"], chosen["lr"]) == best
     assert chosen["epochs"] == chosen["best_epoch"] == 11  # the winner's best validated epoch
-    assert chosen["val_top1"] == pytest.approx(0.5 + 0.03 * 11)
+    assert chosen["val_map"] == pytest.approx(0.5 + 0.03 * 11)
     # Successive halving: 4 candidates to epoch 3, the better 2 to 6, the best one to the end.
     assert [r["epochs"] for r in selection["rounds"]] == [3, 6, 16]
     assert [len(r["validation"]) for r in selection["rounds"]] == [4, 2, 1]
@@ -160,7 +175,7 @@ def test_the_choice_follows_the_validation_metric(few_images, tmp_path, best):
     assert all(name in r["kept"] for r in selection["rounds"])
     assert [until for key, until, _ in runs.calls if key == best] == [3, 6, 16]
     first_round = selection["rounds"][0]["validation"]
-    losers = sorted(first_round, key=lambda n: first_round[n]["val_top1"])[:2]
+    losers = sorted(first_round, key=lambda n: first_round[n]["val_map"])[:2]
     assert all(selection["candidates"][n]["epochs_run"] == 3 for n in losers), "the worse half stops at the rung"
     every = candidate_configs(tiny_config(), {"flip", "lr"}, space)
     assert set(selection["candidates"]) == {candidate_name(c) for c in every}
@@ -199,10 +214,11 @@ def test_search_then_final_training_on_every_image(few_images, tmp_path):
     assert record["config"]["lr"] == chosen["lr"] and record["config"]["augment"]["flip"] == chosen["flip"]
     assert record["config"]["epochs"] == chosen["epochs"] == max(1, chosen["best_epoch"])
     assert record["data"]["train_images"] == len(few_images) and record["best_epoch"] is None
-    # The choice is the best of the last round, whose figures are the winner's real validation history.
+    # The choice is the winner's best epoch by validation mAP, from its real validation history.
     winner = candidate_name(tiny_config(lr=chosen["lr"], augment=AugmentConfig(flip=chosen["flip"])))
     history = selection["candidates"][winner]["history"]
-    assert chosen["val_top1"] == max(h["val_top1"] for h in history)
+    assert chosen["val_map"] == max(h["val_map"] for h in history)
+    assert chosen["best_epoch"] == next(h["epoch"] for h in history if h["val_map"] == chosen["val_map"])
     assert all(0 <= h["val_map"] <= 1 for h in history)
     assert selection["validation"]["train_images"] + selection["validation"]["val_images_of_trained_identities"] + (
         selection["validation"]["val_images_of_held_out_identities"]

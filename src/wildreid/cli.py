@@ -933,7 +933,7 @@ def train(
             "0 turns validation and early stopping off (then give --flip/--no-flip, --lr and --epochs)."
         ),
     ] = 0.15,
-    patience: Annotated[int, typer.Option(help="Epochs without a better validation top-1 before stopping.")] = 5,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation mAP before stopping.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the validation split, initialisation and augmentation.")] = 0,
     flip: Annotated[
         Optional[bool],
@@ -1057,16 +1057,21 @@ def train(
         chosen = result.record["selection"]["chosen"]
         console.print(
             f"chosen: flip {'on' if chosen['flip'] else 'off'}, lr {chosen['lr']:g}, {chosen['epochs']} epoch(s) "
-            f"(validation top-1 {chosen['val_top1']:.3f}); {result.record['selection']['final']}",
+            f"(validation mAP {chosen['val_map']:.3f}, top-1 {chosen['val_top1']:.3f}); "
+            f"{result.record['selection']['final']}",
             highlight=False,
         )
     else:
         result = run_training(images, out, config, source=source, overwrite=overwrite)
     record = result.record
-    best = record["best_val_top1"]
+    best, best_map = record["best_val_top1"], record["best_val_map"]
     console.print(
         f"trained {record['epochs_run']} epoch(s) in {record['wall_time_s']:.0f} s"
-        + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
+        + (
+            f"; best validation mAP {best_map:.3f}, top-1 {best:.3f} (epoch {record['best_epoch']})"
+            if best is not None
+            else ""
+        ),
         highlight=False,
     )
     console.print(f"model: {out} (use it with [bold]--backbone local-dir:{out}[/]); record: {out / 'train.json'}")
