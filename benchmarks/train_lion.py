@@ -1,7 +1,7 @@
 """Fine-tuning on LionData's published closed split: top-1 before and after training.
 
-    python benchmarks/train_lion.py                          # the documented run (docs/train.md)
-    python benchmarks/train_lion.py --val-fraction 0.15 --out bench-out/lion-val   # validation + early stopping
+    python benchmarks/train_lion.py --threads 1              # `wildreid train`'s defaults (docs/train.md)
+    python benchmarks/train_lion.py --flip --lr 3e-4 --epochs 20 --val-fraction 0 --out bench-out/lion-fixed
 
 LionData/paper_split.csv is the train/test split behind the published MegaDescriptor figures
 (top-1 on its 155 test images: MegaDescriptor-L-384 0.252). Its train part becomes the database
@@ -9,6 +9,10 @@ and is the only thing trained on; its test part becomes the queries, every one o
 individual (closed set: threshold None, the best identity is always the answer). Top-1 is that of
 the global descriptor alone (cosine 1-NN), through the same ``identify`` pipeline that
 ``wildreid identify --backbone local-dir:OUT`` runs.
+
+Training settings are those of `wildreid train`: what is not given (--flip/--no-flip, --lr,
+--epochs) is chosen by validation on the train part alone (wildreid.tuning), then the model is
+trained again on the whole train part; the test part is read only to score the finished model.
 
 Prints top-1 of the untrained offline backbone (also at the training size when that differs),
 top-1 after training, and wall times; writes OUT/benchmark.json. Re-running with the same OUT
@@ -37,6 +41,7 @@ from wildreid.metrics import evaluate  # noqa: E402
 from wildreid.pipeline import identify  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
 from wildreid.train import CHECKPOINT, RECORD, TrainConfig, train, training_images  # noqa: E402
+from wildreid.tuning import SearchSpace, free_settings, train_with_search  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import closed_split  # noqa: E402  (the split as every benchmark builds it)
@@ -64,24 +69,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", type=Path, default=LION)
     parser.add_argument("--out", type=Path, default=PROJECT / "bench-out" / "train_lion")
     parser.add_argument("--backbone", default="efficientnet-lite0")
-    # Defaults: the best of the configurations compared in docs/train.md (compared on the test part
-    # itself, which makes its figure a best-of-several), trained on the whole train part (no
-    # validation images held out, the last epoch kept).
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--epochs", type=int, default=20)
+    # Defaults: those of `wildreid train` (flip, learning rate and epochs chosen by validation on the
+    # train part; the backbone's own input size, 224 px for Lite0).
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--margin", type=float, default=0.3)
     parser.add_argument("--scale", type=float, default=30.0)
     parser.add_argument("--sub-centers", type=int, default=1)
     parser.add_argument("--head-epochs", type=int, default=2)
-    parser.add_argument("--val-fraction", type=float, default=0.0)
+    parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--min-crop-scale", type=float, default=0.7)
     parser.add_argument("--color-jitter", type=float, default=0.3)
-    # On: every test image shows a body part its lion has no picture of in the train part, and the
-    # closest right picture is most often the mirror part (right_face <-> left_face, ears likewise).
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads",
@@ -114,7 +117,7 @@ def main(argv=None) -> dict:
             f"{results['before_top1']:.4f} ({seconds:.0f} s)",
             flush=True,
         )
-        if base.preprocess.size != (args.image_size, args.image_size):
+        if args.image_size and base.preprocess.size != (args.image_size, args.image_size):
             at_size = replace(base.preprocess, size=(args.image_size, args.image_size))
             results["before_top1_at_train_size"], seconds = closed_set_top1(dataset, args.backbone, at_size)
             print(
@@ -132,11 +135,12 @@ def main(argv=None) -> dict:
         train_value="train",
     )
     assert not set(images["image_id"]) & set(queries["image_id"]), "no test image may be trained on"
+    free, space = free_settings(args.flip, args.lr, args.epochs), SearchSpace()
     config = TrainConfig(
         backbone=args.backbone,
-        epochs=args.epochs,
+        epochs=args.epochs if args.epochs is not None else space.max_epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else TrainConfig.lr,
         image_size=args.image_size,
         margin=args.margin,
         scale=args.scale,
@@ -145,17 +149,26 @@ def main(argv=None) -> dict:
         val_fraction=args.val_fraction,
         patience=args.patience,
         seed=args.seed,
-        augment=AugmentConfig(min_crop_scale=args.min_crop_scale, color_jitter=args.color_jitter, flip=args.flip),
+        augment=AugmentConfig(min_crop_scale=args.min_crop_scale, color_jitter=args.color_jitter, flip=bool(args.flip)),
     )
     train_started = time.perf_counter()
     if (args.out / RECORD).exists() and not (args.out / CHECKPOINT).exists() and not args.overwrite:
         record = json.loads((args.out / RECORD).read_text())
         print(f"{args.out} already trained; evaluating it (--overwrite trains again)")
+    elif free:
+        source = {"split_file": "paper_split.csv"}
+        record = train_with_search(
+            images, args.out, config, free, space, refit=args.refit, source=source, overwrite=args.overwrite
+        ).record
     else:
         record = train(
             images, args.out, config, source={"split_file": "paper_split.csv"}, overwrite=args.overwrite
         ).record
-    results["train_wall_s"] = record["wall_time_s"]
+    if "selection" in record:
+        results["chosen"] = record["selection"]["chosen"]
+        results["search_wall_s"] = record["selection"]["search_wall_time_s"]
+        print(f"chosen by validation on the train part: {results['chosen']}", flush=True)
+    results["train_wall_s"] = record["wall_time_s"]  # the final training (the search not included)
     results["this_run_train_s"] = time.perf_counter() - train_started
     results["epochs_run"], results["best_epoch"] = record["epochs_run"], record["best_epoch"]
     results["best_val_top1"] = record["best_val_top1"]

@@ -1249,14 +1249,22 @@ def train(
             "hf-hub:ORG/NAME, local-dir:FOLDER, random:TIMM_NAME."
         ),
     ] = "efficientnet-lite0",
-    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
+    epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Most epochs (early stopping may end sooner). Default: chosen by validation (at most 20).",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     lr: Annotated[
-        float,
+        Optional[float],
         typer.Option(
-            help="Peak backbone learning rate (AdamW, warm-up then cosine); the ArcFace head's is 10 times higher."
+            help="Peak backbone learning rate (AdamW, warm-up then cosine); the ArcFace head's is 10 times higher. "
+            "Default: chosen by validation among 3e-4 and 1e-3.",
+            show_default=False,
         ),
-    ] = 3e-4,
+    ] = None,
     image_size: Annotated[
         Optional[int], typer.Option(help="Square input side in pixels (default: the backbone's own).")
     ] = None,
@@ -1276,18 +1284,29 @@ def train(
         float,
         typer.Option(
             help="Training images held out for validation (half whole identities, half single images); "
-            "0 turns validation and early stopping off."
+            "0 turns validation and early stopping off (then give --flip/--no-flip, --lr and --epochs)."
         ),
     ] = 0.15,
-    patience: Annotated[int, typer.Option(help="Epochs without a better validation top-1 before stopping.")] = 5,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation mAP before stopping.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the validation split, initialisation and augmentation.")] = 0,
     flip: Annotated[
-        bool,
+        Optional[bool],
         typer.Option(
             "--flip/--no-flip",
-            help="Mirror training images at random. Off by default: left and right flanks of an animal differ.",
+            help="Mirror training images at random (only right where an animal's two sides look alike). "
+            "Default: chosen by validation.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit/--no-refit",
+            help="When settings were chosen by validation: train the final model again on every training image "
+            "(default), or keep the chosen validated run, whose held-out photos identification then uses to "
+            "calibrate (better inside the fusion preset).",
+        ),
+    ] = True,
     min_crop_scale: Annotated[
         float, typer.Option(help="Smallest random crop, as a fraction of the picture's area.")
     ] = 0.7,
@@ -1325,10 +1344,14 @@ def train(
     image_id_column: ImageIdColumn = "image_id",
     allow_outside_paths: AllowOutsidePaths = False,
 ):
-    """Fine-tune a backbone on the database images with ArcFace; resumable; use it with --backbone local-dir:OUT."""
+    """Fine-tune a backbone on the database images with ArcFace; resumable; use it with --backbone local-dir:OUT.
+
+    Flip, learning rate and epochs that are not given are chosen by validation on the database images.
+    """
     from .augment import AugmentConfig
     from .train import TrainConfig, training_images
     from .train import train as run_training
+    from .tuning import SearchSpace, free_settings, train_with_search
 
     if threads:
         import torch
@@ -1343,11 +1366,15 @@ def train(
         allow_outside_paths=allow_outside_paths,
     )
     images = training_images(dataset, split_file=split_file, split_column=split_column, train_value=train_value)
+    # Settings not given are chosen by validation on the training images (tuning.py); the values
+    # here are then only placeholders that the search replaces.
+    free = free_settings(flip, lr, epochs)
+    space = SearchSpace()
     config = TrainConfig(
         backbone=backbone,
-        epochs=epochs,
+        epochs=epochs if epochs is not None else space.max_epochs,
         batch_size=batch_size,
-        lr=lr,
+        lr=lr if lr is not None else TrainConfig.lr,
         image_size=image_size,
         margin=margin,
         scale=scale,
@@ -1356,7 +1383,7 @@ def train(
         val_fraction=val_fraction,
         patience=patience,
         seed=seed,
-        augment=AugmentConfig(min_crop_scale=min_crop_scale, color_jitter=color_jitter, flip=flip),
+        augment=AugmentConfig(min_crop_scale=min_crop_scale, color_jitter=color_jitter, flip=bool(flip)),
         device=device,
         num_workers=workers,
     )
@@ -1375,12 +1402,30 @@ def train(
         "split_column": split_column,
         "train_value": train_value,
     }
-    result = run_training(images, out, config, source=source, overwrite=overwrite)
+    if free:
+        console.print(
+            f"choosing {', '.join(sorted(free))} by validation on {val_fraction:.0%} of the training images "
+            "(give --flip/--no-flip, --lr and --epochs to skip)"
+        )
+        result = train_with_search(images, out, config, free, space, refit=refit, source=source, overwrite=overwrite)
+        chosen = result.record["selection"]["chosen"]
+        console.print(
+            f"chosen: flip {'on' if chosen['flip'] else 'off'}, lr {chosen['lr']:g}, {chosen['epochs']} epoch(s) "
+            f"(validation mAP {chosen['val_map']:.3f}, top-1 {chosen['val_top1']:.3f}); "
+            f"{result.record['selection']['final']}",
+            highlight=False,
+        )
+    else:
+        result = run_training(images, out, config, source=source, overwrite=overwrite)
     record = result.record
-    best = record["best_val_top1"]
+    best, best_map = record["best_val_top1"], record["best_val_map"]
     console.print(
         f"trained {record['epochs_run']} epoch(s) in {record['wall_time_s']:.0f} s"
-        + (f"; best validation top-1 {best:.3f} (epoch {record['best_epoch']})" if best is not None else ""),
+        + (
+            f"; best validation mAP {best_map:.3f}, top-1 {best:.3f} (epoch {record['best_epoch']})"
+            if best is not None
+            else ""
+        ),
         highlight=False,
     )
     console.print(f"model: {out} (use it with [bold]--backbone local-dir:{out}[/]); record: {out / 'train.json'}")
