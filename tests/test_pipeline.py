@@ -95,10 +95,11 @@ def small_lion(shared_data, tmp_path_factory):
 
 
 def test_identify_open_set_on_real_photos(small_lion, tmp_path, lite0_backbone):
+    """The per-query decision (grouping off: grouping may give a query its group's individual,
+    tests/test_grouping.py and test_cli.py check that)."""
     dataset = load_csv(small_lion / "metadata.csv", allow_outside_paths=True)
-    result = identify(
-        dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone, progress=False
-    )
+    alone = get_preset("offline").replace(grouping=None)
+    result = identify(dataset, alone, cache_dir=small_lion / "cache", backbone=lite0_backbone, progress=False)
     candidates = result.candidates
     assert candidates["image_id"].tolist() == dataset.queries["image_id"].tolist()
     assert (candidates["prediction"] == NEW_INDIVIDUAL).any()
@@ -119,9 +120,7 @@ def test_identify_open_set_on_real_photos(small_lion, tmp_path, lite0_backbone):
     assert name in html and "data:image/png;base64" in html
     assert (tmp_path / "out" / "plots" / f"{name}_histogram.png").stat().st_size > 1000
 
-    again = identify(
-        dataset, get_preset("offline"), cache_dir=small_lion / "cache", backbone=lite0_backbone, progress=False
-    )
+    again = identify(dataset, alone, cache_dir=small_lion / "cache", backbone=lite0_backbone, progress=False)
     assert again.timings["images_extracted"] == 0
     pd.testing.assert_frame_equal(again.candidates, candidates)
 
