@@ -193,7 +193,16 @@ def test_cli_build_info_add_and_identify_against_a_gallery(lions, cache, tmp_pat
     runner, environment = CliRunner(), {"WILDREID_CACHE": str(cache)}
     built = runner.invoke(
         app,
-        ["gallery", "build", str(folder / "first.csv"), "--out", str(tmp_path / "g"), "--allow-outside-paths"],
+        [
+            "gallery",
+            "build",
+            str(folder / "first.csv"),
+            "--out",
+            str(tmp_path / "g"),
+            "--preset",
+            "offline",  # the fast preset (the default is fusion); a fusion query is refused below
+            "--allow-outside-paths",
+        ],
         env=environment,
     )
     assert built.exit_code == 0, built.output
