@@ -336,6 +336,8 @@ def test_cli_gallery_build_on_ray(cluster, shared_data, tmp_path):
             str(tmp_path / "g"),
             "--ray",
             cluster,
+            "--preset",
+            "offline",  # descriptors only: the rebuild below checks that none is extracted again
             "--cache-dir",
             str(tmp_path / "cache"),
             "--allow-outside-paths",
