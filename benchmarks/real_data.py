@@ -67,7 +67,12 @@ def closed_split(data: Path) -> Dataset:
 
 
 def run_single(
-    name: str, preset_name: str, out: Path, backbone: str | None = None, foreground: str | None = None
+    name: str,
+    preset_name: str,
+    out: Path,
+    backbone: str | None = None,
+    foreground: str | None = None,
+    whole_photo_keypoints: bool = False,
 ) -> dict:
     from wildreid.decide import decide
     from wildreid.metrics import evaluate
@@ -85,6 +90,9 @@ def run_single(
     if foreground:
         preset = preset.replace(foreground=foreground)
         label = f"{label}+{foreground}"
+    if whole_photo_keypoints:
+        preset = preset.replace(region_keypoints=False)
+        label = f"{label}+whole-keypoints"
     if name == CLOSED_SPLIT:
         preset = preset.replace(threshold=None)
     with tempfile.TemporaryDirectory() as scratch:
@@ -140,11 +148,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--backbone", help="descriptor replacing the presets' own, e.g. local-dir:DIR")
     parser.add_argument("--foreground", help="automatic foreground for every photo, e.g. cam (docs/regions.md)")
+    parser.add_argument(
+        "--whole-photo-keypoints", action="store_true", help="keypoints of the whole photo, descriptors of the region"
+    )
     parser.add_argument("--single", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.single:
         name, preset = arguments.single.split(":")
-        print(json.dumps(run_single(name, preset, arguments.out, arguments.backbone, arguments.foreground)))
+        print(
+            json.dumps(
+                run_single(
+                    name,
+                    preset,
+                    arguments.out,
+                    arguments.backbone,
+                    arguments.foreground,
+                    arguments.whole_photo_keypoints,
+                )
+            )
+        )
         return
 
     rows = []
@@ -155,6 +177,8 @@ def main() -> None:
                 command += ["--backbone", arguments.backbone]
             if arguments.foreground:
                 command += ["--foreground", arguments.foreground]
+            if arguments.whole_photo_keypoints:
+                command += ["--whole-photo-keypoints"]
             process = subprocess.run(command, capture_output=True, text=True)
             if process.returncode != 0:
                 print(process.stderr, file=sys.stderr)

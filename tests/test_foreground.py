@@ -145,3 +145,41 @@ def test_identify_with_the_foreground_end_to_end(shared_data, tmp_path):
     assert again.exit_code == 0, again.output
     record = pd.read_json(tmp_path / "o2" / "run.json", typ="series")
     assert record["timings"]["images_extracted"] == len(table)
+
+
+def test_saved_gallery_keeps_its_regions_and_gives_queries_theirs(shared_data, tmp_path, lite0_backbone):
+    """A gallery built with the foreground saves each photo's box, reloads it, skips a photo added
+    twice (same bytes, same region), and describes query photos by their own boxes."""
+    from wildreid.gallery import Gallery
+
+    table = pd.read_csv(shared_data / "NyalaData" / "metadata.csv", dtype=str)
+    table["path"] = [str(shared_data / "NyalaData" / p) for p in table["path"]]
+    database = table[table["split"] == "database"].head(12).assign(dataset="nyala")
+    queries = table[table["split"] == "query"].head(2)[["image_id", "path"]]
+    preset = get_preset("offline").replace(foreground="cam", threshold=None)
+    built = Gallery.build(database, preset, backbone=lite0_backbone, cache_dir=tmp_path / "cache", progress=False)
+    assert built.table["region_source"].eq("foreground-cam").all() and built.table["bbox"].notna().all()
+    built.save(tmp_path / "g")
+    loaded = Gallery.load(tmp_path / "g", backbone=lite0_backbone)
+    assert loaded.table["bbox"].tolist() == built.table["bbox"].tolist() and loaded.preset.foreground == "cam"
+    counts = loaded.add(database.head(3), cache_dir=tmp_path / "cache", progress=False)
+    assert (counts["added"], counts["skipped_duplicates"]) == (0, 3)
+    result = loaded.identify(queries, cache_dir=tmp_path / "cache", progress=False)
+    assert result.candidates["region_source"].eq("foreground-cam").all()
+    assert result.timings["foreground_computed"] == 2 and result.timings["images_extracted"] == 2
+
+
+def test_keypoints_of_the_whole_photo_when_the_preset_says_so(shared_data, tmp_path, lite0_backbone):
+    from wildreid.gallery import Gallery
+    from wildreid.gallery.gallery import _empty_table
+
+    path = str(sorted((shared_data / "NyalaData" / "images").glob("*.jpg"))[0])
+    regions = [Region((10, 10, 200, 150), margin=0.0)]
+    found = {}
+    for whole in (False, True):
+        preset = get_preset("fusion").replace(region_keypoints=not whole)
+        gallery = Gallery(preset, lite0_backbone, _empty_table(), {})
+        found[whole] = gallery._local_features([path], tmp_path, False, regions)[0]
+    plain = Gallery(get_preset("fusion"), lite0_backbone, _empty_table(), {})._local_features([path], None, False, None)
+    np.testing.assert_array_equal(found[True].keypoints, plain[0].keypoints)
+    assert found[False].image_size != plain[0].image_size

@@ -182,7 +182,9 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
     method = get_method(result.preset.local, **result.preset.local_options)
     table = result.dataset.table
     path_of = dict(zip(table["image_id"], table["path"]))
-    region_of = dict(zip(table["image_id"], regions_of(table, result.preset.region_margin) or [None] * len(table)))
+    # The pictures show what the keypoints were taken from.
+    regions = regions_of(table, result.preset.region_margin) if result.preset.region_keypoints else None
+    region_of = dict(zip(table["image_id"], regions or [None] * len(table)))
     pictures = {}
     for group, rows in result.candidates.groupby("dataset", sort=False):
         for row in rows.head(per_dataset).itertuples():

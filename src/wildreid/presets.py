@@ -61,6 +61,8 @@ class Preset:
     # (foreground.py: "cam", or None for the whole photo).
     region_margin: float = DEFAULT_MARGIN
     foreground: str | None = None
+    # False: keypoints come from the whole photo even where the global descriptor uses a region.
+    region_keypoints: bool = True
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,

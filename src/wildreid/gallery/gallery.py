@@ -222,6 +222,8 @@ class Gallery:
     ) -> list[LocalFeatures | None] | None:
         if self.method is None:
             return None
+        if not self.preset.region_keypoints:
+            regions = None
         started = time.perf_counter()
         features = local_features(paths, self.method, cache_dir=cache_dir, progress=progress, regions=regions)
         self.timings["local_features_s"] = self.timings.get("local_features_s", 0) + time.perf_counter() - started
