@@ -12,7 +12,11 @@ new_individual below 0.6) applied to the same run's scores.
 
 Each (preset, dataset) runs in its own process with an empty embedding cache, so the wall time
 is a cold run (model load, extraction, matching, outputs) and the peak memory is that run's own
-(max RSS). Also prints top-1 on LionData's published closed-set split (paper_split.csv:
+(max RSS); ``--cache-dir DIR`` keeps descriptors and keypoints across runs instead (accuracy
+runs of many settings), ``--set KEY=JSON`` changes one preset field (``--set views=same``,
+``--set top_m=2``) and ``--label`` names the row.
+
+Also prints top-1 on LionData's published closed-set split (paper_split.csv:
 train -> database, test -> query; published MegaDescriptor-L-384 0.252, T-224 0.148).
 """
 
@@ -62,7 +66,42 @@ def closed_split(data: Path) -> Dataset:
     return Dataset(table, f"{data} (paper_split.csv)")
 
 
-def run_single(name: str, preset_name: str, out: Path, backbone: str | None = None) -> dict:
+def preset_changes(settings: list[str]) -> dict:
+    """``KEY=JSON`` pairs (``views="same"``, ``fusion.aggregate=3``) as changes of a preset."""
+    changes: dict = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a bare word: a string
+        if key.startswith("fusion."):
+            changes.setdefault("fusion", {})[key.removeprefix("fusion.")] = parsed
+        else:
+            changes[key] = parsed
+    return changes
+
+
+def changed_preset(preset, changes: dict):
+    from wildreid.fusion import FusionSettings
+
+    changes = dict(changes)
+    if "fusion" in changes:
+        fusion = {**preset.fusion.__dict__, **changes["fusion"]}
+        fusion["scores"] = tuple(fusion["scores"])
+        changes["fusion"] = FusionSettings(**fusion)
+    return preset.replace(**changes)
+
+
+def run_single(
+    name: str,
+    preset_name: str,
+    out: Path,
+    backbone: str | None = None,
+    changes: dict | None = None,
+    label: str | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
     from wildreid.decide import decide
     from wildreid.metrics import evaluate
     from wildreid.outputs import evaluate_if_possible, write_run
@@ -70,17 +109,18 @@ def run_single(name: str, preset_name: str, out: Path, backbone: str | None = No
     from wildreid.presets import get_preset
 
     started = time.perf_counter()
-    preset = get_preset(preset_name)
-    label = preset_name
+    preset = changed_preset(get_preset(preset_name), changes or {})
+    label = label or preset_name
     if backbone:
         # As `wildreid identify --backbone`: the model's own preprocessing replaces the preset's.
         preset = preset.replace(backbone=backbone, preprocess=None)
-        label = f"{preset_name}+trained"
+        label = f"{label}+trained"
     if name == CLOSED_SPLIT:
         preset = preset.replace(threshold=None)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = benchmark_dataset(name)
-        result = identify(dataset, preset, cache_dir=Path(scratch) / "cache", progress=False)
+        cache = cache_dir or Path(scratch) / "cache"
+        result = identify(dataset, preset, cache_dir=cache, progress=False)
         evaluation = evaluate_if_possible(result)
         write_run(result, out / f"{label}-{name}", evaluation=evaluation)
     wall = time.perf_counter() - started
@@ -127,11 +167,33 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS + [CLOSED_SPLIT]))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--backbone", help="descriptor replacing the presets' own, e.g. local-dir:DIR")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="change a preset field for this run, e.g. views=same, mirror=true, top_m=2, fusion.shortlist=30",
+    )
+    parser.add_argument("--label", help="row label instead of the preset's name (e.g. the change measured)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep descriptors and keypoints here across runs (default: an empty cache per run, a cold run)",
+    )
     parser.add_argument("--single", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.single:
         name, preset = arguments.single.split(":")
-        print(json.dumps(run_single(name, preset, arguments.out, arguments.backbone)))
+        rows = run_single(
+            name,
+            preset,
+            arguments.out,
+            arguments.backbone,
+            preset_changes(arguments.set),
+            arguments.label,
+            arguments.cache_dir,
+        )
+        print(json.dumps(rows))
         return
 
     rows = []
@@ -140,6 +202,12 @@ def main() -> None:
             command = [sys.executable, __file__, "--single", f"{name}:{preset}", "--out", str(arguments.out)]
             if arguments.backbone:
                 command += ["--backbone", arguments.backbone]
+            for setting in arguments.set:
+                command += ["--set", setting]
+            if arguments.label:
+                command += ["--label", arguments.label]
+            if arguments.cache_dir:
+                command += ["--cache-dir", str(arguments.cache_dir)]
             process = subprocess.run(command, capture_output=True, text=True)
             if process.returncode != 0:
                 print(process.stderr, file=sys.stderr)
@@ -148,7 +216,7 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"{row['preset']:>9} {name:<22} score {row['score']:.3f}  BAKS {row['baks']:.3f}  "
-                    f"BAUS {row['baus']:.3f}  top-1 {row['top1']:.3f}  top-5 {row['top5']:.3f}  "
+                    f"BAUS {row['baus']:.3f}  top-1 {row['top1']:.3f}  top-5 {row['top5']:.3f}  AUC {row['auc']:.3f}  "
                     f"thr {row['threshold'] if row['threshold'] is None else round(row['threshold'], 3)}  "
                     f"sim {None if row['simulated_score'] is None else round(row['simulated_score'], 3)}  "
                     f"{row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB",
