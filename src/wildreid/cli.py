@@ -123,6 +123,59 @@ def _speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -
     return changes
 
 
+ViewsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--views",
+        help="Compare only compatible viewpoints (the 'viewpoint' or 'orientation' column): 'same' (equal "
+        "views), compatible pairs 'left=front,right=front', a CSV file of pairs, or 'off'. A photo of "
+        "unknown view is compatible with all. Default: the preset's.",
+    ),
+]
+MirrorOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--mirror/--no-mirror",
+        help="Also compare a view with its mirror view (left/right) after flipping the photo, for species "
+        "whose two sides look alike. Needs --views.",
+    ),
+]
+ExtraLocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--extra-local",
+        help="More local features fused as their own calibrated inlier counts, comma-separated (orb), "
+        "or 'none'. Default: the preset's.",
+    ),
+]
+TopMOption = Annotated[
+    Optional[int],
+    typer.Option("--top-m", help="Score an identity by the mean of its m best photos (1: its best photo)."),
+]
+
+
+def _evidence_changes(views, mirror, extra_local, top_m) -> dict:
+    """Preset changes for the viewpoint and evidence options given on the command line."""
+    from .views import parse_view_rule
+
+    changes = {}
+    if views is not None:
+        changes["views"] = parse_view_rule(views)
+    if mirror is not None:
+        changes["mirror"] = mirror
+    if extra_local is not None:
+        names = [] if extra_local.strip().lower() == "none" else [n.strip().lower() for n in extra_local.split(",")]
+        from .local import method_names
+
+        unknown = [n for n in names if n not in method_names()]
+        if unknown:
+            raise ValueError(f"--extra-local: unknown method(s) {', '.join(unknown)}; choose from orb, sift, rootsift.")
+        changes["extra_local"] = tuple(names)
+    if top_m is not None:
+        changes["top_m"] = top_m
+    return changes
+
+
 BackboneOption = Annotated[
     Optional[str],
     typer.Option(
@@ -227,6 +280,10 @@ def identify(
     engine: Engine = None,
     batch_size: BatchSize = None,
     allow_outside_paths: AllowOutsidePaths = False,
+    views: ViewsOption = None,
+    mirror: MirrorOption = None,
+    extra_local: ExtraLocalOption = None,
+    top_m: TopMOption = None,
 ):
     """Assign every query a known identity or new_individual; write the submission and the report.
 
@@ -237,6 +294,11 @@ def identify(
 
     check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or default_cache_dir())
+    if gallery is not None and _evidence_changes(views, mirror, extra_local, top_m):
+        raise ValueError(
+            "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
+            "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
+        )
     if gallery is not None:
         result = _identify_with_gallery(
             root,
@@ -277,7 +339,10 @@ def identify(
             threshold,
             top_k,
             all_datasets,
-            _speed_changes(fast, precision, decode, compile, engine, batch_size),
+            {
+                **_speed_changes(fast, precision, decode, compile, engine, batch_size),
+                **_evidence_changes(views, mirror, extra_local, top_m),
+            },
         )
         console.print(
             f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
@@ -1112,6 +1177,10 @@ def gallery_build(
             "the gallery is then built from the filled caches.",
         ),
     ] = None,
+    views: ViewsOption = None,
+    mirror: MirrorOption = None,
+    extra_local: ExtraLocalOption = None,
+    top_m: TopMOption = None,
 ):
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from .gallery import Gallery
@@ -1127,7 +1196,9 @@ def gallery_build(
         allow_outside_paths,
         include_queries=False,
     )
-    chosen = _chosen_preset(preset, backbone, threshold, None, all_datasets, {})
+    chosen = _chosen_preset(
+        preset, backbone, threshold, None, all_datasets, _evidence_changes(views, mirror, extra_local, top_m)
+    )
     if ray:
         _extract_on_ray(
             photos["path"].tolist(),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from .fusion import FusionSettings
+from .views import ViewRule
 
 AUTO = "auto"
 
@@ -51,6 +52,15 @@ class Preset:
     local: str | None = None
     local_options: dict = field(default_factory=dict)  # e.g. max_keypoints, max_side, min_side
     fusion: FusionSettings = field(default_factory=FusionSettings)
+    # Viewpoints (views.py): "off", "same" (equal views only) or compatible pairs "a=b,c=d"; a
+    # photo whose view is unknown is compatible with all. ``mirror``: also compare a view with its
+    # mirror view (left/right) after a horizontal flip.
+    views: str = "off"
+    mirror: bool = False
+    # More OpenCV local features (e.g. "orb"), each fused as its own calibrated inlier count.
+    extra_local: tuple[str, ...] = ()
+    # An identity's score: the mean of its top_m best photos' scores (1: its best photo's).
+    top_m: int = 1
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
@@ -62,6 +72,17 @@ class Preset:
             check_threshold(self.threshold)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
+        if isinstance(self.top_m, bool) or not isinstance(self.top_m, numbers.Integral) or self.top_m < 1:
+            raise ValueError(f"top-m: {self.top_m!r} photos per identity; give a whole number of at least 1.")
+        ViewRule(self.views, self.mirror)  # refuses a malformed rule, or mirroring without one
+        if self.extra_local and not self.local:
+            raise ValueError(
+                f"extra local features {', '.join(self.extra_local)} are fused beside the main keypoint "
+                "method; give one first (e.g. the fusion preset, or --local rootsift)."
+            )
+
+    def view_rule(self) -> ViewRule:
+        return ViewRule(self.views, self.mirror)
 
     def extraction_options(self) -> dict:
         return dict(
@@ -94,6 +115,8 @@ class Preset:
         if "scores" in fusion:
             fusion["scores"] = tuple(fusion["scores"])
         content["fusion"] = FusionSettings(**fusion)
+        if "extra_local" in content:
+            content["extra_local"] = tuple(content["extra_local"])
         return cls(**content)
 
 

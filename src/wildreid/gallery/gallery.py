@@ -30,12 +30,14 @@ from ..local import get_method
 from ..local.base import LocalFeatures
 from ..local.cache import local_features
 from ..local.lnbnn import KeypointIndex
+from ..mirror import MirroredMethod, mirrored_backbone
 from ..presets import Preset
 from ..result import IdentifyResult, Ranking
 from ..thresholds import ThresholdChoice
 from ..train import TrainedOn, trained_on
-from .group import Group, GroupFit
-from .index import VectorIndex
+from ..views import photo_views
+from .group import Group, GroupFit, Side
+from .index import VectorIndex, normalize
 
 FORMAT_VERSION = 1
 # A group's calibration and threshold are refitted when it has grown by this fraction since they
@@ -69,6 +71,7 @@ class Gallery:
         self.failures = failures if failures is not None else _no_failures()
         self.timings = timings or {}
         self.method = get_method(preset.local, **preset.local_options) if preset.local else None
+        self.extra_methods = {name: get_method(name) for name in preset.extra_local}
         # Image-loading processes per extraction (None: extract.py's default); 0 in a server's
         # threads, where forking is unsafe.
         self.loader_workers: int | None = None
@@ -132,7 +135,9 @@ class Gallery:
         photos = photos[fresh].reset_index(drop=True)
         photos["near_duplicate"] = near_duplicate_groups(photos) if len(photos) else None
 
-        features = self._local_features(photos["path"].tolist(), cache_dir, progress)
+        paths = photos["path"].tolist()
+        features = self._local_features(paths, cache_dir, progress)
+        sides = self._sides(paths, vectors, features, cache_dir, progress)
         seen = trained_on(self.backbone.name)
         touched = []
         for name in dict.fromkeys(photos["group"]):
@@ -140,6 +145,8 @@ class Gallery:
             part = photos.iloc[rows]
             group_features = [features[r] for r in rows] if features is not None else None
             near = part["near_duplicate"].to_numpy(dtype=object) if part["near_duplicate"].notna().any() else None
+            views = part["view"].to_numpy(dtype=object) if part["view"].notna().any() else None
+            side, mirrored = sides[0].take(rows), sides[1].take(rows) if sides[1] is not None else None
             if name in self.groups:
                 self.groups[name].add(
                     part["image_id"].to_numpy(dtype=object),
@@ -147,6 +154,9 @@ class Gallery:
                     near,
                     vectors[rows],
                     group_features or [],
+                    views=views,
+                    extra=side.extra,
+                    mirrored=mirrored,
                 )
             else:
                 self.groups[name] = Group(
@@ -157,6 +167,9 @@ class Gallery:
                     VectorIndex.build(vectors[rows]),
                     group_features,
                     KeypointIndex(group_features) if group_features is not None else None,
+                    views=views,
+                    extra=side.extra,
+                    mirrored=mirrored,
                 )
             touched.append(name)
         self.table = pd.concat([self.table, photos[list(_empty_table().columns)]], ignore_index=True)
@@ -191,19 +204,50 @@ class Gallery:
         if group.size == 0:
             group.fit = GroupFit(-np.inf, None, None, np.zeros(0, np.int64), 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         else:
-            group.fit_to(self.preset, self.method)
+            group.fit_to(self.preset, self.method, extra_methods=self.extra_methods)
         if group.fit.choice is not None and group.fit.choice.note:
             group.notes.append(f"{group.name}: {group.fit.choice.note}")
         self.timings[f"fit_{group.name}_s"] = time.perf_counter() - started
         return group.fit
 
-    def _local_features(self, paths: list[str], cache_dir, progress: bool) -> list[LocalFeatures | None] | None:
-        if self.method is None:
+    def _local_features(
+        self, paths: list[str], cache_dir, progress: bool, method=None
+    ) -> list[LocalFeatures | None] | None:
+        method = method or self.method
+        if method is None:
             return None
         started = time.perf_counter()
-        features = local_features(paths, self.method, cache_dir=cache_dir, progress=progress)
+        features = local_features(paths, method, cache_dir=cache_dir, progress=progress)
         self.timings["local_features_s"] = self.timings.get("local_features_s", 0) + time.perf_counter() - started
         return features
+
+    def _sides(self, paths, vectors, features, cache_dir, progress: bool) -> tuple[Side, Side | None]:
+        """The photos as taken (with the extra methods' features) and, for mirrored matching,
+        flipped left-right (descriptor and every keypoint method of the flipped photo)."""
+        extra = {name: self._local_features(paths, cache_dir, progress, m) for name, m in self.extra_methods.items()}
+        side = Side(vectors, features, extra)
+        if not self.preset.mirror:
+            return side, None
+        started = time.perf_counter()
+        flipped = extract_embeddings(
+            paths,
+            mirrored_backbone(self.backbone),
+            cache_dir=cache_dir,
+            progress=progress,
+            description="mirrored descriptors",
+            num_workers=self.loader_workers,
+            **self.preset.extraction_options(),
+        )
+        self.timings["extract_s"] = self.timings.get("extract_s", 0) + time.perf_counter() - started
+        mirrored = Side(
+            normalize(flipped.embeddings),
+            self._local_features(paths, cache_dir, progress, MirroredMethod(self.method)) if self.method else None,
+            {
+                name: self._local_features(paths, cache_dir, progress, MirroredMethod(m))
+                for name, m in self.extra_methods.items()
+            },
+        )
+        return side, mirrored
 
     # ------------------------------------------------------------------ queries
 
@@ -255,6 +299,9 @@ class Gallery:
         }
         started = time.perf_counter()
         features = self._local_features(table["path"].tolist(), cache_dir, progress)
+        side, mirrored = self._sides(table["path"].tolist(), extraction.embeddings, features, cache_dir, progress)
+        query_views = photo_views(table)
+        notes = list(self.notes)
         ranking = Ranking.empty(len(table), k)
         thresholds, choices, calibrations = {}, {}, {}
         query_thresholds = np.full(len(table), np.nan)
@@ -270,12 +317,23 @@ class Gallery:
                 calibrations[name] = group.fit.calibration
             query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
             asked = members[usable[members]]
+            fallbacks = group.view_masks(query_views[asked], self.preset)[2]
+            if fallbacks:
+                notes.append(
+                    f"{name}: {len(fallbacks)} quer{'y' if len(fallbacks) == 1 else 'ies'} of view(s) "
+                    f"{', '.join(sorted(set(fallbacks)))} had no database photo of a compatible view and "
+                    "were compared with every photo."
+                )
             found, _ = group.rank(
                 extraction.embeddings[asked],
                 [features[r] for r in asked] if features is not None else None,
                 self.preset,
                 self.method,
                 k,
+                views=query_views[asked],
+                extra=side.take(asked).extra,
+                extra_methods=self.extra_methods,
+                mirrored=mirrored.take(asked) if mirrored is not None else None,
             )
             ranking.identities[asked] = found.identities
             ranking.scores[asked] = found.scores
@@ -287,7 +345,9 @@ class Gallery:
         errors = [extraction.failures.get(row, "") for row in range(len(table))]
         return IdentifyResult(
             dataset=Dataset(
-                pd.concat([self.database_rows(), table.assign(split=QUERY).drop(columns=["group"])], ignore_index=True),
+                pd.concat(
+                    [self.database_rows(), table.assign(split=QUERY).drop(columns=["group", "view"])], ignore_index=True
+                ),
                 "gallery",
             ),
             preset=self.preset,
@@ -301,12 +361,12 @@ class Gallery:
             failures=_failures(table, extraction.failures, QUERY),
             timings=timings,
             calibrations=calibrations,
-            notes=list(self.notes),
+            notes=notes,
         )
 
     def database_rows(self) -> pd.DataFrame:
         """The gallery's photos as database rows of a Dataset table."""
-        return self.table.drop(columns=["group", "sha256", "near_duplicate"]).assign(split=DATABASE)
+        return self.table.drop(columns=["group", "sha256", "near_duplicate", "view"]).assign(split=DATABASE)
 
     # ------------------------------------------------------------------ saving
 
@@ -317,6 +377,7 @@ class Gallery:
             "backbone": self.backbone.name,
             "backbone_fingerprint": self.backbone.cache_key,
             "local_features": self.method.config_key() if self.method else None,
+            "extra_local_features": {name: m.config_key() for name, m in self.extra_methods.items()},
             "images": int(len(self.table)),
             "identities": int(self.table["identity"].nunique()),
             "groups": {
@@ -357,6 +418,14 @@ class Gallery:
                 group.index.save(part / "vectors.faiss")
                 if group.features is not None:
                     _save_features(part / "local_features.npz", group.features)
+                for method, found in group.extra.items():
+                    _save_features(part / f"local_features-{method}.npz", found)
+                if group.mirrored is not None:
+                    np.save(part / "mirrored_vectors.npy", group.mirrored.vectors)
+                    if group.mirrored.features is not None:
+                        _save_features(part / "mirrored_local_features.npz", group.mirrored.features)
+                    for method, found in group.mirrored.extra.items():
+                        _save_features(part / f"mirrored_local_features-{method}.npz", found)
                 np.save(part / "askable.npy", group.askable if group.askable is not None else np.ones(group.size, bool))
                 record["group_files"][name] = {"folder": part.name, "fit": _fit_record(group.fit), "notes": group.notes}
             (temporary / "gallery.json").write_text(json.dumps(jsonable(record), indent=2), encoding="utf-8")
@@ -414,12 +483,35 @@ class Gallery:
                 f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
                 f"extracts {gallery.method.config_key()}; rebuild the gallery."
             )
+        saved_extra = record.get("extra_local_features", {})
+        for name, method in gallery.extra_methods.items():
+            if saved_extra.get(name) != method.config_key():
+                raise GalleryError(
+                    f"{folder}: its {name} keypoints were extracted as {saved_extra.get(name)}, this wildreid "
+                    f"extracts {method.config_key()}; rebuild the gallery."
+                )
+        if "view" not in table:
+            table["view"] = None  # a gallery saved before views were kept: every view unknown
         for name, files in record["group_files"].items():
             part = folder / files["folder"]
             rows = table[table["group"] == name]
             near = rows["near_duplicate"].to_numpy(dtype=object)
             near = np.where(pd.isna(near), None, near) if rows["near_duplicate"].notna().any() else None
             features = _load_features(part / "local_features.npz") if (part / "local_features.npz").is_file() else None
+            views = rows["view"].to_numpy(dtype=object)
+            views = np.where(pd.isna(views), None, views) if rows["view"].notna().any() else None
+            extra = {name: _load_features(part / f"local_features-{name}.npz") for name in gallery.extra_methods}
+            mirrored = None
+            if (part / "mirrored_vectors.npy").is_file():
+                flipped = part / "mirrored_local_features.npz"
+                mirrored = Side(
+                    np.load(part / "mirrored_vectors.npy"),
+                    _load_features(flipped) if flipped.is_file() else None,
+                    {
+                        name: _load_features(part / f"mirrored_local_features-{name}.npz")
+                        for name in gallery.extra_methods
+                    },
+                )
             group = Group(
                 name,
                 rows["image_id"].to_numpy(dtype=object),
@@ -431,6 +523,9 @@ class Gallery:
                 fit=_fit_from_record(files["fit"]),
                 askable=np.load(part / "askable.npy"),
                 notes=files.get("notes", []),
+                views=views,
+                extra=extra,
+                mirrored=mirrored,
             )
             if group.index.size != group.size:
                 raise GalleryError(
@@ -457,7 +552,7 @@ def _empty_table() -> pd.DataFrame:
     return pd.DataFrame(
         {
             name: pd.Series(dtype=object)
-            for name in ("image_id", "identity", "dataset", "group", "path", "sha256", "near_duplicate")
+            for name in ("image_id", "identity", "dataset", "group", "path", "sha256", "near_duplicate", "view")
         }
     )
 
@@ -474,6 +569,7 @@ def _with_group(table: pd.DataFrame, same_dataset_only: bool) -> pd.DataFrame:
         table["image_id"] = table["path"].astype(str)
     table["image_id"] = table["image_id"].astype(str)
     table["group"] = table["dataset"].astype(str) if same_dataset_only else ALL
+    table["view"] = photo_views(table)
     return table
 
 
