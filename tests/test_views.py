@@ -18,9 +18,9 @@ from wildreid.local import get_method
 from wildreid.local.base import LocalFeatures
 from wildreid.local.lnbnn import KeypointIndex
 from wildreid.mirror import MirroredMethod, mirrored_backbone
-from wildreid.presets import get_preset
+from wildreid.presets import TOP_M_CHOICES, get_preset
 from wildreid.search import rank_neighbours
-from wildreid.thresholds import Neighbours, simulate_round
+from wildreid.thresholds import Neighbours, ThresholdChoice, simulate_round
 from wildreid.views import ViewRule, mirror_view, parse_view_rule, photo_views
 
 FUSION = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5))
@@ -168,6 +168,25 @@ def test_top_m_mean_pads_with_the_lowest_listed_score():
     )
 
 
+def test_top_m_auto_takes_the_best_simulated_score(monkeypatch):
+    """The m chosen is the one whose simulated open-set score is highest (ties: the smaller)."""
+    from wildreid.gallery import group as group_module
+
+    simulated = {1: 0.40, 2: 0.45, 3: 0.45}
+    monkeypatch.setattr(
+        group_module,
+        "choose_threshold",
+        lambda neighbours, identities, near_duplicate_groups=None, top_m=1: ThresholdChoice(
+            0.5, simulated[top_m], 0, 0
+        ),
+    )
+    group = group_module.Group("g", np.zeros(4, object), np.array(list("aabb"), object), None, None)
+    assert group._choose_top_m(None) == 2
+    simulated[1] = float("nan")  # nothing to simulate counts as worst, never as best
+    simulated[2] = simulated[3] = 0.1
+    assert group._choose_top_m(None) == 2
+
+
 def test_threshold_simulation_scores_identities_as_the_ranking_does():
     rng = np.random.default_rng(3)
     identities = np.repeat(np.array([f"id{i}" for i in range(8)], dtype=object), 4)
@@ -276,7 +295,7 @@ def test_a_view_without_compatible_photos_falls_back_to_all_and_is_said(lions, c
 
 
 def test_mirrored_gallery_with_orb_saves_loads_and_answers_the_same(lions, cache, lite0_backbone, tmp_path):
-    preset = FUSION.replace(views="same", mirror=True, extra_local=("orb",), top_m=2)
+    preset = FUSION.replace(views="same", mirror=True, extra_local=("orb",), top_m="auto")
     dataset = Dataset(lions, "lions")
     gallery = Gallery.build(dataset, preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
     group = gallery.groups["LionData"]
@@ -292,6 +311,7 @@ def test_mirrored_gallery_with_orb_saves_loads_and_answers_the_same(lions, cache
     gallery.save(tmp_path / "g")
     loaded = Gallery.load(tmp_path / "g", backbone=lite0_backbone)
     assert loaded.preset == preset and loaded.groups["LionData"].views.tolist() == views.tolist()
+    assert group.fit.top_m in TOP_M_CHOICES and loaded.groups["LionData"].fit.top_m == group.fit.top_m
     again = loaded.identify(dataset, cache_dir=cache, progress=False)
     pd.testing.assert_frame_equal(again.candidates, answered.candidates)
 

@@ -149,8 +149,12 @@ ExtraLocalOption = Annotated[
     ),
 ]
 TopMOption = Annotated[
-    Optional[int],
-    typer.Option("--top-m", help="Score an identity by the mean of its m best photos (1: its best photo)."),
+    Optional[str],
+    typer.Option(
+        "--top-m",
+        help="Score an identity by the mean of its m best photos (1: its best photo), or 'auto' (the m "
+        "whose simulated open-set score on the database is best).",
+    ),
 ]
 
 
@@ -172,7 +176,10 @@ def _evidence_changes(views, mirror, extra_local, top_m) -> dict:
             raise ValueError(f"--extra-local: unknown method(s) {', '.join(unknown)}; choose from orb, sift, rootsift.")
         changes["extra_local"] = tuple(names)
     if top_m is not None:
-        changes["top_m"] = top_m
+        text = top_m.strip().lower()
+        if text != "auto" and not text.isdigit():
+            raise ValueError(f"--top-m: '{top_m}' is not a whole number or 'auto'.")
+        changes["top_m"] = text if text == "auto" else int(text)
     return changes
 
 

@@ -13,6 +13,7 @@ from .fusion import FusionSettings
 from .views import ViewRule
 
 AUTO = "auto"
+TOP_M_CHOICES = (1, 2, 3)  # what top_m="auto" chooses among
 
 
 def check_threshold(value, what: str = "threshold") -> float:
@@ -59,8 +60,9 @@ class Preset:
     mirror: bool = False
     # More OpenCV local features (e.g. "orb"), each fused as its own calibrated inlier count.
     extra_local: tuple[str, ...] = ()
-    # An identity's score: the mean of its top_m best photos' scores (1: its best photo's).
-    top_m: int = 1
+    # An identity's score: the mean of its top_m best photos' scores (1: its best photo's), or
+    # "auto": the m of TOP_M_CHOICES whose simulated open-set score on the database is best.
+    top_m: int | str = 1
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
@@ -72,8 +74,12 @@ class Preset:
             check_threshold(self.threshold)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
-        if isinstance(self.top_m, bool) or not isinstance(self.top_m, numbers.Integral) or self.top_m < 1:
-            raise ValueError(f"top-m: {self.top_m!r} photos per identity; give a whole number of at least 1.")
+        if self.top_m != AUTO and (
+            isinstance(self.top_m, bool) or not isinstance(self.top_m, numbers.Integral) or self.top_m < 1
+        ):
+            raise ValueError(
+                f"top-m: {self.top_m!r} photos per identity; give a whole number of at least 1, or 'auto'."
+            )
         ViewRule(self.views, self.mirror)  # refuses a malformed rule, or mirroring without one
         if self.extra_local and not self.local:
             raise ValueError(

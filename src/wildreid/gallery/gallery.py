@@ -386,6 +386,7 @@ class Gallery:
                     "identities": int(len(set(group.identities))),
                     "index": "exact" if group.index.exact else "ivf",
                     "threshold": group.fit.threshold if group.fit else None,
+                    "top_m": group.fit.top_m if group.fit else None,
                     "fitted_images": group.fit.images if group.fit else None,
                     "fitted_at": group.fit.fitted_at if group.fit else None,
                     "refit_due_at": int(np.ceil((1 + REFIT_GROWTH) * max(group.fit.images, 1))) if group.fit else None,
@@ -674,6 +675,7 @@ def _fit_record(fit: GroupFit | None) -> dict | None:
         "images": fit.images,
         "fitted_at": fit.fitted_at,
         "seconds": fit.seconds,
+        "top_m": fit.top_m,
         "pseudo_queries": fit.pseudo_queries.tolist(),
         "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
         "choice": None
@@ -707,6 +709,7 @@ def _fit_from_record(record: dict | None) -> GroupFit | None:
         record["images"],
         record["fitted_at"],
         record.get("seconds", 0.0),
+        record.get("top_m", 1),
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..fusion import Calibration
 from ..local.base import LocalFeatures, LocalMethod
 from ..local.lnbnn import KeypointIndex
-from ..presets import AUTO, Preset
+from ..presets import AUTO, TOP_M_CHOICES, Preset
 from ..search import IdentityRanking, rank_neighbours
 from ..thresholds import Neighbours, ThresholdChoice, choose_threshold
 from .index import VectorIndex
@@ -47,6 +47,7 @@ class GroupFit:
     images: int  # the group's size when fitted
     fitted_at: str
     seconds: float = 0.0
+    top_m: int = 1  # photos per identity averaged by the ranking (the preset's, or chosen on the database)
 
 
 @dataclass
@@ -123,8 +124,9 @@ class Group:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
             neighbours = self._global_neighbours(np.flatnonzero(pseudo), preset)
+        top_m = preset.top_m if preset.top_m != AUTO else self._choose_top_m(neighbours)
         threshold, choice = _threshold(
-            preset.threshold, self.name, neighbours, self.identities, self.near_duplicates, preset.top_m
+            preset.threshold, self.name, neighbours, self.identities, self.near_duplicates, top_m
         )
         self.fit = GroupFit(
             threshold,
@@ -134,8 +136,18 @@ class Group:
             self.size,
             time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             time.perf_counter() - started,
+            top_m,
         )
         return self.fit
+
+    def _choose_top_m(self, neighbours: Neighbours) -> int:
+        """The photos per identity whose simulated open-set score on the database is best (the
+        simulation of thresholds.py, with each m's own best threshold); ties go to the smaller m."""
+        scores = []
+        for m in TOP_M_CHOICES:
+            choice = choose_threshold(neighbours, self.identities, near_duplicate_groups=self.near_duplicates, top_m=m)
+            scores.append(-np.inf if np.isnan(choice.simulated_score) else choice.simulated_score)
+        return TOP_M_CHOICES[int(np.argmax(scores))]
 
     def _excluded(self, rows: np.ndarray) -> list[set[int]]:
         """What each database photo asked as a pseudo-query may not match: itself, and photos
@@ -307,7 +319,7 @@ class Group:
             pairs = self.pairs(side, views, preset, method, extra_methods or {}, mirrored=mirrored)
             fused = self.fit.calibration.fuse(pairs.raw, pairs.mirrored)
             lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
-            return rank_neighbours(lists.columns, lists.scores, self.identities, k, preset.top_m), pairs
+            return rank_neighbours(lists.columns, lists.scores, self.identities, k, self.fit.top_m), pairs
         flipped = mirrored.vectors if mirrored is not None else None
         return self._rank_by_cosine(vectors, k, views, preset, flipped), None
 
@@ -316,7 +328,7 @@ class Group:
     ) -> IdentityRanking:
         wanted = min(k, len(np.unique(self.identities)))
         depth = min(self.size, max(RANKING_DEPTH, 4 * k))
-        top_m = preset.top_m if preset is not None else 1
+        top_m = self.fit.top_m if self.fit is not None else 1
 
         def lists(rows, depth):
             if preset is None:
