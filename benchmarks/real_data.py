@@ -14,7 +14,8 @@ Each (preset, dataset) runs in its own process with an empty embedding cache, so
 is a cold run (model load, extraction, matching, outputs) and the peak memory is that run's own
 (max RSS); ``--cache-dir DIR`` keeps descriptors and keypoints across runs instead (accuracy
 runs of many settings), ``--set KEY=JSON`` changes one preset field (``--set views=same``,
-``--set top_m=2``) and ``--label`` names the row.
+``--set top_m=2``) and ``--label`` names the row; with ``--cache-dir`` each pair's inlier count is
+also kept there (the counts are deterministic), so settings that meet the same pairs share them.
 
 Also prints top-1 on LionData's published closed-set split (paper_split.csv:
 train -> database, test -> query; published MegaDescriptor-L-384 0.252, T-224 0.148).
@@ -93,6 +94,46 @@ def changed_preset(preset, changes: dict):
     return preset.replace(**changes)
 
 
+def memoise_inliers(cache_dir: Path):
+    """Keep every pair's inlier count in ``cache_dir`` across runs, keyed by the method and both
+    photos' features (content hashes): USAC-MAGSAC is deterministic (OpenCV seeds it the same
+    each call), so a run of another setting that meets the same pairs gets the same counts
+    without recomputing them. Only for benchmarks of many settings; the answers do not change."""
+    import hashlib
+    import pickle
+
+    import numpy as np
+
+    from wildreid.fusion import inlier_counts
+    from wildreid.gallery import shortlist
+
+    path = cache_dir / "inlier-memo.pkl"
+    memo = pickle.loads(path.read_bytes()) if path.is_file() else {}
+    digests: dict[int, tuple] = {}
+
+    def digest(found):
+        if found is None:
+            return None
+        key = id(found)
+        if key not in digests:
+            content = hashlib.sha1(found.keypoints.tobytes() + found.descriptors.tobytes()).hexdigest()[:20]
+            digests[key] = (found, content)  # holding the object keeps its id unique
+        return digests[key][1]
+
+    def counted(method, left, right, rows, columns, geometry, workers=0):
+        keys = [(method.config_key(), geometry, digest(left[r]), digest(right[c])) for r, c in zip(rows, columns)]
+        missing = [i for i, key in enumerate(keys) if key not in memo]
+        if missing:
+            fresh = inlier_counts(method, left, right, rows[missing], columns[missing], geometry, workers)
+            memo.update((keys[i], value) for i, value in zip(missing, fresh))
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(pickle.dumps(memo))
+            temporary.replace(path)
+        return np.array([memo[key] for key in keys], dtype=np.float64)
+
+    shortlist.inlier_counts = counted
+
+
 def run_single(
     name: str,
     preset_name: str,
@@ -109,6 +150,8 @@ def run_single(
     from wildreid.presets import get_preset
 
     started = time.perf_counter()
+    if cache_dir is not None:
+        memoise_inliers(cache_dir)
     preset = changed_preset(get_preset(preset_name), changes or {})
     label = label or preset_name
     if backbone:
