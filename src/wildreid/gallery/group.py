@@ -147,7 +147,12 @@ class Group:
         for m in TOP_M_CHOICES:
             choice = choose_threshold(neighbours, self.identities, near_duplicate_groups=self.near_duplicates, top_m=m)
             scores.append(-np.inf if np.isnan(choice.simulated_score) else choice.simulated_score)
-        return TOP_M_CHOICES[int(np.argmax(scores))]
+        chosen = TOP_M_CHOICES[int(np.argmax(scores))]
+        self.notes.append(
+            f"{self.name}: identities scored by the mean of their {chosen} best photo(s), chosen on the database "
+            f"(simulated score {', '.join(f'm={m}: {v:.3f}' for m, v in zip(TOP_M_CHOICES, scores))})."
+        )
+        return chosen
 
     def _excluded(self, rows: np.ndarray) -> list[set[int]]:
         """What each database photo asked as a pseudo-query may not match: itself, and photos
