@@ -16,7 +16,13 @@ new_individual below 0.6) applied to the same run's scores.
 
 Each (preset, dataset) runs in its own process with an empty embedding cache, so the wall time
 is a cold run (model load, extraction, matching, outputs) and the peak memory is that run's own
-(max RSS). Also prints top-1 on LionData's published closed-set split (paper_split.csv:
+(max RSS); ``--cache-dir DIR`` keeps descriptors and keypoints across runs instead (accuracy
+runs of many settings), ``--set KEY=JSON`` changes one preset field (``--set views=same``,
+``--set top_m=2``) and ``--label`` names the row; with ``--cache-dir`` each pair's keypoint
+counts are also kept there (they are deterministic), so settings that meet the same pairs share
+them.
+
+Also prints top-1 on LionData's published closed-set split (paper_split.csv:
 train -> database, test -> query; published MegaDescriptor-L-384 0.252, T-224 0.148).
 """
 
@@ -66,6 +72,89 @@ def closed_split(data: Path) -> Dataset:
     return Dataset(table, f"{data} (paper_split.csv)")
 
 
+def preset_changes(settings: list[str]) -> dict:
+    """``KEY=JSON`` pairs (``views="same"``, ``fusion.shortlist=30``) as changes of a preset."""
+    changes: dict = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a bare word: a string
+        if key.startswith("fusion."):
+            changes.setdefault("fusion", {})[key.removeprefix("fusion.")] = parsed
+        else:
+            changes[key] = parsed
+    return changes
+
+
+def changed_preset(preset, changes: dict):
+    from wildreid.fusion import FusionSettings
+
+    changes = dict(changes)
+    if "fusion" in changes:
+        fusion = {**preset.fusion.__dict__, **changes["fusion"]}
+        fusion["scores"] = tuple(fusion["scores"])
+        changes["fusion"] = FusionSettings(**fusion)
+    if "extra_local" in changes:
+        changes["extra_local"] = tuple(changes["extra_local"])
+    return preset.replace(**changes)
+
+
+def memoise_counts(cache_dir: Path):
+    """Keep every pair's keypoint counts in ``cache_dir`` across runs, keyed by the method and both
+    photos' features (content hashes): USAC-MAGSAC is deterministic (OpenCV seeds it the same
+    each call), so a run of another setting that meets the same pairs gets the same counts
+    without recomputing them. Only for benchmarks of many settings; the answers do not change."""
+    import hashlib
+    import pickle
+
+    import numpy as np
+
+    from wildreid import fusion
+    from wildreid.gallery import shortlist
+
+    path = cache_dir / "inlier-memo.pkl"
+    memo = pickle.loads(path.read_bytes()) if path.is_file() else {}
+    digests: dict[int, tuple] = {}
+    original = fusion.pair_counts
+
+    def digest(found):
+        if found is None:
+            return None
+        key = id(found)
+        if key not in digests:
+            content = hashlib.sha1(found.keypoints.tobytes() + found.descriptors.tobytes()).hexdigest()[:20]
+            digests[key] = (found, content)  # holding the object keeps its id unique
+        return digests[key][1]
+
+    def counted(method, left, right, rows, columns, wanted, geometry="homography", match_confidence=0.5, workers=0):
+        # An inlier count does not depend on the confidence cut (its key is the one earlier
+        # memos used); a count of confident matches does not depend on the geometry.
+        def key(name, r, c):
+            pair = (digest(left[r]), digest(right[c]))
+            if name == "inliers":
+                return (method.config_key(), geometry, *pair)
+            return (method.config_key(), name, match_confidence, *pair)
+
+        keys = {name: [key(name, r, c) for r, c in zip(rows, columns)] for name in wanted}
+        missing = [i for i in range(len(rows)) if any(keys[name][i] not in memo for name in wanted)]
+        if missing:
+            fresh = original(
+                method, left, right, rows[missing], columns[missing], wanted, geometry, match_confidence, workers
+            )
+            for name in wanted:
+                memo.update((keys[name][i], value) for i, value in zip(missing, fresh[name]))
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(pickle.dumps(memo))
+            temporary.replace(path)
+        return {name: np.array([memo[k] for k in keys[name]], dtype=np.float64) for name in wanted}
+
+    # shortlist.py counts the main method's pairs through its own name, the extra methods'
+    # through fusion.inlier_counts, which calls fusion.pair_counts.
+    shortlist.pair_counts = fusion.pair_counts = counted
+
+
 def run_single(
     name: str,
     preset_name: str,
@@ -73,6 +162,9 @@ def run_single(
     backbone: str | None = None,
     foreground: str | None = None,
     whole_photo_keypoints: bool = False,
+    changes: dict | None = None,
+    label: str | None = None,
+    cache_dir: Path | None = None,
 ) -> dict:
     from wildreid.decide import decide
     from wildreid.metrics import evaluate
@@ -81,12 +173,14 @@ def run_single(
     from wildreid.presets import get_preset
 
     started = time.perf_counter()
-    preset = get_preset(preset_name)
-    label = preset_name
+    if cache_dir is not None:
+        memoise_counts(cache_dir)
+    preset = changed_preset(get_preset(preset_name), changes or {})
+    label = label or preset_name
     if backbone:
         # As `wildreid identify --backbone`: the model's own preprocessing replaces the preset's.
         preset = preset.replace(backbone=backbone, preprocess=None)
-        label = f"{preset_name}+trained"
+        label = f"{label}+trained"
     if foreground:
         preset = preset.replace(foreground=foreground)
         label = f"{label}+{foreground}"
@@ -97,12 +191,12 @@ def run_single(
         preset = preset.replace(threshold=None)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = benchmark_dataset(name)
-        result = identify(dataset, preset, cache_dir=Path(scratch) / "cache", progress=False)
+        result = identify(dataset, preset, cache_dir=cache_dir or Path(scratch) / "cache", progress=False)
         evaluation = evaluate_if_possible(result)
         write_run(result, out / f"{label}-{name}", evaluation=evaluation)
     wall = time.perf_counter() - started
     rows = [_row(name, label, evaluation, result, dataset, wall)]
-    if preset_name == "offline" and not backbone and not foreground and name != CLOSED_SPLIT:
+    if preset_name == "offline" and not (backbone or foreground or changes) and name != CLOSED_SPLIT:
         # The seed's decision rule (top-1 cosine, new_individual below 0.6) on the same scores:
         # the MegaDescriptor weights cannot be downloaded here, the rule can be measured.
         seed_rule = result.candidates.copy()
@@ -151,22 +245,35 @@ def main() -> None:
     parser.add_argument(
         "--whole-photo-keypoints", action="store_true", help="keypoints of the whole photo, descriptors of the region"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="change a preset field for this run, e.g. views=same, mirror=true, top_m=2, fusion.shortlist=30",
+    )
+    parser.add_argument("--label", help="row label instead of the preset's name (e.g. the change measured)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep descriptors and keypoints here across runs (default: an empty cache per run, a cold run)",
+    )
     parser.add_argument("--single", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.single:
         name, preset = arguments.single.split(":")
-        print(
-            json.dumps(
-                run_single(
-                    name,
-                    preset,
-                    arguments.out,
-                    arguments.backbone,
-                    arguments.foreground,
-                    arguments.whole_photo_keypoints,
-                )
-            )
+        rows = run_single(
+            name,
+            preset,
+            arguments.out,
+            arguments.backbone,
+            arguments.foreground,
+            arguments.whole_photo_keypoints,
+            preset_changes(arguments.set),
+            arguments.label,
+            arguments.cache_dir,
         )
+        print(json.dumps(rows))
         return
 
     rows = []
@@ -179,6 +286,12 @@ def main() -> None:
                 command += ["--foreground", arguments.foreground]
             if arguments.whole_photo_keypoints:
                 command += ["--whole-photo-keypoints"]
+            for setting in arguments.set:
+                command += ["--set", setting]
+            if arguments.label:
+                command += ["--label", arguments.label]
+            if arguments.cache_dir:
+                command += ["--cache-dir", str(arguments.cache_dir)]
             process = subprocess.run(command, capture_output=True, text=True)
             if process.returncode != 0:
                 print(process.stderr, file=sys.stderr)

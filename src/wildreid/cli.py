@@ -161,6 +161,39 @@ ForegroundOption = Annotated[
         "of the offline ImageNet classifier) or 'none' (the whole photo). Default: the preset's (none)."
     ),
 ]
+ViewsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--views",
+        help="Compare only compatible viewpoints (the 'viewpoint' or 'orientation' column): 'same' (equal "
+        "views), compatible pairs 'left=front,right=front', a CSV file of pairs, or 'off'. A photo of "
+        "unknown view is compatible with all. Default: the preset's.",
+    ),
+]
+MirrorOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--mirror/--no-mirror",
+        help="Also compare a view with its mirror view (left/right) after flipping the photo, for species "
+        "whose two sides look alike. Needs --views.",
+    ),
+]
+ExtraLocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--extra-local",
+        help="More local features fused as their own calibrated inlier counts, comma-separated (orb), "
+        "or 'none'. Default: the preset's.",
+    ),
+]
+TopMOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--top-m",
+        help="Score an identity by the mean of its m best photos (1: its best photo), or 'auto' (the m "
+        "whose simulated open-set score on the database is best).",
+    ),
+]
 
 
 def _region_changes(region_margin: float | None, foreground: str | None) -> dict:
@@ -201,6 +234,33 @@ def _detection_rows(table, detections: Path | None, threshold: float | None, *, 
                 f"Check them (column '{DETECTION}' numbers the animals), or raise --detection-threshold.[/]"
             )
     return rows, no_animal
+
+
+def _evidence_changes(views, mirror, extra_local, top_m) -> dict:
+    """Preset changes for the viewpoint and evidence options given on the command line."""
+    from .views import parse_view_rule
+
+    changes = {}
+    if views is not None:
+        changes["views"] = parse_view_rule(views)
+    if mirror is not None:
+        changes["mirror"] = mirror
+    if extra_local is not None:
+        names = [] if extra_local.strip().lower() == "none" else [n.strip().lower() for n in extra_local.split(",")]
+        from .local import method_names
+
+        unknown = [n for n in names if n not in method_names()]
+        if unknown:
+            raise ValueError(
+                f"--extra-local: unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}."
+            )
+        changes["extra_local"] = tuple(names)
+    if top_m is not None:
+        text = top_m.strip().lower()
+        if text != "auto" and not text.isdigit():
+            raise ValueError(f"--top-m: '{top_m}' is not a whole number or 'auto'.")
+        changes["top_m"] = text if text == "auto" else int(text)
+    return changes
 
 
 BackboneOption = Annotated[
@@ -326,6 +386,10 @@ def identify(
     detection_threshold: DetectionThreshold = None,
     region_margin: RegionMargin = None,
     foreground: ForegroundOption = None,
+    views: ViewsOption = None,
+    mirror: MirrorOption = None,
+    extra_local: ExtraLocalOption = None,
+    top_m: TopMOption = None,
 ):
     """Assign every query a known identity or new_individual; write the submission and the report.
 
@@ -339,6 +403,11 @@ def identify(
     grouping_method = _grouping_option(grouping)
     check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or default_cache_dir())
+    if gallery is not None and _evidence_changes(views, mirror, extra_local, top_m):
+        raise ValueError(
+            "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
+            "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
+        )
     if gallery is not None:
         if local is not None:
             raise ValueError(
@@ -395,6 +464,7 @@ def identify(
             {
                 **_speed_changes(fast, precision, decode, compile, engine, batch_size),
                 **_region_changes(region_margin, foreground),
+                **_evidence_changes(views, mirror, extra_local, top_m),
             },
             local,
         )
@@ -1516,6 +1586,10 @@ def gallery_build(
     detection_threshold: DetectionThreshold = None,
     region_margin: RegionMargin = None,
     foreground: ForegroundOption = None,
+    views: ViewsOption = None,
+    mirror: MirrorOption = None,
+    extra_local: ExtraLocalOption = None,
+    top_m: TopMOption = None,
 ):
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from .gallery import Gallery
@@ -1532,7 +1606,13 @@ def gallery_build(
         include_queries=False,
     )
     chosen = _chosen_preset(
-        preset, backbone, threshold, None, all_datasets, _region_changes(region_margin, foreground), local
+        preset,
+        backbone,
+        threshold,
+        None,
+        all_datasets,
+        {**_region_changes(region_margin, foreground), **_evidence_changes(views, mirror, extra_local, top_m)},
+        local,
     )
     photos, no_animal = _detection_rows(photos, detections, detection_threshold, labelled=True)
     if no_animal is not None and photos.empty:

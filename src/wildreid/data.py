@@ -323,9 +323,10 @@ def load_query_photos(
     allow_outside_paths: bool = False,
 ) -> pd.DataFrame:
     """Photos to identify against a gallery: image files, folders (searched recursively) and CSV
-    files with a ``path_column`` (relative to the CSV's folder; optional image id, ``dataset``
-    and ``identity`` columns, and a ``split`` column whose 'query' rows are kept). Returns a table
-    of image_id, path[, dataset, identity]; ids are file names, paths inside a folder, or the CSV's."""
+    files with a ``path_column`` (relative to the CSV's folder; optional image id, ``dataset``,
+    ``identity``, ``viewpoint``/``orientation`` columns, and a ``split`` column whose 'query' rows
+    are kept). Returns a table of image_id, path[, dataset, identity, viewpoint, orientation]; ids
+    are file names, paths inside a folder, or the CSV's."""
     parts = []
     for source in map(Path, sources):
         _refuse_unreachable(source)
@@ -354,7 +355,8 @@ def load_query_photos(
                     "path": [os.path.realpath(source.parent / p) for p in raw[path_column]],
                 }
             )
-            for column in ("dataset", "identity", BBOX, SEGMENTATION):
+            # views.py reads viewpoint and orientation
+            for column in ("dataset", "identity", BBOX, SEGMENTATION, "viewpoint", "orientation"):
                 if column in raw:
                     table[column] = raw[column].replace("", None).to_numpy()
             if not allow_outside_paths:

@@ -6,6 +6,9 @@ fitted on database-vs-database pairs of the same dataset (never an image with it
 near-duplicates of one clip or date); the fused score is the mean of the probabilities.
 
 The candidate pairs come from gallery/shortlist.py; the gallery fits a calibration per group.
+Pairs compared after a horizontal flip (mirrored matching, views.py) get maps of their own
+(``mirrored:cosine``, ...): how often a mirrored match is the same animal depends on how
+symmetric the species is, and the database says how much.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .local.verify import count_inliers
 SCORE_TYPES = ("cosine", "lnbnn", "inliers", "matches")
 PAIR_COUNTS = ("inliers", "matches")
 TIE_BREAK = 1e-6
+MIRRORED = "mirrored:"  # prefix of the maps fitted on mirrored pairs
 
 
 @dataclass
@@ -40,11 +44,18 @@ class Calibration:
     positives: int = 0
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray) -> "Calibration":
+    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, mirrored: np.ndarray | None = None) -> "Calibration":
+        """``mirrored``: which pairs were compared after a flip; they get maps of their own."""
+        same = np.asarray(same, dtype=float)
+        flipped = np.zeros(len(same), bool) if mirrored is None else np.asarray(mirrored, bool)
         knots = {}
-        for name, values in scores.items():
-            regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(values, same)
-            knots[name] = (regression.X_thresholds_.tolist(), regression.y_thresholds_.tolist())
+        for prefix, rows in (("", ~flipped), (MIRRORED, flipped)):
+            if not rows.any():
+                continue
+            for name, values in scores.items():
+                regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+                regression.fit(np.asarray(values)[rows], same[rows])
+                knots[prefix + name] = (regression.X_thresholds_.tolist(), regression.y_thresholds_.tolist())
         return cls(knots, int(len(same)), int(np.sum(same)))
 
     def probability(self, name: str, values: np.ndarray) -> np.ndarray:
@@ -59,8 +70,21 @@ class Calibration:
         order = 0.5 + np.arctan((values - xs[0]) / max(xs[-1] - xs[0], 1e-12)) / np.pi
         return (1.0 - TIE_BREAK) * calibrated + TIE_BREAK * order
 
-    def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        return np.mean([self.probability(name, values) for name, values in scores.items()], axis=0)
+    def fuse(self, scores: dict[str, np.ndarray], mirrored: np.ndarray | None = None) -> np.ndarray:
+        """The mean of the calibrated scores; mirrored pairs through the mirrored maps (through the
+        direct ones where the database had no mirrored pair to fit them on)."""
+        fused = np.mean([self.probability(name, values) for name, values in scores.items()], axis=0)
+        if mirrored is not None and np.any(mirrored):
+            rows = np.asarray(mirrored, bool)
+            fused = np.asarray(fused, dtype=np.float64).copy()
+            fused[rows] = np.mean(
+                [
+                    self.probability(MIRRORED + name if MIRRORED + name in self.knots else name, values[rows])
+                    for name, values in scores.items()
+                ],
+                axis=0,
+            )
+        return fused
 
     def to_json(self) -> str:
         return json.dumps({"pairs": self.pairs, "positives": self.positives, "knots": self.knots})

@@ -12,8 +12,10 @@ from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from .foreground import check_method
 from .fusion import FusionSettings
 from .regions import DEFAULT_MARGIN, check_margin
+from .views import ViewRule
 
 AUTO = "auto"
+TOP_M_CHOICES = (1, 2, 3)  # what top_m="auto" chooses among
 
 
 def check_threshold(value, what: str = "threshold") -> float:
@@ -63,6 +65,16 @@ class Preset:
     foreground: str | None = None
     # False: keypoints come from the whole photo even where the global descriptor uses a region.
     region_keypoints: bool = True
+    # Viewpoints (views.py): "off", "same" (equal views only) or compatible pairs "a=b,c=d"; a
+    # photo whose view is unknown is compatible with all. ``mirror``: also compare a view with its
+    # mirror view (left/right) after a horizontal flip.
+    views: str = "off"
+    mirror: bool = False
+    # More OpenCV local features (e.g. "orb"), each fused as its own calibrated inlier count.
+    extra_local: tuple[str, ...] = ()
+    # An identity's score: the mean of its top_m best photos' scores (1: its best photo's), or
+    # "auto": the m of TOP_M_CHOICES whose simulated open-set score on the database is best.
+    top_m: int | str = 1
 
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
@@ -78,6 +90,21 @@ class Preset:
             raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
         check_margin(self.region_margin)
         object.__setattr__(self, "foreground", check_method(self.foreground))  # "none" -> None
+        if self.top_m != AUTO and (
+            isinstance(self.top_m, bool) or not isinstance(self.top_m, numbers.Integral) or self.top_m < 1
+        ):
+            raise ValueError(
+                f"top-m: {self.top_m!r} photos per identity; give a whole number of at least 1, or 'auto'."
+            )
+        ViewRule(self.views, self.mirror)  # refuses a malformed rule, or mirroring without one
+        if self.extra_local and not self.local:
+            raise ValueError(
+                f"extra local features {', '.join(self.extra_local)} are fused beside the main keypoint "
+                "method; give one first (e.g. the fusion preset, or --local rootsift)."
+            )
+
+    def view_rule(self) -> ViewRule:
+        return ViewRule(self.views, self.mirror)
 
     def extraction_options(self) -> dict:
         return dict(
@@ -110,6 +137,8 @@ class Preset:
         if "scores" in fusion:
             fusion["scores"] = tuple(fusion["scores"])
         content["fusion"] = FusionSettings(**fusion)
+        if "extra_local" in content:
+            content["extra_local"] = tuple(content["extra_local"])
         return cls(**content)
 
 

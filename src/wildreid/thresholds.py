@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .search import rank_neighbours
+
 
 @dataclass
 class ThresholdChoice:
@@ -97,6 +99,7 @@ def simulate_round(
     known_query_share: float = 0.25,
     near_duplicate_groups: np.ndarray | None = None,
     members: tuple[np.ndarray, list[np.ndarray]] | None = None,
+    top_m: int = 1,
 ) -> SimulatedQueries:
     """One simulated open-set split of the database, answered by nearest identity.
 
@@ -105,6 +108,7 @@ def simulate_round(
     that stayed in the database. ``near_duplicate_groups`` (e.g. the date or clip of each image):
     a known pseudo-query is not allowed to match images of its own group, as real queries come
     from other visits. ``members``: ``identity_members(identities)``, when already computed.
+    ``top_m``: identities scored as the real queries' ranking scores them (search.rank_neighbours).
     """
     identities = np.asarray(identities, dtype=object)
     query, is_new_image = draw_queries(
@@ -118,6 +122,12 @@ def simulate_round(
         groups = np.asarray(near_duplicate_groups, dtype=object)
         known_group = np.array([g is not None and g == g for g in groups[rows]])
         answers &= ~((groups[np.maximum(columns, 0)] == groups[rows][:, None]) & known_group[:, None])
+    if top_m > 1:
+        best = rank_neighbours(np.where(answers, columns, -1), neighbours.scores[asked], identities, 1, top_m)
+        found = best.best_images[:, 0] >= 0
+        return SimulatedQueries(
+            identities[rows], is_new_image[rows], np.where(found, best.identities[:, 0], None), best.scores[:, 0]
+        )
     first = np.argmax(answers, axis=1)
     found = answers[np.arange(len(rows)), first]
     top_identity = np.where(found, identities[columns[np.arange(len(rows)), first]], None)
@@ -198,13 +208,16 @@ def choose_threshold(
     seed: int = 0,
     near_duplicate_groups: np.ndarray | None = None,
     grid_size: int = 400,
+    top_m: int = 1,
 ) -> ThresholdChoice:
     """The threshold maximising the simulated open-set score on this database."""
     identities = np.asarray(identities, dtype=object)
     rng = np.random.default_rng(seed)
     members = identity_members(identities)
     simulated = [
-        simulate_round(neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups, members=members)
+        simulate_round(
+            neighbours, identities, rng, near_duplicate_groups=near_duplicate_groups, members=members, top_m=top_m
+        )
         for _ in range(rounds)
     ]
     scores = np.concatenate([s.top_score for s in simulated])

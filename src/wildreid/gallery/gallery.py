@@ -32,13 +32,15 @@ from ..local import get_method
 from ..local.base import LocalFeatures
 from ..local.cache import local_features
 from ..local.lnbnn import KeypointIndex
+from ..mirror import MirroredMethod, mirrored_backbone
 from ..presets import Preset, require_weights
 from ..regions import BBOX, REGION_SOURCE, SEGMENTATION, Region, region_keys, regions_of, table_regions
 from ..result import IdentifyResult, Ranking
 from ..thresholds import ThresholdChoice
 from ..train import TrainedOn, trained_on
-from .group import GROUPING_IDENTITIES, Group, GroupFit
-from .index import VectorIndex
+from ..views import photo_views
+from .group import GROUPING_IDENTITIES, Group, GroupFit, Side
+from .index import VectorIndex, normalize
 
 FORMAT_VERSION = 1
 # A group's calibration and threshold are refitted when it has grown by this fraction since they
@@ -68,15 +70,16 @@ class Gallery:
     ):
         self.preset, self.backbone = preset, backbone
         # image_id, identity, dataset, group, path, sha256, near_duplicate, bbox, segmentation,
-        # region_source (the last three empty for whole photos; regions.py)
+        # region_source (the last three empty for whole photos; regions.py), view (views.py)
         self.table = table
-        for column in (BBOX, SEGMENTATION, REGION_SOURCE):
-            if column not in self.table:  # a gallery saved before regions existed
+        for column in (BBOX, SEGMENTATION, REGION_SOURCE, "view"):
+            if column not in self.table:  # a gallery saved before regions (or views) were kept
                 self.table[column] = None
         self.groups = groups
         self.failures = failures if failures is not None else _no_failures()
         self.timings = timings or {}
         self.method = get_method(preset.local, **preset.local_options) if preset.local else None
+        self.extra_methods = {name: get_method(name) for name in preset.extra_local}
         # Image-loading processes per extraction (None: extract.py's default); 0 in a server's
         # threads, where forking is unsafe.
         self.loader_workers: int | None = None
@@ -150,9 +153,9 @@ class Gallery:
         photos = photos[fresh].reset_index(drop=True)
         photos["near_duplicate"] = near_duplicate_groups(photos) if len(photos) else None
 
-        features = self._local_features(
-            photos["path"].tolist(), cache_dir, progress, regions_of(photos, self.preset.region_margin)
-        )
+        paths, kept_regions = photos["path"].tolist(), regions_of(photos, self.preset.region_margin)
+        features = self._local_features(paths, cache_dir, progress, kept_regions)
+        side, mirrored = self._sides(paths, kept_regions, vectors, features, cache_dir, progress)
         seen = trained_on(self.backbone.name)
         touched = []
         for name in dict.fromkeys(photos["group"]):
@@ -160,6 +163,9 @@ class Gallery:
             part = photos.iloc[rows]
             group_features = [features[r] for r in rows] if features is not None else None
             near = part["near_duplicate"].to_numpy(dtype=object) if part["near_duplicate"].notna().any() else None
+            views = part["view"].to_numpy(dtype=object) if part["view"].notna().any() else None
+            extra = side.take(rows).extra
+            flipped = mirrored.take(rows) if mirrored is not None else None
             if name in self.groups:
                 self.groups[name].add(
                     part["image_id"].to_numpy(dtype=object),
@@ -167,6 +173,9 @@ class Gallery:
                     near,
                     vectors[rows],
                     group_features or [],
+                    views=views,
+                    extra=extra,
+                    mirrored=flipped,
                 )
             else:
                 self.groups[name] = Group(
@@ -177,6 +186,9 @@ class Gallery:
                     VectorIndex.build(vectors[rows]),
                     group_features,
                     KeypointIndex(group_features) if group_features is not None else None,
+                    views=views,
+                    extra=extra,
+                    mirrored=flipped,
                 )
             touched.append(name)
         self.table = pd.concat([self.table, photos[list(_empty_table().columns)]], ignore_index=True)
@@ -211,23 +223,59 @@ class Gallery:
         if group.size == 0:
             group.fit = GroupFit(-np.inf, None, None, np.zeros(0, np.int64), 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         else:
-            group.fit_to(self.preset, self.method)
+            group.fit_to(self.preset, self.method, extra_methods=self.extra_methods)
         if group.fit.choice is not None and group.fit.choice.note:
             group.notes.append(f"{group.name}: {group.fit.choice.note}")
         self.timings[f"fit_{group.name}_s"] = time.perf_counter() - started
         return group.fit
 
     def _local_features(
-        self, paths: list[str], cache_dir, progress: bool, regions: list[Region | None] | None
+        self, paths: list[str], cache_dir, progress: bool, regions: list[Region | None] | None, method=None
     ) -> list[LocalFeatures | None] | None:
-        if self.method is None:
+        """Keypoints of the preset's local method, or of ``method`` (an extra or mirrored one)."""
+        method = method or self.method
+        if method is None:
             return None
         if not self.preset.region_keypoints:
             regions = None
         started = time.perf_counter()
-        features = local_features(paths, self.method, cache_dir=cache_dir, progress=progress, regions=regions)
+        features = local_features(paths, method, cache_dir=cache_dir, progress=progress, regions=regions)
         self.timings["local_features_s"] = self.timings.get("local_features_s", 0) + time.perf_counter() - started
         return features
+
+    def _sides(self, paths, regions, vectors, features, cache_dir, progress: bool) -> tuple[Side, Side | None]:
+        """The photos (their regions) as taken, with the extra methods' features, and, for
+        mirrored matching, flipped left-right (descriptor and every keypoint method of the
+        flipped region)."""
+        extra = {
+            name: self._local_features(paths, cache_dir, progress, regions, m) for name, m in self.extra_methods.items()
+        }
+        side = Side(vectors, features, extra)
+        if not self.preset.mirror:
+            return side, None
+        started = time.perf_counter()
+        flipped = extract_embeddings(
+            paths,
+            mirrored_backbone(self.backbone),
+            cache_dir=cache_dir,
+            progress=progress,
+            description="mirrored descriptors",
+            num_workers=self.loader_workers,
+            regions=regions,
+            **self.preset.extraction_options(),
+        )
+        self.timings["extract_s"] = self.timings.get("extract_s", 0) + time.perf_counter() - started
+        mirrored = Side(
+            normalize(flipped.embeddings),
+            self._local_features(paths, cache_dir, progress, regions, MirroredMethod(self.method))
+            if self.method
+            else None,
+            {
+                name: self._local_features(paths, cache_dir, progress, regions, MirroredMethod(m))
+                for name, m in self.extra_methods.items()
+            },
+        )
+        return side, mirrored
 
     def _regions(self, table: pd.DataFrame, cache_dir, progress: bool, timings: dict):
         """The table with its region columns (the preset's automatic foreground filled in where a
@@ -310,6 +358,11 @@ class Gallery:
         }
         started = time.perf_counter()
         features = self._local_features(table["path"].tolist(), cache_dir, progress, regions)
+        side, mirrored = self._sides(
+            table["path"].tolist(), regions, extraction.embeddings, features, cache_dir, progress
+        )
+        query_views = photo_views(table)
+        notes = list(self.notes)
         ranking = Ranking.empty(len(table), k)
         thresholds, choices, calibrations, groupings = {}, {}, {}, {}
         query_thresholds = np.full(len(table), np.nan)
@@ -325,6 +378,19 @@ class Gallery:
                 calibrations[name] = group.fit.calibration
             query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
             asked = members[usable[members]]
+            evidence = {
+                "views": query_views[asked],
+                "extra": side.take(asked).extra,
+                "extra_methods": self.extra_methods,
+                "mirrored": mirrored.take(asked) if mirrored is not None else None,
+            }
+            fallbacks = group.view_masks(evidence["views"], self.preset)[2]
+            if fallbacks:
+                notes.append(
+                    f"{name}: {len(fallbacks)} quer{'y' if len(fallbacks) == 1 else 'ies'} of view(s) "
+                    f"{', '.join(sorted(set(fallbacks)))} had no database photo of a compatible view and "
+                    "were compared with every photo."
+                )
             vectors = extraction.embeddings[asked]
             asked_features = [features[r] for r in asked] if features is not None else None
             grouped = method is not None and len(asked) > 0
@@ -334,6 +400,7 @@ class Gallery:
                 self.preset,
                 self.method,
                 max(k, GROUPING_IDENTITIES) if grouped else k,
+                **evidence,
             )
             ranking.identities[asked] = found.identities[:, :k]
             ranking.scores[asked] = found.scores[:, :k]
@@ -343,7 +410,7 @@ class Gallery:
             prediction[asked] = decide(found.identities[:, 0], found.scores[:, 0], thresholds[name])
             if grouped:
                 groupings[name] = self._group_queries(
-                    group, name, method, thresholds[name], asked, table, vectors, asked_features, found
+                    group, name, method, thresholds[name], asked, table, vectors, asked_features, found, evidence
                 )
                 for node, row in enumerate(asked):
                     identity = groupings[name].identity_of(node)
@@ -352,7 +419,9 @@ class Gallery:
         errors = [extraction.failures.get(row, "") for row in range(len(table))]
         return IdentifyResult(
             dataset=Dataset(
-                pd.concat([self.database_rows(), table.assign(split=QUERY).drop(columns=["group"])], ignore_index=True),
+                pd.concat(
+                    [self.database_rows(), table.assign(split=QUERY).drop(columns=["group", "view"])], ignore_index=True
+                ),
                 "gallery",
             ),
             preset=self.preset,
@@ -366,22 +435,23 @@ class Gallery:
             failures=_failures(table, extraction.failures, QUERY),
             timings=timings,
             calibrations=calibrations,
-            notes=list(self.notes),
+            notes=notes,
             grouping=Grouping(groupings) if method is not None else None,
         )
 
     def _group_queries(
-        self, group: Group, name, method, threshold, asked, table, vectors, features, found
+        self, group: Group, name, method, threshold, asked, table, vectors, features, found, evidence: dict
     ) -> DatasetGrouping:
         """Group one dataset's queries with each other and with their best known individuals;
-        ``threshold``: the new_individual threshold this run decides with (None: closed set)."""
+        ``threshold``: the new_individual threshold this run decides with (None: closed set);
+        ``evidence``: the queries' views, extra features and mirrored side (Group.rank's)."""
         if group.fit.calibration is None or method not in group.fit.links:
             raise GalleryError(
                 f"the gallery's fit of '{name}' has no linking threshold for '{method}' grouping (it was fitted "
                 f"for {', '.join(group.fit.links) or 'no grouping'}); pass --grouping "
                 f"{next(iter(group.fit.links), 'none')}, or build the gallery with a preset that groups by '{method}'."
             )
-        graph = group.match_graph(vectors, features, found, self.preset, self.method)
+        graph = group.match_graph(vectors, features, found, self.preset, self.method, **evidence)
         return DatasetGrouping.fit(
             name,
             asked,
@@ -394,7 +464,7 @@ class Gallery:
 
     def database_rows(self) -> pd.DataFrame:
         """The gallery's photos as database rows of a Dataset table."""
-        return self.table.drop(columns=["group", "sha256", "near_duplicate"]).assign(split=DATABASE)
+        return self.table.drop(columns=["group", "sha256", "near_duplicate", "view"]).assign(split=DATABASE)
 
     # ------------------------------------------------------------------ saving
 
@@ -405,6 +475,7 @@ class Gallery:
             "backbone": self.backbone.name,
             "backbone_fingerprint": self.backbone.cache_key,
             "local_features": self.method.config_key() if self.method else None,
+            "extra_local_features": {name: m.config_key() for name, m in self.extra_methods.items()},
             "images": int(len(self.table)),
             "identities": int(self.table["identity"].nunique()),
             "groups": {
@@ -413,6 +484,7 @@ class Gallery:
                     "identities": int(len(set(group.identities))),
                     "index": "exact" if group.index.exact else "ivf",
                     "threshold": group.fit.threshold if group.fit else None,
+                    "top_m": group.fit.top_m if group.fit else None,
                     "fitted_images": group.fit.images if group.fit else None,
                     "fitted_at": group.fit.fitted_at if group.fit else None,
                     "refit_due_at": int(np.ceil((1 + REFIT_GROWTH) * max(group.fit.images, 1))) if group.fit else None,
@@ -445,6 +517,14 @@ class Gallery:
                 group.index.save(part / "vectors.faiss")
                 if group.features is not None:
                     _save_features(part / "local_features.npz", group.features)
+                for method, found in group.extra.items():
+                    _save_features(part / f"local_features-{method}.npz", found)
+                if group.mirrored is not None:
+                    np.save(part / "mirrored_vectors.npy", group.mirrored.vectors)
+                    if group.mirrored.features is not None:
+                        _save_features(part / "mirrored_local_features.npz", group.mirrored.features)
+                    for method, found in group.mirrored.extra.items():
+                        _save_features(part / f"mirrored_local_features-{method}.npz", found)
                 np.save(part / "askable.npy", group.askable if group.askable is not None else np.ones(group.size, bool))
                 record["group_files"][name] = {"folder": part.name, "fit": _fit_record(group.fit), "notes": group.notes}
             (temporary / "gallery.json").write_text(json.dumps(jsonable(record), indent=2), encoding="utf-8")
@@ -502,12 +582,33 @@ class Gallery:
                 f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
                 f"extracts {gallery.method.config_key()}; rebuild the gallery."
             )
+        saved_extra = record.get("extra_local_features", {})
+        for name, method in gallery.extra_methods.items():
+            if saved_extra.get(name) != method.config_key():
+                raise GalleryError(
+                    f"{folder}: its {name} keypoints were extracted as {saved_extra.get(name)}, this wildreid "
+                    f"extracts {method.config_key()}; rebuild the gallery."
+                )
         for name, files in record["group_files"].items():
             part = folder / files["folder"]
             rows = table[table["group"] == name]
             near = rows["near_duplicate"].to_numpy(dtype=object)
             near = np.where(pd.isna(near), None, near) if rows["near_duplicate"].notna().any() else None
             features = _load_features(part / "local_features.npz") if (part / "local_features.npz").is_file() else None
+            views = rows["view"].to_numpy(dtype=object)
+            views = np.where(pd.isna(views), None, views) if rows["view"].notna().any() else None
+            extra = {name: _load_features(part / f"local_features-{name}.npz") for name in gallery.extra_methods}
+            mirrored = None
+            if (part / "mirrored_vectors.npy").is_file():
+                flipped = part / "mirrored_local_features.npz"
+                mirrored = Side(
+                    np.load(part / "mirrored_vectors.npy"),
+                    _load_features(flipped) if flipped.is_file() else None,
+                    {
+                        name: _load_features(part / f"mirrored_local_features-{name}.npz")
+                        for name in gallery.extra_methods
+                    },
+                )
             group = Group(
                 name,
                 rows["image_id"].to_numpy(dtype=object),
@@ -519,6 +620,9 @@ class Gallery:
                 fit=_fit_from_record(files["fit"]),
                 askable=np.load(part / "askable.npy"),
                 notes=files.get("notes", []),
+                views=views,
+                extra=extra,
+                mirrored=mirrored,
             )
             if group.index.size != group.size:
                 raise GalleryError(
@@ -556,6 +660,7 @@ def _empty_table() -> pd.DataFrame:
                 BBOX,
                 SEGMENTATION,
                 REGION_SOURCE,
+                "view",
             )
         }
     )
@@ -573,6 +678,7 @@ def _with_group(table: pd.DataFrame, same_dataset_only: bool) -> pd.DataFrame:
         table["image_id"] = table["path"].astype(str)
     table["image_id"] = table["image_id"].astype(str)
     table["group"] = table["dataset"].astype(str) if same_dataset_only else ALL
+    table["view"] = photo_views(table)
     return table
 
 
@@ -677,6 +783,7 @@ def _fit_record(fit: GroupFit | None) -> dict | None:
         "images": fit.images,
         "fitted_at": fit.fitted_at,
         "seconds": fit.seconds,
+        "top_m": fit.top_m,
         "pseudo_queries": fit.pseudo_queries.tolist(),
         "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
         "links": {
@@ -725,6 +832,7 @@ def _fit_from_record(record: dict | None) -> GroupFit | None:
         record["fitted_at"],
         record.get("seconds", 0.0),
         links,
+        record.get("top_m", 1),
     )
 
 

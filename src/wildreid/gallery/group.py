@@ -4,6 +4,10 @@ fitted on it (calibration and threshold). Queries meet only the images of their 
 Fitting asks a bounded sample of the group's own photos as pseudo-queries, through the same
 index and shortlist as real queries (``shortlist.py``), so its cost grows with the sample, not
 with the square of the database.
+
+With a view rule (views.py) every comparison, of a query with the database, of a pseudo-query with
+the database, and of two queries with each other, is made only between compatible views (and,
+with mirrored matching, between mirror views through the flipped photo).
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..fusion import Calibration
+from ..fusion import Calibration, FusionSettings
 from ..grouping import LinkChoice, MatchGraph, choose_link_threshold
 from ..local.base import LocalFeatures, LocalMethod
 from ..local.lnbnn import KeypointIndex
-from ..presets import AUTO, Preset
+from ..presets import AUTO, TOP_M_CHOICES, Preset
 from ..search import IdentityRanking, rank_neighbours
 from ..thresholds import Neighbours, ThresholdChoice, choose_threshold
 from .index import VectorIndex
-from .shortlist import ScoredPairs, nearest, shortlist_pairs
+from .shortlist import ScoredPairs, shortlist_pairs
 
 # Pseudo-queries of the threshold simulation (global descriptor alone). Every shared dataset
 # (at most 3,019 database photos) fits in it whole, so there the simulation is the batch one.
@@ -55,6 +59,32 @@ class GroupFit:
     seconds: float = 0.0
     # The grouping's query-to-query threshold for the preset's linkage method, chosen on the database.
     links: dict[str, LinkChoice] = field(default_factory=dict)
+    top_m: int = 1  # photos per identity averaged by the ranking (the preset's, or chosen on the database)
+
+
+@dataclass
+class Side:
+    """What some photos bring to a comparison, seen one way (as taken, or mirrored): global
+    vectors, keypoints of the main local method, and of each extra method by name."""
+
+    vectors: np.ndarray
+    features: list[LocalFeatures | None] | None = None
+    extra: dict[str, list[LocalFeatures | None]] = field(default_factory=dict)
+
+    def take(self, rows) -> "Side":
+        rows = np.asarray(rows, dtype=np.int64)
+        return Side(
+            self.vectors[rows],
+            [self.features[r] for r in rows] if self.features is not None else None,
+            {name: [found[r] for r in rows] for name, found in self.extra.items()},
+        )
+
+    def extend(self, other: "Side") -> "Side":
+        return Side(
+            np.concatenate([self.vectors, other.vectors]),
+            self.features + other.features if self.features is not None else None,
+            {name: found + other.extra[name] for name, found in self.extra.items()},
+        )
 
 
 @dataclass
@@ -72,6 +102,9 @@ class Group:
     # The last fit's scored pseudo-query pairs (rows, images, P(same)); in memory only, so that
     # another linkage's threshold can be chosen without matching again (link_choice).
     fit_pairs: tuple | None = field(default=None, repr=False)
+    views: np.ndarray | None = None  # (D,) object: each photo's view (views.py), None where unknown
+    extra: dict[str, list[LocalFeatures | None]] = field(default_factory=dict)  # more local methods
+    mirrored: Side | None = None  # the photos flipped left-right (mirrored matching)
 
     @property
     def size(self) -> int:
@@ -79,9 +112,17 @@ class Group:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit_to(self, preset: Preset, method: LocalMethod | None, *, seed: int = 0) -> GroupFit:
+    def fit_to(
+        self,
+        preset: Preset,
+        method: LocalMethod | None,
+        *,
+        seed: int = 0,
+        extra_methods: dict[str, LocalMethod] | None = None,
+    ) -> GroupFit:
         """Calibration (with local matching) and threshold, on the group's own photos; then the
-        grouping's linking threshold, from the same scored pairs."""
+        grouping's linking threshold, from the same scored pairs. A pseudo-query meets only the
+        photos of compatible views, as a real query does."""
         started = time.perf_counter()
         rng = np.random.default_rng(seed)
         pool = np.flatnonzero(self.askable) if self.askable is not None else np.arange(self.size)
@@ -89,18 +130,22 @@ class Group:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[rng.permutation(pool)[: preset.fusion.calibration_anchors]] = True
             rows = np.flatnonzero(pseudo)
-            pairs = self._pseudo_query_pairs(rows, preset, method)
+            pairs = self._pseudo_query_pairs(rows, preset, method, extra_methods or {})
             same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
-            calibration = Calibration.fit(pairs.raw, same)
-            fused = calibration.fuse(pairs.raw)
+            calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
+            fused = calibration.fuse(pairs.raw, pairs.mirrored)
             neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, fused, pseudo)
-            scored = (rows[pairs.queries], pairs.images, fused, calibration.fuse(_between_queries(pairs.raw)))
+            between = calibration.fuse(_between_queries(pairs.raw), pairs.mirrored)
+            scored = (rows[pairs.queries], pairs.images, fused, between)
         else:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
-            neighbours = self._global_neighbours(np.flatnonzero(pseudo))
+            neighbours = self._global_neighbours(np.flatnonzero(pseudo), preset)
             calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
-        threshold, choice = _threshold(preset.threshold, self.name, neighbours, self.identities, self.near_duplicates)
+        top_m = preset.top_m if preset.top_m != AUTO else self._choose_top_m(neighbours)
+        threshold, choice = _threshold(
+            preset.threshold, self.name, neighbours, self.identities, self.near_duplicates, top_m
+        )
         self.fit_pairs = scored
         links = {}
         if calibration is not None and preset.grouping is not None:
@@ -114,8 +159,23 @@ class Group:
             time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             time.perf_counter() - started,
             links,
+            top_m,
         )
         return self.fit
+
+    def _choose_top_m(self, neighbours: Neighbours) -> int:
+        """The photos per identity whose simulated open-set score on the database is best (the
+        simulation of thresholds.py, with each m's own best threshold); ties go to the smaller m."""
+        scores = []
+        for m in TOP_M_CHOICES:
+            choice = choose_threshold(neighbours, self.identities, near_duplicate_groups=self.near_duplicates, top_m=m)
+            scores.append(-np.inf if np.isnan(choice.simulated_score) else choice.simulated_score)
+        chosen = TOP_M_CHOICES[int(np.argmax(scores))]
+        self.notes.append(
+            f"{self.name}: identities scored by the mean of their {chosen} best photo(s), chosen on the database "
+            f"(simulated score {', '.join(f'm={m}: {v:.3f}' for m, v in zip(TOP_M_CHOICES, scores))})."
+        )
+        return chosen
 
     def link_choice(self, linkage: str, method: LocalMethod | None, *, seed: int = 0) -> LinkChoice:
         """The linking threshold for another linkage method, from the last fit's scored pairs
@@ -141,15 +201,16 @@ class Group:
 
     def _cosine_calibration(self, rows: np.ndarray, preset: Preset):
         """Cosine -> P(same) on each pseudo-query's shortlist of nearest photos (itself and its
-        near-duplicates excluded), as a query's shortlist would be; with the scored pairs."""
-        queries, images = nearest(self.index, self.index.vectors(rows), preset.fusion.shortlist, self._excluded(rows))
-        if len(queries) == 0:
+        near-duplicates excluded, compatible views only), as a query's shortlist would be; with
+        the scored pairs."""
+        cosine_only = dataclasses.replace(preset.fusion, scores=("cosine",), use_lnbnn=False)
+        pairs = self._pseudo_query_pairs(rows, preset, None, {}, settings=cosine_only)
+        if len(pairs.queries) == 0:
             return None, None
-        cosine = self.index.pair_cosine(self.index.vectors(rows), queries, images)
-        same = (self.identities[rows[queries]] == self.identities[images]).astype(float)
-        calibration = Calibration.fit({"cosine": cosine}, same)
-        probability = calibration.fuse({"cosine": cosine})
-        return calibration, (rows[queries], images, probability, probability)
+        same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
+        calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
+        probability = calibration.fuse(pairs.raw, pairs.mirrored)
+        return calibration, (rows[pairs.queries], pairs.images, probability, probability)
 
     def _excluded(self, rows: np.ndarray) -> list[set[int]]:
         """What each database photo asked as a pseudo-query may not match: itself, and photos
@@ -164,21 +225,125 @@ class Group:
                 banned.update(members.get(self.near_duplicates[row], ()))
         return excluded
 
-    def _pseudo_query_pairs(self, rows: np.ndarray, preset: Preset, method: LocalMethod) -> ScoredPairs:
-        return shortlist_pairs(
-            self.index,
+    def own_side(self, rows: np.ndarray) -> Side:
+        """Database photos as queries (pseudo-queries of a calibration)."""
+        return Side(
             self.index.vectors(rows),
-            [self.features[r] for r in rows],
-            self.keypoints,
-            self.features,
-            method,
-            preset.fusion,
-            excluded=self._excluded(rows),
+            [self.features[r] for r in rows] if self.features is not None else None,
+            {name: [found[r] for r in rows] for name, found in self.extra.items()},
         )
 
-    def _global_neighbours(self, rows: np.ndarray) -> Neighbours:
+    def _pseudo_query_pairs(
+        self,
+        rows: np.ndarray,
+        preset: Preset,
+        method: LocalMethod | None,
+        extra_methods: dict[str, LocalMethod],
+        settings: FusionSettings | None = None,
+    ) -> ScoredPairs:
+        views = self.views[rows] if self.views is not None else None
+        mirrored = self.mirrored.take(rows) if self.mirrored is not None else None
+        return self.pairs(
+            self.own_side(rows),
+            views,
+            preset,
+            method,
+            extra_methods,
+            mirrored=mirrored,
+            excluded=self._excluded(rows),
+            settings=settings,
+        )
+
+    # ------------------------------------------------------------------ viewpoints
+
+    def view_masks(self, query_views, preset: Preset, excluded: list[set[int]] | None = None):
+        """Per query, masks of the photos it meets directly and after a flip (views.py), and the
+        views of the queries that fell back; masks are None where views play no part. A query
+        whose view has no compatible photo (none left after its exclusions) meets every photo
+        instead, as without views: a missing view in the database must not silence a query."""
+        rule = preset.view_rule()
+        if not rule.active or self.views is None or query_views is None:
+            return None, None, []
+        direct, flipped = rule.masks(query_views, self.views)
+        if self.mirrored is None:
+            flipped = [None] * len(direct)
+        fallbacks = []
+        for q, (mask, flip) in enumerate(zip(direct, flipped)):
+            if mask is None:
+                continue
+            banned = list(excluded[q]) if excluded is not None else []
+            left = int(mask.sum()) - int(mask[banned].sum()) if banned else int(mask.sum())
+            if flip is not None:
+                left += int(flip.sum()) - (int(flip[banned].sum()) if banned else 0)
+            if left == 0:
+                direct[q], flipped[q] = None, None
+                fallbacks.append(query_views[q])
+        return direct, flipped, fallbacks
+
+    def pairs(
+        self,
+        side: Side,
+        views,
+        preset: Preset,
+        method: LocalMethod | None,
+        extra_methods: dict[str, LocalMethod],
+        *,
+        mirrored: Side | None = None,
+        excluded: list[set[int]] | None = None,
+        settings: FusionSettings | None = None,
+    ) -> ScoredPairs:
+        """Shortlisted, scored pairs of some photos with the group's: only compatible views, and
+        mirror views through the flipped photos (``mirrored``). ``settings``: the preset's fusion
+        settings unless given."""
+        direct, flipped, _ = self.view_masks(views, preset, excluded)
+        return _scored_pairs(
+            self.index,
+            self.keypoints,
+            self.features,
+            self.extra,
+            side,
+            settings or preset.fusion,
+            method,
+            extra_methods,
+            direct=direct,
+            flipped=flipped,
+            mirrored=mirrored,
+            excluded=excluded,
+        )
+
+    def cosine_lists(
+        self, vectors: np.ndarray, depth: int, views, preset: Preset, mirrored_vectors: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, columns) of each query's ``depth`` nearest compatible photos by cosine, best
+        first, with its mirror-view photos compared through the flipped vector; padded -inf / -1."""
+        direct, flipped, _ = self.view_masks(views, preset)
+        if direct is None:
+            return self.index.search(vectors, depth)
+        scores = np.full((len(vectors), 2 * depth), -np.inf)
+        columns = np.full((len(vectors), 2 * depth), -1, dtype=np.int64)
+        for masks, source, offset in ((direct, vectors, 0), (flipped, mirrored_vectors, depth)):
+            if source is None:
+                continue
+            groups: dict[int, list[int]] = {}
+            for q, mask in enumerate(masks):
+                if masks is direct or mask is not None:
+                    groups.setdefault(id(mask), []).append(q)
+            for members in groups.values():
+                rows = np.asarray(members, dtype=np.int64)
+                found_scores, found_columns = self.index.search(source[rows], depth, masks[rows[0]])
+                width = found_scores.shape[1]
+                scores[rows, offset : offset + width] = found_scores
+                columns[rows, offset : offset + width] = found_columns
+        order = np.lexsort((np.where(columns >= 0, columns, np.iinfo(np.int64).max), -scores), axis=-1)
+        return np.take_along_axis(scores, order, axis=1)[:, :depth], np.take_along_axis(columns, order, axis=1)[
+            :, :depth
+        ]
+
+    def _global_neighbours(self, rows: np.ndarray, preset: Preset) -> Neighbours:
         depth = self.size if self.size <= EXACT_SIMULATION else SIMULATION_DEPTH
-        scores, columns = self.index.search(self.index.vectors(rows), depth)
+        views = self.views[rows] if self.views is not None else None
+        mirrored = self.mirrored.vectors[rows] if self.mirrored is not None else None
+        scores, columns = self.cosine_lists(self.index.vectors(rows), depth, views, preset, mirrored)
         return Neighbours(rows, columns, scores)
 
     # ------------------------------------------------------------------ queries
@@ -190,32 +355,50 @@ class Group:
         preset: Preset,
         method: LocalMethod | None,
         k: int,
+        *,
+        views: np.ndarray | None = None,
+        extra: dict[str, list[LocalFeatures | None]] | None = None,
+        extra_methods: dict[str, LocalMethod] | None = None,
+        mirrored: Side | None = None,
     ) -> tuple[IdentityRanking, ScoredPairs | None]:
         """The k best identities of each query: by fused P(same) over its shortlist when the
-        preset matches keypoints, else by cosine over its nearest photos."""
+        preset matches keypoints, else by cosine over its nearest photos. ``views``: each query's
+        view (only compatible photos are met); ``extra``: the queries' features of the extra
+        methods; ``mirrored``: the queries flipped left-right (for mirrored matching)."""
         if len(vectors) == 0 or self.size == 0:
             empty = np.zeros((len(vectors), 0))
             return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
         if method is not None:
-            pairs = shortlist_pairs(self.index, vectors, features, self.keypoints, self.features, method, preset.fusion)
-            fused = self.fit.calibration.fuse(pairs.raw)
+            side = Side(vectors, features, extra or {})
+            pairs = self.pairs(side, views, preset, method, extra_methods or {}, mirrored=mirrored)
+            fused = self.fit.calibration.fuse(pairs.raw, pairs.mirrored)
             lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
-            return rank_neighbours(lists.columns, lists.scores, self.identities, k), pairs
-        return self._rank_by_cosine(vectors, k), None
+            return rank_neighbours(lists.columns, lists.scores, self.identities, k, self.fit.top_m), pairs
+        flipped = mirrored.vectors if mirrored is not None else None
+        return self._rank_by_cosine(vectors, k, views, preset, flipped), None
 
-    def _rank_by_cosine(self, vectors: np.ndarray, k: int) -> IdentityRanking:
+    def _rank_by_cosine(self, vectors: np.ndarray, k: int, views, preset: Preset, flipped) -> IdentityRanking:
         wanted = min(k, len(np.unique(self.identities)))
         depth = min(self.size, max(RANKING_DEPTH, 4 * k))
-        scores, columns = self.index.search(vectors, depth)
-        ranking = rank_neighbours(columns, scores, self.identities, k)
+        top_m = self.fit.top_m if self.fit is not None else 1
+
+        def lists(rows, depth):
+            chosen = views[rows] if views is not None else None
+            return self.cosine_lists(
+                vectors[rows], depth, chosen, preset, flipped[rows] if flipped is not None else None
+            )
+
+        everything = np.arange(len(vectors))
+        scores, columns = lists(everything, depth)
+        ranking = rank_neighbours(columns, scores, self.identities, k, top_m)
         # A query whose nearest photos show fewer than k identities looks deeper, up to all of them.
         while depth < self.size:
             short = np.flatnonzero((ranking.best_images >= 0).sum(axis=1) < wanted)
             if len(short) == 0:
                 break
             depth = min(self.size, depth * 4)
-            scores, columns = self.index.search(vectors[short], depth)
-            deeper = rank_neighbours(columns, scores, self.identities, k)
+            scores, columns = lists(short, depth)
+            deeper = rank_neighbours(columns, scores, self.identities, k, top_m)
             for name in ("identities", "scores", "best_images"):
                 getattr(ranking, name)[short] = getattr(deeper, name)
         return ranking
@@ -227,24 +410,41 @@ class Group:
         ranking: IdentityRanking,
         preset: Preset,
         method: LocalMethod | None,
+        *,
+        views: np.ndarray | None = None,
+        extra: dict[str, list[LocalFeatures | None]] | None = None,
+        extra_methods: dict[str, LocalMethod] | None = None,
+        mirrored: Side | None = None,
     ) -> MatchGraph:
         """The queries compared with each other (a shortlist from an index of the queries, local
         verification, the group's calibration) and with their best known individuals (from their
-        ranking), every edge as P(same individual)."""
+        ranking), every edge as P(same individual). ``views``, ``extra``, ``mirrored``: as for
+        :meth:`rank`."""
         calibration = self.fit.calibration
         query_index = VectorIndex.build(vectors)
         settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see _between_queries
-        pairs = shortlist_pairs(
+        features = features if method is not None else None
+        # Two queries are compared under the same view rule as a query and the database: two
+        # queries of incompatible views are never linked (mirror views only through the flip).
+        # Unlike against the database there is no fallback: a query without a compatible query
+        # is left with no query link, which only leaves it to its own group.
+        rule = preset.view_rule()
+        direct, flipped = rule.masks(views, views) if rule.active and views is not None else (None, None)
+        pairs = _scored_pairs(
             query_index,
-            vectors,
-            features if method is not None else None,
             None,
-            features if method is not None else None,
-            method,
+            features,
+            extra or {},
+            Side(vectors, features, extra or {}),
             settings,
+            method,
+            extra_methods or {},
+            direct=direct,
+            flipped=flipped,
+            mirrored=mirrored,
             excluded=[{row} for row in range(len(vectors))],
         )
-        query_probability = calibration.fuse(_between_queries(pairs.raw))
+        query_probability = calibration.fuse(_between_queries(pairs.raw), pairs.mirrored)
         known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
             ranking.identities.shape
         )
@@ -264,8 +464,9 @@ class Group:
 
     # ------------------------------------------------------------------ growing
 
-    def add(self, image_ids, identities, near_duplicates, vectors, features) -> None:
-        """Append photos to the index and the keypoint index; nothing is refitted."""
+    def add(self, image_ids, identities, near_duplicates, vectors, features, *, views=None, extra=None, mirrored=None):
+        """Append photos to the index and the keypoint index; nothing is refitted. ``views``,
+        ``extra`` (features by method), ``mirrored`` (a Side): as the group keeps them."""
         self.image_ids = np.concatenate([self.image_ids, np.asarray(image_ids, dtype=object)])
         self.identities = np.concatenate([self.identities, np.asarray(identities, dtype=object)])
         if self.near_duplicates is not None or near_duplicates is not None:
@@ -276,13 +477,21 @@ class Group:
             self.near_duplicates = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
         if self.askable is not None:
             self.askable = np.concatenate([self.askable, np.zeros(len(image_ids), dtype=bool)])
+        if self.views is not None or views is not None:
+            old = self.views if self.views is not None else np.full(self.size - len(image_ids), None)
+            new = views if views is not None else np.full(len(image_ids), None)
+            self.views = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
         self.index.add(vectors)
         if self.features is not None:
             self.features = self.features + list(features)
             self.keypoints.add(list(features))
+        for name in self.extra:
+            self.extra[name] = self.extra[name] + list(extra[name])
+        if self.mirrored is not None:
+            self.mirrored = self.mirrored.extend(mirrored)
 
 
-def _threshold(setting, name: str, neighbours: Neighbours, identities, near_duplicates):
+def _threshold(setting, name: str, neighbours: Neighbours, identities, near_duplicates, top_m: int = 1):
     """The threshold of one group: given by the preset, or chosen on its database."""
     if setting is None or isinstance(setting, float | int):
         return (None if setting is None else float(setting)), None
@@ -294,8 +503,56 @@ def _threshold(setting, name: str, neighbours: Neighbours, identities, near_dupl
         return float(setting[name]), None
     if setting != AUTO:
         raise ValueError(f"unknown threshold setting {setting!r}")
-    choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates)
+    choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m)
     return choice.threshold, choice
+
+
+def _scored_pairs(
+    index: VectorIndex,
+    keypoints: KeypointIndex | None,
+    features: list[LocalFeatures | None] | None,
+    extra_features: dict[str, list[LocalFeatures | None]],
+    side: Side,
+    settings: FusionSettings,
+    method: LocalMethod | None,
+    extra_methods: dict[str, LocalMethod],
+    *,
+    direct: list[np.ndarray | None] | None,
+    flipped: list[np.ndarray | None] | None,
+    mirrored: Side | None,
+    excluded: list[set[int]] | None,
+) -> ScoredPairs:
+    """The shortlisted, scored pairs of ``side`` with the photos of ``index`` (their keypoints
+    ``features``, ``extra_features`` by method): each query within its ``direct`` mask, and, where
+    ``flipped`` gives one, its flipped photo (``mirrored``) within that mask (views.py)."""
+    extra = {name: (m, side.extra[name], extra_features[name]) for name, m in extra_methods.items()}
+    found = shortlist_pairs(
+        index, side.vectors, side.features, keypoints, features, method, settings, excluded, allowed=direct, extra=extra
+    )
+    asked = [q for q, mask in enumerate(flipped or []) if mask is not None]
+    if not asked or mirrored is None:
+        return found
+    asked = np.asarray(asked, dtype=np.int64)
+    flipped_side = mirrored.take(asked)
+    extra = {name: (m, flipped_side.extra[name], extra_features[name]) for name, m in extra_methods.items()}
+    more = shortlist_pairs(
+        index,
+        flipped_side.vectors,
+        flipped_side.features,
+        keypoints,
+        features,
+        method,
+        settings,
+        [excluded[q] for q in asked] if excluded is not None else None,
+        allowed=[flipped[q] for q in asked],
+        extra=extra,
+    )
+    queries = np.concatenate([found.queries, asked[more.queries]])
+    images = np.concatenate([found.images, more.images])
+    is_mirrored = np.concatenate([np.zeros(len(found.queries), bool), np.ones(len(more.queries), bool)])
+    order = np.lexsort((images, queries))
+    raw = {name: np.concatenate([found.raw[name], more.raw[name]])[order] for name in found.raw}
+    return ScoredPairs(queries[order], images[order], raw, is_mirrored[order])
 
 
 def _as_probability(threshold: float | None, calibration: Calibration | None, method: LocalMethod | None):

@@ -16,6 +16,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ..faiss_filter import search_parameters
+
 EXACT_LIMIT = 50_000
 # Searched lists of an IVF index: measured on 1M clustered 1280-d vectors (benchmarks/gallery_scale.py)
 # to reach recall@100 >= 0.95 against exact search.
@@ -89,14 +91,15 @@ class VectorIndex:
             return np.zeros((0, self.dim), np.float32)
         return self.index.reconstruct_batch(rows)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), each (Q, k), best first; ties keep the lower row first (as a stable
-        sort of the exact scores would); -inf / -1 where fewer than k rows exist."""
+        sort of the exact scores would); -inf / -1 where fewer than k rows exist. ``allowed``: a
+        boolean mask over the rows; only those are searched (e.g. compatible viewpoints)."""
         queries = normalize(queries)
-        k = min(int(k), self.size)
+        k = min(int(k), self.size if allowed is None else int(np.count_nonzero(allowed)))
         if k <= 0 or len(queries) == 0:
             return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
-        scores, rows = self.index.search(queries, k)
+        scores, rows = self.index.search(queries, k, params=search_parameters(self.index, allowed))
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float64)
         order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -scores), axis=-1)
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)

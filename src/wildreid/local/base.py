@@ -68,6 +68,10 @@ def get_method(name: str, **options) -> LocalMethod:
         from .sift import SiftMethod
 
         return SiftMethod(root=name == "rootsift", **options)
+    if name == "orb":
+        from .orb import OrbMethod
+
+        return OrbMethod(**options)
     if name in LEARNED:
         from .learned import LearnedMethod
 
@@ -79,4 +83,4 @@ LEARNED = ("aliked-lightglue", "disk-lightglue")
 
 
 def method_names() -> list[str]:
-    return ["sift", "rootsift", *LEARNED]
+    return ["sift", "rootsift", "orb", *LEARNED]

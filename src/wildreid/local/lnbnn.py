@@ -12,6 +12,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from ..faiss_filter import search_parameters
 from .base import LocalFeatures
 
 # Above this many database descriptors an inverted-file index replaces exhaustive search
@@ -68,10 +69,17 @@ class KeypointIndex:
         self.images += len(features)
 
     def lnbnn(
-        self, queries: list[LocalFeatures | None], k: int = 5, excluded: list[set[int]] | None = None, spare: int = 10
+        self,
+        queries: list[LocalFeatures | None],
+        k: int = 5,
+        excluded: list[set[int]] | None = None,
+        spare: int = 10,
+        allowed: np.ndarray | None = None,
     ) -> np.ndarray:
         """(len(queries), images) LNBNN scores. ``excluded[q]``: images query q may not vote for
-        (itself, its near-duplicates), skipped before counting the k neighbours."""
+        (itself, its near-duplicates), skipped before counting the k neighbours. ``allowed``: a
+        boolean mask over the images; only their keypoints are searched (compatible viewpoints),
+        so the normalising neighbour is also one of theirs."""
         scores = np.zeros((len(queries), self.images), dtype=np.float64)
         if self.index is None:
             return scores
@@ -85,7 +93,8 @@ class KeypointIndex:
             return scores
         depth = k + 1 + (spare if excluded is not None else 0)
         # One batched search for every query keypoint: FAISS parallelises large batches well.
-        squared, neighbours = self.index.search(np.concatenate(blocks), depth)
+        params = search_parameters(self.index, None if allowed is None else np.asarray(allowed, bool)[self.owner])
+        squared, neighbours = self.index.search(np.concatenate(blocks), depth, params=params)
         distances = np.sqrt(np.maximum(squared, 0))
         owners = np.where(neighbours >= 0, self.owner[np.maximum(neighbours, 0)], -1)
         start = 0
