@@ -21,7 +21,7 @@ from wildreid.mirror import MirroredMethod, mirrored_backbone
 from wildreid.presets import TOP_M_CHOICES, get_preset
 from wildreid.search import rank_neighbours
 from wildreid.thresholds import Neighbours, ThresholdChoice, simulate_round
-from wildreid.views import ViewRule, mirror_view, parse_view_rule, photo_views
+from wildreid.views import ViewRule, known_views, mirror_view, parse_view_rule, photo_views
 
 FUSION = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5))
 
@@ -74,6 +74,13 @@ def test_views_from_viewpoint_or_orientation_column():
     both = pd.DataFrame({"viewpoint": ["front", None], "orientation": ["left", "right"]})
     assert photo_views(both).tolist() == ["front", None]
     assert photo_views(pd.DataFrame({"path": ["a"]})).tolist() == [None]
+
+
+def test_views_read_back_from_a_table_column_are_unknown_where_empty():
+    table = pd.DataFrame({"view": np.array(["left", None, "right"], dtype=object)})
+    assert table["view"].isna().tolist() == [False, True, False]  # stored as NaN or None, by pandas version
+    assert known_views(table["view"]).tolist() == ["left", None, "right"]
+    assert known_views(pd.Series([None, np.nan, ""], dtype=object)) is None
 
 
 def test_masks_are_shared_per_view_and_mirror_masks_disjoint():

@@ -49,6 +49,13 @@ def photo_views(table: pd.DataFrame) -> np.ndarray:
     return np.full(len(table), None, dtype=object)
 
 
+def known_views(values) -> np.ndarray | None:
+    """Views read back from a table's ``view`` column (pandas turns None into NaN there), as
+    compared: None where unknown; None for the whole column when no view is known."""
+    views = np.array([normalise_view(v) for v in values], dtype=object)
+    return views if any(v is not None for v in views) else None
+
+
 def mirror_view(view: str | None) -> str | None:
     """The view a horizontal flip shows: left <-> right inside the label; None if it has no side."""
     if view is None or not _SIDES.search(view):

@@ -38,7 +38,7 @@ from ..regions import BBOX, REGION_SOURCE, SEGMENTATION, Region, region_keys, re
 from ..result import IdentifyResult, Ranking
 from ..thresholds import ThresholdChoice
 from ..train import TrainedOn, trained_on
-from ..views import photo_views
+from ..views import known_views, photo_views
 from .group import GROUPING_IDENTITIES, Group, GroupFit, Side
 from .index import VectorIndex, normalize
 
@@ -163,7 +163,7 @@ class Gallery:
             part = photos.iloc[rows]
             group_features = [features[r] for r in rows] if features is not None else None
             near = part["near_duplicate"].to_numpy(dtype=object) if part["near_duplicate"].notna().any() else None
-            views = part["view"].to_numpy(dtype=object) if part["view"].notna().any() else None
+            views = known_views(part["view"])
             extra = side.take(rows).extra
             flipped = mirrored.take(rows) if mirrored is not None else None
             if name in self.groups:
@@ -361,7 +361,7 @@ class Gallery:
         side, mirrored = self._sides(
             table["path"].tolist(), regions, extraction.embeddings, features, cache_dir, progress
         )
-        query_views = photo_views(table)
+        query_views = known_views(table["view"])
         notes = list(self.notes)
         ranking = Ranking.empty(len(table), k)
         thresholds, choices, calibrations, groupings = {}, {}, {}, {}
@@ -379,7 +379,7 @@ class Gallery:
             query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
             asked = members[usable[members]]
             evidence = {
-                "views": query_views[asked],
+                "views": query_views[asked] if query_views is not None else None,
                 "extra": side.take(asked).extra,
                 "extra_methods": self.extra_methods,
                 "mirrored": mirrored.take(asked) if mirrored is not None else None,
@@ -595,8 +595,7 @@ class Gallery:
             near = rows["near_duplicate"].to_numpy(dtype=object)
             near = np.where(pd.isna(near), None, near) if rows["near_duplicate"].notna().any() else None
             features = _load_features(part / "local_features.npz") if (part / "local_features.npz").is_file() else None
-            views = rows["view"].to_numpy(dtype=object)
-            views = np.where(pd.isna(views), None, views) if rows["view"].notna().any() else None
+            views = known_views(rows["view"])
             extra = {name: _load_features(part / f"local_features-{name}.npz") for name in gallery.extra_methods}
             mirrored = None
             if (part / "mirrored_vectors.npy").is_file():
