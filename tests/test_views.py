@@ -301,6 +301,34 @@ def test_a_view_without_compatible_photos_falls_back_to_all_and_is_said(lions, c
     assert any("scar" in note and "compared with every photo" in note for note in result.notes)
 
 
+def _query_links(result, name: str, views: np.ndarray) -> list[tuple]:
+    """The views at both ends of each query-to-query edge of a run's grouping graph."""
+    grouping = result.grouping.datasets[name]
+    graph, ends = grouping.graph, views[grouping.rows]
+    between = graph.right < graph.queries
+    return [(ends[a], ends[b]) for a, b in zip(graph.left[between], graph.right[between])]
+
+
+def test_grouping_never_links_queries_of_incompatible_views(lions, cache, lite0_backbone):
+    preset = FUSION.replace(views="same")
+    assert preset.grouping is not None
+    database = lions[lions["split"] == "database"].reset_index(drop=True)
+    database.loc[:1, "viewpoint"] = None  # photos of unknown view stay unknown in the gallery
+    gallery = Gallery.build(database, preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    assert gallery.groups["LionData"].views[:3].tolist() == [None, None, photo_views(database)[2]]
+    queries = lions[lions["split"] == "query"].reset_index(drop=True)
+    views = photo_views(queries)
+    views[:3] = None  # unknown views meet all, in the graph too
+    queries["viewpoint"] = views
+    links = _query_links(gallery.identify(queries, cache_dir=cache, progress=False), "LionData", views)
+    rule = preset.view_rule()
+    assert links and all(rule.compatible(a, b) for a, b in links)
+    assert any(a is None and b is not None or b is None and a is not None for a, b in links)
+    # The same queries without their views are linked across views: the rule is what kept them apart.
+    unlabelled = gallery.identify(queries.drop(columns=["viewpoint"]), cache_dir=cache, progress=False)
+    assert not all(rule.compatible(a, b) for a, b in _query_links(unlabelled, "LionData", views))
+
+
 def test_mirrored_gallery_with_orb_saves_loads_and_answers_the_same(lions, cache, lite0_backbone, tmp_path):
     preset = FUSION.replace(views="same", mirror=True, extra_local=("orb",), top_m="auto")
     dataset = Dataset(lions, "lions")
@@ -315,6 +343,10 @@ def test_mirrored_gallery_with_orb_saves_loads_and_answers_the_same(lions, cache
     rows = group.fit.pseudo_queries[pairs.queries]
     assert all(mirror_view(views[r]) == views[i] for r, i in zip(rows[flipped], pairs.images[flipped]))
     answered = gallery.identify(dataset, cache_dir=cache, progress=False)
+    rule = preset.view_rule()
+    links = _query_links(answered, "LionData", photo_views(dataset.queries.reset_index(drop=True)))
+    assert all(rule.compatible(a, b) or rule.mirrored(a, b) for a, b in links)  # mirror views through the flip
+    assert any(rule.mirrored(a, b) for a, b in links)
     gallery.save(tmp_path / "g")
     loaded = Gallery.load(tmp_path / "g", backbone=lite0_backbone)
     assert loaded.preset == preset and loaded.groups["LionData"].views.tolist() == views.tolist()
