@@ -30,6 +30,20 @@ def lite0_backbone():
     return load_backbone("efficientnet-lite0")
 
 
+@pytest.fixture(scope="session")
+def lions(shared_data):
+    """16 LionData identities: the database photos and queries of its first 12 known identities,
+    and of 4 new individuals among the queries."""
+    from wildreid.data import load_dataset
+
+    table = load_dataset(shared_data / "LionData").table
+    known = table[table["split"] == "database"]["identity"].drop_duplicates().head(12).tolist()
+    new = sorted(
+        set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"])
+    )
+    return table[table["identity"].isin(known + new[:4])].reset_index(drop=True)
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wildreid.cli import app
-from wildreid.data import NEW_INDIVIDUAL, load_dataset
+from wildreid.data import NEW_INDIVIDUAL
 from wildreid.fusion import FusionSettings
 from wildreid.gallery import REFIT_GROWTH, Gallery, GalleryError
 from wildreid.gallery import group as group_module
@@ -29,17 +29,6 @@ from wildreid.watch import RESULTS, Watcher
 
 OFFLINE = get_preset("offline")
 FUSION = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5))
-
-
-@pytest.fixture(scope="module")
-def lions(shared_data) -> pd.DataFrame:
-    """16 LionData identities: their database photos and queries (some of them new individuals)."""
-    table = load_dataset(shared_data / "LionData").table
-    known = table[table["split"] == "database"]["identity"].drop_duplicates().head(12).tolist()
-    new = sorted(
-        set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"])
-    )
-    return table[table["identity"].isin(known + new[:4])].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from wildreid.cli import app
-from wildreid.data import Dataset, load_dataset, read_image
+from wildreid.data import Dataset, read_image
 from wildreid.fusion import MIRRORED, Calibration, FusionSettings
 from wildreid.gallery import Gallery
 from wildreid.gallery.index import VectorIndex
@@ -247,17 +247,6 @@ def test_mirrored_descriptor_and_keypoints_are_those_of_the_flipped_photo(shared
 
 
 # ---------------------------------------------------------------------------------------------- gallery
-
-
-@pytest.fixture(scope="module")
-def lions(shared_data) -> pd.DataFrame:
-    """12 LionData identities with their body-part viewpoints, and 4 new ones among the queries."""
-    table = load_dataset(shared_data / "LionData").table
-    known = table[table["split"] == "database"]["identity"].drop_duplicates().head(12).tolist()
-    new = sorted(
-        set(table[table["split"] == "query"]["identity"]) - set(table[table["split"] == "database"]["identity"])
-    )
-    return table[table["identity"].isin(known + new[:4])].reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
