@@ -158,7 +158,8 @@ ForegroundOption = Annotated[
     Optional[str],
     typer.Option(
         help="Automatic foreground for photos without a region: 'cam' (a box from the class-activation map "
-        "of the offline ImageNet classifier) or 'none' (the whole photo). Default: the preset's (none)."
+        "of the offline ImageNet classifier), 'cam-mask' (that box and the map's outline as a mask) or "
+        "'none' (the whole photo). Default: the preset's (none). See docs/regions.md."
     ),
 ]
 ViewsOption = Annotated[
