@@ -4,6 +4,7 @@ the tests fail, not skip, when it is missing."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,37 @@ def lite0_backbone():
     from wildreid.backbones import load_backbone
 
     return load_backbone("efficientnet-lite0")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach the network fails at once, so a download could not pass unnoticed."""
+
+    connect = socket.socket.connect
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in a test")
+
+    def local_only(sock, address):  # data-loader workers talk over Unix sockets
+        if sock.family != socket.AF_UNIX:
+            refuse()
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``): the
+    test machine is shared, and two spinning OpenMP threads on two busy cores run ten times slower
+    than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

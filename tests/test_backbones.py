@@ -8,7 +8,6 @@ import collections
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -248,24 +247,6 @@ FAMILY = {
     ),
 }
 SMALL_ENOUGH_TO_RUN = {"megadescriptor-t-224": 224, "megadescriptor-t-cnn-288": 96}
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to reach the network fails at once, so a download could not pass unnoticed."""
-
-    connect = socket.socket.connect
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in a test")
-
-    def local_only(sock, address):  # data-loader workers talk over Unix sockets
-        if sock.family != socket.AF_UNIX:
-            refuse()
-        return connect(sock, address)
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", local_only)
 
 
 @pytest.fixture

@@ -39,17 +39,7 @@ from wildreid.inference import CPU_BATCH_SIZE, TorchRunner, auto_batch_size, cho
 
 ROOT = Path(__file__).resolve().parents[1]
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they still work.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the test machine is shared, and two spinning OpenMP threads on two
-    busy cores run ten times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}

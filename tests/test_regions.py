@@ -32,13 +32,7 @@ from wildreid.regions import (
     upright_size,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _quadrants(width=200, height=100) -> Image.Image:

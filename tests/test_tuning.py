@@ -35,12 +35,7 @@ runner = CliRunner()
 TINY = "random:test_efficientnet"  # timm's 0.1M-parameter test network
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

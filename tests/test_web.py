@@ -8,7 +8,6 @@ import io
 import itertools
 import re
 import shutil
-import socket
 import struct
 import threading
 import time
@@ -19,11 +18,11 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from live_web import build_catalogue, serving
 from PIL import Image
 from typer.testing import CliRunner
 
-from wildreid.catalog import Catalog, import_dataset
-from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog import Catalog
 from wildreid.catalog.photos import content_hash
 from wildreid.cli import app as cli
 from wildreid.data import load_dataset
@@ -32,16 +31,6 @@ from wildreid.web.pages import url_part
 
 TOKEN = "test-review-token"
 SIGNED = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "alice"}
-INDIVIDUALS = [
-    "NyalaData_32",
-    "NyalaData_41",
-    "NyalaData_48",
-    "NyalaData_147",
-    "NyalaData_144",
-    "NyalaData_34",
-    "NyalaData_7",
-    "NyalaData_18",
-]
 KNOWN_QUERY, SECOND_QUERY = "47", "71"  # NyalaData query photos of NyalaData_32 and NyalaData_34
 
 
@@ -63,11 +52,7 @@ def embedding_cache(tmp_path_factory) -> Path:
 def template(tmp_path_factory, nyala, lite0_backbone, embedding_cache) -> Path:
     """A catalogue of 40 photos of 8 individuals, with descriptors, built once and copied per test."""
     folder = tmp_path_factory.mktemp("template")
-    database = nyala.database
-    chosen = database[database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
-    with Catalog(folder / "catalog.sqlite") as catalog:
-        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
-        prepare_descriptors(catalog, lite0_backbone, embedding_cache)
+    build_catalogue(folder / "catalog.sqlite", nyala, lite0_backbone, embedding_cache)
     return folder
 
 
@@ -96,19 +81,8 @@ def client(app):
 @pytest.fixture
 def live_server(app):
     """The app on a real uvicorn server at 127.0.0.1, on a port the OS picked."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serving(app) as base:
+        yield base
 
 
 def photo(nyala, image_id: str) -> bytes:

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
+from live_web import build_catalogue, chromium, serving, watched_page
 
-from wildreid.catalog import Catalog, import_dataset
-from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog import Catalog
 from wildreid.catalog.photos import content_hash
 from wildreid.data import load_dataset
 from wildreid.web import WebConfig, create_app
@@ -29,16 +24,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "e2e-review-token"
-INDIVIDUALS = [
-    "NyalaData_32",
-    "NyalaData_41",
-    "NyalaData_48",
-    "NyalaData_147",
-    "NyalaData_144",
-    "NyalaData_34",
-    "NyalaData_7",
-    "NyalaData_18",
-]
 QUERY, QUERY_IDENTITY = "47", "NyalaData_32"  # a NyalaData query photo and who it shows
 DROPPED = "71"  # a second query photo, dropped onto the page
 
@@ -48,70 +33,22 @@ def server(shared_data, lite0_backbone, tmp_path_factory):
     """A 40-photo catalogue served on 127.0.0.1; yields (base URL, catalogue path, dataset)."""
     nyala = load_dataset(shared_data / "NyalaData")
     cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
-    path = tmp_path_factory.mktemp("e2e") / "catalog.sqlite"
-    chosen = nyala.database[nyala.database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
-    with Catalog(path) as catalog:
-        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
-        prepare_descriptors(catalog, lite0_backbone, cache)
+    path = build_catalogue(tmp_path_factory.mktemp("e2e") / "catalog.sqlite", nyala, lite0_backbone, cache)
     app = create_app(WebConfig(path, token=TOKEN, cache_dir=cache), backbone=lite0_backbone)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uvicorn_server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uvicorn_server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", path, nyala
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serving(app) as base:
+        yield base, path, nyala
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-            "(or name another binary with WILDREID_CHROMIUM)."
-        )
-    if ARTIFACTS.exists():  # only this run's screenshots
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
+def browser():
+    with chromium(CHROMIUM, ARTIFACTS) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
-def tab(chromium):
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    # Script errors, Content-Security-Policy violations and failed requests (a missing picture,
-    # a 404 stylesheet) are collected here; a clean run has none.
-    page.problems = []
-    page.on("pageerror", lambda error: page.problems.append(str(error)))
-    page.on(
-        "console",
-        lambda message: (
-            message.type == "error"
-            and "Failed to load resource" not in message.text
-            and page.problems.append(message.text)
-        ),
-    )
-    page.on(
-        "response",
-        lambda response: response.status >= 400 and page.problems.append(f"{response.status} {response.url}"),
-    )
-    yield page
-    context.close()
+def tab(browser):
+    with watched_page(browser) as page:
+        yield page
 
 
 def snap(page, name: str) -> None:

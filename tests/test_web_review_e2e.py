@@ -14,17 +14,12 @@ a known individual; the subsets used here do so in 10 and 11 of their 11 pairing
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
+from live_web import build_catalogue, chromium, serving, watched_page
 
-from wildreid.catalog import Catalog, import_dataset
-from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog import Catalog
 from wildreid.catalog.photos import content_hash
 from wildreid.data import load_dataset
 from wildreid.web import WebConfig, create_app
@@ -33,16 +28,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e" / "review"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "e2e-review-token"
-INDIVIDUALS = [  # the catalogue of test_web_e2e.py
-    "NyalaData_32",
-    "NyalaData_41",
-    "NyalaData_48",
-    "NyalaData_147",
-    "NyalaData_144",
-    "NyalaData_34",
-    "NyalaData_7",
-    "NyalaData_18",
-]
 ANIMALS = {"NyalaData_71": ["408", "411", "413"], "NyalaData_47": ["137", "138", "140"]}
 
 
@@ -51,64 +36,16 @@ def server(shared_data, lite0_backbone, tmp_path_factory):
     """A 40-photo catalogue served on 127.0.0.1; yields (base URL, catalogue path, dataset)."""
     nyala = load_dataset(shared_data / "NyalaData")
     cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
-    path = tmp_path_factory.mktemp("e2e-review") / "catalog.sqlite"
-    chosen = nyala.database[nyala.database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
-    with Catalog(path) as catalog:
-        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
-        prepare_descriptors(catalog, lite0_backbone, cache)
+    path = build_catalogue(tmp_path_factory.mktemp("e2e-review") / "catalog.sqlite", nyala, lite0_backbone, cache)
     app = create_app(WebConfig(path, token=TOKEN, cache_dir=cache), backbone=lite0_backbone)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uvicorn_server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uvicorn_server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", path, nyala
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serving(app) as base:
+        yield base, path, nyala
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-            "(or name another binary with WILDREID_CHROMIUM)."
-        )
-    if ARTIFACTS.exists():  # only this run's screenshots
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        tab = context.new_page()
-        tab.set_default_timeout(30_000)
-        # Script errors, Content-Security-Policy violations and failed requests; a clean run has none.
-        tab.problems = []
-        tab.on("pageerror", lambda error: tab.problems.append(str(error)))
-        tab.on(
-            "console",
-            lambda message: (
-                message.type == "error"
-                and "Failed to load resource" not in message.text
-                and tab.problems.append(message.text)
-            ),
-        )
-        tab.on(
-            "response",
-            lambda response: response.status >= 400 and tab.problems.append(f"{response.status} {response.url}"),
-        )
+    with chromium(CHROMIUM, ARTIFACTS) as browser, watched_page(browser) as tab:
         yield tab
-        context.close()
-        browser.close()
 
 
 def snap(page, name: str) -> None:

@@ -11,7 +11,6 @@ calibration and outputs, never accuracy.
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,21 +35,8 @@ STAND_IN = "megadescriptor-t-224"
 
 
 @pytest.fixture
-def homes(tmp_path, monkeypatch) -> dict[str, Path]:
+def homes(tmp_path, monkeypatch, no_network) -> dict[str, Path]:
     """Empty HF and torch caches, offline, and no network at all."""
-
-    connect = socket.socket.connect
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in a test")
-
-    def local_only(sock, address):  # data-loader workers talk over Unix sockets
-        if sock.family != socket.AF_UNIX:
-            refuse()
-        return connect(sock, address)
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", local_only)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

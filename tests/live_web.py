@@ -1,0 +1,109 @@
+"""What the web tests share: their catalogue, the app on a real uvicorn server, and a headless
+Chromium (Debian's, driven by Playwright) whose pages collect every script error and failed
+request."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from wildreid.catalog import Catalog, import_dataset
+from wildreid.catalog.descriptors import prepare_descriptors
+
+# Eight NyalaData individuals with five database photos each keep the web tests quick.
+INDIVIDUALS = [
+    "NyalaData_32",
+    "NyalaData_41",
+    "NyalaData_48",
+    "NyalaData_147",
+    "NyalaData_144",
+    "NyalaData_34",
+    "NyalaData_7",
+    "NyalaData_18",
+]
+
+
+def build_catalogue(path: Path, nyala, backbone, cache: Path) -> Path:
+    """A catalogue of the 40 database photos of INDIVIDUALS, with their descriptors."""
+    chosen = nyala.database[nyala.database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
+    with Catalog(path) as catalog:
+        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
+        prepare_descriptors(catalog, backbone, cache)
+    return path
+
+
+@contextmanager
+def serving(app):
+    """``app`` on a real uvicorn server at 127.0.0.1, on a port the OS picked; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@contextmanager
+def chromium(binary: str, artifacts: Path):
+    """A headless Chromium browser; ``artifacts`` (this run's screenshots) starts empty."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(binary).is_file():
+        pytest.fail(
+            f"Chromium not found at {binary}: install it with `apt-get install -y chromium` "
+            "(or name another binary with WILDREID_CHROMIUM)."
+        )
+    if artifacts.exists():  # only this run's screenshots
+        shutil.rmtree(artifacts)
+    artifacts.mkdir(parents=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=binary, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def watched_page(browser):
+    """A new page whose ``problems`` list collects script errors, Content-Security-Policy
+    violations and failed requests (a missing picture, a 404 stylesheet); a clean run has none."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.problems = []
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and "Failed to load resource" not in message.text
+            and page.problems.append(message.text)
+        ),
+    )
+    page.on(
+        "response",
+        lambda response: response.status >= 400 and page.problems.append(f"{response.status} {response.url}"),
+    )
+    try:
+        yield page
+    finally:
+        context.close()
