@@ -44,9 +44,9 @@ if str(ROOT / "src") not in sys.path:  # runs from a checkout without `pip insta
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from wildreid.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone  # noqa: E402
-from wildreid.data import ImageReadError, decode_image, read_image_bytes  # noqa: E402
-from wildreid.extract import EmbeddingCache, cache_key, extract_embeddings  # noqa: E402
+from wildreid.data.images import ImageReadError, decode_image, read_image_bytes  # noqa: E402
+from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone  # noqa: E402
+from wildreid.describe.extract import EmbeddingCache, cache_key, extract_embeddings  # noqa: E402
 
 GPU_DEFAULTS = dict(model="random:swin_large_patch4_window12_384", images=4000, seconds=200.0)
 BIG, SMALL = (1920, 1280), (640, 480)

@@ -43,10 +43,10 @@ def main() -> dict:
 
     import ray
 
-    from wildreid.backbones import OFFLINE_LITE0, load_backbone
-    from wildreid.distributed import BATCHES_PER_BLOCK, extract_with_ray
-    from wildreid.extract import EmbeddingCache, content_hashes, extract_embeddings
-    from wildreid.local import get_method
+    from wildreid.describe.backbones import OFFLINE_LITE0, load_backbone
+    from wildreid.describe.distributed import BATCHES_PER_BLOCK, extract_with_ray
+    from wildreid.describe.extract import EmbeddingCache, content_hashes, extract_embeddings
+    from wildreid.local.base import get_method
     from wildreid.local.cache import encode_features, store_features
 
     paths = sorted(str(p) for p in (SHARED / args.dataset / "images").iterdir())
@@ -80,7 +80,7 @@ def main() -> dict:
         EmbeddingCache(work / "write-test", "shards").save([f"{shard}-{i}" for i in range(512)], vectors)
     result["shard_writes"] = {"vectors_per_s": 8 * 512 / (time.perf_counter() - started)}
     method = get_method("rootsift")
-    from wildreid.data import decode_image, read_image_bytes
+    from wildreid.data.images import decode_image, read_image_bytes
 
     sample = encode_features(method.extract(decode_image(read_image_bytes(paths[0]), paths[0])))
     started = time.perf_counter()

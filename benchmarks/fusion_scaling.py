@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from gallery_same_answers import SHARED  # noqa: E402  (benchmarks/ is the script's folder, so on sys.path)
 
-from wildreid.data import Dataset
-from wildreid.gallery import Gallery
+from wildreid.data.dataset import Dataset
+from wildreid.gallery.gallery import Gallery
 from wildreid.presets import get_preset
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.25,0.5,1.0")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "wildreid-bench-cache")
     arguments = parser.parse_args()
-    from wildreid.data import load_dataset
+    from wildreid.data.dataset import load_dataset
 
     preset = get_preset("fusion")
     dataset = load_dataset(SHARED / "Holstein2025")

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from wildreid.fusion import FusionSettings
-from wildreid.outputs import evaluate_if_possible
-from wildreid.pipeline import identify
+from wildreid.evaluate.outputs import evaluate_if_possible
+from wildreid.gallery.pipeline import identify
+from wildreid.local.pairs import FusionSettings
 from wildreid.presets import get_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -41,8 +41,9 @@ HEADERS = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "benchmark"}
 
 
 def make_catalogue(folder: Path) -> Path:
-    from wildreid.catalog import Catalog, import_dataset
-    from wildreid.data import load_dataset
+    from wildreid.catalog.importer import import_dataset
+    from wildreid.catalog.store import Catalog
+    from wildreid.data.dataset import load_dataset
 
     path = folder / "holstein.sqlite"
     dataset = load_dataset(SHARED / "Holstein2025")
@@ -56,7 +57,7 @@ def upload_photos(count: int, skip: int = 0) -> list[tuple[str, bytes]]:
     """Query photos of Holstein2025, re-encoded so their bytes are not in the catalogue."""
     from PIL import Image
 
-    from wildreid.data import load_dataset
+    from wildreid.data.dataset import load_dataset
 
     queries = load_dataset(SHARED / "Holstein2025").queries["path"].tolist()[skip : skip + count]
     photos = []
@@ -70,7 +71,8 @@ def upload_photos(count: int, skip: int = 0) -> list[tuple[str, bytes]]:
 def serve(catalog: Path, preset: str, cache: Path):
     import uvicorn
 
-    from wildreid.web import WebConfig, create_app
+    from wildreid.web.app import create_app
+    from wildreid.web.config import WebConfig
 
     application = create_app(WebConfig(catalog, token=TOKEN, preset=preset, cache_dir=cache))
     sock = socket.socket()

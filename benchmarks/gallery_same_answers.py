@@ -31,9 +31,9 @@ DATASETS = ["LionData", "NyalaData", "Holstein2025"]
 
 def run_single(name: str, preset_name: str, cache: Path, out: Path, threshold: str | None) -> dict:
     """One identification with whichever wildreid is first on sys.path (APIs both versions share)."""
-    from wildreid.data import load_dataset
-    from wildreid.outputs import evaluate_if_possible
-    from wildreid.pipeline import identify
+    from wildreid.data.dataset import load_dataset
+    from wildreid.evaluate.outputs import evaluate_if_possible
+    from wildreid.gallery.pipeline import identify
     from wildreid.presets import get_preset, parse_threshold
 
     dataset = load_dataset(SHARED / name)

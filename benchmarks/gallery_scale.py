@@ -60,8 +60,8 @@ def make_photos(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, calla
 def run_size(size: int, nprobes: list[int]) -> dict:
     import faiss
 
-    from wildreid.gallery.group import Group
     from wildreid.gallery.index import VectorIndex, normalize
+    from wildreid.gallery.part import Group
     from wildreid.presets import get_preset
 
     faiss.omp_set_num_threads(2)  # building and the fit's batched searches use both cores

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from gallery_same_answers import SHARED  # noqa: E402  (benchmarks/ is the script's folder, so on sys.path)
 
-from wildreid.gallery import Gallery
-from wildreid.outputs import evaluate_if_possible
+from wildreid.evaluate.outputs import evaluate_if_possible
+from wildreid.gallery.gallery import Gallery
 from wildreid.presets import get_preset
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--presets", default="offline,fusion")
     parser.add_argument("--cache", type=Path, help="a cache already holding the photos' features")
     arguments = parser.parse_args()
-    from wildreid.data import load_dataset
+    from wildreid.data.dataset import load_dataset
 
     dataset = load_dataset(SHARED / "Holstein2025")
     table = dataset.table

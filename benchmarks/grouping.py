@@ -32,11 +32,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from real_data import benchmark_dataset  # noqa: E402
 
-from wildreid.data import NEW_INDIVIDUAL  # noqa: E402
-from wildreid.decide import decide  # noqa: E402
-from wildreid.gallery import Gallery  # noqa: E402
-from wildreid.grouping import METHODS, DatasetGrouping, Grouping  # noqa: E402
-from wildreid.metrics import evaluate  # noqa: E402
+from wildreid.data.dataset import NEW_INDIVIDUAL  # noqa: E402
+from wildreid.decide.cluster import METHODS  # noqa: E402
+from wildreid.decide.decision import decide  # noqa: E402
+from wildreid.decide.grouping import DatasetGrouping, Grouping  # noqa: E402
+from wildreid.evaluate.metrics import evaluate  # noqa: E402
+from wildreid.gallery.gallery import Gallery  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
 
 

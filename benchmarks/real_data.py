@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wildreid.data import DATABASE, QUERY, Dataset, load_dataset
+from wildreid.data.dataset import DATABASE, QUERY, Dataset, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -89,7 +89,7 @@ def preset_changes(settings: list[str]) -> dict:
 
 
 def changed_preset(preset, changes: dict):
-    from wildreid.fusion import FusionSettings
+    from wildreid.local.pairs import FusionSettings
 
     changes = dict(changes)
     if "fusion" in changes:
@@ -111,8 +111,8 @@ def memoise_counts(cache_dir: Path):
 
     import numpy as np
 
-    from wildreid import fusion
     from wildreid.gallery import shortlist
+    from wildreid.local import pairs as fusion
 
     path = cache_dir / "inlier-memo.pkl"
     memo = pickle.loads(path.read_bytes()) if path.is_file() else {}
@@ -166,10 +166,10 @@ def run_single(
     label: str | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
-    from wildreid.decide import decide
-    from wildreid.metrics import evaluate
-    from wildreid.outputs import evaluate_if_possible, write_run
-    from wildreid.pipeline import identify
+    from wildreid.decide.decision import decide
+    from wildreid.evaluate.metrics import evaluate
+    from wildreid.evaluate.outputs import evaluate_if_possible, write_run
+    from wildreid.gallery.pipeline import identify
     from wildreid.presets import get_preset
 
     started = time.perf_counter()

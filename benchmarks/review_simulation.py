@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from grouping import figures, grouped_run  # noqa: E402
 
-from wildreid.grouping import Grouping  # noqa: E402
-from wildreid.grouping.review import DIFFERENT, SAME, apply_answer, pair_questions  # noqa: E402
+from wildreid.decide.grouping import Grouping  # noqa: E402
+from wildreid.decide.queue import DIFFERENT, SAME, apply_answer, pair_questions  # noqa: E402
 
 CHECKPOINTS = (0, 10, 25, 50, 100)
 

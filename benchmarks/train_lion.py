@@ -33,15 +33,16 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT / "src"))
 
-from wildreid.augment import AugmentConfig  # noqa: E402
-from wildreid.backbones import load_backbone  # noqa: E402
-from wildreid.data import Dataset, load_dataset  # noqa: E402
-from wildreid.extract import default_device  # noqa: E402
-from wildreid.metrics import evaluate  # noqa: E402
-from wildreid.pipeline import identify  # noqa: E402
+from wildreid.data.dataset import Dataset, load_dataset  # noqa: E402
+from wildreid.describe.backbones import load_backbone  # noqa: E402
+from wildreid.describe.extract import default_device  # noqa: E402
+from wildreid.describe.trained import RECORD  # noqa: E402
+from wildreid.evaluate.metrics import evaluate  # noqa: E402
+from wildreid.gallery.pipeline import identify  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
-from wildreid.train import CHECKPOINT, RECORD, TrainConfig, train, training_images  # noqa: E402
-from wildreid.tuning import SearchSpace, free_settings, train_with_search  # noqa: E402
+from wildreid.train.augment import AugmentConfig  # noqa: E402
+from wildreid.train.finetune import CHECKPOINT, TrainConfig, train, training_images  # noqa: E402
+from wildreid.train.tuning import SearchSpace, free_settings, train_with_search  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import closed_split  # noqa: E402  (the split as every benchmark builds it)

@@ -22,11 +22,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import SHARED  # noqa: E402
 
-from wildreid.backbones import load_backbone  # noqa: E402
-from wildreid.data import DATABASE, load_dataset  # noqa: E402
-from wildreid.extract import extract_embeddings  # noqa: E402
-from wildreid.presets import get_preset  # noqa: E402
-from wildreid.views import photo_views  # noqa: E402
+from wildreid.data.dataset import DATABASE, load_dataset
+from wildreid.data.views import photo_views
+from wildreid.describe.backbones import load_backbone
+from wildreid.describe.extract import extract_embeddings
+from wildreid.presets import get_preset
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def lite0_backbone():
     """The offline EfficientNet-Lite0 descriptor, loaded once for the whole session."""
-    from wildreid.backbones import load_backbone
+    from wildreid.describe.backbones import load_backbone
 
     return load_backbone("efficientnet-lite0")
 
@@ -66,7 +66,7 @@ def one_torch_thread():
 def lions(shared_data):
     """16 LionData identities: the database photos and queries of its first 12 known identities,
     and of 4 new individuals among the queries."""
-    from wildreid.data import load_dataset
+    from wildreid.data.dataset import load_dataset
 
     table = load_dataset(shared_data / "LionData").table
     known = table[table["split"] == "database"]["identity"].drop_duplicates().head(12).tolist()

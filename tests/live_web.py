@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from wildreid.catalog import Catalog, import_dataset
-from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog.importer import import_dataset
+from wildreid.catalog.store import Catalog
+from wildreid.review.descriptors import prepare_descriptors
 
 # Eight NyalaData individuals with five database photos each keep the web tests quick.
 INDIVIDUALS = [

@@ -18,7 +18,8 @@ import pytest
 import torch
 from fakes import B224_CONFIG, REVISION, b224_like, publish, random_state_dict, save_pickle, timm_config
 
-from wildreid.backbones import (
+from wildreid.data.images import read_image
+from wildreid.describe.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     KNOWN,
@@ -29,8 +30,7 @@ from wildreid.backbones import (
     load_backbone,
     resolve_name,
 )
-from wildreid.data import read_image
-from wildreid.extract import image_to_tensor
+from wildreid.describe.extract import image_to_tensor
 
 # config.json of BVRA/MegaDescriptor-L-384 as on the Hub (blame of revision 2ca7823, 609 bytes):
 # timm's layout with an ImageNet pretrained_cfg (the registry's own preprocessing replaces it).
@@ -377,7 +377,7 @@ def publish_miewid(hf_home: Path, state: dict) -> Path:
 
 @pytest.mark.parametrize("gem_key", ["pooling.p", "backbone.global_pool.p"])
 def test_miewid_builds_its_own_architecture_and_loads_every_tensor(gem_key, offline_hf):
-    from wildreid.miewid import MiewIdNet
+    from wildreid.describe.miewid import MiewIdNet
 
     saved = miewid_weights(gem_key=gem_key)
     publish_miewid(offline_hf, saved)

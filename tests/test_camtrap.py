@@ -15,7 +15,6 @@ from frictionless import Package, Resource, Schema
 from typer.testing import CliRunner
 
 from wildreid import __version__
-from wildreid.catalog import Catalog, import_dataset
 from wildreid.catalog.camtrap import (
     PROFILE,
     SCHEMA_DIR,
@@ -29,9 +28,11 @@ from wildreid.catalog.camtrap import (
     sighting_time,
     validate_camtrap_dp,
 )
+from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.schema import migrate
-from wildreid.cli import app
-from wildreid.data import load_dataset
+from wildreid.catalog.store import Catalog
+from wildreid.cli.main import app
+from wildreid.data.dataset import load_dataset
 
 INDIVIDUALS = ["NyalaData_32", "NyalaData_41", "NyalaData_18"]
 # Sighting dates and places of the imported photos: a full time without offset, a date alone, an

@@ -15,24 +15,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from wildreid.catalog import (
-    AlreadyDecided,
-    Catalog,
-    CatalogError,
-    candidates_of,
-    catalog_to_dataset,
-    export_metadata,
-    identify_with_catalog,
-    import_dataset,
-)
 from wildreid.catalog import store as store_module
-from wildreid.catalog.descriptors import prepare_descriptors
+from wildreid.catalog.dataset import catalog_to_dataset
+from wildreid.catalog.export import export_metadata
+from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.schema import SCHEMA_VERSION, migrate
-from wildreid.cli import app
-from wildreid.data import DatasetError, load_dataset
-from wildreid.extract import EmbeddingCache
-from wildreid.pipeline import identify
+from wildreid.catalog.store import AlreadyDecided, Catalog, CatalogError
+from wildreid.cli.main import app
+from wildreid.data.dataset import DatasetError, load_dataset
+from wildreid.describe.extract import EmbeddingCache
+from wildreid.gallery.pipeline import identify
 from wildreid.presets import get_preset
+from wildreid.review.descriptors import prepare_descriptors
+from wildreid.review.identify import candidates_of, identify_with_catalog
 
 # Eight NyalaData individuals with five database photos each keep the tests quick.
 INDIVIDUALS = [

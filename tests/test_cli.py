@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 from typer.testing import CliRunner
 
-from wildreid.cli import app
+from wildreid.cli.main import app
 
 runner = CliRunner()
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wildreid.data import DatasetError, ImageReadError, decode_image, load_csv, load_dataset, load_folders, read_image
+from wildreid.data.dataset import DatasetError, load_csv, load_dataset, load_folders
+from wildreid.data.images import ImageReadError, decode_image, read_image
 
 
 def test_animalclef_metadata_groups_by_dataset(shared_data):
@@ -270,7 +271,7 @@ def test_unidentified_image_names_the_file_not_a_buffer():
 
 
 def test_huge_jpeg_decodes_within_the_memory_bound():
-    from wildreid.data import MAX_DECODED_PIXELS
+    from wildreid.data.images import MAX_DECODED_PIXELS
 
     huge = _encode(Image.new("L", (14_000, 14_000), 90), "JPEG", quality=1)  # 196 Mpx, ~2 MB
     decoded = decode_image(huge, "huge.jpg")

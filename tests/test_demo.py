@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wildreid import demo
-from wildreid.demo import make_demo_dataset, make_individual, render_animal
+from wildreid.data import demo
+from wildreid.data.demo import make_demo_dataset, make_individual, render_animal
 
 COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
 # A small data set keeps most tests fast; the default size is built once per module.

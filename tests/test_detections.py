@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from wildreid.cli import app
-from wildreid.data import DatasetError
-from wildreid.detections import match_rows, read_detections, split_by_detections
+from wildreid.cli.main import app
+from wildreid.data.dataset import DatasetError
+from wildreid.data.detections import match_rows, read_detections, split_by_detections
 
 runner = CliRunner()
 CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}

@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from wildreid import device_decode
-from wildreid.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess, load_backbone
-from wildreid.data import decode_image
-from wildreid.device_decode import (
+from wildreid.data.images import decode_image
+from wildreid.describe import device_decode
+from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess, load_backbone
+from wildreid.describe.device_decode import (
     Encoded,
     Failed,
     Ready,
@@ -34,8 +34,8 @@ from wildreid.device_decode import (
     orient,
     read_item,
 )
-from wildreid.extract import APPROXIMATE_SUFFIX, FAST, EmbeddingCache, extract_embeddings, image_to_tensor
-from wildreid.inference import CPU_BATCH_SIZE, TorchRunner, auto_batch_size, choose_batch_size
+from wildreid.describe.extract import APPROXIMATE_SUFFIX, FAST, EmbeddingCache, extract_embeddings, image_to_tensor
+from wildreid.describe.inference import CPU_BATCH_SIZE, TorchRunner, auto_batch_size, choose_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they still work.
@@ -187,7 +187,7 @@ def test_killed_run_leaves_a_usable_cache_and_the_next_run_resumes(tiny_backbone
 def test_a_kill_loses_seconds_of_work_not_everything_below_flush_every(tiny_backbone, tmp_path, cache_dir, monkeypatch):
     """The cache is also written every FLUSH_SECONDS, so a small run killed late keeps its vectors
     (it used to be written only every 512 images, and a kill runs no clean-up)."""
-    from wildreid import extract
+    from wildreid.describe import extract
 
     paths = _write_photos(tmp_path / "images", 30)
     folder = cache_dir / tiny_backbone.cache_key
@@ -349,7 +349,7 @@ def test_rows_that_overflow_in_reduced_precision_are_recomputed_in_fp32(tmp_path
 
 def test_compiled_runs_pad_every_batch_to_one_shape(monkeypatch, tmp_path):
     """torch.compile itself takes a minute here; a stand-in records what it would be given."""
-    from wildreid import inference
+    from wildreid.describe import inference
 
     shapes = []
 
@@ -371,7 +371,7 @@ def test_compiled_runs_pad_every_batch_to_one_shape(monkeypatch, tmp_path):
 
 
 def test_a_failing_compiler_costs_speed_not_the_run(monkeypatch, tmp_path):
-    from wildreid import inference
+    from wildreid.describe import inference
 
     def broken_compile(model):
         def forward(images):

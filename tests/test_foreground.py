@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from wildreid.cli import app
-from wildreid.foreground import add_foreground, cam_boxes, settings_key
+from wildreid.cli.main import app
+from wildreid.data.regions import Region, mask_pixels, parse_bbox, region_picture
+from wildreid.describe.foreground import add_foreground, cam_boxes, settings_key
 from wildreid.presets import get_preset
-from wildreid.regions import Region, mask_pixels, parse_bbox, region_picture
 
 runner = CliRunner()
 CANVAS = (640, 480)
@@ -144,7 +144,7 @@ def test_identify_with_the_foreground_end_to_end(shared_data, tmp_path):
 def test_saved_gallery_keeps_its_regions_and_gives_queries_theirs(shared_data, tmp_path, lite0_backbone):
     """A gallery built with the foreground saves each photo's box, reloads it, skips a photo added
     twice (same bytes, same region), and describes query photos by their own boxes."""
-    from wildreid.gallery import Gallery
+    from wildreid.gallery.gallery import Gallery
 
     table = pd.read_csv(shared_data / "NyalaData" / "metadata.csv", dtype=str)
     table["path"] = [str(shared_data / "NyalaData" / p) for p in table["path"]]
@@ -164,8 +164,7 @@ def test_saved_gallery_keeps_its_regions_and_gives_queries_theirs(shared_data, t
 
 
 def test_keypoints_of_the_whole_photo_when_the_preset_says_so(shared_data, tmp_path, lite0_backbone):
-    from wildreid.gallery import Gallery
-    from wildreid.gallery.gallery import _empty_table
+    from wildreid.gallery.gallery import Gallery, _empty_table
 
     path = str(sorted((shared_data / "NyalaData" / "images").glob("*.jpg"))[0])
     regions = [Region((10, 10, 200, 150), margin=0.0)]

@@ -9,16 +9,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wildreid.data import NEW_INDIVIDUAL, load_csv, read_image
-from wildreid.fusion import Calibration, FusionSettings
-from wildreid.local import get_method
+from wildreid.data.dataset import NEW_INDIVIDUAL, load_csv
+from wildreid.data.images import read_image
+from wildreid.decide.thresholds import Neighbours, choose_threshold
+from wildreid.evaluate.outputs import evaluate_if_possible, write_run
+from wildreid.gallery.calibration import Calibration
+from wildreid.gallery.pipeline import identify
+from wildreid.local.base import get_method
 from wildreid.local.cache import local_features
 from wildreid.local.lnbnn import KeypointIndex
+from wildreid.local.pairs import FusionSettings
 from wildreid.local.verify import count_inliers
-from wildreid.outputs import evaluate_if_possible, write_run
-from wildreid.pipeline import identify
 from wildreid.presets import get_preset
-from wildreid.thresholds import Neighbours, choose_threshold
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from wildreid.cli import app
-from wildreid.data import NEW_INDIVIDUAL
-from wildreid.fusion import FusionSettings
-from wildreid.gallery import REFIT_GROWTH, Gallery, GalleryError
-from wildreid.gallery import group as group_module
+from wildreid.cli.main import app
+from wildreid.data.dataset import NEW_INDIVIDUAL
+from wildreid.decide.ranking import rank_identities, rank_neighbours
+from wildreid.decide.thresholds import Neighbours, choose_threshold
+from wildreid.gallery import part as group_module
+from wildreid.gallery.gallery import REFIT_GROWTH, Gallery, GalleryError
 from wildreid.gallery.index import VectorIndex, normalize
-from wildreid.pipeline import identify
+from wildreid.gallery.pipeline import identify
+from wildreid.local.pairs import FusionSettings
 from wildreid.presets import get_preset
-from wildreid.search import rank_identities, rank_neighbours
-from wildreid.thresholds import Neighbours, choose_threshold
-from wildreid.watch import RESULTS, Watcher
+from wildreid.review.watch import RESULTS, Watcher
 
 OFFLINE = get_preset("offline")
 FUSION = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5))
@@ -37,7 +37,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def _dataset(table):
-    from wildreid.data import Dataset
+    from wildreid.data.dataset import Dataset
 
     return Dataset(table.reset_index(drop=True), "lions")
 

@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from wildreid.grouping import MatchGraph, choose_link_threshold, cluster_graph
-from wildreid.metrics import pairwise_precision_recall, query_clusters
+from wildreid.decide.cluster import cluster_graph
+from wildreid.decide.graph import MatchGraph
+from wildreid.decide.simulate import choose_link_threshold
+from wildreid.evaluate.metrics import pairwise_precision_recall, query_clusters
 
 
 def graph(queries, pairs=(), links=()):
@@ -134,7 +136,7 @@ def test_query_clusters_reads_groups_and_leaves_new_individuals_alone():
 
 
 def _grouping(g, link=0.5, known=0.5):
-    from wildreid.grouping import DatasetGrouping
+    from wildreid.decide.grouping import DatasetGrouping
 
     return DatasetGrouping.fit(
         "d",
@@ -148,7 +150,7 @@ def _grouping(g, link=0.5, known=0.5):
 
 
 def test_review_queue_asks_the_most_useful_pair_first_and_never_a_settled_one():
-    from wildreid.grouping.review import DIFFERENT, SAME, apply_answer, pair_questions
+    from wildreid.decide.queue import DIFFERENT, SAME, apply_answer, pair_questions
 
     # Two groups of three queries each, joined by one uncertain pair (0.45 < 0.5: kept apart),
     # and a lone query weakly linked (0.1) to a known individual.
@@ -173,7 +175,7 @@ def test_review_queue_asks_the_most_useful_pair_first_and_never_a_settled_one():
 
 
 def test_review_answer_same_with_a_known_individual_names_the_whole_group():
-    from wildreid.grouping.review import SAME, apply_answer, settled_queries
+    from wildreid.decide.queue import SAME, apply_answer, settled_queries
 
     g = graph(3, pairs=[(0, 1, 0.9), (1, 2, 0.9), (0, 2, 0.9)], links=[(0, "X", 0.2)])
     grouping = _grouping(g)
@@ -185,7 +187,7 @@ def test_review_answer_same_with_a_known_individual_names_the_whole_group():
 
 
 def test_fast_adjusted_rand_index_equals_scikit_learn():
-    from wildreid.grouping.simulate import adjusted_rand_index
+    from wildreid.decide.simulate import adjusted_rand_index
 
     rng = np.random.default_rng(1)
     for _ in range(20):

@@ -19,10 +19,9 @@ import pytest
 import torch
 from fakes import LEARNED_FILES, write_learned_weights
 
-from wildreid.backbones import BackboneUnavailable
-from wildreid.data import read_image
-from wildreid.local import LocalFeatures, get_method
-from wildreid.local.base import working_image
+from wildreid.data.images import read_image
+from wildreid.describe.backbones import BackboneUnavailable
+from wildreid.local.base import LocalFeatures, get_method, working_image
 from wildreid.local.cache import local_features
 from wildreid.local.learned import LearnedMethod, _image_size, weights_files
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wildreid.data import Dataset
-from wildreid.metrics import baks, baus, evaluate, geometric_score
+from wildreid.data.dataset import Dataset
+from wildreid.evaluate.metrics import baks, baus, evaluate, geometric_score
 
 
 def test_baks_baus_equal_reference_implementation():

@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from wildreid import files, outputs
-from wildreid.data import load_dataset
-from wildreid.files import remove_leftovers
-from wildreid.outputs import OutputError, check_out_dir, write_run
-from wildreid.pipeline import identify
+from wildreid.data.dataset import load_dataset
+from wildreid.evaluate import outputs
+from wildreid.evaluate.outputs import OutputError, check_out_dir, write_run
+from wildreid.gallery.pipeline import identify
 from wildreid.presets import get_preset
+from wildreid.util import files
+from wildreid.util.files import remove_leftovers
 
 
 @pytest.fixture(scope="module")

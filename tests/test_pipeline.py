@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wildreid.data import NEW_INDIVIDUAL, load_csv
-from wildreid.decide import decide
-from wildreid.metrics import load_submission
-from wildreid.outputs import evaluate_if_possible, write_run
-from wildreid.pipeline import UNREADABLE, identify
+from wildreid.data.dataset import NEW_INDIVIDUAL, load_csv
+from wildreid.decide.decision import decide
+from wildreid.decide.ranking import rank_identities
+from wildreid.decide.thresholds import Neighbours, choose_threshold
+from wildreid.evaluate.metrics import load_submission
+from wildreid.evaluate.outputs import evaluate_if_possible, write_run
+from wildreid.gallery.pipeline import identify
+from wildreid.gallery.result import UNREADABLE
 from wildreid.presets import get_preset, parse_threshold
-from wildreid.search import rank_identities
-from wildreid.thresholds import Neighbours, choose_threshold
 
 
 def test_rank_identities_matches_brute_force():

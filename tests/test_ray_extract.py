@@ -20,8 +20,8 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")  # the test extra installs it; a bare core install has no Ray
 
-from wildreid.distributed import RayUnavailable, extract_with_ray, require_ray  # noqa: E402
-from wildreid.extract import EmbeddingCache, content_hashes, extract_embeddings  # noqa: E402
+from wildreid.describe.distributed import RayUnavailable, extract_with_ray, require_ray  # noqa: E402
+from wildreid.describe.extract import EmbeddingCache, content_hashes, extract_embeddings  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -57,7 +57,7 @@ def assert_each_once(cache_dir: Path, backbone, paths: list[str]) -> None:
 def test_vectors_and_keypoints_equal_single_process(cluster, shared_data, lite0_backbone, tmp_path):
     import torch
 
-    from wildreid.local import get_method
+    from wildreid.local.base import get_method
     from wildreid.local.cache import _cache_file, _load, local_features
 
     paths = photos(shared_data, "NyalaData", 12)
@@ -98,9 +98,9 @@ def test_regions_on_ray_are_filed_as_on_one_machine(cluster, shared_data, lite0_
     the vectors and keypoints a single process computes; an identify with the regions then extracts nothing."""
     import torch
 
-    from wildreid.local import get_method
+    from wildreid.data.regions import Region, region_keys, upright_size
+    from wildreid.local.base import get_method
     from wildreid.local.cache import local_features
-    from wildreid.regions import Region, region_keys, upright_size
 
     path = photos(shared_data, "NyalaData", 1)[0]
     width, height = upright_size(Path(path).read_bytes())
@@ -290,7 +290,7 @@ def _tiny_dataset(shared_data: Path, root: Path) -> tuple[Path, Path]:
 def test_cli_extract_on_ray(cluster, shared_data, tmp_path):
     from typer.testing import CliRunner
 
-    from wildreid.cli import app
+    from wildreid.cli.main import app
 
     database, queries = _tiny_dataset(shared_data, tmp_path / "data")
     result = CliRunner().invoke(
@@ -322,8 +322,8 @@ def test_cli_gallery_build_on_ray(cluster, shared_data, tmp_path):
     caches it filled, extracting nothing itself."""
     from typer.testing import CliRunner
 
-    from wildreid.cli import app
-    from wildreid.gallery import Gallery
+    from wildreid.cli.main import app
+    from wildreid.gallery.gallery import Gallery
 
     database, _ = _tiny_dataset(shared_data, tmp_path / "data")
     result = CliRunner().invoke(
@@ -358,7 +358,7 @@ def test_cli_gallery_build_on_ray(cluster, shared_data, tmp_path):
 def test_cli_without_ray_is_one_clear_message(shared_data, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from wildreid.cli import app
+    from wildreid.cli.main import app
 
     monkeypatch.setitem(sys.modules, "ray", None)
     database, queries = _tiny_dataset(shared_data, tmp_path / "data")

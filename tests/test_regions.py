@@ -14,12 +14,9 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco
 
-from wildreid.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone
-from wildreid.data import DatasetError, ImageReadError, content_hash, decode_image, load_csv, load_query_photos
-from wildreid.extract import EmbeddingCache, extract_embeddings
-from wildreid.local import get_method
-from wildreid.local.cache import local_features, missing_digests
-from wildreid.regions import (
+from wildreid.data.dataset import DatasetError, load_csv, load_query_photos
+from wildreid.data.images import ImageReadError, content_hash, decode_image
+from wildreid.data.regions import (
     Region,
     format_bbox,
     parse_bbox,
@@ -28,9 +25,13 @@ from wildreid.regions import (
     region_key,
     region_picture,
     regions_of,
-    table_regions,
     upright_size,
 )
+from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone
+from wildreid.describe.extract import EmbeddingCache, extract_embeddings
+from wildreid.describe.foreground import table_regions
+from wildreid.local.base import get_method
+from wildreid.local.cache import local_features, missing_digests
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from wildreid.catalog import AlreadyDecided, Catalog, CatalogError, import_dataset
 from wildreid.catalog.camtrap import CamtrapSettings, sightings
 from wildreid.catalog.changes import (
     answer_counts,
@@ -23,8 +22,10 @@ from wildreid.catalog.changes import (
     split_individual,
     undo_last,
 )
+from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.schema import migrate
-from wildreid.data import load_dataset
+from wildreid.catalog.store import AlreadyDecided, Catalog, CatalogError
+from wildreid.data.dataset import load_dataset
 
 INDIVIDUALS = ["NyalaData_32", "NyalaData_41", "NyalaData_7"]
 TABLES = ("individuals", "images", "descriptors", "queries", "decisions", "pair_answers")

@@ -20,25 +20,24 @@ from safetensors.torch import load_file
 from torchvision.transforms import v2
 from typer.testing import CliRunner
 
-from wildreid.augment import AugmentConfig, train_transform
-from wildreid.backbones import load_backbone
-from wildreid.cli import app
-from wildreid.data import Dataset, load_csv, load_dataset
-from wildreid.extract import content_hashes, extract_embeddings
-from wildreid.fusion import FusionSettings
-from wildreid.pipeline import identify
+from wildreid.cli.main import app
+from wildreid.data.dataset import Dataset, load_csv, load_dataset
+from wildreid.describe.backbones import load_backbone
+from wildreid.describe.extract import content_hashes, extract_embeddings
+from wildreid.describe.trained import TrainError, trained_on
+from wildreid.gallery.pipeline import identify
+from wildreid.local.pairs import FusionSettings
 from wildreid.presets import get_preset
-from wildreid.train import (
+from wildreid.train.augment import AugmentConfig, train_transform
+from wildreid.train.finetune import (
     CHECKPOINT,
     TRAIN,
     VAL_IDENTITY,
     VAL_IMAGE,
     ArcFaceHead,
     TrainConfig,
-    TrainError,
     split_validation,
     train,
-    trained_on,
     training_images,
 )
 
@@ -319,7 +318,7 @@ def test_killed_training_resumes_from_its_checkpoint_and_finishes(small_images, 
 
 
 def test_resuming_with_other_settings_or_images_is_refused(small_images, tmp_path, monkeypatch):
-    import wildreid.train as training
+    import wildreid.train.finetune as training
 
     class Interrupted(Exception):
         pass
@@ -412,8 +411,8 @@ def test_a_damaged_training_record_is_named(trained, tmp_path):
 def test_identification_calibrates_on_the_photos_training_held_out(
     trained_with_validation, trained, small_images, lion, tmp_path, monkeypatch
 ):
-    import wildreid.gallery.group as group_module
-    from wildreid.gallery import Gallery
+    import wildreid.gallery.part as group_module
+    from wildreid.gallery.gallery import Gallery
 
     dataset = _lions_with_queries(small_images, lion, tmp_path)
     roles = split_validation(small_images, 0.4, seed=0)

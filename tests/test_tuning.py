@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import wildreid.train as training
-import wildreid.tuning as tuning
-from wildreid.augment import AugmentConfig
-from wildreid.cli import app
-from wildreid.data import load_dataset
-from wildreid.train import CHECKPOINT, RECORD, TrainConfig, TrainError, mean_average_precision, training_images
-from wildreid.tuning import (
+import wildreid.train.finetune as training
+import wildreid.train.tuning as tuning
+from wildreid.cli.main import app
+from wildreid.data.dataset import load_dataset
+from wildreid.describe.trained import RECORD, TrainError
+from wildreid.train.augment import AugmentConfig
+from wildreid.train.finetune import CHECKPOINT, TrainConfig, mean_average_precision, training_images
+from wildreid.train.tuning import (
     SEARCH_DIR,
     SearchSpace,
     best_epoch,

@@ -8,20 +8,21 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from wildreid.cli import app
-from wildreid.data import Dataset, read_image
-from wildreid.fusion import MIRRORED, Calibration, FusionSettings
-from wildreid.gallery import Gallery
+from wildreid.cli.main import app
+from wildreid.data.dataset import Dataset
+from wildreid.data.images import read_image
+from wildreid.data.views import ViewRule, known_views, mirror_view, parse_view_rule, photo_views
+from wildreid.decide.ranking import rank_neighbours
+from wildreid.decide.thresholds import Neighbours, ThresholdChoice, simulate_round
+from wildreid.describe.mirror import MirroredMethod, mirrored_backbone
+from wildreid.gallery.calibration import MIRRORED, Calibration
+from wildreid.gallery.gallery import Gallery
 from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import shortlist_pairs
-from wildreid.local import get_method
-from wildreid.local.base import LocalFeatures
+from wildreid.local.base import LocalFeatures, get_method
 from wildreid.local.lnbnn import KeypointIndex
-from wildreid.mirror import MirroredMethod, mirrored_backbone
+from wildreid.local.pairs import FusionSettings
 from wildreid.presets import TOP_M_CHOICES, get_preset
-from wildreid.search import rank_neighbours
-from wildreid.thresholds import Neighbours, ThresholdChoice, simulate_round
-from wildreid.views import ViewRule, known_views, mirror_view, parse_view_rule, photo_views
 
 FUSION = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5))
 
@@ -177,7 +178,7 @@ def test_top_m_mean_pads_with_the_lowest_listed_score():
 
 def test_top_m_auto_takes_the_best_simulated_score(monkeypatch):
     """The m chosen is the one whose simulated open-set score is highest (ties: the smaller)."""
-    from wildreid.gallery import group as group_module
+    from wildreid.gallery import part as group_module
 
     simulated = {1: 0.40, 2: 0.45, 3: 0.45}
     monkeypatch.setattr(
@@ -229,7 +230,7 @@ def test_orb_finds_a_warped_copy_and_not_another_animal(shared_data):
 
 
 def test_mirrored_descriptor_and_keypoints_are_those_of_the_flipped_photo(shared_data, lite0_backbone, tmp_path):
-    from wildreid.extract import extract_embeddings
+    from wildreid.describe.extract import extract_embeddings
 
     source = shared_data / "NyalaData" / "images" / "000000.jpg"
     flipped_file = tmp_path / "flipped.png"

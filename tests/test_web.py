@@ -22,11 +22,12 @@ from live_web import build_catalogue, serving
 from PIL import Image
 from typer.testing import CliRunner
 
-from wildreid.catalog import Catalog
 from wildreid.catalog.photos import content_hash
-from wildreid.cli import app as cli
-from wildreid.data import load_dataset
-from wildreid.web import WebConfig, create_app
+from wildreid.catalog.store import Catalog
+from wildreid.cli.main import app as cli
+from wildreid.data.dataset import load_dataset
+from wildreid.web.app import create_app
+from wildreid.web.config import WebConfig
 from wildreid.web.pages import url_part
 
 TOKEN = "test-review-token"

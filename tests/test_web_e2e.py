@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from live_web import build_catalogue, chromium, serving, watched_page
 
-from wildreid.catalog import Catalog
 from wildreid.catalog.photos import content_hash
-from wildreid.data import load_dataset
-from wildreid.web import WebConfig, create_app
+from wildreid.catalog.store import Catalog
+from wildreid.data.dataset import load_dataset
+from wildreid.web.app import create_app
+from wildreid.web.config import WebConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e"

@@ -19,15 +19,14 @@ import pytest
 from fakes import LEARNED_FILES, b224_like, publish, random_state_dict, save_pickle, write_learned_weights
 from typer.testing import CliRunner
 
-from wildreid.backbones import BackboneUnavailable
-from wildreid.cli import app
-from wildreid.data import NEW_INDIVIDUAL, load_dataset
-from wildreid.demo import make_demo_dataset
-from wildreid.fusion import FusionSettings, pair_counts
-from wildreid.local import LocalFeatures
-from wildreid.local.base import LocalMethod
-from wildreid.outputs import evaluate_if_possible, write_run
-from wildreid.pipeline import identify
+from wildreid.cli.main import app
+from wildreid.data.dataset import NEW_INDIVIDUAL, load_dataset
+from wildreid.data.demo import make_demo_dataset
+from wildreid.describe.backbones import BackboneUnavailable
+from wildreid.evaluate.outputs import evaluate_if_possible, write_run
+from wildreid.gallery.pipeline import identify
+from wildreid.local.base import LocalFeatures, LocalMethod
+from wildreid.local.pairs import FusionSettings, pair_counts
 from wildreid.presets import get_preset, missing_weights
 
 runner = CliRunner()

@@ -1,3 +1,3 @@
-from .cli import main
+from wildreid.cli.main import main
 
 main()

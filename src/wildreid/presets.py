@@ -8,11 +8,11 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
-from .foreground import check_method
-from .fusion import FusionSettings
-from .regions import DEFAULT_MARGIN, check_margin
-from .views import ViewRule
+from wildreid.data.regions import DEFAULT_MARGIN, check_margin
+from wildreid.data.views import ViewRule
+from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
+from wildreid.describe.foreground import check_method
+from wildreid.local.pairs import FusionSettings
 
 AUTO = "auto"
 TOP_M_CHOICES = (1, 2, 3)  # what top_m="auto" chooses among
@@ -205,15 +205,15 @@ DEFAULT_PRESET = "fusion"
 def missing_weights(preset: Preset) -> list[str]:
     """What a preset needs that is not on this machine (and will not be downloaded), as advice:
     empty when it can run."""
-    from .backbones import weights_advice
-    from .local.base import LEARNED
+    from wildreid.describe.backbones import weights_advice
+    from wildreid.local.base import LEARNED
 
     missing = []
     backbone = weights_advice(preset.backbone)
     if backbone is not None:
         missing.append(backbone)
     if preset.local in LEARNED:
-        from .local.learned import missing_weights_advice
+        from wildreid.local.learned import missing_weights_advice
 
         local = missing_weights_advice(preset.local, preset.local_options.get("weights_dir"))
         if local is not None:
@@ -223,7 +223,7 @@ def missing_weights(preset: Preset) -> list[str]:
 
 def require_weights(preset: Preset) -> None:
     """Raise BackboneUnavailable naming every weights file the preset still needs, all at once."""
-    from .backbones import BackboneUnavailable
+    from wildreid.describe.backbones import BackboneUnavailable
 
     missing = missing_weights(preset)
     if len(missing) == 1:

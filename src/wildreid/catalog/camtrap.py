@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .. import __version__
-from ..files import atomic_folder
-from ..presets import get_preset
-from .store import Catalog, CatalogError
+from wildreid import __version__
+from wildreid.catalog.store import Catalog, CatalogError
+from wildreid.presets import get_preset
+from wildreid.util.files import atomic_folder
 
 VERSION = "1.0.2"
 BASE_URL = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{VERSION}/"

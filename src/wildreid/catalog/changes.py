@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from ..grouping.review import ANSWERS
-from .journal import Journal, undo_problems, undo_steps
-from .store import Catalog, CatalogError, _reviewer, now
+from wildreid.catalog.journal import Journal, undo_problems, undo_steps
+from wildreid.catalog.store import Catalog, CatalogError, _reviewer, now
+from wildreid.decide.queue import ANSWERS
 
 PENDING = ("ready", "skipped")  # identified and not filed yet: the photos grouping proposes groups of
 MAX_SPLIT_PAIRS = 10_000  # "different" answers one split may record

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import DATABASE, QUERY, Dataset, validate_dataset
-from .store import Catalog, CatalogError
+from wildreid.catalog.store import Catalog, CatalogError
+from wildreid.data.dataset import DATABASE, QUERY, Dataset, validate_dataset
 
 # Database image ids carry a prefix so that they can never collide with a query's id.
 PREFIX = "catalog:"

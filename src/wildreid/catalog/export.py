@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import atomic_path, write_csv_atomic
-from .store import Catalog
+from wildreid.catalog.store import Catalog
+from wildreid.util.files import atomic_path, write_csv_atomic
 
 # AnimalCLEF2025's columns first, in its order; then what the catalogue knows beyond them.
 COLUMNS = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data import content_hash
-from ..files import atomic_path
+from wildreid.data.images import content_hash
+from wildreid.util.files import atomic_path
 
 # Magic numbers of the photo formats accepted. Checked before decoding so that a file is trusted
 # for what it is, not for what its name says.

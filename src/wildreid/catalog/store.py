@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .journal import Journal
-from .photos import PhotoStore
-from .schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
+from wildreid import __version__
+from wildreid.catalog.journal import Journal
+from wildreid.catalog.photos import PhotoStore
+from wildreid.catalog.schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
 
 BUSY_TIMEOUT_S = 30
 DECIDED = {"matched", "new"}  # final states of a query

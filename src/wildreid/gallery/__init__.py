@@ -1,6 +1,5 @@
-"""The fitted database side of identification (see gallery.py): a FAISS index of the global
-vectors, the keypoints and their LNBNN index, the calibration and the thresholds, per group."""
+"""The fitted database side: index, keypoint index, calibration, fusion, thresholds per
+dataset part; build, add, identify; the batch pipeline and its result.
 
-from .gallery import FITTED, FORMAT_VERSION, REFIT_GROWTH, Gallery, GalleryError
-
-__all__ = ["FITTED", "FORMAT_VERSION", "REFIT_GROWTH", "Gallery", "GalleryError"]
+Imports decide, presets, describe, local, data and util.
+"""

@@ -20,27 +20,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..backbones import Backbone, load_backbone
-from ..data import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
-from ..decide import decide
-from ..extract import default_device, extract_embeddings
-from ..files import atomic_folder, jsonable
-from ..fusion import Calibration
-from ..grouping import METHODS as GROUPING_METHODS
-from ..grouping import DatasetGrouping, Grouping, LinkChoice
-from ..local import get_method
-from ..local.base import LocalFeatures
-from ..local.cache import local_features
-from ..local.lnbnn import KeypointIndex
-from ..mirror import MirroredMethod, mirrored_backbone
-from ..presets import Preset, require_weights
-from ..regions import BBOX, REGION_SOURCE, SEGMENTATION, Region, region_keys, regions_of, table_regions
-from ..result import IdentifyResult, Ranking
-from ..thresholds import ThresholdChoice
-from ..train import TrainedOn, trained_on
-from ..views import known_views, photo_views
-from .group import GROUPING_IDENTITIES, Group, GroupFit, Side
-from .index import VectorIndex, normalize
+from wildreid.data.dataset import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset
+from wildreid.data.regions import BBOX, REGION_SOURCE, SEGMENTATION, Region, region_keys, regions_of
+from wildreid.data.views import known_views, photo_views
+from wildreid.decide.cluster import METHODS as GROUPING_METHODS
+from wildreid.decide.decision import decide
+from wildreid.decide.grouping import DatasetGrouping, Grouping
+from wildreid.decide.simulate import LinkChoice
+from wildreid.decide.thresholds import ThresholdChoice
+from wildreid.describe.backbones import Backbone, load_backbone
+from wildreid.describe.extract import default_device, extract_embeddings
+from wildreid.describe.foreground import table_regions
+from wildreid.describe.mirror import MirroredMethod, mirrored_backbone
+from wildreid.describe.trained import TrainedOn, trained_on
+from wildreid.gallery.calibration import Calibration
+from wildreid.gallery.index import VectorIndex, normalize
+from wildreid.gallery.part import GROUPING_IDENTITIES, Group, GroupFit, Side
+from wildreid.gallery.result import IdentifyResult, Ranking
+from wildreid.local.base import LocalFeatures, get_method
+from wildreid.local.cache import local_features
+from wildreid.local.lnbnn import KeypointIndex
+from wildreid.presets import Preset, require_weights
+from wildreid.util.files import atomic_folder, jsonable
 
 FORMAT_VERSION = 1
 # A group's calibration and threshold are refitted when it has grown by this fraction since they

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..faiss_filter import search_parameters
+from wildreid.util.faiss_filter import search_parameters
 
 EXACT_LIMIT = 50_000
 # Searched lists of an IVF index: measured on 1M clustered 1280-d vectors (benchmarks/gallery_scale.py)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fusion import PAIR_COUNTS, FusionSettings, inlier_counts, pair_counts
-from ..local.base import LocalFeatures, LocalMethod
-from ..local.lnbnn import KeypointIndex
-from .index import VectorIndex
+from wildreid.gallery.index import VectorIndex
+from wildreid.local.base import LocalFeatures, LocalMethod
+from wildreid.local.lnbnn import KeypointIndex
+from wildreid.local.pairs import PAIR_COUNTS, FusionSettings, inlier_counts, pair_counts
 
 LNBNN_CHUNK = 32  # queries whose LNBNN scores over the whole database are held at once
 

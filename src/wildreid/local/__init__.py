@@ -1,11 +1,5 @@
-"""Local features and matchers, one file per method (hloc's plug-in layout).
+"""Local features and matchers, one file per method (hloc's plug-in layout), their cache,
+the LNBNN keypoint index, geometric verification and per-pair keypoint evidence.
 
-Every method implements :class:`LocalMethod` (``base.py``): ``extract(image) -> LocalFeatures``
-and ``match(a, b) -> tentative correspondences``; ``verify.py`` turns correspondences into
-geometric inliers, ``cache.py`` keeps extracted features on disk. ``get_method(name)`` builds
-one by name.
+Imports only data and util.
 """
-
-from .base import LocalFeatures, LocalMethod, get_method, method_names
-
-__all__ = ["LocalFeatures", "LocalMethod", "get_method", "method_names"]

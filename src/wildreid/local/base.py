@@ -65,15 +65,15 @@ def working_image(image: Image.Image, max_side: int, min_side: int) -> tuple[np.
 def get_method(name: str, **options) -> LocalMethod:
     name = name.lower()
     if name in ("sift", "rootsift"):
-        from .sift import SiftMethod
+        from wildreid.local.sift import SiftMethod
 
         return SiftMethod(root=name == "rootsift", **options)
     if name == "orb":
-        from .orb import OrbMethod
+        from wildreid.local.orb import OrbMethod
 
         return OrbMethod(**options)
     if name in LEARNED:
-        from .learned import LearnedMethod
+        from wildreid.local.learned import LearnedMethod
 
         return LearnedMethod(name, **options)
     raise KeyError(f"unknown local feature method '{name}'; choose one of {', '.join(method_names())}")

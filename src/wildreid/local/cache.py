@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import ImageReadError, content_hash, decode_image, read_image_bytes
-from ..files import atomic_path
-from ..regions import Region, read_region, region_key
-from .base import LocalFeatures, LocalMethod
+from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
+from wildreid.data.regions import Region, read_region, region_key
+from wildreid.local.base import LocalFeatures, LocalMethod
+from wildreid.util.files import atomic_path
 
 
 def _cache_file(cache_dir: Path, method: LocalMethod, digest: str) -> Path:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backbones import BackboneUnavailable
-from .base import LocalFeatures, LocalMethod, working_image
+from wildreid.local.base import LocalFeatures, LocalMethod, working_image
+from wildreid.util.errors import BackboneUnavailable
 
 # Keypoints never lie closer than this to the image border: DISK's NMS window is 5 pixels and
 # ALIKED's NMS radius is 2, and both drop maxima whose window runs off the image.

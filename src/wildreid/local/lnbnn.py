@@ -12,8 +12,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from ..faiss_filter import search_parameters
-from .base import LocalFeatures
+from wildreid.local.base import LocalFeatures
+from wildreid.util.faiss_filter import search_parameters
 
 # Above this many database descriptors an inverted-file index replaces exhaustive search
 # (approximate, but LNBNN only needs the neighbourhood, not exact distances).

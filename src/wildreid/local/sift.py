@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .base import LocalFeatures, LocalMethod, working_image
+from wildreid.local.base import LocalFeatures, LocalMethod, working_image
 
 
 class SiftMethod(LocalMethod):

@@ -1,6 +1,4 @@
-"""The review web app (``wildreid serve``)."""
+"""The review web app (`wildreid serve`), one router per area.
 
-from .app import create_app
-from .config import WebConfig
-
-__all__ = ["WebConfig", "create_app"]
+Imports review and every wing below it; never cli.
+"""

@@ -19,12 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..catalog import Catalog
-from .config import WebConfig
-from .errors import install_error_handlers
-from .jobs import JobRunner
-from .routes import ROUTERS
-from .security import BodySizeLimit, Throttle, TokenGate
+from wildreid.catalog.store import Catalog
+from wildreid.web.config import WebConfig
+from wildreid.web.errors import install_error_handlers
+from wildreid.web.jobs import JobRunner
+from wildreid.web.routes import ROUTERS
+from wildreid.web.security import BodySizeLimit, Throttle, TokenGate
 
 HERE = Path(__file__).parent
 # No inline script or style anywhere, so the policy can forbid them (an injected <script> or

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..catalog import AlreadyDecided, CatalogError
-from .pages import page
+from wildreid.catalog.store import AlreadyDecided, CatalogError
+from wildreid.web.pages import page
 
 log = logging.getLogger("wildreid.web")
 

@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..backbones import BackboneUnavailable
-from ..catalog import Catalog, CatalogError, candidates_of, catalog_gallery, identify_with_catalog
-from ..catalog.changes import pair_answers
-from ..catalog.identify import default_cache_dir
-from ..catalog.pending import PendingGrouping, group_pending, pending_queries
-from ..gallery import GalleryError
-from ..presets import get_preset
-from .config import WebConfig
+from wildreid.catalog.changes import pair_answers
+from wildreid.catalog.store import Catalog, CatalogError
+from wildreid.describe.backbones import BackboneUnavailable
+from wildreid.gallery.gallery import GalleryError
+from wildreid.presets import get_preset
+from wildreid.review.identify import candidates_of, catalog_gallery, default_cache_dir, identify_with_catalog
+from wildreid.review.pending import PendingGrouping, group_pending, pending_queries
+from wildreid.web.config import WebConfig
 
 log = logging.getLogger("wildreid.web")
 
@@ -193,8 +193,8 @@ class JobRunner:
         preset = get_preset(self.config.preset)
         self._update(job, status="running", stage="loading the model", done=0, total=len(job.query_ids))
         if self.backbone is None:
-            from ..backbones import load_backbone
-            from ..extract import default_device
+            from wildreid.describe.backbones import load_backbone
+            from wildreid.describe.extract import default_device
 
             self.backbone = load_backbone(
                 preset.backbone, preprocess=preset.preprocess, device=self.config.device or default_device()

@@ -17,9 +17,9 @@ import logging
 import threading
 from pathlib import Path
 
-from ..data import ImageReadError
-from ..files import atomic_path
-from ..presets import Preset
+from wildreid.data.images import ImageReadError
+from wildreid.presets import Preset
+from wildreid.util.files import atomic_path
 
 log = logging.getLogger("wildreid.web")
 # One picture at a time: extraction is CPU-heavy, and a local method object is not guaranteed to
@@ -66,7 +66,7 @@ def match_picture(
 @functools.lru_cache(maxsize=4)
 def _method(name: str, options_json: str):
     # Built once per method: learned methods load their weights on construction.
-    from ..local import get_method
+    from wildreid.local.base import get_method
 
     return get_method(name, **json.loads(options_json))
 
@@ -74,7 +74,7 @@ def _method(name: str, options_json: str):
 @functools.lru_cache(maxsize=1)
 def _viz():
     try:
-        from .. import viz
+        from wildreid.evaluate import pictures as viz
     except ImportError:  # the local-feature extras (OpenCV) are not installed
         return None
     return viz if hasattr(viz, "match_picture") else None

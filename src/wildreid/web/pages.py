@@ -13,10 +13,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from ..catalog import Catalog
-from ..catalog.changes import pair_answers
-from ..catalog.pending import without_queries
-from .security import is_signed_in, reviewer_of
+from wildreid.catalog.changes import pair_answers
+from wildreid.catalog.store import Catalog
+from wildreid.review.pending import without_queries
+from wildreid.web.security import is_signed_in, reviewer_of
 
 HERE = Path(__file__).parent
 

@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 from PIL import Image, UnidentifiedImageError
 
-from ..catalog.photos import sniff_image_type
-from ..data import ImageReadError, decode_image
+from wildreid.catalog.photos import sniff_image_type
+from wildreid.data.images import ImageReadError, decode_image
 
 TOKEN_COOKIE = "wildreid_token"
 REVIEWER_COOKIE = "wildreid_reviewer"

@@ -7,8 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ..pages import page
-from ..security import REVIEWER_COOKIE, TOKEN_COOKIE, clean_text, client_of, safe_next, session_value, token_matches
+from wildreid.web.pages import page
+from wildreid.web.security import (
+    REVIEWER_COOKIE,
+    TOKEN_COOKIE,
+    clean_text,
+    client_of,
+    safe_next,
+    session_value,
+    token_matches,
+)
 
 router = APIRouter()
 

@@ -15,8 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from ...catalog import Catalog
-from ...catalog.changes import (
+from wildreid.catalog.changes import (
     PENDING,
     answer_counts,
     answer_pair,
@@ -28,14 +27,15 @@ from ...catalog.changes import (
     split_individual,
     undo_last,
 )
-from ...catalog.identify import default_cache_dir
-from ...catalog.pending import ALONE, KNOWN, PendingGrouping, pending_queries
-from ...catalog.photos import SHA256_PATTERN
-from ...grouping.review import ANSWERS
-from ...presets import get_preset
-from ..matches import match_picture, match_pictures_available
-from ..pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
-from ..security import clean_text, require_token, reviewer_of, safe_next
+from wildreid.catalog.photos import SHA256_PATTERN
+from wildreid.catalog.store import Catalog
+from wildreid.decide.queue import ANSWERS
+from wildreid.presets import get_preset
+from wildreid.review.identify import default_cache_dir
+from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, pending_queries
+from wildreid.web.matches import match_picture, match_pictures_available
+from wildreid.web.pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
+from wildreid.web.security import clean_text, require_token, reviewer_of, safe_next
 
 router = APIRouter()
 CANDIDATES_OFFERED = 5  # known individuals offered when confirming a group as one of them

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ...catalog.changes import entry_details, merged_into
-from ..pages import CatalogDep, page, url_part, when
-from ..security import clean_text, require_token, reviewer_of
+from wildreid.catalog.changes import entry_details, merged_into
+from wildreid.web.pages import CatalogDep, page, url_part, when
+from wildreid.web.security import clean_text, require_token, reviewer_of
 
 router = APIRouter()
 INDIVIDUALS_SHOWN = 200  # per list page; the search narrows it down

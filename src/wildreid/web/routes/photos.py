@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
-from ...catalog.photos import SHA256_PATTERN
-from ..pages import CatalogDep
+from wildreid.catalog.photos import SHA256_PATTERN
+from wildreid.web.pages import CatalogDep
 
 router = APIRouter()
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tif": "image/tiff", "bmp": "image/bmp"}

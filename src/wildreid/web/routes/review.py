@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from ...catalog.changes import entry_details
-from ...catalog.identify import default_cache_dir
-from ...presets import get_preset
-from ..matches import match_picture, match_pictures_available
-from ..pages import CatalogDep, next_waiting, page, photos_filed, query_or_404, url_part
-from ..security import clean_text, require_token, reviewer_of
+from wildreid.catalog.changes import entry_details
+from wildreid.presets import get_preset
+from wildreid.review.identify import default_cache_dir
+from wildreid.web.matches import match_picture, match_pictures_available
+from wildreid.web.pages import CatalogDep, next_waiting, page, photos_filed, query_or_404, url_part
+from wildreid.web.security import clean_text, require_token, reviewer_of
 
 router = APIRouter()
 

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ...catalog import Catalog
-from ..jobs import Job, new_job_id
-from ..pages import CatalogDep, grouped_with_others, groups_url, page
-from ..security import UploadRejected, check_photo, clean_text, display_name, require_token, reviewer_of
+from wildreid.catalog.store import Catalog
+from wildreid.web.jobs import Job, new_job_id
+from wildreid.web.pages import CatalogDep, grouped_with_others, groups_url, page
+from wildreid.web.security import UploadRejected, check_photo, clean_text, display_name, require_token, reviewer_of
 
 router = APIRouter()
 JOB_ID = re.compile(r"[0-9a-f]{16}")

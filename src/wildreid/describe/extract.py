@@ -1,0 +1,587 @@
+"""Batched global-descriptor extraction with an on-disk cache.
+
+The cache is keyed by the backbone's cache key (weights + preprocessing) and each image's
+content hash (SHA-256 of the file bytes), so renamed or copied photos are not extracted twice
+and a changed photo is. It is a folder of shard files, each written atomically (temporary file,
+then rename) every few hundred images or FLUSH_SECONDS, whichever comes first: a run killed at
+any moment leaves only complete shards and loses at most a few seconds of work, and the next run
+extracts just what is missing.
+
+By default an image goes the way of the reference notebook: PIL decoding, PIL resize, fp32
+model. Speed options (all keyword arguments of :func:`extract_embeddings`, ``FAST`` turns them
+all on) trade exactness for throughput. Reduced precision and ONNX Runtime are checked on the
+first batch against the exact fp32 model (cosine >= ``min_agreement``, else the run falls back to
+exact fp32); the decoding options change pixels only slightly and are checked by the tests and
+benchmarks against PIL decoding, not at run time:
+
+- ``precision``: "fp32" (default), "bf16", "fp16" (autocast), or "auto" (bf16/fp16 on a GPU,
+  fp32 on a CPU);
+- ``decode``: "exact" (default: PIL, as the reference), "fast" (PIL decodes JPEGs at a reduced
+  DCT scale that still covers twice the input size, torch's uint8 kernel resizes: 3-6 times
+  faster per large photo, pixels change slightly), "device" (torchvision decodes JPEGs in
+  batches where the model is: nvJPEG on a GPU, libjpeg-turbo on a CPU; see device_decode.py),
+  or "auto" ("device": measured fastest on both, see docs/extraction.md);
+- ``compile``: torch.compile the model (False by default; "auto": on a GPU only, where the
+  minute of compilation pays off);
+- ``engine``: "torch" (default), "onnxruntime" (CPU only, see onnx_engine.py), or "auto"
+  (ONNX Runtime on a CPU when installed);
+- ``batch_size``: a number, or "auto" (as large as the GPU's free memory allows, capped).
+
+Vectors computed with any speed option are cached in their own folder (the backbone's key plus
+"-fast"): a fast run uses exact vectors already cached, an exact run never uses approximate ones.
+
+``regions`` (regions.py): per image, the part of the photo to describe (None: the whole photo).
+A region's vector is cached under ``regions.region_key`` (the content hash joined with the
+region), never under the photo's own hash. Region pictures are always decoded by PIL in full
+(never at a reduced JPEG scale, never by the device decoder): a crop of a reduced decode could be
+smaller than the model's input.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
+from wildreid.data.regions import Region, region_keys, region_picture
+from wildreid.describe.backbones import Backbone, Preprocess
+from wildreid.describe.device_decode import (
+    DECODED_BYTES_PER_IMAGE,
+    TENSOR_INTERPOLATIONS,
+    Batch,
+    device_batches,
+    normalise,
+    resize,
+)
+from wildreid.describe.inference import TorchRunner, agreement, auto_batch_size, resolve_precision
+from wildreid.util.files import atomic_path
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # a bare benchmark machine may lack tqdm: no progress bar then
+    tqdm = None
+
+PIL_INTERPOLATION = {
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+}
+DECODES = ("exact", "fast", "device", "auto")
+ENGINES = ("torch", "onnxruntime", "auto")
+# Every speed option on, each resolved for the device at run time.
+FAST = dict(precision="auto", decode="auto", compile="auto", engine="auto", batch_size="auto")
+MIN_AGREEMENT = 0.999
+APPROXIMATE_SUFFIX = "-fast"  # cache folder of vectors computed with speed options
+DRAFT_OVERSAMPLING = 2  # "fast" decoding keeps at least this many times the input size
+# The cache is written at least this often during a run, so that a kill (which runs no clean-up)
+# loses at most this much work; a shard every 10 s is nothing beside the extraction itself, and
+# EmbeddingCache.load merges shards when they pile up.
+FLUSH_SECONDS = 10.0
+
+
+@dataclass
+class Extraction:
+    """Embeddings in input order; rows of failed images are zero and listed in ``failures``."""
+
+    embeddings: np.ndarray  # (N, D) float32
+    failures: dict[int, str] = field(default_factory=dict)  # row -> reason
+    extracted: int = 0  # rows computed by this run (not from the cache)
+    # What actually ran: precision, decode, engine, compile, batch_size, agreement (lowest
+    # cosine with the exact fp32 model on the first batch, None when running exact), ...
+    settings: dict = field(default_factory=dict)
+    hashes: list = field(default_factory=list)  # SHA-256 of each file (None if unreadable)
+    keys: list = field(default_factory=list)  # cache key of each row: its hash, or its region's key
+
+    @property
+    def ok(self) -> np.ndarray:
+        mask = np.ones(len(self.embeddings), dtype=bool)
+        mask[list(self.failures)] = False
+        return mask
+
+
+class EmbeddingCache:
+    """Content-hash -> vector store for one backbone, as atomically written shard files."""
+
+    MAX_SHARDS = 64  # merged into one when there are more, to keep start-up reads cheap
+
+    def __init__(self, root: str | Path, key: str):
+        self.folder = Path(root) / key
+
+    def load(self) -> dict[str, np.ndarray]:
+        shards = sorted(self.folder.glob("shard-*.npz"))
+        vectors: dict[str, np.ndarray] = {}
+        for shard in shards:
+            try:
+                with np.load(shard, allow_pickle=False) as content:
+                    vectors.update(zip(content["hashes"].tolist(), content["vectors"]))
+            except (OSError, ValueError, KeyError, EOFError):
+                # Atomic writes make this unlikely (a disk error, a copy gone wrong): drop the shard,
+                # its images are simply extracted again.
+                shard.unlink(missing_ok=True)
+        if len(shards) > self.MAX_SHARDS and vectors:
+            self.save(list(vectors), np.stack(list(vectors.values())))
+            for shard in shards:
+                shard.unlink(missing_ok=True)
+        return vectors
+
+    def hashes(self) -> set[str]:
+        """The content hashes cached, without reading any vector (what is missing is the rest)."""
+        cached: set[str] = set()
+        for shard in self.folder.glob("shard-*.npz"):
+            try:
+                with np.load(shard, allow_pickle=False) as content:
+                    cached.update(content["hashes"].tolist())
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # load() drops it; its images count as missing
+        return cached
+
+    def save(self, hashes: list[str], vectors: np.ndarray) -> None:
+        if not hashes:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{time.time_ns()}-{os.getpid()}.npz"
+        with atomic_path(self.folder / name) as temporary:
+            with open(temporary, "wb") as out:
+                np.savez(out, hashes=np.array(hashes), vectors=vectors.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# CPU decoding
+
+
+def image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    return pixels_to_input(resized_pixels(image, preprocess), preprocess)
+
+
+def resized_pixels(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (C, H, W): the picture resized by PIL to the model's input, the exact path's first half
+    (distributed.py decodes with it on one machine and normalises on another)."""
+    height, width = preprocess.size
+    return TF.pil_to_tensor(image.resize((width, height), PIL_INTERPOLATION[preprocess.interpolation]))
+
+
+def pixels_to_input(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (C, H, W) or (N, C, H, W) -> the model's input, the reference's arithmetic:
+    x / 255, then (x - mean) / std."""
+    return TF.normalize(pixels.float().div_(255.0), list(preprocess.mean), list(preprocess.std))
+
+
+def decode_image_draft(data: bytes, name: str, size: tuple[int, int]) -> Image.Image:
+    """``data.decode_image`` at a reduced JPEG scale that still covers DRAFT_OVERSAMPLING times
+    ``size`` (height, width).
+
+    libjpeg then skips most of the inverse DCT and colour conversion: a 2000x1800 photo for a
+    224x224 input decodes several times faster. Keeping twice the input size leaves the resize
+    real pixels to average (at 1x, EfficientNet-Lite0 features of NyalaData photos drop to
+    cosine 0.988 with the exact path; at 2x the lowest of all 458 is 0.994). The pixels still
+    differ slightly, so the exact path stays the default.
+    """
+    return decode_image(data, name, draft_size=(DRAFT_OVERSAMPLING * size[0], DRAFT_OVERSAMPLING * size[1]))
+
+
+def fast_image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """``image_to_tensor`` with torch's uint8 antialiased resize instead of PIL's: the same
+    algorithm (pixels within one level), several times faster on a large image."""
+    if preprocess.interpolation not in TENSOR_INTERPOLATIONS:
+        return image_to_tensor(image, preprocess)
+    # (H, W, C) memory seen as (C, H, W): the layout torch's fast uint8 kernel works in.
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    resized = resize(pixels, preprocess.size, preprocess.interpolation)
+    return normalise(resized[None], preprocess)[0]
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Reads, decodes and preprocesses; a bad image yields its error instead of a tensor."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        rows: list[int],
+        preprocess: Preprocess,
+        draft: bool = False,
+        regions: list[Region | None] | None = None,
+    ):
+        self.paths, self.rows, self.preprocess, self.draft = paths, rows, preprocess, draft
+        self.regions = regions
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int):
+        row = self.rows[item]
+        try:
+            data = read_image_bytes(self.paths[row])
+            region = self.regions[row] if self.regions is not None else None
+            if region is not None:
+                picture = region_picture(data, self.paths[row], region)
+                convert = fast_image_to_tensor if self.draft else image_to_tensor
+                return row, convert(picture, self.preprocess), None
+            if self.draft:
+                image = decode_image_draft(data, self.paths[row], self.preprocess.size)
+                return row, fast_image_to_tensor(image, self.preprocess), None
+            return row, image_to_tensor(decode_image(data, self.paths[row]), self.preprocess), None
+        except ImageReadError as error:
+            return row, None, str(error)
+
+
+def _collate(samples):
+    good = [(row, tensor) for row, tensor, _ in samples if tensor is not None]
+    bad = [(row, error) for row, _, error in samples if error is not None]
+    tensors = torch.stack([t for _, t in good]) if good else None
+    return [row for row, _ in good], tensors, bad
+
+
+def _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft, regions=None) -> Iterator[Batch]:
+    """Batches decoded by PIL in loader worker processes (so decoding overlaps the model)."""
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(paths, rows, preprocess, draft, regions),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    for batch_rows, tensors, bad in loader:
+        images = None if tensors is None else tensors.to(device, non_blocking=True)
+        yield Batch(batch_rows, images, bad, cpu_decoded=len(batch_rows))
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+
+
+def content_hashes(paths: list[str], threads: int | None = None) -> tuple[list[str | None], dict[int, str]]:
+    """SHA-256 of each file (None and a failure for unreadable or empty ones).
+
+    Threads, because hashing and reading release the GIL: on a GPU machine a serial pass over
+    1 MB photos would cost as much as the extraction itself.
+    """
+
+    def one(path):
+        try:
+            return content_hash(read_image_bytes(path)), None
+        except ImageReadError as error:
+            return None, str(error)
+
+    threads = threads or min(16, os.cpu_count() or 1)
+    if threads > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="wildreid-hash") as pool:
+            results = list(pool.map(one, paths, chunksize=16))
+    else:
+        results = [one(path) for path in paths]
+    failures = {row: error for row, (_, error) in enumerate(results) if error is not None}
+    return [digest for digest, _ in results], failures
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def extract_embeddings(
+    paths: list[str],
+    backbone: Backbone,
+    *,
+    cache_dir: str | Path | None = None,
+    batch_size: int | str = 32,
+    num_workers: int | None = None,
+    flush_every: int = 512,
+    progress: bool = True,
+    description: str = "descriptors",
+    precision: str = "fp32",
+    decode: str = "exact",
+    compile: bool | str = False,
+    engine: str = "torch",
+    min_agreement: float = MIN_AGREEMENT,
+    regions: list[Region | None] | None = None,
+) -> Extraction:
+    """Embed every image (pooled backbone features, not normalised); use and fill the cache.
+
+    The defaults reproduce the reference exactly; see the module docstring for the speed options
+    and ``regions``.
+    """
+    paths = [str(path) for path in paths]
+    if regions is not None and len(regions) != len(paths):
+        raise ValueError(f"{len(regions)} regions for {len(paths)} images")
+    device = next(backbone.model.parameters()).device
+    settings = _resolve_settings(backbone, device, precision=precision, decode=decode, compile=compile, engine=engine)
+    hashes, failures = content_hashes(paths)
+    keys = region_keys(hashes, regions)
+    cache = EmbeddingCache(cache_dir, cache_key(backbone, settings)) if cache_dir else None
+    known = cache.load() if cache else {}
+    if cache and cache.folder.name != backbone.cache_key:
+        # An approximate run may use exact vectors too (never the other way round).
+        known = {**EmbeddingCache(cache_dir, backbone.cache_key).load(), **known}
+    embeddings = np.zeros((len(paths), backbone.dim), dtype=np.float32)
+    todo: list[int] = []
+    copies: dict[int, list[int]] = {}  # row computed -> later rows with the same bytes
+    first_of: dict[str, int] = {}
+    for row, digest in enumerate(keys):
+        if digest is None:
+            continue
+        if digest in known:
+            embeddings[row] = known[digest]
+        elif digest in first_of:
+            copies.setdefault(first_of[digest], []).append(row)
+        else:
+            first_of[digest] = row
+            todo.append(row)
+
+    if not todo:
+        return Extraction(embeddings, failures, 0, settings, hashes, keys)
+
+    # Runners to try, in order, until one agrees with the exact model on the first batch.
+    plan = _runner_plan(settings, precision, device)
+    runner = _make_runner(backbone, device, plan.pop(0), cache_dir)
+    batches: Iterator[Batch] | None = None
+    bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress) if tqdm else None
+    extracted = 0
+    pending_hashes: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+    last_flush = time.monotonic()
+
+    def store(batch: Batch, host: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+        nonlocal extracted, pending_hashes, pending_vectors, last_flush
+        if ready is not None:
+            ready.synchronize()
+        vectors = host.numpy()
+        broken = ~np.isfinite(vectors).all(axis=1)
+        if broken.any():
+            # Reduced precision overflowed on these images (fp16 can): exact fp32 for them.
+            redo = torch.from_numpy(np.flatnonzero(broken)).to(batch.images.device)
+            with torch.inference_mode():
+                vectors[broken] = backbone.model(batch.images[redo]).float().cpu().numpy()
+        embeddings[batch.rows] = vectors
+        for row in batch.rows:
+            embeddings[copies.get(row, [])] = embeddings[row]
+            extracted += 1 + len(copies.get(row, []))
+        pending_hashes += [keys[row] for row in batch.rows]
+        pending_vectors.append(vectors)
+        if cache and (len(pending_hashes) >= flush_every or time.monotonic() - last_flush >= FLUSH_SECONDS):
+            cache.save(pending_hashes, np.concatenate(pending_vectors))
+            pending_hashes, pending_vectors, last_flush = [], [], time.monotonic()
+
+    try:
+        if batch_size == "auto" or batch_size is None:
+            extra = DECODED_BYTES_PER_IMAGE if settings["decode"] == "device" else 0
+            batch_size = auto_batch_size(runner, backbone.preprocess.size, device, extra_bytes_per_image=extra)
+        settings["batch_size"] = batch_size = int(batch_size)
+        runner.fixed_batch = batch_size
+        batches = _batches(
+            paths, todo, backbone.preprocess, device, settings["decode"], batch_size, num_workers, regions
+        )
+        checked = False
+        in_flight = None  # (batch, its features on their way to host memory, event)
+        for batch in batches:
+            failures.update(batch.failures)
+            settings["device_decoded"] += batch.device_decoded
+            settings["cpu_decoded"] += batch.cpu_decoded
+            if batch.images is not None:
+                features = runner(batch.images)
+                if not checked:
+                    runner, features = _settle(
+                        runner,
+                        plan,
+                        features,
+                        batch.images,
+                        backbone,
+                        settings,
+                        min_agreement=min_agreement,
+                        cache_dir=cache_dir,
+                    )
+                    checked = True
+                    if cache:  # a run that fell back to the exact path stores exact vectors as such
+                        cache = EmbeddingCache(cache_dir, cache_key(backbone, settings))
+                # Queue this batch's copy to host memory, then store the previous batch: the GPU
+                # goes on with the next batch while Python writes results.
+                if in_flight:
+                    store(*in_flight)
+                in_flight = (batch, *_to_host(features))
+            if bar:
+                bar.update(len(batch.rows) + len(batch.failures))
+        if in_flight:
+            store(*in_flight)
+        settings["compile"] = runner.compiled  # False if compilation failed and the run went on eagerly
+    finally:
+        if batches is not None:
+            batches.close()
+        runner.close()
+        if bar:
+            bar.close()
+        # Whatever was computed is kept, even when the run stops on an error.
+        if cache and pending_hashes:
+            cache.save(pending_hashes, np.concatenate(pending_vectors))
+    # Byte-identical copies were never decoded themselves: they share their first file's failure.
+    for row, duplicates in copies.items():
+        if row in failures:
+            failures.update({copy: f"{paths[copy]}: same bytes as {failures[row]}" for copy in duplicates})
+    return Extraction(embeddings, failures, extracted, settings, hashes, keys)
+
+
+def cache_key(backbone: Backbone, settings: dict) -> str:
+    """The cache folder for a run: the backbone's key for exact runs, a separate one for runs
+    with any speed option, so that an exact run never reads approximate vectors."""
+    exact = (
+        settings["precision"] == "fp32"
+        and settings["decode"] == "exact"
+        and settings["engine"] == "torch"
+        and not settings["compile"]
+    )
+    return backbone.cache_key if exact else f"{backbone.cache_key}{APPROXIMATE_SUFFIX}"
+
+
+def _resolve_settings(backbone: Backbone, device: torch.device, *, precision, decode, compile, engine) -> dict:
+    """Validate the options and resolve each 'auto' for this device."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if compile not in (True, False, "auto"):
+        raise ValueError(f"compile must be True, False or 'auto', not {compile!r}")
+    precision = resolve_precision(precision, device)
+    cuda = device.type == "cuda"
+    if decode == "auto":
+        decode = "device"
+    if decode == "device" and backbone.preprocess.interpolation not in TENSOR_INTERPOLATIONS:
+        warnings.warn(
+            f"{backbone.preprocess.interpolation} resizing has no tensor kernel matching "
+            "PIL's; decoding with PIL instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        decode = "exact"
+    if compile == "auto":
+        compile = cuda
+    if engine == "auto":
+        from wildreid.describe import onnx_engine
+
+        engine = (
+            "onnxruntime" if not cuda and precision == "fp32" and not compile and onnx_engine.available() else "torch"
+        )
+    if engine == "onnxruntime" and (cuda or precision != "fp32" or compile):
+        raise ValueError(
+            "engine='onnxruntime' runs fp32 on a CPU: use it with a CPU model, precision='fp32' and compile=False"
+        )
+    return dict(
+        precision=precision,
+        decode=decode,
+        compile=bool(compile),
+        engine=engine,
+        device=str(device),
+        batch_size=None,
+        agreement=None,
+        fell_back=False,
+        device_decoded=0,
+        cpu_decoded=0,
+    )
+
+
+def _runner_plan(settings: dict, requested_precision: str, device: torch.device) -> list[dict]:
+    """The runner asked for, then what to fall back to if it disagrees with the exact model: with
+    precision 'auto' on a GPU, bf16 (never overflows) then fp16 (3 more mantissa bits), then exact
+    fp32, which always ends the list."""
+    first = dict(engine=settings["engine"], precision=settings["precision"], compile=settings["compile"])
+    plan = [first]
+    if requested_precision == "auto" and device.type == "cuda" and first["precision"] == "bf16":
+        plan.append(dict(first, precision="fp16"))
+    exact = dict(engine="torch", precision="fp32", compile=False)
+    if first != exact:
+        plan.append(exact)
+    return plan
+
+
+def _settle(
+    runner,
+    plan: list[dict],
+    features: torch.Tensor,
+    images: torch.Tensor,
+    backbone: Backbone,
+    settings: dict,
+    *,
+    min_agreement: float,
+    cache_dir,
+):
+    """Check an approximate runner on the first batch against the exact fp32 model, and go down
+    the plan until one agrees (exact fp32, last, always does). Returns the runner to keep and the
+    batch's features from it."""
+    while runner.approximate:
+        score = agreement(backbone.model, images, features)
+        settings["agreement"] = score
+        if score >= min_agreement or not plan:  # NaN compares False: falls back
+            break
+        choice = plan.pop(0)
+        warnings.warn(
+            f"{runner.engine} {runner.precision} features agree with the exact fp32 model only "
+            f"to cosine {score:.5f} (< {min_agreement}); using {choice['engine']} "
+            f"{choice['precision']} instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        batch_size = runner.fixed_batch
+        runner.close()
+        runner = _make_runner(backbone, images.device, choice, cache_dir)
+        runner.fixed_batch = batch_size
+        settings.update(choice, fell_back=True)
+        features = runner(images)
+    return runner, features
+
+
+def _make_runner(backbone: Backbone, device: torch.device, choice: dict, cache_dir):
+    if choice["engine"] == "onnxruntime":
+        from wildreid.describe.onnx_engine import OnnxRunner
+
+        folder = Path(cache_dir) / "onnx" if cache_dir else None
+        return OnnxRunner(backbone.model, backbone.preprocess.size, cache_key=backbone.cache_key, folder=folder)
+    return TorchRunner(backbone.model, device, choice["precision"], choice["compile"])
+
+
+def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers, regions=None) -> Iterator[Batch]:
+    cpus = os.cpu_count() or 1
+    if decode == "device":
+        # Threads only read files and parse headers (and decode the odd PNG): a few suffice.
+        threads = num_workers if num_workers else min(8, cpus)
+        # Regions are cut on the CPU (PIL), each with its own region.
+        region_paths = {
+            row: functools.partial(_region_tensor, region=regions[row], preprocess=preprocess)
+            for row in rows
+            if regions is not None and regions[row] is not None
+        }
+        return device_batches(
+            paths,
+            rows,
+            preprocess,
+            device,
+            batch_size,
+            threads=threads,
+            cpu_path=lambda data, name: image_to_tensor(decode_image(data, name), preprocess),
+            cpu_only=region_paths,
+        )
+    if num_workers is None:
+        # With a GPU, PIL decoding is the bottleneck: a worker per core. On a CPU-only machine the
+        # model's own threads use the cores, and one worker keeps decoding ahead of it.
+        num_workers = min(16, cpus) if device.type == "cuda" else 1
+    return _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, decode == "fast", regions)
+
+
+def _region_tensor(data: bytes, name: str, *, region: Region, preprocess: Preprocess) -> torch.Tensor:
+    return image_to_tensor(region_picture(data, name, region), preprocess)
+
+
+def _to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    if features.device.type != "cuda":
+        return features, None
+    host = features.to("cpu", non_blocking=True)  # into pinned memory; valid once the event fires
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready

@@ -1,0 +1,200 @@
+"""Pictures and the HTML report of a run: score histograms with the threshold, metric curves."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from wildreid.data.dataset import DATABASE
+from wildreid.decide.thresholds import SimulatedQueries, score_curves
+
+
+def query_truth(result) -> pd.DataFrame | None:
+    """Per query: true identity and whether it is new, or None when the truth is not known."""
+    queries = result.dataset.queries
+    if queries["identity"].isna().any():
+        return None
+    table = result.dataset.table
+    known_sets = {
+        name: set(table.loc[(table["split"] == DATABASE) & (table["dataset"] == name), "identity"])
+        for name in result.dataset.dataset_names
+    }
+    is_new = [identity not in known_sets[name] for identity, name in zip(queries["identity"], queries["dataset"])]
+    return pd.DataFrame(
+        {"image_id": queries["image_id"].to_numpy(), "truth": queries["identity"].to_numpy(), "is_new": is_new}
+    )
+
+
+def histogram_figure(candidates: pd.DataFrame, threshold: float | None, truth: pd.DataFrame | None, title: str):
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    scores = candidates["top1_score"].to_numpy(dtype=float)
+    finite = scores[np.isfinite(scores)]
+    bins = np.linspace(finite.min(), finite.max(), 31) if len(finite) and finite.min() < finite.max() else 30
+    if truth is not None:
+        merged = candidates[["image_id", "top1_score"]].merge(truth, on="image_id")
+        for label, mask, colour in (
+            ("known individual", ~merged["is_new"], "tab:blue"),
+            ("new individual", merged["is_new"], "tab:orange"),
+        ):
+            axis.hist(merged.loc[mask, "top1_score"].dropna(), bins=bins, alpha=0.6, label=label, color=colour)
+    else:
+        axis.hist(finite, bins=bins, alpha=0.8, label="queries", color="tab:gray")
+    if threshold is not None and math.isfinite(threshold):
+        axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    axis.set_xlabel("top-1 score")
+    axis.set_ylabel("queries")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def curves_figure(grid, baks, baus, score, threshold: float | None, title: str):
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    axis.plot(grid, baks, label="BAKS")
+    axis.plot(grid, baus, label="BAUS")
+    axis.plot(grid, score, label="sqrt(BAKS*BAUS)", linewidth=2)
+    if threshold is not None and math.isfinite(threshold):
+        axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    axis.set_xlabel("threshold")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def real_curves(candidates: pd.DataFrame, truth: pd.DataFrame, grid: np.ndarray):
+    merged = candidates.merge(truth, on="image_id")
+    simulated = SimulatedQueries(
+        merged["truth"].to_numpy(dtype=object),
+        merged["is_new"].to_numpy(),
+        merged["identity_1"].to_numpy(dtype=object),
+        np.nan_to_num(merged["top1_score"].to_numpy(dtype=float), nan=-np.inf),
+    )
+    return score_curves([simulated], grid)
+
+
+def figures_for_run(result) -> dict[str, plt.Figure]:
+    """name -> figure, per dataset: histogram, and metric-vs-threshold curves."""
+    figures = {}
+    truth = query_truth(result)
+    for group, rows in result.candidates.groupby(
+        "dataset" if result.preset.same_dataset_only else np.full(len(result.candidates), "all"), sort=False
+    ):
+        threshold = result.thresholds.get(group)
+        figures[f"{group}_histogram"] = histogram_figure(rows, threshold, truth, f"{group}: top-1 scores")
+        scores = rows["top1_score"].to_numpy(dtype=float)
+        scores = scores[np.isfinite(scores)]
+        if len(scores) == 0:
+            continue
+        choice = result.threshold_choices.get(group)
+        if truth is not None:
+            grid = np.linspace(scores.min() - 1e-6, scores.max() + 1e-6, 200)
+            baks, baus, score = real_curves(rows, truth, grid)
+            figures[f"{group}_curves"] = curves_figure(
+                grid, baks, baus, score, threshold, f"{group}: metric against threshold (queries)"
+            )
+        if choice is not None and len(choice.grid):
+            figures[f"{group}_simulated"] = curves_figure(
+                choice.grid,
+                choice.curve_baks,
+                choice.curve_baus,
+                choice.curve_score,
+                threshold,
+                f"{group}: simulated open set on the database",
+            )
+    return figures
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def render_report(result, evaluation: dict | None, figure_png: dict[str, bytes]) -> str:
+    """A self-contained HTML page (pictures inlined) of the run."""
+    rows = []
+    for group, threshold in result.thresholds.items():
+        choice = result.threshold_choices.get(group)
+        figures = (evaluation or {}).get("per_dataset", {}).get(group, {})
+        queries = int((result.candidates["dataset"] == group).sum()) if group != "all" else len(result.candidates)
+        cells = [group, queries, _fmt(threshold), _fmt(choice.simulated_score) if choice else "-"]
+        cells += [_fmt(figures.get(key)) for key in ("score", "baks", "baus", "top1", "top5", "auc_new_vs_known")]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = [
+        "dataset",
+        "queries",
+        "threshold",
+        "simulated score",
+        "score",
+        "BAKS",
+        "BAUS",
+        "top-1",
+        "top-5",
+        "AUC new/known",
+    ]
+    summary = ""
+    if evaluation:
+        summary = (
+            f"<p><b>Score {evaluation['score']:.4f}</b> (mean over datasets of "
+            f"sqrt(BAKS&middot;BAUS)); BAKS {_fmt(evaluation['baks'])}, BAUS {_fmt(evaluation['baus'])}.</p>"
+        )
+    pictures = "\n".join(
+        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, data in figure_png.items()
+    )
+    failures = ""
+    if len(result.failures):
+        failures = (
+            "<h2>Images skipped</h2><ul>"
+            + "".join(
+                f"<li>{html.escape(str(r.image_id))} ({r.split}): {html.escape(r.reason)}</li>"
+                for r in result.failures.itertuples()
+            )
+            + "</ul>"
+        )
+    if result.no_animal is not None and len(result.no_animal):
+        failures += (
+            f"<h2>Photos without an animal ({len(result.no_animal)})</h2><p>MegaDetector found no animal "
+            "above the detection threshold in these photos (or could not read them); they were left out.</p><ul>"
+            + "".join(
+                f"<li>{html.escape(str(r.image_id))} ({r.split}): {html.escape(str(r.reason))}</li>"
+                for r in result.no_animal.itertuples()
+            )
+            + "</ul>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>wildreid report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child{{text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head>
+<body><h1>wildreid report</h1>
+<p>Source: {html.escape(result.dataset.source)}<br>Preset: <b>{html.escape(result.preset.name)}</b>
+ &mdash; {html.escape(result.preset.description)}<br>Backbone: {html.escape(result.preset.backbone)}</p>
+{summary}
+<table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>{"".join(rows)}</table>
+{pictures}
+{failures}
+</body></html>
+"""
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,572 @@
+"""One comparison group of a gallery (a dataset, or "all"): its index, its keypoints, and what is
+fitted on it (calibration and threshold). Queries meet only the images of their own group.
+
+Fitting asks a bounded sample of the group's own photos as pseudo-queries, through the same
+index and shortlist as real queries (``shortlist.py``), so its cost grows with the sample, not
+with the square of the database.
+
+With a view rule (views.py) every comparison, of a query with the database, of a pseudo-query with
+the database, and of two queries with each other, is made only between compatible views (and,
+with mirrored matching, between mirror views through the flipped photo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wildreid.decide.graph import MatchGraph
+from wildreid.decide.ranking import IdentityRanking, rank_neighbours
+from wildreid.decide.simulate import LinkChoice, choose_link_threshold
+from wildreid.decide.thresholds import Neighbours, ThresholdChoice, choose_threshold
+from wildreid.gallery.calibration import Calibration
+from wildreid.gallery.index import VectorIndex
+from wildreid.gallery.shortlist import ScoredPairs, shortlist_pairs
+from wildreid.local.base import LocalFeatures, LocalMethod
+from wildreid.local.lnbnn import KeypointIndex
+from wildreid.local.pairs import FusionSettings
+from wildreid.presets import AUTO, TOP_M_CHOICES, Preset
+
+# Pseudo-queries of the threshold simulation (global descriptor alone). Every shared dataset
+# (at most 3,019 database photos) fits in it whole, so there the simulation is the batch one.
+SIMULATION_POOL = 4000
+# Neighbours kept per pseudo-query: all of them up to EXACT_SIMULATION photos (the simulation is
+# then the batch one, exactly), else SIMULATION_DEPTH. A round hides about 44% of the photos; a
+# pseudo-query whose kept neighbours are all hidden goes unanswered (counted as "new"), so the
+# depth must well exceed an identity's photo count: 1,024 leaves a pseudo-query unanswered with
+# odds of about 0.44^(1024 - its identity's photos).
+EXACT_SIMULATION = 4096
+SIMULATION_DEPTH = 1024
+# Neighbours searched per query for ranking; deepened for rows that found fewer than k identities.
+RANKING_DEPTH = 100
+# Known individuals each query is linked to in the grouping graph (its best ones).
+GROUPING_IDENTITIES = 10
+
+
+@dataclass
+class GroupFit:
+    """What was fitted on the group's database, and on what."""
+
+    threshold: float | None
+    choice: ThresholdChoice | None
+    # Raw scores -> P(same individual): all of the preset's scores with local matching, else the
+    # cosine alone (which then serves only the grouping; ranking stays by cosine).
+    calibration: Calibration | None
+    pseudo_queries: np.ndarray  # database positions asked as pseudo-queries
+    images: int  # the group's size when fitted
+    fitted_at: str
+    seconds: float = 0.0
+    # The grouping's query-to-query threshold for the preset's linkage method, chosen on the database.
+    links: dict[str, LinkChoice] = field(default_factory=dict)
+    top_m: int = 1  # photos per identity averaged by the ranking (the preset's, or chosen on the database)
+
+
+@dataclass
+class Side:
+    """What some photos bring to a comparison, seen one way (as taken, or mirrored): global
+    vectors, keypoints of the main local method, and of each extra method by name."""
+
+    vectors: np.ndarray
+    features: list[LocalFeatures | None] | None = None
+    extra: dict[str, list[LocalFeatures | None]] = field(default_factory=dict)
+
+    def take(self, rows) -> "Side":
+        rows = np.asarray(rows, dtype=np.int64)
+        return Side(
+            self.vectors[rows],
+            [self.features[r] for r in rows] if self.features is not None else None,
+            {name: [found[r] for r in rows] for name, found in self.extra.items()},
+        )
+
+    def extend(self, other: "Side") -> "Side":
+        return Side(
+            np.concatenate([self.vectors, other.vectors]),
+            self.features + other.features if self.features is not None else None,
+            {name: found + other.extra[name] for name, found in self.extra.items()},
+        )
+
+
+@dataclass
+class Group:
+    name: str
+    image_ids: np.ndarray  # (D,) object: gallery image id of each database position
+    identities: np.ndarray  # (D,) object
+    near_duplicates: np.ndarray | None  # (D,) object: clip/date of each photo, None where unknown
+    index: VectorIndex
+    features: list[LocalFeatures | None] | None = None
+    keypoints: KeypointIndex | None = None
+    fit: GroupFit | None = None
+    askable: np.ndarray | None = None  # (D,) bool: photos a calibration may ask (see Gallery)
+    notes: list = field(default_factory=list)
+    # The last fit's scored pseudo-query pairs (rows, images, P(same)); in memory only, so that
+    # another linkage's threshold can be chosen without matching again (link_choice).
+    fit_pairs: tuple | None = field(default=None, repr=False)
+    views: np.ndarray | None = None  # (D,) object: each photo's view (views.py), None where unknown
+    extra: dict[str, list[LocalFeatures | None]] = field(default_factory=dict)  # more local methods
+    mirrored: Side | None = None  # the photos flipped left-right (mirrored matching)
+
+    @property
+    def size(self) -> int:
+        return len(self.identities)
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit_to(
+        self,
+        preset: Preset,
+        method: LocalMethod | None,
+        *,
+        seed: int = 0,
+        extra_methods: dict[str, LocalMethod] | None = None,
+    ) -> GroupFit:
+        """Calibration (with local matching) and threshold, on the group's own photos; then the
+        grouping's linking threshold, from the same scored pairs. A pseudo-query meets only the
+        photos of compatible views, as a real query does."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        pool = np.flatnonzero(self.askable) if self.askable is not None else np.arange(self.size)
+        if method is not None:
+            pseudo = np.zeros(self.size, dtype=bool)
+            pseudo[rng.permutation(pool)[: preset.fusion.calibration_anchors]] = True
+            rows = np.flatnonzero(pseudo)
+            pairs = self._pseudo_query_pairs(rows, preset, method, extra_methods or {})
+            same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
+            calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
+            fused = calibration.fuse(pairs.raw, pairs.mirrored)
+            neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, fused, pseudo)
+            between = calibration.fuse(_between_queries(pairs.raw), pairs.mirrored)
+            scored = (rows[pairs.queries], pairs.images, fused, between)
+        else:
+            pseudo = np.zeros(self.size, dtype=bool)
+            pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
+            neighbours = self._global_neighbours(np.flatnonzero(pseudo), preset)
+            calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
+        top_m = preset.top_m if preset.top_m != AUTO else self._choose_top_m(neighbours)
+        threshold, choice = _threshold(
+            preset.threshold, self.name, neighbours, self.identities, self.near_duplicates, top_m
+        )
+        self.fit_pairs = scored
+        links = {}
+        if calibration is not None and preset.grouping is not None:
+            links[preset.grouping] = self._link_choice(preset.grouping, threshold, calibration, method, seed)
+        self.fit = GroupFit(
+            threshold,
+            choice,
+            calibration,
+            np.flatnonzero(pseudo),
+            self.size,
+            time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            time.perf_counter() - started,
+            links,
+            top_m,
+        )
+        return self.fit
+
+    def _choose_top_m(self, neighbours: Neighbours) -> int:
+        """The photos per identity whose simulated open-set score on the database is best (the
+        simulation of thresholds.py, with each m's own best threshold); ties go to the smaller m."""
+        scores = []
+        for m in TOP_M_CHOICES:
+            choice = choose_threshold(neighbours, self.identities, near_duplicate_groups=self.near_duplicates, top_m=m)
+            scores.append(-np.inf if np.isnan(choice.simulated_score) else choice.simulated_score)
+        chosen = TOP_M_CHOICES[int(np.argmax(scores))]
+        self.notes.append(
+            f"{self.name}: identities scored by the mean of their {chosen} best photo(s), chosen on the database "
+            f"(simulated score {', '.join(f'm={m}: {v:.3f}' for m, v in zip(TOP_M_CHOICES, scores))})."
+        )
+        return chosen
+
+    def link_choice(self, linkage: str, method: LocalMethod | None, *, seed: int = 0) -> LinkChoice:
+        """The linking threshold for another linkage method, from the last fit's scored pairs
+        (held in memory since that fit), and kept in the fit."""
+        if self.fit_pairs is None:
+            raise ValueError(f"'{self.name}': no scored pairs in memory; refit the gallery first.")
+        self.fit.links[linkage] = self._link_choice(linkage, self.fit.threshold, self.fit.calibration, method, seed)
+        return self.fit.links[linkage]
+
+    def _link_choice(self, linkage, threshold, calibration, method, seed) -> LinkChoice:
+        rows, images, probability, pair_probability = self.fit_pairs
+        return choose_link_threshold(
+            rows,
+            images,
+            probability,
+            self.identities,
+            pair_probability=pair_probability,
+            known_threshold=_as_probability(threshold, calibration, method),
+            method=linkage,
+            near_duplicates=self.near_duplicates,
+            seed=seed,
+        )
+
+    def _cosine_calibration(self, rows: np.ndarray, preset: Preset):
+        """Cosine -> P(same) on each pseudo-query's shortlist of nearest photos (itself and its
+        near-duplicates excluded, compatible views only), as a query's shortlist would be; with
+        the scored pairs."""
+        cosine_only = dataclasses.replace(preset.fusion, scores=("cosine",), use_lnbnn=False)
+        pairs = self._pseudo_query_pairs(rows, preset, None, {}, settings=cosine_only)
+        if len(pairs.queries) == 0:
+            return None, None
+        same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
+        calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
+        probability = calibration.fuse(pairs.raw, pairs.mirrored)
+        return calibration, (rows[pairs.queries], pairs.images, probability, probability)
+
+    def _excluded(self, rows: np.ndarray) -> list[set[int]]:
+        """What each database photo asked as a pseudo-query may not match: itself, and photos
+        of its own clip or date (real queries come from other visits)."""
+        excluded = [{int(row)} for row in rows]
+        if self.near_duplicates is not None:
+            members: dict = {}
+            for position, group in enumerate(self.near_duplicates):
+                if group is not None and group == group:
+                    members.setdefault(group, []).append(position)
+            for banned, row in zip(excluded, rows):
+                banned.update(members.get(self.near_duplicates[row], ()))
+        return excluded
+
+    def own_side(self, rows: np.ndarray) -> Side:
+        """Database photos as queries (pseudo-queries of a calibration)."""
+        return Side(
+            self.index.vectors(rows),
+            [self.features[r] for r in rows] if self.features is not None else None,
+            {name: [found[r] for r in rows] for name, found in self.extra.items()},
+        )
+
+    def _pseudo_query_pairs(
+        self,
+        rows: np.ndarray,
+        preset: Preset,
+        method: LocalMethod | None,
+        extra_methods: dict[str, LocalMethod],
+        settings: FusionSettings | None = None,
+    ) -> ScoredPairs:
+        views = self.views[rows] if self.views is not None else None
+        mirrored = self.mirrored.take(rows) if self.mirrored is not None else None
+        return self.pairs(
+            self.own_side(rows),
+            views,
+            preset,
+            method,
+            extra_methods,
+            mirrored=mirrored,
+            excluded=self._excluded(rows),
+            settings=settings,
+        )
+
+    # ------------------------------------------------------------------ viewpoints
+
+    def view_masks(self, query_views, preset: Preset, excluded: list[set[int]] | None = None):
+        """Per query, masks of the photos it meets directly and after a flip (views.py), and the
+        views of the queries that fell back; masks are None where views play no part. A query
+        whose view has no compatible photo (none left after its exclusions) meets every photo
+        instead, as without views: a missing view in the database must not silence a query."""
+        rule = preset.view_rule()
+        if not rule.active or self.views is None or query_views is None:
+            return None, None, []
+        direct, flipped = rule.masks(query_views, self.views)
+        if self.mirrored is None:
+            flipped = [None] * len(direct)
+        fallbacks = []
+        for q, (mask, flip) in enumerate(zip(direct, flipped)):
+            if mask is None:
+                continue
+            banned = list(excluded[q]) if excluded is not None else []
+            left = int(mask.sum()) - int(mask[banned].sum()) if banned else int(mask.sum())
+            if flip is not None:
+                left += int(flip.sum()) - (int(flip[banned].sum()) if banned else 0)
+            if left == 0:
+                direct[q], flipped[q] = None, None
+                fallbacks.append(query_views[q])
+        return direct, flipped, fallbacks
+
+    def pairs(
+        self,
+        side: Side,
+        views,
+        preset: Preset,
+        method: LocalMethod | None,
+        extra_methods: dict[str, LocalMethod],
+        *,
+        mirrored: Side | None = None,
+        excluded: list[set[int]] | None = None,
+        settings: FusionSettings | None = None,
+    ) -> ScoredPairs:
+        """Shortlisted, scored pairs of some photos with the group's: only compatible views, and
+        mirror views through the flipped photos (``mirrored``). ``settings``: the preset's fusion
+        settings unless given."""
+        direct, flipped, _ = self.view_masks(views, preset, excluded)
+        return _scored_pairs(
+            self.index,
+            self.keypoints,
+            self.features,
+            self.extra,
+            side,
+            settings or preset.fusion,
+            method,
+            extra_methods,
+            direct=direct,
+            flipped=flipped,
+            mirrored=mirrored,
+            excluded=excluded,
+        )
+
+    def cosine_lists(
+        self, vectors: np.ndarray, depth: int, views, preset: Preset, mirrored_vectors: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, columns) of each query's ``depth`` nearest compatible photos by cosine, best
+        first, with its mirror-view photos compared through the flipped vector; padded -inf / -1."""
+        direct, flipped, _ = self.view_masks(views, preset)
+        if direct is None:
+            return self.index.search(vectors, depth)
+        scores = np.full((len(vectors), 2 * depth), -np.inf)
+        columns = np.full((len(vectors), 2 * depth), -1, dtype=np.int64)
+        for masks, source, offset in ((direct, vectors, 0), (flipped, mirrored_vectors, depth)):
+            if source is None:
+                continue
+            groups: dict[int, list[int]] = {}
+            for q, mask in enumerate(masks):
+                if masks is direct or mask is not None:
+                    groups.setdefault(id(mask), []).append(q)
+            for members in groups.values():
+                rows = np.asarray(members, dtype=np.int64)
+                found_scores, found_columns = self.index.search(source[rows], depth, masks[rows[0]])
+                width = found_scores.shape[1]
+                scores[rows, offset : offset + width] = found_scores
+                columns[rows, offset : offset + width] = found_columns
+        order = np.lexsort((np.where(columns >= 0, columns, np.iinfo(np.int64).max), -scores), axis=-1)
+        return np.take_along_axis(scores, order, axis=1)[:, :depth], np.take_along_axis(columns, order, axis=1)[
+            :, :depth
+        ]
+
+    def _global_neighbours(self, rows: np.ndarray, preset: Preset) -> Neighbours:
+        depth = self.size if self.size <= EXACT_SIMULATION else SIMULATION_DEPTH
+        views = self.views[rows] if self.views is not None else None
+        mirrored = self.mirrored.vectors[rows] if self.mirrored is not None else None
+        scores, columns = self.cosine_lists(self.index.vectors(rows), depth, views, preset, mirrored)
+        return Neighbours(rows, columns, scores)
+
+    # ------------------------------------------------------------------ queries
+
+    def rank(
+        self,
+        vectors: np.ndarray,
+        features: list[LocalFeatures | None] | None,
+        preset: Preset,
+        method: LocalMethod | None,
+        k: int,
+        *,
+        views: np.ndarray | None = None,
+        extra: dict[str, list[LocalFeatures | None]] | None = None,
+        extra_methods: dict[str, LocalMethod] | None = None,
+        mirrored: Side | None = None,
+    ) -> tuple[IdentityRanking, ScoredPairs | None]:
+        """The k best identities of each query: by fused P(same) over its shortlist when the
+        preset matches keypoints, else by cosine over its nearest photos. ``views``: each query's
+        view (only compatible photos are met); ``extra``: the queries' features of the extra
+        methods; ``mirrored``: the queries flipped left-right (for mirrored matching)."""
+        if len(vectors) == 0 or self.size == 0:
+            empty = np.zeros((len(vectors), 0))
+            return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
+        if method is not None:
+            side = Side(vectors, features, extra or {})
+            pairs = self.pairs(side, views, preset, method, extra_methods or {}, mirrored=mirrored)
+            fused = self.fit.calibration.fuse(pairs.raw, pairs.mirrored)
+            lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
+            return rank_neighbours(lists.columns, lists.scores, self.identities, k, self.fit.top_m), pairs
+        flipped = mirrored.vectors if mirrored is not None else None
+        return self._rank_by_cosine(vectors, k, views, preset, flipped), None
+
+    def _rank_by_cosine(self, vectors: np.ndarray, k: int, views, preset: Preset, flipped) -> IdentityRanking:
+        wanted = min(k, len(np.unique(self.identities)))
+        depth = min(self.size, max(RANKING_DEPTH, 4 * k))
+        top_m = self.fit.top_m if self.fit is not None else 1
+
+        def lists(rows, depth):
+            chosen = views[rows] if views is not None else None
+            return self.cosine_lists(
+                vectors[rows], depth, chosen, preset, flipped[rows] if flipped is not None else None
+            )
+
+        everything = np.arange(len(vectors))
+        scores, columns = lists(everything, depth)
+        ranking = rank_neighbours(columns, scores, self.identities, k, top_m)
+        # A query whose nearest photos show fewer than k identities looks deeper, up to all of them.
+        while depth < self.size:
+            short = np.flatnonzero((ranking.best_images >= 0).sum(axis=1) < wanted)
+            if len(short) == 0:
+                break
+            depth = min(self.size, depth * 4)
+            scores, columns = lists(short, depth)
+            deeper = rank_neighbours(columns, scores, self.identities, k, top_m)
+            for name in ("identities", "scores", "best_images"):
+                getattr(ranking, name)[short] = getattr(deeper, name)
+        return ranking
+
+    def match_graph(
+        self,
+        vectors: np.ndarray,
+        features: list[LocalFeatures | None] | None,
+        ranking: IdentityRanking,
+        preset: Preset,
+        method: LocalMethod | None,
+        *,
+        views: np.ndarray | None = None,
+        extra: dict[str, list[LocalFeatures | None]] | None = None,
+        extra_methods: dict[str, LocalMethod] | None = None,
+        mirrored: Side | None = None,
+    ) -> MatchGraph:
+        """The queries compared with each other (a shortlist from an index of the queries, local
+        verification, the group's calibration) and with their best known individuals (from their
+        ranking), every edge as P(same individual). ``views``, ``extra``, ``mirrored``: as for
+        :meth:`rank`."""
+        calibration = self.fit.calibration
+        query_index = VectorIndex.build(vectors)
+        settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see _between_queries
+        features = features if method is not None else None
+        # Two queries are compared under the same view rule as a query and the database: two
+        # queries of incompatible views are never linked (mirror views only through the flip).
+        # Unlike against the database there is no fallback: a query without a compatible query
+        # is left with no query link, which only leaves it to its own group.
+        rule = preset.view_rule()
+        direct, flipped = rule.masks(views, views) if rule.active and views is not None else (None, None)
+        pairs = _scored_pairs(
+            query_index,
+            None,
+            features,
+            extra or {},
+            Side(vectors, features, extra or {}),
+            settings,
+            method,
+            extra_methods or {},
+            direct=direct,
+            flipped=flipped,
+            mirrored=mirrored,
+            excluded=[{row} for row in range(len(vectors))],
+        )
+        query_probability = calibration.fuse(_between_queries(pairs.raw), pairs.mirrored)
+        known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
+            ranking.identities.shape
+        )
+        link_queries = np.nonzero(known)[0]
+        link_scores = ranking.scores[known]
+        if method is None:  # ranked by cosine: the same calibration as the query pairs
+            link_scores = calibration.fuse({"cosine": link_scores})
+        return MatchGraph.build(
+            len(vectors),
+            (pairs.queries, pairs.images, query_probability),
+            (link_queries, ranking.identities[known], link_scores),
+        )
+
+    def known_probability(self, threshold: float | None, method: LocalMethod | None) -> float | None:
+        """A decision threshold on the ranking's scale, as P(same)."""
+        return _as_probability(threshold, self.fit.calibration, method)
+
+    # ------------------------------------------------------------------ growing
+
+    def add(self, image_ids, identities, near_duplicates, vectors, features, *, views=None, extra=None, mirrored=None):
+        """Append photos to the index and the keypoint index; nothing is refitted. ``views``,
+        ``extra`` (features by method), ``mirrored`` (a Side): as the group keeps them."""
+        self.image_ids = np.concatenate([self.image_ids, np.asarray(image_ids, dtype=object)])
+        self.identities = np.concatenate([self.identities, np.asarray(identities, dtype=object)])
+        if self.near_duplicates is not None or near_duplicates is not None:
+            old = (
+                self.near_duplicates if self.near_duplicates is not None else np.full(self.size - len(image_ids), None)
+            )
+            new = near_duplicates if near_duplicates is not None else np.full(len(image_ids), None)
+            self.near_duplicates = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
+        if self.askable is not None:
+            self.askable = np.concatenate([self.askable, np.zeros(len(image_ids), dtype=bool)])
+        if self.views is not None or views is not None:
+            old = self.views if self.views is not None else np.full(self.size - len(image_ids), None)
+            new = views if views is not None else np.full(len(image_ids), None)
+            self.views = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
+        self.index.add(vectors)
+        if self.features is not None:
+            self.features = self.features + list(features)
+            self.keypoints.add(list(features))
+        for name in self.extra:
+            self.extra[name] = self.extra[name] + list(extra[name])
+        if self.mirrored is not None:
+            self.mirrored = self.mirrored.extend(mirrored)
+
+
+def _threshold(setting, name: str, neighbours: Neighbours, identities, near_duplicates, top_m: int = 1):
+    """The threshold of one group: given by the preset, or chosen on its database."""
+    if setting is None or isinstance(setting, float | int):
+        return (None if setting is None else float(setting)), None
+    if isinstance(setting, dict):
+        if name not in setting:
+            raise ValueError(
+                f"no threshold given for dataset '{name}' (thresholds given for {sorted(setting)}); add '{name}=VALUE'."
+            )
+        return float(setting[name]), None
+    if setting != AUTO:
+        raise ValueError(f"unknown threshold setting {setting!r}")
+    choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m)
+    return choice.threshold, choice
+
+
+def _scored_pairs(
+    index: VectorIndex,
+    keypoints: KeypointIndex | None,
+    features: list[LocalFeatures | None] | None,
+    extra_features: dict[str, list[LocalFeatures | None]],
+    side: Side,
+    settings: FusionSettings,
+    method: LocalMethod | None,
+    extra_methods: dict[str, LocalMethod],
+    *,
+    direct: list[np.ndarray | None] | None,
+    flipped: list[np.ndarray | None] | None,
+    mirrored: Side | None,
+    excluded: list[set[int]] | None,
+) -> ScoredPairs:
+    """The shortlisted, scored pairs of ``side`` with the photos of ``index`` (their keypoints
+    ``features``, ``extra_features`` by method): each query within its ``direct`` mask, and, where
+    ``flipped`` gives one, its flipped photo (``mirrored``) within that mask (views.py)."""
+    extra = {name: (m, side.extra[name], extra_features[name]) for name, m in extra_methods.items()}
+    found = shortlist_pairs(
+        index, side.vectors, side.features, keypoints, features, method, settings, excluded, allowed=direct, extra=extra
+    )
+    asked = [q for q, mask in enumerate(flipped or []) if mask is not None]
+    if not asked or mirrored is None:
+        return found
+    asked = np.asarray(asked, dtype=np.int64)
+    flipped_side = mirrored.take(asked)
+    extra = {name: (m, flipped_side.extra[name], extra_features[name]) for name, m in extra_methods.items()}
+    more = shortlist_pairs(
+        index,
+        flipped_side.vectors,
+        flipped_side.features,
+        keypoints,
+        features,
+        method,
+        settings,
+        [excluded[q] for q in asked] if excluded is not None else None,
+        allowed=[flipped[q] for q in asked],
+        extra=extra,
+    )
+    queries = np.concatenate([found.queries, asked[more.queries]])
+    images = np.concatenate([found.images, more.images])
+    is_mirrored = np.concatenate([np.zeros(len(found.queries), bool), np.ones(len(more.queries), bool)])
+    order = np.lexsort((images, queries))
+    raw = {name: np.concatenate([found.raw[name], more.raw[name]])[order] for name in found.raw}
+    return ScoredPairs(queries[order], images[order], raw, is_mirrored[order])
+
+
+def _as_probability(threshold: float | None, calibration: Calibration | None, method: LocalMethod | None):
+    """The new_individual threshold as P(same): fused scores already are; a cosine goes through
+    the cosine calibration (monotone, so the same queries pass)."""
+    if threshold is None or calibration is None or method is not None or not np.isfinite(threshold):
+        return threshold
+    return float(calibration.fuse({"cosine": np.array([threshold])})[0])
+
+
+def _between_queries(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scores that mean the same between two queries as between a query and the database:
+    all but LNBNN, whose votes are normalised by the keypoints of the set searched (the
+    database), so the same pair scores higher among a few queries than against a large database."""
+    return {name: values for name, values in raw.items() if name != "lnbnn"}

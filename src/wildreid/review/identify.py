@@ -1,0 +1,156 @@
+"""Identify query photos against a catalogue: the catalogue's photos are a gallery.
+
+The gallery is kept beside the catalogue (``<catalogue>.cache/gallery-<preset>``) and brought up
+to date before each use: photos added since (imports, reviewers' confirmations) are appended
+without refitting; a photo removed or moved to another individual means a rebuild. A caller that
+identifies often (the web app) keeps the returned gallery in memory and passes it back in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from wildreid.catalog.dataset import PREFIX, catalog_image_id, catalog_photos, query_table
+from wildreid.catalog.store import Catalog, CatalogError
+from wildreid.describe.backbones import Backbone, load_backbone
+from wildreid.describe.extract import default_device
+from wildreid.gallery.gallery import Gallery, GalleryError
+from wildreid.gallery.result import IdentifyResult
+from wildreid.presets import Preset
+from wildreid.review.descriptors import prepare_descriptors
+
+
+def default_cache_dir(catalog_path: str | Path) -> Path:
+    """The catalogue's own cache (descriptors, pictures), beside it: derived data, safe to delete."""
+    catalog_path = Path(catalog_path)
+    return catalog_path.with_name(catalog_path.name + ".cache")
+
+
+def catalog_gallery(
+    catalog: Catalog,
+    preset: Preset,
+    *,
+    backbone: Backbone,
+    cache_dir: str | Path,
+    gallery: Gallery | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Gallery:
+    """The catalogue's photos as a gallery, up to date: ``gallery`` (one kept in memory), else the
+    saved one, else a new one; saved again when it changed."""
+    folder = Path(cache_dir) / f"gallery-{preset.name}"
+    # Read before the photos: a change made in between shows as a new signature next time.
+    signature = catalog.images_signature()
+    if gallery is not None and len(gallery.table) and gallery.catalog_signature == signature:
+        # The per-upload fast path: the same count, newest id and number of photo changes as
+        # when the gallery was last brought up to date mean nothing to do (one aggregate query,
+        # not 3,776 rows).
+        return gallery
+    gallery = _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress)
+    gallery.catalog_signature = signature
+    return gallery
+
+
+def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> Gallery:
+    images = catalog.images()  # one query: the check below must stay cheap, it runs per upload
+    if not images:
+        raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
+    if gallery is None and (folder / "gallery.json").is_file():
+        try:
+            gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
+        except GalleryError:
+            gallery = None  # built by another wildreid or descriptor: rebuilt below
+    if gallery is not None:
+        held = dict(zip(gallery.table["image_id"], zip(gallery.table["identity"], gallery.table["sha256"])))
+        current = {f"{PREFIX}{image['id']}": (image["individual_id"], image["sha256"]) for image in images}
+        # An undone confirmation deletes photos, and SQLite may hand their ids out again: the
+        # content hash tells a reused id from the photo the gallery holds.
+        if any(current.get(image_id) != held_as for image_id, held_as in held.items()):
+            gallery = None  # a photo left the catalogue or changed individual: refit from scratch
+        else:
+            images = [image for image in images if f"{PREFIX}{image['id']}" not in held]
+            if not images:
+                return gallery
+    photos = catalog_photos(catalog, images)
+    report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
+    prepare_descriptors(catalog, backbone, cache_dir, progress=report)
+    if gallery is None:
+        gallery = Gallery.build(photos, preset, backbone=backbone, cache_dir=cache_dir, progress=False)
+    else:
+        gallery.add(photos, cache_dir=cache_dir, progress=False)
+    gallery.save(folder)
+    return gallery
+
+
+def identify_with_catalog(
+    catalog: Catalog,
+    query_paths: Sequence[str | Path],
+    preset: Preset,
+    *,
+    query_ids: Sequence[str] | None = None,
+    dataset: str | None = None,
+    backbone: Backbone | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    gallery: Gallery | None = None,
+    cache_queries: bool = True,
+    sync: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> IdentifyResult:
+    """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``.
+    ``cache_queries=False``: the queries' features are not looked up in or written to the cache
+    (an upload is new: reading the whole descriptor cache would cost more than describing it).
+    ``sync=False``: ``gallery`` was brought up to date by the caller (catalog_gallery) already."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(catalog.path)
+    backbone = (
+        backbone
+        or (gallery.backbone if gallery else None)
+        or load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
+    )
+    if sync or gallery is None:
+        gallery = catalog_gallery(
+            catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery, progress=progress
+        )
+    queries = query_table(catalog, query_paths, query_ids=query_ids, dataset=dataset)
+    if progress:
+        progress("identifying", 0, len(queries))
+    result = gallery.identify(queries, cache_dir=cache_dir if cache_queries else None, progress=False)
+    if progress:
+        progress("identifying", len(queries), len(queries))
+    return result
+
+
+def candidates_of(result: IdentifyResult, catalog: Catalog) -> list[dict]:
+    """Per query (in order): the prediction and its ranked candidates as plain JSON-able data,
+    each candidate with its best-matching catalogue photo."""
+    answers = []
+    for position, image_id in enumerate(result.queries["image_id"]):
+        candidates = []
+        for rank, (identity, score, match) in enumerate(result.ranking.candidates(position), start=1):
+            catalogued = catalog_image_id(match)
+            image = catalog.image(catalogued) if catalogued is not None else None
+            candidates.append(
+                {
+                    "rank": rank,
+                    "individual_id": identity,
+                    "score": score,
+                    "image_id": image["id"] if image else None,
+                    "sha256": image["sha256"] if image else None,
+                }
+            )
+        threshold = result.query_thresholds[position]
+        error = result.errors[position]
+        answers.append(
+            {
+                "image_id": image_id,
+                "prediction": result.prediction[position],
+                "threshold": None if pd.isna(threshold) else float(threshold),
+                "flags": "unreadable_image" if error else "",
+                "error": error,
+                "preset": result.preset.name,
+                "candidates": candidates,
+            }
+        )
+    return answers

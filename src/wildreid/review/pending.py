@@ -1,0 +1,223 @@
+"""The waiting photos of one dataset grouped into proposed individuals, with the reviewers'
+answers kept as constraints.
+
+Waiting photos (uploaded, identified, not filed yet) are identified together against the
+catalogue's gallery with grouping (``Gallery.identify``): compared with each other as well as with
+the known individuals, the same stages and calibration as query-vs-gallery. The answers stored in
+the catalogue (``changes.answer_pair``, ``changes.split_group``) are mapped from query ids and
+individual ids to the nodes of the match graph and applied as must-links ("same") and
+cannot-links ("different"), so a grouping rebuilt after a restart or a confirmation keeps every
+answer. An answer given now regroups at once, without refitting the gallery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wildreid.catalog.changes import PENDING, pair_answers
+from wildreid.catalog.store import Catalog
+from wildreid.decide.grouping import DatasetGrouping
+from wildreid.decide.queue import (
+    CANT_TELL,
+    DIFFERENT,
+    SAME,
+    PairQuestion,
+    apply_answer,
+    pair_questions,
+    settled_queries,
+)
+from wildreid.gallery.gallery import Gallery
+
+UPLOAD = "upload-"  # image_id of an uploaded query photo in the gallery's tables (as jobs.py names them)
+KNOWN, NEW, ALONE = "known", "new", "alone"
+
+
+@dataclass
+class ProposedGroup:
+    query_ids: list[int]  # the waiting photos in it, oldest first
+    kind: str  # KNOWN (with a known individual), NEW (several photos, no known individual), ALONE
+    individual_id: str | None  # KNOWN: the individual the group links to
+    cohesion: float | None  # mean P(same) over its photos' pairs (an unscored pair counts 0); None: one photo
+    individual_probability: float | None  # KNOWN: the strongest P(same) of its photos to the individual
+    settled: int  # its photos tied by reviewers' "same" answers
+
+
+@dataclass
+class PendingGrouping:
+    dataset: str
+    query_ids: list[int]  # the waiting photos it was built for (those that could not be read have no node)
+    nodes: list[int]  # query id of each query node of the match graph
+    grouping: DatasetGrouping | None  # None: no photo could be grouped
+    asked: set[tuple[int, int]] = field(default_factory=set)  # node pairs answered (any answer)
+
+    # ------------------------------------------------------------------ nodes
+
+    def node_of_query(self, query_id: int) -> int | None:
+        try:
+            return self.nodes.index(int(query_id))
+        except ValueError:
+            return None
+
+    def node_of_individual(self, individual_id: str) -> int | None:
+        """The individual's node, when the graph has one (it was among some photo's candidates)."""
+        if self.grouping is None:
+            return None
+        found = np.flatnonzero(self.grouping.graph.identities == individual_id)
+        return int(self.grouping.graph.queries + found[0]) if len(found) else None
+
+    def describe(self, node: int) -> tuple[str, int | str]:
+        """("query", query id) or ("individual", individual id)."""
+        queries = self.grouping.graph.queries
+        if node < queries:
+            return "query", self.nodes[node]
+        return "individual", str(self.grouping.graph.identities[node - queries])
+
+    def probability(self, left: int, right: int) -> float | None:
+        """The P(same) of the graph's edge between two nodes (None: not even shortlisted)."""
+        graph = self.grouping.graph
+        a, b = min(left, right), max(left, right)
+        found = np.flatnonzero((graph.left == a) & (graph.right == b))
+        return float(graph.probability[found[0]]) if len(found) else None
+
+    # ------------------------------------------------------------------ answers
+
+    def apply_answers(self, answers: list[dict]) -> None:
+        """Make the stored answers (``changes.pair_answers``) the constraints, replacing those
+        held, and regroup. Answers about photos or individuals the graph does not hold (filed
+        since, or no longer among the candidates) cannot constrain it and are left out."""
+        if self.grouping is None:
+            return
+        must, cannot, asked = [], [], set()
+        for answer in answers:
+            left = self.node_of_query(answer["query_id"])
+            right = (
+                self.node_of_query(answer["other_query_id"])
+                if answer["other_query_id"] is not None
+                else self.node_of_individual(answer["individual_id"])
+            )
+            if left is None or right is None:
+                continue
+            pair = (min(left, right), max(left, right))
+            asked.add(pair)
+            if answer["answer"] == SAME:
+                must.append(pair)
+            elif answer["answer"] == DIFFERENT:
+                cannot.append(pair)
+        self.grouping.must_link, self.grouping.cannot_link, self.asked = must, cannot, asked
+        self.grouping.regroup()
+
+    def answer(self, left: int, right: int, answer: str) -> int:
+        """Apply one answer now (``review.apply_answer``: regrouped at once, the gallery not
+        refitted); return how many photos it settled: those of the groups the question was
+        about (both groups of a pair in two, the one group of a pair inside one), whose grouping
+        a person has now decided; none for "can't tell"."""
+        grouping = self.grouping
+        labels = grouping.clustering.labels
+        about = np.isin(labels[: grouping.graph.queries], [labels[left], labels[right]])
+        apply_answer(grouping, left, right, answer)
+        self.asked.add((min(left, right), max(left, right)))
+        return 0 if answer == CANT_TELL else int(about.sum())
+
+    # ------------------------------------------------------------------ what the page shows
+
+    def questions(self) -> list[PairQuestion]:
+        return [] if self.grouping is None else pair_questions(self.grouping, self.asked)
+
+    def settled(self) -> int:
+        return 0 if self.grouping is None else int(settled_queries(self.grouping).sum())
+
+    def groups(self) -> list[ProposedGroup]:
+        """The proposed groups: the largest first, photos on their own last."""
+        if self.grouping is None:
+            return []
+        graph, clustering = self.grouping.graph, self.grouping.clustering
+        labels = clustering.query_labels(graph.queries)
+        tied = settled_queries(self.grouping)
+        groups = []
+        for label in dict.fromkeys(labels.tolist()):
+            members = np.flatnonzero(labels == label)
+            anchor = clustering.anchors.get(label)
+            individual_id = None if anchor is None else str(graph.identities[anchor])
+            inside = np.isin(graph.left, members) & np.isin(graph.right, members)
+            pairs = len(members) * (len(members) - 1) / 2
+            towards = np.zeros(len(graph.left), dtype=bool)
+            if anchor is not None:
+                towards = np.isin(graph.left, members) & (graph.right == graph.queries + anchor)
+            groups.append(
+                ProposedGroup(
+                    query_ids=sorted(self.nodes[m] for m in members),
+                    kind=KNOWN if anchor is not None else NEW if len(members) > 1 else ALONE,
+                    individual_id=individual_id,
+                    cohesion=float(graph.probability[inside].sum() / pairs) if pairs else None,
+                    individual_probability=float(graph.probability[towards].max()) if towards.any() else None,
+                    settled=int(tied[members].sum()),
+                )
+            )
+        groups.sort(key=lambda g: (g.kind == ALONE, -len(g.query_ids), g.query_ids[0]))
+        return groups
+
+
+def pending_queries(catalog: Catalog, dataset: str) -> list[dict]:
+    """The photos of ``dataset`` waiting for a decision (identified; skipped ones included)."""
+    return [query for query in catalog.queries(status=list(PENDING), limit=1_000_000) if query["dataset"] == dataset]
+
+
+def group_pending(
+    catalog: Catalog, gallery: Gallery, dataset: str, *, cache_dir: str | Path | None = None
+) -> PendingGrouping:
+    """Group the waiting photos of ``dataset`` against ``gallery`` (the catalogue's, up to date:
+    ``catalog_gallery``) with the gallery's own grouping method (average linkage when its preset
+    groups none), and apply the stored answers. ``cache_dir``: the descriptor cache (a waiting
+    photo grouped again is not described again)."""
+    queries = pending_queries(catalog, dataset)
+    query_ids = [query["id"] for query in queries]
+    if not queries:
+        return PendingGrouping(dataset, [], [], None)
+    table = pd.DataFrame(
+        {
+            "image_id": [f"{UPLOAD}{query['id']}" for query in queries],
+            "path": [str(catalog.photo_path(query["stored_path"])) for query in queries],
+            "dataset": dataset,
+        }
+    )
+    result = gallery.identify(table, cache_dir=cache_dir, grouping=gallery.preset.grouping or "average", progress=False)
+    groupings = list(result.grouping.datasets.values()) if result.grouping is not None else []
+    if not groupings:  # no photo could be read
+        return PendingGrouping(dataset, query_ids, [], None)
+    [grouping] = groupings  # one dataset's photos: one group of the gallery
+    nodes = [int(str(image_id).removeprefix(UPLOAD)) for image_id in grouping.image_ids]
+    pending = PendingGrouping(dataset, query_ids, nodes, grouping)
+    pending.apply_answers(pair_answers(catalog, dataset))
+    return pending
+
+
+def without_queries(pending: PendingGrouping, query_ids: set[int], answers: list[dict]) -> PendingGrouping:
+    """``pending`` less some photos (just filed), at once: their nodes leave the match graph, the
+    rest is regrouped under ``answers``. Their links to the others go with them, so a full regroup
+    (``group_pending``, against the gallery that now holds them) should follow."""
+    if pending.grouping is None:
+        return PendingGrouping(pending.dataset, [q for q in pending.query_ids if q not in query_ids], [], None)
+    old = pending.grouping
+    keep = np.array([node not in query_ids for node in pending.nodes], dtype=bool)
+    graph, kept = old.graph.subgraph(keep)
+    grouping = DatasetGrouping.fit(
+        old.name,
+        old.rows[kept],
+        old.image_ids[kept],
+        graph,
+        method=old.method,
+        link_threshold=old.link_threshold,
+        known_threshold=old.known_threshold,
+    )
+    reduced = PendingGrouping(
+        pending.dataset,
+        [q for q in pending.query_ids if q not in query_ids],
+        [pending.nodes[node] for node in kept],
+        grouping if graph.queries else None,
+    )
+    reduced.apply_answers(answers)
+    return reduced

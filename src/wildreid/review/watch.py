@@ -1,0 +1,168 @@
+"""Photos identified as they arrive in a folder: field cameras, camera-trap card dumps, monitoring.
+
+``Watcher`` polls a folder (recursively). A photo is read once it has *settled*: its size and
+modification time are unchanged between two polls and it was last written at least
+``settle_seconds`` ago, so a file still being copied is never read half done. Settled photos are
+identified in batches against a gallery; each result is appended to ``results.csv`` (the columns
+of candidates.csv; ``image_id`` is the photo's path inside the folder) as one write of one line,
+flushed to disk before the next. The results file is the record of what is done: after a kill,
+a restart skips every photo with a line and a torn last line is cut off, so no photo is lost and
+none is recorded twice. A photo that cannot be read gets a line too (flag ``unreadable_image``),
+so it is reported once and not retried.
+
+With a catalogue (``catalog``, and the gallery from ``catalog.catalog_gallery``), the gallery is
+kept up to date with reviewers' confirmations and every photo also becomes a query waiting for
+review in the web app.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from wildreid.data.images import IMAGE_SUFFIXES
+from wildreid.gallery.gallery import Gallery
+from wildreid.util.files import atomic_path
+
+RESULTS = "results.csv"
+BATCH = 32  # photos identified together: one model call, one shortlist search
+
+
+class Watcher:
+    def __init__(
+        self,
+        folder: str | Path,
+        out: str | Path,
+        gallery: Gallery,
+        *,
+        catalog=None,
+        dataset: str | None = None,
+        cache_dir=None,
+        settle_seconds: float = 2.0,
+        report: Callable[[str], None] = print,
+    ):
+        self.folder, self.out = Path(folder), Path(out)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: no such folder to watch.")
+        self.gallery, self.catalog, self.dataset, self.cache_dir = gallery, catalog, dataset, cache_dir
+        self.settle_seconds, self.report = settle_seconds, report
+        self.results = self.out / RESULTS
+        self.seen: dict[str, tuple[int, int]] = {}  # photo -> (size, mtime) at the last poll
+        self.done = self._recorded()
+
+    def _recorded(self) -> set[str]:
+        """The photos with a line in results.csv; a torn last line (a kill mid-write) is cut off."""
+        if not self.results.is_file():
+            return set()
+        data = self.results.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.results, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+                os.fsync(handle.fileno())
+        table = pd.read_csv(self.results, dtype=str, keep_default_na=False)
+        return set(table["image_id"])
+
+    def settled(self) -> list[Path]:
+        """New photos whose size and time stamp held still since the last poll and that were last
+        written at least settle_seconds ago."""
+        ready, now, current = [], time.time(), {}
+        for path in sorted(self.folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            name = path.relative_to(self.folder).as_posix()
+            if name in self.done:
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # gone between the listing and now
+            current[name] = (stat.st_size, stat.st_mtime_ns)
+            if self.seen.get(name) == current[name] and now - stat.st_mtime >= self.settle_seconds:
+                ready.append(path)
+        self.seen = current
+        return ready
+
+    def poll(self) -> int:
+        """Identify the photos that have settled; return how many were recorded."""
+        ready = self.settled()
+        for start in range(0, len(ready), BATCH):
+            self._identify([p for p in ready[start : start + BATCH]])
+        return len(ready)
+
+    def run(self, poll_seconds: float = 1.0, *, once: bool = False) -> None:
+        """Poll until interrupted; ``once``: until every photo present has been recorded."""
+        while True:
+            self.poll()
+            if once and not self.seen:
+                return
+            time.sleep(poll_seconds if not once else min(poll_seconds, self.settle_seconds))
+
+    def _identify(self, paths: list[Path]) -> None:
+        names = [p.relative_to(self.folder).as_posix() for p in paths]
+        queries = pd.DataFrame({"image_id": names, "path": [str(p) for p in paths]})
+        if self.dataset is not None:
+            queries["dataset"] = self.dataset
+        elif len(self.gallery.groups) == 1:
+            queries["dataset"] = next(iter(self.gallery.groups))
+        if self.catalog is not None:
+            result, answers = self._identify_for_review(queries, paths)
+        else:
+            result, answers = self.gallery.identify(queries, cache_dir=self.cache_dir, progress=False), None
+        rows = result.candidates
+        for position, name in enumerate(names):
+            self._append(rows.iloc[[position]])
+            self.done.add(name)
+            self.seen.pop(name, None)
+            row = rows.iloc[position]
+            if row["error"]:
+                self.report(f"skipped {name}: {row['error']}")
+            else:
+                self.report(f"{name}: {row['prediction']} (score {row['top1_score']:.3f})")
+            if answers is not None:
+                self.catalog.set_query_result(answers[position][0], answers[position][1], error=row["error"] or None)
+
+    def _identify_for_review(self, queries: pd.DataFrame, paths: list[Path]):
+        """Each photo stored in the catalogue as a query, identified on the catalogue's gallery
+        (brought up to date first: reviewers may have confirmed photos since the last batch)."""
+        from wildreid.catalog.photos import sniff_image_type
+        from wildreid.review.identify import candidates_of, catalog_gallery
+
+        self.gallery = catalog_gallery(
+            self.catalog,
+            self.gallery.preset,
+            backbone=self.gallery.backbone,
+            cache_dir=self.cache_dir,
+            gallery=self.gallery,
+        )
+        stored = []
+        for path, name in zip(paths, queries["image_id"]):
+            data = path.read_bytes()
+            stored.append(
+                self.catalog.add_query(
+                    data,
+                    sniff_image_type(data) or path.suffix.lstrip(".").lower(),
+                    dataset=queries["dataset"].iloc[0],
+                    original_name=name,
+                    uploaded_by="wildreid watch",
+                )
+            )
+        result = self.gallery.identify(queries, cache_dir=self.cache_dir, progress=False)
+        return result, [(query["id"], answer) for query, answer in zip(stored, candidates_of(result, self.catalog))]
+
+    def _append(self, row: pd.DataFrame) -> None:
+        """One result line, in one write, on disk before the next (the header with the first)."""
+        if not self.results.is_file():
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.results) as temporary:
+                temporary.write_text(",".join(row.columns) + "\n", encoding="utf-8")
+        line = row.to_csv(header=False, index=False, lineterminator="\n")  # as candidates.csv writes it
+        descriptor = os.open(self.results, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(descriptor, line.encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

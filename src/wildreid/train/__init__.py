@@ -1,0 +1,4 @@
+"""Fine-tuning a backbone on a catalogue's labels: training, settings search, augmentation.
+
+Imports evaluate and every wing below it.
+"""

@@ -1,0 +1,4 @@
+"""Small shared helpers: atomic files and folders, FAISS search filters.
+
+Imports no other wing.
+"""
