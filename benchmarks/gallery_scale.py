@@ -8,7 +8,7 @@ identities per scene (centre = scene + N(0, 0.5^2)), 10 photos per identity (ide
 A query is a fresh photo of a random known identity. Each size runs in its own process, so its
 peak RSS (ru_maxrss) is that build's alone. What is timed is the gallery's own code, the same
 calls Gallery.build makes after extraction: ``VectorIndex.build`` (exact up to 50,000 photos,
-IVF above) and ``Group.fit_to`` with the offline preset (threshold simulation on a bounded
+IVF above) and ``DatasetPart.fit_to`` with the offline preset (threshold simulation on a bounded
 sample of pseudo-queries through the index).
 
 Printed per size: build time (index, fit), peak RSS (of the whole process, so it includes the
@@ -61,7 +61,7 @@ def run_size(size: int, nprobes: list[int]) -> dict:
     import faiss
 
     from wildreid.gallery.index import VectorIndex, normalize
-    from wildreid.gallery.part import Group
+    from wildreid.gallery.part import DatasetPart
     from wildreid.presets import get_preset
 
     faiss.omp_set_num_threads(2)  # building and the fit's batched searches use both cores
@@ -76,7 +76,7 @@ def run_size(size: int, nprobes: list[int]) -> dict:
     del vectors
     _, truth = exact.search(normalize(queries), 100)
     del exact
-    group = Group("synthetic", np.arange(size).astype(object), identities, None, index)
+    group = DatasetPart("synthetic", np.arange(size).astype(object), identities, None, index)
     started = time.perf_counter()
     fit = group.fit_to(get_preset("offline"), None)
     fit_s = time.perf_counter() - started

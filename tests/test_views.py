@@ -188,7 +188,7 @@ def test_top_m_auto_takes_the_best_simulated_score(monkeypatch):
             0.5, simulated[top_m], 0, 0
         ),
     )
-    group = group_module.Group("g", np.zeros(4, object), np.array(list("aabb"), object), None, None)
+    group = group_module.DatasetPart("g", np.zeros(4, object), np.array(list("aabb"), object), None, None)
     assert group._choose_top_m(None) == 2
     simulated[1] = float("nan")  # nothing to simulate counts as worst, never as best
     simulated[2] = simulated[3] = 0.1

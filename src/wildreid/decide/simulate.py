@@ -55,7 +55,7 @@ def choose_link_threshold(
 ) -> LinkChoice:
     """``rows``/``images``/``probability``: scored pairs of database photos (each row a photo
     asked as a pseudo-query, as the calibration asked them); ``pair_probability``: the same pairs
-    scored as two queries would be (see Group.match_graph), when that differs."""
+    scored as two queries would be (see DatasetPart.match_graph), when that differs."""
     identities = np.asarray(identities, dtype=object)
     rows, images = np.asarray(rows, np.int64), np.asarray(images, np.int64)
     probability = np.asarray(probability, np.float64)

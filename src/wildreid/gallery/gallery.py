@@ -35,7 +35,7 @@ from wildreid.describe.mirror import MirroredMethod, mirrored_backbone
 from wildreid.describe.trained import TrainedOn, trained_on
 from wildreid.gallery.calibration import Calibration
 from wildreid.gallery.index import VectorIndex, normalize
-from wildreid.gallery.part import GROUPING_IDENTITIES, Group, GroupFit, Side
+from wildreid.gallery.part import GROUPING_IDENTITIES, DatasetPart, PartFit, Side
 from wildreid.gallery.result import IdentifyResult, Ranking
 from wildreid.local.base import LocalFeatures, get_method
 from wildreid.local.cache import local_features
@@ -64,7 +64,7 @@ class Gallery:
         preset: Preset,
         backbone: Backbone,
         table: pd.DataFrame,
-        groups: dict[str, Group],
+        groups: dict[str, DatasetPart],
         *,
         failures: pd.DataFrame | None = None,
         timings: dict | None = None,
@@ -179,7 +179,7 @@ class Gallery:
                     mirrored=flipped,
                 )
             else:
-                self.groups[name] = Group(
+                self.groups[name] = DatasetPart(
                     name,
                     part["image_id"].to_numpy(dtype=object),
                     part["identity"].to_numpy(dtype=object),
@@ -217,12 +217,12 @@ class Gallery:
         """What a user should know about how the groups were fitted."""
         return [note for group in self.groups.values() for note in group.notes]
 
-    def _fit(self, group: Group, seen: TrainedOn | None) -> GroupFit:
+    def _fit(self, group: DatasetPart, seen: TrainedOn | None) -> PartFit:
         started = time.perf_counter()
         group.notes = []
         group.askable = _askable(group, self.table, seen, group.name, group.notes)
         if group.size == 0:
-            group.fit = GroupFit(-np.inf, None, None, np.zeros(0, np.int64), 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            group.fit = PartFit(-np.inf, None, None, np.zeros(0, np.int64), 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         else:
             group.fit_to(self.preset, self.method, extra_methods=self.extra_methods)
         if group.fit.choice is not None and group.fit.choice.note:
@@ -441,11 +441,11 @@ class Gallery:
         )
 
     def _group_queries(
-        self, group: Group, name, method, threshold, asked, table, vectors, features, found, evidence: dict
+        self, group: DatasetPart, name, method, threshold, asked, table, vectors, features, found, evidence: dict
     ) -> DatasetGrouping:
         """Group one dataset's queries with each other and with their best known individuals;
         ``threshold``: the new_individual threshold this run decides with (None: closed set);
-        ``evidence``: the queries' views, extra features and mirrored side (Group.rank's)."""
+        ``evidence``: the queries' views, extra features and mirrored side (DatasetPart.rank's)."""
         if group.fit.calibration is None or method not in group.fit.links:
             raise GalleryError(
                 f"the gallery's fit of '{name}' has no linking threshold for '{method}' grouping (it was fitted "
@@ -609,7 +609,7 @@ class Gallery:
                         for name in gallery.extra_methods
                     },
                 )
-            group = Group(
+            group = DatasetPart(
                 name,
                 rows["image_id"].to_numpy(dtype=object),
                 rows["identity"].to_numpy(dtype=object),
@@ -692,7 +692,7 @@ def _failures(table: pd.DataFrame, failures: dict[int, str], split: str) -> pd.D
     )
 
 
-def _chosen_threshold(setting, group: Group):
+def _chosen_threshold(setting, group: DatasetPart):
     if setting == FITTED:
         return group.fit.threshold
     if isinstance(setting, dict):
@@ -705,7 +705,7 @@ def _chosen_threshold(setting, group: Group):
     return None if setting is None else float(setting)
 
 
-def _askable(group: Group, table: pd.DataFrame, seen: TrainedOn | None, name: str, notes: list) -> np.ndarray | None:
+def _askable(group: DatasetPart, table: pd.DataFrame, seen: TrainedOn | None, name: str, notes: list) -> np.ndarray | None:
     """The photos a calibration may ask as pseudo-queries (None: all of them).
 
     A descriptor fine-tuned on this database has memorised it: its scores between those photos are
@@ -774,7 +774,7 @@ def _load_features(path: Path) -> list[LocalFeatures | None]:
     return features
 
 
-def _fit_record(fit: GroupFit | None) -> dict | None:
+def _fit_record(fit: PartFit | None) -> dict | None:
     if fit is None:
         return None
     choice = fit.choice
@@ -802,7 +802,7 @@ def _fit_record(fit: GroupFit | None) -> dict | None:
     }
 
 
-def _fit_from_record(record: dict | None) -> GroupFit | None:
+def _fit_from_record(record: dict | None) -> PartFit | None:
     if record is None:
         return None
     choice = record["choice"]
@@ -823,7 +823,7 @@ def _fit_from_record(record: dict | None) -> GroupFit | None:
         )
         for method, link in record.get("links", {}).items()
     }
-    return GroupFit(
+    return PartFit(
         _number(record["threshold"]),
         choice,
         calibration,

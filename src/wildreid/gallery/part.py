@@ -47,7 +47,7 @@ GROUPING_IDENTITIES = 10
 
 
 @dataclass
-class GroupFit:
+class PartFit:
     """What was fitted on the group's database, and on what."""
 
     threshold: float | None
@@ -90,7 +90,7 @@ class Side:
 
 
 @dataclass
-class Group:
+class DatasetPart:
     name: str
     image_ids: np.ndarray  # (D,) object: gallery image id of each database position
     identities: np.ndarray  # (D,) object
@@ -98,7 +98,7 @@ class Group:
     index: VectorIndex
     features: list[LocalFeatures | None] | None = None
     keypoints: KeypointIndex | None = None
-    fit: GroupFit | None = None
+    fit: PartFit | None = None
     askable: np.ndarray | None = None  # (D,) bool: photos a calibration may ask (see Gallery)
     notes: list = field(default_factory=list)
     # The last fit's scored pseudo-query pairs (rows, images, P(same)); in memory only, so that
@@ -121,7 +121,7 @@ class Group:
         *,
         seed: int = 0,
         extra_methods: dict[str, LocalMethod] | None = None,
-    ) -> GroupFit:
+    ) -> PartFit:
         """Calibration (with local matching) and threshold, on the group's own photos; then the
         grouping's linking threshold, from the same scored pairs. A pseudo-query meets only the
         photos of compatible views, as a real query does."""
@@ -152,7 +152,7 @@ class Group:
         links = {}
         if calibration is not None and preset.grouping is not None:
             links[preset.grouping] = self._link_choice(preset.grouping, threshold, calibration, method, seed)
-        self.fit = GroupFit(
+        self.fit = PartFit(
             threshold,
             choice,
             calibration,
