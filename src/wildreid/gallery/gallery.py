@@ -705,7 +705,9 @@ def _chosen_threshold(setting, group: DatasetPart):
     return None if setting is None else float(setting)
 
 
-def _askable(group: DatasetPart, table: pd.DataFrame, seen: TrainedOn | None, name: str, notes: list) -> np.ndarray | None:
+def _askable(
+    group: DatasetPart, table: pd.DataFrame, seen: TrainedOn | None, name: str, notes: list
+) -> np.ndarray | None:
     """The photos a calibration may ask as pseudo-queries (None: all of them).
 
     A descriptor fine-tuned on this database has memorised it: its scores between those photos are
