@@ -1,5 +1,5 @@
 """Storage only: individuals, photos (content-addressed), sightings, decisions, history,
 exports. Loads no model.
 
-Imports decide (the review queue's data), presets, data and util; never describe or gallery.
+Imports decide (the review queue's records), presets, data and util; never local or describe.
 """

@@ -1,4 +1,4 @@
 """Scoring and showing a run: metrics (BAKS, BAUS, ARI), the report, pictures, outputs.
 
-Imports gallery and every wing below it.
+Imports gallery and the wings below it; never catalog.
 """

@@ -1,4 +1,4 @@
 """Fine-tuning a backbone on a catalogue's labels: training, settings search, augmentation.
 
-Imports evaluate and every wing below it.
+Imports evaluate and the wings below it; never catalog.
 """
