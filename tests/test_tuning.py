@@ -18,7 +18,7 @@ import wildreid.train.finetune as training
 import wildreid.train.tuning as tuning
 from wildreid.cli.main import app
 from wildreid.data.dataset import load_dataset
-from wildreid.describe.trained import RECORD, TrainError
+from wildreid.describe.trained import RECORD, TrainError, trained_on
 from wildreid.train.augment import AugmentConfig
 from wildreid.train.finetune import CHECKPOINT, TrainConfig, mean_average_precision, training_images
 from wildreid.train.tuning import (
@@ -231,7 +231,7 @@ def test_no_refit_keeps_the_chosen_validated_run(few_images, tmp_path):
     held_out = record["data"]["val_images_of_trained_identities"] + record["data"]["val_images_of_held_out_identities"]
     assert held_out > 0 and len(record["data"]["held_out_image_hashes"]) == held_out
     assert record["model"]["folder"] == str((tmp_path / "out").resolve())
-    assert training.trained_on(f"local-dir:{tmp_path / 'out'}").held_out  # identification calibrates on them
+    assert trained_on(f"local-dir:{tmp_path / 'out'}").held_out  # identification calibrates on them
 
 
 def test_an_interrupted_search_and_final_training_resume_to_the_same_model(few_images, tmp_path, monkeypatch):
