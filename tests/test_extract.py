@@ -142,8 +142,8 @@ def test_exact_runs_never_read_vectors_of_fast_runs(tiny_backbone, tmp_path, cac
 
 KILLED_CHILD = textwrap.dedent("""
     import sys, torch
-    from wildreid.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone
-    from wildreid.extract import extract_embeddings
+    from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone
+    from wildreid.describe.extract import extract_embeddings
     torch.manual_seed(0)
     backbone = load_backbone("random:resnet18")
     backbone.preprocess = Preprocess((64, 64), IMAGENET_MEAN, IMAGENET_STD, "bilinear")
