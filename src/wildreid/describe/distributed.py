@@ -390,7 +390,7 @@ def decode_batch(batch: dict, preprocess: Preprocess) -> dict:
     exactly as extract.image_to_tensor does (zeros for a failed row)."""
     from wildreid.data.images import ImageReadError
     from wildreid.data.regions import region_picture
-    from wildreid.describe.extract import resized_pixels
+    from wildreid.describe.cpu_decode import resized_pixels
 
     count = len(batch["path"])
     pixels = np.zeros((count, 3, *preprocess.size), dtype=np.uint8)
@@ -430,7 +430,7 @@ class Embedder:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from wildreid.describe.extract import pixels_to_input
+        from wildreid.describe.cpu_decode import pixels_to_input
 
         if "pixels" not in batch:  # no decoding tasks in front (CPU-only cluster): decode here
             batch = decode_batch(batch, self.backbone.preprocess)

@@ -18,9 +18,9 @@ benchmarks against PIL decoding, not at run time:
   fp32 on a CPU);
 - ``decode``: "exact" (default: PIL, as the reference), "fast" (PIL decodes JPEGs at a reduced
   DCT scale that still covers twice the input size, torch's uint8 kernel resizes: 3-6 times
-  faster per large photo, pixels change slightly), "device" (torchvision decodes JPEGs in
-  batches where the model is: nvJPEG on a GPU, libjpeg-turbo on a CPU; see device_decode.py),
-  or "auto" ("device": measured fastest on both, see docs/extraction.md);
+  faster per large photo, pixels change slightly; both in cpu_decode.py), "device" (torchvision
+  decodes JPEGs in batches where the model is: nvJPEG on a GPU, libjpeg-turbo on a CPU; see
+  device_decode.py), or "auto" ("device": measured fastest on both, see docs/extraction.md);
 - ``compile``: torch.compile the model (False by default; "auto": on a GPU only, where the
   minute of compilation pays off);
 - ``engine``: "torch" (default), "onnxruntime" (CPU only, see onnx_engine.py), or "auto"
@@ -50,20 +50,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 
 from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
 from wildreid.data.regions import Region, region_keys, region_picture
 from wildreid.describe.backbones import Backbone, Preprocess
-from wildreid.describe.device_decode import (
-    DECODED_BYTES_PER_IMAGE,
-    TENSOR_INTERPOLATIONS,
-    Batch,
-    device_batches,
-    normalise,
-    resize,
-)
+from wildreid.describe.cpu_decode import cpu_batches, image_to_tensor
+from wildreid.describe.device_decode import DECODED_BYTES_PER_IMAGE, TENSOR_INTERPOLATIONS, Batch, device_batches
 from wildreid.describe.inference import TorchRunner, agreement, auto_batch_size, resolve_precision
 from wildreid.util.files import atomic_path
 
@@ -72,20 +64,12 @@ try:
 except ImportError:  # a bare benchmark machine may lack tqdm: no progress bar then
     tqdm = None
 
-PIL_INTERPOLATION = {
-    "bilinear": Image.BILINEAR,
-    "bicubic": Image.BICUBIC,
-    "nearest": Image.NEAREST,
-    "lanczos": Image.LANCZOS,
-    "box": Image.BOX,
-}
 DECODES = ("exact", "fast", "device", "auto")
 ENGINES = ("torch", "onnxruntime", "auto")
 # Every speed option on, each resolved for the device at run time.
 FAST = dict(precision="auto", decode="auto", compile="auto", engine="auto", batch_size="auto")
 MIN_AGREEMENT = 0.999
 APPROXIMATE_SUFFIX = "-fast"  # cache folder of vectors computed with speed options
-DRAFT_OVERSAMPLING = 2  # "fast" decoding keeps at least this many times the input size
 # The cache is written at least this often during a run, so that a kill (which runs no clean-up)
 # loses at most this much work; a shard every 10 s is nothing beside the extraction itself, and
 # EmbeddingCache.load merges shards when they pile up.
@@ -156,106 +140,6 @@ class EmbeddingCache:
         with atomic_path(self.folder / name) as temporary:
             with open(temporary, "wb") as out:
                 np.savez(out, hashes=np.array(hashes), vectors=vectors.astype(np.float32))
-
-
-# --------------------------------------------------------------------------------------------
-# CPU decoding
-
-
-def image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    return pixels_to_input(resized_pixels(image, preprocess), preprocess)
-
-
-def resized_pixels(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (C, H, W): the picture resized by PIL to the model's input, the exact path's first half
-    (distributed.py decodes with it on one machine and normalises on another)."""
-    height, width = preprocess.size
-    return TF.pil_to_tensor(image.resize((width, height), PIL_INTERPOLATION[preprocess.interpolation]))
-
-
-def pixels_to_input(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (C, H, W) or (N, C, H, W) -> the model's input, the reference's arithmetic:
-    x / 255, then (x - mean) / std."""
-    return TF.normalize(pixels.float().div_(255.0), list(preprocess.mean), list(preprocess.std))
-
-
-def decode_image_draft(data: bytes, name: str, size: tuple[int, int]) -> Image.Image:
-    """``data.decode_image`` at a reduced JPEG scale that still covers DRAFT_OVERSAMPLING times
-    ``size`` (height, width).
-
-    libjpeg then skips most of the inverse DCT and colour conversion: a 2000x1800 photo for a
-    224x224 input decodes several times faster. Keeping twice the input size leaves the resize
-    real pixels to average (at 1x, EfficientNet-Lite0 features of NyalaData photos drop to
-    cosine 0.988 with the exact path; at 2x the lowest of all 458 is 0.994). The pixels still
-    differ slightly, so the exact path stays the default.
-    """
-    return decode_image(data, name, draft_size=(DRAFT_OVERSAMPLING * size[0], DRAFT_OVERSAMPLING * size[1]))
-
-
-def fast_image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """``image_to_tensor`` with torch's uint8 antialiased resize instead of PIL's: the same
-    algorithm (pixels within one level), several times faster on a large image."""
-    if preprocess.interpolation not in TENSOR_INTERPOLATIONS:
-        return image_to_tensor(image, preprocess)
-    # (H, W, C) memory seen as (C, H, W): the layout torch's fast uint8 kernel works in.
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    resized = resize(pixels, preprocess.size, preprocess.interpolation)
-    return normalise(resized[None], preprocess)[0]
-
-
-class _ImageFiles(torch.utils.data.Dataset):
-    """Reads, decodes and preprocesses; a bad image yields its error instead of a tensor."""
-
-    def __init__(
-        self,
-        paths: list[str],
-        rows: list[int],
-        preprocess: Preprocess,
-        draft: bool = False,
-        regions: list[Region | None] | None = None,
-    ):
-        self.paths, self.rows, self.preprocess, self.draft = paths, rows, preprocess, draft
-        self.regions = regions
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, item: int):
-        row = self.rows[item]
-        try:
-            data = read_image_bytes(self.paths[row])
-            region = self.regions[row] if self.regions is not None else None
-            if region is not None:
-                picture = region_picture(data, self.paths[row], region)
-                convert = fast_image_to_tensor if self.draft else image_to_tensor
-                return row, convert(picture, self.preprocess), None
-            if self.draft:
-                image = decode_image_draft(data, self.paths[row], self.preprocess.size)
-                return row, fast_image_to_tensor(image, self.preprocess), None
-            return row, image_to_tensor(decode_image(data, self.paths[row]), self.preprocess), None
-        except ImageReadError as error:
-            return row, None, str(error)
-
-
-def _collate(samples):
-    good = [(row, tensor) for row, tensor, _ in samples if tensor is not None]
-    bad = [(row, error) for row, _, error in samples if error is not None]
-    tensors = torch.stack([t for _, t in good]) if good else None
-    return [row for row, _ in good], tensors, bad
-
-
-def _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft, regions=None) -> Iterator[Batch]:
-    """Batches decoded by PIL in loader worker processes (so decoding overlaps the model)."""
-    loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, rows, preprocess, draft, regions),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
-    for batch_rows, tensors, bad in loader:
-        images = None if tensors is None else tensors.to(device, non_blocking=True)
-        yield Batch(batch_rows, images, bad, cpu_decoded=len(batch_rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,7 +455,7 @@ def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers, r
         # With a GPU, PIL decoding is the bottleneck: a worker per core. On a CPU-only machine the
         # model's own threads use the cores, and one worker keeps decoding ahead of it.
         num_workers = min(16, cpus) if device.type == "cuda" else 1
-    return _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, decode == "fast", regions)
+    return cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, decode == "fast", regions)
 
 
 def _region_tensor(data: bytes, name: str, *, region: Region, preprocess: Preprocess) -> torch.Tensor:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from wildreid.data.dataset import DATABASE, QUERY, Dataset, read_text_csv
 from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
 from wildreid.describe.backbones import Preprocess
-from wildreid.describe.extract import PIL_INTERPOLATION
+from wildreid.describe.cpu_decode import PIL_INTERPOLATION
 from wildreid.describe.trained import TrainError
 
 # Roles of the training images.

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from wildreid.describe.backbones import Preprocess
-from wildreid.describe.extract import pixels_to_input
+from wildreid.describe.cpu_decode import pixels_to_input
 from wildreid.train.images import VAL_IDENTITY, VAL_IMAGE
 
 
