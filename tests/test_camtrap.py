@@ -18,16 +18,12 @@ from wildreid import __version__
 from wildreid.catalog.camtrap import (
     PROFILE,
     SCHEMA_DIR,
-    CamtrapError,
-    CamtrapSettings,
-    Place,
     export_camtrap_dp,
     metadata_problems,
     read_places,
-    scientific_name,
-    sighting_time,
     validate_camtrap_dp,
 )
+from wildreid.catalog.camtrap_tables import CamtrapError, CamtrapSettings, Place, scientific_name, sighting_time
 from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.schema import migrate
 from wildreid.catalog.store import Catalog

@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from wildreid.catalog import store as store_module
+from wildreid.catalog import decisions as decisions_module
 from wildreid.catalog.dataset import catalog_to_dataset
+from wildreid.catalog.decisions import AlreadyDecided
 from wildreid.catalog.export import export_metadata
 from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.schema import SCHEMA_VERSION, migrate
-from wildreid.catalog.store import AlreadyDecided, Catalog, CatalogError
+from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.cli.main import app
 from wildreid.data.dataset import DatasetError, load_dataset
 from wildreid.describe.extract import EmbeddingCache
@@ -281,7 +282,7 @@ def test_a_failing_decision_changes_nothing(tmp_path, small, nyala, monkeypatch)
         def broken(*args):
             raise RuntimeError("disk full")  # fails after the individual and image were inserted
 
-        monkeypatch.setattr(store_module, "_candidate_score", broken)
+        monkeypatch.setattr(decisions_module, "_candidate_score", broken)
         with pytest.raises(RuntimeError):
             catalog.decide(query["id"], "new", reviewer="alice", preset="offline")
         assert catalog.counts() == before  # no individual without photo, no photo without decision

@@ -23,6 +23,7 @@ from PIL import Image
 from wildreid.data.images import decode_image
 from wildreid.describe import device_decode
 from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess, load_backbone
+from wildreid.describe.cpu_decode import image_to_tensor
 from wildreid.describe.device_decode import (
     Encoded,
     Failed,
@@ -34,7 +35,7 @@ from wildreid.describe.device_decode import (
     orient,
     read_item,
 )
-from wildreid.describe.extract import APPROXIMATE_SUFFIX, FAST, EmbeddingCache, extract_embeddings, image_to_tensor
+from wildreid.describe.extract import APPROXIMATE_SUFFIX, FAST, EmbeddingCache, extract_embeddings
 from wildreid.describe.inference import CPU_BATCH_SIZE, TorchRunner, auto_batch_size, choose_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,8 +143,8 @@ def test_exact_runs_never_read_vectors_of_fast_runs(tiny_backbone, tmp_path, cac
 
 KILLED_CHILD = textwrap.dedent("""
     import sys, torch
-    from wildreid.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone
-    from wildreid.extract import extract_embeddings
+    from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_backbone
+    from wildreid.describe.extract import extract_embeddings
     torch.manual_seed(0)
     backbone = load_backbone("random:resnet18")
     backbone.preprocess = Preprocess((64, 64), IMAGENET_MEAN, IMAGENET_STD, "bilinear")

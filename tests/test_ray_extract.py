@@ -140,7 +140,7 @@ def test_regions_on_ray_are_filed_as_on_one_machine(cluster, shared_data, lite0_
 
 DRIVER = """
 import sys
-from wildreid.distributed import extract_with_ray
+from wildreid.describe.distributed import extract_with_ray
 extract_with_ray(sys.argv[3:], "efficientnet-lite0", cache_dir=sys.argv[2], address=sys.argv[1], workers=1,
                  batch_size=2, flush_every=2, progress=False)
 """

@@ -28,18 +28,11 @@ from wildreid.describe.trained import TrainError, trained_on
 from wildreid.gallery.pipeline import identify
 from wildreid.local.pairs import FusionSettings
 from wildreid.presets import get_preset
+from wildreid.train.arcface import ArcFaceHead
 from wildreid.train.augment import AugmentConfig, train_transform
-from wildreid.train.finetune import (
-    CHECKPOINT,
-    TRAIN,
-    VAL_IDENTITY,
-    VAL_IMAGE,
-    ArcFaceHead,
-    TrainConfig,
-    split_validation,
-    train,
-    training_images,
-)
+from wildreid.train.checkpoint import CHECKPOINT
+from wildreid.train.finetune import TrainConfig, train
+from wildreid.train.images import TRAIN, VAL_IDENTITY, VAL_IMAGE, split_validation, training_images
 
 runner = CliRunner()
 # One thread: these tests check behaviour, not speed, and on a small shared machine torch's thread
@@ -327,13 +320,13 @@ def test_resuming_with_other_settings_or_images_is_refused(small_images, tmp_pat
         original_save(*args, **kwargs)
         raise Interrupted
 
-    original_save = training._save_checkpoint
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    original_save = training.save_checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
     out, images = tmp_path / "run", small_images.head(16)
     config = TrainConfig(epochs=3, batch_size=8, image_size=48, val_fraction=0.0)
     with pytest.raises(Interrupted):
         train(images, out, config, progress=False)
-    monkeypatch.setattr(training, "_save_checkpoint", original_save)
+    monkeypatch.setattr(training, "save_checkpoint", original_save)
     assert (out / CHECKPOINT).exists()
     with pytest.raises(TrainError, match="other settings.*epochs: 3 then, 4 now.*--overwrite"):
         train(images, out, TrainConfig(epochs=4, batch_size=8, image_size=48, val_fraction=0.0), progress=False)

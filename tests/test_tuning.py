@@ -18,9 +18,11 @@ import wildreid.train.finetune as training
 import wildreid.train.tuning as tuning
 from wildreid.cli.main import app
 from wildreid.data.dataset import load_dataset
-from wildreid.describe.trained import RECORD, TrainError
+from wildreid.describe.trained import RECORD, TrainError, trained_on
 from wildreid.train.augment import AugmentConfig
-from wildreid.train.finetune import CHECKPOINT, TrainConfig, mean_average_precision, training_images
+from wildreid.train.checkpoint import CHECKPOINT
+from wildreid.train.finetune import TrainConfig
+from wildreid.train.images import training_images
 from wildreid.train.tuning import (
     SEARCH_DIR,
     SearchSpace,
@@ -31,6 +33,7 @@ from wildreid.train.tuning import (
     free_settings,
     train_with_search,
 )
+from wildreid.train.validation import mean_average_precision
 
 runner = CliRunner()
 TINY = "random:test_efficientnet"  # timm's 0.1M-parameter test network
@@ -231,7 +234,7 @@ def test_no_refit_keeps_the_chosen_validated_run(few_images, tmp_path):
     held_out = record["data"]["val_images_of_trained_identities"] + record["data"]["val_images_of_held_out_identities"]
     assert held_out > 0 and len(record["data"]["held_out_image_hashes"]) == held_out
     assert record["model"]["folder"] == str((tmp_path / "out").resolve())
-    assert training.trained_on(f"local-dir:{tmp_path / 'out'}").held_out  # identification calibrates on them
+    assert trained_on(f"local-dir:{tmp_path / 'out'}").held_out  # identification calibrates on them
 
 
 def test_an_interrupted_search_and_final_training_resume_to_the_same_model(few_images, tmp_path, monkeypatch):
@@ -260,18 +263,18 @@ def test_an_interrupted_search_and_final_training_resume_to_the_same_model(few_i
     assert (out / SEARCH_DIR / "flip-off_lr-0.0003" / CHECKPOINT).exists()
     # 2. Killed in the final training, right after its first checkpoint.
     monkeypatch.setattr(tuning, "train", real_train)
-    real_save = training._save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_stop(path, *args, **kwargs):
         real_save(path, *args, **kwargs)
         if path == out / CHECKPOINT:
             raise Interrupted
 
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupted):
         train_with_search(few_images, out, config, free, space, progress=False)
     assert (out / SEARCH_DIR / "selection.json").exists() and (out / CHECKPOINT).exists()
-    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     with pytest.raises(TrainError, match="settings search for other images or settings.*--overwrite"):
         train_with_search(few_images, out, tiny_config(seed=1), free, space, progress=False)
     record = train_with_search(few_images, out, config, free, space, progress=False).record

@@ -182,16 +182,19 @@ def score_curves(rounds: list[SimulatedQueries], grid: np.ndarray):
     for simulated in rounds:
         accept = simulated.top_score[:, None] >= grid[None, :]  # (queries, thresholds)
         correct = (simulated.top_identity == simulated.truth)[:, None] & accept
-        baks = _balanced(correct[~simulated.is_new], simulated.truth[~simulated.is_new])
-        baus = _balanced(~accept[simulated.is_new], simulated.truth[simulated.is_new])
+        baks = balanced_accuracy(correct[~simulated.is_new], simulated.truth[~simulated.is_new])
+        baus = balanced_accuracy(~accept[simulated.is_new], simulated.truth[simulated.is_new])
         baks_rows.append(baks)
         baus_rows.append(baus)
         score_rows.append(np.nan_to_num(np.sqrt(baks * baus)))
     return np.mean(baks_rows, axis=0), np.mean(baus_rows, axis=0), np.mean(score_rows, axis=0)
 
 
-def _balanced(hits: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Balanced accuracy per column of ``hits`` (rows are samples, grouped by ``truth``)."""
+def balanced_accuracy(hits: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Balanced accuracy per column of ``hits`` (rows are samples, grouped by ``truth``): the mean
+    over true identities of the fraction of their samples that are hits; NaN without samples.
+    The simulation scores every threshold at once (a column each); evaluate/metrics.py's BAKS and
+    BAUS score one column."""
     if len(truth) == 0:
         return np.full(hits.shape[1], np.nan)
     _, codes = np.unique(truth, return_inverse=True)

@@ -36,10 +36,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wildreid.describe.backbones import Preprocess
+
+if TYPE_CHECKING:
+    from wildreid.describe.extract import EmbeddingCache
 
 INSTALL_HINT = "pip install 'wildreid[ray]'"
 FLUSH_EVERY = 512  # descriptor rows per shard written by the driver (as extract.py)
@@ -124,9 +128,7 @@ def extract_with_ray(
     cluster. An already initialised Ray is used as it is. ``workers``: descriptor actors (default
     one per GPU, or one per CPU on a CPU-only cluster).
     """
-    from wildreid.data.regions import region_keys
     from wildreid.describe.backbones import load_backbone
-    from wildreid.describe.extract import EmbeddingCache, content_hashes
 
     ray = require_ray()
     started = time.perf_counter()
@@ -138,6 +140,64 @@ def extract_with_ray(
 
     summary.load_s = time.perf_counter() - started
     hashing = time.perf_counter()
+    work = _missing_work(paths, backbone, method, cache_dir, regions, summary)
+    summary.hash_s = time.perf_counter() - hashing
+
+    owned = False
+    if work.need_global or work.need_local:
+        connecting = time.perf_counter()
+        owned = _connect(ray, address, num_cpus)
+        _quiet(ray)
+        summary.cluster_start_s = time.perf_counter() - connecting
+        try:
+            _run_passes(
+                ray,
+                backbone,
+                method,
+                work,
+                summary,
+                local_options=local_options,
+                cache_dir=cache_dir,
+                workers=workers,
+                batch_size=batch_size,
+                flush_every=flush_every,
+                flush_seconds=flush_seconds,
+                progress=progress,
+            )
+        finally:
+            if owned:
+                ray.shutdown()
+    # Byte-identical copies were sent once: they share the first file's failure.
+    first_path = work.first_path
+    failed_digests = {digest: summary.failures[path] for digest, path in first_path.items() if path in summary.failures}
+    for path, digest in zip(paths, work.hashes):
+        if digest in failed_digests and path not in summary.failures:
+            summary.failures[path] = f"{path}: same bytes as {failed_digests[digest]}"
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class _Work:
+    """What a run has to compute: one row per content (byte-identical copies once), by cache key."""
+
+    hashes: list[str | None]  # each path's cache key: its content hash, joined with its region if any
+    first_path: dict[str, str]  # cache key -> the first path with it
+    region_of: dict[str, str]  # cache key -> its region as JSON text ("" for the whole photo)
+    cache: EmbeddingCache | None  # the descriptor cache; None: keypoints only
+    need_global: list[str]  # cache keys without a descriptor
+    need_local: list[str]  # cache keys without keypoints
+
+    def rows(self, digests: list[str]) -> list[tuple[str, str, str]]:
+        """(path, cache key, region) per cache key: the rows sent to the cluster."""
+        return [(self.first_path[d], d, self.region_of[d]) for d in digests]
+
+
+def _missing_work(paths: list[str], backbone, method, cache_dir, regions, summary: RaySummary) -> _Work:
+    """Hash every file, and ask the caches what is missing (unreadable files go to the failures)."""
+    from wildreid.data.regions import region_keys
+    from wildreid.describe.extract import EmbeddingCache, content_hashes
+
     hashes, unreadable = content_hashes(paths)
     summary.failures.update({paths[row]: reason for row, reason in unreadable.items()})
     # The cache keys: the content hash, joined with the region where there is one.
@@ -154,54 +214,54 @@ def extract_with_ray(
     need_local = _missing_local(first_path, method, cache_dir)
     todo = set(need_global) | set(need_local)
     summary.skipped = sum(1 for digest in hashes if digest is not None and digest not in todo)
-    summary.hash_s = time.perf_counter() - hashing
+    return _Work(hashes, first_path, region_of, cache, need_global, need_local)
 
-    owned = False
-    if need_global or need_local:
-        connecting = time.perf_counter()
-        owned = _connect(ray, address, num_cpus)
-        _quiet(ray)
-        summary.cluster_start_s = time.perf_counter() - connecting
-        try:
-            bar = _progress_bar(len(need_global) + len(need_local), progress)
-            try:
-                if need_global:
-                    _run_global(
-                        ray,
-                        backbone,
-                        cache,
-                        [(first_path[d], d, region_of[d]) for d in need_global],
-                        summary,
-                        bar,
-                        workers=workers,
-                        batch_size=batch_size,
-                        flush_every=flush_every,
-                        flush_seconds=flush_seconds,
-                    )
-                if need_local:
-                    _run_local(
-                        ray,
-                        method,
-                        local_options or {},
-                        cache_dir,
-                        [(first_path[d], d, region_of[d]) for d in need_local],
-                        summary,
-                        bar,
-                        batch_size=batch_size,
-                    )
-            finally:
-                if bar is not None:
-                    bar.close()
-        finally:
-            if owned:
-                ray.shutdown()
-    # Byte-identical copies were sent once: they share the first file's failure.
-    failed_digests = {digest: summary.failures[path] for digest, path in first_path.items() if path in summary.failures}
-    for path, digest in zip(paths, hashes):
-        if digest in failed_digests and path not in summary.failures:
-            summary.failures[path] = f"{path}: same bytes as {failed_digests[digest]}"
-    summary.seconds = time.perf_counter() - started
-    return summary
+
+def _run_passes(
+    ray,
+    backbone,
+    method,
+    work: _Work,
+    summary: RaySummary,
+    *,
+    local_options: dict | None,
+    cache_dir,
+    workers: int | None,
+    batch_size: int,
+    flush_every: int,
+    flush_seconds: float,
+    progress: bool,
+) -> None:
+    """The descriptor pass, then the keypoint pass, under one progress bar."""
+    bar = _progress_bar(len(work.need_global) + len(work.need_local), progress)
+    try:
+        if work.need_global:
+            _run_global(
+                ray,
+                backbone,
+                work.cache,
+                work.rows(work.need_global),
+                summary,
+                bar,
+                workers=workers,
+                batch_size=batch_size,
+                flush_every=flush_every,
+                flush_seconds=flush_seconds,
+            )
+        if work.need_local:
+            _run_local(
+                ray,
+                method,
+                local_options or {},
+                cache_dir,
+                work.rows(work.need_local),
+                summary,
+                bar,
+                batch_size=batch_size,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +450,7 @@ def decode_batch(batch: dict, preprocess: Preprocess) -> dict:
     exactly as extract.image_to_tensor does (zeros for a failed row)."""
     from wildreid.data.images import ImageReadError
     from wildreid.data.regions import region_picture
-    from wildreid.describe.extract import resized_pixels
+    from wildreid.describe.cpu_decode import resized_pixels
 
     count = len(batch["path"])
     pixels = np.zeros((count, 3, *preprocess.size), dtype=np.uint8)
@@ -430,7 +490,7 @@ class Embedder:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from wildreid.describe.extract import pixels_to_input
+        from wildreid.describe.cpu_decode import pixels_to_input
 
         if "pixels" not in batch:  # no decoding tasks in front (CPU-only cluster): decode here
             batch = decode_batch(batch, self.backbone.preprocess)

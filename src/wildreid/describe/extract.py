@@ -18,9 +18,9 @@ benchmarks against PIL decoding, not at run time:
   fp32 on a CPU);
 - ``decode``: "exact" (default: PIL, as the reference), "fast" (PIL decodes JPEGs at a reduced
   DCT scale that still covers twice the input size, torch's uint8 kernel resizes: 3-6 times
-  faster per large photo, pixels change slightly), "device" (torchvision decodes JPEGs in
-  batches where the model is: nvJPEG on a GPU, libjpeg-turbo on a CPU; see device_decode.py),
-  or "auto" ("device": measured fastest on both, see docs/extraction.md);
+  faster per large photo, pixels change slightly; both in cpu_decode.py), "device" (torchvision
+  decodes JPEGs in batches where the model is: nvJPEG on a GPU, libjpeg-turbo on a CPU; see
+  device_decode.py), or "auto" ("device": measured fastest on both, see docs/extraction.md);
 - ``compile``: torch.compile the model (False by default; "auto": on a GPU only, where the
   minute of compilation pays off);
 - ``engine``: "torch" (default), "onnxruntime" (CPU only, see onnx_engine.py), or "auto"
@@ -46,46 +46,33 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 
 from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
 from wildreid.data.regions import Region, region_keys, region_picture
 from wildreid.describe.backbones import Backbone, Preprocess
-from wildreid.describe.device_decode import (
-    DECODED_BYTES_PER_IMAGE,
-    TENSOR_INTERPOLATIONS,
-    Batch,
-    device_batches,
-    normalise,
-    resize,
-)
+from wildreid.describe.cpu_decode import cpu_batches, image_to_tensor
+from wildreid.describe.device_decode import DECODED_BYTES_PER_IMAGE, TENSOR_INTERPOLATIONS, Batch, device_batches
 from wildreid.describe.inference import TorchRunner, agreement, auto_batch_size, resolve_precision
 from wildreid.util.files import atomic_path
+
+if TYPE_CHECKING:  # imported when used: ONNX Runtime is optional
+    from wildreid.describe.onnx_engine import OnnxRunner
 
 try:
     from tqdm.auto import tqdm
 except ImportError:  # a bare benchmark machine may lack tqdm: no progress bar then
     tqdm = None
 
-PIL_INTERPOLATION = {
-    "bilinear": Image.BILINEAR,
-    "bicubic": Image.BICUBIC,
-    "nearest": Image.NEAREST,
-    "lanczos": Image.LANCZOS,
-    "box": Image.BOX,
-}
 DECODES = ("exact", "fast", "device", "auto")
 ENGINES = ("torch", "onnxruntime", "auto")
 # Every speed option on, each resolved for the device at run time.
 FAST = dict(precision="auto", decode="auto", compile="auto", engine="auto", batch_size="auto")
 MIN_AGREEMENT = 0.999
 APPROXIMATE_SUFFIX = "-fast"  # cache folder of vectors computed with speed options
-DRAFT_OVERSAMPLING = 2  # "fast" decoding keeps at least this many times the input size
 # The cache is written at least this often during a run, so that a kill (which runs no clean-up)
 # loses at most this much work; a shard every 10 s is nothing beside the extraction itself, and
 # EmbeddingCache.load merges shards when they pile up.
@@ -159,106 +146,6 @@ class EmbeddingCache:
 
 
 # --------------------------------------------------------------------------------------------
-# CPU decoding
-
-
-def image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    return pixels_to_input(resized_pixels(image, preprocess), preprocess)
-
-
-def resized_pixels(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (C, H, W): the picture resized by PIL to the model's input, the exact path's first half
-    (distributed.py decodes with it on one machine and normalises on another)."""
-    height, width = preprocess.size
-    return TF.pil_to_tensor(image.resize((width, height), PIL_INTERPOLATION[preprocess.interpolation]))
-
-
-def pixels_to_input(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (C, H, W) or (N, C, H, W) -> the model's input, the reference's arithmetic:
-    x / 255, then (x - mean) / std."""
-    return TF.normalize(pixels.float().div_(255.0), list(preprocess.mean), list(preprocess.std))
-
-
-def decode_image_draft(data: bytes, name: str, size: tuple[int, int]) -> Image.Image:
-    """``data.decode_image`` at a reduced JPEG scale that still covers DRAFT_OVERSAMPLING times
-    ``size`` (height, width).
-
-    libjpeg then skips most of the inverse DCT and colour conversion: a 2000x1800 photo for a
-    224x224 input decodes several times faster. Keeping twice the input size leaves the resize
-    real pixels to average (at 1x, EfficientNet-Lite0 features of NyalaData photos drop to
-    cosine 0.988 with the exact path; at 2x the lowest of all 458 is 0.994). The pixels still
-    differ slightly, so the exact path stays the default.
-    """
-    return decode_image(data, name, draft_size=(DRAFT_OVERSAMPLING * size[0], DRAFT_OVERSAMPLING * size[1]))
-
-
-def fast_image_to_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """``image_to_tensor`` with torch's uint8 antialiased resize instead of PIL's: the same
-    algorithm (pixels within one level), several times faster on a large image."""
-    if preprocess.interpolation not in TENSOR_INTERPOLATIONS:
-        return image_to_tensor(image, preprocess)
-    # (H, W, C) memory seen as (C, H, W): the layout torch's fast uint8 kernel works in.
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    resized = resize(pixels, preprocess.size, preprocess.interpolation)
-    return normalise(resized[None], preprocess)[0]
-
-
-class _ImageFiles(torch.utils.data.Dataset):
-    """Reads, decodes and preprocesses; a bad image yields its error instead of a tensor."""
-
-    def __init__(
-        self,
-        paths: list[str],
-        rows: list[int],
-        preprocess: Preprocess,
-        draft: bool = False,
-        regions: list[Region | None] | None = None,
-    ):
-        self.paths, self.rows, self.preprocess, self.draft = paths, rows, preprocess, draft
-        self.regions = regions
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, item: int):
-        row = self.rows[item]
-        try:
-            data = read_image_bytes(self.paths[row])
-            region = self.regions[row] if self.regions is not None else None
-            if region is not None:
-                picture = region_picture(data, self.paths[row], region)
-                convert = fast_image_to_tensor if self.draft else image_to_tensor
-                return row, convert(picture, self.preprocess), None
-            if self.draft:
-                image = decode_image_draft(data, self.paths[row], self.preprocess.size)
-                return row, fast_image_to_tensor(image, self.preprocess), None
-            return row, image_to_tensor(decode_image(data, self.paths[row]), self.preprocess), None
-        except ImageReadError as error:
-            return row, None, str(error)
-
-
-def _collate(samples):
-    good = [(row, tensor) for row, tensor, _ in samples if tensor is not None]
-    bad = [(row, error) for row, _, error in samples if error is not None]
-    tensors = torch.stack([t for _, t in good]) if good else None
-    return [row for row, _ in good], tensors, bad
-
-
-def _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, draft, regions=None) -> Iterator[Batch]:
-    """Batches decoded by PIL in loader worker processes (so decoding overlaps the model)."""
-    loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, rows, preprocess, draft, regions),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
-    for batch_rows, tensors, bad in loader:
-        images = None if tensors is None else tensors.to(device, non_blocking=True)
-        yield Batch(batch_rows, images, bad, cpu_decoded=len(batch_rows))
-
-
-# --------------------------------------------------------------------------------------------
 # Extraction
 
 
@@ -323,7 +210,49 @@ def extract_embeddings(
     if cache and cache.folder.name != backbone.cache_key:
         # An approximate run may use exact vectors too (never the other way round).
         known = {**EmbeddingCache(cache_dir, backbone.cache_key).load(), **known}
-    embeddings = np.zeros((len(paths), backbone.dim), dtype=np.float32)
+    embeddings, todo, copies = _from_cache(keys, known, backbone.dim)
+    if not todo:
+        return Extraction(embeddings, failures, 0, settings, hashes, keys)
+
+    # Runners to try, in order, until one agrees with the exact model on the first batch.
+    plan = _runner_plan(settings, precision, device)
+    runner = _make_runner(backbone, device, plan.pop(0), cache_dir)
+    run = _Run(backbone, runner, plan, embeddings, keys, copies, cache, flush_every)
+    batches: Iterator[Batch] | None = None
+    bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress) if tqdm else None
+    try:
+        if batch_size == "auto" or batch_size is None:
+            extra = DECODED_BYTES_PER_IMAGE if settings["decode"] == "device" else 0
+            batch_size = auto_batch_size(run.runner, backbone.preprocess.size, device, extra_bytes_per_image=extra)
+        settings["batch_size"] = batch_size = int(batch_size)
+        run.runner.fixed_batch = batch_size
+        batches = _batches(
+            paths, todo, backbone.preprocess, device, settings["decode"], batch_size, num_workers, regions
+        )
+        _embed_batches(run, batches, bar, failures, settings, min_agreement=min_agreement, cache_dir=cache_dir)
+        settings["compile"] = run.runner.compiled  # False if compilation failed and the run went on eagerly
+    finally:
+        if batches is not None:
+            batches.close()
+        run.runner.close()
+        if bar:
+            bar.close()
+        # Whatever was computed is kept, even when the run stops on an error.
+        if run.cache and run.pending_hashes:
+            run.cache.save(run.pending_hashes, np.concatenate(run.pending_vectors))
+    # Byte-identical copies were never decoded themselves: they share their first file's failure.
+    for row, duplicates in copies.items():
+        if row in failures:
+            failures.update({copy: f"{paths[copy]}: same bytes as {failures[row]}" for copy in duplicates})
+    return Extraction(embeddings, failures, run.extracted, settings, hashes, keys)
+
+
+def _from_cache(
+    keys: list[str | None], known: dict[str, np.ndarray], dim: int
+) -> tuple[np.ndarray, list[int], dict[int, list[int]]]:
+    """The embeddings with every cached row filled in; the rows to compute (the first of each
+    content); for each of those, the later rows with the same bytes (or region)."""
+    embeddings = np.zeros((len(keys), dim), dtype=np.float32)
     todo: list[int] = []
     copies: dict[int, list[int]] = {}  # row computed -> later rows with the same bytes
     first_of: dict[str, int] = {}
@@ -337,96 +266,93 @@ def extract_embeddings(
         else:
             first_of[digest] = row
             todo.append(row)
+    return embeddings, todo, copies
 
-    if not todo:
-        return Extraction(embeddings, failures, 0, settings, hashes, keys)
 
-    # Runners to try, in order, until one agrees with the exact model on the first batch.
-    plan = _runner_plan(settings, precision, device)
-    runner = _make_runner(backbone, device, plan.pop(0), cache_dir)
-    batches: Iterator[Batch] | None = None
-    bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress) if tqdm else None
-    extracted = 0
-    pending_hashes: list[str] = []
-    pending_vectors: list[np.ndarray] = []
-    last_flush = time.monotonic()
+@dataclass
+class _Run:
+    """One extraction's moving parts: the runner in use (the first batch may make it fall back to
+    another, see _settle), the cache being filled, and the vectors not yet written to it."""
 
-    def store(batch: Batch, host: torch.Tensor, ready: torch.cuda.Event | None) -> None:
-        nonlocal extracted, pending_hashes, pending_vectors, last_flush
-        if ready is not None:
-            ready.synchronize()
-        vectors = host.numpy()
-        broken = ~np.isfinite(vectors).all(axis=1)
-        if broken.any():
-            # Reduced precision overflowed on these images (fp16 can): exact fp32 for them.
-            redo = torch.from_numpy(np.flatnonzero(broken)).to(batch.images.device)
-            with torch.inference_mode():
-                vectors[broken] = backbone.model(batch.images[redo]).float().cpu().numpy()
-        embeddings[batch.rows] = vectors
-        for row in batch.rows:
-            embeddings[copies.get(row, [])] = embeddings[row]
-            extracted += 1 + len(copies.get(row, []))
-        pending_hashes += [keys[row] for row in batch.rows]
-        pending_vectors.append(vectors)
-        if cache and (len(pending_hashes) >= flush_every or time.monotonic() - last_flush >= FLUSH_SECONDS):
-            cache.save(pending_hashes, np.concatenate(pending_vectors))
-            pending_hashes, pending_vectors, last_flush = [], [], time.monotonic()
+    backbone: Backbone
+    runner: TorchRunner | OnnxRunner
+    plan: list[dict]  # the runners still to fall back to
+    embeddings: np.ndarray  # the result, filled in place
+    keys: list[str | None]  # cache key of each row
+    copies: dict[int, list[int]]  # row computed -> later rows with the same bytes
+    cache: EmbeddingCache | None
+    flush_every: int  # rows written to the cache at once, at least every FLUSH_SECONDS
+    extracted: int = 0
+    pending_hashes: list[str] = field(default_factory=list)
+    pending_vectors: list[np.ndarray] = field(default_factory=list)
+    last_flush: float = field(default_factory=time.monotonic)
 
-    try:
-        if batch_size == "auto" or batch_size is None:
-            extra = DECODED_BYTES_PER_IMAGE if settings["decode"] == "device" else 0
-            batch_size = auto_batch_size(runner, backbone.preprocess.size, device, extra_bytes_per_image=extra)
-        settings["batch_size"] = batch_size = int(batch_size)
-        runner.fixed_batch = batch_size
-        batches = _batches(
-            paths, todo, backbone.preprocess, device, settings["decode"], batch_size, num_workers, regions
-        )
-        checked = False
-        in_flight = None  # (batch, its features on their way to host memory, event)
-        for batch in batches:
-            failures.update(batch.failures)
-            settings["device_decoded"] += batch.device_decoded
-            settings["cpu_decoded"] += batch.cpu_decoded
-            if batch.images is not None:
-                features = runner(batch.images)
-                if not checked:
-                    runner, features = _settle(
-                        runner,
-                        plan,
-                        features,
-                        batch.images,
-                        backbone,
-                        settings,
-                        min_agreement=min_agreement,
-                        cache_dir=cache_dir,
-                    )
-                    checked = True
-                    if cache:  # a run that fell back to the exact path stores exact vectors as such
-                        cache = EmbeddingCache(cache_dir, cache_key(backbone, settings))
-                # Queue this batch's copy to host memory, then store the previous batch: the GPU
-                # goes on with the next batch while Python writes results.
-                if in_flight:
-                    store(*in_flight)
-                in_flight = (batch, *_to_host(features))
-            if bar:
-                bar.update(len(batch.rows) + len(batch.failures))
-        if in_flight:
-            store(*in_flight)
-        settings["compile"] = runner.compiled  # False if compilation failed and the run went on eagerly
-    finally:
-        if batches is not None:
-            batches.close()
-        runner.close()
+
+def _embed_batches(
+    run: _Run,
+    batches: Iterator[Batch],
+    bar,
+    failures: dict,
+    settings: dict,
+    *,
+    min_agreement,
+    cache_dir,
+) -> None:
+    """Run the model on every batch; the first one checks an approximate runner (see _settle)."""
+    checked = False
+    in_flight = None  # (batch, its features on their way to host memory, event)
+    for batch in batches:
+        failures.update(batch.failures)
+        settings["device_decoded"] += batch.device_decoded
+        settings["cpu_decoded"] += batch.cpu_decoded
+        if batch.images is not None:
+            features = run.runner(batch.images)
+            if not checked:
+                run.runner, features = _settle(
+                    run.runner,
+                    run.plan,
+                    features,
+                    batch.images,
+                    run.backbone,
+                    settings,
+                    min_agreement=min_agreement,
+                    cache_dir=cache_dir,
+                )
+                checked = True
+                if run.cache:  # a run that fell back to the exact path stores exact vectors as such
+                    run.cache = EmbeddingCache(cache_dir, cache_key(run.backbone, settings))
+            # Queue this batch's copy to host memory, then store the previous batch: the GPU
+            # goes on with the next batch while Python writes results.
+            if in_flight:
+                _store(run, *in_flight)
+            in_flight = (batch, *_to_host(features))
         if bar:
-            bar.close()
-        # Whatever was computed is kept, even when the run stops on an error.
-        if cache and pending_hashes:
-            cache.save(pending_hashes, np.concatenate(pending_vectors))
-    # Byte-identical copies were never decoded themselves: they share their first file's failure.
-    for row, duplicates in copies.items():
-        if row in failures:
-            failures.update({copy: f"{paths[copy]}: same bytes as {failures[row]}" for copy in duplicates})
-    return Extraction(embeddings, failures, extracted, settings, hashes, keys)
+            bar.update(len(batch.rows) + len(batch.failures))
+    if in_flight:
+        _store(run, *in_flight)
+
+
+def _store(run: _Run, batch: Batch, host: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+    """Put a batch's vectors in place (and in the rows of its byte-identical copies), and into the
+    cache every ``run.flush_every`` rows or FLUSH_SECONDS."""
+    if ready is not None:
+        ready.synchronize()
+    vectors = host.numpy()
+    broken = ~np.isfinite(vectors).all(axis=1)
+    if broken.any():
+        # Reduced precision overflowed on these images (fp16 can): exact fp32 for them.
+        redo = torch.from_numpy(np.flatnonzero(broken)).to(batch.images.device)
+        with torch.inference_mode():
+            vectors[broken] = run.backbone.model(batch.images[redo]).float().cpu().numpy()
+    run.embeddings[batch.rows] = vectors
+    for row in batch.rows:
+        run.embeddings[run.copies.get(row, [])] = run.embeddings[row]
+        run.extracted += 1 + len(run.copies.get(row, []))
+    run.pending_hashes += [run.keys[row] for row in batch.rows]
+    run.pending_vectors.append(vectors)
+    if run.cache and (len(run.pending_hashes) >= run.flush_every or time.monotonic() - run.last_flush >= FLUSH_SECONDS):
+        run.cache.save(run.pending_hashes, np.concatenate(run.pending_vectors))
+        run.pending_hashes, run.pending_vectors, run.last_flush = [], [], time.monotonic()
 
 
 def cache_key(backbone: Backbone, settings: dict) -> str:
@@ -571,7 +497,7 @@ def _batches(paths, rows, preprocess, device, decode, batch_size, num_workers, r
         # With a GPU, PIL decoding is the bottleneck: a worker per core. On a CPU-only machine the
         # model's own threads use the cores, and one worker keeps decoding ahead of it.
         num_workers = min(16, cpus) if device.type == "cuda" else 1
-    return _cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, decode == "fast", regions)
+    return cpu_batches(paths, rows, preprocess, device, batch_size, num_workers, decode == "fast", regions)
 
 
 def _region_tensor(data: bytes, name: str, *, region: Region, preprocess: Preprocess) -> torch.Tensor:

@@ -24,26 +24,25 @@ from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from sklearn.metrics.cluster import pair_confusion_matrix
 
 from wildreid.data.dataset import DATABASE, NEW_INDIVIDUAL, QUERY, Dataset, DatasetError, _listing, read_text_csv
-
-
-def balanced_accuracy(y_true: np.ndarray, correct: np.ndarray) -> float:
-    """Mean over true identities of the fraction of their samples that are correct."""
-    if len(y_true) == 0:
-        return math.nan
-    per_identity = pd.Series(correct.astype(float)).groupby(np.asarray(y_true, dtype=object)).mean()
-    return float(per_identity.mean())
+from wildreid.decide.thresholds import balanced_accuracy
 
 
 def baks(y_true: Sequence, y_pred: Sequence, new_identities: Sequence) -> float:
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     known = ~np.isin(y_true, np.asarray(list(new_identities), dtype=object))
-    return balanced_accuracy(y_true[known], y_pred[known] == y_true[known])
+    return _balanced_accuracy(y_true[known], y_pred[known] == y_true[known])
 
 
 def baus(y_true: Sequence, y_pred: Sequence, new_identities: Sequence, new_class: str = NEW_INDIVIDUAL) -> float:
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     new = np.isin(y_true, np.asarray(list(new_identities), dtype=object))
-    return balanced_accuracy(y_true[new], y_pred[new] == new_class)
+    return _balanced_accuracy(y_true[new], y_pred[new] == new_class)
+
+
+def _balanced_accuracy(y_true: np.ndarray, correct: np.ndarray) -> float:
+    """Mean over true identities of the fraction of their samples that are correct (NaN without
+    samples): the simulation's per-threshold figure, for one column."""
+    return float(balanced_accuracy(np.asarray(correct)[:, None], y_true)[0])
 
 
 def geometric_score(baks_value: float, baus_value: float) -> float:

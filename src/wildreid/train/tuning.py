@@ -46,18 +46,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from wildreid.describe.trained import RECORD, TrainError
-from wildreid.train.finetune import (
-    CHECKPOINT,
-    MODEL_FILES,
-    TRAIN,
-    VAL_IDENTITY,
-    VAL_IMAGE,
-    TrainConfig,
-    TrainResult,
-    _prepare_out_dir,
-    split_validation,
-    train,
-)
+from wildreid.train.checkpoint import CHECKPOINT, MODEL_FILES, prepare_out_dir
+from wildreid.train.finetune import TrainConfig, TrainResult, train
+from wildreid.train.images import TRAIN, VAL_IDENTITY, VAL_IMAGE, split_validation
 from wildreid.util.files import atomic_path, write_text_atomic
 
 SEARCHABLE = ("flip", "lr", "epochs")
@@ -267,7 +258,7 @@ def train_with_search(
     search = out / SEARCH_DIR
     if overwrite and search.exists():
         shutil.rmtree(search)
-    _prepare_out_dir(out, overwrite)
+    prepare_out_dir(out, overwrite)
     _check_plan(search, images, config, free, space, refit)
     selection_path = search / SELECTION
     if selection_path.exists():
