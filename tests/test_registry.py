@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from wildreid.util.registry import Registry, UnknownName
@@ -53,3 +55,17 @@ def test_modules_are_imported_when_first_read(monkeypatch):
     assert imported == []  # nothing imported before the registry is read
     assert colours.names() == ["red"] and colours.names() == ["red"]
     assert imported == ["wildreid_test_colours"]  # once
+
+
+def test_names_follow_the_order_of_modules_not_of_imports(monkeypatch):
+    colours = Registry("colour", modules=("first", "second"))
+    monkeypatch.setattr("importlib.import_module", lambda name: None)
+
+    def made_in(module):
+        return types.SimpleNamespace(__module__=module)
+
+    colours.register("blue", made_in("second"))  # its module happened to be imported first
+    colours.register("red", made_in("first"))
+    colours.register("green", made_in("first"))
+    colours.register("grey", made_in("a_test"))  # from no listed module: last
+    assert colours.names() == ["red", "green", "blue", "grey"]

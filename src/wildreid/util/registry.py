@@ -11,8 +11,10 @@ file whose entry registers itself::
 
 ``modules`` names the files whose import registers the entries: they are imported the first time
 the registry is read (not when it is created), so a file may import the registry it registers
-into without a cycle, and a registry nobody reads costs nothing. Whatever lists names (a command's
-help, a validation message) reads ``names()``, never a hand-written list.
+into without a cycle, and a registry nobody reads costs nothing. Names come in the order of
+``modules`` (an entry's module is its ``__module__``), then in registration order, whichever file
+happened to be imported first. Whatever lists names (a command's help, a validation message)
+reads ``names()``, never a hand-written list.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class Registry(Generic[T]):
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' is registered twice")
         self._entries[name] = entry
+        if self.modules:  # keep the order of ``modules``, whatever the order of imports
+            rank = {module: place for place, module in enumerate(self.modules)}
+            place = {
+                key: rank.get(getattr(value, "__module__", None), len(rank)) for key, value in self._entries.items()
+            }
+            self._entries = dict(sorted(self._entries.items(), key=lambda item: place[item[0]]))
         return entry
 
     def unregister(self, name: str) -> None:
