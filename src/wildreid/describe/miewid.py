@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wildreid.describe.backbones import MODEL_FOLDERS, BackboneUnavailable, ModelFolder, read_config, read_weights
+
 EMBEDDING_DIM = 2152
 INPUT_SIZE = 440
 _HEAD = "final."  # training head: dropped
@@ -76,8 +78,6 @@ def is_miewid_config(config: dict) -> bool:
 def load_miewid(folder: Path, config: dict | None = None) -> MiewIdNet:
     """The MiewID network of a repository folder, its model.safetensors loaded with every tensor
     checked (name and shape); the training head is dropped."""
-    from wildreid.describe.backbones import BackboneUnavailable, read_config, read_weights
-
     config = config if config is not None else read_config(folder)
     if config.get("use_fc"):
         raise BackboneUnavailable(
@@ -112,3 +112,6 @@ def load_miewid(folder: Path, config: dict | None = None) -> MiewIdNet:
         )
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+MODEL_FOLDERS.register("miewid", ModelFolder(is_miewid_config, load_miewid))

@@ -3,29 +3,65 @@
 They appear together or not at all: ``write_run`` writes them into a temporary folder beside the
 output folder and then swaps that folder in, so a full disk, a read-only folder or a killed run
 never leaves new CSVs beside an old report, and a later run never mixes files with an earlier one.
+
+Each kind of file comes from a writer registered in ``OUTPUTS``, called in registration order:
+``writer(result, folder, request) -> {name: path}`` writes its files into ``folder`` and returns
+them (nothing, when the run has nothing of its kind: no groups.csv without grouping). To add an
+output, write a file of this wing with a function under ``@OUTPUTS.register("name")`` and add its
+module to ``OUTPUTS``' modules below. Submission formats are registered in ``SUBMISSION_FORMATS``:
+a function from the result to the table ``submission.csv`` holds.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from wildreid.evaluate.metrics import evaluate
 from wildreid.evaluate.report import _png, figures_for_run, query_truth, render_report
 from wildreid.util.files import atomic_folder, atomic_path, jsonable, write_csv_atomic, write_text_atomic
+from wildreid.util.registry import Registry
 
-SUBMISSION_FORMATS = ("animalclef2025", "animalclef2026")
 # The columns of groups.csv besides image_id and dataset (IdentifyResult.candidates has them all).
 GROUP_COLUMNS = ("group", "group_kind", "group_size", "group_identity", "links_in_group", "best_gallery_link")
+RUN_RECORD = "run.json"  # what marks a folder as a wildreid run (one we may replace)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What write_run was asked for, as every writer sees it."""
+
+    evaluation: dict | None = None
+    report: bool = True
+    match_examples: int = 4
+    format: str = "animalclef2025"  # of submission.csv: a name in SUBMISSION_FORMATS
+
+
+Writer = Callable[..., dict[str, Path]]  # (result, folder, request) -> {name: path written}
+OUTPUTS: Registry[Writer] = Registry("run output", modules=())
+SUBMISSION_FORMATS: Registry[Callable] = Registry("submission format", modules=())
+
+
+@SUBMISSION_FORMATS.register("animalclef2025")
+def identities_submission(result):
+    """``image_id,identity``: a known individual or new_individual."""
+    return result.predictions
+
+
+@SUBMISSION_FORMATS.register("animalclef2026")
+def clusters_submission(result):
+    """``image_id,cluster``."""
+    return result.clusters
 
 
 def write_submission(result, path: str | Path, format: str = "animalclef2025") -> None:
-    """Kaggle formats, one row per query in metadata order. animalclef2025: ``image_id,identity``
-    (a known individual or new_individual); animalclef2026: ``image_id,cluster``."""
+    """Kaggle formats, one row per query in metadata order (SUBMISSION_FORMATS)."""
     if format not in SUBMISSION_FORMATS:
         raise ValueError(f"submission format '{format}': choose one of {', '.join(SUBMISSION_FORMATS)}.")
-    write_csv_atomic(result.predictions if format == "animalclef2025" else result.clusters, path)
+    write_csv_atomic(SUBMISSION_FORMATS.get(format)(result), path)
 
 
 def evaluate_if_possible(result) -> dict | None:
@@ -33,9 +69,6 @@ def evaluate_if_possible(result) -> dict | None:
     if query_truth(result) is None:
         return None
     return evaluate(result.dataset, result.predictions, result.candidates)
-
-
-RUN_RECORD = "run.json"  # what marks a folder as a wildreid run (one we may replace)
 
 
 class OutputError(ValueError):
@@ -111,28 +144,33 @@ def _write_files(
     result, out_dir: Path, *, evaluation: dict | None, report: bool, match_examples: int, format: str
 ) -> dict:
     """Write the outputs into ``out_dir`` (the staging folder); return {name: path relative to it}."""
-    written = {
-        "submission": out_dir / "submission.csv",
-        "candidates": out_dir / "candidates.csv",
-        "run": out_dir / RUN_RECORD,
-    }
-    write_submission(result, written["submission"], format)
-    write_csv_atomic(result.candidates, written["candidates"])
-    if result.grouping is not None:
-        written["groups"] = out_dir / "groups.csv"
-        write_csv_atomic(result.candidates[["image_id", "dataset", *GROUP_COLUMNS]], written["groups"])
-    if len(result.failures):
-        written["failures"] = out_dir / "failures.csv"
-        write_csv_atomic(result.failures, written["failures"])
-    if result.no_animal is not None:  # MegaDetector detections were used: always say which photos gave no row
-        written["no_animal"] = out_dir / "no_animal.csv"
-        write_csv_atomic(result.no_animal, written["no_animal"])
+    request = RunRequest(evaluation, report, match_examples, format)
+    written = {}
+    for write in OUTPUTS.values():
+        written.update(write(result, out_dir, request))
+    return {name: path.relative_to(out_dir) for name, path in written.items()}
+
+
+@OUTPUTS.register("submission")
+def write_submission_file(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    write_submission(result, folder / "submission.csv", request.format)
+    return {"submission": folder / "submission.csv"}
+
+
+@OUTPUTS.register("candidates")
+def write_candidates(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    write_csv_atomic(result.candidates, folder / "candidates.csv")
+    return {"candidates": folder / "candidates.csv"}
+
+
+@OUTPUTS.register("run")
+def write_run_record(result, folder: Path, request: RunRequest) -> dict[str, Path]:
     record = {
         "source": result.dataset.source,
         "preset": result.preset.to_dict(),
         "thresholds": result.thresholds,
         "threshold_choices": {g: c.summary() for g, c in result.threshold_choices.items()},
-        "submission_format": format,
+        "submission_format": request.format,
         "grouping": None
         if result.grouping is None
         else {
@@ -149,22 +187,57 @@ def _write_files(
         "timings": result.timings,
         "skipped_images": len(result.failures),
         "photos_without_animal": None if result.no_animal is None else len(result.no_animal),
-        "evaluation": evaluation,
+        "evaluation": request.evaluation,
     }
-    write_text_atomic(written["run"], json.dumps(jsonable(record), indent=2))
+    write_text_atomic(folder / RUN_RECORD, json.dumps(jsonable(record), indent=2))
+    return {"run": folder / RUN_RECORD}
+
+
+@OUTPUTS.register("groups")
+def write_groups(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    if result.grouping is None:
+        return {}
+    write_csv_atomic(result.candidates[["image_id", "dataset", *GROUP_COLUMNS]], folder / "groups.csv")
+    return {"groups": folder / "groups.csv"}
+
+
+@OUTPUTS.register("failures")
+def write_failures(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    if not len(result.failures):
+        return {}
+    write_csv_atomic(result.failures, folder / "failures.csv")
+    return {"failures": folder / "failures.csv"}
+
+
+@OUTPUTS.register("no_animal")
+def write_no_animal(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    if result.no_animal is None:  # MegaDetector detections were used: always say which photos gave no row
+        return {}
+    write_csv_atomic(result.no_animal, folder / "no_animal.csv")
+    return {"no_animal": folder / "no_animal.csv"}
+
+
+@OUTPUTS.register("calibrations")
+def write_calibrations(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    """The calibrations are part of the run: the fused scores cannot be read without them."""
+    written = {}
     for group, calibration in result.calibrations.items():
-        # The calibrations are part of the run: the fused scores cannot be read without them.
-        written[f"calibration_{group}"] = out_dir / f"calibration_{_safe(group)}.json"
+        written[f"calibration_{group}"] = folder / f"calibration_{_safe(group)}.json"
         write_text_atomic(written[f"calibration_{group}"], calibration.to_json())
-    if report:
-        pictures = {name: _png(figure) for name, figure in figures_for_run(result).items()}
-        pictures.update(match_pictures(result, per_dataset=match_examples))
-        for name, data in pictures.items():
-            with atomic_path(out_dir / "plots" / f"{name}.png") as temporary:
-                temporary.write_bytes(data)
-        written["report"] = out_dir / "report.html"
-        write_text_atomic(written["report"], render_report(result, evaluation, pictures))
-    return {name: path.relative_to(out_dir) for name, path in written.items()}
+    return written
+
+
+@OUTPUTS.register("report")
+def write_report(result, folder: Path, request: RunRequest) -> dict[str, Path]:
+    if not request.report:
+        return {}
+    pictures = {name: _png(figure) for name, figure in figures_for_run(result).items()}
+    pictures.update(match_pictures(result, per_dataset=request.match_examples))
+    for name, data in pictures.items():
+        with atomic_path(folder / "plots" / f"{name}.png") as temporary:
+            temporary.write_bytes(data)
+    write_text_atomic(folder / "report.html", render_report(result, request.evaluation, pictures))
+    return {"report": folder / "report.html"}
 
 
 def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> dict[str, bytes]:

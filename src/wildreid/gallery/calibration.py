@@ -1,9 +1,17 @@
 """Calibration of every score to P(same individual), and the fusion of calibrated scores.
 
 WildFusion's recipe, with our own code: each score type (global cosine, LNBNN, geometric inliers,
-confident matches) lives on its own scale, so each is turned into a probability by an isotonic
-regression fitted on database-vs-database pairs of the same dataset (never an image with itself,
-never two near-duplicates of one clip or date); the fused score is the mean of the probabilities.
+confident matches) lives on its own scale, so each is turned into a probability by a calibrator
+fitted on database-vs-database pairs of the same dataset (never an image with itself, never two
+near-duplicates of one clip or date); a fusion rule then combines the probabilities into one.
+
+Both are choices by name. A calibrator is a class registered in ``CALIBRATORS`` that implements
+:class:`Calibrator` (``fit(scores, same)``, ``predict(scores)`` -> P(same), to and from JSON);
+``isotonic`` is the default. A fusion rule is a function registered in ``FUSION_RULES`` from
+{score type: P(same)} to one P(same); ``mean`` is the default. To add one, write it in a new file
+of this wing under ``@CALIBRATORS.register("name")`` (or ``@FUSION_RULES.register("name")``) and
+add the file's module to that registry's ``modules`` below. A fitted :class:`Calibration`
+remembers both names, so a gallery answers queries with the maps and the rule it was fitted with.
 
 Pairs compared after a horizontal flip (mirrored matching, data/views.py) get maps of their own
 (``mirrored:cosine``, ...): how often a mirrored match is the same animal depends on how
@@ -14,9 +22,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
+
+from wildreid.util.registry import Registry
 
 TIE_BREAK = 1e-6
 
@@ -24,32 +35,50 @@ TIE_BREAK = 1e-6
 MIRRORED = "mirrored:"  # prefix of the maps fitted on mirrored pairs
 
 
-@dataclass
-class Calibration:
-    """Per score type, a monotone map from raw score to P(same individual)."""
+class Calibrator:
+    """One score type's map from raw score to P(same individual)."""
 
-    knots: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    pairs: int = 0
-    positives: int = 0
+    def fit(self, scores: np.ndarray, same: np.ndarray) -> "Calibrator":
+        """Fit on pairs' raw ``scores`` and whether each pair is the same individual (1.0 or 0.0);
+        return self."""
+        raise NotImplementedError
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        """P(same individual) of each raw score."""
+        raise NotImplementedError
+
+    def to_json(self):
+        """What the fitted map is, as plain JSON data (lists, numbers, strings)."""
+        raise NotImplementedError
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, mirrored: np.ndarray | None = None) -> "Calibration":
-        """``mirrored``: which pairs were compared after a flip; they get maps of their own."""
-        same = np.asarray(same, dtype=float)
-        flipped = np.zeros(len(same), bool) if mirrored is None else np.asarray(mirrored, bool)
-        knots = {}
-        for prefix, rows in (("", ~flipped), (MIRRORED, flipped)):
-            if not rows.any():
-                continue
-            for name, values in scores.items():
-                regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-                regression.fit(np.asarray(values)[rows], same[rows])
-                knots[prefix + name] = (regression.X_thresholds_.tolist(), regression.y_thresholds_.tolist())
-        return cls(knots, int(len(same)), int(np.sum(same)))
+    def from_json(cls, data) -> "Calibrator":
+        raise NotImplementedError
 
-    def probability(self, name: str, values: np.ndarray) -> np.ndarray:
-        xs, ys = self.knots[name]
-        values = np.asarray(values, dtype=np.float64)
+
+CALIBRATORS: Registry[type[Calibrator]] = Registry("calibrator", modules=())
+FUSION_RULES: Registry[Callable[[dict[str, np.ndarray]], np.ndarray]] = Registry("fusion rule", modules=())
+DEFAULT_CALIBRATOR = "isotonic"
+DEFAULT_FUSION = "mean"
+
+
+@CALIBRATORS.register("isotonic")
+@dataclass
+class IsotonicCalibrator(Calibrator):
+    """A monotone, piecewise linear map through the knots of an isotonic regression."""
+
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+
+    def fit(self, scores: np.ndarray, same: np.ndarray) -> "IsotonicCalibrator":
+        regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        regression.fit(scores, same)
+        self.xs, self.ys = regression.X_thresholds_.tolist(), regression.y_thresholds_.tolist()
+        return self
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        xs, ys = self.xs, self.ys
+        values = np.asarray(scores, dtype=np.float64)
         calibrated = np.interp(values, xs, ys)  # linear between knots, clipped at the ends, as sklearn
         # An isotonic map is flat over long stretches and at both ends, so it ties many pairs a
         # query must still tell apart (on LionData's closed split calibrated cosine alone fell to
@@ -59,26 +88,92 @@ class Calibration:
         order = 0.5 + np.arctan((values - xs[0]) / max(xs[-1] - xs[0], 1e-12)) / np.pi
         return (1.0 - TIE_BREAK) * calibrated + TIE_BREAK * order
 
+    def to_json(self) -> tuple[list[float], list[float]]:
+        return (self.xs, self.ys)
+
+    @classmethod
+    def from_json(cls, data) -> "IsotonicCalibrator":
+        return cls(data[0], data[1])
+
+
+@FUSION_RULES.register("mean")
+def mean(probabilities: dict[str, np.ndarray]) -> np.ndarray:
+    """WildFusion's rule: the mean of the calibrated probabilities."""
+    return np.mean(list(probabilities.values()), axis=0)
+
+
+@dataclass
+class Calibration:
+    """Per score type a fitted calibrator; and the fusion rule of their probabilities."""
+
+    maps: dict[str, Calibrator] = field(default_factory=dict)
+    pairs: int = 0
+    positives: int = 0
+    calibrator: str = DEFAULT_CALIBRATOR
+    fusion: str = DEFAULT_FUSION
+
+    @property
+    def knots(self) -> dict:
+        """Each map as its JSON data: for an isotonic map its knots (xs, ys), the name this had
+        when every map was one."""
+        return {name: fitted.to_json() for name, fitted in self.maps.items()}
+
+    @classmethod
+    def fit(
+        cls,
+        scores: dict[str, np.ndarray],
+        same: np.ndarray,
+        mirrored: np.ndarray | None = None,
+        *,
+        calibrator: str = DEFAULT_CALIBRATOR,
+        fusion: str = DEFAULT_FUSION,
+    ) -> "Calibration":
+        """``mirrored``: which pairs were compared after a flip; they get maps of their own."""
+        make = CALIBRATORS.get(calibrator)
+        FUSION_RULES.get(fusion)  # an unknown rule fails now, not at the first query
+        same = np.asarray(same, dtype=float)
+        flipped = np.zeros(len(same), bool) if mirrored is None else np.asarray(mirrored, bool)
+        maps = {}
+        for prefix, rows in (("", ~flipped), (MIRRORED, flipped)):
+            if not rows.any():
+                continue
+            for name, values in scores.items():
+                maps[prefix + name] = make().fit(np.asarray(values)[rows], same[rows])
+        return cls(maps, int(len(same)), int(np.sum(same)), calibrator, fusion)
+
+    def probability(self, name: str, values: np.ndarray) -> np.ndarray:
+        return self.maps[name].predict(values)
+
     def fuse(self, scores: dict[str, np.ndarray], mirrored: np.ndarray | None = None) -> np.ndarray:
-        """The mean of the calibrated scores; mirrored pairs through the mirrored maps (through the
-        direct ones where the database had no mirrored pair to fit them on)."""
-        fused = np.mean([self.probability(name, values) for name, values in scores.items()], axis=0)
+        """The calibrated scores combined by the fusion rule; mirrored pairs through the mirrored
+        maps (through the direct ones where the database had no mirrored pair to fit them on)."""
+        combine = FUSION_RULES.get(self.fusion)
+        fused = combine({name: self.probability(name, values) for name, values in scores.items()})
         if mirrored is not None and np.any(mirrored):
             rows = np.asarray(mirrored, bool)
             fused = np.asarray(fused, dtype=np.float64).copy()
-            fused[rows] = np.mean(
-                [
-                    self.probability(MIRRORED + name if MIRRORED + name in self.knots else name, values[rows])
+            fused[rows] = combine(
+                {
+                    name: self.probability(MIRRORED + name if MIRRORED + name in self.maps else name, values[rows])
                     for name, values in scores.items()
-                ],
-                axis=0,
+                }
             )
         return fused
 
     def to_json(self) -> str:
-        return json.dumps({"pairs": self.pairs, "positives": self.positives, "knots": self.knots})
+        # The two names are written only when they are not the defaults, so a default calibration
+        # is saved exactly as before they were choices, and an old file loads as the defaults.
+        content = {"pairs": self.pairs, "positives": self.positives, "knots": self.knots}
+        if self.calibrator != DEFAULT_CALIBRATOR:
+            content["calibrator"] = self.calibrator
+        if self.fusion != DEFAULT_FUSION:
+            content["fusion"] = self.fusion
+        return json.dumps(content)
 
     @classmethod
     def from_json(cls, text: str) -> "Calibration":
         content = json.loads(text)
-        return cls({k: (v[0], v[1]) for k, v in content["knots"].items()}, content["pairs"], content["positives"])
+        calibrator = content.get("calibrator", DEFAULT_CALIBRATOR)
+        load = CALIBRATORS.get(calibrator).from_json
+        maps = {name: load(data) for name, data in content["knots"].items()}
+        return cls(maps, content["pairs"], content["positives"], calibrator, content.get("fusion", DEFAULT_FUSION))

@@ -1,11 +1,25 @@
-"""The small interface every local feature method implements."""
+"""The small interface every local feature method implements, and the registry of methods.
+
+A method is a factory registered by name in ``LOCAL_METHODS``: ``factory(**options)`` returns a
+:class:`LocalMethod`. Each method file registers its own (``@LOCAL_METHODS.register("orb")`` above
+its class, or a registration call per variant, as sift.py and learned.py do). To add a method,
+write it in a new file of this wing, register it there, and add the file's module to
+``LOCAL_METHODS``' modules below. A method with weights files (learned.py) also registers, in
+``LEARNED``, the function that says which of its files are missing.
+
+A method file must not import torch at its top: listing the names (a command's help) imports
+every method file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from wildreid.util.registry import Registry
 
 
 @dataclass
@@ -62,25 +76,19 @@ def working_image(image: Image.Image, max_side: int, min_side: int) -> tuple[np.
     return np.asarray(grey), scale
 
 
+LOCAL_METHODS: Registry[Callable[..., LocalMethod]] = Registry(
+    "local feature method", modules=("wildreid.local.sift", "wildreid.local.orb", "wildreid.local.learned")
+)
+# name -> missing_weights_advice(weights_dir): None when the method's weights files are on disk.
+LEARNED: Registry[Callable[..., str | None]] = Registry(
+    "learned local feature method", modules=("wildreid.local.learned",)
+)
+
+
 def get_method(name: str, **options) -> LocalMethod:
-    name = name.lower()
-    if name in ("sift", "rootsift"):
-        from wildreid.local.sift import SiftMethod
-
-        return SiftMethod(root=name == "rootsift", **options)
-    if name == "orb":
-        from wildreid.local.orb import OrbMethod
-
-        return OrbMethod(**options)
-    if name in LEARNED:
-        from wildreid.local.learned import LearnedMethod
-
-        return LearnedMethod(name, **options)
-    raise KeyError(f"unknown local feature method '{name}'; choose one of {', '.join(method_names())}")
-
-
-LEARNED = ("aliked-lightglue", "disk-lightglue")
+    """The method registered as ``name`` (any case), built with ``options``."""
+    return LOCAL_METHODS.get(name.lower())(**options)
 
 
 def method_names() -> list[str]:
-    return ["sift", "rootsift", "orb", *LEARNED]
+    return LOCAL_METHODS.names()

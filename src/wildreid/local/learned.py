@@ -25,15 +25,17 @@ import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 from PIL import Image
 
-from wildreid.local.base import LocalFeatures, LocalMethod, working_image
+from wildreid.local.base import LEARNED, LOCAL_METHODS, LocalFeatures, LocalMethod, working_image
 from wildreid.util.errors import BackboneUnavailable
+
+if TYPE_CHECKING:  # torch itself is imported where it is used: listing the methods must not load it
+    import torch
 
 # Keypoints never lie closer than this to the image border: DISK's NMS window is 5 pixels and
 # ALIKED's NMS radius is 2, and both drop maxima whose window runs off the image.
@@ -114,6 +116,8 @@ def weights_files(name: str, weights_dir: str | Path | None = None) -> list[Path
 def _weights_folder(weights_dir: str | Path | None) -> Path:
     if weights_dir is not None:
         return Path(weights_dir).expanduser()
+    import torch
+
     # get_dir() reads TORCH_HOME (and XDG_CACHE_HOME) at each call, as kornia's downloader does.
     return Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -160,6 +164,8 @@ class LearnedMethod(LocalMethod):
         filter_threshold: float = 0.1,
         detection_threshold: float = ALIKED_THRESHOLD,
     ):
+        import torch
+
         name = name.lower()
         if name not in SPECS:
             raise KeyError(f"unknown learned local feature method '{name}'; choose one of {', '.join(SPECS)}")
@@ -192,6 +198,8 @@ class LearnedMethod(LocalMethod):
         return self.weights_dir / self._spec.extractor.file_name, self.weights_dir / self._spec.matcher.file_name
 
     def _read(self, path: Path) -> dict:
+        import torch
+
         try:
             # weights_only: a checkpoint is data; never let unpickling run code.
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -273,6 +281,8 @@ class LearnedMethod(LocalMethod):
         return f"{self.name}-k{self.max_keypoints}-s{self.max_side}-{self.min_side}{threshold}-w{self._weights_id}"
 
     def extract(self, image: Image.Image) -> LocalFeatures:
+        import torch
+
         rgb, scale = working_rgb(image, self.max_side, self.min_side)
         height, width = rgb.shape[:2]
         tensor = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 255.0
@@ -304,6 +314,8 @@ class LearnedMethod(LocalMethod):
 
     def match_with_confidence(self, a: LocalFeatures, b: LocalFeatures) -> tuple[np.ndarray, np.ndarray]:
         """LightGlue's mutual matches above filter_threshold and their assignment probabilities."""
+        import torch
+
         if len(a) == 0 or len(b) == 0:
             return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
 
@@ -318,6 +330,20 @@ class LearnedMethod(LocalMethod):
             out = self._matcher({"image0": side(a), "image1": side(b)})
         matches = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
         return matches, out["scores"][0].float().cpu().numpy().reshape(-1)
+
+
+@LOCAL_METHODS.register("aliked-lightglue")
+def aliked_lightglue(**options) -> LearnedMethod:
+    return LearnedMethod("aliked-lightglue", **options)
+
+
+@LOCAL_METHODS.register("disk-lightglue")
+def disk_lightglue(**options) -> LearnedMethod:
+    return LearnedMethod("disk-lightglue", **options)
+
+
+LEARNED.register("aliked-lightglue", lambda weights_dir=None: missing_weights_advice("aliked-lightglue", weights_dir))
+LEARNED.register("disk-lightglue", lambda weights_dir=None: missing_weights_advice("disk-lightglue", weights_dir))
 
 
 def working_rgb(image: Image.Image, max_side: int, min_side: int) -> tuple[np.ndarray, float]:

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from wildreid.local.base import LocalFeatures, LocalMethod, working_image
+from wildreid.local.base import LOCAL_METHODS, LocalFeatures, LocalMethod, working_image
 
 
+@LOCAL_METHODS.register("orb")
 class OrbMethod(LocalMethod):
     name = "orb"
     descriptor_dim = 32  # bytes of the 256-bit descriptor, kept one byte a value (exact in float16)

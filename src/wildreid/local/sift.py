@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from wildreid.local.base import LocalFeatures, LocalMethod, working_image
+from wildreid.local.base import LOCAL_METHODS, LocalFeatures, LocalMethod, working_image
 
 
 class SiftMethod(LocalMethod):
@@ -49,6 +49,16 @@ class SiftMethod(LocalMethod):
         if len(a) < 2 or len(b) < 2:
             return np.zeros((0, 2), dtype=np.int64)
         return match_descriptors(a.descriptors, b.descriptors, self.ratio, self.mutual)
+
+
+@LOCAL_METHODS.register("sift")
+def sift(**options) -> SiftMethod:
+    return SiftMethod(root=False, **options)
+
+
+@LOCAL_METHODS.register("rootsift")
+def rootsift(**options) -> SiftMethod:
+    return SiftMethod(root=True, **options)
 
 
 def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float, mutual: bool) -> np.ndarray:
