@@ -31,8 +31,9 @@ from wildreid.decide.queue import (
     settled_queries,
 )
 from wildreid.gallery.gallery import Gallery
+from wildreid.review.waiting import WaitingPhotos
 
-UPLOAD = "upload-"  # image_id of an uploaded query photo in the gallery's tables (as jobs.py names them)
+UPLOAD = "upload-"  # image_id of a waiting photo in the gallery's tables: upload-<query id>
 KNOWN, NEW, ALONE = "known", "new", "alone"
 
 
@@ -167,12 +168,18 @@ def pending_queries(catalog: Catalog, dataset: str) -> list[dict]:
 
 
 def group_pending(
-    catalog: Catalog, gallery: Gallery, dataset: str, *, cache_dir: str | Path | None = None
+    catalog: Catalog,
+    gallery: Gallery,
+    dataset: str,
+    *,
+    cache_dir: str | Path | None = None,
+    memory: WaitingPhotos | None = None,
 ) -> PendingGrouping:
     """Group the waiting photos of ``dataset`` against ``gallery`` (the catalogue's, up to date:
     ``catalog_gallery``) with the gallery's own grouping method (average linkage when its preset
     groups none), and apply the stored answers. ``cache_dir``: the descriptor cache (a waiting
-    photo grouped again is not described again)."""
+    photo grouped again is not described again); ``memory``: what earlier groupings and
+    identifications of this dataset's photos computed (review/waiting.py), used and updated."""
     queries = pending_queries(catalog, dataset)
     query_ids = [query["id"] for query in queries]
     if not queries:
@@ -184,7 +191,14 @@ def group_pending(
             "dataset": dataset,
         }
     )
-    result = gallery.identify(table, cache_dir=cache_dir, grouping=gallery.preset.grouping or "average", progress=False)
+    memory = WaitingPhotos() if memory is None else memory
+    result = memory.identify(
+        gallery,
+        table,
+        [query["sha256"] for query in queries],
+        cache_dir=cache_dir,
+        grouping=gallery.preset.grouping or "average",
+    )
     groupings = list(result.grouping.datasets.values()) if result.grouping is not None else []
     if not groupings:  # no photo could be read
         return PendingGrouping(dataset, query_ids, [], None)
