@@ -15,14 +15,16 @@ waiting photos included). The photos uploaded are the dataset's query photos re-
 quality 85. Printed per count: the median upload latency and its ratio to the first count's.
 
 Descriptors are cached in ``--work`` (default: a temporary folder), so a second run describes
-nothing again. To compare with an older commit, run this same file with that commit's package
-first on ``PYTHONPATH`` (it uses only what both have).
+nothing again. To compare with an older commit, run a copy of this file with that commit's
+package first on ``PYTHONPATH`` (it uses only what both have; ``WILDREID_SHARED_DATA`` names the
+datasets' folder when the copy lives elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import socket
 import statistics
@@ -32,7 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# The real datasets (as the tests find them): a copy of this file run elsewhere names them.
+SHARED = Path(os.environ.get("WILDREID_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TOKEN = "benchmark-review-token-0123456789"
 HEADERS = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "benchmark"}
 

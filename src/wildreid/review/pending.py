@@ -2,8 +2,9 @@
 answers kept as constraints.
 
 Waiting photos (uploaded, identified, not filed yet) are identified together against the
-catalogue's gallery with grouping (``Gallery.identify``): compared with each other as well as with
-the known individuals, the same stages and calibration as query-vs-gallery. The answers stored in
+catalogue's gallery with grouping (as ``Gallery.identify`` does): compared with each other as well
+as with the known individuals, the same stages and calibration as query-vs-gallery. What each
+photo's identification and earlier groupings computed is reused (waiting.py). The answers stored in
 the catalogue (``changes.answer_pair``, ``changes.split_group``) are mapped from query ids and
 individual ids to the nodes of the match graph and applied as must-links ("same") and
 cannot-links ("different"), so a grouping rebuilt after a restart or a confirmation keeps every

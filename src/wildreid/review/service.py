@@ -112,14 +112,19 @@ class ReviewService:
         for query_id, answer in zip(query_ids, answers):
             catalog.set_query_result(query_id, answer, error=answer["error"] or None)
         if self.waiting is not None:
-            hashes = [catalog.query(query_id)["sha256"] for query_id in query_ids]
-            ids = list(zip(photos.table["image_id"].astype(str), hashes))
-            for dataset in dict.fromkeys(photos.table["dataset"]):
-                rows = [row for row, value in enumerate(photos.table["dataset"]) if value == dataset]
-                self.waiting.setdefault(dataset, WaitingPhotos()).remember(
-                    [ids[row] for row in rows], photos.take(rows), ranking_rows(ranked, rows), (gallery.state, depth)
-                )
+            self._remember(catalog, query_ids, photos, ranked, (gallery.state, depth))
         return Identified(result, list(query_ids), answers)
+
+    def _remember(self, catalog: Catalog, query_ids: list[int], photos, ranked, ranked_for: tuple) -> None:
+        """Keep what grouping these filed photos needs, per dataset (see waiting.py)."""
+        hashes = [catalog.query(query_id)["sha256"] for query_id in query_ids]
+        ids = list(zip(photos.table["image_id"].astype(str), hashes))
+        datasets = photos.table["dataset"].tolist()
+        for dataset in dict.fromkeys(datasets):
+            rows = [row for row, value in enumerate(datasets) if value == dataset]
+            self.waiting.setdefault(dataset, WaitingPhotos()).remember(
+                [ids[row] for row in rows], photos.take(rows), ranking_rows(ranked, rows), ranked_for
+            )
 
     def group(self, catalog: Catalog, dataset: str) -> PendingGrouping:
         """Group the waiting photos of ``dataset`` against the gallery, brought up to date first."""
