@@ -24,6 +24,7 @@ from wildreid.data.dataset import DATABASE, Dataset
 from wildreid.data.regions import BBOX, REGION_SOURCE, SEGMENTATION, Region, region_keys, regions_of
 from wildreid.data.views import known_views, photo_views
 from wildreid.decide.cluster import METHODS as GROUPING_METHODS
+from wildreid.decide.grouping import Grouping
 from wildreid.decide.ranking import IdentityRanking
 from wildreid.describe.backbones import Backbone, load_backbone
 from wildreid.describe.extract import Extraction, default_device, extract_embeddings
@@ -33,10 +34,25 @@ from wildreid.describe.trained import TrainedOn, trained_on
 from wildreid.gallery.errors import GalleryError
 from wildreid.gallery.index import VectorIndex, normalize
 from wildreid.gallery.part import DatasetPart, PartFit, Side
-from wildreid.gallery.queries import FITTED, QueryPhotos, answer_queries, failure_table, rank_queries, ranking_depth
+from wildreid.gallery.queries import (
+    FITTED,
+    QueryPhotos,
+    answer_queries,
+    failure_table,
+    group_photos,
+    rank_queries,
+    ranking_depth,
+)
 from wildreid.gallery.query_pairs import PairMemory
 from wildreid.gallery.result import IdentifyResult
-from wildreid.gallery.storage import FORMAT_VERSION, read_part, read_record, read_tables, write_gallery
+from wildreid.gallery.storage import (
+    FORMAT_VERSION,
+    check_keypoint_methods,
+    read_part,
+    read_record,
+    read_tables,
+    write_gallery,
+)
 from wildreid.local.base import LocalFeatures, get_method
 from wildreid.local.cache import local_features
 from wildreid.local.lnbnn import KeypointIndex
@@ -394,6 +410,12 @@ class Gallery:
         k = top_k or self.preset.top_k
         return answer_queries(self, photos, ranked, threshold=threshold, top_k=k, method=method, pairs=pairs)
 
+    def group(
+        self, photos: QueryPhotos, ranked: IdentityRanking, *, grouping=FITTED, pairs: PairMemory | None = None
+    ) -> Grouping:
+        """The grouping :meth:`answer` would make (fitted thresholds), without the decisions."""
+        return group_photos(self, photos, ranked, method=self.grouping_method(grouping), pairs=pairs)
+
     def _query_table(self, queries: Dataset | pd.DataFrame) -> pd.DataFrame:
         """The queries' table with its dataset part (``group``) and view; refused when a dataset
         has no part here."""
@@ -489,25 +511,10 @@ class Gallery:
             )
         table, failures = read_tables(folder)
         gallery = cls(settings, backbone, table, {}, failures=failures)
-        gallery._check_keypoint_methods(folder, record)
+        check_keypoint_methods(folder, record, gallery.method, gallery.extra_methods)
         for name, files in record["group_files"].items():
             gallery.groups[name] = read_part(folder, name, files, table, gallery.extra_methods)
         return gallery
-
-    def _check_keypoint_methods(self, folder: Path, record: dict) -> None:
-        """Refuse a gallery whose keypoints another configuration extracted."""
-        if self.method is not None and self.method.config_key() != record["local_features"]:
-            raise GalleryError(
-                f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
-                f"extracts {self.method.config_key()}; rebuild the gallery."
-            )
-        saved_extra = record.get("extra_local_features", {})
-        for name, method in self.extra_methods.items():
-            if saved_extra.get(name) != method.config_key():
-                raise GalleryError(
-                    f"{folder}: its {name} keypoints were extracted as {saved_extra.get(name)}, this wildreid "
-                    f"extracts {method.config_key()}; rebuild the gallery."
-                )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,6 +216,20 @@ def answer_queries(
     )
 
 
+def group_photos(
+    gallery: Gallery, photos: QueryPhotos, ranked: IdentityRanking, *, method: str | None, pairs: PairMemory | None
+) -> Grouping:
+    """The grouping ``answer_queries`` makes of the photos (at the fitted thresholds), alone."""
+    groupings = {}
+    for name in dict.fromkeys(photos.table["group"]):
+        asked = photos.asked(name)
+        if len(asked):
+            threshold = chosen_threshold(FITTED, gallery.groups[name])
+            found = ranking_rows(ranked, asked)
+            groupings[name] = group_queries(gallery, name, method, threshold, photos, asked, found, pairs)
+    return Grouping(groupings)
+
+
 def _fallback_notes(group: DatasetPart, photos: QueryPhotos, asked: np.ndarray, preset) -> list[str]:
     views = photos.views
     fallbacks = group.view_masks(views[asked] if views is not None else None, preset)[2]
@@ -250,13 +264,13 @@ def group_queries(
         )
     evidence = photos.evidence(asked, gallery.extra_methods)
     vectors, features = photos.side.vectors[asked], photos.features(asked)
-    if pairs is None:
-        graph = group.match_graph(vectors, features, found, gallery.preset, gallery.method, **evidence)
-    else:
-        keys = [photos.keys[row] for row in asked]
+    keys = list(zip(photos.table["image_id"].to_numpy()[asked].tolist(), [photos.keys[row] for row in asked]))
+    if pairs is not None and len(set(keys)) == len(keys):  # remembered comparisons need a key per photo
         graph = remembered_graph(
-            group, vectors, features, found, gallery.preset, gallery.method, keys, pairs, **evidence
+            group, vectors, features, found, gallery.preset, gallery.method, keys, pairs.part(name), **evidence
         )
+    else:
+        graph = group.match_graph(vectors, features, found, gallery.preset, gallery.method, **evidence)
     return DatasetGrouping.fit(
         name,
         asked,

@@ -87,6 +87,22 @@ def read_record(folder: Path) -> dict:
     return record
 
 
+def check_keypoint_methods(folder: Path, record: dict, method, extra_methods: dict) -> None:
+    """Refuse a gallery whose keypoints another configuration extracted."""
+    if method is not None and method.config_key() != record["local_features"]:
+        raise GalleryError(
+            f"{folder}: its keypoints were extracted as {record['local_features']}, this wildreid "
+            f"extracts {method.config_key()}; rebuild the gallery."
+        )
+    saved_extra = record.get("extra_local_features", {})
+    for name, extra in extra_methods.items():
+        if saved_extra.get(name) != extra.config_key():
+            raise GalleryError(
+                f"{folder}: its {name} keypoints were extracted as {saved_extra.get(name)}, this wildreid "
+                f"extracts {extra.config_key()}; rebuild the gallery."
+            )
+
+
 def read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The gallery's photos (images.csv) and failures (failures.csv)."""
     table = pd.read_csv(folder / "images.csv", dtype=str, keep_default_na=False, na_values=[""])

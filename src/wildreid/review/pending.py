@@ -109,8 +109,10 @@ class PendingGrouping:
                 must.append(pair)
             elif answer["answer"] == DIFFERENT:
                 cannot.append(pair)
+        unchanged = (must, cannot) == (self.grouping.must_link, self.grouping.cannot_link)
         self.grouping.must_link, self.grouping.cannot_link, self.asked = must, cannot, asked
-        self.grouping.regroup()
+        if not unchanged:  # the same constraints would cluster the same
+            self.grouping.regroup()
 
     def answer(self, left: int, right: int, answer: str) -> int:
         """Apply one answer now (``review.apply_answer``: regrouped at once, the gallery not
@@ -139,28 +141,45 @@ class PendingGrouping:
         graph, clustering = self.grouping.graph, self.grouping.clustering
         labels = clustering.query_labels(graph.queries)
         tied = settled_queries(self.grouping)
+        # Each edge read once (not once per group): its group, if both ends are in one, and
+        # whether it joins a photo to its group's individual. Probabilities stay in edge order,
+        # so each group's sum is the one numpy makes of them.
+        between = graph.right < graph.queries
+        group_of_edge = labels[graph.left]
+        inside = between & (group_of_edge == labels[np.where(between, graph.right, 0)])
+        anchor_of = np.full(max(labels.max(initial=-1), *clustering.anchors, -1) + 1, -1, dtype=np.int64)
+        anchor_of[list(clustering.anchors)] = list(clustering.anchors.values())
+        anchors = anchor_of[group_of_edge]
+        towards = ~between & (anchors >= 0) & (graph.right == graph.queries + anchors)
+        members_of = _by_group(labels, np.arange(len(labels)))
+        inside_of = _by_group(group_of_edge[inside], graph.probability[inside])
+        towards_of = _by_group(group_of_edge[towards], graph.probability[towards])
         groups = []
         for label in dict.fromkeys(labels.tolist()):
-            members = np.flatnonzero(labels == label)
+            members = members_of[label]
             anchor = clustering.anchors.get(label)
-            individual_id = None if anchor is None else str(graph.identities[anchor])
-            inside = np.isin(graph.left, members) & np.isin(graph.right, members)
             pairs = len(members) * (len(members) - 1) / 2
-            towards = np.zeros(len(graph.left), dtype=bool)
-            if anchor is not None:
-                towards = np.isin(graph.left, members) & (graph.right == graph.queries + anchor)
+            linked = towards_of.get(label)
             groups.append(
                 ProposedGroup(
                     query_ids=sorted(self.nodes[m] for m in members),
                     kind=KNOWN if anchor is not None else NEW if len(members) > 1 else ALONE,
-                    individual_id=individual_id,
-                    cohesion=float(graph.probability[inside].sum() / pairs) if pairs else None,
-                    individual_probability=float(graph.probability[towards].max()) if towards.any() else None,
+                    individual_id=None if anchor is None else str(graph.identities[anchor]),
+                    cohesion=float(inside_of.get(label, np.zeros(0)).sum() / pairs) if pairs else None,
+                    individual_probability=float(linked.max()) if linked is not None else None,
                     settled=int(tied[members].sum()),
                 )
             )
         groups.sort(key=lambda g: (g.kind == ALONE, -len(g.query_ids), g.query_ids[0]))
         return groups
+
+
+def _by_group(labels: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
+    """``values`` split by label, each label's in their order."""
+    order = np.argsort(labels, kind="stable")
+    labels, values = labels[order], values[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.zeros(0, np.int64)
+    return {int(labels[start]): part for start, part in zip(starts, np.split(values, starts[1:]))}
 
 
 def pending_queries(catalog: Catalog, dataset: str) -> list[dict]:
@@ -181,26 +200,23 @@ def group_pending(
     groups none), and apply the stored answers. ``cache_dir``: the descriptor cache (a waiting
     photo grouped again is not described again); ``memory``: what earlier groupings and
     identifications of this dataset's photos computed (review/waiting.py), used and updated."""
-    queries = pending_queries(catalog, dataset)
+    queries = catalog.query_photos(dataset, list(PENDING))  # as pending_queries, without their results
     query_ids = [query["id"] for query in queries]
     if not queries:
         return PendingGrouping(dataset, [], [], None)
+    memory = WaitingPhotos() if memory is None else memory
+    ids = [(f"{UPLOAD}{query['id']}", query["sha256"]) for query in queries]
+    unknown = [queries[row] for row in memory.missing(ids)]
     table = pd.DataFrame(
         {
-            "image_id": [f"{UPLOAD}{query['id']}" for query in queries],
-            "path": [str(catalog.photo_path(query["stored_path"])) for query in queries],
+            "image_id": [f"{UPLOAD}{query['id']}" for query in unknown],
+            "path": [str(catalog.photo_path(query["stored_path"])) for query in unknown],
             "dataset": dataset,
         }
     )
-    memory = WaitingPhotos() if memory is None else memory
-    result = memory.identify(
-        gallery,
-        table,
-        [query["sha256"] for query in queries],
-        cache_dir=cache_dir,
-        grouping=gallery.preset.grouping or "average",
-    )
-    groupings = list(result.grouping.datasets.values()) if result.grouping is not None else []
+    method = gallery.preset.grouping or "average"
+    grouped = memory.group(gallery, ids, table, cache_dir=cache_dir, grouping=method)
+    groupings = list(grouped.datasets.values())
     if not groupings:  # no photo could be read
         return PendingGrouping(dataset, query_ids, [], None)
     [grouping] = groupings  # one dataset's photos: one group of the gallery

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from wildreid.decide.grouping import Grouping
 from wildreid.decide.ranking import IdentityRanking
 from wildreid.gallery.gallery import Gallery
 from wildreid.gallery.queries import QueryPhotos, empty_ranking, ranking_depth, ranking_rows, set_ranking_rows
 from wildreid.gallery.query_pairs import PairMemory
-from wildreid.gallery.result import IdentifyResult
 
 PhotoId = tuple[str, str]  # (image_id in the gallery's tables, content hash): a waiting photo
 _RANKING = ("identities", "scores", "best_images")  # the arrays of an IdentityRanking
@@ -46,29 +46,30 @@ class WaitingPhotos:
         if new:
             self._extend([ids[row] for row in new], photos.take(new), ranking_rows(ranked, new))
 
-    def identify(
-        self, gallery: Gallery, table: pd.DataFrame, hashes: list[str], *, cache_dir, grouping
-    ) -> IdentifyResult:
-        """``gallery.identify(table, grouping=grouping)`` of the waiting photos in ``table``
-        (image_id, path, dataset; ``hashes``: their contents), describing and ranking only the
-        photos not remembered, and comparing only the pairs not compared before."""
+    def missing(self, ids: list[PhotoId]) -> list[int]:
+        """The positions in ``ids`` of the photos not remembered (to describe)."""
+        return [row for row, photo in enumerate(ids) if photo not in self.rows]
+
+    def group(self, gallery: Gallery, ids: list[PhotoId], unknown: pd.DataFrame, *, cache_dir, grouping) -> Grouping:
+        """The grouping ``gallery.identify`` makes of the waiting photos ``ids`` (in this order)
+        with ``grouping``, describing only those not remembered (``unknown``: their image_id,
+        path, dataset, as ``missing`` lists them), ranking only those not ranked against the
+        gallery as it is, and comparing only the pairs not compared before."""
         method = gallery.grouping_method(grouping)
         depth = ranking_depth(gallery.preset.top_k, method)
         if self.ranked_for != (gallery.state, depth):
             self._forget_rankings((gallery.state, depth))
-        ids = list(zip(table["image_id"].astype(str), hashes))
-        missing = [row for row, photo in enumerate(ids) if photo not in self.rows]
-        if missing:
-            described = gallery.describe(table.iloc[missing], cache_dir=cache_dir, progress=False)
-            self._extend([ids[row] for row in missing], described, None)
+        if len(unknown):
+            described = gallery.describe(unknown, cache_dir=cache_dir, progress=False)
+            self._extend([ids[row] for row in self.missing(ids)], described, None)
         rows = np.array([self.rows[photo] for photo in ids], dtype=np.int64)
         unranked = rows[~self.is_ranked[rows]]
         if len(unranked):
             set_ranking_rows(self.ranked, unranked, gallery.rank(self.photos.take(unranked), depth))
             self.is_ranked[unranked] = True
-        self._keep_only(rows)
-        self.pairs.keep_only(key for key in self.photos.keys if key is not None)
-        return gallery.answer(self.photos, self.ranked, grouping=method, pairs=self.pairs)
+        if not np.array_equal(rows, np.arange(len(self.ids))):
+            self._keep_only(rows)
+        return gallery.group(self.photos, self.ranked, grouping=method, pairs=self.pairs)
 
     def _forget_rankings(self, ranked_for: tuple) -> None:
         self.ranked_for = ranked_for
