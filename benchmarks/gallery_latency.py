@@ -12,7 +12,8 @@ takes a first upload that warms it (model load, the saved gallery, and the first
 waiting photos: timed apart), and ``--uploads`` single-photo uploads one after another, each
 from sending it to its job reported done (identification and the regrouping of its dataset's
 waiting photos included). The photos uploaded are the dataset's query photos re-encoded at JPEG
-quality 85. Printed per count: the median upload latency and its ratio to the first count's.
+quality 85. Each count runs in a process of its own (a process's later servers run slower than
+its first). Printed per count: the median upload latency and its ratio to the first count's.
 
 Descriptors are cached in ``--work`` (default: a temporary folder), so a second run describes
 nothing again. To compare with an older commit, run a copy of this file with that commit's
@@ -24,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -133,6 +137,23 @@ def measure(catalog: Path, preset: str, cache: Path, uploads: list[tuple[str, by
     return timings[0], timings[1:]
 
 
+def measure_count(dataset: str, preset: str, count: int, uploads: int, scratch: Path) -> dict:
+    """One count of waiting photos: a fresh copy of the catalogue, that many photos filed, a
+    server, its warming upload and the measured ones."""
+    from wildreid.data.dataset import load_dataset
+
+    base = scratch / "catalogue" / "catalog.sqlite"
+    table = load_dataset(SHARED / dataset).table
+    waiting = reencoded(table["path"].tolist()[:count], quality=92)
+    photos = reencoded(table[table["split"] == "query"]["path"].tolist()[: 1 + uploads], quality=85)
+    folder = scratch / f"waiting-{count}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(base.parent, folder)
+    add_waiting(folder / base.name, dataset, waiting, preset, scratch / "cache")
+    warm, timings = measure(folder / base.name, preset, scratch / "cache", photos)
+    return {"count": count, "warm_s": warm, "timings": timings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="LionData", help="a dataset folder of ../shared/data")
@@ -140,36 +161,38 @@ def main() -> None:
     parser.add_argument("--waiting", default="0,100,500", help="photos waiting for review, one run per count")
     parser.add_argument("--uploads", type=int, default=5, help="uploads measured per count (their median)")
     parser.add_argument("--work", type=Path, help="keep the catalogue and descriptors here (a re-run starts warm)")
+    parser.add_argument("--only", type=int, help=argparse.SUPPRESS)  # one count, in this process (see below)
     arguments = parser.parse_args()
-    from wildreid.data.dataset import load_dataset
-
-    counts = [int(count) for count in arguments.waiting.split(",")]
     scratch = arguments.work or Path(tempfile.mkdtemp(prefix="wildreid-latency-"))
-    cache = scratch / "cache"
+    if arguments.only is not None:
+        row = measure_count(arguments.dataset, arguments.preset, arguments.only, arguments.uploads, scratch)
+        print(json.dumps(row))
+        return
     try:
         base = scratch / "catalogue" / "catalog.sqlite"
         if not base.is_file():
             make_catalogue(arguments.dataset, base.parent)
-        table = load_dataset(SHARED / arguments.dataset).table
-        waiting = reencoded(table["path"].tolist()[: max(counts)], quality=92)
-        uploads = reencoded(table[table["split"] == "query"]["path"].tolist()[: 1 + arguments.uploads], quality=85)
-        medians = {}
+        counts = [int(count) for count in arguments.waiting.split(",")]
+        medians = []
         for count in counts:
-            folder = scratch / f"waiting-{count}"
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(base.parent, folder)
-            add_waiting(folder / base.name, arguments.dataset, waiting[:count], arguments.preset, cache)
-            warm, timings = measure(folder / base.name, arguments.preset, cache, uploads)
-            medians[count] = statistics.median(timings)
+            # Each count in a process of its own: a process's later servers run slower than its
+            # first (by about 30% here), which would count against whichever count came later.
+            command = [sys.executable, __file__, "--only", str(count), "--work", str(scratch), "--dataset"]
+            command += [arguments.dataset, "--preset", arguments.preset, "--uploads", str(arguments.uploads)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{count} waiting failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            timings = row["timings"]
+            medians.append(statistics.median(timings))
             print(
-                f"{count:>4} waiting: first upload (warms the server) {warm:.2f} s; upload median "
-                f"{medians[count]:.3f} s (min {min(timings):.3f}, max {max(timings):.3f}) over {len(timings)}",
+                f"{count:>4} waiting: first upload (warms the server) {row['warm_s']:.2f} s; upload median "
+                f"{medians[-1]:.3f} s (min {min(timings):.3f}, max {max(timings):.3f}) over {len(timings)}",
                 flush=True,
             )
-        first = counts[0]
-        for count in counts:
-            ratio = medians[count] / medians[first]
-            print(f"{count:>4} waiting: {medians[count]:.3f} s, {ratio:.2f} x the latency with {first} waiting")
+        for count, median in zip(counts, medians):
+            ratio = median / medians[0]
+            print(f"{count:>4} waiting: {median:.3f} s, {ratio:.2f} x the latency with {counts[0]} waiting")
     finally:
         if arguments.work is None:
             shutil.rmtree(scratch, ignore_errors=True)
