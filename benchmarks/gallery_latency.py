@@ -1,21 +1,24 @@
-"""Latency of one uploaded photo in the review web app, warm server, catalogue of all 3,776
-Holstein2025 photos; and the batch rule it replaced, measured in the same run.
+"""Latency of one uploaded photo in the review web app, warm server, by how many photos already
+wait for review.
 
-    python benchmarks/gallery_latency.py [--presets offline,fusion] [--photos 10] [--burst 30]
-                                         [--baseline-rev 0425512] [--baseline-presets offline,fusion]
+    python benchmarks/gallery_latency.py [--dataset LionData] [--preset offline]
+                                         [--waiting 0,100,500] [--uploads 5] [--work DIR]
 
-For each preset: a real uvicorn server on 127.0.0.1 (the app of `wildreid serve`) over one
-catalogue; a first upload warms it (model load, the catalogue's gallery built and saved: timed
-apart; with ``--work`` kept from an earlier run, the saved gallery is only loaded); then
-``--photos`` single-photo uploads one after another, and a burst of ``--burst``
-single-photo uploads sent back to back. The photos uploaded are Holstein2025 query photos
-re-encoded (JPEG quality 92), so their bytes are new to the catalogue and every upload pays its
-own extraction. Latency is from sending the upload to its job reported done (upload included),
-and from the upload's answer to done (upload excluded).
+The catalogue holds the dataset's database photos. For each count in ``--waiting`` a copy of it
+gets that many photos waiting for review (re-encoded photos of the dataset, JPEG quality 92, so
+their bytes are new: identified in one call and filed with their results, as earlier uploads
+would have left them). Then a real uvicorn server (the app of `wildreid serve`) on 127.0.0.1
+takes a first upload that warms it (model load, the saved gallery, and the first grouping of the
+waiting photos: timed apart), and ``--uploads`` single-photo uploads one after another, each
+from sending it to its job reported done (identification and the regrouping of its dataset's
+waiting photos included). The photos uploaded are the dataset's query photos re-encoded at JPEG
+quality 85. Each count runs in a process of its own (a process's later servers run slower than
+its first). Printed per count: the median upload latency and its ratio to the first count's.
 
-Baseline: ``catalog.identify_with_catalog`` for one photo as the last commit before the gallery
-ran it (a ``git worktree`` of ``--baseline-rev`` in a subprocess), on the same catalogue, twice in
-one process; the second call is the warm figure (the web app called exactly this per upload).
+Descriptors are cached in ``--work`` (default: a temporary folder), so a second run describes
+nothing again. To compare with an older commit, run a copy of this file with that commit's
+package first on ``PYTHONPATH`` (it uses only what both have; ``WILDREID_SHARED_DATA`` names the
+datasets' folder when the copy lives elsewhere).
 """
 
 from __future__ import annotations
@@ -35,37 +38,50 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# The real datasets (as the tests find them): a copy of this file run elsewhere names them.
+SHARED = Path(os.environ.get("WILDREID_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TOKEN = "benchmark-review-token-0123456789"
 HEADERS = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "benchmark"}
 
 
-def make_catalogue(folder: Path) -> Path:
+def make_catalogue(dataset_name: str, folder: Path) -> Path:
+    """A catalogue of the dataset's database photos, alone in ``folder``."""
     from wildreid.catalog.importer import import_dataset
     from wildreid.catalog.store import Catalog
     from wildreid.data.dataset import load_dataset
 
-    path = folder / "holstein.sqlite"
-    dataset = load_dataset(SHARED / "Holstein2025")
+    path = folder / "catalog.sqlite"
     with Catalog(path) as catalog:
-        import_dataset(catalog, dataset, include_queries=True)
-        assert catalog.counts()["images"] == len(dataset.table), catalog.counts()
+        import_dataset(catalog, load_dataset(SHARED / dataset_name))
     return path
 
 
-def upload_photos(count: int, skip: int = 0) -> list[tuple[str, bytes]]:
-    """Query photos of Holstein2025, re-encoded so their bytes are not in the catalogue."""
+def reencoded(paths: list[str], quality: int) -> list[tuple[str, bytes]]:
+    """Photos re-encoded as JPEG, so that their bytes are new to the catalogue."""
     from PIL import Image
 
-    from wildreid.data.dataset import load_dataset
-
-    queries = load_dataset(SHARED / "Holstein2025").queries["path"].tolist()[skip : skip + count]
     photos = []
-    for path in queries:
+    for path in paths:
         buffer = io.BytesIO()
-        Image.open(path).convert("RGB").save(buffer, "JPEG", quality=92)
+        Image.open(path).convert("RGB").save(buffer, "JPEG", quality=quality)
         photos.append((Path(path).stem + ".jpg", buffer.getvalue()))
     return photos
+
+
+def add_waiting(catalog_path: Path, dataset: str, photos: list[tuple[str, bytes]], preset: str, cache: Path) -> None:
+    """File photos as queries waiting for review, with the results identifying them gives."""
+    from wildreid.catalog.store import Catalog
+    from wildreid.presets import get_preset
+    from wildreid.review.identify import candidates_of, identify_with_catalog
+
+    if not photos:
+        return
+    with Catalog(catalog_path) as catalog:
+        queries = [catalog.add_query(data, "jpg", dataset=dataset, original_name=name) for name, data in photos]
+        paths = [catalog.photo_path(query["stored_path"]) for query in queries]
+        result = identify_with_catalog(catalog, paths, get_preset(preset), dataset=dataset, cache_dir=cache)
+        for query, answer in zip(queries, candidates_of(result, catalog)):
+            catalog.set_query_result(query["id"], answer)
 
 
 def serve(catalog: Path, preset: str, cache: Path):
@@ -85,12 +101,12 @@ def serve(catalog: Path, preset: str, cache: Path):
     return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def send(client, name: str, data: bytes) -> tuple[str, float]:
+def send(client, name: str, data: bytes) -> str:
     response = client.post(
         "/uploads", headers=HEADERS, files=[("photos", (name, data, "image/jpeg"))], follow_redirects=False
     )
     assert response.status_code == 303, response.text
-    return response.headers["location"].rsplit("/", 1)[-1], time.perf_counter()
+    return response.headers["location"].rsplit("/", 1)[-1]
 
 
 def wait(client, job_id: str, timeout: float = 3600) -> float:
@@ -104,113 +120,79 @@ def wait(client, job_id: str, timeout: float = 3600) -> float:
     raise TimeoutError(job_id)
 
 
-def measure(catalog: Path, preset: str, cache: Path, photos: int, burst: int) -> dict:
+def measure(catalog: Path, preset: str, cache: Path, uploads: list[tuple[str, bytes]]) -> tuple[float, list[float]]:
+    """(the warming upload's seconds, each further upload's seconds)."""
     import httpx
 
     server, thread, url = serve(catalog, preset, cache)
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
-            warm_photo, *singles = upload_photos(1 + photos)
-            started = time.perf_counter()
-            job, _ = send(client, *warm_photo)
-            warm_s = wait(client, job) - started
-            totals, after_upload = [], []
-            for name, data in singles:
+            timings = []
+            for name, data in uploads:
                 started = time.perf_counter()
-                job, answered = send(client, name, data)
-                done = wait(client, job)
-                totals.append(done - started)
-                after_upload.append(done - answered)
-            burst_photos = upload_photos(burst, skip=1 + photos)
-            started = time.perf_counter()
-            jobs = [send(client, name, data)[0] for name, data in burst_photos]
-            finished = [wait(client, job) for job in jobs]
-            burst_s = max(finished) - started
+                timings.append(wait(client, send(client, name, data)) - started)
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-    return {
-        "preset": preset,
-        "warm_up_s": warm_s,
-        "median_s": statistics.median(totals),
-        "max_s": max(totals),
-        "median_without_upload_s": statistics.median(after_upload),
-        "burst": burst,
-        "burst_s": burst_s,
-    }
+    return timings[0], timings[1:]
 
 
-BASELINE = r"""
-import sys, time, json
-from pathlib import Path
-from wildreid.catalog import Catalog, identify_with_catalog
-from wildreid.presets import get_preset
-catalog_path, photo, preset, cache = sys.argv[1:5]
-with Catalog(catalog_path) as catalog:
-    times = []
-    for _ in range(2):
-        started = time.perf_counter()
-        identify_with_catalog(catalog, [photo], get_preset(preset), cache_dir=cache)
-        times.append(time.perf_counter() - started)
-print(json.dumps(times))
-"""
+def measure_count(dataset: str, preset: str, count: int, uploads: int, scratch: Path) -> dict:
+    """One count of waiting photos: a fresh copy of the catalogue, that many photos filed, a
+    server, its warming upload and the measured ones."""
+    from wildreid.data.dataset import load_dataset
 
-
-def measure_baseline(revision: str, catalog: Path, preset: str, cache: Path) -> list[float]:
-    baseline = Path(tempfile.gettempdir()) / f"wildreid-baseline-{revision}"
-    if not baseline.exists():
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), revision],
-            check=True,
-            capture_output=True,
-        )
-    name, data = upload_photos(1, skip=200)[0]
-    photo = cache.parent / name
-    photo.write_bytes(data)
-    process = subprocess.run(
-        [sys.executable, "-c", BASELINE, str(catalog), str(photo), preset, str(cache)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(baseline / "src")},
-    )
-    if process.returncode:
-        raise SystemExit(f"baseline {preset} failed:\n{process.stderr[-3000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+    base = scratch / "catalogue" / "catalog.sqlite"
+    table = load_dataset(SHARED / dataset).table
+    waiting = reencoded(table["path"].tolist()[:count], quality=92)
+    photos = reencoded(table[table["split"] == "query"]["path"].tolist()[: 1 + uploads], quality=85)
+    folder = scratch / f"waiting-{count}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(base.parent, folder)
+    add_waiting(folder / base.name, dataset, waiting, preset, scratch / "cache")
+    warm, timings = measure(folder / base.name, preset, scratch / "cache", photos)
+    return {"count": count, "warm_s": warm, "timings": timings}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="offline,fusion")
-    parser.add_argument("--photos", type=int, default=10)
-    parser.add_argument("--burst", type=int, default=30)
-    parser.add_argument("--baseline-rev", default="0425512")
-    parser.add_argument("--baseline-presets", default="offline,fusion", help="'' to skip the baseline")
-    parser.add_argument("--work", type=Path, help="keep the catalogue and its caches here (a re-run then starts warm)")
+    parser.add_argument("--dataset", default="LionData", help="a dataset folder of ../shared/data")
+    parser.add_argument("--preset", default="offline")
+    parser.add_argument("--waiting", default="0,100,500", help="photos waiting for review, one run per count")
+    parser.add_argument("--uploads", type=int, default=5, help="uploads measured per count (their median)")
+    parser.add_argument("--work", type=Path, help="keep the catalogue and descriptors here (a re-run starts warm)")
+    parser.add_argument("--only", type=int, help=argparse.SUPPRESS)  # one count, in this process (see below)
     arguments = parser.parse_args()
     scratch = arguments.work or Path(tempfile.mkdtemp(prefix="wildreid-latency-"))
+    if arguments.only is not None:
+        row = measure_count(arguments.dataset, arguments.preset, arguments.only, arguments.uploads, scratch)
+        print(json.dumps(row))
+        return
     try:
-        started = time.perf_counter()
-        catalog = scratch / "holstein.sqlite"
-        if not catalog.is_file():
-            scratch.mkdir(parents=True, exist_ok=True)
-            catalog = make_catalogue(scratch)
-            print(f"catalogue of all Holstein2025 photos imported in {time.perf_counter() - started:.0f} s", flush=True)
-        for preset in arguments.presets.split(","):
-            cache = scratch / "cache"  # one cache: descriptors are extracted once for both presets
-            row = measure(catalog, preset, cache, arguments.photos, arguments.burst)
+        base = scratch / "catalogue" / "catalog.sqlite"
+        if not base.is_file():
+            make_catalogue(arguments.dataset, base.parent)
+        counts = [int(count) for count in arguments.waiting.split(",")]
+        medians = []
+        for count in counts:
+            # Each count in a process of its own: a process's later servers run slower than its
+            # first (by about 30% here), which would count against whichever count came later.
+            command = [sys.executable, __file__, "--only", str(count), "--work", str(scratch), "--dataset"]
+            command += [arguments.dataset, "--preset", arguments.preset, "--uploads", str(arguments.uploads)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{count} waiting failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            timings = row["timings"]
+            medians.append(statistics.median(timings))
             print(
-                f"{preset:>7} gallery: first upload (builds the gallery) {row['warm_up_s']:.1f} s; one upload "
-                f"median {row['median_s']:.2f} s (max {row['max_s']:.2f} s), without the upload "
-                f"{row['median_without_upload_s']:.2f} s; burst of {row['burst']}: all done in {row['burst_s']:.1f} s",
+                f"{count:>4} waiting: first upload (warms the server) {row['warm_s']:.2f} s; upload median "
+                f"{medians[-1]:.3f} s (min {min(timings):.3f}, max {max(timings):.3f}) over {len(timings)}",
                 flush=True,
             )
-            if preset in arguments.baseline_presets.split(","):
-                first, second = measure_baseline(arguments.baseline_rev, catalog, preset, cache)
-                print(
-                    f"{preset:>7} batch (before): one photo {first:.1f} s cold, {second:.1f} s warm; "
-                    f"ratio warm before / gallery median {second / row['median_s']:.0f}x",
-                    flush=True,
-                )
+        for count, median in zip(counts, medians):
+            ratio = median / medians[0]
+            print(f"{count:>4} waiting: {median:.3f} s, {ratio:.2f} x the latency with {counts[0]} waiting")
     finally:
         if arguments.work is None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -297,13 +297,12 @@ def test_catalog_is_the_database_of_pipeline_identify(tmp_path, small, nyala, li
     query = nyala.table[nyala.table["image_id"] == KNOWN_QUERY].iloc[0]
     with Catalog(tmp_path / "c.sqlite") as catalog:
         import_dataset(catalog, small)
-        assert prepare_descriptors(catalog, lite0_backbone, embedding_cache) == 40
-        assert catalog.counts()["descriptors"] == 40
-        assert prepare_descriptors(catalog, lite0_backbone, embedding_cache) == 0  # kept in the catalogue
-        # A catalogue moved to a machine with an empty cache brings its descriptors along.
         fresh = tmp_path / "fresh-cache"
-        assert prepare_descriptors(catalog, lite0_backbone, fresh) == 0
+        assert prepare_descriptors(catalog, lite0_backbone, fresh) == 40
+        assert prepare_descriptors(catalog, lite0_backbone, fresh) == 0  # kept in the embedding cache
         assert len(EmbeddingCache(fresh, lite0_backbone.cache_key).load()) == 40
+        assert catalog.counts()["descriptors"] == 0  # their one home: not copied into the catalogue
+        prepare_descriptors(catalog, lite0_backbone, embedding_cache)
 
         dataset = catalog_to_dataset(catalog, [query["path"]], query_ids=["my-query"])
         assert len(dataset.database) == 40 and dataset.queries["image_id"].tolist() == ["my-query"]

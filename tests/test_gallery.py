@@ -20,9 +20,12 @@ from wildreid.data.dataset import NEW_INDIVIDUAL
 from wildreid.decide.ranking import rank_identities, rank_neighbours
 from wildreid.decide.thresholds import Neighbours, choose_threshold
 from wildreid.gallery import part as group_module
+from wildreid.gallery import query_pairs
 from wildreid.gallery.gallery import REFIT_GROWTH, Gallery, GalleryError
 from wildreid.gallery.index import VectorIndex, normalize
 from wildreid.gallery.pipeline import identify
+from wildreid.gallery.queries import ranking_depth, ranking_rows
+from wildreid.gallery.query_pairs import PairMemory
 from wildreid.local.pairs import FusionSettings
 from wildreid.presets import get_preset
 from wildreid.review.watch import RESULTS, Watcher
@@ -55,6 +58,53 @@ def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, 
     assert (answered.prediction == NEW_INDIVIDUAL).any() and (answered.prediction != NEW_INDIVIDUAL).any()
     if preset.local:
         assert loaded.groups["LionData"].fit.calibration.to_json() == batch.calibrations["LionData"].to_json()
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [OFFLINE, FUSION, FUSION.replace(views="same", mirror=True, extra_local=("orb",))],
+    ids=["offline", "fusion", "fusion-mirrored-orb"],
+)
+def test_remembered_pair_comparisons_group_as_afresh(preset, lions, cache, lite0_backbone, monkeypatch):
+    """Queries grouped with their comparisons remembered (the review service's waiting photos)
+    get the match graph of grouping them afresh, with one photo more (only its pairs are matched)
+    and with some photos gone."""
+    database, queries = lions[lions["split"] == "database"], lions[lions["split"] == "query"]
+    gallery = Gallery.build(database, preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    photos = gallery.describe(queries, cache_dir=cache, progress=False)
+    ranked = gallery.rank(photos, ranking_depth(preset.top_k, preset.grouping))
+    memory, compared = PairMemory(), []
+    real_counts = query_pairs.pair_counts if preset.local else None
+
+    def counting(method, left, right, rows, columns, *args, **kwargs):
+        compared.append(len(rows))
+        return real_counts(method, left, right, rows, columns, *args, **kwargs)
+
+    monkeypatch.setattr(query_pairs, "pair_counts", counting)
+    earlier, everything = np.arange(len(queries) - 1), np.arange(len(queries))
+    remembered, kept = memory.part("LionData"), []
+    for rows in (earlier, everything, everything[3:]):  # one photo more, then three fewer (filed)
+        afresh = gallery.answer(photos.take(rows), ranking_rows(ranked, rows)).grouping.datasets["LionData"]
+        again = gallery.answer(photos.take(rows), ranking_rows(ranked, rows), pairs=memory)
+        _assert_same_grouping(again.grouping.datasets["LionData"], afresh)
+        kept.append(dict(remembered.scores))
+    # The three steps are identify's own (on the same batch, to the last bit).
+    _assert_same_grouping(
+        gallery.answer(photos, ranked).grouping.datasets["LionData"],
+        gallery.identify(queries, cache_dir=cache, progress=False).grouping.datasets["LionData"],
+    )
+    if preset.local:
+        newest = (queries["image_id"].iloc[-1], photos.keys[len(queries) - 1])
+        assert compared[0] == len(kept[0]) > 0
+        assert compared[1] == len(set(kept[1]) - set(kept[0])) == sum(newest in pair[:2] for pair in kept[1])
+    if preset.mirror:
+        assert any(flipped for _, _, flipped in kept[1])
+
+
+def _assert_same_grouping(grouping, expected):
+    for name in ("left", "right", "probability", "identities"):
+        np.testing.assert_array_equal(getattr(grouping.graph, name), getattr(expected.graph, name))
+    np.testing.assert_array_equal(grouping.clustering.labels, expected.clustering.labels)
 
 
 def test_a_gallery_refuses_another_descriptor_preset_or_format(lions, cache, tmp_path, lite0_backbone):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wildreid.catalog.camtrap import CamtrapSettings, sightings
@@ -246,3 +247,46 @@ def test_the_history_tables_arrive_with_the_schema_upgrade(tmp_path):
         catalog.db.execute("UPDATE images SET individual_id = 'a'")  # the triggers count changes
         catalog.db.execute("DELETE FROM images")
         assert catalog.images_signature() == (0, 0, 2)
+
+
+def test_proposed_groups_read_each_edge_once_and_say_what_reading_them_per_group_said():
+    """PendingGrouping.groups() against the plain per-group reading of the match graph."""
+    from wildreid.decide.graph import MatchGraph
+    from wildreid.decide.grouping import DatasetGrouping
+    from wildreid.review.pending import ALONE, KNOWN, NEW, PendingGrouping
+
+    rng = np.random.default_rng(0)
+    queries, identities = 40, np.array([f"animal_{n}" for n in range(6)], dtype=object)
+    left, right = rng.integers(0, queries, 300), rng.integers(0, queries, 300)
+    linked = rng.integers(0, queries, 80)
+    graph = MatchGraph.build(
+        queries,
+        (left, right, rng.beta(0.5, 0.5, 300)),
+        (linked, identities[rng.integers(0, len(identities), 80)], rng.beta(0.5, 0.5, 80)),
+    )
+    grouping = DatasetGrouping.fit(
+        "d", np.arange(queries), np.arange(queries), graph, method="average", link_threshold=0.5, known_threshold=0.7
+    )
+    pending = PendingGrouping("d", list(range(100, 100 + queries)), list(range(100, 100 + queries)), grouping)
+    pending.apply_answers([{"query_id": 100, "other_query_id": 101, "individual_id": None, "answer": "same"}])
+    labels, anchors, expected = grouping.clustering.labels[:queries], grouping.clustering.anchors, []
+    for label in dict.fromkeys(labels.tolist()):
+        members = np.flatnonzero(labels == label)
+        anchor = anchors.get(label)
+        inside = np.isin(graph.left, members) & np.isin(graph.right, members)
+        pairs = len(members) * (len(members) - 1) / 2
+        towards = np.isin(graph.left, members) & (graph.right == queries + (anchor if anchor is not None else -queries))
+        expected.append(
+            (
+                sorted(100 + m for m in members),
+                KNOWN if anchor is not None else NEW if len(members) > 1 else ALONE,
+                None if anchor is None else str(graph.identities[anchor]),
+                float(graph.probability[inside].sum() / pairs) if pairs else None,
+                float(graph.probability[towards].max()) if anchor is not None and towards.any() else None,
+            )
+        )
+    expected.sort(key=lambda g: (g[1] == ALONE, -len(g[0]), g[0][0]))
+    found = [(g.query_ids, g.kind, g.individual_id, g.cohesion, g.individual_probability) for g in pending.groups()]
+    assert found == expected  # to the last bit
+    assert {g.kind for g in pending.groups()} == {KNOWN, NEW, ALONE}
+    assert sum(g.settled for g in pending.groups()) == 2

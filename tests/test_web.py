@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -26,6 +27,8 @@ from wildreid.catalog.photos import content_hash
 from wildreid.catalog.store import Catalog
 from wildreid.cli.main import app as cli
 from wildreid.data.dataset import load_dataset
+from wildreid.gallery.part import DatasetPart
+from wildreid.review.pending import group_pending
 from wildreid.web.app import create_app
 from wildreid.web.config import WebConfig
 from wildreid.web.pages import url_part
@@ -859,6 +862,40 @@ def test_answers_are_reapplied_when_the_grouping_is_rebuilt(catalog_path, nyala,
             data={"dataset": "NyalaData", "left": a[0], "right_query": 10_000, "answer": "same"},
         )
         assert stale.status_code == 409
+
+
+def test_an_upload_is_described_and_matched_once_however_many_photos_wait(
+    client, app, nyala, catalog_path, lite0_backbone, embedding_cache, monkeypatch
+):
+    """In its job an upload goes through the model and the gallery's ranking once: grouping its
+    dataset reuses what the waiting photos' own jobs computed (and groups them as grouping them
+    all afresh does)."""
+    upload_strangers(client, nyala)
+    assert wait_for_job(client, upload(client, [("a.jpg", photo(nyala, KNOWN_QUERY))]).headers["location"])
+    described, ranked = [], []  # photos through the model; rows ranked against the gallery
+    real_rank = DatasetPart.rank
+
+    def counting_rank(self, vectors, *args, **kwargs):
+        ranked.append(len(vectors))
+        return real_rank(self, vectors, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetPart, "rank", counting_rank)
+    hook = lite0_backbone.model.register_forward_hook(lambda model, inputs, output: described.append(len(inputs[0])))
+    try:
+        state = wait_for_job(client, upload(client, [("b.jpg", photo(nyala, SECOND_QUERY))]).headers["location"])
+    finally:
+        hook.remove()
+    assert state["status"] == "done"
+    assert (sum(described), sum(ranked)) == (1, 1)  # with 7 other photos waiting
+    with app.state.jobs.group_lock:
+        kept = app.state.jobs.grouping("NyalaData")
+    with Catalog(catalog_path) as catalog:
+        afresh = group_pending(catalog, app.state.jobs.gallery, "NyalaData", cache_dir=embedding_cache)
+    assert len(kept.nodes) == 8 and kept.nodes == afresh.nodes
+    assert [group.query_ids for group in kept.groups()] == [group.query_ids for group in afresh.groups()]
+    # Apart from the descriptors' last digits (the model's arithmetic differs with the batch: one
+    # photo per upload, all eight afresh).
+    np.testing.assert_allclose(kept.grouping.graph.probability, afresh.grouping.graph.probability, atol=1e-5)
 
 
 def test_merge_split_edit_and_undo_individuals(client, catalog_path):

@@ -85,6 +85,16 @@ class Decisions(Connection):
             row["result"] = json.loads(row["result"]) if row["result"] else None
         return rows
 
+    def query_photos(self, dataset: str, statuses: list[str]) -> list[dict]:
+        """The id, content hash and stored file of ``dataset``'s queries in these statuses, oldest
+        first: what comparing their photos needs, without reading their results."""
+        marks = ", ".join("?" * len(statuses))
+        return self._all(
+            f"SELECT id, sha256, stored_path FROM queries WHERE dataset = ? AND status IN ({marks}) ORDER BY id",
+            dataset,
+            *statuses,
+        )
+
     def set_query_result(self, query_id: int, result: dict | None, *, error: str | None = None) -> None:
         """Store the identification result (status 'ready'), or the error (status 'failed'), with
         when and by which wildreid it was identified."""

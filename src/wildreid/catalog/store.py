@@ -199,6 +199,16 @@ class Catalog(Decisions):
             *args,
         )
 
+    def photo_counts(self, individual_ids: list[str]) -> dict[str, int]:
+        """How many photos each of these individuals has (0 for none, or an unknown id), in one query."""
+        marks = ", ".join("?" * len(individual_ids))
+        rows = self._all(
+            f"SELECT individual_id, count(*) AS photos FROM images WHERE individual_id IN ({marks}) "
+            "GROUP BY individual_id",
+            *individual_ids,
+        )
+        return {individual_id: 0 for individual_id in individual_ids} | {r["individual_id"]: r["photos"] for r in rows}
+
     def photo_path(self, stored_path: str) -> Path:
         return self.photos.path(stored_path)
 

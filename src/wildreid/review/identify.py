@@ -1,9 +1,9 @@
-"""Identify query photos against a catalogue: the catalogue's photos are a gallery.
+"""The catalogue's photos as a gallery, and answers as the catalogue stores them.
 
 The gallery is kept beside the catalogue (``<catalogue>.cache/gallery-<preset>``) and brought up
 to date before each use: photos added since (imports, reviewers' confirmations) are appended
-without refitting; a photo removed or moved to another individual means a rebuild. A caller that
-identifies often (the web app) keeps the returned gallery in memory and passes it back in.
+without refitting; a photo removed or moved to another individual means a rebuild. The review
+service (service.py) keeps the returned gallery in memory and passes it back in.
 """
 
 from __future__ import annotations
@@ -94,32 +94,18 @@ def identify_with_catalog(
     backbone: Backbone | None = None,
     cache_dir: str | Path | None = None,
     device: str | None = None,
-    gallery: Gallery | None = None,
-    cache_queries: bool = True,
-    sync: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> IdentifyResult:
-    """Rank the catalogue's individuals for each query photo. ``progress(stage, done, total)``.
-    ``cache_queries=False``: the queries' features are not looked up in or written to the cache
-    (an upload is new: reading the whole descriptor cache would cost more than describing it).
-    ``sync=False``: ``gallery`` was brought up to date by the caller (catalog_gallery) already."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(catalog.path)
-    backbone = (
-        backbone
-        or (gallery.backbone if gallery else None)
-        or load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
-    )
-    if sync or gallery is None:
-        gallery = catalog_gallery(
-            catalog, preset, backbone=backbone, cache_dir=cache_dir, gallery=gallery, progress=progress
-        )
+    """`wildreid catalog identify`: rank the catalogue's individuals for each query photo, with
+    the review service (nothing filed or stored). ``progress(stage, done, total)``."""
+    from wildreid.review.service import ReviewService  # the service builds on this module
+
     queries = query_table(catalog, query_paths, query_ids=query_ids, dataset=dataset)
-    if progress:
-        progress("identifying", 0, len(queries))
-    result = gallery.identify(queries, cache_dir=cache_dir if cache_queries else None, progress=False)
-    if progress:
-        progress("identifying", len(queries), len(queries))
-    return result
+    backbone = backbone or load_backbone(
+        preset.backbone, preprocess=preset.preprocess, device=device or default_device()
+    )
+    service = ReviewService(preset, backbone=backbone, cache_dir=cache_dir or default_cache_dir(catalog.path))
+    return service.identify(catalog, queries, progress=progress).result
 
 
 def candidates_of(result: IdentifyResult, catalog: Catalog) -> list[dict]:

@@ -2,8 +2,9 @@
 answers kept as constraints.
 
 Waiting photos (uploaded, identified, not filed yet) are identified together against the
-catalogue's gallery with grouping (``Gallery.identify``): compared with each other as well as with
-the known individuals, the same stages and calibration as query-vs-gallery. The answers stored in
+catalogue's gallery with grouping (as ``Gallery.identify`` does): compared with each other as well
+as with the known individuals, the same stages and calibration as query-vs-gallery. What each
+photo's identification and earlier groupings computed is reused (waiting.py). The answers stored in
 the catalogue (``changes.answer_pair``, ``changes.split_group``) are mapped from query ids and
 individual ids to the nodes of the match graph and applied as must-links ("same") and
 cannot-links ("different"), so a grouping rebuilt after a restart or a confirmation keeps every
@@ -31,8 +32,9 @@ from wildreid.decide.queue import (
     settled_queries,
 )
 from wildreid.gallery.gallery import Gallery
+from wildreid.review.waiting import WaitingPhotos
 
-UPLOAD = "upload-"  # image_id of an uploaded query photo in the gallery's tables (as jobs.py names them)
+UPLOAD = "upload-"  # image_id of a waiting photo in the gallery's tables: upload-<query id>
 KNOWN, NEW, ALONE = "known", "new", "alone"
 
 
@@ -107,8 +109,10 @@ class PendingGrouping:
                 must.append(pair)
             elif answer["answer"] == DIFFERENT:
                 cannot.append(pair)
+        unchanged = (must, cannot) == (self.grouping.must_link, self.grouping.cannot_link)
         self.grouping.must_link, self.grouping.cannot_link, self.asked = must, cannot, asked
-        self.grouping.regroup()
+        if not unchanged:  # the same constraints would cluster the same
+            self.grouping.regroup()
 
     def answer(self, left: int, right: int, answer: str) -> int:
         """Apply one answer now (``review.apply_answer``: regrouped at once, the gallery not
@@ -137,28 +141,45 @@ class PendingGrouping:
         graph, clustering = self.grouping.graph, self.grouping.clustering
         labels = clustering.query_labels(graph.queries)
         tied = settled_queries(self.grouping)
+        # Each edge read once (not once per group): its group, if both ends are in one, and
+        # whether it joins a photo to its group's individual. Probabilities stay in edge order,
+        # so each group's sum is the one numpy makes of them.
+        between = graph.right < graph.queries
+        group_of_edge = labels[graph.left]
+        inside = between & (group_of_edge == labels[np.where(between, graph.right, 0)])
+        anchor_of = np.full(max(labels.max(initial=-1), *clustering.anchors, -1) + 1, -1, dtype=np.int64)
+        anchor_of[list(clustering.anchors)] = list(clustering.anchors.values())
+        anchors = anchor_of[group_of_edge]
+        towards = ~between & (anchors >= 0) & (graph.right == graph.queries + anchors)
+        members_of = _by_group(labels, np.arange(len(labels)))
+        inside_of = _by_group(group_of_edge[inside], graph.probability[inside])
+        towards_of = _by_group(group_of_edge[towards], graph.probability[towards])
         groups = []
         for label in dict.fromkeys(labels.tolist()):
-            members = np.flatnonzero(labels == label)
+            members = members_of[label]
             anchor = clustering.anchors.get(label)
-            individual_id = None if anchor is None else str(graph.identities[anchor])
-            inside = np.isin(graph.left, members) & np.isin(graph.right, members)
             pairs = len(members) * (len(members) - 1) / 2
-            towards = np.zeros(len(graph.left), dtype=bool)
-            if anchor is not None:
-                towards = np.isin(graph.left, members) & (graph.right == graph.queries + anchor)
+            linked = towards_of.get(label)
             groups.append(
                 ProposedGroup(
                     query_ids=sorted(self.nodes[m] for m in members),
                     kind=KNOWN if anchor is not None else NEW if len(members) > 1 else ALONE,
-                    individual_id=individual_id,
-                    cohesion=float(graph.probability[inside].sum() / pairs) if pairs else None,
-                    individual_probability=float(graph.probability[towards].max()) if towards.any() else None,
+                    individual_id=None if anchor is None else str(graph.identities[anchor]),
+                    cohesion=float(inside_of.get(label, np.zeros(0)).sum() / pairs) if pairs else None,
+                    individual_probability=float(linked.max()) if linked is not None else None,
                     settled=int(tied[members].sum()),
                 )
             )
         groups.sort(key=lambda g: (g.kind == ALONE, -len(g.query_ids), g.query_ids[0]))
         return groups
+
+
+def _by_group(labels: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
+    """``values`` split by label, each label's in their order."""
+    order = np.argsort(labels, kind="stable")
+    labels, values = labels[order], values[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.zeros(0, np.int64)
+    return {int(labels[start]): part for start, part in zip(starts, np.split(values, starts[1:]))}
 
 
 def pending_queries(catalog: Catalog, dataset: str) -> list[dict]:
@@ -167,25 +188,35 @@ def pending_queries(catalog: Catalog, dataset: str) -> list[dict]:
 
 
 def group_pending(
-    catalog: Catalog, gallery: Gallery, dataset: str, *, cache_dir: str | Path | None = None
+    catalog: Catalog,
+    gallery: Gallery,
+    dataset: str,
+    *,
+    cache_dir: str | Path | None = None,
+    memory: WaitingPhotos | None = None,
 ) -> PendingGrouping:
     """Group the waiting photos of ``dataset`` against ``gallery`` (the catalogue's, up to date:
     ``catalog_gallery``) with the gallery's own grouping method (average linkage when its preset
     groups none), and apply the stored answers. ``cache_dir``: the descriptor cache (a waiting
-    photo grouped again is not described again)."""
-    queries = pending_queries(catalog, dataset)
+    photo grouped again is not described again); ``memory``: what earlier groupings and
+    identifications of this dataset's photos computed (review/waiting.py), used and updated."""
+    queries = catalog.query_photos(dataset, list(PENDING))  # as pending_queries, without their results
     query_ids = [query["id"] for query in queries]
     if not queries:
         return PendingGrouping(dataset, [], [], None)
+    memory = WaitingPhotos() if memory is None else memory
+    ids = [(f"{UPLOAD}{query['id']}", query["sha256"]) for query in queries]
+    unknown = [queries[row] for row in memory.missing(ids)]
     table = pd.DataFrame(
         {
-            "image_id": [f"{UPLOAD}{query['id']}" for query in queries],
-            "path": [str(catalog.photo_path(query["stored_path"])) for query in queries],
+            "image_id": [f"{UPLOAD}{query['id']}" for query in unknown],
+            "path": [str(catalog.photo_path(query["stored_path"])) for query in unknown],
             "dataset": dataset,
         }
     )
-    result = gallery.identify(table, cache_dir=cache_dir, grouping=gallery.preset.grouping or "average", progress=False)
-    groupings = list(result.grouping.datasets.values()) if result.grouping is not None else []
+    method = gallery.preset.grouping or "average"
+    grouped = memory.group(gallery, ids, table, cache_dir=cache_dir, grouping=method)
+    groupings = list(grouped.datasets.values())
     if not groupings:  # no photo could be read
         return PendingGrouping(dataset, query_ids, [], None)
     [grouping] = groupings  # one dataset's photos: one group of the gallery

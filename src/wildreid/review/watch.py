@@ -10,9 +10,9 @@ a restart skips every photo with a line and a torn last line is cut off, so no p
 none is recorded twice. A photo that cannot be read gets a line too (flag ``unreadable_image``),
 so it is reported once and not retried.
 
-With a catalogue (``catalog``, and the gallery from ``catalog.catalog_gallery``), the gallery is
-kept up to date with reviewers' confirmations and every photo also becomes a query waiting for
-review in the web app.
+With a catalogue (``catalog``, and the gallery from ``catalog_gallery``), the photos go through
+the review service (service.py): the gallery is kept up to date with reviewers' confirmations,
+and every photo also becomes a query waiting for review in the web app, its result stored.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pandas as pd
 
 from wildreid.data.images import IMAGE_SUFFIXES
 from wildreid.gallery.gallery import Gallery
+from wildreid.review.service import ReviewService
 from wildreid.util.files import atomic_path
 
 RESULTS = "results.csv"
@@ -49,6 +50,11 @@ class Watcher:
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder}: no such folder to watch.")
         self.gallery, self.catalog, self.dataset, self.cache_dir = gallery, catalog, dataset, cache_dir
+        self.service = None
+        if catalog is not None:
+            self.service = ReviewService(
+                gallery.preset, backbone=gallery.backbone, cache_dir=cache_dir, gallery=gallery
+            )
         self.settle_seconds, self.report = settle_seconds, report
         self.results = self.out / RESULTS
         self.seen: dict[str, tuple[int, int]] = {}  # photo -> (size, mtime) at the last poll
@@ -108,10 +114,13 @@ class Watcher:
             queries["dataset"] = self.dataset
         elif len(self.gallery.groups) == 1:
             queries["dataset"] = next(iter(self.gallery.groups))
-        if self.catalog is not None:
-            result, answers = self._identify_for_review(queries, paths)
+        if self.service is not None:
+            # Filed as queries waiting for review, on the catalogue's gallery brought up to date
+            # first (reviewers may have confirmed photos since the last batch).
+            result = self.service.identify(self.catalog, queries, file_as="wildreid watch").result
+            self.gallery = self.service.gallery
         else:
-            result, answers = self.gallery.identify(queries, cache_dir=self.cache_dir, progress=False), None
+            result = self.gallery.identify(queries, cache_dir=self.cache_dir, progress=False)
         rows = result.candidates
         for position, name in enumerate(names):
             self._append(rows.iloc[[position]])
@@ -122,36 +131,6 @@ class Watcher:
                 self.report(f"skipped {name}: {row['error']}")
             else:
                 self.report(f"{name}: {row['prediction']} (score {row['top1_score']:.3f})")
-            if answers is not None:
-                self.catalog.set_query_result(answers[position][0], answers[position][1], error=row["error"] or None)
-
-    def _identify_for_review(self, queries: pd.DataFrame, paths: list[Path]):
-        """Each photo stored in the catalogue as a query, identified on the catalogue's gallery
-        (brought up to date first: reviewers may have confirmed photos since the last batch)."""
-        from wildreid.catalog.photos import sniff_image_type
-        from wildreid.review.identify import candidates_of, catalog_gallery
-
-        self.gallery = catalog_gallery(
-            self.catalog,
-            self.gallery.preset,
-            backbone=self.gallery.backbone,
-            cache_dir=self.cache_dir,
-            gallery=self.gallery,
-        )
-        stored = []
-        for path, name in zip(paths, queries["image_id"]):
-            data = path.read_bytes()
-            stored.append(
-                self.catalog.add_query(
-                    data,
-                    sniff_image_type(data) or path.suffix.lstrip(".").lower(),
-                    dataset=queries["dataset"].iloc[0],
-                    original_name=name,
-                    uploaded_by="wildreid watch",
-                )
-            )
-        result = self.gallery.identify(queries, cache_dir=self.cache_dir, progress=False)
-        return result, [(query["id"], answer) for query, answer in zip(stored, candidates_of(result, self.catalog))]
 
     def _append(self, row: pd.DataFrame) -> None:
         """One result line, in one write, on disk before the next (the header with the first)."""

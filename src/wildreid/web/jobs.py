@@ -1,15 +1,16 @@
 """Identification jobs: uploads are identified in one background thread while the page polls
 ``/api/jobs/<id>`` for progress.
 
-After an upload is identified, the waiting photos of its dataset are grouped (catalog/pending.py):
-identified together, compared with each other and with the known individuals. The grouping is
-kept in memory per dataset, with the reviewers' answers applied; a grouping job rebuilds it
-whenever it is missing (a restart) or out of date (photos filed, an undo), reading the answers
-back from the catalogue.
+The work is the review service's (review/service.py), which the runner keeps for the server's
+life: the catalogue's gallery (the fitted database side, see gallery/), brought up to date at the
+start of each job, so photos confirmed by reviewers are matched against from the next upload on;
+and what the waiting photos' grouping needs (review/waiting.py). Each upload is described and
+matched once, when it is identified; grouping the waiting photos of its dataset then adds only
+its comparisons with them, so an upload costs the same however long the review backlog.
 
-The catalogue's gallery (the fitted database side, see gallery/) is kept in memory between jobs
-and brought up to date at the start of each one, so photos confirmed by reviewers are matched
-against from the next upload on, and an upload pays only for its own extraction and shortlist.
+The grouping (review/pending.py) is kept in memory per dataset, with the reviewers' answers
+applied; a grouping job rebuilds it whenever it is missing (a restart) or out of date (photos
+filed, an undo), reading the answers back from the catalogue.
 
 The job's queries are rows of the catalogue (status 'queued' until their candidates are stored),
 so a server restarted mid-job picks the unfinished ones up again; only the progress counters live
@@ -28,12 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wildreid.catalog.changes import pair_answers
+from wildreid.catalog.dataset import query_table
 from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.describe.backbones import BackboneUnavailable
 from wildreid.gallery.gallery import GalleryError
 from wildreid.presets import get_preset
-from wildreid.review.identify import candidates_of, catalog_gallery, default_cache_dir, identify_with_catalog
-from wildreid.review.pending import PendingGrouping, group_pending, pending_queries
+from wildreid.review.identify import default_cache_dir
+from wildreid.review.pending import UPLOAD, PendingGrouping, pending_queries
+from wildreid.review.service import ReviewService
 from wildreid.web.config import WebConfig
 
 log = logging.getLogger("wildreid.web")
@@ -80,9 +83,13 @@ class GroupingFailed(Exception):
 class JobRunner:
     KEEP_FINISHED_S = 24 * 3600  # finished jobs are forgotten after a day (their results stay)
 
-    def __init__(self, config: WebConfig, *, backbone=None, identify: Callable = identify_with_catalog):
-        self.config, self.backbone, self.identify = config, backbone, identify
-        self.gallery = None  # the catalogue's gallery, kept between jobs (worker thread only)
+    def __init__(self, config: WebConfig, *, backbone=None, identify: Callable | None = None):
+        self.config, self.backbone = config, backbone
+        # Identification and grouping against the catalogue (worker thread only); made with the
+        # model, at the first job, and kept: its gallery and the waiting photos' evidence.
+        self.service: ReviewService | None = None
+        # Identifies one queued upload and stores its result: (catalogue, query row) -> None.
+        self.identify = identify or self._identify_upload
         # Per dataset, the grouping of its waiting photos; read and changed by requests (answers)
         # and replaced by the worker, always under group_lock.
         self.groupings: dict[str, PendingGrouping] = {}
@@ -96,6 +103,11 @@ class JobRunner:
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread: threading.Thread | None = None
+
+    @property
+    def gallery(self):
+        """The catalogue's gallery as the last job brought it up to date (None before any)."""
+        return self.service.gallery if self.service is not None else None
 
     # --- called from requests
 
@@ -190,75 +202,70 @@ class JobRunner:
                 self._fail(job, f"{what} failed (reference {reference}); the details are in the server log.")
 
     def _run(self, job: Job) -> None:
-        preset = get_preset(self.config.preset)
         self._update(job, status="running", stage="loading the model", done=0, total=len(job.query_ids))
-        if self.backbone is None:
-            from wildreid.describe.backbones import load_backbone
-            from wildreid.describe.extract import default_device
-
-            self.backbone = load_backbone(
-                preset.backbone, preprocess=preset.preprocess, device=self.config.device or default_device()
-            )
+        service = self._service()
         with Catalog(self.config.catalog) as catalog:
             self._update(job, stage="bringing the catalogue's gallery up to date")
 
             def describing(stage, done, total):
                 self._update(job, stage=f"describing catalogue photos ({done} of {total}; done once)")
 
-            cache_dir = self.config.cache_dir or default_cache_dir(self.config.catalog)
-            self.gallery = catalog_gallery(
-                catalog, preset, backbone=self.backbone, cache_dir=cache_dir, gallery=self.gallery, progress=describing
-            )
-            # In a server thread: no forked loader processes (see catalog/descriptors.py).
-            self.gallery.loader_workers = 0
+            service.sync(catalog, progress=describing)
             for position, query_id in enumerate(job.query_ids):
                 query = catalog.query(query_id)
                 if query is None or query["status"] != "queued":
                     continue
                 self._update(job, stage=f"identifying photo {position + 1} of {len(job.query_ids)}", done=position)
-
                 try:
                     # One photo at a time: progress per photo, and one bad photo fails alone.
-                    result = self.identify(
-                        catalog,
-                        [catalog.photo_path(query["stored_path"])],
-                        preset,
-                        query_ids=[f"upload-{query_id}"],
-                        dataset=query["dataset"],
-                        backbone=self.backbone,
-                        cache_dir=cache_dir,
-                        gallery=self.gallery,
-                        cache_queries=False,
-                        sync=False,  # brought up to date above, once per job
-                    )
-                    catalog.set_query_result(query_id, candidates_of(result, catalog)[0])
+                    self.identify(catalog, query)
                 except CatalogError as error:
                     catalog.set_query_result(query_id, None, error=str(error))
             self._update(job, done=len(job.query_ids))
             datasets = [job.dataset] if job.dataset else sorted({catalog.query(q)["dataset"] for q in job.query_ids})
             for dataset in datasets:
                 self._update(job, stage=f"grouping the waiting photos of {dataset}")
-                problem = self._group(catalog, dataset, cache_dir)
+                problem = self._group(catalog, dataset)
                 if problem and job.kind == "group":
                     raise GroupingFailed(problem)
 
-    def _group(self, catalog: Catalog, dataset: str, cache_dir) -> str | None:
-        """Group ``dataset``'s waiting photos (the gallery is up to date); return why it failed,
-        or None. A failure is kept, so that the page says why instead of asking again."""
+    def _service(self) -> ReviewService:
+        """The review service, made with the model the first time."""
+        if self.service is None:
+            preset = get_preset(self.config.preset)
+            if self.backbone is None:
+                from wildreid.describe.backbones import load_backbone
+                from wildreid.describe.extract import default_device
+
+                self.backbone = load_backbone(
+                    preset.backbone, preprocess=preset.preprocess, device=self.config.device or default_device()
+                )
+            self.service = ReviewService(
+                preset,
+                backbone=self.backbone,
+                cache_dir=self.config.cache_dir or default_cache_dir(self.config.catalog),
+                loader_workers=0,  # in a server thread: no forked loader processes
+                keep_waiting=True,
+            )
+        return self.service
+
+    def _identify_upload(self, catalog: Catalog, query: dict) -> None:
+        """Identify one filed upload on the gallery as the job brought it up to date, and store
+        its result; the service keeps what grouping it next needs."""
+        photo = catalog.photo_path(query["stored_path"])
+        queries = query_table(catalog, [photo], query_ids=[f"{UPLOAD}{query['id']}"], dataset=query["dataset"])
+        self.service.identify(catalog, queries, query_ids=[query["id"]], cache_queries=False, sync=False)
+
+    def _group(self, catalog: Catalog, dataset: str) -> str | None:
+        """Group ``dataset``'s waiting photos; return why it failed, or None. A failure is kept,
+        so that the page says why instead of asking again."""
         waiting = None
         with self.group_lock:
             generation = self.generations.get(dataset, 0)
         try:
-            # Brought up to date after the generation is read: a change made before is in the
-            # gallery, one made after voids this grouping.
-            self.gallery = catalog_gallery(
-                catalog,
-                get_preset(self.config.preset),
-                backbone=self.backbone,
-                cache_dir=cache_dir,
-                gallery=self.gallery,
-            )
-            pending = group_pending(catalog, self.gallery, dataset, cache_dir=cache_dir)
+            # The gallery is brought up to date after the generation is read: a change made
+            # before is in the gallery, one made after voids this grouping.
+            pending = self.service.group(catalog, dataset)
             waiting = frozenset(pending.query_ids)
             with self.group_lock:
                 if self.generations.get(dataset, 0) != generation:

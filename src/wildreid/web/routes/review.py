@@ -31,15 +31,13 @@ def review_list(request: Request, catalog: CatalogDep):
 @router.get("/review/{query_id}", response_class=HTMLResponse)
 def review(request: Request, query_id: int, catalog: CatalogDep, decided: int | None = None, undone: int | None = None):
     query = query_or_404(catalog, query_id)
+    ranked = (query["result"] or {}).get("candidates", [])
+    counts = catalog.photo_counts([candidate["individual_id"] for candidate in ranked])
     candidates = []
-    for candidate in (query["result"] or {}).get("candidates", []):
+    for candidate in ranked:
         individual = catalog.individual(candidate["individual_id"]) or {}
         candidates.append(
-            {
-                **candidate,
-                "name": individual.get("name", ""),
-                "photo_count": len(catalog.images(candidate["individual_id"])),
-            }
+            {**candidate, "name": individual.get("name", ""), "photo_count": counts[candidate["individual_id"]]}
         )
     just_decided = catalog.decisions(query_id=decided)[-1:] if decided else []
     return page(
