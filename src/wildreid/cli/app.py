@@ -1,0 +1,68 @@
+"""What every command shares: the root Typer app, the two consoles, and the error handling that
+turns an error a user can act on into one message and an exit code."""
+
+from __future__ import annotations
+
+import os
+from functools import wraps
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from wildreid.data.dataset import DatasetError
+from wildreid.describe.backbones import BackboneUnavailable
+
+
+class App(typer.Typer):
+    """A Typer app whose every command reports an error a user can act on as one message
+    (:func:`friendly_errors`). The decorated function itself stays a plain function."""
+
+    def command(self, name: str | None = None, **settings):
+        register = super().command(name, **settings)
+
+        def decorate(function):
+            register(friendly_errors(function))
+            return function
+
+        return decorate
+
+
+app = App(
+    help="wildreid: identify individual animals from photos.\n\n"
+    "Give it a labelled database of photos and query photos; every query gets a known identity "
+    "or 'new_individual'. Reads AnimalCLEF2025 metadata.csv folders, any CSV with path/identity/"
+    "split columns, or a folder per identity plus a query folder. Writes an AnimalCLEF2025 "
+    "submission, a detailed candidate table and an HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+stdout = Console()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
+
+
+def friendly_errors(command):
+    """Errors a user can act on are printed as one message, not a traceback."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (DatasetError, BackboneUnavailable, ValueError, KeyError, FileNotFoundError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+            raise typer.Exit(2) from None
+        except OSError as error:
+            # The last resort for the file system saying no (read-only, full, permissions): the
+            # file and the reason, never a traceback. Known cases have their own message first.
+            where = f"{error.filename}: " if error.filename else ""
+            console.print(f"[bold red]error:[/] {escape(where + str(error.strerror or error))}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper

@@ -1,0 +1,319 @@
+"""Options that several commands share, declared once, and what turns them into settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from wildreid.cli.app import console
+from wildreid.data.dataset import Dataset, load_dataset
+from wildreid.presets import PRESETS, get_preset, parse_threshold
+
+# Options shared by the commands that read a dataset.
+QueryDir = Annotated[
+    Optional[Path],
+    typer.Option(help="Folder of query images; ROOT is then a folder with one sub-folder of photos per identity."),
+]
+PathColumn = Annotated[str, typer.Option(help="CSV column with image paths (relative to the CSV's folder).")]
+IdentityColumn = Annotated[str, typer.Option(help="CSV column with identities (empty for unknown queries).")]
+SplitColumn = Annotated[str, typer.Option(help="CSV column saying 'database' or 'query'.")]
+DatasetColumn = Annotated[
+    str, typer.Option(help="CSV column grouping images into datasets; without it, the dataset is the folder name.")
+]
+ImageIdColumn = Annotated[str, typer.Option(help="CSV column with image ids (default: the row number).")]
+DatabaseValue = Annotated[str, typer.Option(help="Value of the split column that marks database images.")]
+QueryValue = Annotated[str, typer.Option(help="Value of the split column that marks queries.")]
+AllowOutsidePaths = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths",
+        help="Read images outside the dataset's folder too (refused by default, so that "
+        "a metadata file cannot point wildreid at other files).",
+    ),
+]
+CacheDir = Annotated[
+    Optional[Path], typer.Option(help="Where embeddings are cached (default $WILDREID_CACHE or ~/.cache/wildreid).")
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
+Device = Annotated[Optional[str], typer.Option(help="'cpu', 'cuda', 'cuda:1'... (default: a GPU if there is one).")]
+PresetOption = Annotated[str, typer.Option(help=f"Named configuration: {', '.join(PRESETS)}. See `wildreid presets`.")]
+Fast = Annotated[
+    bool,
+    typer.Option(
+        "--fast",
+        help="Every extraction speed option on (precision, decoding, compile, engine, batch size: "
+        "auto). Features agree with the exact path to cosine >= 0.999 (checked on the first "
+        "batch, else it falls back to exact fp32); they are cached apart from exact ones.",
+    ),
+]
+Precision = Annotated[Optional[str], typer.Option(help="Extraction precision: fp32 (exact), bf16, fp16 or auto.")]
+Decode = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Image decoding: exact (PIL, the reference), fast (PIL at reduced JPEG scale), device "
+        "(nvJPEG on a GPU, torchvision on a CPU) or auto."
+    ),
+]
+Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")]
+Engine = Annotated[Optional[str], typer.Option(help="Model engine: torch, onnxruntime (CPU only) or auto.")]
+BatchSize = Annotated[Optional[str], typer.Option(help="Images per forward pass, or 'auto' (from free GPU memory).")]
+
+
+def speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -> dict:
+    """Preset changes for the extraction speed options given on the command line."""
+    from wildreid.describe.extract import FAST
+
+    changes = dict(FAST) if fast else {}
+    given = dict(
+        precision=precision,
+        decode=decode,
+        compile=compile,
+        engine=engine,
+        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+    )
+    changes.update({name: value for name, value in given.items() if value is not None})
+    return changes
+
+
+LocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's local keypoint matcher: rootsift, sift, aliked-lightglue, disk-lightglue "
+        "(ALIKED/DISK + LightGlue; weights from disk only, see README), or 'none' (global descriptor only). "
+        "Its scores are calibrated and fused as the preset's fusion settings say."
+    ),
+]
+DetectionsOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--detections",
+        help="MegaDetector results for these photos (its batch-output JSON, as AddaxAI/EcoAssist write it): "
+        "each animal above --detection-threshold becomes its own row, id IMAGE_ID#K, described by its box; "
+        "photos without one are reported (no_animal.csv). See docs/regions.md.",
+    ),
+]
+DetectionThreshold = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Lowest MegaDetector confidence of an animal that is used (default 0.2, MegaDetector v5's "
+        "typical threshold). Needs --detections."
+    ),
+]
+RegionMargin = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Margin added around every region's box (metadata bbox/segmentation, detections, foreground), "
+        "as a fraction of its width and height (default: the preset's, 0.1)."
+    ),
+]
+ForegroundOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Automatic foreground for photos without a region: 'cam' (a box from the class-activation map "
+        "of the offline ImageNet classifier), 'cam-mask' (that box and the map's outline as a mask) or "
+        "'none' (the whole photo). Default: the preset's (none). See docs/regions.md."
+    ),
+]
+ViewsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--views",
+        help="Compare only compatible viewpoints (the 'viewpoint' or 'orientation' column): 'same' (equal "
+        "views), compatible pairs 'left=front,right=front', a CSV file of pairs, or 'off'. A photo of "
+        "unknown view is compatible with all. Default: the preset's.",
+    ),
+]
+MirrorOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--mirror/--no-mirror",
+        help="Also compare a view with its mirror view (left/right) after flipping the photo, for species "
+        "whose two sides look alike. Needs --views.",
+    ),
+]
+ExtraLocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--extra-local",
+        help="More local features fused as their own calibrated inlier counts, comma-separated (orb), "
+        "or 'none'. Default: the preset's.",
+    ),
+]
+TopMOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--top-m",
+        help="Score an identity by the mean of its m best photos (1: its best photo), or 'auto' (the m "
+        "whose simulated open-set score on the database is best).",
+    ),
+]
+
+
+def region_changes(region_margin: float | None, foreground: str | None) -> dict:
+    """Preset changes for the region options given on the command line."""
+    changes = {}
+    if region_margin is not None:
+        changes["region_margin"] = region_margin
+    if foreground is not None:
+        changes["foreground"] = foreground
+    return changes
+
+
+def detection_rows(table, detections: Path | None, threshold: float | None, *, labelled: bool):
+    """With --detections: (one row per animal, the photos without one); else (table, None)."""
+    if detections is None:
+        if threshold is not None:
+            raise ValueError("--detection-threshold applies to MegaDetector results: give them with --detections.")
+        return table, None
+    from wildreid.data.detections import DEFAULT_THRESHOLD, DETECTION, read_detections, split_by_detections
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    rows, no_animal = split_by_detections(table, read_detections(detections), threshold)
+    photos = len(table) - len(no_animal)
+    console.print(
+        f"MegaDetector ({detections.name}): {len(rows)} animal(s) at or above {threshold:g} in {photos} of "
+        f"{len(table)} photo(s); {len(no_animal)} photo(s) without one are left out.",
+        highlight=False,
+    )
+    for item in no_animal.head(10).itertuples():
+        console.print(f"[yellow]no animal[/] {escape(str(item.image_id))}: {escape(item.reason)}", highlight=False)
+    if len(no_animal) > 10:
+        console.print(f"[yellow]... and {len(no_animal) - 10} more[/]")
+    if labelled and len(rows):
+        several = rows.loc[rows.duplicated("path", keep=False) & rows["identity"].notna(), "path"].nunique()
+        if several:
+            console.print(
+                f"[yellow]{several} labelled photo(s) hold several animals: each animal got the photo's identity. "
+                f"Check them (column '{DETECTION}' numbers the animals), or raise --detection-threshold.[/]"
+            )
+    return rows, no_animal
+
+
+def evidence_changes(views, mirror, extra_local, top_m) -> dict:
+    """Preset changes for the viewpoint and evidence options given on the command line."""
+    from wildreid.data.views import parse_view_rule
+
+    changes = {}
+    if views is not None:
+        changes["views"] = parse_view_rule(views)
+    if mirror is not None:
+        changes["mirror"] = mirror
+    if extra_local is not None:
+        names = [] if extra_local.strip().lower() == "none" else [n.strip().lower() for n in extra_local.split(",")]
+        from wildreid.local.base import method_names
+
+        unknown = [n for n in names if n not in method_names()]
+        if unknown:
+            raise ValueError(
+                f"--extra-local: unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}."
+            )
+        changes["extra_local"] = tuple(names)
+    if top_m is not None:
+        text = top_m.strip().lower()
+        if text != "auto" and not text.isdigit():
+            raise ValueError(f"--top-m: '{top_m}' is not a whole number or 'auto'.")
+        changes["top_m"] = text if text == "auto" else int(text)
+    return changes
+
+
+BackboneOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's descriptor: a short name (megadescriptor-l-384, efficientnet-lite0, ...), "
+        "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER."
+    ),
+]
+
+
+def load(
+    root: Path,
+    query_dir,
+    path_column,
+    identity_column,
+    split_column,
+    dataset_column,
+    image_id_column,
+    database_value,
+    query_value,
+    allow_outside_paths: bool = False,
+) -> Dataset:
+    return load_dataset(
+        root,
+        query_dir=query_dir,
+        path_column=path_column,
+        identity_column=identity_column,
+        split_column=split_column,
+        dataset_column=dataset_column,
+        image_id_column=image_id_column,
+        database_value=database_value,
+        query_value=query_value,
+        allow_outside_paths=allow_outside_paths,
+    )
+
+
+GalleryOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A gallery from `wildreid gallery build`: ROOT... are then query photos (files, folders, or CSVs "
+        "with a path column) identified against it, without refitting anything."
+    ),
+]
+DatasetName = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dataset",
+        help="With --gallery: the dataset the query photos belong to (needed when the gallery holds several "
+        "and the queries carry no dataset column).",
+    ),
+]
+
+
+KEEP = object()  # an option not given: the preset's own setting stays
+
+
+def grouping_option(text: str | None):
+    """--grouping: KEEP when absent, None for 'none', else a linkage method."""
+    from wildreid.decide.cluster import METHODS
+
+    if text is None:
+        return KEEP
+    lowered = text.strip().lower()
+    if lowered == "none":
+        return None
+    if lowered not in METHODS:
+        raise ValueError(f"--grouping {text}: choose one of {', '.join(METHODS)} or none.")
+    return lowered
+
+
+def chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: dict, local: str | None = None):
+    """The named preset with the command line's changes."""
+    changes = dict(speed)
+    if local is not None:
+        changes.update(local_changes(get_preset(name), local))
+    if backbone:
+        changes.update(backbone=backbone, preprocess=None)
+    if threshold is not None:
+        changes["threshold"] = parse_threshold(threshold)
+    if top_k is not None:
+        changes["top_k"] = top_k
+    if all_datasets:
+        changes["same_dataset_only"] = False
+    return get_preset(name).replace(**changes)
+
+
+def local_changes(preset, local: str) -> dict:
+    """Preset changes for --local: the method, and its options only when it is the preset's own
+    (another method starts from its own defaults)."""
+    from wildreid.local.base import method_names
+
+    name = local.strip().lower()
+    if name == "none":
+        return {"local": None, "local_options": {}}
+    if name not in method_names():
+        raise ValueError(
+            f"--local {local}: unknown local feature method; choose one of {', '.join(method_names())}, or none."
+        )
+    return {"local": name, "local_options": preset.local_options if name == preset.local else {}}
