@@ -3,7 +3,10 @@ turns an error a user can act on into one message and an exit code."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
+import typing
 from functools import wraps
 from pathlib import Path
 
@@ -17,13 +20,14 @@ from wildreid.describe.backbones import BackboneUnavailable
 
 class App(typer.Typer):
     """A Typer app whose every command reports an error a user can act on as one message
-    (:func:`friendly_errors`). The decorated function itself stays a plain function."""
+    (:func:`friendly_errors`) and may take groups of options (:class:`OptionGroup`). The decorated
+    function itself stays a plain function."""
 
     def command(self, name: str | None = None, **settings):
         register = super().command(name, **settings)
 
         def decorate(function):
-            register(friendly_errors(function))
+            register(friendly_errors(spread_option_groups(function)))
             return function
 
         return decorate
@@ -66,3 +70,49 @@ def friendly_errors(command):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+class OptionGroup:
+    """Base of a frozen dataclass of options that go together (how a dataset's CSV is read, the
+    extraction speed options, ...). A command takes the group as ONE parameter, such as
+    ``columns: DatasetColumns = DatasetColumns()``; on the command line each of its fields is an
+    option of its own, in that place, declared by the field's ``Annotated`` type."""
+
+
+def spread_option_groups(function):
+    """``function`` as Typer should see it: every OptionGroup parameter replaced by the group's
+    fields; called with those, it builds the group again and calls ``function``."""
+    signature = inspect.signature(function, eval_str=True)
+    groups = {
+        name: parameter.annotation
+        for name, parameter in signature.parameters.items()
+        if isinstance(parameter.annotation, type) and issubclass(parameter.annotation, OptionGroup)
+    }
+    if not groups:
+        return function
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name in groups:
+            parameters += _fields_as_parameters(groups[parameter.name])
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @wraps(function)
+    def command(**options):
+        for name, group in groups.items():
+            options[name] = group(**{field.name: options.pop(field.name) for field in dataclasses.fields(group)})
+        return function(**options)
+
+    command.__signature__ = signature.replace(parameters=parameters)
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return command
+
+
+def _fields_as_parameters(group: type[OptionGroup]) -> list[inspect.Parameter]:
+    declared = typing.get_type_hints(group, include_extras=True)
+    return [
+        inspect.Parameter(
+            field.name, inspect.Parameter.KEYWORD_ONLY, annotation=declared[field.name], default=field.default
+        )
+        for field in dataclasses.fields(group)
+    ]

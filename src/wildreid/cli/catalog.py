@@ -3,27 +3,24 @@ info, check)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from wildreid.cli.app import App, app, console, stdout
-from wildreid.cli.identify import print_thresholds
+from wildreid.cli.app import App, OptionGroup, app, console, stdout
+from wildreid.cli.identify import print_thresholds, print_written
 from wildreid.cli.options import (
     AllowOutsidePaths,
-    DatabaseValue,
-    DatasetColumn,
+    DatasetColumns,
+    DatasetRoot,
     Device,
-    IdentityColumn,
-    ImageIdColumn,
-    PathColumn,
     PresetOption,
-    QueryDir,
-    QueryValue,
-    SplitColumn,
-    load,
+    Report,
+    RunOut,
+    TopK,
 )
 from wildreid.presets import DEFAULT_PRESET, get_preset
 
@@ -47,23 +44,19 @@ CatalogPath = Annotated[
     ),
 ]
 DEFAULT_CATALOG = Path("wildreid-catalog.sqlite")
+CatalogCache = Annotated[
+    Optional[Path], typer.Option(help="Embedding cache (default: <catalogue>.cache beside the catalogue).")
+]
 
 
 @catalog_app.command("import")
 def catalog_import(
-    root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
+    root: DatasetRoot,
     catalog: CatalogPath = DEFAULT_CATALOG,
     include_queries: Annotated[
         bool, typer.Option("--include-queries", help="Also import query photos whose identity is known.")
     ] = False,
-    query_dir: QueryDir = None,
-    path_column: PathColumn = "path",
-    identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split",
-    dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id",
-    database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query",
+    columns: DatasetColumns = DatasetColumns(),
     allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Copy the labelled photos of a dataset into the catalogue (creating it if needed).
@@ -73,18 +66,7 @@ def catalog_import(
     from wildreid.catalog.importer import import_dataset
     from wildreid.catalog.store import Catalog
 
-    dataset = load(
-        root,
-        query_dir,
-        path_column,
-        identity_column,
-        split_column,
-        dataset_column,
-        image_id_column,
-        database_value,
-        query_value,
-        allow_outside_paths,
-    )
+    dataset = columns.load(root, allow_outside_paths=allow_outside_paths)
     with Catalog(catalog) as store, Progress(console=console, transient=True) as bar:
         task = bar.add_task("importing", total=None)
         report = import_dataset(
@@ -106,121 +88,152 @@ def camtrap_option(help: str, *names: str):
     return typer.Option(*names, help=help, rich_help_panel=CAMTRAP)
 
 
-@catalog_app.command("export")
-def catalog_export(
-    out: Annotated[Path, typer.Argument(help="Folder to write the export into.")],
-    catalog: CatalogPath = DEFAULT_CATALOG,
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="animalclef: an AnimalCLEF2025-style metadata.csv; camtrap-dp: a Camtrap DP 1.0.2 package "
-            "(the TDWG standard GBIF ingests), see docs/camtrap-dp.md.",
-        ),
-    ] = "animalclef",
-    copy_images: Annotated[
-        bool,
-        typer.Option(
-            "--copy-images", help="animalclef: copy the photos into OUT/images/ (a self-contained dataset folder)."
-        ),
-    ] = False,
-    dataset: Annotated[Optional[list[str]], camtrap_option("Export only this dataset (repeatable).")] = None,
+@dataclass(frozen=True)
+class CamtrapOptions(OptionGroup):
+    """What a Camtrap DP package needs that the catalogue cannot know (--format camtrap-dp only)."""
+
+    dataset: Annotated[Optional[list[str]], camtrap_option("Export only this dataset (repeatable).")] = None
     sampling_design: Annotated[
         Optional[str],
         camtrap_option(
             "The cameras' layout: simpleRandom, systematicRandom, clusteredRandom, experimental, targeted, "
             "opportunistic."
         ),
-    ] = None,
+    ] = None
     capture_method: Annotated[
         Optional[list[str]],
         camtrap_option("How the photos were taken (repeatable): activityDetection, timeLapse."),
-    ] = None,
-    contact: Annotated[
-        Optional[list[str]], camtrap_option("A contact for the data, 'Name <email>' (repeatable).")
-    ] = None,
-    title: Annotated[Optional[str], camtrap_option("Title of the package and its project.")] = None,
+    ] = None
+    contact: Annotated[Optional[list[str]], camtrap_option("A contact for the data, 'Name <email>' (repeatable).")] = (
+        None
+    )
+    title: Annotated[Optional[str], camtrap_option("Title of the package and its project.")] = None
     locations: Annotated[
         Optional[Path],
         camtrap_option(
             "CSV location,latitude,longitude[,coordinateUncertainty]: where each location the photos name is."
         ),
-    ] = None,
+    ] = None
     latitude: Annotated[
         Optional[float], camtrap_option("Latitude (WGS84) of photos whose location is not in --locations.")
-    ] = None,
+    ] = None
     longitude: Annotated[
         Optional[float], camtrap_option("Longitude (WGS84) of photos whose location is not in --locations.")
-    ] = None,
+    ] = None
     coordinate_uncertainty: Annotated[
         Optional[int], camtrap_option("Uncertainty of --latitude/--longitude, in metres.")
-    ] = None,
+    ] = None
     timezone: Annotated[
         Optional[str],
         camtrap_option("UTC offset (+02:00) or zone name (Africa/Johannesburg) of sighting times written without one."),
-    ] = None,
+    ] = None
     scientific_name: Annotated[
         Optional[list[str]],
         camtrap_option("DATASET='Genus species', for a dataset whose species text holds no scientific name."),
-    ] = None,
+    ] = None
     labels_by: Annotated[
         Optional[str],
         camtrap_option("Who labelled the imported datasets (people): their photos become human classifications."),
-    ] = None,
+    ] = None
     media_url: Annotated[
         Optional[str],
         camtrap_option(
             "Address where the catalogue's photo store (<catalogue>.images/) is published; else the "
             "photos are copied into OUT/media/."
         ),
-    ] = None,
+    ] = None
     private_media: Annotated[
         bool, camtrap_option("The photos are not publicly accessible (filePublic false).", "--private-media")
-    ] = False,
+    ] = False
     include_machine: Annotated[
         bool,
         camtrap_option(
             "Also publish uploaded photos awaiting review, as the machine's classifications.", "--include-machine"
         ),
-    ] = False,
+    ] = False
     skip_undated: Annotated[
         bool, camtrap_option("Leave out photos without a usable sighting date.", "--skip-undated")
-    ] = False,
-    validate: Annotated[
-        bool,
-        camtrap_option("Validate the package (frictionless) before putting it in place.", "--validate/--no-validate"),
-    ] = True,
+    ] = False
+
+    def given(self) -> list[str]:
+        """The options given on the command line, as they are written there."""
+        return [
+            "--" + field.name.replace("_", "-")
+            for field in fields(self)
+            if getattr(self, field.name) not in (None, False, [])
+        ]
+
+    def settings(self):
+        from wildreid.catalog.camtrap import CamtrapSettings, make_place, read_places
+
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give --latitude and --longitude together.")
+        names = {}
+        for item in self.scientific_name or []:
+            name_of, equals, value = item.partition("=")
+            if not equals or not name_of.strip() or not value.strip():
+                raise ValueError(f"--scientific-name '{item}': write DATASET='Genus species'.")
+            names[name_of.strip()] = value.strip().strip("'\"")
+        return CamtrapSettings(
+            sampling_design=self.sampling_design,
+            capture_methods=self.capture_method or [],
+            contacts=self.contact or [],
+            title=self.title,
+            places=read_places(self.locations) if self.locations else {},
+            default_place=(
+                make_place(self.latitude, self.longitude, self.coordinate_uncertainty, "--latitude/--longitude")
+                if self.latitude is not None
+                else None
+            ),
+            timezone=self.timezone,
+            scientific_names=names,
+            labels_by=self.labels_by,
+            media_url=self.media_url,
+            private_media=self.private_media,
+            include_machine=self.include_machine,
+            skip_undated=self.skip_undated,
+            datasets=self.dataset,
+        )
+
+
+ExportOut = Annotated[Path, typer.Argument(help="Folder to write the export into.")]
+ExportFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="animalclef: an AnimalCLEF2025-style metadata.csv; camtrap-dp: a Camtrap DP 1.0.2 package "
+        "(the TDWG standard GBIF ingests), see docs/camtrap-dp.md.",
+    ),
+]
+CopyImages = Annotated[
+    bool,
+    typer.Option(
+        "--copy-images", help="animalclef: copy the photos into OUT/images/ (a self-contained dataset folder)."
+    ),
+]
+Validate = Annotated[
+    bool,
+    camtrap_option("Validate the package (frictionless) before putting it in place.", "--validate/--no-validate"),
+]
+
+
+@catalog_app.command("export")
+def catalog_export(
+    out: ExportOut,
+    catalog: CatalogPath = DEFAULT_CATALOG,
+    format: ExportFormat = "animalclef",
+    copy_images: CopyImages = False,
+    camtrap: CamtrapOptions = CamtrapOptions(),
+    validate: Validate = True,
 ):
     """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row), or
     its sightings as a Camtrap DP package."""
     from wildreid.catalog.export import export_metadata
     from wildreid.catalog.store import Catalog
 
-    camtrap_given = [
-        name
-        for name, value in {
-            "--dataset": dataset,
-            "--sampling-design": sampling_design,
-            "--capture-method": capture_method,
-            "--contact": contact,
-            "--title": title,
-            "--locations": locations,
-            "--latitude": latitude,
-            "--longitude": longitude,
-            "--coordinate-uncertainty": coordinate_uncertainty,
-            "--timezone": timezone,
-            "--scientific-name": scientific_name,
-            "--labels-by": labels_by,
-            "--media-url": media_url,
-            "--private-media": private_media,
-            "--include-machine": include_machine,
-            "--skip-undated": skip_undated,
-        }.items()
-        if value not in (None, False, [])
-    ]
     if format == "animalclef":
-        if camtrap_given:
-            raise ValueError(f"{', '.join(camtrap_given)}: only for --format camtrap-dp.")
+        if camtrap.given():
+            raise ValueError(f"{', '.join(camtrap.given())}: only for --format camtrap-dp.")
         with Catalog(catalog, create=False) as store:
             console.print(f"written: {export_metadata(store, out, copy_images=copy_images)}")
         return
@@ -228,36 +241,9 @@ def catalog_export(
         raise ValueError(f"--format '{format}': choose animalclef or camtrap-dp.")
     if copy_images:
         raise ValueError("--copy-images: only for --format animalclef (camtrap-dp copies photos unless --media-url).")
-    from wildreid.catalog.camtrap import CamtrapSettings, export_camtrap_dp, make_place, read_places
+    from wildreid.catalog.camtrap import export_camtrap_dp
 
-    if (latitude is None) != (longitude is None):
-        raise ValueError("give --latitude and --longitude together.")
-    names = {}
-    for item in scientific_name or []:
-        name_of, equals, value = item.partition("=")
-        if not equals or not name_of.strip() or not value.strip():
-            raise ValueError(f"--scientific-name '{item}': write DATASET='Genus species'.")
-        names[name_of.strip()] = value.strip().strip("'\"")
-    settings = CamtrapSettings(
-        sampling_design=sampling_design,
-        capture_methods=capture_method or [],
-        contacts=contact or [],
-        title=title,
-        places=read_places(locations) if locations else {},
-        default_place=(
-            make_place(latitude, longitude, coordinate_uncertainty, "--latitude/--longitude")
-            if latitude is not None
-            else None
-        ),
-        timezone=timezone,
-        scientific_names=names,
-        labels_by=labels_by,
-        media_url=media_url,
-        private_media=private_media,
-        include_machine=include_machine,
-        skip_undated=skip_undated,
-        datasets=dataset,
-    )
+    settings = camtrap.settings()
     with Catalog(catalog, create=False) as store:
         report = export_camtrap_dp(store, out, settings, validate=validate)
     for line in report.lines():
@@ -267,17 +253,15 @@ def catalog_export(
 @catalog_app.command("identify")
 def catalog_identify(
     query_dir: Annotated[Path, typer.Argument(help="Folder of query photos (searched recursively).")],
-    out: Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")],
+    out: RunOut,
     catalog: CatalogPath = DEFAULT_CATALOG,
     dataset: Annotated[
         Optional[str], typer.Option(help="The catalogue dataset the queries belong to (needed when it holds several).")
     ] = None,
     preset: PresetOption = DEFAULT_PRESET,
-    top_k: Annotated[Optional[int], typer.Option(help="Candidates kept per query in candidates.csv.")] = None,
-    report: Annotated[bool, typer.Option(help="Write report.html and plots.")] = True,
-    cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Embedding cache (default: <catalogue>.cache beside the catalogue).")
-    ] = None,
+    top_k: TopK = None,
+    report: Report = True,
+    cache_dir: CatalogCache = None,
     device: Device = None,
 ):
     """Identify query photos with the catalogue as the database; write the usual run outputs."""
@@ -311,8 +295,7 @@ def catalog_identify(
         )
     written = write_run(result, out, evaluation=evaluate_if_possible(result), report=report)
     print_thresholds(result)
-    for name, path in written.items():
-        console.print(f"{name:>11}: {path}")
+    print_written(written)
 
 
 @catalog_app.command("info")

@@ -12,19 +12,7 @@ from rich.table import Table
 
 from wildreid.cli.app import app, console, stdout
 from wildreid.cli.identify import print_evaluation
-from wildreid.cli.options import (
-    AllowOutsidePaths,
-    DatabaseValue,
-    DatasetColumn,
-    IdentityColumn,
-    ImageIdColumn,
-    PathColumn,
-    QueryDir,
-    QueryValue,
-    SplitColumn,
-    load,
-)
-from wildreid.data.dataset import load_dataset
+from wildreid.cli.options import AllowOutsidePaths, DatasetColumns, DatasetRoot
 from wildreid.presets import PRESETS, get_preset
 
 
@@ -37,14 +25,7 @@ def evaluate(
         Optional[Path],
         typer.Option(help="candidates.csv of the run, for top-1/top-5 accuracy and the new-vs-known AUC."),
     ] = None,
-    query_dir: QueryDir = None,
-    path_column: PathColumn = "path",
-    identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split",
-    dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id",
-    database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query",
+    columns: DatasetColumns = DatasetColumns(),
 ):
     """Score a submission with the AnimalCLEF2025 metric: BAKS, BAUS, sqrt(BAKS*BAUS) per dataset, mean."""
     import pandas as pd
@@ -52,19 +33,8 @@ def evaluate(
     from wildreid.evaluate.metrics import evaluate as run_evaluate
     from wildreid.evaluate.metrics import load_submission
 
-    dataset = load_dataset(
-        root,
-        query_dir=query_dir,
-        path_column=path_column,
-        identity_column=identity_column,
-        split_column=split_column,
-        dataset_column=dataset_column,
-        image_id_column=image_id_column,
-        database_value=database_value,
-        query_value=query_value,
-        check_files=False,
-        allow_outside_paths=True,
-    )  # evaluation never opens an image
+    # Evaluation never opens an image.
+    dataset = columns.load(root, allow_outside_paths=True, check_files=False)
     detail = pd.read_csv(candidates, dtype={"image_id": str}) if candidates else None
     figures = run_evaluate(dataset, load_submission(submission, queries=dataset.queries["image_id"]), detail)
     if as_json:
@@ -89,30 +59,12 @@ def presets(name: Annotated[Optional[str], typer.Argument(help="Show one preset 
 
 @app.command()
 def validate(
-    root: Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")],
-    query_dir: QueryDir = None,
-    path_column: PathColumn = "path",
-    identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split",
-    dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id",
-    database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query",
+    root: DatasetRoot,
+    columns: DatasetColumns = DatasetColumns(),
     allow_outside_paths: AllowOutsidePaths = False,
 ):
     """Check a dataset (columns, ids, files) without extracting anything."""
-    dataset = load(
-        root,
-        query_dir,
-        path_column,
-        identity_column,
-        split_column,
-        dataset_column,
-        image_id_column,
-        database_value,
-        query_value,
-        allow_outside_paths,
-    )
+    dataset = columns.load(root, allow_outside_paths=allow_outside_paths)
     table = Table("dataset", "database", "query", "identities")
     for name, rows in dataset.table.groupby("dataset", sort=False):
         table.add_row(

@@ -16,30 +16,14 @@ from wildreid.cli.options import (
     AllowOutsidePaths,
     BackboneOption,
     CacheDir,
-    DatabaseValue,
-    DatasetColumn,
-    DetectionsOption,
-    DetectionThreshold,
     Device,
-    ExtraLocalOption,
-    ForegroundOption,
-    IdentityColumn,
-    ImageIdColumn,
+    EvidenceOptions,
+    LabelledColumns,
     LocalOption,
-    MirrorOption,
-    PathColumn,
     PresetOption,
-    RegionMargin,
-    SplitColumn,
-    TopMOption,
-    ViewsOption,
+    RegionOptions,
     chosen_preset,
-    detection_rows,
-    evidence_changes,
-    load,
-    region_changes,
 )
-from wildreid.data.dataset import DatasetError
 from wildreid.presets import DEFAULT_PRESET
 
 gallery_app = App(
@@ -52,130 +36,62 @@ gallery_app = App(
 )
 app.add_typer(gallery_app, name="gallery")
 
-
-def labelled_photos(
-    root: Path,
-    path_column,
-    identity_column,
-    split_column,
-    dataset_column,
-    image_id_column,
-    database_value,
-    allow_outside_paths,
-    include_queries: bool,
-):
-    """The labelled photos of ROOT: database rows of a metadata CSV (and labelled queries if asked),
-    or every photo of a folder-per-identity layout."""
-    from wildreid.data.dataset import DATABASE, load_folders
-
-    if root.is_dir() and not (root / "metadata.csv").is_file():
-        return load_folders(root, None, allow_outside_paths=allow_outside_paths).table
-    dataset = load(
-        root,
-        None,
-        path_column,
-        identity_column,
-        split_column,
-        dataset_column,
-        image_id_column,
-        database_value,
-        "query",
-        allow_outside_paths,
-    )
-    table = dataset.table
-    keep = table["split"] == DATABASE
-    if include_queries:
-        keep |= table["identity"].notna()
-    return table[keep]
+BuildRoot = Annotated[
+    Path, typer.Argument(help="metadata.csv (its database rows), a folder holding it, or a folder per identity.")
+]
+GalleryOut = Annotated[Path, typer.Option(help="The gallery folder to write (replaced atomically if it exists).")]
+GalleryThreshold = Annotated[
+    Optional[str], typer.Option(help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")
+]
+OneGroup = Annotated[
+    bool, typer.Option("--all-datasets", help="One group for every dataset: queries may match any of them.")
+]
+DescribeOnRay = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        help="Describe the photos on a Ray cluster first ('auto' or an ADDRESS, as `wildreid extract --ray`); "
+        "the gallery is then built from the filled caches.",
+    ),
+]
 
 
 @gallery_app.command("build")
 def gallery_build(
-    root: Annotated[
-        Path, typer.Argument(help="metadata.csv (its database rows), a folder holding it, or a folder per identity.")
-    ],
-    out: Annotated[Path, typer.Option(help="The gallery folder to write (replaced atomically if it exists).")],
+    root: BuildRoot,
+    out: GalleryOut,
     preset: PresetOption = DEFAULT_PRESET,
     backbone: BackboneOption = None,
     local: LocalOption = None,
-    threshold: Annotated[
-        Optional[str], typer.Option(help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")
-    ] = None,
-    all_datasets: Annotated[
-        bool, typer.Option("--all-datasets", help="One group for every dataset: queries may match any of them.")
-    ] = False,
-    path_column: PathColumn = "path",
-    identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split",
-    dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id",
-    database_value: DatabaseValue = "database",
+    threshold: GalleryThreshold = None,
+    all_datasets: OneGroup = False,
+    columns: LabelledColumns = LabelledColumns(),
     cache_dir: CacheDir = None,
     device: Device = None,
     allow_outside_paths: AllowOutsidePaths = False,
-    ray: Annotated[
-        Optional[str],
-        typer.Option(
-            "--ray",
-            help="Describe the photos on a Ray cluster first ('auto' or an ADDRESS, as `wildreid extract --ray`); "
-            "the gallery is then built from the filled caches.",
-        ),
-    ] = None,
-    detections: DetectionsOption = None,
-    detection_threshold: DetectionThreshold = None,
-    region_margin: RegionMargin = None,
-    foreground: ForegroundOption = None,
-    views: ViewsOption = None,
-    mirror: MirrorOption = None,
-    extra_local: ExtraLocalOption = None,
-    top_m: TopMOption = None,
+    ray: DescribeOnRay = None,
+    regions: RegionOptions = RegionOptions(),
+    evidence: EvidenceOptions = EvidenceOptions(),
 ):
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
+    from wildreid.data.dataset import DatasetError
     from wildreid.gallery.gallery import Gallery
 
-    photos = labelled_photos(
-        root,
-        path_column,
-        identity_column,
-        split_column,
-        dataset_column,
-        image_id_column,
-        database_value,
-        allow_outside_paths,
-        include_queries=False,
-    )
-    chosen = chosen_preset(
-        preset,
-        backbone,
-        threshold,
-        None,
-        all_datasets,
-        {**region_changes(region_margin, foreground), **evidence_changes(views, mirror, extra_local, top_m)},
-        local,
-    )
-    photos, no_animal = detection_rows(photos, detections, detection_threshold, labelled=True)
+    cache = cache_dir or default_cache_dir()
+    photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=False)
+    changes = {**regions.changes(), **evidence.changes()}
+    chosen = chosen_preset(preset, backbone, threshold, None, all_datasets, changes, local)
+    photos, no_animal = regions.animals(photos, labelled=True)
     if no_animal is not None and photos.empty:
         raise DatasetError("MegaDetector found no animal in any of the photos: nothing to build a gallery of.")
     if ray:
         from wildreid.describe.foreground import table_regions
 
         # The foreground's boxes (if any) are computed here; the cluster describes the regions.
-        photos, regions, _ = table_regions(
-            photos, chosen.region_margin, chosen.foreground, cache_dir=cache_dir or default_cache_dir()
-        )
-        extract_on_ray(
-            photos["path"].tolist(),
-            chosen.backbone,
-            chosen.preprocess,
-            chosen.local,
-            chosen.local_options,
-            cache_dir or default_cache_dir(),
-            ray,
-            chosen.batch_size if isinstance(chosen.batch_size, int) else 32,
-            regions,
-        )
+        photos, boxes, _ = table_regions(photos, chosen.region_margin, chosen.foreground, cache_dir=cache)
+        extract_on_ray(photos["path"].tolist(), chosen, cache, ray, boxes)
     console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
-    built = Gallery.build(photos, chosen, cache_dir=cache_dir or default_cache_dir(), device=device)
+    built = Gallery.build(photos, chosen, cache_dir=cache, device=device)
     built.save(out)
     print_gallery(built, out)
 
@@ -197,12 +113,7 @@ def gallery_add(
             "is new or has grown by a quarter since its last fit is refitted.",
         ),
     ] = None,
-    path_column: PathColumn = "path",
-    identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split",
-    dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id",
-    database_value: DatabaseValue = "database",
+    columns: LabelledColumns = LabelledColumns(),
     cache_dir: CacheDir = None,
     device: Device = None,
     allow_outside_paths: AllowOutsidePaths = False,
@@ -210,17 +121,7 @@ def gallery_add(
     """Append labelled photos (known or new individuals) to a gallery without rebuilding it."""
     from wildreid.gallery.gallery import Gallery
 
-    photos = labelled_photos(
-        root,
-        path_column,
-        identity_column,
-        split_column,
-        dataset_column,
-        image_id_column,
-        database_value,
-        allow_outside_paths,
-        include_queries,
-    )
+    photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=include_queries)
     saved = Gallery.load(gallery, device=device)
     counts = saved.add(photos, cache_dir=cache_dir or default_cache_dir(), refit=refit)
     saved.save(gallery)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,219 +10,228 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from wildreid.cli.app import app, console, default_cache_dir, stdout
+from wildreid.cli.app import OptionGroup, app, console, default_cache_dir, stdout
 from wildreid.cli.options import (
     KEEP,
     AllowOutsidePaths,
     BackboneOption,
     BatchSize,
     CacheDir,
-    Compile,
-    DatabaseValue,
-    DatasetColumn,
+    DatasetColumns,
     DatasetName,
-    Decode,
-    DetectionsOption,
-    DetectionThreshold,
     Device,
-    Engine,
-    ExtraLocalOption,
-    Fast,
-    ForegroundOption,
+    EvidenceOptions,
     GalleryOption,
-    IdentityColumn,
-    ImageIdColumn,
     LocalOption,
-    MirrorOption,
     NoCache,
-    PathColumn,
-    Precision,
     PresetOption,
-    QueryDir,
-    QueryValue,
-    RegionMargin,
-    SplitColumn,
-    TopMOption,
-    ViewsOption,
+    RegionOptions,
+    Report,
+    RunOut,
+    SpeedOptions,
+    TopK,
     chosen_preset,
-    detection_rows,
-    evidence_changes,
     grouping_option,
-    load,
-    region_changes,
-    speed_changes,
 )
-from wildreid.data.dataset import Dataset, DatasetError, validate_dataset
 from wildreid.presets import DEFAULT_PRESET, PRESETS, parse_threshold
+
+Roots = Annotated[
+    list[Path],
+    typer.Argument(
+        help="metadata.csv, a folder holding it, or a folder per identity; with --gallery: query photos, "
+        "folders of them, or CSVs of paths."
+    ),
+]
+RunPreset = Annotated[
+    Optional[str],
+    typer.Option(
+        help=f"Named configuration: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; with --gallery, the "
+        "gallery's). See `wildreid presets`."
+    ),
+]
+Threshold = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's threshold: a number, NAME=VALUE,... per dataset, 'auto' (chosen on "
+        "the database by simulating new individuals), or 'none' (closed set)."
+    ),
+]
+AllDatasets = Annotated[
+    bool,
+    typer.Option("--all-datasets", help="Compare queries with every database image, not only their own dataset's."),
+]
+Grouping = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Group the queries with each other and with known individuals (groups.csv): 'average' "
+        "linkage (the presets' default), 'single', or 'none' (each query decided alone)."
+    ),
+]
+SubmissionFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="submission.csv as AnimalCLEF2025 wants it (image_id,identity) or AnimalCLEF2026 (image_id,cluster).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class PresetChoice(OptionGroup):
+    """The run's preset and the command line's changes to it."""
+
+    preset: RunPreset = None
+    backbone: BackboneOption = None
+    local: LocalOption = None
+    threshold: Threshold = None
+    top_k: TopK = None
+    all_datasets: AllDatasets = False
+
+    def chosen(self, changes: dict, grouping):
+        """The preset with these options and ``changes``; ``grouping`` as grouping_option gives it."""
+        chosen = chosen_preset(
+            self.preset or DEFAULT_PRESET,
+            self.backbone,
+            self.threshold,
+            self.top_k,
+            self.all_datasets,
+            changes,
+            self.local,
+        )
+        return chosen if grouping is KEEP else chosen.replace(grouping=grouping)
 
 
 @app.command()
 def identify(
-    root: Annotated[
-        list[Path],
-        typer.Argument(
-            help="metadata.csv, a folder holding it, or a folder per identity; with --gallery: query photos, "
-            "folders of them, or CSVs of paths."
-        ),
-    ],
-    out: Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")],
+    root: Roots,
+    out: RunOut,
     gallery: GalleryOption = None,
     dataset_name: DatasetName = None,
-    preset: Annotated[
-        Optional[str],
-        typer.Option(
-            help=f"Named configuration: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; with --gallery, the "
-            "gallery's). See `wildreid presets`."
-        ),
-    ] = None,
-    backbone: BackboneOption = None,
-    local: LocalOption = None,
-    threshold: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Override the preset's threshold: a number, NAME=VALUE,... per dataset, 'auto' (chosen on "
-            "the database by simulating new individuals), or 'none' (closed set)."
-        ),
-    ] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Candidates kept per query in candidates.csv.")] = None,
-    all_datasets: Annotated[
-        bool,
-        typer.Option("--all-datasets", help="Compare queries with every database image, not only their own dataset's."),
-    ] = False,
-    report: Annotated[bool, typer.Option(help="Write report.html and plots.")] = True,
-    grouping: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Group the queries with each other and with known individuals (groups.csv): 'average' "
-            "linkage (the presets' default), 'single', or 'none' (each query decided alone)."
-        ),
-    ] = None,
-    submission_format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="submission.csv as AnimalCLEF2025 wants it (image_id,identity) or AnimalCLEF2026 (image_id,cluster).",
-        ),
-    ] = "animalclef2025",
-    query_dir: QueryDir = None,
-    path_column: PathColumn = "path",
-    identity_column: IdentityColumn = "identity",
-    split_column: SplitColumn = "split",
-    dataset_column: DatasetColumn = "dataset",
-    image_id_column: ImageIdColumn = "image_id",
-    database_value: DatabaseValue = "database",
-    query_value: QueryValue = "query",
+    choice: PresetChoice = PresetChoice(),
+    report: Report = True,
+    grouping: Grouping = None,
+    submission_format: SubmissionFormat = "animalclef2025",
+    columns: DatasetColumns = DatasetColumns(),
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     device: Device = None,
-    fast: Fast = False,
-    precision: Precision = None,
-    decode: Decode = None,
-    compile: Compile = None,
-    engine: Engine = None,
+    speed: SpeedOptions = SpeedOptions(),
     batch_size: BatchSize = None,
     allow_outside_paths: AllowOutsidePaths = False,
-    detections: DetectionsOption = None,
-    detection_threshold: DetectionThreshold = None,
-    region_margin: RegionMargin = None,
-    foreground: ForegroundOption = None,
-    views: ViewsOption = None,
-    mirror: MirrorOption = None,
-    extra_local: ExtraLocalOption = None,
-    top_m: TopMOption = None,
+    regions: RegionOptions = RegionOptions(),
+    evidence: EvidenceOptions = EvidenceOptions(),
 ):
     """Assign every query a known identity or new_individual; write the submission and the report.
 
     Without --gallery, ROOT is a dataset: a gallery is built from its database rows on the fly
     and its queries identified. With --gallery, ROOT... are query photos and only they are
     described and matched."""
-    from wildreid.evaluate.outputs import SUBMISSION_FORMATS, check_out_dir, evaluate_if_possible, write_run
+    from wildreid.evaluate.outputs import SUBMISSION_FORMATS, check_out_dir
 
     if submission_format not in SUBMISSION_FORMATS:
         raise ValueError(f"--format {submission_format}: choose one of {', '.join(SUBMISSION_FORMATS)}.")
     grouping_method = grouping_option(grouping)
     check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or default_cache_dir())
-    if gallery is not None and evidence_changes(views, mirror, extra_local, top_m):
-        raise ValueError(
-            "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
-            "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
-        )
     if gallery is not None:
-        if local is not None:
-            raise ValueError(
-                "--local is fixed when a gallery is built (its keypoints are saved in it); leave it out with "
-                "--gallery, or build another gallery with `wildreid gallery build --local ...`."
-            )
-        if region_margin is not None or foreground is not None:
-            raise ValueError(
-                "--region-margin and --foreground belong to the gallery (its photos were described with "
-                "them); queries follow the gallery's. Build a gallery with them to change them."
-            )
-        result = identify_with_gallery(
-            root,
-            gallery,
-            preset,
-            threshold,
-            top_k,
-            grouping_method,
-            dataset_name,
-            cache,
-            device,
-            path_column,
-            image_id_column,
-            allow_outside_paths,
-            detections,
-            detection_threshold,
-        )
+        _refuse_what_the_gallery_fixed(choice, regions, evidence)
+        photos, no_animal = _query_photos(root, columns, allow_outside_paths, regions, dataset_name)
+        result = _identify_with_gallery(photos, gallery, choice, grouping_method, cache, device)
     else:
-        from wildreid.gallery.pipeline import identify as run_identify
-
         if len(root) != 1:
             raise ValueError(
                 f"give one dataset (got {len(root)} paths); to identify photos, folders or CSVs of "
                 "paths against a saved gallery, add --gallery GALLERY."
             )
-        dataset = load(
-            root[0],
-            query_dir,
-            path_column,
-            identity_column,
-            split_column,
-            dataset_column,
-            image_id_column,
-            database_value,
-            query_value,
-            allow_outside_paths,
-        )
-        chosen = chosen_preset(
-            preset or DEFAULT_PRESET,
-            backbone,
-            threshold,
-            top_k,
-            all_datasets,
-            {
-                **speed_changes(fast, precision, decode, compile, engine, batch_size),
-                **region_changes(region_margin, foreground),
-                **evidence_changes(views, mirror, extra_local, top_m),
-            },
-            local,
-        )
-        if grouping_method is not KEEP:
-            chosen = chosen.replace(grouping=grouping_method)
-        rows, no_animal = detection_rows(dataset.table, detections, detection_threshold, labelled=True)
-        if no_animal is not None:
-            if rows.empty:
-                raise DatasetError("MegaDetector found no animal in any of the photos: nothing to identify.")
-            dataset = Dataset(rows, dataset.source)
-            validate_dataset(dataset, check_files=False)  # e.g. a dataset whose database photos hold no animal
+        dataset = columns.load(root[0], allow_outside_paths=allow_outside_paths)
+        changes = {**speed.changes(batch_size), **regions.changes(), **evidence.changes()}
+        chosen = choice.chosen(changes, grouping_method)
+        dataset, no_animal = _animals_of(dataset, regions)
         console.print(
             f"[bold]{len(dataset.database)}[/] database and [bold]{len(dataset.queries)}[/] query "
             f"images in {len(dataset.dataset_names)} dataset(s); preset [bold]{chosen.name}[/] "
             f"({chosen.backbone})"
         )
+        from wildreid.gallery.pipeline import identify as run_identify
+
         result = run_identify(dataset, chosen, cache_dir=cache, device=device)
-        result.no_animal = no_animal
+    result.no_animal = no_animal
+    _write_run(result, out, report=report, submission_format=submission_format)
+
+
+def _refuse_what_the_gallery_fixed(choice: PresetChoice, regions: RegionOptions, evidence: EvidenceOptions) -> None:
+    if evidence.changes():
+        raise ValueError(
+            "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
+            "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
+        )
+    if choice.local is not None:
+        raise ValueError(
+            "--local is fixed when a gallery is built (its keypoints are saved in it); leave it out with "
+            "--gallery, or build another gallery with `wildreid gallery build --local ...`."
+        )
+    if regions.region_margin is not None or regions.foreground is not None:
+        raise ValueError(
+            "--region-margin and --foreground belong to the gallery (its photos were described with "
+            "them); queries follow the gallery's. Build a gallery with them to change them."
+        )
+
+
+def _animals_of(dataset, regions: RegionOptions):
+    """(the dataset, with one row per animal under --detections; the photos without one, or None)."""
+    from wildreid.data.dataset import Dataset, DatasetError, validate_dataset
+
+    rows, no_animal = regions.animals(dataset.table, labelled=True)
+    if no_animal is None:
+        return dataset, None
+    if rows.empty:
+        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to identify.")
+    dataset = Dataset(rows, dataset.source)
+    validate_dataset(dataset, check_files=False)  # e.g. a dataset whose database photos hold no animal
+    return dataset, no_animal
+
+
+def _query_photos(sources, columns: DatasetColumns, allow_outside_paths, regions: RegionOptions, dataset_name):
+    """(the query photos to identify against a gallery, the photos without an animal or None)."""
+    from wildreid.data.dataset import DatasetError, load_query_photos
+
+    photos = load_query_photos(
+        sources,
+        path_column=columns.path_column,
+        image_id_column=columns.image_id_column,
+        allow_outside_paths=allow_outside_paths,
+    )
+    photos, no_animal = regions.animals(photos, labelled=False)
+    if no_animal is not None and photos.empty:
+        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to identify.")
+    if dataset_name is not None:
+        photos["dataset"] = dataset_name
+    return photos, no_animal
+
+
+def _identify_with_gallery(photos, folder: Path, choice: PresetChoice, grouping, cache, device):
+    from wildreid.gallery.gallery import FITTED, Gallery
+
+    saved = Gallery.load(folder, device=device, preset=choice.preset)
+    threshold, top_k = choice.threshold, choice.top_k
+    setting = FITTED if threshold is None or threshold.strip().lower() == "auto" else parse_threshold(threshold)
+    # The preset's own checks refuse a threshold or top-k that would quietly mean something else.
+    saved.preset.replace(
+        top_k=top_k or saved.preset.top_k, threshold=saved.preset.threshold if setting == FITTED else setting
+    )
+    console.print(
+        f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
+        f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})"
+    )
+    return saved.identify(
+        photos, cache_dir=cache, threshold=setting, top_k=top_k, grouping=FITTED if grouping is KEEP else grouping
+    )
+
+
+def _write_run(result, out: Path, *, report: bool, submission_format: str) -> None:
+    """Write the run's files and say what they hold."""
+    from wildreid.evaluate.outputs import evaluate_if_possible, write_run
+
     evaluation = evaluate_if_possible(result)
     written = write_run(result, out, evaluation=evaluation, report=report, format=submission_format)
     if len(result.failures):
@@ -239,52 +249,7 @@ def identify(
     print_thresholds(result)
     if evaluation:
         print_evaluation(evaluation)
-    for name, path in written.items():
-        console.print(f"{name:>11}: {path}")
-
-
-def identify_with_gallery(
-    sources,
-    folder,
-    preset,
-    threshold,
-    top_k,
-    grouping,
-    dataset_name,
-    cache,
-    device,
-    path_column,
-    image_id_column,
-    allow_outside_paths,
-    detections=None,
-    detection_threshold=None,
-):
-    from wildreid.data.dataset import load_query_photos
-    from wildreid.gallery.gallery import FITTED, Gallery
-
-    photos = load_query_photos(
-        sources, path_column=path_column, image_id_column=image_id_column, allow_outside_paths=allow_outside_paths
-    )
-    photos, no_animal = detection_rows(photos, detections, detection_threshold, labelled=False)
-    if no_animal is not None and photos.empty:
-        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to identify.")
-    if dataset_name is not None:
-        photos["dataset"] = dataset_name
-    saved = Gallery.load(folder, device=device, preset=preset)
-    setting = FITTED if threshold is None or threshold.strip().lower() == "auto" else parse_threshold(threshold)
-    # The preset's own checks refuse a threshold or top-k that would quietly mean something else.
-    saved.preset.replace(
-        top_k=top_k or saved.preset.top_k, threshold=saved.preset.threshold if setting == FITTED else setting
-    )
-    console.print(
-        f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
-        f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})"
-    )
-    result = saved.identify(
-        photos, cache_dir=cache, threshold=setting, top_k=top_k, grouping=FITTED if grouping is KEEP else grouping
-    )
-    result.no_animal = no_animal
-    return result
+    print_written(written)
 
 
 @app.command()
@@ -299,7 +264,7 @@ def demo(
 
     metadata = make_demo_dataset(data)
     console.print(f"demo dataset: {metadata}")
-    identify([metadata.parent], out, preset=preset, cache_dir=cache_dir)
+    identify([metadata.parent], out, choice=PresetChoice(preset=preset), cache_dir=cache_dir)
 
 
 def print_thresholds(result) -> None:
@@ -325,3 +290,8 @@ def print_evaluation(evaluation: dict) -> None:
         table.add_row(name, str(figures["queries"]), *(number(figures.get(k)) for k in keys))
     table.add_row("[bold]mean[/]", "", *(number(evaluation[k]) for k in keys))
     stdout.print(table)
+
+
+def print_written(written: dict) -> None:
+    for name, path in written.items():
+        console.print(f"{name:>11}: {path}")

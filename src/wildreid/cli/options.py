@@ -1,18 +1,26 @@
-"""Options that several commands share, declared once, and what turns them into settings."""
+"""Options that several commands share, each declared once, and the groups they form.
+
+A group (an :class:`~wildreid.cli.app.OptionGroup`) is taken by a command as one parameter and
+spread into its options on the command line; its methods turn the options into settings.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from wildreid.cli.app import console
+from wildreid.cli.app import OptionGroup, console
 from wildreid.data.dataset import Dataset, load_dataset
 from wildreid.presets import PRESETS, get_preset, parse_threshold
 
-# Options shared by the commands that read a dataset.
+# --------------------------------------------------------------------------------------------
+# How a dataset is read
+
+DatasetRoot = Annotated[Path, typer.Argument(help="metadata.csv, a folder holding it, or a folder per identity.")]
 QueryDir = Annotated[
     Optional[Path],
     typer.Option(help="Folder of query images; ROOT is then a folder with one sub-folder of photos per identity."),
@@ -34,12 +42,100 @@ AllowOutsidePaths = Annotated[
         "a metadata file cannot point wildreid at other files).",
     ),
 ]
+
+
+@dataclass(frozen=True)
+class DatasetColumns(OptionGroup):
+    """How a dataset's metadata CSV (or folder per identity) is read."""
+
+    query_dir: QueryDir = None
+    path_column: PathColumn = "path"
+    identity_column: IdentityColumn = "identity"
+    split_column: SplitColumn = "split"
+    dataset_column: DatasetColumn = "dataset"
+    image_id_column: ImageIdColumn = "image_id"
+    database_value: DatabaseValue = "database"
+    query_value: QueryValue = "query"
+
+    def load(self, root: Path, *, allow_outside_paths: bool = False, **checks) -> Dataset:
+        return load_dataset(root, **asdict(self), allow_outside_paths=allow_outside_paths, **checks)
+
+
+@dataclass(frozen=True)
+class LabelledColumns(OptionGroup):
+    """How the labelled photos of a metadata CSV are read (its database rows)."""
+
+    path_column: PathColumn = "path"
+    identity_column: IdentityColumn = "identity"
+    split_column: SplitColumn = "split"
+    dataset_column: DatasetColumn = "dataset"
+    image_id_column: ImageIdColumn = "image_id"
+    database_value: DatabaseValue = "database"
+
+    def labelled_photos(self, root: Path, *, allow_outside_paths: bool, include_queries: bool):
+        """The labelled photos of ROOT: database rows of a metadata CSV (and labelled queries if
+        asked), or every photo of a folder-per-identity layout."""
+        from wildreid.data.dataset import DATABASE, load_folders
+
+        if root.is_dir() and not (root / "metadata.csv").is_file():
+            return load_folders(root, None, allow_outside_paths=allow_outside_paths).table
+        dataset = DatasetColumns(**asdict(self)).load(root, allow_outside_paths=allow_outside_paths)
+        table = dataset.table
+        keep = table["split"] == DATABASE
+        if include_queries:
+            keep |= table["identity"].notna()
+        return table[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# Options of many commands
+
+RunOut = Annotated[Path, typer.Option(help="Output folder: submission.csv, candidates.csv, report.html, run.json.")]
+TopK = Annotated[Optional[int], typer.Option(help="Candidates kept per query in candidates.csv.")]
+Report = Annotated[bool, typer.Option(help="Write report.html and plots.")]
 CacheDir = Annotated[
     Optional[Path], typer.Option(help="Where embeddings are cached (default $WILDREID_CACHE or ~/.cache/wildreid).")
 ]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
 Device = Annotated[Optional[str], typer.Option(help="'cpu', 'cuda', 'cuda:1'... (default: a GPU if there is one).")]
 PresetOption = Annotated[str, typer.Option(help=f"Named configuration: {', '.join(PRESETS)}. See `wildreid presets`.")]
+BackboneOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's descriptor: a short name (megadescriptor-l-384, efficientnet-lite0, ...), "
+        "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER."
+    ),
+]
+
+
+LocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Override the preset's local keypoint matcher: rootsift, sift, aliked-lightglue, disk-lightglue "
+        "(ALIKED/DISK + LightGlue; weights from disk only, see README), or 'none' (global descriptor only). "
+        "Its scores are calibrated and fused as the preset's fusion settings say."
+    ),
+]
+GalleryOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A gallery from `wildreid gallery build`: ROOT... are then query photos (files, folders, or CSVs "
+        "with a path column) identified against it, without refitting anything."
+    ),
+]
+DatasetName = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dataset",
+        help="With --gallery: the dataset the query photos belong to (needed when the gallery holds several "
+        "and the queries carry no dataset column).",
+    ),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction speed
+
 Fast = Annotated[
     bool,
     typer.Option(
@@ -62,6 +158,20 @@ Engine = Annotated[Optional[str], typer.Option(help="Model engine: torch, onnxru
 BatchSize = Annotated[Optional[str], typer.Option(help="Images per forward pass, or 'auto' (from free GPU memory).")]
 
 
+@dataclass(frozen=True)
+class SpeedOptions(OptionGroup):
+    """How fast the descriptors are extracted (--batch-size is an option of its own)."""
+
+    fast: Fast = False
+    precision: Precision = None
+    decode: Decode = None
+    compile: Compile = None
+    engine: Engine = None
+
+    def changes(self, batch_size: str | None) -> dict:
+        return speed_changes(self.fast, self.precision, self.decode, self.compile, self.engine, batch_size)
+
+
 def speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -> dict:
     """Preset changes for the extraction speed options given on the command line."""
     from wildreid.describe.extract import FAST
@@ -78,14 +188,9 @@ def speed_changes(fast: bool, precision, decode, compile, engine, batch_size) ->
     return changes
 
 
-LocalOption = Annotated[
-    Optional[str],
-    typer.Option(
-        help="Override the preset's local keypoint matcher: rootsift, sift, aliked-lightglue, disk-lightglue "
-        "(ALIKED/DISK + LightGlue; weights from disk only, see README), or 'none' (global descriptor only). "
-        "Its scores are calibrated and fused as the preset's fusion settings say."
-    ),
-]
+# --------------------------------------------------------------------------------------------
+# Regions: MegaDetector's animals, margins, foreground
+
 DetectionsOption = Annotated[
     Optional[Path],
     typer.Option(
@@ -117,39 +222,23 @@ ForegroundOption = Annotated[
         "'none' (the whole photo). Default: the preset's (none). See docs/regions.md."
     ),
 ]
-ViewsOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--views",
-        help="Compare only compatible viewpoints (the 'viewpoint' or 'orientation' column): 'same' (equal "
-        "views), compatible pairs 'left=front,right=front', a CSV file of pairs, or 'off'. A photo of "
-        "unknown view is compatible with all. Default: the preset's.",
-    ),
-]
-MirrorOption = Annotated[
-    Optional[bool],
-    typer.Option(
-        "--mirror/--no-mirror",
-        help="Also compare a view with its mirror view (left/right) after flipping the photo, for species "
-        "whose two sides look alike. Needs --views.",
-    ),
-]
-ExtraLocalOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--extra-local",
-        help="More local features fused as their own calibrated inlier counts, comma-separated (orb), "
-        "or 'none'. Default: the preset's.",
-    ),
-]
-TopMOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--top-m",
-        help="Score an identity by the mean of its m best photos (1: its best photo), or 'auto' (the m "
-        "whose simulated open-set score on the database is best).",
-    ),
-]
+
+
+@dataclass(frozen=True)
+class RegionOptions(OptionGroup):
+    """Which part of each photo is described."""
+
+    detections: DetectionsOption = None
+    detection_threshold: DetectionThreshold = None
+    region_margin: RegionMargin = None
+    foreground: ForegroundOption = None
+
+    def changes(self) -> dict:
+        return region_changes(self.region_margin, self.foreground)
+
+    def animals(self, table, *, labelled: bool):
+        """With --detections: (one row per animal, the photos without one); else (table, None)."""
+        return detection_rows(table, self.detections, self.detection_threshold, labelled=labelled)
 
 
 def region_changes(region_margin: float | None, foreground: str | None) -> dict:
@@ -192,6 +281,57 @@ def detection_rows(table, detections: Path | None, threshold: float | None, *, l
     return rows, no_animal
 
 
+# --------------------------------------------------------------------------------------------
+# Viewpoints and the evidence of a match
+
+ViewsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--views",
+        help="Compare only compatible viewpoints (the 'viewpoint' or 'orientation' column): 'same' (equal "
+        "views), compatible pairs 'left=front,right=front', a CSV file of pairs, or 'off'. A photo of "
+        "unknown view is compatible with all. Default: the preset's.",
+    ),
+]
+MirrorOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--mirror/--no-mirror",
+        help="Also compare a view with its mirror view (left/right) after flipping the photo, for species "
+        "whose two sides look alike. Needs --views.",
+    ),
+]
+ExtraLocalOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--extra-local",
+        help="More local features fused as their own calibrated inlier counts, comma-separated (orb), "
+        "or 'none'. Default: the preset's.",
+    ),
+]
+TopMOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--top-m",
+        help="Score an identity by the mean of its m best photos (1: its best photo), or 'auto' (the m "
+        "whose simulated open-set score on the database is best).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class EvidenceOptions(OptionGroup):
+    """Which photos are compared, and what counts as evidence that two show one animal."""
+
+    views: ViewsOption = None
+    mirror: MirrorOption = None
+    extra_local: ExtraLocalOption = None
+    top_m: TopMOption = None
+
+    def changes(self) -> dict:
+        return evidence_changes(self.views, self.mirror, self.extra_local, self.top_m)
+
+
 def evidence_changes(views, mirror, extra_local, top_m) -> dict:
     """Preset changes for the viewpoint and evidence options given on the command line."""
     from wildreid.data.views import parse_view_rule
@@ -219,57 +359,8 @@ def evidence_changes(views, mirror, extra_local, top_m) -> dict:
     return changes
 
 
-BackboneOption = Annotated[
-    Optional[str],
-    typer.Option(
-        help="Override the preset's descriptor: a short name (megadescriptor-l-384, efficientnet-lite0, ...), "
-        "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER."
-    ),
-]
-
-
-def load(
-    root: Path,
-    query_dir,
-    path_column,
-    identity_column,
-    split_column,
-    dataset_column,
-    image_id_column,
-    database_value,
-    query_value,
-    allow_outside_paths: bool = False,
-) -> Dataset:
-    return load_dataset(
-        root,
-        query_dir=query_dir,
-        path_column=path_column,
-        identity_column=identity_column,
-        split_column=split_column,
-        dataset_column=dataset_column,
-        image_id_column=image_id_column,
-        database_value=database_value,
-        query_value=query_value,
-        allow_outside_paths=allow_outside_paths,
-    )
-
-
-GalleryOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        help="A gallery from `wildreid gallery build`: ROOT... are then query photos (files, folders, or CSVs "
-        "with a path column) identified against it, without refitting anything."
-    ),
-]
-DatasetName = Annotated[
-    Optional[str],
-    typer.Option(
-        "--dataset",
-        help="With --gallery: the dataset the query photos belong to (needed when the gallery holds several "
-        "and the queries carry no dataset column).",
-    ),
-]
-
+# --------------------------------------------------------------------------------------------
+# The preset
 
 KEEP = object()  # an option not given: the preset's own setting stays
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from wildreid.cli.app import app, console
-from wildreid.cli.catalog import DEFAULT_CATALOG, CatalogPath
+from wildreid.cli.catalog import DEFAULT_CATALOG, CatalogCache, CatalogPath
 from wildreid.cli.options import Device, PresetOption
 from wildreid.presets import DEFAULT_PRESET, get_preset
 
@@ -23,9 +23,7 @@ def serve(
         typer.Option(help="File holding the review token (else $WILDREID_TOKEN, else one is generated and printed)."),
     ] = None,
     preset: PresetOption = DEFAULT_PRESET,
-    cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Embedding cache (default: <catalogue>.cache beside the catalogue).")
-    ] = None,
+    cache_dir: CatalogCache = None,
     device: Device = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest photo accepted, in MiB.")] = 20,
     max_files: Annotated[int, typer.Option(help="Most photos in one upload.")] = 20,
