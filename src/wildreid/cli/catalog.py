@@ -164,16 +164,11 @@ class CamtrapOptions(OptionGroup):
         ]
 
     def settings(self):
-        from wildreid.catalog.camtrap import CamtrapSettings, make_place, read_places
+        from wildreid.catalog.camtrap import CamtrapSettings, make_place, parse_scientific_names, read_places
 
         if (self.latitude is None) != (self.longitude is None):
             raise ValueError("give --latitude and --longitude together.")
-        names = {}
-        for item in self.scientific_name or []:
-            name_of, equals, value = item.partition("=")
-            if not equals or not name_of.strip() or not value.strip():
-                raise ValueError(f"--scientific-name '{item}': write DATASET='Genus species'.")
-            names[name_of.strip()] = value.strip().strip("'\"")
+        names = parse_scientific_names(self.scientific_name or [])
         return CamtrapSettings(
             sampling_design=self.sampling_design,
             capture_methods=self.capture_method or [],

@@ -20,9 +20,8 @@ from wildreid.cli.options import (
     PresetOption,
     RegionOptions,
     SpeedOptions,
-    local_changes,
 )
-from wildreid.presets import DEFAULT_PRESET, get_preset
+from wildreid.presets import DEFAULT_PRESET, get_preset, local_changes
 
 EmbeddingsOut = Annotated[
     Optional[Path], typer.Option(help="Also save the embeddings to this .npz (image_id, embeddings).")

@@ -22,9 +22,8 @@ from wildreid.cli.options import (
     LocalOption,
     PresetOption,
     RegionOptions,
-    chosen_preset,
 )
-from wildreid.presets import DEFAULT_PRESET
+from wildreid.presets import DEFAULT_PRESET, customised_preset
 
 gallery_app = App(
     help=(
@@ -80,7 +79,9 @@ def gallery_build(
     cache = cache_dir or default_cache_dir()
     photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=False)
     changes = {**regions.changes(), **evidence.changes()}
-    chosen = chosen_preset(preset, backbone, threshold, None, all_datasets, changes, local)
+    chosen = customised_preset(
+        preset, backbone=backbone, local=local, threshold=threshold, all_datasets=all_datasets, changes=changes
+    )
     photos, no_animal = regions.animals(photos, labelled=True)
     if no_animal is not None and photos.empty:
         raise DatasetError("MegaDetector found no animal in any of the photos: nothing to build a gallery of.")

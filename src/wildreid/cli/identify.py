@@ -12,7 +12,6 @@ from rich.table import Table
 
 from wildreid.cli.app import OptionGroup, app, console, default_cache_dir, stdout
 from wildreid.cli.options import (
-    KEEP,
     AllowOutsidePaths,
     BackboneOption,
     BatchSize,
@@ -30,10 +29,15 @@ from wildreid.cli.options import (
     RunOut,
     SpeedOptions,
     TopK,
-    chosen_preset,
-    grouping_option,
 )
-from wildreid.presets import DEFAULT_PRESET, PRESETS, parse_threshold
+from wildreid.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    check_threshold_setting,
+    check_top_k,
+    customised_preset,
+    parse_threshold,
+)
 
 Roots = Annotated[
     list[Path],
@@ -76,6 +80,23 @@ SubmissionFormat = Annotated[
 ]
 
 
+KEEP = object()  # an option not given: the preset's own setting stays
+
+
+def grouping_option(text: str | None):
+    """--grouping: KEEP when absent, None for 'none', else a linkage method."""
+    from wildreid.decide.cluster import METHODS
+
+    if text is None:
+        return KEEP
+    lowered = text.strip().lower()
+    if lowered == "none":
+        return None
+    if lowered not in METHODS:
+        raise ValueError(f"--grouping {text}: choose one of {', '.join(METHODS)} or none.")
+    return lowered
+
+
 @dataclass(frozen=True)
 class PresetChoice(OptionGroup):
     """The run's preset and the command line's changes to it."""
@@ -89,14 +110,14 @@ class PresetChoice(OptionGroup):
 
     def chosen(self, changes: dict, grouping):
         """The preset with these options and ``changes``; ``grouping`` as grouping_option gives it."""
-        chosen = chosen_preset(
+        chosen = customised_preset(
             self.preset or DEFAULT_PRESET,
-            self.backbone,
-            self.threshold,
-            self.top_k,
-            self.all_datasets,
-            changes,
-            self.local,
+            backbone=self.backbone,
+            local=self.local,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            all_datasets=self.all_datasets,
+            changes=changes,
         )
         return chosen if grouping is KEEP else chosen.replace(grouping=grouping)
 
@@ -215,10 +236,9 @@ def _identify_with_gallery(photos, folder: Path, choice: PresetChoice, grouping,
     saved = Gallery.load(folder, device=device, preset=choice.preset)
     threshold, top_k = choice.threshold, choice.top_k
     setting = FITTED if threshold is None or threshold.strip().lower() == "auto" else parse_threshold(threshold)
-    # The preset's own checks refuse a threshold or top-k that would quietly mean something else.
-    saved.preset.replace(
-        top_k=top_k or saved.preset.top_k, threshold=saved.preset.threshold if setting == FITTED else setting
-    )
+    # Refused as a preset would refuse them: values that would quietly mean something else.
+    check_top_k(top_k or saved.preset.top_k)
+    check_threshold_setting(saved.preset.threshold if setting == FITTED else setting)
     console.print(
         f"[bold]{len(photos)}[/] query photo(s) against the gallery {folder} ({len(saved.table)} photos; "
         f"preset [bold]{saved.preset.name}[/], {saved.backbone.name})"

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from wildreid.cli.app import OptionGroup, console
 from wildreid.data.dataset import Dataset, load_dataset
-from wildreid.presets import PRESETS, get_preset, parse_threshold
+from wildreid.presets import PRESETS, evidence_changes, region_changes, speed_changes
 
 # --------------------------------------------------------------------------------------------
 # How a dataset is read
@@ -172,22 +172,6 @@ class SpeedOptions(OptionGroup):
         return speed_changes(self.fast, self.precision, self.decode, self.compile, self.engine, batch_size)
 
 
-def speed_changes(fast: bool, precision, decode, compile, engine, batch_size) -> dict:
-    """Preset changes for the extraction speed options given on the command line."""
-    from wildreid.describe.extract import FAST
-
-    changes = dict(FAST) if fast else {}
-    given = dict(
-        precision=precision,
-        decode=decode,
-        compile=compile,
-        engine=engine,
-        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-    )
-    changes.update({name: value for name, value in given.items() if value is not None})
-    return changes
-
-
 # --------------------------------------------------------------------------------------------
 # Regions: MegaDetector's animals, margins, foreground
 
@@ -237,33 +221,25 @@ class RegionOptions(OptionGroup):
         return region_changes(self.region_margin, self.foreground)
 
     def animals(self, table, *, labelled: bool):
-        """With --detections: (one row per animal, the photos without one); else (table, None)."""
-        return detection_rows(table, self.detections, self.detection_threshold, labelled=labelled)
+        """With --detections: (one row per animal, the photos without one), and what MegaDetector
+        found said; else (table, None)."""
+        if self.detections is None:
+            if self.detection_threshold is not None:
+                raise ValueError("--detection-threshold applies to MegaDetector results: give them with --detections.")
+            return table, None
+        from wildreid.data.detections import animals_in
+
+        rows, no_animal, threshold = animals_in(table, self.detections, self.detection_threshold)
+        _say_what_megadetector_found(self.detections, table, rows, no_animal, threshold, labelled=labelled)
+        return rows, no_animal
 
 
-def region_changes(region_margin: float | None, foreground: str | None) -> dict:
-    """Preset changes for the region options given on the command line."""
-    changes = {}
-    if region_margin is not None:
-        changes["region_margin"] = region_margin
-    if foreground is not None:
-        changes["foreground"] = foreground
-    return changes
+def _say_what_megadetector_found(results: Path, table, rows, no_animal, threshold: float, *, labelled: bool):
+    from wildreid.data.detections import DETECTION, labelled_photos_with_several_animals
 
-
-def detection_rows(table, detections: Path | None, threshold: float | None, *, labelled: bool):
-    """With --detections: (one row per animal, the photos without one); else (table, None)."""
-    if detections is None:
-        if threshold is not None:
-            raise ValueError("--detection-threshold applies to MegaDetector results: give them with --detections.")
-        return table, None
-    from wildreid.data.detections import DEFAULT_THRESHOLD, DETECTION, read_detections, split_by_detections
-
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    rows, no_animal = split_by_detections(table, read_detections(detections), threshold)
     photos = len(table) - len(no_animal)
     console.print(
-        f"MegaDetector ({detections.name}): {len(rows)} animal(s) at or above {threshold:g} in {photos} of "
+        f"MegaDetector ({results.name}): {len(rows)} animal(s) at or above {threshold:g} in {photos} of "
         f"{len(table)} photo(s); {len(no_animal)} photo(s) without one are left out.",
         highlight=False,
     )
@@ -271,14 +247,12 @@ def detection_rows(table, detections: Path | None, threshold: float | None, *, l
         console.print(f"[yellow]no animal[/] {escape(str(item.image_id))}: {escape(item.reason)}", highlight=False)
     if len(no_animal) > 10:
         console.print(f"[yellow]... and {len(no_animal) - 10} more[/]")
-    if labelled and len(rows):
-        several = rows.loc[rows.duplicated("path", keep=False) & rows["identity"].notna(), "path"].nunique()
-        if several:
-            console.print(
-                f"[yellow]{several} labelled photo(s) hold several animals: each animal got the photo's identity. "
-                f"Check them (column '{DETECTION}' numbers the animals), or raise --detection-threshold.[/]"
-            )
-    return rows, no_animal
+    several = labelled_photos_with_several_animals(rows) if labelled and len(rows) else 0
+    if several:
+        console.print(
+            f"[yellow]{several} labelled photo(s) hold several animals: each animal got the photo's identity. "
+            f"Check them (column '{DETECTION}' numbers the animals), or raise --detection-threshold.[/]"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,81 +304,3 @@ class EvidenceOptions(OptionGroup):
 
     def changes(self) -> dict:
         return evidence_changes(self.views, self.mirror, self.extra_local, self.top_m)
-
-
-def evidence_changes(views, mirror, extra_local, top_m) -> dict:
-    """Preset changes for the viewpoint and evidence options given on the command line."""
-    from wildreid.data.views import parse_view_rule
-
-    changes = {}
-    if views is not None:
-        changes["views"] = parse_view_rule(views)
-    if mirror is not None:
-        changes["mirror"] = mirror
-    if extra_local is not None:
-        names = [] if extra_local.strip().lower() == "none" else [n.strip().lower() for n in extra_local.split(",")]
-        from wildreid.local.base import method_names
-
-        unknown = [n for n in names if n not in method_names()]
-        if unknown:
-            raise ValueError(
-                f"--extra-local: unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}."
-            )
-        changes["extra_local"] = tuple(names)
-    if top_m is not None:
-        text = top_m.strip().lower()
-        if text != "auto" and not text.isdigit():
-            raise ValueError(f"--top-m: '{top_m}' is not a whole number or 'auto'.")
-        changes["top_m"] = text if text == "auto" else int(text)
-    return changes
-
-
-# --------------------------------------------------------------------------------------------
-# The preset
-
-KEEP = object()  # an option not given: the preset's own setting stays
-
-
-def grouping_option(text: str | None):
-    """--grouping: KEEP when absent, None for 'none', else a linkage method."""
-    from wildreid.decide.cluster import METHODS
-
-    if text is None:
-        return KEEP
-    lowered = text.strip().lower()
-    if lowered == "none":
-        return None
-    if lowered not in METHODS:
-        raise ValueError(f"--grouping {text}: choose one of {', '.join(METHODS)} or none.")
-    return lowered
-
-
-def chosen_preset(name: str, backbone, threshold, top_k, all_datasets, speed: dict, local: str | None = None):
-    """The named preset with the command line's changes."""
-    changes = dict(speed)
-    if local is not None:
-        changes.update(local_changes(get_preset(name), local))
-    if backbone:
-        changes.update(backbone=backbone, preprocess=None)
-    if threshold is not None:
-        changes["threshold"] = parse_threshold(threshold)
-    if top_k is not None:
-        changes["top_k"] = top_k
-    if all_datasets:
-        changes["same_dataset_only"] = False
-    return get_preset(name).replace(**changes)
-
-
-def local_changes(preset, local: str) -> dict:
-    """Preset changes for --local: the method, and its options only when it is the preset's own
-    (another method starts from its own defaults)."""
-    from wildreid.local.base import method_names
-
-    name = local.strip().lower()
-    if name == "none":
-        return {"local": None, "local_options": {}}
-    if name not in method_names():
-        raise ValueError(
-            f"--local {local}: unknown local feature method; choose one of {', '.join(method_names())}, or none."
-        )
-    return {"local": name, "local_options": preset.local_options if name == preset.local else {}}
