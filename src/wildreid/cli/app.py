@@ -14,8 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from wildreid.data.dataset import DatasetError
-from wildreid.describe.backbones import BackboneUnavailable
+from wildreid.util.errors import BackboneUnavailable
 
 
 class App(typer.Typer):
@@ -58,7 +57,8 @@ def friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (DatasetError, BackboneUnavailable, ValueError, KeyError, FileNotFoundError) as error:
+        # DatasetError, GalleryError, CatalogError and the like are ValueErrors.
+        except (BackboneUnavailable, ValueError, KeyError, FileNotFoundError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
             raise typer.Exit(2) from None

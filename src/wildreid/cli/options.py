@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 
 from wildreid.cli.app import OptionGroup, console
-from wildreid.data.dataset import Dataset, load_dataset
 from wildreid.presets import PRESETS, evidence_changes, region_changes, speed_changes
+
+if TYPE_CHECKING:
+    from wildreid.data.dataset import Dataset
 
 # --------------------------------------------------------------------------------------------
 # How a dataset is read
@@ -58,6 +60,8 @@ class DatasetColumns(OptionGroup):
     query_value: QueryValue = "query"
 
     def load(self, root: Path, *, allow_outside_paths: bool = False, **checks) -> Dataset:
+        from wildreid.data.dataset import load_dataset
+
         return load_dataset(root, **asdict(self), allow_outside_paths=allow_outside_paths, **checks)
 
 
