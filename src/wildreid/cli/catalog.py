@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from wildreid.catalog.camtrap import CAPTURE_METHODS, SAMPLING_DESIGNS
 from wildreid.cli.app import App, OptionGroup, app, console, stdout
 from wildreid.cli.identify import print_thresholds, print_written
 from wildreid.cli.options import (
@@ -95,14 +96,11 @@ class CamtrapOptions(OptionGroup):
     dataset: Annotated[Optional[list[str]], camtrap_option("Export only this dataset (repeatable).")] = None
     sampling_design: Annotated[
         Optional[str],
-        camtrap_option(
-            "The cameras' layout: simpleRandom, systematicRandom, clusteredRandom, experimental, targeted, "
-            "opportunistic."
-        ),
+        camtrap_option(f"The cameras' layout: {', '.join(SAMPLING_DESIGNS)}."),
     ] = None
     capture_method: Annotated[
         Optional[list[str]],
-        camtrap_option("How the photos were taken (repeatable): activityDetection, timeLapse."),
+        camtrap_option(f"How the photos were taken (repeatable): {', '.join(CAPTURE_METHODS)}."),
     ] = None
     contact: Annotated[Optional[list[str]], camtrap_option("A contact for the data, 'Name <email>' (repeatable).")] = (
         None

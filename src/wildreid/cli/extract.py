@@ -21,6 +21,7 @@ from wildreid.cli.options import (
     RegionOptions,
     SpeedOptions,
 )
+from wildreid.local.base import method_names
 from wildreid.presets import DEFAULT_PRESET, get_preset, local_changes
 
 EmbeddingsOut = Annotated[
@@ -37,8 +38,8 @@ RayOption = Annotated[
 KeypointsOption = Annotated[
     Optional[str],
     typer.Option(
-        help="Also cache local keypoints with this method (rootsift, sift, aliked-lightglue, disk-lightglue); "
-        "default: the preset's (fusion: rootsift); 'none': descriptors only."
+        help=f"Also cache local keypoints with this method ({', '.join(method_names())}); default: the "
+        f"preset's ({DEFAULT_PRESET}: {get_preset(DEFAULT_PRESET).local}); 'none': descriptors only."
     ),
 ]
 

@@ -30,9 +30,11 @@ from wildreid.cli.options import (
     SpeedOptions,
     TopK,
 )
+from wildreid.decide.cluster import METHODS as LINKAGES
 from wildreid.presets import (
     DEFAULT_PRESET,
     PRESETS,
+    Preset,
     check_threshold_setting,
     check_top_k,
     customised_preset,
@@ -67,8 +69,9 @@ AllDatasets = Annotated[
 Grouping = Annotated[
     Optional[str],
     typer.Option(
-        help="Group the queries with each other and with known individuals (groups.csv): 'average' "
-        "linkage (the presets' default), 'single', or 'none' (each query decided alone)."
+        help="Group the queries with each other and with known individuals (groups.csv): "
+        f"{', '.join(repr(method) for method in LINKAGES)} linkage ({Preset.grouping!r} is the presets' "
+        "default), or 'none' (each query decided alone)."
     ),
 ]
 SubmissionFormat = Annotated[
@@ -85,15 +88,13 @@ KEEP = object()  # an option not given: the preset's own setting stays
 
 def grouping_option(text: str | None):
     """--grouping: KEEP when absent, None for 'none', else a linkage method."""
-    from wildreid.decide.cluster import METHODS
-
     if text is None:
         return KEEP
     lowered = text.strip().lower()
     if lowered == "none":
         return None
-    if lowered not in METHODS:
-        raise ValueError(f"--grouping {text}: choose one of {', '.join(METHODS)} or none.")
+    if lowered not in LINKAGES:
+        raise ValueError(f"--grouping {text}: choose one of {', '.join(LINKAGES)} or none.")
     return lowered
 
 

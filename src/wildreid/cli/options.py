@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from wildreid.cli.app import OptionGroup, console
+from wildreid.local.base import LEARNED, method_names
 from wildreid.presets import PRESETS, evidence_changes, region_changes, speed_changes
 
 if TYPE_CHECKING:
@@ -115,9 +116,9 @@ BackboneOption = Annotated[
 LocalOption = Annotated[
     Optional[str],
     typer.Option(
-        help="Override the preset's local keypoint matcher: rootsift, sift, aliked-lightglue, disk-lightglue "
-        "(ALIKED/DISK + LightGlue; weights from disk only, see README), or 'none' (global descriptor only). "
-        "Its scores are calibrated and fused as the preset's fusion settings say."
+        help=f"Override the preset's local keypoint matcher: {', '.join(method_names())}, or 'none' (global "
+        f"descriptor only); {' and '.join(LEARNED)} (ALIKED/DISK + LightGlue) read their weights from disk only, "
+        "see README. Its scores are calibrated and fused as the preset's fusion settings say."
     ),
 ]
 GalleryOption = Annotated[
@@ -283,8 +284,8 @@ ExtraLocalOption = Annotated[
     Optional[str],
     typer.Option(
         "--extra-local",
-        help="More local features fused as their own calibrated inlier counts, comma-separated (orb), "
-        "or 'none'. Default: the preset's.",
+        help="More local features fused as their own calibrated inlier counts, comma-separated "
+        f"({', '.join(method_names())}; e.g. orb), or 'none'. Default: the preset's.",
     ),
 ]
 TopMOption = Annotated[
