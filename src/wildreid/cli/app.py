@@ -1,5 +1,6 @@
-"""What every command shares: the root Typer app, the two consoles, and the error handling that
-turns an error a user can act on into one message and an exit code."""
+"""What every command shares: the root Typer app, the two consoles, the error handling that turns
+an error a user can act on into one message and an exit code, and groups of options taken as one
+parameter."""
 
 from __future__ import annotations
 

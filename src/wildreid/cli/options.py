@@ -111,8 +111,6 @@ BackboneOption = Annotated[
         "any timm name, hf-hub:ORG/NAME, or local-dir:FOLDER."
     ),
 ]
-
-
 LocalOption = Annotated[
     Optional[str],
     typer.Option(
