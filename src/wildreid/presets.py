@@ -9,9 +9,10 @@ import numbers
 from dataclasses import dataclass, field
 
 from wildreid.data.regions import DEFAULT_MARGIN, check_margin
-from wildreid.data.views import ViewRule
+from wildreid.data.views import ViewRule, parse_view_rule
 from wildreid.describe.backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from wildreid.describe.foreground import check_method
+from wildreid.local.base import method_names
 from wildreid.local.pairs import FusionSettings
 
 AUTO = "auto"
@@ -29,6 +30,21 @@ def check_threshold(value, what: str = "threshold") -> float:
             "probabilities, so give a number between -1 and 1 (or 'auto', or 'none' for a closed set)."
         )
     return float(value)
+
+
+def check_threshold_setting(threshold) -> None:
+    """A preset's threshold: a number in [-1, 1], {dataset: number}, None (closed set) or 'auto'."""
+    if isinstance(threshold, dict):
+        for name, value in threshold.items():
+            check_threshold(value, f"threshold for '{name}'")
+    elif threshold not in (None, AUTO):
+        check_threshold(threshold)
+
+
+def check_top_k(top_k) -> None:
+    """Candidates kept per query: a whole number of at least 1."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top-k: {top_k!r} candidates per query; give a whole number of at least 1.")
 
 
 @dataclass(frozen=True)
@@ -79,15 +95,10 @@ class Preset:
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
         # .replace) refuses what would otherwise run and quietly mean something else.
-        if isinstance(self.threshold, dict):
-            for name, value in self.threshold.items():
-                check_threshold(value, f"threshold for '{name}'")
-        elif self.threshold not in (None, AUTO):
-            check_threshold(self.threshold)
+        check_threshold_setting(self.threshold)
         if self.grouping not in (None, "average", "single"):
             raise ValueError(f"grouping: {self.grouping!r}; give 'average', 'single' or 'none'.")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1:
-            raise ValueError(f"top-k: {self.top_k!r} candidates per query; give a whole number of at least 1.")
+        check_top_k(self.top_k)
         check_margin(self.region_margin)
         object.__setattr__(self, "foreground", check_method(self.foreground))  # "none" -> None
         if self.top_m != AUTO and (
@@ -262,3 +273,100 @@ def parse_threshold(text: str) -> float | str | None | dict[str, float]:
     except ValueError:
         raise ValueError(f"threshold '{text}' is not a number, 'auto' or 'none'") from None
     return check_threshold(number, f"threshold '{text.strip()}'")
+
+
+# --------------------------------------------------------------------------------------------
+# A preset changed as a user asks (the command line's options, as text). The texts are parsed and
+# the names checked here; Preset itself refuses every value that would quietly mean something else.
+
+
+def customised_preset(
+    name: str,
+    *,
+    backbone: str | None = None,
+    local: str | None = None,
+    threshold: str | None = None,
+    top_k: int | None = None,
+    all_datasets: bool = False,
+    changes: dict | None = None,
+) -> Preset:
+    """The named preset with: another ``backbone`` (with its own preprocessing), another ``local``
+    method (or 'none'), a ``threshold`` as :func:`parse_threshold` reads it, ``top_k`` candidates,
+    queries compared across datasets (``all_datasets``), and ``changes`` already in the preset's
+    terms (from :func:`speed_changes`, :func:`region_changes`, :func:`evidence_changes`)."""
+    changes = dict(changes or {})
+    if local is not None:
+        changes.update(local_changes(get_preset(name), local))
+    if backbone:
+        changes.update(backbone=backbone, preprocess=None)
+    if threshold is not None:
+        changes["threshold"] = parse_threshold(threshold)
+    if top_k is not None:
+        changes["top_k"] = top_k
+    if all_datasets:
+        changes["same_dataset_only"] = False
+    return get_preset(name).replace(**changes)
+
+
+def local_changes(preset: Preset, local: str) -> dict:
+    """Preset changes for --local: the method, and its options only when it is the preset's own
+    (another method starts from its own defaults)."""
+    name = local.strip().lower()
+    if name == "none":
+        return {"local": None, "local_options": {}}
+    if name not in method_names():
+        raise ValueError(
+            f"--local {local}: unknown local feature method; choose one of {', '.join(method_names())}, or none."
+        )
+    return {"local": name, "local_options": preset.local_options if name == preset.local else {}}
+
+
+def speed_changes(fast: bool, precision, decode, compile, engine, batch_size: str | None) -> dict:
+    """Preset changes for the extraction speed options: --fast turns every one to auto, then each
+    one given wins; a batch size is a number or 'auto'."""
+    from wildreid.describe.extract import FAST
+
+    changes = dict(FAST) if fast else {}
+    given = dict(
+        precision=precision,
+        decode=decode,
+        compile=compile,
+        engine=engine,
+        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+    )
+    changes.update({name: value for name, value in given.items() if value is not None})
+    return changes
+
+
+def region_changes(region_margin: float | None, foreground: str | None) -> dict:
+    """Preset changes for the region options given."""
+    changes = {}
+    if region_margin is not None:
+        changes["region_margin"] = region_margin
+    if foreground is not None:
+        changes["foreground"] = foreground
+    return changes
+
+
+def evidence_changes(views: str | None, mirror: bool | None, extra_local: str | None, top_m: str | None) -> dict:
+    """Preset changes for the viewpoint and evidence options given: a view rule (parse_view_rule),
+    mirroring, more local features ('orb,...' or 'none'), and top-m (a whole number or 'auto')."""
+    changes = {}
+    if views is not None:
+        changes["views"] = parse_view_rule(views)
+    if mirror is not None:
+        changes["mirror"] = mirror
+    if extra_local is not None:
+        names = [] if extra_local.strip().lower() == "none" else [n.strip().lower() for n in extra_local.split(",")]
+        unknown = [n for n in names if n not in method_names()]
+        if unknown:
+            raise ValueError(
+                f"--extra-local: unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}."
+            )
+        changes["extra_local"] = tuple(names)
+    if top_m is not None:
+        text = top_m.strip().lower()
+        if text != AUTO and not text.isdigit():
+            raise ValueError(f"--top-m: '{top_m}' is not a whole number or 'auto'.")
+        changes["top_m"] = text if text == AUTO else int(text)
+    return changes

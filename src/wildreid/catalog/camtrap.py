@@ -138,6 +138,17 @@ def make_place(latitude, longitude, uncertainty=None, where: str = "coordinates"
     return Place(numbers[0], numbers[1], metres)
 
 
+def parse_scientific_names(items: list[str]) -> dict[str, str]:
+    """--scientific-name items, DATASET='Genus species' -> {dataset: scientific name}."""
+    names = {}
+    for item in items:
+        dataset, equals, name = item.partition("=")
+        if not equals or not dataset.strip() or not name.strip():
+            raise ValueError(f"--scientific-name '{item}': write DATASET='Genus species'.")
+        names[dataset.strip()] = name.strip().strip("'\"")
+    return names
+
+
 def parse_contact(text: str) -> dict:
     match = CONTACT.fullmatch(text or "")
     if not match or not match["name"]:

@@ -271,3 +271,19 @@ def split_by_detections(
         }
     )
     return expanded, no_animal
+
+
+def animals_in(
+    table: pd.DataFrame, results_file: str | Path, threshold: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """:func:`split_by_detections` of ``table`` with the results file read: (one row per animal,
+    the photos without one, the threshold used: ``threshold``, else DEFAULT_THRESHOLD)."""
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    rows, no_animal = split_by_detections(table, read_detections(results_file), threshold)
+    return rows, no_animal, threshold
+
+
+def labelled_photos_with_several_animals(rows: pd.DataFrame) -> int:
+    """How many labelled photos hold several animals (rows of :func:`split_by_detections`): each
+    animal got the photo's identity."""
+    return rows.loc[rows.duplicated("path", keep=False) & rows["identity"].notna(), "path"].nunique()

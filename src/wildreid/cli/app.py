@@ -1,0 +1,119 @@
+"""What every command shares: the root Typer app, the two consoles, the error handling that turns
+an error a user can act on into one message and an exit code, and groups of options taken as one
+parameter."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import typing
+from functools import wraps
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from wildreid.util.errors import BackboneUnavailable
+
+
+class App(typer.Typer):
+    """A Typer app whose every command reports an error a user can act on as one message
+    (:func:`friendly_errors`) and may take groups of options (:class:`OptionGroup`). The decorated
+    function itself stays a plain function."""
+
+    def command(self, name: str | None = None, **settings):
+        register = super().command(name, **settings)
+
+        def decorate(function):
+            register(friendly_errors(spread_option_groups(function)))
+            return function
+
+        return decorate
+
+
+app = App(
+    help="wildreid: identify individual animals from photos.\n\n"
+    "Give it a labelled database of photos and query photos; every query gets a known identity "
+    "or 'new_individual'. Reads AnimalCLEF2025 metadata.csv folders, any CSV with path/identity/"
+    "split columns, or a folder per identity plus a query folder. Writes an AnimalCLEF2025 "
+    "submission, a detailed candidate table and an HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+stdout = Console()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
+
+
+def friendly_errors(command):
+    """Errors a user can act on are printed as one message, not a traceback."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        # DatasetError, GalleryError, CatalogError and the like are ValueErrors.
+        except (BackboneUnavailable, ValueError, KeyError, FileNotFoundError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+            raise typer.Exit(2) from None
+        except OSError as error:
+            # The last resort for the file system saying no (read-only, full, permissions): the
+            # file and the reason, never a traceback. Known cases have their own message first.
+            where = f"{error.filename}: " if error.filename else ""
+            console.print(f"[bold red]error:[/] {escape(where + str(error.strerror or error))}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+class OptionGroup:
+    """Base of a frozen dataclass of options that go together (how a dataset's CSV is read, the
+    extraction speed options, ...). A command takes the group as ONE parameter, such as
+    ``columns: DatasetColumns = DatasetColumns()``; on the command line each of its fields is an
+    option of its own, in that place, declared by the field's ``Annotated`` type."""
+
+
+def spread_option_groups(function):
+    """``function`` as Typer should see it: every OptionGroup parameter replaced by the group's
+    fields; called with those, it builds the group again and calls ``function``."""
+    signature = inspect.signature(function, eval_str=True)
+    groups = {
+        name: parameter.annotation
+        for name, parameter in signature.parameters.items()
+        if isinstance(parameter.annotation, type) and issubclass(parameter.annotation, OptionGroup)
+    }
+    if not groups:
+        return function
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name in groups:
+            parameters += _fields_as_parameters(groups[parameter.name])
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @wraps(function)
+    def command(**options):
+        for name, group in groups.items():
+            options[name] = group(**{field.name: options.pop(field.name) for field in dataclasses.fields(group)})
+        return function(**options)
+
+    command.__signature__ = signature.replace(parameters=parameters)
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return command
+
+
+def _fields_as_parameters(group: type[OptionGroup]) -> list[inspect.Parameter]:
+    declared = typing.get_type_hints(group, include_extras=True)
+    return [
+        inspect.Parameter(
+            field.name, inspect.Parameter.KEYWORD_ONLY, annotation=declared[field.name], default=field.default
+        )
+        for field in dataclasses.fields(group)
+    ]

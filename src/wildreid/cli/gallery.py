@@ -1,0 +1,206 @@
+"""`wildreid gallery ...`: build, grow, refit and describe a saved gallery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from wildreid.cli.app import App, app, console, default_cache_dir, stdout
+from wildreid.cli.extract import extract_on_ray
+from wildreid.cli.options import (
+    AllowOutsidePaths,
+    BackboneOption,
+    CacheDir,
+    Device,
+    EvidenceOptions,
+    LabelledColumns,
+    LocalOption,
+    PresetOption,
+    RegionOptions,
+)
+from wildreid.presets import DEFAULT_PRESET, customised_preset
+
+gallery_app = App(
+    help=(
+        "A gallery is the database side fitted once and saved: descriptors in a FAISS index, keypoints, "
+        "calibration and thresholds. Identify against it with `wildreid identify PHOTOS --gallery G`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(gallery_app, name="gallery")
+
+BuildRoot = Annotated[
+    Path, typer.Argument(help="metadata.csv (its database rows), a folder holding it, or a folder per identity.")
+]
+GalleryOut = Annotated[Path, typer.Option(help="The gallery folder to write (replaced atomically if it exists).")]
+GalleryThreshold = Annotated[
+    Optional[str], typer.Option(help="Override the preset's threshold: a number, NAME=VALUE,..., 'auto' or 'none'.")
+]
+OneGroup = Annotated[
+    bool, typer.Option("--all-datasets", help="One group for every dataset: queries may match any of them.")
+]
+DescribeOnRay = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        help="Describe the photos on a Ray cluster first ('auto' or an ADDRESS, as `wildreid extract --ray`); "
+        "the gallery is then built from the filled caches.",
+    ),
+]
+
+
+@gallery_app.command("build")
+def gallery_build(
+    root: BuildRoot,
+    out: GalleryOut,
+    preset: PresetOption = DEFAULT_PRESET,
+    backbone: BackboneOption = None,
+    local: LocalOption = None,
+    threshold: GalleryThreshold = None,
+    all_datasets: OneGroup = False,
+    columns: LabelledColumns = LabelledColumns(),
+    cache_dir: CacheDir = None,
+    device: Device = None,
+    allow_outside_paths: AllowOutsidePaths = False,
+    ray: DescribeOnRay = None,
+    regions: RegionOptions = RegionOptions(),
+    evidence: EvidenceOptions = EvidenceOptions(),
+):
+    """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
+    from wildreid.data.dataset import DatasetError
+    from wildreid.gallery.gallery import Gallery
+
+    cache = cache_dir or default_cache_dir()
+    photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=False)
+    changes = {**regions.changes(), **evidence.changes()}
+    chosen = customised_preset(
+        preset, backbone=backbone, local=local, threshold=threshold, all_datasets=all_datasets, changes=changes
+    )
+    photos, no_animal = regions.animals(photos, labelled=True)
+    if no_animal is not None and photos.empty:
+        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to build a gallery of.")
+    if ray:
+        from wildreid.describe.foreground import table_regions
+
+        # The foreground's boxes (if any) are computed here; the cluster describes the regions.
+        photos, boxes, _ = table_regions(photos, chosen.region_margin, chosen.foreground, cache_dir=cache)
+        extract_on_ray(photos["path"].tolist(), chosen, cache, ray, boxes)
+    console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
+    built = Gallery.build(photos, chosen, cache_dir=cache, device=device)
+    built.save(out)
+    print_gallery(built, out)
+
+
+@gallery_app.command("add")
+def gallery_add(
+    root: Annotated[
+        Path, typer.Argument(help="Labelled photos: metadata.csv, a folder holding it, or a folder per identity.")
+    ],
+    gallery: Annotated[Path, typer.Option(help="The gallery to grow (saved again atomically).")],
+    include_queries: Annotated[
+        bool, typer.Option("--include-queries", help="Also add query rows whose identity is known.")
+    ] = False,
+    refit: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--refit/--no-refit",
+            help="Refit calibration and thresholds now, or never; by default only a group that "
+            "is new or has grown by a quarter since its last fit is refitted.",
+        ),
+    ] = None,
+    columns: LabelledColumns = LabelledColumns(),
+    cache_dir: CacheDir = None,
+    device: Device = None,
+    allow_outside_paths: AllowOutsidePaths = False,
+):
+    """Append labelled photos (known or new individuals) to a gallery without rebuilding it."""
+    from wildreid.gallery.gallery import Gallery
+
+    photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=include_queries)
+    saved = Gallery.load(gallery, device=device)
+    counts = saved.add(photos, cache_dir=cache_dir or default_cache_dir(), refit=refit)
+    saved.save(gallery)
+    console.print(
+        f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
+        f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",
+        highlight=False,
+    )
+    print_gallery(saved, gallery)
+
+
+@gallery_app.command("refit")
+def gallery_refit(gallery: Annotated[Path, typer.Argument(help="The gallery folder.")], device: Device = None):
+    """Fit calibration and thresholds again on the gallery as it is now."""
+    from wildreid.gallery.gallery import Gallery
+
+    saved = Gallery.load(gallery, device=device)
+    saved.refit()
+    saved.save(gallery)
+    print_gallery(saved, gallery)
+
+
+@gallery_app.command("info")
+def gallery_info(
+    gallery: Annotated[Path, typer.Argument(help="The gallery folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+):
+    """What a gallery holds: preset, descriptor, photos, and per group its index and last fit."""
+    from wildreid.gallery.gallery import GalleryError
+    from wildreid.util.files import jsonable
+
+    record = gallery / "gallery.json"
+    if not record.is_file():
+        raise GalleryError(f"{gallery}: not a gallery (no gallery.json).")
+    info = json.loads(record.read_text(encoding="utf-8"))
+    shown = {
+        k: info[k]
+        for k in (
+            "format_version",
+            "preset",
+            "backbone",
+            "backbone_fingerprint",
+            "local_features",
+            "images",
+            "identities",
+            "groups",
+            "saved_at",
+        )
+    }
+    if as_json:
+        stdout.print_json(json.dumps(jsonable(shown)))
+        return
+    print_gallery_info(shown, gallery)
+
+
+def print_gallery(saved, folder: Path) -> None:
+    for note in saved.notes:
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+    print_gallery_info(saved.info(), folder)
+
+
+def print_gallery_info(info: dict, folder: Path) -> None:
+    console.print(
+        f"gallery {folder}: preset {info['preset']}, {info['backbone']}, {info['images']} photos of "
+        f"{info['identities']} identities (format {info['format_version']})",
+        highlight=False,
+    )
+    table = Table("group", "photos", "identities", "index", "threshold", "fitted on", "fitted at", "refit due at")
+    for name, group in info["groups"].items():
+        threshold = group["threshold"]
+        table.add_row(
+            name,
+            str(group["images"]),
+            str(group["identities"]),
+            group["index"],
+            "none" if threshold in (None, "none") else f"{float(threshold):.4f}",
+            str(group["fitted_images"]),
+            str(group["fitted_at"]),
+            str(group["refit_due_at"]),
+        )
+    stdout.print(table)
