@@ -38,7 +38,8 @@ def histogram_figure(candidates: pd.DataFrame, threshold: float | None, truth: p
     figure, axis = plt.subplots(figsize=(6.4, 3.6))
     scores = candidates["top1_score"].to_numpy(dtype=float)
     finite = scores[np.isfinite(scores)]
-    bins = np.linspace(finite.min(), finite.max(), 31) if len(finite) and finite.min() < finite.max() else 30
+    spread = len(finite) > 0 and finite.min() < finite.max()
+    bins: int | list[float] = np.linspace(finite.min(), finite.max(), 31).tolist() if spread else 30
     if truth is not None:
         merged = candidates[["image_id", "top1_score"]].merge(truth, on="image_id")
         for label, mask, colour in (
