@@ -224,7 +224,7 @@ def missing_weights(preset: Preset) -> list[str]:
 
 def require_weights(preset: Preset) -> None:
     """Raise BackboneUnavailable naming every weights file the preset still needs, all at once."""
-    from wildreid.describe.backbones import BackboneUnavailable
+    from wildreid.util.errors import BackboneUnavailable
 
     missing = missing_weights(preset)
     if len(missing) == 1:

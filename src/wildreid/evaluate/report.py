@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from wildreid.data.dataset import DATABASE
 from wildreid.decide.thresholds import SimulatedQueries, score_curves
@@ -85,7 +86,7 @@ def real_curves(candidates: pd.DataFrame, truth: pd.DataFrame, grid: np.ndarray)
     return score_curves([simulated], grid)
 
 
-def figures_for_run(result) -> dict[str, plt.Figure]:
+def figures_for_run(result) -> dict[str, Figure]:
     """name -> figure, per dataset: histogram, and metric-vs-threshold curves."""
     figures = {}
     truth = query_truth(result)
