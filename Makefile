@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (only Python 3.11 and pip needed):
 #   make demo   - create .venv, install wildreid, run the default (fusion) preset on the generated demo
-#   make test   - create .venv, install wildreid with the test extras, run ruff (lint, format) and the whole test suite
+#   make test   - create .venv, install wildreid with the test extras, run ruff (lint, format), mypy (types) and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -31,6 +31,7 @@ demo: setup
 test: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 benchmark: setup

@@ -19,17 +19,18 @@ AUTO = "auto"
 TOP_M_CHOICES = (1, 2, 3)  # what top_m="auto" chooses among
 
 
-def check_threshold(value, what: str = "threshold") -> float:
+def check_threshold(value: object, what: str = "threshold") -> float:
     """A threshold is a finite number in [-1, 1]: scores are cosine similarities or probabilities.
     (NaN would compare false with every score and quietly turn the run into a closed set.)"""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{what}: {value!r} is not a number; give a number between -1 and 1, 'auto' or 'none'.")
-    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+    number = float(value)
+    if not math.isfinite(number) or not -1.0 <= number <= 1.0:
         raise ValueError(
             f"{what}: {value} is outside [-1, 1]; scores are cosine similarities or "
             "probabilities, so give a number between -1 and 1 (or 'auto', or 'none' for a closed set)."
         )
-    return float(value)
+    return number
 
 
 def check_threshold_setting(threshold) -> None:
@@ -234,7 +235,7 @@ def missing_weights(preset: Preset) -> list[str]:
 
 def require_weights(preset: Preset) -> None:
     """Raise BackboneUnavailable naming every weights file the preset still needs, all at once."""
-    from wildreid.describe.backbones import BackboneUnavailable
+    from wildreid.util.errors import BackboneUnavailable
 
     missing = missing_weights(preset)
     if len(missing) == 1:

@@ -69,7 +69,7 @@ def confirm_group(
             dataset=dataset,
             summary=f"{_photos(len(queries))} ({_numbers(query_ids)}) filed under {where}",
         )
-    return {**catalog.history_entry(history_id), "individual_id": individual_id}
+    return {**_recorded(catalog, history_id), "individual_id": individual_id}
 
 
 def merge_individuals(catalog: Catalog, keep: str, absorb: str, *, reviewer: str) -> dict:
@@ -78,10 +78,7 @@ def merge_individuals(catalog: Catalog, keep: str, absorb: str, *, reviewer: str
     reviewer = _reviewer(reviewer)
     keep, absorb = (keep or "").strip(), (absorb or "").strip()
     with catalog.transaction():
-        kept, absorbed = catalog.individual(keep), catalog.individual(absorb)
-        for wanted, found in ((keep, kept), (absorb, absorbed)):
-            if found is None:
-                raise CatalogError(f"merge: individual '{wanted}' does not exist; give the id of an existing one.")
+        kept, absorbed = _merged_individual(catalog, keep), _merged_individual(catalog, absorb)
         if keep == absorb:
             raise CatalogError(f"merge: '{keep}' twice; choose two different individuals.")
         if kept["dataset"] != absorbed["dataset"]:
@@ -104,7 +101,7 @@ def merge_individuals(catalog: Catalog, keep: str, absorb: str, *, reviewer: str
             dataset=kept["dataset"],
             summary=f"{absorb}{named} merged into {keep}: {_photos(len(photos))} moved",
         )
-    return catalog.history_entry(history_id)
+    return _recorded(catalog, history_id)
 
 
 def split_individual(
@@ -144,7 +141,7 @@ def split_individual(
             dataset=individual["dataset"],
             summary=f"{_photos(len(chosen))} of {individual_id} moved to the new individual {new_id}",
         )
-    return {**catalog.history_entry(history_id), "individual_id": new_id}
+    return {**_recorded(catalog, history_id), "individual_id": new_id}
 
 
 def answer_pair(
@@ -203,7 +200,7 @@ def answer_pair(
             },
         )
         catalog.update_history_change(history_id, journal)
-    return catalog.history_entry(history_id)
+    return _recorded(catalog, history_id)
 
 
 def split_group(catalog: Catalog, *, dataset: str, moved: list[int], kept: list[int], reviewer: str) -> dict:
@@ -249,7 +246,7 @@ def split_group(catalog: Catalog, *, dataset: str, moved: list[int], kept: list[
                     },
                 )
         catalog.update_history_change(history_id, journal)
-    return catalog.history_entry(history_id)
+    return _recorded(catalog, history_id)
 
 
 def pair_answers(catalog: Catalog, dataset: str) -> list[dict]:
@@ -266,6 +263,7 @@ def answer_counts(catalog: Catalog, dataset: str) -> dict:
         "WHERE dataset = ? AND source = 'question'",
         dataset,
     )
+    assert row is not None  # an aggregate query has one row, even over no answers
     return {"answers": int(row["answers"]), "settled_per_answer": row["per_answer"]}
 
 
@@ -289,7 +287,7 @@ def merged_into(catalog: Catalog, individual_id: str) -> dict | None:
     """The merge (not undone) that removed ``individual_id``, with ``into``: the individual
     that absorbed it; None if it was not merged away."""
     for entry in catalog._all("SELECT id FROM history WHERE action = 'merge' AND undone_at IS NULL ORDER BY id DESC"):
-        found = catalog.history_entry(entry["id"])
+        found = _recorded(catalog, entry["id"])
         steps = found["change"]["steps"]
         if any(s[0] == "delete" and s[1] == "individuals" and s[2] == individual_id for s in steps):
             into = next((s[4]["individual_id"] for s in steps if s[0] == "update"), None)
@@ -329,7 +327,22 @@ def undo_last(catalog: Catalog, *, reviewer: str, expected: int | None = None) -
         catalog.db.execute(
             "UPDATE history SET undone_at = ?, undone_by = ? WHERE id = ?", (now(), reviewer, last["id"])
         )
-    return catalog.history_entry(last["id"])
+    return _recorded(catalog, last["id"])
+
+
+def _recorded(catalog: Catalog, history_id: int) -> dict:
+    """A history entry that exists: recorded by this change, or listed a moment ago (entries are
+    never deleted)."""
+    entry = catalog.history_entry(history_id)
+    assert entry is not None, f"history entry #{history_id} is missing"
+    return entry
+
+
+def _merged_individual(catalog: Catalog, individual_id: str) -> dict:
+    individual = catalog.individual(individual_id)
+    if individual is None:
+        raise CatalogError(f"merge: individual '{individual_id}' does not exist; give the id of an existing one.")
+    return individual
 
 
 def _pending_queries(catalog: Catalog, query_ids: list[int], *, dataset: str | None = None) -> list[dict]:

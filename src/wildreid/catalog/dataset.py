@@ -62,15 +62,15 @@ def query_table(
         dataset = known[0]
     elif dataset not in known:
         raise CatalogError(f"dataset '{dataset}': not in the catalogue; choose one of {', '.join(known)}.")
-    query_paths = [str(Path(p).resolve()) for p in query_paths]
-    query_ids = list(query_ids) if query_ids is not None else query_paths
-    if len(query_ids) != len(query_paths):
-        raise ValueError(f"query_ids: {len(query_ids)} ids for {len(query_paths)} query paths.")
+    paths = [str(Path(p).resolve()) for p in query_paths]
+    ids = list(query_ids) if query_ids is not None else paths
+    if len(ids) != len(paths):
+        raise ValueError(f"query_ids: {len(ids)} ids for {len(paths)} query paths.")
     return pd.DataFrame(
         {
-            "image_id": [str(i) for i in query_ids],
+            "image_id": [str(i) for i in ids],
             "identity": None,
-            "path": query_paths,
+            "path": paths,
             "split": QUERY,
             "dataset": dataset,
         }

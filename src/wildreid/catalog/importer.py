@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from wildreid.catalog.photos import content_hash, sniff_image_type
+from wildreid.catalog.photos import sniff_image_type
 from wildreid.catalog.store import Catalog
 from wildreid.data.dataset import DATABASE, QUERY, Dataset
-from wildreid.data.images import ImageReadError, decode_image, read_image_bytes
+from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
 
 # Optional dataset columns copied onto catalogue photos (catalogue field <- dataset column).
 IMAGE_FIELDS = {"sighting_date": "date", "location": "location", "orientation": "orientation", "viewpoint": "viewpoint"}

@@ -21,8 +21,10 @@ import errno
 import io
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -60,7 +62,8 @@ class Dataset:
     def dataset_names(self) -> list[str]:
         return list(dict.fromkeys(self.table["dataset"]))
 
-    def subset(self, mask) -> "Dataset":
+    def subset(self, mask: pd.Series) -> "Dataset":
+        """The rows where the boolean ``mask`` (aligned with the table) is true."""
         return Dataset(self.table[mask].reset_index(drop=True), self.source)
 
 
@@ -69,7 +72,7 @@ class Dataset:
 
 
 def load_dataset(
-    source: str | Path, *, query_dir: str | Path | None = None, allow_outside_paths: bool = False, **csv_options
+    source: str | Path, *, query_dir: str | Path | None = None, allow_outside_paths: bool = False, **csv_options: Any
 ) -> Dataset:
     """Load any supported layout.
 
@@ -223,7 +226,7 @@ def load_csv(
     return dataset
 
 
-def _refuse_outside(resolved, written, root: Path, where: list[str], label: str) -> None:
+def _refuse_outside(resolved: Iterable[str], written: Iterable[str], root: Path, where: list[str], label: str) -> None:
     """DatasetError listing the images whose real location (links resolved) is outside ``root``."""
     top = os.path.realpath(root)
     outside = [
@@ -264,7 +267,9 @@ def load_folders(
         _refuse_unreachable(folder)
         if not folder.is_dir():
             raise DatasetError(f"{folder}: the {role} folder does not exist.")
-    rows = []  # (image_id, identity, path, split); ids are paths relative to their folder
+    rows: list[
+        tuple[str, str | None, Path, str]
+    ] = []  # (image_id, identity, path, split); ids relative to their folder
     for identity_dir in sorted(p for p in database_dir.iterdir() if p.is_dir()):
         for image in _image_files(identity_dir):
             rows.append((f"database/{identity_dir.name}/{image.name}", identity_dir.name, image, DATABASE))
@@ -272,10 +277,11 @@ def load_folders(
         raise DatasetError(
             f"{database_dir}: no images found in identity sub-folders (expected {database_dir}/<identity>/<photo>.jpg)."
         )
-    for image in _image_files(query_dir, recursive=True) if query_dir is not None else []:
-        relative = image.relative_to(query_dir)
-        truth = relative.parts[0] if len(relative.parts) > 1 else None
-        rows.append((f"query/{relative.as_posix()}", truth, image, QUERY))
+    if query_dir is not None:
+        for image in _image_files(query_dir, recursive=True):
+            relative = image.relative_to(query_dir)
+            truth = relative.parts[0] if len(relative.parts) > 1 else None
+            rows.append((f"query/{relative.as_posix()}", truth, image, QUERY))
     table = pd.DataFrame(rows, columns=["image_id", "identity", "path", "split"])
     if not allow_outside_paths:  # a symbolic link inside either folder may lead anywhere
         for split, folder in ((DATABASE, database_dir), (QUERY, query_dir)):
@@ -458,10 +464,10 @@ def validate_dataset(
         raise DatasetError(f"{label}: {len(problems)} problem(s):\n- " + "\n- ".join(problems))
 
 
-def _listing(items, limit: int = 20) -> str:
-    items = [str(i) for i in items]
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+def _listing(items: Iterable[object], limit: int = 20) -> str:
+    texts = [str(i) for i in items]
+    shown = ", ".join(texts[:limit])
+    return shown + (f" and {len(texts) - limit} more" if len(texts) > limit else "")
 
 
 # --------------------------------------------------------------------------------------------

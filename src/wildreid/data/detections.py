@@ -32,6 +32,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pandas as pd
 
@@ -55,7 +56,7 @@ class Detections:
 
     source: str
     animal_categories: set[str]
-    entries: dict[str, list[dict] | str]  # file -> detections, or the failure text
+    entries: dict[str, list[dict[str, Any]] | str]  # file -> detections, or the failure text
 
 
 def read_detections(path: str | Path) -> Detections:
@@ -88,7 +89,7 @@ def read_detections(path: str | Path) -> Detections:
             f"{path}: no detection category is named 'animal' (categories: {categories}); wildreid uses "
             "the animal detections only."
         )
-    entries: dict[str, list[dict] | str] = {}
+    entries: dict[str, list[dict[str, Any]] | str] = {}
     problems = []
     for number, image in enumerate(content["images"]):
         where = f"images[{number}]"
@@ -122,7 +123,7 @@ def read_detections(path: str | Path) -> Detections:
     return Detections(str(path), animal, entries)
 
 
-def _detection(detection, k: int) -> dict:
+def _detection(detection: object, k: int) -> dict[str, Any]:
     if not isinstance(detection, dict):
         raise ValueError("not an object")
     box, conf = detection.get("bbox"), detection.get("conf")
@@ -168,10 +169,10 @@ def match_rows(detections: Detections, paths: list[str]) -> list[str | None]:
             entry = tails.get(parts[-length:])
             if entry is None:
                 continue
-            if entry is several:
-                unclear.append((str(path), parts[-length:]))
-            else:
+            if isinstance(entry, str):
                 found = entry
+            else:  # several entries end in this tail
+                unclear.append((str(path), parts[-length:]))
             break
         matched.append(found)
     if unclear:
@@ -182,9 +183,9 @@ def match_rows(detections: Detections, paths: list[str]) -> list[str | None]:
             "that its paths include the sub-folders that tell the photos apart."
         )
     claimed: dict[str, list[str]] = {}
-    for path, file in zip(paths, matched):
-        if file is not None:
-            claimed.setdefault(file, []).append(str(path))
+    for path, matched_file in zip(paths, matched):
+        if matched_file is not None:
+            claimed.setdefault(matched_file, []).append(str(path))
     ambiguous = {file: rows for file, rows in claimed.items() if len(rows) > 1}
     if ambiguous:
         file, rows = next(iter(ambiguous.items()))

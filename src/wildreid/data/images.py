@@ -86,10 +86,9 @@ def decode_image(data: bytes, name: str = "<image>", *, draft_size: tuple[int, i
                     image.draft(image.mode, (wanted_width, wanted_height))
                 image.load()  # decode now, so truncation surfaces here and not later
                 scale = _reduction(*image.size)
-                if scale > 1:  # not a JPEG (or one libjpeg could not scale): reduce before any copy
-                    image = image.reduce(scale)
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                # not a JPEG (or one libjpeg could not scale): reduce before any copy
+                reduced = image.reduce(scale) if scale > 1 else image
+                return _to_rgb(ImageOps.exif_transpose(reduced))
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -33,9 +33,12 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import ExifTags, Image
 
 BBOX = "bbox"
@@ -62,7 +65,7 @@ class Region:
     segmentation: str | None = None  # canonical JSON text of a COCO mask
     margin: float = DEFAULT_MARGIN
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.box is None and self.segmentation is None:
             raise ValueError("a region needs a box or a segmentation")
         check_margin(self.margin)
@@ -86,7 +89,7 @@ class Region:
         return cls(None if box is None else tuple(box), content["segmentation"], content["margin"])
 
 
-def check_margin(margin) -> float:
+def check_margin(margin: object) -> float:
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
         raise ValueError(f"region margin {margin!r}: give a number (a fraction of the box, e.g. 0.1).")
     if not 0 <= margin <= 2:
@@ -115,7 +118,7 @@ def region_keys(digests: list[str | None], regions: list[Region | None] | None) 
 # Reading the metadata cells
 
 
-def _literal(value):
+def _literal(value: object) -> Any:
     """A cell's JSON, or Python literal (wildlife-datasets' CSVs hold str() of lists and dicts)."""
     if not isinstance(value, str):
         return value
@@ -129,7 +132,7 @@ def _literal(value):
         raise ValueError("not a list or dict (JSON or Python literal)") from None
 
 
-def parse_bbox(value) -> tuple[float, float, float, float]:
+def parse_bbox(value: object) -> tuple[float, float, float, float]:
     """``"[x, y, w, h]"`` (or a sequence) -> four floats; ValueError saying what is wrong."""
     content = _literal(value)
     if not isinstance(content, (list, tuple)) or len(content) != 4:
@@ -142,11 +145,11 @@ def parse_bbox(value) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-def format_bbox(box) -> str:
+def format_bbox(box: Iterable[float]) -> str:
     return "[" + ", ".join(str(_round(v)) for v in box) + "]"
 
 
-def parse_segmentation(value) -> dict | list:
+def parse_segmentation(value: object) -> dict[str, Any] | list[list[float]]:
     """A COCO mask -> its JSON-able content: an RLE dict ``{"size": [h, w], "counts": ...}``
     (counts a compressed string or a list of run lengths), a polygon ``[x1, y1, x2, y2, ...]``, or a
     list of polygons. ValueError saying what is wrong."""
@@ -189,25 +192,26 @@ def parse_segmentation(value) -> dict | list:
     raise ValueError("expected an RLE dict {'size': [h, w], 'counts': ...} or a polygon list")
 
 
-def canonical_segmentation(content) -> str:
+def canonical_segmentation(content: object) -> str:
     return json.dumps(content, separators=(",", ":"))
 
 
-def normalise_region_columns(table, where) -> list[str]:
+def normalise_region_columns(table: pd.DataFrame, where: Callable[[Hashable], str]) -> list[str]:
     """Check the ``bbox`` and ``segmentation`` cells of a dataset table and rewrite them in
     canonical form (in place); return one problem per bad cell, naming its row (``where(index)``)
     and field and saying what to do."""
-    problems = []
+    problems: list[str] = []
     advice = {
         BBOX: "write it as [x, y, width, height] in pixels of the photo (wildlife-datasets' convention; "
         "x, y the top-left corner), or leave the cell empty to use the whole photo",
         SEGMENTATION: "give a COCO mask (RLE {'size': [height, width], 'counts': ...} or polygons "
         "[[x1, y1, x2, y2, ...]]), or leave the cell empty",
     }
-    for column, parse, write in (
-        (BBOX, parse_bbox, format_bbox),
-        (SEGMENTATION, parse_segmentation, canonical_segmentation),
-    ):
+    canonical_text: dict[str, Callable[[object], str]] = {
+        BBOX: lambda value: format_bbox(parse_bbox(value)),
+        SEGMENTATION: lambda value: canonical_segmentation(parse_segmentation(value)),
+    }
+    for column, canonical in canonical_text.items():
         if column not in table:
             continue
         values = list(table[column])
@@ -216,7 +220,7 @@ def normalise_region_columns(table, where) -> list[str]:
                 values[position] = None
                 continue
             try:
-                values[position] = write(parse(value))
+                values[position] = canonical(value)
             except ValueError as error:
                 shown = str(value) if len(str(value)) <= 60 else str(value)[:57] + "..."
                 problems.append(f"{where(index)}, field '{column}': '{shown}': {error}; {advice[column]}.")
@@ -224,10 +228,10 @@ def normalise_region_columns(table, where) -> list[str]:
     return problems
 
 
-def check_boxes_inside(table, where) -> list[str]:
+def check_boxes_inside(table: pd.DataFrame, where: Callable[[Hashable], str]) -> list[str]:
     """Rows whose ``bbox`` lies (beyond EDGE_TOLERANCE) outside the photo, or whose segmentation
     has another size than the photo: one problem each. Reads each such photo's header only."""
-    problems = []
+    problems: list[str] = []
     for column in (BBOX, SEGMENTATION):
         if column not in table:
             continue
@@ -257,7 +261,7 @@ def check_boxes_inside(table, where) -> list[str]:
     return problems
 
 
-def box_outside(box, width: int, height: int) -> str | None:
+def box_outside(box: tuple[float, float, float, float], width: int, height: int) -> str | None:
     """Why ``box`` does not fit a ``width`` x ``height`` photo, or None."""
     x, y, w, h = box
     slack_x, slack_y = EDGE_TOLERANCE * width + 2, EDGE_TOLERANCE * height + 2
@@ -268,12 +272,15 @@ def box_outside(box, width: int, height: int) -> str | None:
     return None
 
 
-def mask_size(content) -> tuple[int, int] | None:
+def mask_size(content: object) -> tuple[int, int] | None:
     """(height, width) of an RLE mask; None for polygons (they have no size)."""
-    return tuple(content["size"]) if isinstance(content, dict) else None
+    if not isinstance(content, dict):
+        return None
+    height, width = content["size"]  # two numbers: parse_segmentation checked
+    return height, width
 
 
-def regions_of(table, margin: float = DEFAULT_MARGIN) -> list[Region | None] | None:
+def regions_of(table: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Region | None] | None:
     """Per row of a dataset table, its Region (None: the whole photo); None when no row has one."""
     boxes = table[BBOX].tolist() if BBOX in table else [None] * len(table)
     masks = table[SEGMENTATION].tolist() if SEGMENTATION in table else [None] * len(table)
@@ -286,7 +293,7 @@ def regions_of(table, margin: float = DEFAULT_MARGIN) -> list[Region | None] | N
     return regions if any(r is not None for r in regions) else None
 
 
-def _empty(value) -> bool:
+def _empty(value: object) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
@@ -324,13 +331,19 @@ def mask_pixels(segmentation: str, height: int, width: int, shape: tuple[int, in
             decoded = coco.decode(rle)
         else:
             decoded = coco.decode(coco.merge(coco.frPyObjects(content, height, width)))
-    mask = decoded.astype(bool)
+    mask: np.ndarray = decoded.astype(bool)
     if shape is not None and mask.shape != tuple(shape):
-        mask = np.asarray(Image.fromarray(mask).resize((shape[1], shape[0]), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(mask).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
     return mask
 
 
-def crop_box(region: Region, width: int, height: int, scale=(1.0, 1.0), mask: np.ndarray | None = None):
+def crop_box(
+    region: Region,
+    width: int,
+    height: int,
+    scale: tuple[float, float] = (1.0, 1.0),
+    mask: np.ndarray | None = None,
+) -> tuple[int, int, int, int] | None:
     """The pixel box (left, top, right, bottom) ``read_region`` cuts out of a picture of
     ``width`` x ``height`` that is ``scale`` (x, y) times the upright photo; None when empty."""
     if region.box is not None:
@@ -351,7 +364,9 @@ def crop_box(region: Region, width: int, height: int, scale=(1.0, 1.0), mask: np
     return left, top, right, bottom
 
 
-def read_region(image: Image.Image, data: bytes, region: Region | None, name: str = "<image>"):
+def read_region(
+    image: Image.Image, data: bytes, region: Region | None, name: str = "<image>"
+) -> tuple[Image.Image, np.ndarray | None]:
     """(the region's picture, its mask or None) of ``image``, the photo decoded from ``data``
     (possibly reduced: the region is scaled to it). ImageReadError when the region is empty."""
     from wildreid.data.images import ImageReadError
@@ -388,7 +403,7 @@ def region_picture(data: bytes, name: str, region: Region | None) -> Image.Image
     return blacken_outside(*read_region(decode_image(data, name), data, region, name))
 
 
-def _round(value: float):
+def _round(value: float) -> int | float:
     """Two decimals, and whole numbers without '.0' (so '[10, 20, 100, 80]' stays as written)."""
     value = round(float(value), 2)
     return int(value) if value.is_integer() else value

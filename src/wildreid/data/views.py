@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 VIEW_COLUMNS = ("viewpoint", "orientation")
@@ -33,7 +35,7 @@ OFF, SAME = "off", "same"
 _SIDES = re.compile(r"left|right")
 
 
-def normalise_view(value) -> str | None:
+def normalise_view(value: object) -> str | None:
     """A view label as compared: lower case, stripped; None where unknown."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
@@ -49,7 +51,7 @@ def photo_views(table: pd.DataFrame) -> np.ndarray:
     return np.full(len(table), None, dtype=object)
 
 
-def known_views(values) -> np.ndarray | None:
+def known_views(values: Iterable[object]) -> np.ndarray | None:
     """Views read back from a table's ``view`` column (pandas turns None into NaN there), as
     compared: None where unknown; None for the whole column when no view is known."""
     views = np.array([normalise_view(v) for v in values], dtype=object)
@@ -97,7 +99,7 @@ class ViewRule:
     rule: str = OFF
     mirror: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.rule not in (OFF, SAME):
             for part in self.rule.split(","):
                 a, sep, b = part.partition("=")
@@ -119,10 +121,12 @@ class ViewRule:
     def _pairs(self) -> set[tuple[str, str]]:
         if self.rule in (OFF, SAME):
             return set()
-        pairs = set()
+        pairs: set[tuple[str, str]] = set()
         for part in self.rule.split(","):
             a, _, b = part.partition("=")
-            pairs |= {(normalise_view(a), normalise_view(b)), (normalise_view(b), normalise_view(a))}
+            view_a, view_b = normalise_view(a), normalise_view(b)
+            assert view_a is not None and view_b is not None  # __post_init__ refused any other rule
+            pairs |= {(view_a, view_b), (view_b, view_a)}
         return pairs
 
     def compatible(self, a: str | None, b: str | None) -> bool:
@@ -138,16 +142,19 @@ class ViewRule:
         flipped = mirror_view(a)
         return flipped is not None and flipped != a and self.compatible(flipped, b)
 
-    def masks(self, query_views, database_views) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    def masks(
+        self, query_views: Iterable[str | None], database_views: npt.ArrayLike
+    ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
         """Per query, the database photos it is compared with directly and after a flip (boolean
         masks over the database; None: all, for direct; none, for mirrored). Queries of one view
         share one array, so callers can group them by mask."""
         database_views = np.asarray(database_views, dtype=object)
         labels = list(dict.fromkeys(database_views.tolist()))
         codes = np.array([labels.index(v) for v in database_views], dtype=np.int64)
-        direct_cache: dict = {}
-        mirror_cache: dict = {}
-        direct, mirrored = [], []
+        direct_cache: dict[str | None, np.ndarray | None] = {}
+        mirror_cache: dict[str | None, np.ndarray | None] = {}
+        direct: list[np.ndarray | None] = []
+        mirrored: list[np.ndarray | None] = []
         for view in query_views:
             if view not in direct_cache:
                 if not self.active or view is None:

@@ -22,6 +22,7 @@ individuals, or answered "can't tell") are never asked.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ class PairQuestion:
     kind: str  # "join" (different clusters) or "split" (one cluster)
 
 
-def pair_questions(grouping: DatasetGrouping, asked: set[tuple[int, int]] = frozenset()) -> list[PairQuestion]:
+def pair_questions(grouping: DatasetGrouping, asked: Collection[tuple[int, int]] = frozenset()) -> list[PairQuestion]:
     """All open questions of one dataset, most useful first. ``asked``: node pairs already
     answered (any answer), never asked again."""
     graph, labels = grouping.graph, grouping.clustering.labels

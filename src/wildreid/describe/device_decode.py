@@ -28,7 +28,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -213,8 +213,8 @@ def assemble(
     if resized:
         where = torch.tensor([position[row] for row in resized], device=device)
         images[where] = normalise(torch.stack(list(resized.values())), preprocess)
-    for item in ready:
-        images[position[item.row]] = item.tensor.to(device, non_blocking=True)
+    for prepared in ready:
+        images[position[prepared.row]] = prepared.tensor.to(device, non_blocking=True)
     return Batch(rows, images, failures, len(resized), len(ready))
 
 
@@ -285,9 +285,10 @@ def device_batches(
 
 
 _DONE = object()
+Item = TypeVar("Item")
 
 
-def in_background(items: Iterable, depth: int = 2) -> Iterator:
+def in_background(items: Iterable[Item], depth: int = 2) -> Generator[Item, None, None]:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
 
     Exceptions reach the consumer; a consumer that stops early stops the thread.

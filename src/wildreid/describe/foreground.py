@@ -133,27 +133,28 @@ def cam_maps(paths, *, cache_dir=None, device: str | None = None, progress: bool
     record = Foreground()
     maps: list[np.ndarray | None] = [None] * len(paths)
     sizes: list[tuple[int, int] | None] = [None] * len(paths)
-    digests: list[str | None] = [None] * len(paths)
-    todo: list[int] = []
+    todo: list[tuple[int, str]] = []  # (row, content hash) of the maps to compute
     for row, path in enumerate(paths):
         try:
             data = read_image_bytes(path)
-            digests[row], sizes[row] = content_hash(data), upright_size(data)
+            digest, sizes[row] = content_hash(data), upright_size(data)
         except (ImageReadError, ValueError):
             continue
-        if digests[row] in known:
-            side = round(len(known[digests[row]]) ** 0.5)
-            maps[row] = known[digests[row]].reshape(side, side)
+        if digest in known:
+            side = round(len(known[digest]) ** 0.5)
+            maps[row] = known[digest].reshape(side, side)
             record.cached += 1
         else:
-            todo.append(row)
+            todo.append((row, digest))
 
     if todo:
         model, preprocess = _model(device or default_device())
         bar = _bar(len(todo), progress)
         for start in range(0, len(todo), BATCH):
-            rows, tensors = [], []
-            for row in todo[start : start + BATCH]:
+            rows: list[int] = []
+            hashes: list[str] = []
+            tensors = []
+            for row, digest in todo[start : start + BATCH]:
                 try:
                     # Decoded at a reduced JPEG scale that still covers twice the map's input: the
                     # map covers the whole photo whatever its scale.
@@ -162,13 +163,15 @@ def cam_maps(paths, *, cache_dir=None, device: str | None = None, progress: bool
                 except ImageReadError:
                     continue
                 rows.append(row)
+                hashes.append(digest)
                 tensors.append(image_to_tensor(picture, preprocess))
             if rows:
                 batch = torch.stack(tensors).to(next(model.parameters()).device)
-                for row, cam in zip(rows, class_activation_maps(model, batch)):
+                cams = class_activation_maps(model, batch)
+                for row, cam in zip(rows, cams):
                     maps[row] = cam
                 if cache:
-                    cache.save([digests[r] for r in rows], np.stack([maps[r].ravel() for r in rows]))
+                    cache.save(hashes, np.stack([cam.ravel() for cam in cams]))
                 record.computed += len(rows)
             if bar is not None:
                 bar.update(len(todo[start : start + BATCH]))
@@ -199,8 +202,10 @@ def map_mask(cam: np.ndarray) -> np.ndarray:
     import torch.nn.functional as F
 
     h, w = cam.shape
-    up = F.interpolate(torch.from_numpy(cam)[None, None], size=(h * CAM_UPSAMPLE, w * CAM_UPSAMPLE), mode="bilinear")
-    up = up[0, 0].numpy()
+    upsampled = F.interpolate(
+        torch.from_numpy(cam)[None, None], size=(h * CAM_UPSAMPLE, w * CAM_UPSAMPLE), mode="bilinear"
+    )
+    up = upsampled[0, 0].numpy()
     peak = up.max()
     return up >= CAM_THRESHOLD * peak if peak > 0 else np.zeros_like(up, dtype=bool)
 
@@ -221,7 +226,7 @@ def mask_polygons(mask: np.ndarray, width: int, height: int) -> list[list[float]
     import cv2
 
     # Traced on the mask doubled in size, so that a one-cell part still has an outline of area.
-    doubled = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
+    doubled = mask.astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1)
     contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     sx, sy = width / doubled.shape[1], height / doubled.shape[0]
     polygons = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +20,15 @@ CPU_BATCH_SIZE = 32  # a CPU gains nothing from larger batches
 MAX_AUTO_BATCH_SIZE = 128  # beyond this a GPU gets no faster, and the pipeline fills slowly
 AGREEMENT_SAMPLE = 16  # images of the first batch run again in fp32 to check agreement
 
+# What runs a batch: the model, or torch.compile's wrapper of it (a Module at run time, typed by
+# torch as a function with the model's signature).
+Forward = Callable[..., torch.Tensor]
+
 # Compiled models and measured batch sizes, so that a second extraction with the same model (a
 # warm-up, then the real run) neither compiles nor measures again. A compiled wrapper refers to its
 # model, so a compiled model stays in memory for the life of the process (one per backbone
 # compiled: a command-line run or a benchmark compiles one).
-_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, Forward]" = weakref.WeakKeyDictionary()
 _BATCH_SIZES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -56,7 +61,7 @@ class TorchRunner:
         # else the first batch's): one graph, no recompilation for a short last batch.
         self.fixed_batch: int | None = None
         self.channels_last = precision != "fp32" or compile
-        self._forward = _compiled(model) if compile else model
+        self._forward: Forward = _compiled(model) if compile else model
         self._cudnn_benchmark = torch.backends.cudnn.benchmark
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -118,7 +123,7 @@ class TorchRunner:
             torch.backends.cudnn.benchmark = self._cudnn_benchmark
 
 
-def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+def _compiled(model: torch.nn.Module) -> Forward:
     if model not in _COMPILED:
         # dynamic=False: batches are padded to one shape, so the static graph is the fast one.
         _COMPILED[model] = torch.compile(model, dynamic=False)

@@ -24,7 +24,7 @@ BOX_COLOUR = (255, 140, 0)
 
 def _panel(image: Image.Image) -> tuple[np.ndarray, float]:
     scale = PANEL_HEIGHT / image.height
-    resized = image.resize((max(1, round(image.width * scale)), PANEL_HEIGHT), Image.BICUBIC)
+    resized = image.resize((max(1, round(image.width * scale)), PANEL_HEIGHT), Image.Resampling.BICUBIC)
     return np.asarray(resized).copy(), scale
 
 

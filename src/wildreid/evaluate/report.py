@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from wildreid.data.dataset import DATABASE
 from wildreid.decide.thresholds import SimulatedQueries, score_curves
@@ -38,7 +39,8 @@ def histogram_figure(candidates: pd.DataFrame, threshold: float | None, truth: p
     figure, axis = plt.subplots(figsize=(6.4, 3.6))
     scores = candidates["top1_score"].to_numpy(dtype=float)
     finite = scores[np.isfinite(scores)]
-    bins = np.linspace(finite.min(), finite.max(), 31) if len(finite) and finite.min() < finite.max() else 30
+    spread = len(finite) > 0 and finite.min() < finite.max()
+    bins: int | list[float] = np.linspace(finite.min(), finite.max(), 31).tolist() if spread else 30
     if truth is not None:
         merged = candidates[["image_id", "top1_score"]].merge(truth, on="image_id")
         for label, mask, colour in (
@@ -84,7 +86,7 @@ def real_curves(candidates: pd.DataFrame, truth: pd.DataFrame, grid: np.ndarray)
     return score_curves([simulated], grid)
 
 
-def figures_for_run(result) -> dict[str, plt.Figure]:
+def figures_for_run(result) -> dict[str, Figure]:
     """name -> figure, per dataset: histogram, and metric-vs-threshold curves."""
     figures = {}
     truth = query_truth(result)

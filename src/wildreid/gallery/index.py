@@ -49,16 +49,17 @@ class VectorIndex:
         """An index of ``vectors`` (normalised chunk by chunk as they are added, so building
         holds the input and the index, never a third copy)."""
         dim = vectors.shape[1]
+        index: faiss.Index
         if len(vectors) <= exact_limit:
             index = faiss.IndexFlatIP(dim)
         else:
             lists = int(np.sqrt(len(vectors)))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index = ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
             sample = rng.choice(len(vectors), size=min(len(vectors), IVF_TRAINING_PER_LIST * lists), replace=False)
-            index.train(normalize(vectors[np.sort(sample)]))
-            index.nprobe = IVF_NPROBE
-            index.make_direct_map()  # so vectors(rows) can read any row back
+            ivf.train(normalize(vectors[np.sort(sample)]))
+            ivf.nprobe = IVF_NPROBE
+            ivf.make_direct_map()  # so vectors(rows) can read any row back
         for start in range(0, len(vectors), chunk):
             index.add(normalize(vectors[start : start + chunk]))
         return cls(index)

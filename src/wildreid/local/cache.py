@@ -32,10 +32,10 @@ def _cache_file(cache_dir: Path, method: LocalMethod, digest: str) -> Path:
 def _load(path: Path) -> LocalFeatures | None:
     try:
         with np.load(path, allow_pickle=False) as content:
-            size = tuple(int(v) for v in content["image_size"]) if "image_size" in content else (0, 0)
-            return LocalFeatures(
-                content["keypoints"], content["descriptors"], float(content["scale"]), size if size != (0, 0) else None
-            )
+            # (width, height), written as (0, 0) when unknown
+            width, height = (int(v) for v in content["image_size"]) if "image_size" in content else (0, 0)
+            size = (width, height) if (width, height) != (0, 0) else None
+            return LocalFeatures(content["keypoints"], content["descriptors"], float(content["scale"]), size)
     except (OSError, ValueError, KeyError, EOFError):
         return None
 

@@ -27,20 +27,22 @@ class KeypointIndex:
         self.images = 0
         self.max_per_image = max_per_image
         self.owner = np.zeros(0, np.int64)
-        self.index = None
+        self.index: faiss.Index | None = None
         blocks, owners = self._blocks(features)
         if blocks:
             vectors = np.concatenate(blocks)
             dim = vectors.shape[1]
+            index: faiss.Index
             if len(vectors) <= EXACT_SEARCH_LIMIT:
-                self.index = faiss.IndexFlatL2(dim)
+                index = faiss.IndexFlatL2(dim)
             else:
                 lists = int(np.sqrt(len(vectors)))
-                self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+                index = ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
                 rng = np.random.default_rng(0)
-                self.index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 60 * lists), replace=False)])
-                self.index.nprobe = 8
-            self.index.add(vectors)
+                ivf.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 60 * lists), replace=False)])
+                ivf.nprobe = 8
+            index.add(vectors)
+            self.index = index
             self.owner = np.concatenate(owners)
         self.images = len(features)
 

@@ -19,7 +19,7 @@ class OrbMethod(LocalMethod):
     def __init__(self, max_keypoints: int = 1000, max_side: int = 512, min_side: int = 256, ratio: float = 0.8):
         self.max_keypoints, self.max_side, self.min_side, self.ratio = max_keypoints, max_side, min_side, ratio
         # The 31-pixel patch needs a border; edgeThreshold matches it (OpenCV's default).
-        self._orb = cv2.ORB_create(nfeatures=max_keypoints)
+        self._orb = cv2.ORB.create(nfeatures=max_keypoints)
 
     def config_key(self) -> str:
         return f"orb-k{self.max_keypoints}-s{self.max_side}-{self.min_side}"

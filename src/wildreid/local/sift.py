@@ -25,7 +25,7 @@ class SiftMethod(LocalMethod):
         self.max_side, self.min_side = max_side, min_side
         self.ratio, self.mutual = ratio, mutual
         self.name = "rootsift" if root else "sift"
-        self._sift = cv2.SIFT_create(nfeatures=max_keypoints)
+        self._sift = cv2.SIFT.create(nfeatures=max_keypoints)
 
     def config_key(self) -> str:
         return f"{self.name}-k{self.max_keypoints}-s{self.max_side}-{self.min_side}"

@@ -8,11 +8,16 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +38,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
-def write_csv_atomic(table, path: str | Path) -> None:
+def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
 
@@ -43,7 +48,7 @@ RETIRED = ".wildreid-old-"
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | Path):
+def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; when the block ends without error it takes the
     place of ``path`` (an earlier folder there is removed, never mixed with the new one). On an
     error the temporary folder is deleted and ``path`` stays as it was. Readers see the old folder
@@ -92,7 +97,7 @@ def remove_leftovers(path: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
-def jsonable(value):
+def jsonable(value: object) -> object:
     """JSON has no NaN/inf: write them as null (numpy scalars as plain numbers)."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}

@@ -37,13 +37,13 @@ def match_picture(
 ) -> bytes | None:
     """PNG bytes of the keypoint matches between the two photos, or None when the preset has no
     local matching or a photo cannot be read."""
-    viz = _viz()
-    if viz is None or not getattr(preset, "local", None):
+    viz, method = _viz(), getattr(preset, "local", None)
+    if viz is None or not method:
         return None
     options = getattr(preset, "local_options", {}) or {}
     key = hashlib.sha256(
         "|".join(
-            [Path(query_path).stem, Path(candidate_path).stem, preset.local, json.dumps(options, sort_keys=True)]
+            [Path(query_path).stem, Path(candidate_path).stem, method, json.dumps(options, sort_keys=True)]
         ).encode()
     ).hexdigest()
     cached = Path(cache_dir) / "match-pictures" / f"{key}.png" if cache_dir else None
@@ -52,7 +52,7 @@ def match_picture(
     with _LOCK:
         try:
             picture = viz.match_picture(
-                str(query_path), str(candidate_path), _method(preset.local, json.dumps(options, sort_keys=True))
+                str(query_path), str(candidate_path), _method(method, json.dumps(options, sort_keys=True))
             )
         except ImageReadError as error:
             log.warning("no match picture: %s", error)

@@ -26,6 +26,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
@@ -182,7 +183,7 @@ class TokenGate:
         return await self.app(scope, receive, send)
 
 
-def _token_from_headers(headers: dict[str, str]) -> str:
+def _token_from_headers(headers: Mapping[str, str]) -> str:
     if headers.get(TOKEN_HEADER):
         return headers[TOKEN_HEADER]
     authorization = headers.get("authorization", "")

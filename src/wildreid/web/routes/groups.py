@@ -139,7 +139,7 @@ def groups_page(
                 "kind": group.kind,
                 "queries": members,
                 "individual": catalog.individual(group.individual_id) if group.individual_id else None,
-                "cover": (catalog.images(group.individual_id) or [None])[0] if group.individual_id else None,
+                "cover": next(iter(catalog.images(group.individual_id)), None) if group.individual_id else None,
                 "cohesion": group.cohesion,
                 "individual_probability": group.individual_probability,
                 "settled": group.settled,
@@ -368,12 +368,15 @@ def pair_match_png(request: Request, left: str, right: str, catalog: CatalogDep)
     if not any(query["sha256"] == left for query in catalog.queries(status=list(PENDING), limit=1_000_000)):
         raise HTTPException(404, "No keypoint-match picture for these photos.")
     config = request.app.state.config
-    files = [catalog.stored_file(left), catalog.stored_file(right)]
+    left_file, right_file = catalog.stored_file(left), catalog.stored_file(right)
     picture = (
         match_picture(
-            *files, preset=get_preset(config.preset), cache_dir=config.cache_dir or default_cache_dir(config.catalog)
+            left_file,
+            right_file,
+            preset=get_preset(config.preset),
+            cache_dir=config.cache_dir or default_cache_dir(config.catalog),
         )
-        if all(files)
+        if left_file is not None and right_file is not None
         else None
     )
     if picture is None:

@@ -46,7 +46,7 @@ def upload(
             f"{config.max_files}. Upload them in smaller batches.",
         )
     dataset = _chosen_dataset(catalog, dataset)
-    sighting_date = _checked_date(sighting_date)
+    checked_date = _checked_date(sighting_date)
     job = Job(new_job_id(), [], dataset=dataset)
     for photo in photos:
         label = display_name(photo.filename)
@@ -61,7 +61,7 @@ def upload(
             extension,
             dataset=dataset,
             original_name=label,
-            sighting_date=sighting_date,
+            sighting_date=checked_date,
             location=clean_text(location, 200),
             uploaded_by=reviewer_of(request),
             job_id=job.id,
