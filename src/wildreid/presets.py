@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from wildreid.data.regions import DEFAULT_MARGIN, check_margin
 from wildreid.data.views import ViewRule, parse_view_rule
-from wildreid.describe.known_backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from wildreid.describe.foreground import check_method
+from wildreid.describe.known_backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from wildreid.local.base import method_names
 from wildreid.local.pairs import FusionSettings
 

@@ -47,7 +47,7 @@ console = Console(stderr=True)
 stdout = Console()
 
 
-def default_cache_dir() -> Path:
+def user_cache_dir() -> Path:
     return Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
 
 

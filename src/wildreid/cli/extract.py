@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from wildreid.cli.app import app, console, default_cache_dir
+from wildreid.cli.app import app, console, user_cache_dir
 from wildreid.cli.options import (
     AllowOutsidePaths,
     BackboneOption,
@@ -65,7 +65,7 @@ def extract(
     from wildreid.data.dataset import Dataset
     from wildreid.describe.foreground import table_regions
 
-    cache = cache_dir or default_cache_dir()
+    cache = cache_dir or user_cache_dir()
     dataset = columns.load(root, allow_outside_paths=allow_outside_paths)
     speed_changes = speed.changes(batch_size)
     chosen = get_preset(preset).replace(**speed_changes, **regions.changes())

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from wildreid.cli.app import App, app, console, default_cache_dir, stdout
+from wildreid.cli.app import App, app, console, stdout, user_cache_dir
 from wildreid.cli.extract import extract_on_ray
 from wildreid.cli.options import (
     AllowOutsidePaths,
@@ -76,7 +76,7 @@ def gallery_build(
     from wildreid.data.dataset import DatasetError
     from wildreid.gallery.gallery import Gallery
 
-    cache = cache_dir or default_cache_dir()
+    cache = cache_dir or user_cache_dir()
     photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=False)
     changes = {**regions.changes(), **evidence.changes()}
     chosen = customised_preset(
@@ -124,7 +124,7 @@ def gallery_add(
 
     photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=include_queries)
     saved = Gallery.load(gallery, device=device)
-    counts = saved.add(photos, cache_dir=cache_dir or default_cache_dir(), refit=refit)
+    counts = saved.add(photos, cache_dir=cache_dir or user_cache_dir(), refit=refit)
     saved.save(gallery)
     console.print(
         f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from wildreid.cli.app import OptionGroup, app, console, default_cache_dir, stdout
+from wildreid.cli.app import OptionGroup, app, console, stdout, user_cache_dir
 from wildreid.cli.options import (
     AllowOutsidePaths,
     BackboneOption,
@@ -154,7 +154,7 @@ def identify(
         raise ValueError(f"--format {submission_format}: choose one of {', '.join(SUBMISSION_FORMATS)}.")
     grouping_method = grouping_option(grouping)
     check_out_dir(out)  # before the work, not after it
-    cache = None if no_cache else (cache_dir or default_cache_dir())
+    cache = None if no_cache else (cache_dir or user_cache_dir())
     if gallery is not None:
         _refuse_what_the_gallery_fixed(choice, regions, evidence)
         photos, no_animal = _query_photos(root, columns, allow_outside_paths, regions, dataset_name)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from wildreid.cli.app import app, console, default_cache_dir
+from wildreid.cli.app import app, console, user_cache_dir
 from wildreid.cli.options import CacheDir, DatasetName, Device
 from wildreid.presets import DEFAULT_PRESET, get_preset
 
@@ -53,7 +53,7 @@ def watch(
 
     if (gallery is None) == (catalog is None):
         raise ValueError("give --gallery GALLERY or --catalog CATALOGUE (one of them).")
-    cache = cache_dir or default_cache_dir()
+    cache = cache_dir or user_cache_dir()
     store = None
     if catalog is not None:
         store, loaded, cache, dataset_name = _catalog_gallery(catalog, preset, cache_dir, device, dataset_name)
@@ -87,8 +87,8 @@ def _catalog_gallery(catalog: Path, preset: str, cache_dir: Path | None, device:
     from wildreid.catalog.store import Catalog
     from wildreid.describe.backbones import load_backbone
     from wildreid.describe.extract import default_device
+    from wildreid.review.identify import catalog_cache_dir as catalog_cache
     from wildreid.review.identify import catalog_gallery
-    from wildreid.review.identify import default_cache_dir as catalog_cache
 
     store = Catalog(catalog, create=False)
     cache = cache_dir or catalog_cache(catalog)

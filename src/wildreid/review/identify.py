@@ -23,7 +23,7 @@ from wildreid.presets import Preset
 from wildreid.review.descriptors import prepare_descriptors
 
 
-def default_cache_dir(catalog_path: str | Path) -> Path:
+def catalog_cache_dir(catalog_path: str | Path) -> Path:
     """The catalogue's own cache (descriptors, pictures), beside it: derived data, safe to delete."""
     catalog_path = Path(catalog_path)
     return catalog_path.with_name(catalog_path.name + ".cache")
@@ -104,7 +104,7 @@ def identify_with_catalog(
     backbone = backbone or load_backbone(
         preset.backbone, preprocess=preset.preprocess, device=device or default_device()
     )
-    service = ReviewService(preset, backbone=backbone, cache_dir=cache_dir or default_cache_dir(catalog.path))
+    service = ReviewService(preset, backbone=backbone, cache_dir=cache_dir or catalog_cache_dir(catalog.path))
     return service.identify(catalog, queries, progress=progress).result
 
 

@@ -34,7 +34,7 @@ from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.describe.backbones import BackboneUnavailable
 from wildreid.gallery.gallery import GalleryError
 from wildreid.presets import get_preset
-from wildreid.review.identify import default_cache_dir
+from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import UPLOAD, PendingGrouping, pending_queries
 from wildreid.review.service import ReviewService
 from wildreid.web.config import WebConfig
@@ -243,7 +243,7 @@ class JobRunner:
             self.service = ReviewService(
                 preset,
                 backbone=self.backbone,
-                cache_dir=self.config.cache_dir or default_cache_dir(self.config.catalog),
+                cache_dir=self.config.cache_dir or catalog_cache_dir(self.config.catalog),
                 loader_workers=0,  # in a server thread: no forked loader processes
                 keep_waiting=True,
             )

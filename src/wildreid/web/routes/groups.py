@@ -31,7 +31,7 @@ from wildreid.catalog.photos import SHA256_PATTERN
 from wildreid.catalog.store import Catalog
 from wildreid.decide.queue import ANSWERS
 from wildreid.presets import get_preset
-from wildreid.review.identify import default_cache_dir
+from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, pending_queries
 from wildreid.web.matches import match_picture, match_pictures_available
 from wildreid.web.pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
@@ -374,7 +374,7 @@ def pair_match_png(request: Request, left: str, right: str, catalog: CatalogDep)
             left_file,
             right_file,
             preset=get_preset(config.preset),
-            cache_dir=config.cache_dir or default_cache_dir(config.catalog),
+            cache_dir=config.cache_dir or catalog_cache_dir(config.catalog),
         )
         if left_file is not None and right_file is not None
         else None

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from wildreid.catalog.changes import entry_details
 from wildreid.presets import get_preset
-from wildreid.review.identify import default_cache_dir
+from wildreid.review.identify import catalog_cache_dir
 from wildreid.web.matches import match_picture, match_pictures_available
 from wildreid.web.pages import CatalogDep, next_waiting, page, photos_filed, query_or_404, url_part
 from wildreid.web.security import clean_text, require_token, reviewer_of
@@ -103,7 +103,7 @@ def match_png(request: Request, query_id: int, rank: int, catalog: CatalogDep):
             catalog.photo_path(query["stored_path"]),
             candidate_file,
             preset=get_preset(config.preset),
-            cache_dir=config.cache_dir or default_cache_dir(config.catalog),
+            cache_dir=config.cache_dir or catalog_cache_dir(config.catalog),
         )
         if candidate_file
         else None
