@@ -34,7 +34,6 @@ from wildreid.data.regions import BBOX, SEGMENTATION, check_boxes_inside, normal
 DATABASE = "database"
 QUERY = "query"
 NEW_INDIVIDUAL = "new_individual"
-REQUIRED_COLUMNS = ("image_id", "identity", "path", "split", "dataset")
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -30,7 +30,6 @@ from torch import nn
 
 from wildreid.describe.backbones import MODEL_FOLDERS, BackboneUnavailable, ModelFolder, read_config, read_weights
 
-EMBEDDING_DIM = 2152
 INPUT_SIZE = 440
 _HEAD = "final."  # training head: dropped
 _GEM_ALIASES = {"backbone.global_pool.p": "pooling.p"}
