@@ -446,19 +446,7 @@ class DatasetPart:
             mirrored=mirrored,
             excluded=[{row} for row in range(len(vectors))],
         )
-        query_probability = calibration.fuse(_between_queries(pairs.raw), pairs.mirrored)
-        known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
-            ranking.identities.shape
-        )
-        link_queries = np.nonzero(known)[0]
-        link_scores = ranking.scores[known]
-        if method is None:  # ranked by cosine: the same calibration as the query pairs
-            link_scores = calibration.fuse({"cosine": link_scores})
-        return MatchGraph.build(
-            len(vectors),
-            (pairs.queries, pairs.images, query_probability),
-            (link_queries, ranking.identities[known], link_scores),
-        )
+        return graph_of_queries(len(vectors), pairs, pairs.raw, ranking, calibration, method)
 
     def known_probability(self, threshold: float | None, method: LocalMethod | None) -> float | None:
         """A decision threshold on the ranking's scale, as P(same)."""
@@ -563,6 +551,31 @@ def _as_probability(threshold: float | None, calibration: Calibration | None, me
     if threshold is None or calibration is None or method is not None or not np.isfinite(threshold):
         return threshold
     return float(calibration.fuse({"cosine": np.array([threshold])})[0])
+
+
+def graph_of_queries(
+    count: int,
+    pairs: ScoredPairs,
+    raw: dict[str, np.ndarray],
+    ranking: IdentityRanking,
+    calibration: Calibration,
+    method: LocalMethod | None,
+) -> MatchGraph:
+    """The match graph of ``count`` queries: their pairs' ``raw`` scores fused to P(same), and
+    each query linked to the known individuals of its ranking at their score (a cosine ranking
+    calibrated as the query pairs are)."""
+    query_probability = calibration.fuse(_between_queries(raw), pairs.mirrored)
+    known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
+        ranking.identities.shape
+    )
+    link_scores = ranking.scores[known]
+    if method is None:  # ranked by cosine: the same calibration as the query pairs
+        link_scores = calibration.fuse({"cosine": link_scores})
+    return MatchGraph.build(
+        count,
+        (pairs.queries, pairs.images, query_probability),
+        (np.nonzero(known)[0], ranking.identities[known], link_scores),
+    )
 
 
 def _between_queries(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

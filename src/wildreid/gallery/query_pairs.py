@@ -23,7 +23,7 @@ import numpy as np
 from wildreid.decide.graph import MatchGraph
 from wildreid.decide.ranking import IdentityRanking
 from wildreid.gallery.index import normalize
-from wildreid.gallery.part import DatasetPart, Side, _between_queries
+from wildreid.gallery.part import DatasetPart, Side, graph_of_queries
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.local.base import LocalFeatures, LocalMethod
 from wildreid.local.pairs import PAIR_COUNTS, inlier_counts, pair_counts
@@ -93,18 +93,7 @@ def remembered_graph(
         if name == "cosine" or name in counted
     }
     raw |= {name: values for name, values in keypoints.items() if name.startswith("inliers:")}
-    query_probability = calibration.fuse(_between_queries(raw), pairs.mirrored)
-    known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
-        ranking.identities.shape
-    )
-    link_scores = ranking.scores[known]
-    if method is None:  # ranked by cosine: the same calibration as the query pairs
-        link_scores = calibration.fuse({"cosine": link_scores})
-    return MatchGraph.build(
-        len(vectors),
-        (pairs.queries, pairs.images, query_probability),
-        (np.nonzero(known)[0], ranking.identities[known], link_scores),
-    )
+    return graph_of_queries(len(vectors), pairs, raw, ranking, calibration, method)
 
 
 def _shortlisted(side: Side, views, preset: Preset, size: int, mirrored: Side | None, keys, memory) -> ScoredPairs:
