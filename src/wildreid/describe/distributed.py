@@ -351,23 +351,14 @@ def _run_global(
             batch_format="numpy",
             num_cpus=1,
         )
-        dataset = dataset.map_batches(
-            Embedder,
-            fn_constructor_kwargs=constructor,
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=pool,
-            num_gpus=1,
-        )
-    else:
-        dataset = dataset.map_batches(
-            Embedder,
-            fn_constructor_kwargs=constructor,
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=pool,
-            num_cpus=1,
-        )
+    dataset = dataset.map_batches(
+        Embedder,
+        fn_constructor_kwargs=constructor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=pool,
+        **({"num_gpus": 1} if gpus else {"num_cpus": 1}),
+    )
 
     submitted = time.perf_counter()
     written: set[str] = set()
