@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +66,22 @@ def test_a_later_run_replaces_the_earlier_one_whole(result, tmp_path):
     assert not (out / "stale-from-an-old-version.csv").exists()
     assert written["submission"] == out / "submission.csv" and written["submission"].is_file()
     assert _no_temporary_folders(tmp_path)
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_follow_the_umask(result, tmp_path, umask, file_mode, folder_mode):
+    """On a shared station server colleagues open the report: the run's files get the modes the
+    user's umask gives (tempfile alone would make them 0600 in a 0700 folder)."""
+    earlier = os.umask(umask)
+    try:
+        out = tmp_path / "run"
+        write_run(result, out)
+        files.write_text_atomic(tmp_path / "note.txt", "x")
+    finally:
+        os.umask(earlier)
+    written = [out, *out.rglob("*"), tmp_path / "note.txt"]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written}
+    assert all(modes[p.name] == (folder_mode if p.is_dir() else file_mode) for p in written), modes
 
 
 def test_full_disk_leaves_the_earlier_run_intact(result, tmp_path, monkeypatch):

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from wildreid.data.demo_animal import (
     seeded_rng,
 )
 from wildreid.data.demo_photo import render_photo
+from wildreid.util.files import make_temporary_folder, write_bytes_atomic
 
 __all__ = [
     "Individual",
@@ -120,17 +120,6 @@ def _metadata_bytes(rows: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def make_demo_dataset(
     root: Path | str,
     *,
@@ -184,7 +173,7 @@ def make_demo_dataset(
             stale.unlink(missing_ok=True)
 
     plan = _plan(params)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=_TMP_PREFIX))
+    tmp = make_temporary_folder(_TMP_PREFIX, root)
     try:
         (tmp / "images").mkdir()
         rows = _draw_photos(tmp, plan, params)
@@ -234,5 +223,5 @@ def _swap_in(root: Path, tmp: Path, rows: list[dict], params: dict) -> None:
         trash = tmp / "old-images"
         os.replace(old, trash)
     os.replace(tmp / "images", old)
-    _write_atomic(root / PARAMS_FILE, (json.dumps(params, indent=2, sort_keys=True) + "\n").encode())
-    _write_atomic(meta_path, _metadata_bytes(rows))
+    write_bytes_atomic(root / PARAMS_FILE, (json.dumps(params, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(meta_path, _metadata_bytes(rows))

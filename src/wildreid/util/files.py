@@ -23,6 +23,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, FILE_MODE & ~current_umask())
     try:
         yield Path(temporary)
         with open(temporary, "rb+") as written:
@@ -33,6 +34,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
@@ -41,6 +47,35 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
+
+
+# Modes a plain open() or mkdir() would use before the umask. tempfile makes its files 0600 and
+# its folders 0700 whatever the umask, which would leave run outputs, galleries and reports
+# unreadable to colleagues on a shared station server; the files we rename into place get the
+# mode the user's umask asks for instead.
+FILE_MODE = 0o666
+FOLDER_MODE = 0o777
+
+
+def current_umask() -> int:
+    """The process umask. Linux shows it in /proc (read without changing it, so threads are
+    safe); elsewhere os.umask is the only getter: it sets a value, so the old one is put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temporary_folder(prefix: str, parent: Path) -> Path:
+    """tempfile.mkdtemp beside the final place, with the mode the umask gives a new folder."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, FOLDER_MODE & ~current_umask())
+    return folder
 
 
 STAGING = ".wildreid-new-"  # prefixes of the temporary folders beside a folder being replaced
@@ -57,7 +92,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     remove_leftovers(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING + path.name + ".", dir=path.parent))
+    staging = make_temporary_folder(STAGING + path.name + ".", path.parent)
     try:
         yield staging
         for file in staging.rglob("*"):
