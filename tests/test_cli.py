@@ -64,6 +64,30 @@ def test_identify_then_evaluate(shared_data, tmp_path):
     assert 0.0 <= figures["per_dataset"]["NyalaSmall"]["baus"] <= 1.0
 
 
+def test_metric_table_fits_80_columns_and_says_na_without_new_queries(shared_data, tmp_path):
+    """Only known individuals among the queries: BAUS cannot be measured. The table says n/a and
+    why (not a bare 0.0000 score), explains every figure, and fits an 80-column log whole."""
+    table = pd.read_csv(shared_data / "NyalaData" / "metadata.csv", dtype=str)
+    database = table[table["split"] == "database"].head(12)
+    queries = database.head(4).assign(split="query", image_id=lambda t: t["image_id"] + "_again")
+    folder = tmp_path / "NyalaKnownOnly"
+    (folder / "images").mkdir(parents=True)
+    for path in database["path"]:
+        shutil.copy(shared_data / "NyalaData" / path, folder / path)
+    pd.concat([database, queries]).to_csv(folder / "metadata.csv", index=False)
+    submission = tmp_path / "submission.csv"
+    queries[["image_id", "identity"]].to_csv(submission, index=False)
+
+    result = runner.invoke(app, ["evaluate", str(folder / "metadata.csv"), str(submission)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.stdout
+    baus_row = next(line for line in lines if line.startswith("│ BAUS"))
+    assert "n/a" in baus_row and "0.0000*" in next(line for line in lines if line.startswith("│ score"))
+    assert "no query of this dataset shows a new individual" in " ".join(result.stdout.split())
+    assert "balanced accuracy on known individuals" in " ".join(result.stdout.split())
+
+
 def test_closed_set_threshold_none(shared_data, tmp_path):
     csv = _small_nyala(shared_data, tmp_path / "data", per_split=12)
     result = runner.invoke(

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from wildreid.cli.app import OptionGroup, app, console, stdout, user_cache_dir
 from wildreid.cli.options import (
@@ -31,6 +31,7 @@ from wildreid.cli.options import (
     TopK,
 )
 from wildreid.decide.cluster import METHODS as LINKAGES
+from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
 from wildreid.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -299,18 +300,45 @@ def print_thresholds(result) -> None:
 
 def print_evaluation(evaluation: dict) -> None:
     """AnimalCLEF2025 (score = sqrt(BAKS * BAUS)) and AnimalCLEF2026 (ARI) figures per dataset; a
-    2026 submission names clusters, not individuals, so it has no BAKS/BAUS."""
-    keys = ["score", "baks", "baus", "ari", "pair_precision", "pair_recall", "top1", "top5", "auc_new_vs_known"]
-    keys = [k for k in keys if k in evaluation and evaluation[k] == evaluation[k]]
+    2026 submission names clusters, not individuals, so it has no BAKS/BAUS.
 
-    def number(value) -> str:
-        return "-" if value is None or value != value else f"{value:.4f}"
+    One row per figure and one column per dataset, so that an 80-column terminal or a log holds
+    the table whole (a column per figure needed about 125); a legend under it says what each
+    figure means."""
+    keys = shown_metrics(evaluation)
+    columns = [(name, figures) for name, figures in evaluation["per_dataset"].items()]
+    columns.append(("mean", {key: evaluation.get(key) for key in keys} | {"queries": None}))
+    any_unmeasurable = any(unmeasurable_new(f) for _, f in columns[:-1])
 
-    table = Table("dataset", "queries", *keys, title="AnimalCLEF2025 metric, and ARI (AnimalCLEF2026)")
-    for name, figures in evaluation["per_dataset"].items():
-        table.add_row(name, str(figures["queries"]), *(number(figures.get(k)) for k in keys))
-    table.add_row("[bold]mean[/]", "", *(number(evaluation[k]) for k in keys))
-    stdout.print(table)
+    def cell(figures: dict, key: str) -> str:
+        value = figures.get(key)
+        if key in ("baus", "auc_new_vs_known") and unmeasurable_new(figures):
+            return "n/a"
+        if value is None or value != value:
+            return "-"
+        starred = key == "score" and (unmeasurable_new(figures) or (figures is columns[-1][1] and any_unmeasurable))
+        return f"{value:.4f}" + ("*" if starred else "")
+
+    stdout.print("AnimalCLEF2025 metric, and ARI (AnimalCLEF2026)", style="italic", highlight=False)
+    per_table = max(1, (stdout.width - 16) // 11)  # a figure column takes about 11 characters
+    for first in range(0, len(columns), per_table):
+        part = columns[first : first + per_table]
+        table = Table(
+            "figure",
+            *(Column(escape(name), justify="right", overflow="fold") for name, _ in part),
+        )
+        table.add_row("queries", *("" if f["queries"] is None else str(f["queries"]) for _, f in part))
+        for key in keys:
+            table.add_row(METRICS[key][0], *(cell(figures, key) for _, figures in part))
+        stdout.print(table)
+    legend = Table.grid(padding=(0, 1))
+    legend.add_column(no_wrap=True)
+    legend.add_column()
+    for key in keys:
+        legend.add_row(f"{METRICS[key][0]}:", METRICS[key][1])
+    if any_unmeasurable:
+        legend.add_row("*", NOT_MEASURABLE)
+    stdout.print(legend, highlight=False)
 
 
 def print_written(written: dict) -> None:
