@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wildreid.data.dataset import DatasetError, load_csv, load_dataset, load_folders
+from wildreid.data.dataset import DatasetError, load_csv, load_dataset, load_folders, load_query_photos
 from wildreid.data.images import ImageReadError, decode_image, read_image
 
 
@@ -289,3 +289,20 @@ def test_real_png_named_jpeg_bytes_decode(shared_data):
     # LionData stores JPEG bytes under .png names, as the originals do.
     image = read_image(shared_data / "LionData" / "images" / "000000.png")
     assert image.mode == "RGB" and min(image.size) > 10
+
+
+def test_two_camera_folders_with_the_same_file_names_point_to_their_parent(tmp_path):
+    """camA and camB both hold IMG_0001.JPG: the message says to give the parent folder, and the
+    parent folder works (ids then include the subfolder)."""
+    for camera in ("camA", "camB"):
+        (tmp_path / "survey" / camera).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "survey" / camera / "IMG_0001.JPG")
+    with pytest.raises(DatasetError) as refused:
+        load_query_photos([tmp_path / "survey" / "camA", tmp_path / "survey" / "camB"])
+    message = str(refused.value)
+    assert "IMG_0001.JPG" in message and f"common parent folder instead ({tmp_path / 'survey'})" in message
+    assert "camA/<file>" in message
+    photos = load_query_photos([tmp_path / "survey"])
+    assert sorted(photos["image_id"]) == ["camA/IMG_0001.JPG", "camB/IMG_0001.JPG"]
+    with pytest.raises(DatasetError, match="give each photo once"):  # one folder given twice
+        load_query_photos([tmp_path / "survey" / "camA", tmp_path / "survey" / "camA"])

@@ -365,15 +365,26 @@ def load_query_photos(
         raise DatasetError(f"{len(missing)} photo(s) not found: {_listing(missing)}")
     repeated = photos["image_id"][photos["image_id"].duplicated()].unique().tolist()
     if repeated:
-        raise DatasetError(
-            f"photo ids given twice: {_listing(repeated)}; give each photo once, or an image_id "
-            "column that tells them apart."
-        )
+        raise DatasetError(f"photo ids given twice: {_listing(repeated)}; " + _tell_apart(sources))
     problems = normalise_region_columns(photos, lambda index: f"photo {photos['image_id'][index]}")
     problems = problems or check_boxes_inside(photos, lambda index: f"photo {photos['image_id'][index]}")
     if problems:
         raise DatasetError(f"{len(problems)} problem(s) with the photos' regions:\n- " + "\n- ".join(problems))
     return photos
+
+
+def _tell_apart(sources: list[str | Path]) -> str:
+    """Advice for photo ids given twice. Two camera folders often both hold IMG_0001.JPG: their
+    common parent folder gives ids with the subfolder in them (camA/IMG_0001.JPG)."""
+    folders = [Path(os.path.realpath(source)) for source in sources if Path(source).is_dir()]
+    parent = Path(os.path.commonpath(folders)) if len(folders) > 1 else None
+    if parent is not None and parent not in folders:  # (a folder inside another: photos given twice)
+        return (
+            "photos in different folders share a file name. Give their common parent folder "
+            f"instead ({parent}): the ids then include the subfolder, e.g. "
+            f"{folders[0].relative_to(parent).as_posix()}/<file>."
+        )
+    return "give each photo once, or an image_id column that tells them apart."
 
 
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
