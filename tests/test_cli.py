@@ -304,3 +304,22 @@ def test_identify_groups_queries_and_writes_the_2026_format(shared_data, tmp_pat
     assert not (tmp_path / "alone" / "groups.csv").exists()
     bad = runner.invoke(app, [*arguments, "--out", str(tmp_path / "bad"), "--format", "animalclef2024"])
     assert bad.exit_code != 0 and "animalclef2026" in bad.output and "Traceback" not in bad.output
+
+
+def test_help_texts_break_only_between_paragraphs():
+    """A docstring's source line breaks must not reach --help: at 80 columns they broke sentences
+    in the middle ('(and optionally' / 'an .npz file)')."""
+    import typer
+
+    def helps(command, path: str):
+        yield path, command.help or ""
+        if hasattr(command, "commands"):  # a group (Typer may bring its own click classes)
+            for name, sub in command.commands.items():
+                yield from helps(sub, f"{path} {name}")
+
+    broken = []
+    for path, text in helps(typer.main.get_command(app), "wildreid"):
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            broken += [f"{path}: {line!r}" for line in lines[1:] if not line.startswith(("- ", "* "))]
+    assert not broken, broken

@@ -23,14 +23,35 @@ class App(typer.Typer):
     (:func:`friendly_errors`) and may take groups of options (:class:`OptionGroup`). The decorated
     function itself stays a plain function."""
 
-    def command(self, name: str | None = None, **settings):
-        register = super().command(name, **settings)
+    def __init__(self, *, help: str | None = None, **settings):
+        super().__init__(help=unwrap_help(help), **settings)
 
+    def command(self, name: str | None = None, **settings):
         def decorate(function):
+            help = settings.get("help") or unwrap_help(inspect.getdoc(function))
+            register = super(App, self).command(name, **{**settings, "help": help})
             register(friendly_errors(spread_option_groups(function)))
             return function
 
         return decorate
+
+
+def unwrap_help(text: str | None) -> str | None:
+    """Help text as paragraphs that the terminal wraps. Typer's rich mode keeps a docstring's own
+    line breaks, so source lines wrapped at 100 columns broke sentences in the middle at 80; only
+    blank lines (paragraphs) and list items keep their breaks."""
+    if not text:
+        return text
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if lines and not line.lstrip().startswith(("- ", "* ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
 
 
 app = App(
