@@ -405,3 +405,84 @@ def test_watch_killed_and_restarted_loses_no_photo_and_repeats_none(saved_galler
     assert finished.returncode == 0, finished.stderr
     results = pd.read_csv(out / RESULTS, dtype=str)
     assert sorted(results["image_id"]) == sorted(f"{n:03d}.jpg" for n in range(len(photos)))
+
+
+class _CountingGallery:
+    """Stands in for a gallery in the watch tests that are about which files are read: every path
+    it is asked about is kept; a photo whose bytes start with b"bad" is unreadable."""
+
+    groups = {"LionData": None}
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def identify(self, queries, cache_dir=None, progress=False):
+        self.asked += list(queries["path"])
+        bad = [Path(p).read_bytes().startswith(b"bad") for p in queries["path"]]
+        rows = pd.DataFrame(
+            {
+                "image_id": queries["image_id"].to_numpy(),
+                "dataset": "LionData",
+                "prediction": [NEW_INDIVIDUAL if b else "Lion7" for b in bad],
+                "top1_score": [np.nan if b else 0.9 for b in bad],
+                "threshold": 0.5,
+                "flags": ["unreadable_image" if b else "" for b in bad],
+                "error": [f"{p}: cannot decode image" if b else "" for p, b in zip(queries["path"], bad)],
+            }
+        )
+        return type("Result", (), {"candidates": rows})()
+
+
+def _aged(*paths: Path) -> None:
+    """Written a minute ago: settled as soon as seen twice."""
+    old = time.time() - 60
+    for path in paths:
+        os.utime(path, (old, old), follow_symlinks=False)
+
+
+def test_watch_refuses_links_leading_out_before_opening_them(tmp_path, monkeypatch):
+    incoming, outside, out = tmp_path / "incoming", tmp_path / "elsewhere", tmp_path / "out"
+    incoming.mkdir()
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"photo taken elsewhere")
+    (incoming / "a.jpg").write_bytes(b"photo a")
+    (incoming / "sub").mkdir()
+    (incoming / "sub" / "b.jpg").write_bytes(b"photo b")
+    (incoming / "inside.jpg").symlink_to(incoming / "sub" / "b.jpg")  # stays inside: read
+    (incoming / "out.jpg").symlink_to(outside / "secret.jpg")
+    (incoming / "passwd.jpg").symlink_to("/etc/passwd")
+    (incoming / "loop.jpg").symlink_to(incoming / "loop.jpg")
+    _aged(*incoming.rglob("*"))
+    opened: list[str] = []
+    real_open = __import__("io").open
+
+    def spying(file, *args, **kwargs):
+        opened.append(os.path.realpath(file) if isinstance(file, (str, Path)) else str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("io.open", spying)
+    gallery, lines = _CountingGallery(), []
+    watcher = Watcher(incoming, out, gallery, settle_seconds=1.0, report=lines.append)
+    watcher.run(0, once=True)
+    assert not {str(outside / "secret.jpg"), "/etc/passwd"} & set(opened)
+    assert sorted(map(os.path.basename, gallery.asked)) == ["a.jpg", "b.jpg", "b.jpg"]
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
+    assert sorted(results["image_id"]) == ["a.jpg", "inside.jpg", "sub/b.jpg"]
+    refused = [line for line in lines if line.startswith("refused")]
+    assert len(refused) == 3, lines  # each once, though seen at every poll
+    assert any(line.startswith("refused out.jpg: it leads to " + str(outside / "secret.jpg")) for line in refused)
+    assert all("--allow-outside-paths" in line for line in refused if "loop" not in line)
+    assert any(line.startswith("refused loop.jpg: a symbolic link that loops") for line in refused)
+
+    # The user's explicit choice, from the command line: the outside photo is read.
+    monkeypatch.setattr(Gallery, "load", classmethod(lambda cls, folder, device=None: gallery))
+    result = CliRunner().invoke(
+        app,
+        ["watch", str(incoming), "--out", str(out), "--gallery", str(tmp_path), "--once"]
+        + ["--settle-seconds", "0", "--poll-seconds", "0", "--allow-outside-paths"],
+    )
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
+    assert sorted(results["image_id"]) == ["a.jpg", "inside.jpg", "out.jpg", "passwd.jpg", "sub/b.jpg"]
+    assert gallery.asked[-2:] == [str(outside / "secret.jpg"), "/etc/passwd"]
+    assert "loop.jpg: a symbolic link that loops" in " ".join(result.output.split())

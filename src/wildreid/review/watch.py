@@ -10,6 +10,11 @@ a restart skips every photo with a line and a torn last line is cut off, so no p
 none is recorded twice. A photo that cannot be read gets a line too (flag ``unreadable_image``),
 so it is reported once and not retried.
 
+Only photos inside the folder are read: a symbolic link that leads outside it (or that loops) is
+refused before it is opened, reported once with its reason, and left alone (the same rule as the
+datasets', data/dataset.py; ``allow_outside_paths`` lifts it). Photos are read through their real
+path, so a link re-pointed after the check is not followed.
+
 With a catalogue (``catalog``, and the gallery from ``catalog_gallery``), the photos go through
 the review service (service.py): the gallery is kept up to date with reviewers' confirmations,
 and every photo also becomes a query waiting for review in the web app, its result stored.
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wildreid.data.dataset import is_link_loop, leads_outside
 from wildreid.data.images import IMAGE_SUFFIXES
 from wildreid.gallery.gallery import Gallery
 from wildreid.review.service import ReviewService
@@ -44,11 +50,14 @@ class Watcher:
         dataset: str | None = None,
         cache_dir=None,
         settle_seconds: float = 2.0,
+        allow_outside_paths: bool = False,
         report: Callable[[str], None] = print,
     ):
         self.folder, self.out = Path(folder), Path(out)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder}: no such folder to watch.")
+        self.top, self.allow_outside_paths = os.path.realpath(self.folder), allow_outside_paths
+        self.refused: dict[str, str] = {}  # photo -> why it is not read, reported once
         self.gallery, self.catalog, self.dataset, self.cache_dir = gallery, catalog, dataset, cache_dir
         self.service = None
         if catalog is not None:
@@ -77,10 +86,10 @@ class Watcher:
         written at least settle_seconds ago."""
         ready, now, current = [], time.time(), {}
         for path in sorted(self.folder.rglob("*")):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             name = path.relative_to(self.folder).as_posix()
-            if name in self.done:
+            if name in self.done or not self._allowed(path, name) or not path.is_file():
                 continue
             try:
                 stat = path.stat()
@@ -91,6 +100,25 @@ class Watcher:
                 ready.append(path)
         self.seen = current
         return ready
+
+    def _allowed(self, path: Path, name: str) -> bool:
+        """Whether ``path`` may be read: judged by names alone (a link to /etc/passwd is never
+        opened). A refusal is reported once, and again only if the reason changes."""
+        real = os.path.realpath(path)
+        if is_link_loop(path):
+            why = "a symbolic link that loops (it leads back to itself); point it at the real photo, or remove it"
+        elif not self.allow_outside_paths and leads_outside(real, self.top):
+            why = (
+                f"it leads to {real}, outside the watched folder; not read. Move the photo into the "
+                "folder, or pass --allow-outside-paths if reading files elsewhere is intended"
+            )
+        else:
+            self.refused.pop(name, None)
+            return True
+        if self.refused.get(name) != why:
+            self.refused[name] = why
+            self.report(f"refused {name}: {why}.")
+        return False
 
     def poll(self) -> int:
         """Identify the photos that have settled; return how many were recorded."""
@@ -109,7 +137,8 @@ class Watcher:
 
     def _identify(self, paths: list[Path]) -> None:
         names = [p.relative_to(self.folder).as_posix() for p in paths]
-        queries = pd.DataFrame({"image_id": names, "path": [str(p) for p in paths]})
+        # the real path, checked in settled(): a link re-pointed since is not followed
+        queries = pd.DataFrame({"image_id": names, "path": [os.path.realpath(p) for p in paths]})
         if self.dataset is not None:
             queries["dataset"] = self.dataset
         elif len(self.gallery.groups) == 1:
