@@ -185,9 +185,22 @@ def test_symbolic_link_loops_are_explained(shared_data, tmp_path):
     (folder / "images" / "loop.jpg").symlink_to(folder / "images" / "loop.jpg")
     table.loc[2, "path"] = "images/loop.jpg"
     table.to_csv(folder / "metadata.csv", index=False)
-    with pytest.raises(DatasetError, match="1 image file.s. not found") as error:  # was a RuntimeError
-        load_dataset(folder)
-    assert "row 4" in str(error.value)
+    with pytest.raises(DatasetError, match="1 image file.s. are symbolic links that loop") as error:
+        load_dataset(folder)  # was a RuntimeError, then "image file(s) not found"
+    assert "row 4: " + str(folder / "images" / "loop.jpg") in str(error.value)
+    assert "not found" not in str(error.value)
+
+    # The folder-per-identity layout and photos given to identify: a loop was dropped in silence.
+    (tmp_path / "db" / "A").mkdir(parents=True)
+    (tmp_path / "db" / "A" / "x.jpg").write_bytes((folder / table["path"][0]).read_bytes())
+    (tmp_path / "queries").mkdir()
+    (tmp_path / "queries" / "q.jpg").symlink_to(tmp_path / "queries" / "r.jpg")
+    (tmp_path / "queries" / "r.jpg").symlink_to(tmp_path / "queries" / "q.jpg")
+    with pytest.raises(DatasetError, match="2 image file.s. are symbolic links that loop") as error:
+        load_folders(tmp_path / "db", tmp_path / "queries")
+    assert "query/q.jpg: " in str(error.value) and "query/r.jpg: " in str(error.value)
+    with pytest.raises(DatasetError, match="2 photo.s. are symbolic links that loop"):
+        load_query_photos([tmp_path / "queries"])
 
 
 def test_identities_with_control_characters_are_refused(shared_data, tmp_path):

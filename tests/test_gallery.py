@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -342,7 +343,7 @@ def test_watch_reads_settled_photos_once_and_reports_bad_ones(saved_gallery, lio
     assert watcher.done == {"a.jpg"}
     (incoming / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     deadline = time.time() + 10
-    while len(watcher.done) < 3 and time.time() < deadline:
+    while len(watcher.done) + len(watcher.failed) < 3 and time.time() < deadline:
         watcher.poll()
         time.sleep(0.1)
     results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
@@ -405,3 +406,205 @@ def test_watch_killed_and_restarted_loses_no_photo_and_repeats_none(saved_galler
     assert finished.returncode == 0, finished.stderr
     results = pd.read_csv(out / RESULTS, dtype=str)
     assert sorted(results["image_id"]) == sorted(f"{n:03d}.jpg" for n in range(len(photos)))
+
+
+class _CountingGallery:
+    """Stands in for a gallery in the watch tests that are about which files are read: every path
+    it is asked about is kept; a photo whose bytes start with b"bad" is unreadable."""
+
+    groups = {"LionData": None}
+
+    def __init__(self, unreadable=lambda data: data.startswith(b"bad")):
+        self.asked: list[str] = []
+        self.unreadable = unreadable
+
+    def identify(self, queries, cache_dir=None, progress=False):
+        self.asked += list(queries["path"])
+        bad = [self.unreadable(Path(p).read_bytes()) for p in queries["path"]]
+        rows = pd.DataFrame(
+            {
+                "image_id": queries["image_id"].to_numpy(),
+                "dataset": "LionData",
+                "prediction": [NEW_INDIVIDUAL if b else "Lion7" for b in bad],
+                "top1_score": [np.nan if b else 0.9 for b in bad],
+                "threshold": 0.5,
+                "flags": ["unreadable_image" if b else "" for b in bad],
+                "error": [f"{p}: cannot decode image" if b else "" for p, b in zip(queries["path"], bad)],
+            }
+        )
+        return type("Result", (), {"candidates": rows})()
+
+
+def _aged(*paths: Path) -> None:
+    """Written a minute ago: settled as soon as seen twice."""
+    old = time.time() - 60
+    for path in paths:
+        os.utime(path, (old, old), follow_symlinks=False)
+
+
+def test_watch_refuses_links_leading_out_before_opening_them(tmp_path, monkeypatch):
+    incoming, outside, out = tmp_path / "incoming", tmp_path / "elsewhere", tmp_path / "out"
+    incoming.mkdir()
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"photo taken elsewhere")
+    (incoming / "a.jpg").write_bytes(b"photo a")
+    (incoming / "sub").mkdir()
+    (incoming / "sub" / "b.jpg").write_bytes(b"photo b")
+    (incoming / "inside.jpg").symlink_to(incoming / "sub" / "b.jpg")  # stays inside: read
+    (incoming / "out.jpg").symlink_to(outside / "secret.jpg")
+    (incoming / "passwd.jpg").symlink_to("/etc/passwd")
+    (incoming / "loop.jpg").symlink_to(incoming / "loop.jpg")
+    _aged(*incoming.rglob("*"))
+    opened: list[str] = []
+    real_open = __import__("io").open
+
+    def spying(file, *args, **kwargs):
+        opened.append(os.path.realpath(file) if isinstance(file, (str, Path)) else str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("io.open", spying)
+    gallery, lines = _CountingGallery(), []
+    watcher = Watcher(incoming, out, gallery, settle_seconds=1.0, report=lines.append)
+    watcher.run(0, once=True)
+    assert not {str(outside / "secret.jpg"), "/etc/passwd"} & set(opened)
+    assert sorted(map(os.path.basename, gallery.asked)) == ["a.jpg", "b.jpg"]  # inside.jpg: the same photo
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
+    assert sorted(results["image_id"]) == ["a.jpg", "inside.jpg", "sub/b.jpg"]
+    refused = [line for line in lines if line.startswith("refused")]
+    assert len(refused) == 3, lines  # each once, though seen at every poll
+    assert any(line.startswith("refused out.jpg: it leads to " + str(outside / "secret.jpg")) for line in refused)
+    assert all("--allow-outside-paths" in line for line in refused if "loop" not in line)
+    assert any(line.startswith("refused loop.jpg: a symbolic link that loops") for line in refused)
+
+    # The user's explicit choice, from the command line: the outside photo is read.
+    monkeypatch.setattr(Gallery, "load", classmethod(lambda cls, folder, device=None: gallery))
+    result = CliRunner().invoke(
+        app,
+        ["watch", str(incoming), "--out", str(out), "--gallery", str(tmp_path), "--once"]
+        + ["--settle-seconds", "0", "--poll-seconds", "0", "--allow-outside-paths"],
+    )
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
+    assert sorted(results["image_id"]) == ["a.jpg", "inside.jpg", "out.jpg", "passwd.jpg", "sub/b.jpg"]
+    assert gallery.asked[-2:] == [str(outside / "secret.jpg"), "/etc/passwd"]
+    assert "loop.jpg: a symbolic link that loops" in " ".join(result.output.split())
+
+
+def test_watch_retries_a_stalled_copy_once_it_changes(tmp_path):
+    """A copy that stalls longer than --settle-seconds is read and fails; it is read again once
+    its size or time stamp changes, and not before (also after a restart). No sleeps: the clock
+    is the test's."""
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    incoming.mkdir()
+    later = time.time() + 60  # every file is settle_seconds old already
+    gallery = _CountingGallery(unreadable=lambda data: not data.endswith(b"END"))
+    watcher = Watcher(incoming, out, gallery, settle_seconds=5.0, report=[].append, clock=lambda: later)
+    stalled, touched = incoming / "stalled.jpg", incoming / "touched.jpg"
+    stalled.write_bytes(b"the first half")  # and then the copy stalls
+    touched.write_bytes(b"never whole")
+    assert watcher.poll() == 0  # first sight
+    assert watcher.poll() == 2  # unchanged since: read, unreadable
+    assert set(watcher.failed) == {"stalled.jpg", "touched.jpg"} and not watcher.done
+    assert watcher.poll() == 0 and watcher.poll() == 0 and len(gallery.asked) == 2  # not while unchanged
+    with open(stalled, "ab") as copy:
+        copy.write(b", the second half END")  # the copy goes on
+    stamp = touched.stat().st_mtime_ns + 10**9
+    os.utime(touched, ns=(stamp, stamp))  # the same size, written again
+    assert watcher.poll() == 0  # changed: it must settle again
+    assert watcher.poll() == 2
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
+    assert list(results["image_id"]) == ["stalled.jpg", "touched.jpg"] * 2
+    assert list(results["flags"]) == ["unreadable_image"] * 3 + [""] or list(results["flags"]) == [
+        "unreadable_image",
+        "unreadable_image",
+        "",
+        "unreadable_image",
+    ]
+    answered = results.iloc[2:].set_index("image_id")
+    assert answered.loc["stalled.jpg", "flags"] == "" and answered.loc["stalled.jpg", "prediction"] == "Lion7"
+    assert answered.loc["stalled.jpg", "sha256"] == hashlib.sha256(stalled.read_bytes()).hexdigest()
+    assert watcher.done == {"stalled.jpg"} and set(watcher.failed) == {"touched.jpg"}
+
+    # After a restart the failure is known by its bytes: the same bytes are not read again...
+    again = Watcher(incoming, out, gallery, settle_seconds=5.0, report=[].append, clock=lambda: later)
+    assert again.poll() == 0 and again.poll() == 0 and len(gallery.asked) == 4
+    touched.write_bytes(b"whole at last END")  # ...other bytes are
+    assert again.poll() == 0 and again.poll() == 1 and again.done == {"stalled.jpg", "touched.jpg"}
+    assert len(pd.read_csv(out / RESULTS)) == 5
+
+
+def test_watch_keys_photos_by_content_a_renamed_photo_is_not_identified_twice(tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    incoming.mkdir()
+    (incoming / "a.jpg").write_bytes(b"photo a")
+    _aged(incoming / "a.jpg")
+    gallery, lines = _CountingGallery(), []
+    watcher = Watcher(incoming, out, gallery, settle_seconds=1.0, report=lines.append)
+    watcher.run(0, once=True)
+    (incoming / "a.jpg").rename(incoming / "renamed.jpg")
+    (incoming / "c1.jpg").write_bytes(b"photo c")  # two copies of one photo in one batch
+    (incoming / "c2.jpg").write_bytes(b"photo c")
+    _aged(*incoming.iterdir())
+    watcher.run(0, once=True)
+    assert sorted(map(os.path.basename, gallery.asked)) == ["a.jpg", "c1.jpg"]
+    results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False).set_index("image_id")
+    assert list(results.columns[-2:]) == ["sha256", "same_photo"]
+    assert list(results.index) == ["a.jpg", "c1.jpg", "c2.jpg", "renamed.jpg"]
+    assert results.loc["renamed.jpg", "same_photo"] == "a.jpg" and results.loc["c2.jpg", "same_photo"] == "c1.jpg"
+    assert results.loc["a.jpg", "same_photo"] == "" and results.loc["c1.jpg", "same_photo"] == ""
+    assert (
+        results.loc["renamed.jpg", "sha256"] == results.loc["a.jpg", "sha256"] == hashlib.sha256(b"photo a").hexdigest()
+    )
+    assert results.loc["renamed.jpg", "prediction"] == results.loc["a.jpg", "prediction"] == "Lion7"
+    assert "renamed.jpg: the same photo as a.jpg (Lion7)" in lines
+
+    # After a restart the answered photos are known by their bytes too.
+    (incoming / "copy.jpg").write_bytes(b"photo a")
+    _aged(incoming / "copy.jpg")
+    Watcher(incoming, out, gallery, settle_seconds=1.0, report=lines.append).run(0, once=True)
+    assert len(gallery.asked) == 2
+    assert pd.read_csv(out / RESULTS, dtype=str).iloc[-1][["image_id", "same_photo"]].tolist() == ["copy.jpg", "a.jpg"]
+
+    # A results.csv of an earlier wildreid (no sha256 column) is refused, not extended.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / RESULTS).write_text(
+        "image_id,dataset,prediction,top1_score,threshold,flags,error\nx.jpg,L,Lion1,0.9,0.5,,\n"
+    )
+    before = (old / RESULTS).read_bytes()
+    with pytest.raises(ValueError, match="written by an earlier wildreid, without the 'sha256' column"):
+        Watcher(incoming, old, gallery, settle_seconds=1.0, report=lines.append)
+    assert (old / RESULTS).read_bytes() == before
+
+
+def test_watch_refuses_a_results_file_not_its_own_and_an_out_that_is_a_file(tmp_path, monkeypatch):
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    incoming.mkdir()
+    (incoming / "a.jpg").write_bytes(b"photo a")
+    _aged(incoming / "a.jpg")
+    gallery = _CountingGallery()
+    monkeypatch.setattr(Gallery, "load", classmethod(lambda cls, folder, device=None: gallery))
+
+    def watch(destination):
+        command = ["watch", str(incoming), "--out", str(destination), "--gallery", str(tmp_path), "--once"]
+        result = CliRunner().invoke(app, command + ["--settle-seconds", "0", "--poll-seconds", "0"])
+        return result.exit_code, " ".join(result.output.split())
+
+    out.mkdir()
+    (out / RESULTS).write_text("name,score\nx,1")  # someone else's file, without a last newline
+    code, message = watch(out)  # was "error: image_id", after cutting off the last line
+    assert code == 2 and f"{out / RESULTS}: not a results file of `wildreid watch`" in message
+    assert "Give another --out" in message and "Traceback" not in message
+    assert (out / RESULTS).read_text() == "name,score\nx,1" and not gallery.asked  # refused first
+
+    # Ours in form, but written with other settings: no line of another width is appended.
+    header = "image_id,dataset,prediction,top1_score,threshold,flags,error,identity_2,sha256,same_photo\n"
+    (out / RESULTS).write_text(header)
+    code, message = watch(out)
+    assert code == 2 and "its columns are not the ones this run writes" in message and str(out / RESULTS) in message
+    assert (out / RESULTS).read_text() == header
+
+    (tmp_path / "notes.txt").write_text("mine")
+    code, message = watch(tmp_path / "notes.txt")  # was "...: File exists"
+    assert code == 2 and f"{tmp_path / 'notes.txt'}: is a file, not a folder" in message
+    assert (tmp_path / "notes.txt").read_text() == "mine"

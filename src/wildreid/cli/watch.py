@@ -30,6 +30,14 @@ SettleSeconds = Annotated[
 ]
 PollSeconds = Annotated[float, typer.Option(help="Seconds between looks at the folder.")]
 Once = Annotated[bool, typer.Option("--once", help="Identify what is there, then stop.")]
+WatchOutsidePaths = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths",
+        help="Read photos whose symbolic links lead outside FOLDER too (refused by default, so "
+        "that a link dropped in the folder cannot make wildreid read other files).",
+    ),
+]
 
 
 @app.command()
@@ -43,16 +51,18 @@ def watch(
     settle_seconds: SettleSeconds = 2.0,
     poll_seconds: PollSeconds = 1.0,
     once: Once = False,
+    allow_outside_paths: WatchOutsidePaths = False,
     cache_dir: CacheDir = None,
     device: Device = None,
 ):
     """Identify photos as they land in FOLDER; stop with Ctrl-C. Safe to kill and restart: every
     photo is recorded exactly once."""
     from wildreid.gallery.gallery import Gallery
-    from wildreid.review.watch import Watcher
+    from wildreid.review.watch import Watcher, check_results
 
     if (gallery is None) == (catalog is None):
         raise ValueError("give --gallery GALLERY or --catalog CATALOGUE (one of them).")
+    check_results(out)  # before the model is loaded: a wrong --out is said at once
     cache = cache_dir or user_cache_dir()
     store = None
     if catalog is not None:
@@ -67,6 +77,7 @@ def watch(
         dataset=dataset_name,
         cache_dir=cache,
         settle_seconds=settle_seconds,
+        allow_outside_paths=allow_outside_paths,
         report=lambda line: console.print(escape(line), highlight=False),
     )
     console.print(

@@ -225,12 +225,28 @@ def load_csv(
     return dataset
 
 
+def leads_outside(real: str, top: str) -> bool:
+    """Whether a file whose real location is ``real`` lies outside the folder ``top``, both as
+    os.path.realpath gives them (every symbolic link followed), so that a link is judged by where
+    it leads, not by where it sits. Only names are compared: nothing is opened. The one rule of
+    the datasets (every image inside the dataset's folder) and of `watch` (every photo inside the
+    watched folder)."""
+    return os.path.commonpath([top, real]) != top
+
+
+def is_link_loop(path: str | Path) -> bool:
+    """Whether ``path`` is a symbolic link that leads back to itself (directly or through others)."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
+
+
 def _refuse_outside(resolved: Iterable[str], written: Iterable[str], root: Path, where: list[str], label: str) -> None:
     """DatasetError listing the images whose real location (links resolved) is outside ``root``."""
     top = os.path.realpath(root)
-    outside = [
-        (w, p, real) for w, p, real in zip(where, written, resolved) if real and os.path.commonpath([top, real]) != top
-    ]
+    outside = [(w, p, real) for w, p, real in zip(where, written, resolved) if real and leads_outside(real, top)]
     if outside:
         # the written path, and where it really leads when that is not what it says (a link)
         shown = "\n".join(
@@ -361,6 +377,12 @@ def load_query_photos(
             f"({', '.join(sorted(IMAGE_SUFFIXES))}, or a CSV of paths)."
         )
     missing = [p for p in photos["path"] if not os.path.isfile(p)]
+    loops = [p for p in missing if is_link_loop(p)]
+    if loops:
+        raise DatasetError(
+            f"{len(loops)} photo(s) are symbolic links that loop (they lead back to themselves): "
+            f"{_listing(loops)}. Point each link at the real photo, or remove it."
+        )
     if missing:
         raise DatasetError(f"{len(missing)} photo(s) not found: {_listing(missing)}")
     repeated = photos["image_id"][photos["image_id"].duplicated()].unique().tolist()
@@ -388,8 +410,14 @@ def _tell_apart(sources: list[str | Path]) -> str:
 
 
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The photos in ``folder``; a symbolic link that loops is kept, so that validation reports
+    it as a loop instead of the photo vanishing without a word."""
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and is_link_loop(p)))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +478,15 @@ def validate_dataset(
     problems += region_problems
     if check_files:
         absent = [(i, p) for i, p in zip(table.index, table["path"]) if p and not os.path.isfile(p)]
+        loops = [(i, p) for i, p in absent if is_link_loop(p)]
+        if loops:
+            problems.append(
+                f"{len(loops)} image file(s) are symbolic links that loop (they lead back to "
+                "themselves); point each link at the real image, or remove it:\n"
+                + "\n".join(f"  {where(i)}: {p}" for i, p in loops)
+            )
+            looping = {i for i, _ in loops}
+            absent = [(i, p) for i, p in absent if i not in looping]
         if absent and len(absent) == len(table):
             problems.append(
                 f"none of the {len(table)} image files exist (e.g. {absent[0][1]}); paths "
