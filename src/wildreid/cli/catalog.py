@@ -64,10 +64,11 @@ def catalog_import(
     Safe to interrupt and run again: photos already in are recognised by content and skipped."""
     from rich.progress import Progress
 
-    from wildreid.catalog.importer import import_dataset
+    from wildreid.catalog.importer import import_dataset, rows_to_import
     from wildreid.catalog.store import Catalog
 
     dataset = columns.load(root, allow_outside_paths=allow_outside_paths)
+    rows_to_import(dataset, include_queries=include_queries)  # refused before the catalogue is created
     with Catalog(catalog) as store, Progress(console=console, transient=True) as bar:
         task = bar.add_task("importing", total=None)
         report = import_dataset(
