@@ -105,6 +105,7 @@ def settings(tmp_path: Path, **changes) -> CamtrapSettings:
         default_place=Place(-24.2, 31.5),
         timezone="+02:00",
         include_machine=True,
+        midnight_for_dates=True,  # the fixture has date-only sightings; without it they stop the export
     )
     chosen.update(changes)
     return CamtrapSettings(**chosen)
@@ -162,7 +163,11 @@ def test_export_is_a_valid_package_with_who_classified_each_sighting(tmp_path, r
         assert row["observationLevel"] == "media" and row["observationType"] == "animal"
         assert row["classificationMethod"] in ("human", "machine", "")
         assert row["scientificName"] == "Tragelaphus angasii" and row["count"] == "1"
-        assert row["eventStart"] == row["eventEnd"] and row["mediaID"] in {m["mediaID"] for m in media}
+        assert row["mediaID"] in {m["mediaID"] for m in media}
+        if row["eventStart"].startswith("2023-04-02"):  # a date alone: the whole day
+            assert (row["eventStart"], row["eventEnd"]) == ("2023-04-02T00:00:00+02:00", "2023-04-02T23:59:59+02:00")
+        else:
+            assert row["eventStart"] == row["eventEnd"]
     by_media = {row["mediaID"]: row for row in observations}
 
     # a reviewer's confirmation: human, by that reviewer, when decided, no probability
@@ -303,11 +308,57 @@ def test_errors_name_what_the_standard_needs(tmp_path, reviewed, labelled_csv):
         report = export_camtrap_dp(
             catalog,
             out,
-            settings(tmp_path, skip_undated=True, scientific_names={"lion": "Panthera leo"}, labels_by="Lion survey"),
+            settings(
+                tmp_path,
+                skip_undated=True,
+                midnight_for_dates=False,
+                scientific_names={"lion": "Panthera leo"},
+                labels_by="Lion survey",
+            ),
         )
-    assert report.skipped_undated == 1 and report.media == 5 and report.observations == {"human": 5}
+    # left out: the photo without a date and the two with a date alone (midnight_for_dates not given)
+    assert report.skipped_undated == 3 and report.media == 3 and report.observations == {"human": 3}
     observations = read_rows(out, "observations")
     assert {(r["scientificName"], r["classifiedBy"]) for r in observations} == {("Panthera leo", "Lion survey")}
+
+
+def test_a_date_without_a_time_stops_the_export_unless_the_user_chooses(tmp_path, reviewed):
+    """A date-only sighting was exported as midnight, though the export promises to invent no
+    value. It now stops the export, listing the photos and the two ways on."""
+    out = tmp_path / "package"
+    runner = CliRunner()
+    arguments = ["catalog", "export", str(out), "--catalog", str(reviewed), "--format", "camtrap-dp"]
+    arguments += ["--sampling-design", "opportunistic", "--capture-method", "activityDetection"]
+    arguments += ["--contact", "Jane Doe <jane@example.org>", "--latitude", "-24.2", "--longitude", "31.5"]
+    arguments += ["--timezone", "+02:00"]
+    result = runner.invoke(app, arguments)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "2 photo(s) have a sighting date without a time of day" in text and "'2023-04-02'" in text
+    assert "--skip-undated" in text and "--midnight-for-dates" in text and "timestampIssues" in text
+    assert not out.exists()
+
+    result = runner.invoke(app, arguments + ["--midnight-for-dates"])
+    assert result.exit_code == 0, result.output
+    media = {row["mediaID"]: row for row in read_rows(out, "media")}
+    day = [row for row in read_rows(out, "observations") if row["eventStart"].startswith("2023-04-02")]
+    assert len(day) == 2
+    for row in day:
+        assert (row["eventStart"], row["eventEnd"]) == ("2023-04-02T00:00:00+02:00", "2023-04-02T23:59:59+02:00")
+        assert media[row["mediaID"]]["timestamp"] == "2023-04-02T00:00:00+02:00"
+        assert "without a time of day" in media[row["mediaID"]]["mediaComments"]
+    flagged = {row["deploymentID"]: row for row in read_rows(out, "deployments")}
+    dated = {media[row["mediaID"]]["deploymentID"] for row in day}
+    for deployment_id, row in flagged.items():
+        assert row["timestampIssues"] == ("true" if deployment_id in dated else "false")
+        if deployment_id in dated:  # the deployment runs to the end of that day at least
+            assert row["deploymentEnd"] >= "2023-04-02T23:59:59+02:00"
+
+    result = runner.invoke(app, arguments + ["--skip-undated"])
+    assert result.exit_code == 0, result.output
+    assert "left out (--skip-undated): 2 photo(s)" in " ".join(result.output.split())
+    assert not any(row["timestamp"].startswith("2023-04-02") for row in read_rows(out, "media"))
+    assert {row["timestampIssues"] for row in read_rows(out, "deployments")} == {"false"}
 
 
 def test_parsing_times_and_names():
@@ -355,6 +406,7 @@ def test_cli_exports_a_camtrap_dp_package(tmp_path, reviewed):
     options = [
         "--sampling-design", "targeted", "--capture-method", "activityDetection", "--capture-method", "timeLapse",
         "--locations", str(places), "--timezone", "Africa/Johannesburg", "--contact", "Jane Doe",
+        "--midnight-for-dates",
         "--latitude", "-24.2", "--longitude", "31.5", "--include-machine",
     ]  # fmt: skip
     result = runner.invoke(app, base + options)

@@ -23,7 +23,7 @@ from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.schema import SCHEMA_VERSION, migrate
 from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.cli.main import app
-from wildreid.data.dataset import DatasetError, load_dataset
+from wildreid.data.dataset import Dataset, DatasetError, load_dataset
 from wildreid.describe.extract import EmbeddingCache
 from wildreid.gallery.pipeline import identify
 from wildreid.presets import get_preset
@@ -120,6 +120,36 @@ def test_import_copies_photos_into_a_content_addressed_store(tmp_path, small):
         assert (again.added, again.already_present) == (0, 40)
         assert catalog.counts()["images"] == 40
         assert catalog.check().ok
+
+
+def test_import_refuses_names_over_the_length_limits_before_writing_anything(tmp_path, small):
+    """An identity over 200 characters imported the photos before its row, then stopped with
+    "individual ... does not exist; create it first". The limits are now checked at validation:
+    nothing is written, and the message names the rows and the limit."""
+    table = small.table.copy().reset_index(drop=True)
+    long_identity, long_dataset = "x" * 201, "d" * 101
+    table.loc[table["identity"] == table["identity"][10], "identity"] = long_identity
+    table.loc[3, "dataset"] = long_dataset
+    images = table.loc[table["identity"] == long_identity, "image_id"].tolist()
+    csv = write_subset_csv(table, tmp_path / "long.csv")
+    path = tmp_path / "c.sqlite"
+    result = CliRunner().invoke(app, ["catalog", "import", str(csv), "--catalog", str(path), "--allow-outside-paths"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "nothing was imported" in text and "over the limit of 200" in text and "201 characters" in text
+    assert f"image_id '{images[0]}', '{images[1]}'" in text
+    assert f"image_id '{table['image_id'][3]}': dataset name" in text and "over the limit of 100" in text
+    assert not path.exists()  # not even an empty catalogue
+
+    with Catalog(path) as catalog:  # the library call refuses as well, with the catalogue untouched
+        with pytest.raises(CatalogError, match="over the limit of 200"):
+            import_dataset(catalog, Dataset(table, small.source))
+        assert catalog.counts()["images"] == 0 and catalog.photos.files() == []
+        with pytest.raises(CatalogError, match="201 characters, over the limit of 200"):
+            catalog.add_individual(long_identity, "NyalaData")  # was silently not created
+        with pytest.raises(CatalogError, match="101 characters, over the limit of 100"):
+            catalog.add_individual("ok", long_dataset)
+        assert catalog.individual(long_identity) is None
 
 
 def test_import_reads_the_folder_layout_and_skips_unreadable_photos(tmp_path, nyala):

@@ -74,7 +74,9 @@ class CamtrapReport:
             f"{self.media} media file(s), {sum(self.observations.values())} observation(s) ({methods})"
         ]
         if self.skipped_undated:
-            lines.append(f"left out: {self.skipped_undated} photo(s) without a usable sighting date")
+            lines.append(
+                f"left out (--skip-undated): {self.skipped_undated} photo(s) without a sighting date and time of day"
+            )
         lines.append(
             "validated against the Camtrap DP table schemas (frictionless) and profile requirements"
             if self.validated
@@ -245,7 +247,7 @@ def export_camtrap_dp(
     tables_, table_problems, undated = tables(rows, settings, _media_path(settings))
     problems += table_problems
     if not tables_["media"] and not problems:
-        problems.append("every photo was left out for want of a sighting date; nothing would be published")
+        problems.append("every photo was left out for want of a sighting date and time; nothing would be published")
     reviewers = sorted(
         {row["classifiedBy"] for row in tables_["observations"] if row["classificationMethod"] == "human"}
     )

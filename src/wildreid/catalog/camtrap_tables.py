@@ -47,7 +47,8 @@ class CamtrapSettings:
     media_url: str | None = None  # where the photo store is published; None: copy photos in
     private_media: bool = False
     include_machine: bool = False
-    skip_undated: bool = False
+    skip_undated: bool = False  # leave out photos without a date, or with a date but no time of day
+    midnight_for_dates: bool = False  # a date without a time: 00:00 to 23:59:59, flagged (see tables)
     datasets: list[str] | None = None
 
 
@@ -224,7 +225,14 @@ def _calibrated(preset: str | None) -> bool:
 
 def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dict[str, list[dict]], list[str], int]:
     """The deployments, media and observations rows; the problems that stop the export; the
-    number of photos left out for want of a date. ``media_path(row)`` gives a photo's filePath."""
+    number of photos left out for want of a date and time. ``media_path(row)`` gives a photo's
+    filePath.
+
+    A sighting date without a time of day has no value for the timestamp the standard requires,
+    and the export invents none: it stops, unless ``skip_undated`` leaves such photos out or
+    ``midnight_for_dates`` writes the day as it is known, from 00:00:00 (media.timestamp,
+    eventStart) to 23:59:59 (eventEnd), with the deployment flagged ``timestampIssues`` (in Camtrap
+    DP 1.0 that flag exists on deployments only) and a mediaComments note."""
     zone = parse_timezone(settings.timezone)
     problems: dict[str, list[str]] = {}
     undated = 0
@@ -233,6 +241,7 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
     for row in rows:
         what = f"{row['media_id']} ({row['individual_id'] or 'unidentified'}, dataset {row['dataset']})"
         moment = None
+        date_only = False
         try:
             moment, date_only = sighting_time(row["sighting_date"], zone)
         except ValueError as reason:
@@ -241,6 +250,12 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
                 continue
             # go on: every problem of the catalogue is reported at once, not one per run
             problems.setdefault("time", []).append(f"{what}: {reason}")
+        if date_only and not settings.midnight_for_dates:
+            if settings.skip_undated:
+                undated += 1
+                continue
+            problems.setdefault("date_only", []).append(f"{what}: '{str(row['sighting_date']).strip()}'")
+            moment = None
         name = settings.scientific_names.get(row["dataset"]) or scientific_name(row["species"])
         if name is None:
             problems.setdefault("taxon", []).append(
@@ -260,7 +275,9 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
             deployment_id,
             {"deploymentID": deployment_id, "place": place, "location": location, "times": [], "date_only": False},
         )
-        deployment["times"].append(moment)
+        # A date alone (with midnight_for_dates): the sighting was at some time of that day.
+        end = moment.replace(hour=23, minute=59, second=59) if date_only else moment
+        deployment["times"] += [moment, end]
         deployment["date_only"] |= date_only
         timestamp = moment.isoformat()
         file_path = media_path(row)
@@ -273,7 +290,11 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
                 "filePublic": not settings.private_media,
                 "fileName": file_path.rsplit("/", 1)[-1],
                 "fileMediatype": MEDIATYPES[row["stored_path"].rsplit(".", 1)[-1]],
-                "mediaComments": "sighting date without a time of day: 00:00 written" if date_only else None,
+                "mediaComments": (
+                    "sighting date without a time of day: the day's start, 00:00, written (--midnight-for-dates)"
+                    if date_only
+                    else None
+                ),
             }
         )
         observations.append(
@@ -282,7 +303,7 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
                 "deploymentID": deployment_id,
                 "mediaID": row["media_id"],
                 "eventStart": timestamp,
-                "eventEnd": timestamp,
+                "eventEnd": end.isoformat(),
                 "observationLevel": "media",
                 "observationType": "animal",
                 "scientificName": name,
@@ -334,6 +355,16 @@ def _problem_messages(problems: dict[str, list[str]]) -> list[str]:
             f"{len(found)} photo(s) have no usable sighting time, which Camtrap DP requires (media.timestamp): "
             + _examples(found)
             + ". Give --timezone for times written without an offset, or --skip-undated to leave these photos out."
+        )
+    if "date_only" in problems:
+        found = problems["date_only"]
+        messages.append(
+            f"{len(found)} photo(s) have a sighting date without a time of day, and Camtrap DP needs a time "
+            "(media.timestamp), which the export does not invent: "
+            + _examples(found)
+            + ". Add the time to their sighting dates; or give --skip-undated to leave these photos out; or "
+            "--midnight-for-dates to write them from 00:00:00 to 23:59:59 of that day (eventStart to eventEnd), "
+            "with their deployments flagged timestampIssues."
         )
     if "taxon" in problems:
         messages += sorted(set(problems["taxon"]))

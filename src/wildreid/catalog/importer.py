@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from wildreid.catalog.connection import CatalogError
 from wildreid.catalog.photos import sniff_image_type
-from wildreid.catalog.store import Catalog
-from wildreid.data.dataset import DATABASE, QUERY, Dataset
+from wildreid.catalog.store import Catalog, name_problems
+from wildreid.data.dataset import DATABASE, QUERY, Dataset, _listing
 from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
 
 # Optional dataset columns copied onto catalogue photos (catalogue field <- dataset column).
@@ -48,11 +49,7 @@ def import_dataset(
 ) -> ImportReport:
     """Add the labelled photos of ``dataset`` (its database split; with ``include_queries`` also
     the queries whose identity is known) to ``catalog``."""
-    table = dataset.table
-    wanted = table["split"] == DATABASE
-    if include_queries:
-        wanted |= (table["split"] == QUERY) & table["identity"].notna()
-    rows = table[wanted]
+    rows = rows_to_import(dataset, include_queries=include_queries)
     species = _species_by_identity(rows)
     report = ImportReport()
     for done, row in enumerate(rows.itertuples(index=False), start=1):
@@ -60,6 +57,38 @@ def import_dataset(
         if progress:
             progress(done, len(rows))
     return report
+
+
+def rows_to_import(dataset: Dataset, *, include_queries: bool = False) -> pd.DataFrame:
+    """The rows of ``dataset`` an import adds, checked (:func:`check_names`); call it before
+    opening the catalogue to refuse a dataset without creating an empty catalogue."""
+    table = dataset.table
+    wanted = table["split"] == DATABASE
+    if include_queries:
+        wanted |= (table["split"] == QUERY) & table["identity"].notna()
+    rows = table[wanted]
+    check_names(rows, dataset.source)
+    return rows
+
+
+def check_names(rows: pd.DataFrame, source: str) -> None:
+    """CatalogError listing every row whose identity or dataset name the catalogue cannot store
+    (too long, empty, a control character), before anything is written: an import that stopped
+    at such a row half way would leave the photos before it imported and the rest not."""
+    problems: dict[str, list[str]] = {}  # problem -> image ids of the rows that have it
+    pairs = zip(rows["image_id"].astype(str), rows["identity"], rows["dataset"])
+    for image_id, identity, name in pairs:
+        for problem in name_problems(str(identity or "").strip(), str(name or "").strip()):
+            problems.setdefault(problem, []).append(image_id)
+    if problems:
+        shown = [f"  image_id {_listing((repr(i) for i in ids), 5)}: {problem}" for problem, ids in problems.items()]
+        raise CatalogError(
+            f"{source}: {len(problems)} identity or dataset name(s) cannot be stored in the catalogue "
+            f"(nothing was imported):\n"
+            + "\n".join(shown[:20])
+            + ("\n  ..." if len(shown) > 20 else "")
+            + "\nFix them in the dataset and import again."
+        )
 
 
 def _import_row(catalog: Catalog, row: dict, species: dict, source: str, report: ImportReport) -> None:

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 
+# Length limits, in characters, checked before anything is written (store.py's
+# ``name_problems``). An individual id is at most 200 characters: the CHECK of migration 1, which
+# no later version may change. A dataset name has no CHECK, but the ids of new individuals are
+# ``<dataset>_new<NNNN>`` and must fit under that limit, so a dataset name is kept to 100.
+MAX_INDIVIDUAL_ID_LENGTH = 200
+MAX_DATASET_LENGTH = 100
+
 # Version 1: the catalogue proper (individuals, their photos, cached descriptors).
 _V1 = """
 CREATE TABLE individuals (

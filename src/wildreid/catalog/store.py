@@ -20,7 +20,36 @@ from wildreid.catalog.connection import CatalogError, _reviewer, _text, now
 from wildreid.catalog.decisions import AlreadyDecided as AlreadyDecided  # re-exported: web/errors.py imports it here
 from wildreid.catalog.decisions import Decisions
 from wildreid.catalog.journal import Journal
-from wildreid.catalog.schema import SCHEMA_VERSION
+from wildreid.catalog.schema import MAX_DATASET_LENGTH, MAX_INDIVIDUAL_ID_LENGTH, SCHEMA_VERSION
+
+
+def name_problems(individual_id: str, dataset: str) -> list[str]:
+    """What is wrong with an individual id and its dataset name (stripped), as phrases to show
+    after the place they come from; empty when both can be stored. The one rule for
+    :meth:`Catalog.add_individual` and for an import's validation before it writes anything."""
+    problems = []
+    if not individual_id:
+        problems.append("empty individual id; give every individual an id")
+    elif any(ord(c) < 32 or ord(c) == 127 for c in individual_id):
+        problems.append(
+            f"individual id {individual_id!r}: control characters (line breaks, tabs...) are not allowed; "
+            "ids are one line of text"
+        )
+    elif len(individual_id) > MAX_INDIVIDUAL_ID_LENGTH:
+        problems.append(
+            f"individual id '{individual_id[:40]}...' has {len(individual_id)} characters, over the limit of "
+            f"{MAX_INDIVIDUAL_ID_LENGTH}; shorten it"
+        )
+    if not dataset:
+        problems.append(
+            f"individual '{individual_id[:40]}': empty dataset; say which dataset (species or study) it belongs to"
+        )
+    elif len(dataset) > MAX_DATASET_LENGTH:
+        problems.append(
+            f"dataset name '{dataset[:40]}...' has {len(dataset)} characters, over the limit of "
+            f"{MAX_DATASET_LENGTH}; shorten it"
+        )
+    return problems
 
 
 class Catalog(Decisions):
@@ -46,17 +75,11 @@ class Catalog(Decisions):
     ) -> bool:
         """Create the individual unless it exists; True if it was created."""
         individual_id, dataset = (individual_id or "").strip(), (dataset or "").strip()
-        if not individual_id:
-            raise CatalogError("individual id: empty; give every individual an id.")
-        if any(ord(c) < 32 or ord(c) == 127 for c in individual_id):
-            raise CatalogError(
-                f"individual id {individual_id!r}: control characters (line breaks, tabs...) are "
-                "not allowed; ids are one line of text."
-            )
-        if not dataset:
-            raise CatalogError(
-                f"individual '{individual_id}': empty dataset; say which dataset (species or study) it belongs to."
-            )
+        # Checked here, not left to the table's CHECK: INSERT OR IGNORE would skip a row that
+        # breaks it without a word.
+        problems = name_problems(individual_id, dataset)
+        if problems:
+            raise CatalogError("; ".join(problems) + ".")
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO individuals (id, name, species, dataset, notes, created_at) "
@@ -145,6 +168,8 @@ class Catalog(Decisions):
     ) -> tuple[dict, bool]:
         """Store a photo of ``individual_id``; return (image row, created). A photo already in the
         catalogue (same bytes) is not added twice: its existing row is returned."""
+        if self.individual(individual_id) is None:  # before the file: a refusal leaves nothing behind
+            raise CatalogError(f"individual '{individual_id}' does not exist; create it first.")
         sha256, stored_path = self.photos.put(data, extension)  # the file first, then the row
         with self.transaction():
             if self.individual(individual_id) is None:

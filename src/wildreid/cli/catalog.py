@@ -64,10 +64,11 @@ def catalog_import(
     Safe to interrupt and run again: photos already in are recognised by content and skipped."""
     from rich.progress import Progress
 
-    from wildreid.catalog.importer import import_dataset
+    from wildreid.catalog.importer import import_dataset, rows_to_import
     from wildreid.catalog.store import Catalog
 
     dataset = columns.load(root, allow_outside_paths=allow_outside_paths)
+    rows_to_import(dataset, include_queries=include_queries)  # refused before the catalogue is created
     with Catalog(catalog) as store, Progress(console=console, transient=True) as bar:
         task = bar.add_task("importing", total=None)
         report = import_dataset(
@@ -150,7 +151,19 @@ class CamtrapOptions(OptionGroup):
         ),
     ] = False
     skip_undated: Annotated[
-        bool, camtrap_option("Leave out photos without a usable sighting date.", "--skip-undated")
+        bool,
+        camtrap_option(
+            "Leave out photos without a usable sighting time (no date, or a date without a time of day).",
+            "--skip-undated",
+        ),
+    ] = False
+    midnight_for_dates: Annotated[
+        bool,
+        camtrap_option(
+            "Export a sighting date without a time of day as that whole day: 00:00:00 to 23:59:59, "
+            "its deployment flagged timestampIssues.",
+            "--midnight-for-dates",
+        ),
     ] = False
 
     def given(self) -> list[str]:
@@ -185,6 +198,7 @@ class CamtrapOptions(OptionGroup):
             private_media=self.private_media,
             include_machine=self.include_machine,
             skip_undated=self.skip_undated,
+            midnight_for_dates=self.midnight_for_dates,
             datasets=self.dataset,
         )
 

@@ -28,15 +28,14 @@ def evaluate(
     columns: DatasetColumns = DatasetColumns(),
 ):
     """Score a submission with the AnimalCLEF2025 metric: BAKS, BAUS, sqrt(BAKS*BAUS) per dataset, mean."""
-    import pandas as pd
-
     from wildreid.evaluate.metrics import evaluate as run_evaluate
-    from wildreid.evaluate.metrics import load_submission
+    from wildreid.evaluate.metrics import load_candidates, load_submission
 
     # Evaluation never opens an image.
     dataset = columns.load(root, allow_outside_paths=True, check_files=False)
-    detail = pd.read_csv(candidates, dtype={"image_id": str}) if candidates else None
-    figures = run_evaluate(dataset, load_submission(submission, queries=dataset.queries["image_id"]), detail)
+    queries = dataset.queries["image_id"]
+    detail = load_candidates(candidates, queries) if candidates else None
+    figures = run_evaluate(dataset, load_submission(submission, queries=queries), detail)
     if as_json:
         from wildreid.util.files import jsonable
 

@@ -121,10 +121,11 @@ def _refuse_unreachable(path: Path) -> None:
             raise DatasetError(f"{path}: cannot be read ({error.strerror}).") from None
 
 
-def read_text_csv(path: str | Path, what: str = "file") -> pd.DataFrame:
+def read_text_csv(path: str | Path, what: str = "file", expected: str = "") -> pd.DataFrame:
     """A CSV with every cell as text: ids like "007" must survive, and identities are labels, not
     numbers. A missing or unreadable file is a DatasetError naming it (``what``: "split file"...);
-    so are text that is not UTF-8 (with the row) and another delimiter than the comma."""
+    so are an empty file (``expected`` says what it should hold), text that is not UTF-8 (with the
+    row) and another delimiter than the comma."""
     path = Path(path)
     _refuse_unreachable(path)
     try:
@@ -144,6 +145,8 @@ def read_text_csv(path: str | Path, what: str = "file") -> pd.DataFrame:
             "Latin-1 or Windows-1252). Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 old.csv > new.csv`, "
             "or 'CSV UTF-8' in a spreadsheet."
         ) from None
+    if not text.strip():
+        raise DatasetError(f"{path}: the {what} is empty, not even a header row. " + (expected or "Give the CSV file."))
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:

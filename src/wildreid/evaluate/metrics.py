@@ -10,7 +10,9 @@ Per dataset: sqrt(BAKS * BAUS), a NaN counted as 0. Final score: plain mean over
 
 Clusters of the queries, for ARI: a 2026 submission's ``cluster`` column; else a run's groups
 (candidates.csv ``group``: a known individual or new_individual_<k>); else the 2025 decision,
-each new_individual alone. A query alone is its own cluster.
+each new_individual alone. A query alone is its own cluster, and so is every query whose
+``cluster`` or ``group`` cell is empty: two empty cells are two clusters of one query each, not
+one cluster.
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ def pairwise_precision_recall(truth: Sequence, clusters: Sequence) -> tuple[floa
 def query_clusters(rows: pd.DataFrame) -> np.ndarray:
     """The cluster of every query row (see the module's docstring)."""
     alone = "alone:" + rows["image_id"].astype(str)
-    if "cluster" in rows:
-        return rows["cluster"].fillna(alone).astype(str).to_numpy(dtype=object)
-    if "group" in rows:
-        group = rows["group"].fillna("").astype(str)
-        return np.where(group != "", group, alone).astype(object)
+    # An empty cell (read as "" from a file, NaN from a table) is a query alone, never one cluster
+    # shared by every empty cell.
+    for column in ("cluster", "group"):
+        if column in rows:
+            named = rows[column].fillna("").astype(str)
+            return np.where(named.str.strip() != "", named, alone).astype(object)
     return np.where(rows["prediction"] != NEW_INDIVIDUAL, rows["prediction"].astype(str), alone).astype(object)
 
 
@@ -101,6 +104,14 @@ def evaluate(dataset: Dataset, predictions: pd.DataFrame, candidates: pd.DataFra
             f"image_id {absent[:5]}; it needs one row per query."
         )
     if candidates is not None:
+        _check_rows(
+            candidates["image_id"],
+            queries["image_id"],
+            "the candidates",
+            lambda index: f"row {index + 1}",
+            CANDIDATES_ADVICE,
+            every_query=True,
+        )
         merged = merged.merge(
             candidates.drop(columns=["identity", "dataset", "prediction"], errors="ignore"), on="image_id", how="left"
         )
@@ -177,8 +188,63 @@ def load_submission(path, queries: Sequence | None = None) -> pd.DataFrame:
     return table
 
 
-def _check_rows(image_ids: pd.Series, queries: Sequence | None, label: str, where) -> None:
-    """DatasetError naming the rows that repeat an image id, or (with ``queries``) name no query."""
+SUBMISSION_ADVICE = "Fix the submission: exactly one row per query image, as in the metadata."
+CANDIDATES_ADVICE = (
+    "Give the candidates.csv written by the same run as the submission, unedited: it has exactly one "
+    "row per query image."
+)
+
+
+def load_candidates(path, queries: Sequence) -> pd.DataFrame:
+    """Read a run's candidates.csv for :func:`evaluate`: ids and identities kept as text,
+    ``top1_score`` as a number (an empty cell, as an unreadable query has, is NaN).
+
+    Refused, each with the file, the rows and what to do: an empty file, a missing column, a score
+    that is not a number, and rows that do not match the ``queries``' image ids one to one (a
+    repeated row would count its query twice, a foreign one would be scored as a query, a missing
+    one would leave a query out of top-1/top-5 and the AUC)."""
+    table = read_text_csv(
+        path,
+        "candidates file",
+        "Give the candidates.csv an identify run wrote (header image_id,top1_score,identity_1,...), "
+        "or leave out --candidates.",
+    )
+    missing = [column for column in CANDIDATE_COLUMNS if column not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: no column {_listing(repr(c) for c in missing)} (columns: {_listing(table.columns, 10)}). "
+            "--candidates takes the candidates.csv an identify run wrote, with the columns "
+            "image_id, top1_score and identity_1, identity_2, ..."
+        )
+    text = table["top1_score"].str.strip()
+    scores = pd.to_numeric(text, errors="coerce")
+    bad = table.index[(text != "") & scores.isna() & ~text.str.lower().isin(["nan"])]
+    if len(bad):
+        raise DatasetError(
+            f"{path}: {len(bad)} top1_score cell(s) are not numbers: "
+            + _listing([f"row {i + 2} ('{table.at[i, 'top1_score']}')" for i in bad])
+            + ". Give the candidates.csv as the identify run wrote it (an empty cell is allowed)."
+        )
+    _check_rows(
+        table["image_id"], queries, str(path), lambda index: f"row {index + 2}", CANDIDATES_ADVICE, every_query=True
+    )
+    return table.assign(top1_score=scores.astype(float))
+
+
+# What evaluate reads of a candidates table: the ranking (identity_1, ...) and the top-1 score.
+CANDIDATE_COLUMNS = ("image_id", "top1_score", "identity_1")
+
+
+def _check_rows(
+    image_ids: pd.Series,
+    queries: Sequence | None,
+    label: str,
+    where,
+    advice: str = SUBMISSION_ADVICE,
+    every_query: bool = False,
+) -> None:
+    """DatasetError naming the rows that repeat an image id, or (with ``queries``) name no query,
+    and (with ``every_query``) the queries that have no row; ``advice`` says what to do."""
     image_ids = image_ids.reset_index(drop=True)
     problems = []
     repeated = image_ids[image_ids.duplicated(keep=False)]
@@ -197,11 +263,15 @@ def _check_rows(image_ids: pd.Series, queries: Sequence | None, label: str, wher
                 f"{len(extra)} row(s) name images that are not queries of this dataset: "
                 + _listing([f"{where(i)} ('{image_ids[i]}')" for i in extra])
             )
+        if every_query:
+            present = set(image_ids)
+            absent = [image_id for image_id in queries if image_id not in present]
+            if absent:
+                problems.append(
+                    f"{len(absent)} quer(ies) have no row: image_id " + _listing([f"'{i}'" for i in absent])
+                )
     if problems:
-        raise DatasetError(
-            f"{label}: " + "\n".join(problems) + "\nFix the submission: exactly one row "
-            "per query image, as in the metadata."
-        )
+        raise DatasetError(f"{label}: " + "\n".join(problems) + "\n" + advice)
 
 
 __all__ = [
@@ -209,6 +279,7 @@ __all__ = [
     "baus",
     "geometric_score",
     "evaluate",
+    "load_candidates",
     "load_submission",
     "pairwise_precision_recall",
     "query_clusters",
