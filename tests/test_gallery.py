@@ -608,3 +608,39 @@ def test_watch_refuses_a_results_file_not_its_own_and_an_out_that_is_a_file(tmp_
     code, message = watch(tmp_path / "notes.txt")  # was "...: File exists"
     assert code == 2 and f"{tmp_path / 'notes.txt'}: is a file, not a folder" in message
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------------------------
+# two writers
+
+
+def test_a_second_writer_of_a_gallery_is_refused_at_once_with_the_holder_named(
+    saved_gallery, lions, tmp_path, monkeypatch
+):
+    """add, refit and build onto a gallery that another run is writing: refused before any work,
+    with that run's pid and host, and the gallery left as it was."""
+    import socket
+
+    from wildreid.util.lock import exclusive
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the gallery was read or described while another run was writing it")
+
+    monkeypatch.setattr(Gallery, "load", no_work)
+    monkeypatch.setattr(Gallery, "build", no_work)
+    photos = tmp_path / "photos.csv"
+    lions[lions["split"] == "database"].head(3).to_csv(photos, index=False)
+    before = (saved_gallery / "gallery.json").read_bytes()
+    runner = CliRunner()
+    commands = [
+        ["gallery", "add", str(photos), "--gallery", str(saved_gallery), "--allow-outside-paths"],
+        ["gallery", "refit", str(saved_gallery)],
+        ["gallery", "build", str(photos), "--out", str(saved_gallery), "--preset", "offline", "--allow-outside-paths"],
+    ]
+    with exclusive(saved_gallery, "the gallery"):  # as another `gallery add` holds it
+        for command in commands:
+            refused = runner.invoke(app, command)
+            said = " ".join(refused.output.split())
+            assert refused.exit_code != 0 and "Traceback" not in said, (command, refused.output)
+            assert f"is being written by pid {os.getpid()} on {socket.gethostname()}" in said, command
+    assert (saved_gallery / "gallery.json").read_bytes() == before

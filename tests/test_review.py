@@ -290,3 +290,17 @@ def test_proposed_groups_read_each_edge_once_and_say_what_reading_them_per_group
     assert found == expected  # to the last bit
     assert {g.kind for g in pending.groups()} == {KNOWN, NEW, ALONE}
     assert sum(g.settled for g in pending.groups()) == 2
+
+
+def test_the_catalogue_gallery_is_not_rewritten_while_another_process_writes_it(catalog, tmp_path, lite0_backbone):
+    """Two servers (or a server and `catalog identify`) on one catalogue: the second is refused,
+    naming the first, instead of saving its own version of the catalogue's gallery over it."""
+    from wildreid.presets import get_preset
+    from wildreid.review.identify import catalog_gallery
+    from wildreid.util.lock import LockHeld, exclusive
+
+    preset = get_preset("offline")
+    with exclusive(tmp_path / "cache" / f"gallery-{preset.name}", "the catalogue's gallery"):
+        with pytest.raises(LockHeld, match="the catalogue's gallery is being written by pid"):
+            catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / f"gallery-{preset.name}").exists()

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from wildreid.util.errors import BackboneUnavailable
+from wildreid.util.lock import LockHeld
 
 
 class App(typer.Typer):
@@ -79,8 +80,9 @@ def friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        # DatasetError, GalleryError, CatalogError and the like are ValueErrors.
-        except (BackboneUnavailable, ValueError, KeyError, FileNotFoundError) as error:
+        # DatasetError, GalleryError, CatalogError and the like are ValueErrors; LockHeld names
+        # the other writer.
+        except (BackboneUnavailable, LockHeld, ValueError, KeyError, FileNotFoundError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
             raise typer.Exit(2) from None

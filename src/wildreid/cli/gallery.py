@@ -24,6 +24,7 @@ from wildreid.cli.options import (
     RegionOptions,
 )
 from wildreid.presets import DEFAULT_PRESET, customised_preset
+from wildreid.util.lock import exclusive
 
 gallery_app = App(
     help=(
@@ -82,18 +83,21 @@ def gallery_build(
     chosen = customised_preset(
         preset, backbone=backbone, local=local, threshold=threshold, all_datasets=all_datasets, changes=changes
     )
-    photos, no_animal = regions.animals(photos, labelled=True)
-    if no_animal is not None and photos.empty:
-        raise DatasetError("MegaDetector found no animal in any of the photos: nothing to build a gallery of.")
-    if ray:
-        from wildreid.describe.foreground import table_regions
+    # Held from here to the write: a second writer of the same folder is refused now, not after
+    # every descriptor has been computed.
+    with exclusive(out, "the gallery"):
+        photos, no_animal = regions.animals(photos, labelled=True)
+        if no_animal is not None and photos.empty:
+            raise DatasetError("MegaDetector found no animal in any of the photos: nothing to build a gallery of.")
+        if ray:
+            from wildreid.describe.foreground import table_regions
 
-        # The foreground's boxes (if any) are computed here; the cluster describes the regions.
-        photos, boxes, _ = table_regions(photos, chosen.region_margin, chosen.foreground, cache_dir=cache)
-        extract_on_ray(photos["path"].tolist(), chosen, cache, ray, boxes)
-    console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
-    built = Gallery.build(photos, chosen, cache_dir=cache, device=device)
-    built.save(out)
+            # The foreground's boxes (if any) are computed here; the cluster describes the regions.
+            photos, boxes, _ = table_regions(photos, chosen.region_margin, chosen.foreground, cache_dir=cache)
+            extract_on_ray(photos["path"].tolist(), chosen, cache, ray, boxes)
+        console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
+        built = Gallery.build(photos, chosen, cache_dir=cache, device=device)
+        built.save(out)
     print_gallery(built, out)
 
 
@@ -123,9 +127,12 @@ def gallery_add(
     from wildreid.gallery.gallery import Gallery
 
     photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=include_queries)
-    saved = Gallery.load(gallery, device=device)
-    counts = saved.add(photos, cache_dir=cache_dir or user_cache_dir(), refit=refit)
-    saved.save(gallery)
+    # Held from the read to the write: two adds that both read the same gallery would each save
+    # their own version, and one's photos would be lost.
+    with exclusive(gallery, "the gallery"):
+        saved = Gallery.load(gallery, device=device)
+        counts = saved.add(photos, cache_dir=cache_dir or user_cache_dir(), refit=refit)
+        saved.save(gallery)
     console.print(
         f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
         f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",
@@ -139,9 +146,10 @@ def gallery_refit(gallery: Annotated[Path, typer.Argument(help="The gallery fold
     """Fit calibration and thresholds again on the gallery as it is now."""
     from wildreid.gallery.gallery import Gallery
 
-    saved = Gallery.load(gallery, device=device)
-    saved.refit()
-    saved.save(gallery)
+    with exclusive(gallery, "the gallery"):
+        saved = Gallery.load(gallery, device=device)
+        saved.refit()
+        saved.save(gallery)
     print_gallery(saved, gallery)
 
 

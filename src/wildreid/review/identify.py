@@ -21,6 +21,7 @@ from wildreid.gallery.gallery import Gallery, GalleryError
 from wildreid.gallery.result import IdentifyResult
 from wildreid.presets import Preset
 from wildreid.review.descriptors import prepare_descriptors
+from wildreid.util.lock import exclusive
 
 
 def catalog_cache_dir(catalog_path: str | Path) -> Path:
@@ -57,30 +58,33 @@ def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> 
     images = catalog.images()  # one query: the check below must stay cheap, it runs per upload
     if not images:
         raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
-    if gallery is None and (folder / "gallery.json").is_file():
-        try:
-            gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
-        except GalleryError:
-            gallery = None  # built by another wildreid or descriptor: rebuilt below
-    if gallery is not None:
-        held = dict(zip(gallery.table["image_id"], zip(gallery.table["identity"], gallery.table["sha256"])))
-        current = {f"{PREFIX}{image['id']}": (image["individual_id"], image["sha256"]) for image in images}
-        # An undone confirmation deletes photos, and SQLite may hand their ids out again: the
-        # content hash tells a reused id from the photo the gallery holds.
-        if any(current.get(image_id) != held_as for image_id, held_as in held.items()):
-            gallery = None  # a photo left the catalogue or changed individual: refit from scratch
+    # Held from the read to the write: a second server or `catalog identify` on the same
+    # catalogue would otherwise save its own version over this one's.
+    with exclusive(folder, "the catalogue's gallery"):
+        if gallery is None and (folder / "gallery.json").is_file():
+            try:
+                gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
+            except GalleryError:
+                gallery = None  # built by another wildreid or descriptor, or damaged: rebuilt below
+        if gallery is not None:
+            held = dict(zip(gallery.table["image_id"], zip(gallery.table["identity"], gallery.table["sha256"])))
+            current = {f"{PREFIX}{image['id']}": (image["individual_id"], image["sha256"]) for image in images}
+            # An undone confirmation deletes photos, and SQLite may hand their ids out again: the
+            # content hash tells a reused id from the photo the gallery holds.
+            if any(current.get(image_id) != held_as for image_id, held_as in held.items()):
+                gallery = None  # a photo left the catalogue or changed individual: refit from scratch
+            else:
+                images = [image for image in images if f"{PREFIX}{image['id']}" not in held]
+                if not images:
+                    return gallery
+        photos = catalog_photos(catalog, images)
+        report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
+        prepare_descriptors(catalog, backbone, cache_dir, progress=report)
+        if gallery is None:
+            gallery = Gallery.build(photos, preset, backbone=backbone, cache_dir=cache_dir, progress=False)
         else:
-            images = [image for image in images if f"{PREFIX}{image['id']}" not in held]
-            if not images:
-                return gallery
-    photos = catalog_photos(catalog, images)
-    report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
-    prepare_descriptors(catalog, backbone, cache_dir, progress=report)
-    if gallery is None:
-        gallery = Gallery.build(photos, preset, backbone=backbone, cache_dir=cache_dir, progress=False)
-    else:
-        gallery.add(photos, cache_dir=cache_dir, progress=False)
-    gallery.save(folder)
+            gallery.add(photos, cache_dir=cache_dir, progress=False)
+        gallery.save(folder)
     return gallery
 
 
