@@ -636,6 +636,41 @@ def test_upload_size_limit_holds_while_the_body_streams(catalog_path, lite0_back
     assert pulled <= limit + len(chunk)
 
 
+def test_routes_without_uploads_refuse_large_or_multipart_bodies_before_reading_them(app):
+    megabyte = b"\xff" * 2**20
+    form = {"host": "127.0.0.1:8000", "content-type": "application/x-www-form-urlencoded"}
+    # an anonymous 20 MB multipart body to the sign-in page: 413 on its Content-Length alone
+    status, _, body, pulled = _asgi(
+        app, "POST", "/login", {**MULTIPART, "content-length": str(20 * 2**20)}, (megabyte for _ in range(20))
+    )
+    assert (status, pulled) == (413, 0) and b"small form" in body
+    # a small multipart body is refused by its type (the form parser would spool its files)
+    status, _, body, pulled = _asgi(app, "POST", "/login", {**MULTIPART, "content-length": "1000"}, [b"x" * 1000])
+    assert (status, pulled) == (415, 0) and b"url-encoded" in body
+    # no Content-Length (chunked): counted as it streams in, and stopped at the limit
+    chunk = b"token=" + b"a" * 65530
+    status, _, body, pulled = _asgi(app, "POST", "/login", form, (chunk for _ in range(300)))
+    assert status == 413 and pulled <= len(chunk)
+    # the same for any route but the upload, signed in or not, whatever the method
+    status, _, _, pulled = _asgi(app, "GET", "/", {**form, "content-length": str(2**20)}, [megabyte])
+    assert (status, pulled) == (413, 0)
+    signed = {"x-wildreid-token": TOKEN}
+    status, _, _, pulled = _asgi(
+        app, "POST", "/review/1", {**MULTIPART, **signed, "content-length": "5000"}, [b"x" * 5000]
+    )
+    assert (status, pulled) == (415, 0)
+    status, _, _, pulled = _asgi(app, "POST", "/pairs", {**form, **signed, "content-length": str(2**20)}, [megabyte])
+    assert (status, pulled) == (413, 0)
+    # a signed-in form may be larger (it can list the photo ids of a large group)
+    status, _, _, pulled = _asgi(
+        app, "POST", "/review/1", {**form, **signed, "content-length": "10011"}, [b"action=skip&notes=" + b"n" * 9993]
+    )
+    assert status not in (413, 415) and pulled == 10011
+    # a real sign-in form is read as before
+    status, _, _, pulled = _asgi(app, "POST", "/login", {**form, "content-length": "23"}, [b"token=wrong-token-guess"])
+    assert (status, pulled) == (401, 23)
+
+
 def test_token_guessing_is_throttled(client, app):
     now = [1000.0]
     app.state.throttle.clock = lambda: now[0]

@@ -9,6 +9,8 @@
   refused at start-up.
 - Only the Host names configured are served (the bound address, localhost, ``--allowed-host``),
   so a DNS-rebinding page cannot talk to the app under its own name.
+- Request bodies are limited by route before a byte is read (``BodyLimits``): only the upload
+  takes a large multipart body; every other route a small url-encoded form.
 - Uploads: the request body is capped while it streams in, each photo has a size limit, its type
   is read from its bytes (magic number, then a full decode) and never from its name or the
   browser's content type, and huge pixel counts are refused before decoding (decompression bombs).
@@ -285,26 +287,52 @@ def check_photo(data: bytes, label: str, *, max_bytes: int, max_pixels: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# the request body limit
+# the request body limits
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse a request body over ``limit`` bytes with 413, judging by its
-    Content-Length and by counting what actually streams in (a client can lie or send chunked)."""
+SIGN_IN_BODY = 4 * 1024  # the sign-in form, and anything an anonymous client may send
+FORM_BODY = 64 * 1024  # a signed-in form: it may list the photo ids of a large group
+# The only route that takes a large (multipart) body: it is signed in before a byte is read.
+UPLOAD_ROUTES = frozenset({("POST", "/uploads")})
+OPEN_METHODS = ("GET", "HEAD", "OPTIONS")  # no route reads their body
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+class BodyLimits:
+    """ASGI middleware: each request's body is limited by what its route needs, before and while
+    it is read. The upload route takes multipart bodies up to ``upload_limit``; every other route
+    takes a small url-encoded form (``SIGN_IN_BODY`` where no sign-in is needed, ``FORM_BODY``
+    for the signed-in ones, whose forms can list a group's photo ids): a larger Content-Length is
+    answered 413 and a multipart body 415 without a byte being read, and a body without
+    Content-Length (chunked, or a client that lies) is counted as it streams in and stopped at
+    the limit. Without this, ``POST /login`` read a 300 MB multipart body to the end (spooled to
+    disk by the form parser) before answering 401."""
+
+    def __init__(self, app, upload_limit: int):
+        self.app, self.upload_limit = app, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
+        route = (scope["method"], scope["path"])
+        if route in UPLOAD_ROUTES:
+            limit, message = self.upload_limit, _upload_too_large(self.upload_limit)
+        else:
+            anonymous = scope["method"] in OPEN_METHODS or scope["path"] in TokenGate.OPEN
+            limit = SIGN_IN_BODY if anonymous else FORM_BODY
+            message = f"Request too large: this page takes a small form of at most {_size(limit)}."
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _plain(send, 413, message)
+        content_type = headers.get(b"content-type", b"").decode("latin-1").strip().lower()
+        if content_type.startswith("multipart/") and route not in UPLOAD_ROUTES:
+            return await _plain(
+                send, 415, "This page takes a url-encoded form, not a multipart one: photos go to /uploads."
+            )
         received = 0
         refused = False  # once over the limit, the app's own answer is replaced by our 413
 
@@ -313,43 +341,34 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise BodyTooLarge()
             return message
 
-        async def guarded_send(message):
+        async def guarded_send(event):
             nonlocal refused
-            if received > self.limit:
+            if received > limit:
                 # The framework turns the exception above into its own error response
                 # (FastAPI: 400 "error parsing the body"); say what really happened instead.
                 if not refused:
                     refused = True
-                    await self._refuse(send)
+                    await _plain(send, 413, message)
                 return
-            await send(message)
+            await send(event)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
             if not refused:
-                await self._refuse(send)
+                await _plain(send, 413, message)
 
-    async def _refuse(self, send):
-        body = (
-            f"Upload too large: the limit is {_megabytes(self.limit)} per request. Send fewer or smaller photos."
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+def _upload_too_large(limit: int) -> str:
+    return f"Upload too large: the limit is {_megabytes(limit)} per request. Send fewer or smaller photos."
+
+
+def _size(count: int) -> str:
+    return f"{count // 1024} KiB" if count < 2**20 else _megabytes(count)
 
 
 def _megabytes(count: int) -> str:
