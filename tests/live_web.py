@@ -41,11 +41,12 @@ def build_catalogue(path: Path, nyala, backbone, cache: Path) -> Path:
 
 
 @contextmanager
-def serving(app):
-    """``app`` on a real uvicorn server at 127.0.0.1, on a port the OS picked; yields its URL."""
+def serving(app, **options):
+    """``app`` on a real uvicorn server at 127.0.0.1, on a port the OS picked; yields its URL.
+    ``options``: more of uvicorn's settings (e.g. those `wildreid serve` passes)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

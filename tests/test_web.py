@@ -636,6 +636,41 @@ def test_upload_size_limit_holds_while_the_body_streams(catalog_path, lite0_back
     assert pulled <= limit + len(chunk)
 
 
+def test_routes_without_uploads_refuse_large_or_multipart_bodies_before_reading_them(app):
+    megabyte = b"\xff" * 2**20
+    form = {"host": "127.0.0.1:8000", "content-type": "application/x-www-form-urlencoded"}
+    # an anonymous 20 MB multipart body to the sign-in page: 413 on its Content-Length alone
+    status, _, body, pulled = _asgi(
+        app, "POST", "/login", {**MULTIPART, "content-length": str(20 * 2**20)}, (megabyte for _ in range(20))
+    )
+    assert (status, pulled) == (413, 0) and b"small form" in body
+    # a small multipart body is refused by its type (the form parser would spool its files)
+    status, _, body, pulled = _asgi(app, "POST", "/login", {**MULTIPART, "content-length": "1000"}, [b"x" * 1000])
+    assert (status, pulled) == (415, 0) and b"url-encoded" in body
+    # no Content-Length (chunked): counted as it streams in, and stopped at the limit
+    chunk = b"token=" + b"a" * 65530
+    status, _, body, pulled = _asgi(app, "POST", "/login", form, (chunk for _ in range(300)))
+    assert status == 413 and pulled <= len(chunk)
+    # the same for any route but the upload, signed in or not, whatever the method
+    status, _, _, pulled = _asgi(app, "GET", "/", {**form, "content-length": str(2**20)}, [megabyte])
+    assert (status, pulled) == (413, 0)
+    signed = {"x-wildreid-token": TOKEN}
+    status, _, _, pulled = _asgi(
+        app, "POST", "/review/1", {**MULTIPART, **signed, "content-length": "5000"}, [b"x" * 5000]
+    )
+    assert (status, pulled) == (415, 0)
+    status, _, _, pulled = _asgi(app, "POST", "/pairs", {**form, **signed, "content-length": str(2**20)}, [megabyte])
+    assert (status, pulled) == (413, 0)
+    # a signed-in form may be larger (it can list the photo ids of a large group)
+    status, _, _, pulled = _asgi(
+        app, "POST", "/review/1", {**form, **signed, "content-length": "10011"}, [b"action=skip&notes=" + b"n" * 9993]
+    )
+    assert status not in (413, 415) and pulled == 10011
+    # a real sign-in form is read as before
+    status, _, _, pulled = _asgi(app, "POST", "/login", {**form, "content-length": "23"}, [b"token=wrong-token-guess"])
+    assert (status, pulled) == (401, 23)
+
+
 def test_token_guessing_is_throttled(client, app):
     now = [1000.0]
     app.state.throttle.clock = lambda: now[0]
@@ -660,6 +695,84 @@ def test_token_guessing_is_throttled(client, app):
         )
     guessed = client.post("/review/1", headers=SIGNED, data={"action": "skip"})
     assert guessed.status_code == 429 and int(guessed.headers["retry-after"]) >= 1
+
+
+def _sign_in(app, client: str, token: str) -> tuple[int, dict, bytes]:
+    body = f"token={token}".encode()
+    headers = {"host": "127.0.0.1:8000", "content-type": "application/x-www-form-urlencoded"}
+    status, answer_headers, answer, _ = _asgi(
+        app, "POST", "/login", {**headers, "content-length": str(len(body))}, [body], client=(client, 40000)
+    )
+    return status, answer_headers, answer
+
+
+def test_lock_outs_back_off_to_a_cap_and_count_per_account(app):
+    now = [1000.0]
+    app.state.throttle.clock = lambda: now[0]
+    # one address: 5 free failures, then 1 s, 2 s, 4 s ... but never more than 5 minutes
+    for _ in range(5):
+        assert _sign_in(app, "203.0.113.1", "wrong-token")[0] == 401
+    waits = []
+    for _ in range(14):
+        assert _sign_in(app, "203.0.113.1", "wrong-token")[0] == 401
+        status, headers, _ = _sign_in(app, "203.0.113.1", TOKEN)  # locked: even the right token waits
+        assert status == 429
+        waits.append(int(headers["retry-after"]))
+        now[0] += waits[-1]  # the guesser waits exactly as long as told
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300, 300]
+    # the owner, on that address, with the right token: in after at most the longest wait
+    assert _sign_in(app, "203.0.113.1", TOKEN)[0] == 303
+
+    # many addresses guessing the one token: each has its free tries, the account does not
+    for n in range(20):
+        assert _sign_in(app, f"198.51.100.{n}", "wrong-token")[0] == 401
+    assert _sign_in(app, "198.51.100.99", "wrong-token")[0] == 401  # the 21st failure locks the account
+    waits = []
+    for n in range(9):
+        status, headers, answer = _sign_in(app, f"192.0.2.{n}", TOKEN)  # a fresh address, the right token
+        assert status == 429 and b"several addresses" in answer
+        waits.append(int(headers["retry-after"]))
+        now[0] += waits[-1]
+        assert _sign_in(app, f"192.0.2.{100 + n}", "wrong-token")[0] == 401  # and a guess locks it again
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]  # others delay the owner a minute at most
+    now[0] += 60
+    assert _sign_in(app, "192.0.2.250", TOKEN)[0] == 303
+
+    # a record is forgotten after an hour without failures: a typo later is free again
+    for _ in range(6):
+        assert _sign_in(app, "203.0.113.2", "wrong-token")[0] == 401
+    assert _sign_in(app, "203.0.113.2", TOKEN)[0] == 429
+    now[0] += 3601
+    assert _sign_in(app, "203.0.113.2", "wrong-token")[0] == 401
+    assert _sign_in(app, "203.0.113.2", TOKEN)[0] == 303
+
+
+def test_forwarded_headers_are_trusted_only_from_named_proxies(app, catalog_path, monkeypatch):
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda application, **options: started.update(options))
+
+    def proxy_settings(*arguments: str) -> dict:
+        started.clear()
+        result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), *arguments])
+        assert result.exit_code == 0, result.output
+        return {key: started[key] for key in ("proxy_headers", "forwarded_allow_ips") if key in started}
+
+    app.state.throttle.clock = lambda: 1000.0
+
+    def guesses(base: str, forwarded_for) -> list[int]:
+        return [
+            httpx.post(f"{base}/login", data={"token": "wrong"}, headers={"X-Forwarded-For": address}).status_code
+            for address in forwarded_for
+        ]
+
+    # by default no proxy is trusted: a header naming a new address per guess changes nothing
+    with serving(app, **proxy_settings()) as base:
+        assert guesses(base, [f"198.51.100.{n}" for n in range(7)]) == [401] * 6 + [429]
+    app.state.throttle.failures.clear()
+    # a named proxy is trusted: its clients are told apart by the address it forwards
+    with serving(app, **proxy_settings("--forwarded-allow-ips", "127.0.0.1")) as base:
+        assert guesses(base, ["198.51.100.1"] * 7) == [401] * 6 + [429]
+        assert guesses(base, ["198.51.100.2"]) == [401]
 
 
 def test_short_tokens_are_refused_at_start(catalog_path, tmp_path):

@@ -34,6 +34,14 @@ def serve(
             "proxy in front of it); repeat for several. Other names get 400 (DNS-rebinding guard)."
         ),
     ] = None,
+    forwarded_allow_ips: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Address of a reverse proxy in front of the app whose X-Forwarded-For / X-Forwarded-Proto "
+            "headers are trusted (comma-separated or repeated). Default: none, so a client cannot pick the "
+            "address the sign-in throttle sees by sending the header itself."
+        ),
+    ] = None,
 ):
     """Start the review web app: upload photos, confirm candidates, browse individuals."""
     import logging
@@ -69,4 +77,14 @@ def serve(
             "WILDREID_TOKEN or --token-file to choose your own)",
             highlight=False,
         )
-    uvicorn.run(application, host=host, port=port, server_header=False)
+    # uvicorn's own default trusts forwarded headers from 127.0.0.1: then any local client, or any
+    # client of a proxy that passes the header on, would choose its address for the throttle.
+    proxies = [part.strip() for value in forwarded_allow_ips or [] for part in value.split(",") if part.strip()]
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        server_header=False,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies,
+    )

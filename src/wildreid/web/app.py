@@ -24,7 +24,7 @@ from wildreid.web.config import WebConfig
 from wildreid.web.errors import install_error_handlers
 from wildreid.web.jobs import JobRunner
 from wildreid.web.routes import ROUTERS
-from wildreid.web.security import BodySizeLimit, Throttle, TokenGate
+from wildreid.web.security import BodyLimits, Throttle, TokenGate
 
 HERE = Path(__file__).parent
 # No inline script or style anywhere, so the policy can forbid them (an injected <script> or
@@ -57,8 +57,8 @@ def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
     app.state.config, app.state.jobs, app.state.throttle = config, jobs, Throttle()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     # Middleware added last runs first: the Host check, then the token (before any body is
-    # read), then the body size limit while the body streams in.
-    app.add_middleware(BodySizeLimit, limit=config.max_request_bytes)
+    # read), then the route's body limits (before and while the body streams in).
+    app.add_middleware(BodyLimits, upload_limit=config.max_request_bytes)
     app.add_middleware(TokenGate, token=config.token, throttle=app.state.throttle)
 
     @app.middleware("http")

@@ -4,11 +4,14 @@
   ``X-Wildreid-Token`` header); the cookie is HttpOnly and SameSite=Strict, and cross-origin POSTs
   are refused, so another web site cannot make a signed-in reviewer's browser post decisions. ``TokenGate`` checks this
   before a single byte of the request body is read: an anonymous 300 MB upload costs nothing.
-- Guessing the token is throttled per client address (``Throttle``): after a few wrong tokens,
-  each further try waits twice as long (429 with Retry-After). Tokens under 16 characters are
-  refused at start-up.
+- Guessing the token is throttled per client address and for the token as a whole (``Throttle``):
+  after a few wrong tokens, each further try waits twice as long, up to a cap of minutes (429
+  with Retry-After). Tokens under 16 characters are refused at start-up. Forwarded client
+  addresses are trusted only from the proxies named at start (``serve --forwarded-allow-ips``).
 - Only the Host names configured are served (the bound address, localhost, ``--allowed-host``),
   so a DNS-rebinding page cannot talk to the app under its own name.
+- Request bodies are limited by route before a byte is read (``BodyLimits``): only the upload
+  takes a large multipart body; every other route a small url-encoded form.
 - Uploads: the request body is capped while it streams in, each photo has a size limit, its type
   is read from its bytes (magic number, then a full decode) and never from its name or the
   browser's content type, and huge pixel counts are refused before decoding (decompression bombs).
@@ -103,42 +106,85 @@ def _cross_site(origin: str | None, host: str) -> bool:
 # before the body: the token gate and the guessing throttle
 
 
-class Throttle:
-    """Per-client back-off for wrong tokens: ``free`` failures, then each further one locks the
-    client out for twice as long as the last (1 s, 2 s, 4 s... up to ``longest`` s). A correct
-    token clears the record. Clients are told by address: behind a reverse proxy they share one."""
+# The account whose secret is guessed. The app has one credential, the review token; the
+# reviewer name sent with it is a free label, not a secret, so throttling per name would let a
+# guesser pick a fresh name per try.
+TOKEN_ACCOUNT = "review token"
 
-    def __init__(self, free: int = 5, first: float = 1.0, longest: float = 900.0, clock=time.monotonic):
-        self.free, self.first, self.longest, self.clock = free, first, longest, clock
-        self.failures: dict[str, tuple[int, float]] = {}  # client -> (failures, locked until)
+
+class Throttle:
+    """Back-off for wrong tokens, per client address and per account (``TOKEN_ACCOUNT``).
+
+    An address gets ``free`` failures, then each further one locks it out twice as long as the
+    last (1 s, 2 s, 4 s...), never longer than ``longest`` seconds: guessing is slowed to one
+    try per few minutes, but the owner who mistyped is never locked out for more than that. The
+    account counts the failures of all addresses together (a guesser with many addresses, or
+    behind a trusted proxy), with more free failures and a shorter cap (``account_free``,
+    ``account_longest``), so others' guessing delays the owner's sign-in by a minute at most.
+    A record is forgotten after ``forget`` seconds without a failure; a correct token clears the
+    address's and the account's. While locked out, a try is answered 429 without the token being
+    checked (else the answer would tell a guesser which token is right), so even the right
+    token waits. ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        free: int = 5,
+        first: float = 1.0,
+        longest: float = 300.0,
+        account_free: int = 20,
+        account_longest: float = 60.0,
+        forget: float = 3600.0,
+        clock=time.monotonic,
+    ):
+        self.free, self.first, self.longest = free, first, longest
+        self.account_free, self.account_longest, self.forget = account_free, account_longest, forget
+        self.clock = clock
+        # ("address", client) or ("account", name) -> (failures, locked until, last failure)
+        self.failures: dict[tuple[str, str], tuple[int, float, float]] = {}
         self.lock = threading.Lock()
 
-    def retry_after(self, client: str) -> int:
-        """Seconds the client must still wait (0: it may try now)."""
+    def retry_after(self, client: str, account: str = TOKEN_ACCOUNT) -> tuple[int, str]:
+        """Seconds the client must still wait (0: it may try now), and which lock holds it
+        ("address" or "account")."""
+        now = self.clock()
         with self.lock:
-            _, until = self.failures.get(client, (0, 0.0))
-        return max(0, math.ceil(until - self.clock()))
+            waits = [
+                (max(0, math.ceil(self.failures.get(key, (0, 0.0, 0.0))[1] - now)), key[0])
+                for key in (("address", client), ("account", account))
+            ]
+        return max(waits)
 
-    def failed(self, client: str) -> None:
+    def failed(self, client: str, account: str = TOKEN_ACCOUNT) -> None:
+        now = self.clock()
         with self.lock:
             if len(self.failures) > 10_000:  # bounded memory under a spray of addresses
-                now = self.clock()
-                self.failures = {c: f for c, f in self.failures.items() if f[1] > now}
-            count = self.failures.get(client, (0, 0.0))[0] + 1
-            delay = 0.0 if count <= self.free else min(self.longest, self.first * 2 ** (count - self.free - 1))
-            self.failures[client] = (count, self.clock() + delay)
+                self.failures = {k: f for k, f in self.failures.items() if f[1] > now}
+            for key, free, longest in (
+                (("address", client), self.free, self.longest),
+                (("account", account), self.account_free, self.account_longest),
+            ):
+                count, _, last = self.failures.get(key, (0, 0.0, now))
+                count = 1 if now - last > self.forget else count + 1
+                delay = 0.0 if count <= free else min(longest, self.first * 2 ** min(count - free - 1, 64))
+                self.failures[key] = (count, now + delay, now)
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, client: str, account: str = TOKEN_ACCOUNT) -> None:
         with self.lock:
-            self.failures.pop(client, None)
+            self.failures.pop(("address", client), None)
+            self.failures.pop(("account", account), None)
 
 
 def client_of(scope) -> str:
     return (scope.get("client") or ("unknown", 0))[0]
 
 
-def too_many_tries(seconds: int) -> tuple[str, dict]:
-    return (f"Too many wrong tokens from this address: try again in {seconds} s.", {"Retry-After": str(seconds)})
+def too_many_tries(seconds: int, which: str) -> tuple[str, dict]:
+    message = (
+        f"Too many wrong tokens from this address: try again in {seconds} s."
+        if which == "address"
+        else f"Too many wrong tokens from several addresses: signing in is paused; try again in {seconds} s."
+    )
+    return message, {"Retry-After": str(seconds)}
 
 
 class TokenGate:
@@ -161,9 +207,9 @@ class TokenGate:
         given = _token_from_headers(headers)
         changes = scope["method"] not in ("GET", "HEAD", "OPTIONS") and scope["path"] not in self.OPEN
         if given or (scope["method"] == "POST" and scope["path"] == "/login"):
-            wait = self.throttle.retry_after(client)
+            wait, which = self.throttle.retry_after(client)
             if wait:
-                message, extra = too_many_tries(wait)
+                message, extra = too_many_tries(wait, which)
                 return await _plain(send, 429, message, extra)
         if given:
             if token_matches(given, self.token):
@@ -285,26 +331,52 @@ def check_photo(data: bytes, label: str, *, max_bytes: int, max_pixels: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# the request body limit
+# the request body limits
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse a request body over ``limit`` bytes with 413, judging by its
-    Content-Length and by counting what actually streams in (a client can lie or send chunked)."""
+SIGN_IN_BODY = 4 * 1024  # the sign-in form, and anything an anonymous client may send
+FORM_BODY = 64 * 1024  # a signed-in form: it may list the photo ids of a large group
+# The only route that takes a large (multipart) body: it is signed in before a byte is read.
+UPLOAD_ROUTES = frozenset({("POST", "/uploads")})
+OPEN_METHODS = ("GET", "HEAD", "OPTIONS")  # no route reads their body
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+class BodyLimits:
+    """ASGI middleware: each request's body is limited by what its route needs, before and while
+    it is read. The upload route takes multipart bodies up to ``upload_limit``; every other route
+    takes a small url-encoded form (``SIGN_IN_BODY`` where no sign-in is needed, ``FORM_BODY``
+    for the signed-in ones, whose forms can list a group's photo ids): a larger Content-Length is
+    answered 413 and a multipart body 415 without a byte being read, and a body without
+    Content-Length (chunked, or a client that lies) is counted as it streams in and stopped at
+    the limit. Without this, ``POST /login`` read a 300 MB multipart body to the end (spooled to
+    disk by the form parser) before answering 401."""
+
+    def __init__(self, app, upload_limit: int):
+        self.app, self.upload_limit = app, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
+        route = (scope["method"], scope["path"])
+        if route in UPLOAD_ROUTES:
+            limit, message = self.upload_limit, _upload_too_large(self.upload_limit)
+        else:
+            anonymous = scope["method"] in OPEN_METHODS or scope["path"] in TokenGate.OPEN
+            limit = SIGN_IN_BODY if anonymous else FORM_BODY
+            message = f"Request too large: this page takes a small form of at most {_size(limit)}."
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _plain(send, 413, message)
+        content_type = headers.get(b"content-type", b"").decode("latin-1").strip().lower()
+        if content_type.startswith("multipart/") and route not in UPLOAD_ROUTES:
+            return await _plain(
+                send, 415, "This page takes a url-encoded form, not a multipart one: photos go to /uploads."
+            )
         received = 0
         refused = False  # once over the limit, the app's own answer is replaced by our 413
 
@@ -313,43 +385,34 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise BodyTooLarge()
             return message
 
-        async def guarded_send(message):
+        async def guarded_send(event):
             nonlocal refused
-            if received > self.limit:
+            if received > limit:
                 # The framework turns the exception above into its own error response
                 # (FastAPI: 400 "error parsing the body"); say what really happened instead.
                 if not refused:
                     refused = True
-                    await self._refuse(send)
+                    await _plain(send, 413, message)
                 return
-            await send(message)
+            await send(event)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
             if not refused:
-                await self._refuse(send)
+                await _plain(send, 413, message)
 
-    async def _refuse(self, send):
-        body = (
-            f"Upload too large: the limit is {_megabytes(self.limit)} per request. Send fewer or smaller photos."
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+def _upload_too_large(limit: int) -> str:
+    return f"Upload too large: the limit is {_megabytes(limit)} per request. Send fewer or smaller photos."
+
+
+def _size(count: int) -> str:
+    return f"{count // 1024} KiB" if count < 2**20 else _megabytes(count)
 
 
 def _megabytes(count: int) -> str:

@@ -34,7 +34,7 @@ def login(
     next: Annotated[str, Form()] = "/",
 ):
     config, throttle = request.app.state.config, request.app.state.throttle
-    # (A client locked out by the throttle never gets here: TokenGate answers 429 first.)
+    # (A client or account locked out by the throttle never gets here: TokenGate answers 429 first.)
     if not token_matches(token.strip(), config.token):
         throttle.failed(client_of(request.scope))
         return page(request, "login.html", status_code=401, next=safe_next(next), failed=True)
