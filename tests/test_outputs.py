@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
+from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -179,3 +183,49 @@ def test_a_new_output_is_written_with_the_run(result, tmp_path, answers_txt):
     assert list(written)[:3] == ["submission", "candidates", "run"] and list(written)[-1] == "answers"
     lines = (tmp_path / "run" / "answers.txt").read_text().splitlines()
     assert len(lines) == len(result.predictions) and lines[0].split()[0] == result.predictions["image_id"].iloc[0]
+
+
+def _report_photos(report: Path) -> tuple[str, list[str]]:
+    page = report.read_text()
+    return page, re.findall(r"<img class='thumb' loading='lazy' src='([^']+)'", page)
+
+
+def test_the_report_shows_every_query_its_answer_and_its_photos(result, tmp_path):
+    """report.html is for people: every query with its answer, candidates and scores, the photos
+    linked (and found from the run folder), the truth where known, and what the scores mean."""
+    out = tmp_path / "runs" / "lions"
+    write_run(result, out, evaluation=outputs.evaluate_if_possible(result))
+    page, photos = _report_photos(out / "report.html")
+    table = page[page.index("<h2>Every query</h2>") :]
+    for row in result.candidates.itertuples():
+        assert f"<td>{row.image_id}</td>" in table
+    assert table.count("<tr>") == len(result.candidates) + 1
+    assert "right?" in table and "cosine: the similarity" in page  # the offline preset ranks by cosine
+    linked = {os.path.realpath(out / unquote(src)) for src in photos}
+    assert {os.path.realpath(p) for p in result.dataset.queries["path"]} <= linked
+    assert all(os.path.isfile(p) for p in linked)
+    assert "balanced accuracy on known individuals" in page
+
+
+def test_the_report_of_unlabelled_queries_says_why_there_is_no_score(result, tmp_path):
+    table = result.dataset.table.copy()
+    table.loc[table["split"] == "query", "identity"] = None
+    unlabelled = dataclasses.replace(result, dataset=dataclasses.replace(result.dataset, table=table))
+    out = tmp_path / "run"
+    write_run(unlabelled, out, evaluation=outputs.evaluate_if_possible(unlabelled))
+    page, photos = _report_photos(out / "report.html")
+    assert "carry no identity labels, so no accuracy can be measured" in page
+    assert ">none<" not in page and ">nan<" not in page and "right?" not in page
+    assert len(photos) >= len(result.candidates)
+
+
+def test_picture_labels_fit_and_do_not_overprint():
+    """A long caption on a narrow picture is scaled down (then cut) to stay inside it, on a dark
+    band."""
+    from wildreid.evaluate.pictures import label
+
+    picture = np.full((120, 200, 3), 128, np.uint8)
+    label(picture, "6 inliers  #1 SomeVeryLongIndividualName_0001  P(same) 0.45")
+    assert (picture[:, -4:] == 128).all()  # nothing drawn past the right edge
+    band = picture[6:20, 6:150]
+    assert (band == 0).mean() > 0.5 and (band > 200).any()  # light text on black

@@ -93,6 +93,25 @@ class Preset:
     # "auto": the m of TOP_M_CHOICES whose simulated open-set score on the database is best.
     top_m: int | str = 1
 
+    @property
+    def score_name(self) -> str:
+        """What this preset's scores are: with local matching they are fused into a calibrated
+        P(same); without it they are cosine similarities of the global descriptors."""
+        return "P(same)" if self.local else "cosine"
+
+    @property
+    def score_meaning(self) -> str:
+        """One sentence for people reading a score of this preset (report, app, console)."""
+        if self.local:
+            return (
+                "P(same): the calibrated probability that the two photos show the same animal "
+                "(0 to 1; 0.10 means about one such pair in ten is a match)"
+            )
+        return (
+            "cosine: the similarity of the two photos' descriptors (about -1 to 1; higher is more "
+            "alike, but not a probability)"
+        )
+
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
         # .replace) refuses what would otherwise run and quietly mean something else.

@@ -22,7 +22,7 @@ from typing import Callable
 
 from wildreid.evaluate.metrics import evaluate
 from wildreid.evaluate.report import _png, figures_for_run, query_truth, render_report
-from wildreid.util.files import atomic_folder, atomic_path, jsonable, write_csv_atomic, write_text_atomic
+from wildreid.util.files import atomic_folder, jsonable, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from wildreid.util.registry import Registry
 
 # The columns of groups.csv besides image_id and dataset (IdentifyResult.candidates has them all).
@@ -232,20 +232,23 @@ def write_report(result, folder: Path, request: RunRequest) -> dict[str, Path]:
     if not request.report:
         return {}
     pictures = {name: _png(figure) for name, figure in figures_for_run(result).items()}
-    pictures.update(match_pictures(result, per_dataset=request.match_examples))
+    matches, captions = match_pictures(result, per_dataset=request.match_examples)
+    pictures.update(matches)
     for name, data in pictures.items():
-        with atomic_path(folder / "plots" / f"{name}.png") as temporary:
-            temporary.write_bytes(data)
-    write_text_atomic(folder / "report.html", render_report(result, request.evaluation, pictures))
+        write_bytes_atomic(folder / "plots" / f"{name}.png", data)
+    page = render_report(result, request.evaluation, pictures, folder=folder, captions=captions)
+    write_text_atomic(folder / "report.html", page)
     return {"report": folder / "report.html"}
 
 
-def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> dict[str, bytes]:
-    """For the first queries of each dataset (when local matching ran): the query beside its top
-    candidates' best photos, with the verified keypoint correspondences drawn."""
+def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> tuple[dict[str, bytes], dict[str, str]]:
+    """For the least certain queries of each dataset (best score closest to the threshold), when
+    local matching ran: the query beside its top candidates' best photos, with the verified
+    keypoint correspondences drawn. Returns the pictures and a caption for each, by name."""
     if not result.calibrations or per_dataset <= 0:
-        return {}
+        return {}, {}
     import numpy as np
+    import pandas as pd
 
     from wildreid.data.images import ImageReadError
     from wildreid.data.regions import regions_of
@@ -258,9 +261,10 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
     # The pictures show what the keypoints were taken from.
     regions = regions_of(table, result.preset.region_margin) if result.preset.region_keypoints else None
     region_of = dict(zip(table["image_id"], regions or [None] * len(table)))
-    pictures = {}
+    pictures, captions = {}, {}
     for group, rows in result.candidates.groupby("dataset", sort=False):
-        for row in rows.head(per_dataset).itertuples():
+        margin = (rows["top1_score"].astype(float) - rows["threshold"].astype(float)).abs().fillna(np.inf)
+        for row in rows.assign(margin=margin).sort_values("margin", kind="stable").head(per_dataset).itertuples():
             panels = []
             for rank in range(1, candidates_shown + 1):
                 match_id = getattr(row, f"match_{rank}", None)
@@ -272,7 +276,8 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
                         shown_region(path_of[match_id], region_of[match_id]),
                         method,
                         result.preset.fusion.geometry,
-                        caption=f"#{rank} {getattr(row, f'identity_{rank}')} P={getattr(row, f'score_{rank}'):.2f}",
+                        caption=f"#{rank} {getattr(row, f'identity_{rank}')}  "
+                        f"{result.preset.score_name} {getattr(row, f'score_{rank}'):.2f}",
                     )
                 except ImageReadError:
                     continue
@@ -280,8 +285,13 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> d
             if panels:
                 width = max(p.shape[1] for p in panels)
                 padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
-                pictures[f"matches_{_safe(group)}_{_safe(row.image_id)}"] = to_png(np.concatenate(padded))
-    return pictures
+                name = f"matches_{_safe(group)}_{_safe(row.image_id)}"
+                pictures[name] = to_png(np.concatenate(padded))
+                threshold = "none" if pd.isna(row.threshold) else f"{row.threshold:.2f}"
+                captions[name] = (
+                    f"{group}: query {row.image_id} (left), answered {row.prediction}; threshold {threshold}"
+                )
+    return pictures, captions
 
 
 def _safe(name) -> str:

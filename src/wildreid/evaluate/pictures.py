@@ -87,9 +87,22 @@ def draw_matches(
         cv2.circle(picture, (int(x1), int(y1)), 2, (255, 220, 0), -1)
         cv2.circle(picture, (int(x2 + offset), int(y2)), 2, (255, 220, 0), -1)
     text = f"{int(inliers.sum())} inliers" + (f"  {caption}" if caption else "")
-    cv2.putText(picture, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(picture, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+    label(picture, text)
     return picture, int(inliers.sum())
+
+
+def label(picture: np.ndarray, text: str) -> None:
+    """White text on a dark band at the top left, scaled down to fit the picture's width. (An
+    outline drawn as thicker black text does not line up: OpenCV 5's fonts advance by weight, so
+    the two overprinted each other: "5 inlierss".)"""
+    font, room = cv2.FONT_HERSHEY_SIMPLEX, picture.shape[1] - 20  # the band: 4 px from each side
+    (width, height), baseline = cv2.getTextSize(text, font, 0.7, 1)
+    scale = max(0.45, min(0.7, 0.7 * room / width))  # smaller than 0.45 cannot be read
+    while cv2.getTextSize(text, font, scale, 1)[0][0] > room and len(text) > 4:
+        text = text[:-4] + "..."
+    (width, height), baseline = cv2.getTextSize(text, font, scale, 1)
+    cv2.rectangle(picture, (4, 4), (12 + width, 12 + height + baseline), (0, 0, 0), -1)
+    cv2.putText(picture, text, (8, 8 + height), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def to_png(picture: np.ndarray) -> bytes:

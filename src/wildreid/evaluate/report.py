@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -15,8 +16,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from wildreid.data.dataset import DATABASE
+from wildreid.data.dataset import DATABASE, NEW_INDIVIDUAL
 from wildreid.decide.thresholds import SimulatedQueries, score_curves
+from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
+from wildreid.evaluate.photo_tables import groups_section, queries_table
 
 
 def query_truth(result) -> pd.DataFrame | None:
@@ -125,39 +128,117 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def render_report(result, evaluation: dict | None, figure_png: dict[str, bytes]) -> str:
-    """A self-contained HTML page (pictures inlined) of the run."""
+def render_report(
+    result,
+    evaluation: dict | None,
+    figure_png: dict[str, bytes],
+    *,
+    folder: Path | None = None,
+    captions: dict[str, str] | None = None,
+) -> str:
+    """A self-contained HTML page of the run: what the scores mean, the figures, the photos to
+    look at first, the new individuals' groups and every query with its answer. Plots are
+    inlined; photos are linked relative to ``folder``, the run folder (photo_tables.py)."""
+    folder = Path(folder) if folder is not None else Path.cwd()
+    captions = captions or {}
+    truth = query_truth(result)
+    pictures = "\n".join(
+        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+        f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>"
+        for name, data in figure_png.items()
+        if not name.startswith("matches_")
+    )
+    matches = "\n".join(
+        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+        f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>"
+        for name, data in figure_png.items()
+        if name.startswith("matches_")
+    )
+    if matches:
+        matches = (
+            "<h2>Answers to look at first</h2><p>The queries whose best score is closest to their "
+            "dataset's threshold, beside their two best candidates, with the keypoints that "
+            "matched (green lines).</p>" + matches
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>wildreid report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:0.5em}}
+table.photos td{{text-align:left;vertical-align:top}}img.thumb{{max-width:96px;max-height:96px}}
+div.group{{border-top:1px solid #ccc;margin:0.5em 0}}dt{{font-weight:bold}}</style></head>
+<body><h1>wildreid report</h1>
+<p>Source: {html.escape(result.dataset.source)}<br>Preset: <b>{html.escape(result.preset.name)}</b>
+ &mdash; {html.escape(result.preset.description)}<br>Backbone: {html.escape(result.preset.backbone)}<br>
+Scores: {html.escape(result.preset.score_meaning)}.</p>
+{_summary(result, evaluation)}
+{pictures}
+{matches}
+{groups_section(result, folder)}
+<h2>Every query</h2>
+<p>Per dataset, the least certain answers (best score closest to the threshold) first. Each
+candidate shows its best photo, its name and its score ({html.escape(result.preset.score_name)}).
+Click a picture to open the photo.</p>
+{queries_table(result, truth, folder)}
+{_failures(result)}
+</body></html>
+"""
+
+
+def _summary(result, evaluation: dict | None) -> str:
+    """Counts of answers, the thresholds, and the metric table with what each figure means (or
+    why there is none)."""
+    candidates = result.candidates
+    new = int((candidates["prediction"] == NEW_INDIVIDUAL).sum())
+    lines = [
+        f"<p>{len(candidates)} query photos: {len(candidates) - new} named as a known individual, "
+        f"{new} answered new_individual.</p>"
+    ]
+    header = ["dataset", "queries", "threshold", "simulated score"]
+    keys = shown_metrics(evaluation) if evaluation else []
+    header += [METRICS[key][0] for key in keys]
     rows = []
     for group, threshold in result.thresholds.items():
         choice = result.threshold_choices.get(group)
         figures = (evaluation or {}).get("per_dataset", {}).get(group, {})
-        queries = int((result.candidates["dataset"] == group).sum()) if group != "all" else len(result.candidates)
-        cells = [group, queries, _fmt(threshold), _fmt(choice.simulated_score) if choice else "-"]
-        cells += [_fmt(figures.get(key)) for key in ("score", "baks", "baus", "top1", "top5", "auc_new_vs_known")]
+        queries = int((candidates["dataset"] == group).sum()) if group != "all" else len(candidates)
+        cells = [group, queries, "none (closed set)" if threshold is None else _fmt(threshold)]
+        cells.append(_fmt(choice.simulated_score) if choice else "-")
+        cells += [_figure(figures, key) for key in keys]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    header = [
-        "dataset",
-        "queries",
-        "threshold",
-        "simulated score",
-        "score",
-        "BAKS",
-        "BAUS",
-        "top-1",
-        "top-5",
-        "AUC new/known",
-    ]
-    summary = ""
-    if evaluation:
-        summary = (
-            f"<p><b>Score {evaluation['score']:.4f}</b> (mean over datasets of "
-            f"sqrt(BAKS&middot;BAUS)); BAKS {_fmt(evaluation['baks'])}, BAUS {_fmt(evaluation['baus'])}.</p>"
-        )
-    pictures = "\n".join(
-        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
-        f"<figcaption>{html.escape(name)}</figcaption></figure>"
-        for name, data in figure_png.items()
+    lines.append(
+        "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(rows) + "</table>"
     )
+    lines.append(
+        "<p>threshold: a query whose best score is below it is answered new_individual. "
+        "simulated score: the AnimalCLEF2025 score the threshold reached when database photos "
+        "were asked as queries (chosen without any query label).</p>"
+    )
+    if not evaluation:
+        lines.append(
+            "<p>The query photos carry no identity labels, so no accuracy can be measured; the "
+            "tables below give each photo's answer for a reviewer to check.</p>"
+        )
+        return "\n".join(lines)
+    if evaluation.get("score") == evaluation.get("score"):
+        lines.insert(0, f"<p><b>Score {_figure(evaluation, 'score')}</b> ({html.escape(METRICS['score'][1])}).</p>")
+    legend = "".join(f"<dt>{html.escape(METRICS[k][0])}</dt><dd>{html.escape(METRICS[k][1])}</dd>" for k in keys)
+    if any(unmeasurable_new(f) for f in evaluation["per_dataset"].values()):
+        legend += f"<dt>n/a, *</dt><dd>{html.escape(NOT_MEASURABLE)}</dd>"
+    lines.append(f"<dl>{legend}</dl>")
+    return "\n".join(lines)
+
+
+def _figure(figures: dict, key: str) -> str:
+    if key in ("baus", "auc_new_vs_known") and unmeasurable_new(figures):
+        return "n/a"
+    value = figures.get(key)
+    if value is None or value != value:
+        return "-"
+    return f"{value:.4f}" + ("*" if key == "score" and unmeasurable_new(figures) else "")
+
+
+def _failures(result) -> str:
     failures = ""
     if len(result.failures):
         failures = (
@@ -178,20 +259,7 @@ def render_report(result, evaluation: dict | None, figure_png: dict[str, bytes])
             )
             + "</ul>"
         )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>wildreid report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head>
-<body><h1>wildreid report</h1>
-<p>Source: {html.escape(result.dataset.source)}<br>Preset: <b>{html.escape(result.preset.name)}</b>
- &mdash; {html.escape(result.preset.description)}<br>Backbone: {html.escape(result.preset.backbone)}</p>
-{summary}
-<table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>{"".join(rows)}</table>
-{pictures}
-{failures}
-</body></html>
-"""
+    return failures
 
 
 def _fmt(value) -> str:
