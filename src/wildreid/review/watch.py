@@ -170,7 +170,7 @@ class Watcher:
         remembered = self.failed[name]
         if isinstance(remembered, tuple):
             return remembered != stat
-        if _sha256(path) == remembered:  # recorded before a restart: the same bytes fail the same
+        if _sha256(os.path.realpath(path)) == remembered:  # before a restart: the same bytes fail the same
             self.failed[name] = stat
             return False
         del self.failed[name]
