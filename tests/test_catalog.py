@@ -3,6 +3,7 @@ decisions, migrations, and that a killed import loses nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sqlite3
@@ -20,6 +21,7 @@ from wildreid.catalog.dataset import catalog_to_dataset
 from wildreid.catalog.decisions import AlreadyDecided
 from wildreid.catalog.export import export_metadata
 from wildreid.catalog.importer import import_dataset
+from wildreid.catalog.photos import PhotoStore, PhotoStoreError
 from wildreid.catalog.schema import SCHEMA_VERSION, migrate
 from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.cli.main import app
@@ -462,3 +464,25 @@ def test_import_killed_half_way_loses_nothing_and_resumes(tmp_path, nyala):
         report = catalog.check(repair=True)
         assert report.ok and catalog.check().unreferenced_files == [] and catalog.check().leftover_files == []
         assert len(catalog.photos.files()) == len(rows)
+
+
+def test_photo_store_names_what_is_in_the_way(tmp_path):
+    """A file where the store keeps a folder (or a folder where it keeps a photo) is named, with
+    what to do; it was "...: File exists" or "...: Is a directory" naming a temporary file."""
+    data = b"\xff\xd8\xff a photo"
+    digest = hashlib.sha256(data).hexdigest()
+    store = PhotoStore(tmp_path / "store")
+    (tmp_path / "store").write_text("not a folder")
+    with pytest.raises(PhotoStoreError, match=f"^{tmp_path / 'store'}: a file is where .* keeps a folder"):
+        store.put(data, "jpg")
+    (tmp_path / "store").unlink()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / digest[:2]).write_text("not a folder")
+    with pytest.raises(PhotoStoreError, match=f"^{tmp_path / 'store' / digest[:2]}: a file .* Move it away"):
+        store.put(data, "jpg")
+    (tmp_path / "store" / digest[:2]).unlink()
+    (tmp_path / "store" / digest[:2] / f"{digest}.jpg").mkdir(parents=True)
+    with pytest.raises(PhotoStoreError, match=f"{digest}.jpg: a folder is where .* keeps a photo"):
+        store.put(data, "jpg")
+    (tmp_path / "store" / digest[:2] / f"{digest}.jpg").rmdir()
+    assert store.put(data, "jpg") == (digest, f"{digest[:2]}/{digest}.jpg")

@@ -205,8 +205,10 @@ def test_symbolic_link_loops_are_one_message(tmp_path):
         ["identify", str(tmp_path / "loop"), "--out", str(tmp_path / "out")],
         ["identify", str(tmp_path / "loop" / "metadata.csv"), "--out", str(tmp_path / "out")],
         ["catalog", "import", str(tmp_path / "loop"), "--catalog", str(tmp_path / "c.sqlite")],
+        # was "no such folder to watch", after loading the gallery
+        ["watch", str(tmp_path / "loop"), "--out", str(tmp_path / "out"), "--gallery", str(tmp_path / "none")],
     ):
-        _refused(arguments, "symbolic link that loops")
+        _refused(arguments, str(tmp_path / "loop"), "a symbolic link that loops")
 
 
 def test_catalog_import_stays_inside_the_dataset_folder(shared_data, tmp_path):

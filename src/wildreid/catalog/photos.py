@@ -38,6 +38,10 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
+class PhotoStoreError(ValueError):
+    """Something else is where the store keeps a photo or its folder; the message names it."""
+
+
 class PhotoStore:
     """Content-addressed files under ``root``."""
 
@@ -50,9 +54,27 @@ class PhotoStore:
         relative = f"{digest[:2]}/{digest}.{extension}"
         target = self.root / relative
         if not target.is_file() or target.stat().st_size != len(data):
-            with atomic_path(target) as temporary:
-                temporary.write_bytes(data)
+            try:
+                with atomic_path(target) as temporary:
+                    temporary.write_bytes(data)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
+                clash = self._in_the_way(target)
+                if clash is None:
+                    raise
+                what, belongs = ("a folder", "a photo") if clash == target else ("a file", "a folder of photos")
+                raise PhotoStoreError(
+                    f"{clash}: {what} is where the catalogue's photo store keeps {belongs}; nothing "
+                    "was stored. Move it away (it is not the catalogue's), then run the command again."
+                ) from error
         return digest, relative
+
+    def _in_the_way(self, target: Path) -> Path | None:
+        """The first of the store's folder, the photo's folder and the photo itself that is
+        something else (a file where a folder belongs, or the reverse)."""
+        for folder in (self.root, target.parent):
+            if folder.exists() and not folder.is_dir():
+                return folder
+        return target if target.is_dir() else None
 
     def path(self, relative: str) -> Path:
         """Absolute path of a stored file. Only the store's own naming is accepted, so a value

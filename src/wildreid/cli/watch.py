@@ -58,11 +58,12 @@ def watch(
     """Identify photos as they land in FOLDER; stop with Ctrl-C. Safe to kill and restart: every
     photo is recorded exactly once."""
     from wildreid.gallery.gallery import Gallery
-    from wildreid.review.watch import Watcher, check_results
+    from wildreid.review.watch import Watcher, check_folder, check_results
 
     if (gallery is None) == (catalog is None):
         raise ValueError("give --gallery GALLERY or --catalog CATALOGUE (one of them).")
-    check_results(out)  # before the model is loaded: a wrong --out is said at once
+    check_folder(folder)  # before the model is loaded: a wrong folder or --out is said at once
+    check_results(out)
     cache = cache_dir or user_cache_dir()
     store = None
     if catalog is not None:

@@ -51,6 +51,19 @@ OWN_COLUMNS = ("image_id", "prediction", "flags", "error", SHA256, SAME_PHOTO)
 BATCH = 32  # photos identified together: one model call, one shortlist search
 
 
+def check_folder(folder: str | Path) -> Path:
+    """The folder to watch, refused with a message when it is not one (a link that loops...)."""
+    folder = Path(folder)
+    if is_link_loop(folder):
+        raise ValueError(
+            f"{folder}: a symbolic link that loops (it leads back to itself); point it at the "
+            "real folder, or give that instead."
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder to watch.")
+    return folder
+
+
 def check_results(out: str | Path) -> list[str] | None:
     """The columns of the results file in ``out`` (None: there is none yet, or it is empty), after
     cutting off a torn last line. ``out`` that is a file, and a results.csv that is not ours (or
@@ -108,9 +121,7 @@ class Watcher:
         report: Callable[[str], None] = print,
         clock: Callable[[], float] = time.time,
     ):
-        self.folder, self.out = Path(folder), Path(out)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"{self.folder}: no such folder to watch.")
+        self.folder, self.out = check_folder(folder), Path(out)
         self.results = self.out / RESULTS
         self.columns = check_results(self.out)  # first: a foreign file is refused before any work
         self.top, self.allow_outside_paths = os.path.realpath(self.folder), allow_outside_paths
@@ -170,7 +181,7 @@ class Watcher:
         remembered = self.failed[name]
         if isinstance(remembered, tuple):
             return remembered != stat
-        if _sha256(path) == remembered:  # recorded before a restart: the same bytes fail the same
+        if _sha256(os.path.realpath(path)) == remembered:  # before a restart: the same bytes fail the same
             self.failed[name] = stat
             return False
         del self.failed[name]
