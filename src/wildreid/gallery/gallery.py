@@ -47,10 +47,14 @@ from wildreid.gallery.query_pairs import PairMemory
 from wildreid.gallery.result import IdentifyResult
 from wildreid.gallery.storage import (
     FORMAT_VERSION,
+    RECORD,
     check_keypoint_methods,
     read_part,
     read_record,
     read_tables,
+    reading,
+    record_preset,
+    verify_files,
     write_gallery,
 )
 from wildreid.local.base import LocalFeatures, get_method
@@ -98,6 +102,8 @@ class Gallery:
         # date (catalog/identify.py); None: not known, compare photo by photo.
         self.catalog_signature: tuple | None = None
         self.serial, self.revision = next(_SERIALS), 0  # see state
+        # What a user should know about the files it was loaded from (storage.verify_files).
+        self.file_notes: list[str] = []
 
     @property
     def state(self) -> tuple[int, int]:
@@ -242,7 +248,11 @@ class Gallery:
 
     @property
     def notes(self) -> list[str]:
-        """What a user should know about how the groups were fitted."""
+        """What a user should know about how the groups were fitted (and the files read)."""
+        return [*self.file_notes, *self.fit_notes]
+
+    @property
+    def fit_notes(self) -> list[str]:
         return [note for group in self.groups.values() for note in group.notes]
 
     def _fit(self, group: DatasetPart, seen: TrainedOn | None) -> PartFit:
@@ -474,7 +484,7 @@ class Gallery:
         record = {
             **self.info(),
             "preset_settings": self.preset.to_dict(),
-            "notes": self.notes,
+            "notes": self.fit_notes,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return write_gallery(Path(folder), record, self.table, self.failures, self.groups)
@@ -491,8 +501,10 @@ class Gallery:
         """Open a saved gallery. ``backbone``: reuse a loaded model (it must be the one the
         gallery was built with); ``preset``: the preset the caller expects (refused if another)."""
         folder = Path(folder)
-        record = read_record(folder)
-        settings = Preset.from_dict(record["preset_settings"])
+        record = read_record(folder)  # a damaged gallery is refused before the model is loaded
+        file_notes = verify_files(folder, record)
+        with reading(folder / RECORD, folder, "field"):
+            settings = record_preset(record)
         if preset is not None and preset != settings.name:
             raise GalleryError(
                 f"{folder} was built with preset '{settings.name}', not '{preset}': its calibration "
@@ -509,8 +521,9 @@ class Gallery:
                 f"({backbone.cache_key}). Its vectors would not be comparable: use the same "
                 "descriptor, or rebuild the gallery with this one."
             )
-        table, failures = read_tables(folder)
+        table, failures = read_tables(folder, record)
         gallery = cls(settings, backbone, table, {}, failures=failures)
+        gallery.file_notes = file_notes
         check_keypoint_methods(folder, record, gallery.method, gallery.extra_methods)
         for name, files in record["group_files"].items():
             gallery.groups[name] = read_part(folder, name, files, table, gallery.extra_methods)
