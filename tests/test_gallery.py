@@ -564,3 +564,62 @@ def test_a_damaged_gallery_is_one_message_from_load_info_and_check(
         text = "".join(said.output.split())  # rich wraps lines at the terminal's width
         assert "Traceback" not in text and named.replace(" ", "") in text, (command, said.output)
         assert text.count("error:") + text.count("damaged:") == 1, (command, said.output)
+
+
+# ------------------------------------------------------------------------------------------------
+# edge cases of building, growing and querying
+
+
+def test_the_same_photo_under_another_identity_is_a_said_label_conflict(lions, cache, lite0_backbone):
+    database = lions[lions["split"] == "database"]
+    gallery = Gallery.build(database.head(12), OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    photo = database.iloc[[0]]
+    again = photo.assign(image_id="copy.jpg", identity="SomeoneElse")
+    counts = gallery.add(again, cache_dir=cache, progress=False)
+    assert counts["added"] == 0 and counts["skipped_duplicates"] == 1
+    [conflict] = counts["label_conflicts"]
+    assert "copy.jpg" in conflict and "SomeoneElse" in conflict
+    assert photo["image_id"].iloc[0] in conflict and photo["identity"].iloc[0] in conflict
+    assert gallery.add(photo, cache_dir=cache, progress=False)["label_conflicts"] == []  # same label: no word
+
+
+def test_build_refuses_a_file_or_another_folder_as_out_before_describing_anything(lions, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("photos were described before --out was checked")
+
+    monkeypatch.setattr(Gallery, "build", no_work)
+    photos = tmp_path / "photos.csv"
+    lions[lions["split"] == "database"].head(3).to_csv(photos, index=False)
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-folder" / "notes.txt").write_text("mine")
+    for out, said in ((tmp_path / "a-file", "is a file"), (tmp_path / "a-folder", "is not a gallery")):
+        command = ["gallery", "build", str(photos), "--out", str(out), "--preset", "offline", "--allow-outside-paths"]
+        refused = CliRunner().invoke(app, command)
+        assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
+        assert said in " ".join(refused.output.split())
+    assert (tmp_path / "a-file").read_text() == "mine" and (tmp_path / "a-folder" / "notes.txt").read_text() == "mine"
+
+
+def test_identify_refuses_options_the_gallery_fixed_and_accepts_its_own(saved_gallery, lions, cache, tmp_path):
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for path in lions[lions["split"] == "query"]["path"].head(2):
+        (queries / Path(path).name).write_bytes(Path(path).read_bytes())
+    runner, environment = CliRunner(), {"WILDREID_CACHE": str(cache)}
+    base = ["identify", str(queries), "--gallery", str(saved_gallery)]
+    for option, said in (
+        (["--backbone", "megadescriptor-t-224"], "--backbone megadescriptor-t-224: the gallery"),
+        (["--all-datasets"], "--all-datasets: the gallery"),
+        (["--precision", "bf16"], "fixes how photos are described"),
+    ):
+        refused = runner.invoke(app, [*base, *option, "--out", str(tmp_path / "refused")], env=environment)
+        text = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and said in text and "Traceback" not in text, (option, refused.output)
+    accepted = runner.invoke(
+        app,
+        [*base, "--backbone", "efficientnet-lite0", "--batch-size", "4", "--out", str(tmp_path / "run")],
+        env=environment,
+    )
+    assert accepted.exit_code == 0, accepted.output
+    assert len(pd.read_csv(tmp_path / "run" / "candidates.csv")) == 2

@@ -76,7 +76,9 @@ def gallery_build(
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from wildreid.data.dataset import DatasetError
     from wildreid.gallery.gallery import Gallery
+    from wildreid.gallery.storage import check_target
 
+    check_target(out)  # a file or another folder there is refused before any photo is described
     cache = cache_dir or user_cache_dir()
     photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=False)
     changes = {**regions.changes(), **evidence.changes()}
@@ -133,6 +135,8 @@ def gallery_add(
         saved = Gallery.load(gallery, device=device)
         counts = saved.add(photos, cache_dir=cache_dir or user_cache_dir(), refit=refit)
         saved.save(gallery)
+    for conflict in counts["label_conflicts"]:
+        console.print(f"[yellow]label conflict: {escape(conflict)}[/]", highlight=False)
     console.print(
         f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
         f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",

@@ -162,6 +162,7 @@ class Gallery:
         fresh = extraction.ok & np.array([(g, k) not in known for g, k in zip(photos["group"], keys)])
         fresh &= ~pd.Series(list(zip(photos["group"], keys))).duplicated().to_numpy()
         skipped = int((extraction.ok & ~fresh).sum())
+        conflicts = self._label_conflicts(photos, keys, extraction.ok, fresh)
         vectors = extraction.embeddings[fresh]
         photos = photos[fresh].reset_index(drop=True)
         photos["near_duplicate"] = near_duplicate_groups(photos) if len(photos) else None
@@ -175,7 +176,41 @@ class Gallery:
             if group.fit is None or refit or (refit is None and grown):
                 self._fit(group, seen)
                 refitted.append(name)
-        return {"added": len(photos), "skipped_duplicates": skipped, "failed": len(failed), "refitted": refitted}
+        return {
+            "added": len(photos),
+            "skipped_duplicates": skipped,
+            "failed": len(failed),
+            "refitted": refitted,
+            "label_conflicts": conflicts,
+        }
+
+    def _label_conflicts(self, photos: pd.DataFrame, keys, ok: np.ndarray, fresh: np.ndarray) -> list[str]:
+        """A skipped photo (the same bytes and region as one already kept) labelled with another
+        identity: the gallery keeps the first label, and the user must hear that the two disagree
+        (one of them is a labelling mistake, or one photo was filed under two names)."""
+        first = {
+            (group, key): (image_id, identity)
+            for group, key, image_id, identity in zip(
+                self.table["group"], self._keys(self.table), self.table["image_id"], self.table["identity"]
+            )
+        }
+        said = []
+        for row, (group, key, image_id, identity) in enumerate(
+            zip(photos["group"], keys, photos["image_id"], photos["identity"])
+        ):
+            if not ok[row]:
+                continue
+            if fresh[row]:
+                first[(group, key)] = (image_id, identity)
+                continue
+            kept_id, kept_identity = first.get((group, key), (image_id, identity))
+            if str(kept_identity) != str(identity):
+                said.append(
+                    f"{image_id} (labelled {identity}) is the same photo as {kept_id}, already labelled "
+                    f"{kept_identity}: not added, the gallery keeps {kept_identity}. If {kept_identity} is wrong, "
+                    "correct the labels and build the gallery again."
+                )
+        return said
 
     def _describe_database(self, photos: pd.DataFrame, regions, cache_dir, progress: bool) -> Extraction:
         started = time.perf_counter()

@@ -175,6 +175,13 @@ def read_record(folder: Path) -> dict:
     return record
 
 
+def saved_preset(folder: Path) -> Preset:
+    """The preset a saved gallery was built with (its gallery.json read and checked)."""
+    record = read_record(folder)
+    with reading(Path(folder) / RECORD, Path(folder), "field"):
+        return record_preset(record)
+
+
 def record_preset(record: dict) -> Preset:
     """The preset a gallery was built with, as gallery.json records it."""
     if not isinstance(record["preset_settings"], dict):
