@@ -644,3 +644,185 @@ def test_a_second_writer_of_a_gallery_is_refused_at_once_with_the_holder_named(
             assert refused.exit_code != 0 and "Traceback" not in said, (command, refused.output)
             assert f"is being written by pid {os.getpid()} on {socket.gethostname()}" in said, command
     assert (saved_gallery / "gallery.json").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged and hand-edited galleries
+
+
+def _copy(gallery: Path, where: Path, *, checksums: bool = True) -> Path:
+    """A copy of a saved gallery; without ``checksums``, as an earlier wildreid saved it."""
+    import shutil
+
+    copy = where / "g"
+    shutil.copytree(gallery, copy)
+    if not checksums:
+        record = json.loads((copy / "gallery.json").read_text())
+        del record["files"], record["record_sha256"]
+        (copy / "gallery.json").write_text(json.dumps(record, indent=2))
+    return copy
+
+
+def _edit_record(folder: Path, change) -> None:
+    record = json.loads((folder / "gallery.json").read_text())
+    change(record)
+    (folder / "gallery.json").write_text(json.dumps(record, indent=2))
+
+
+def _resort(folder: Path) -> None:
+    """images.csv sorted by identity, as a spreadsheet would save it: the same rows, bytes apart."""
+    table = pd.read_csv(folder / "images.csv", dtype=str, keep_default_na=False)
+    table.sort_values(["identity", "image_id"], ascending=False).to_csv(folder / "images.csv", index=False)
+
+
+def test_a_gallery_whose_images_csv_was_resorted_is_refused_not_answered_differently(
+    saved_gallery, lions, cache, tmp_path, lite0_backbone
+):
+    folder = _copy(saved_gallery, tmp_path)
+    assert set(json.loads((folder / "gallery.json").read_text())["files"]) >= {
+        "images.csv",
+        "failures.csv",
+        "group-0/vectors.faiss",
+        "group-0/askable.npy",
+    }
+    _resort(folder)
+    with pytest.raises(GalleryError, match=r"images\.csv: changed since the gallery was saved.*gallery build"):
+        Gallery.load(folder, backbone=lite0_backbone)
+    # re-indenting gallery.json (an editor's "format document") changes nothing it says
+    fresh = _copy(saved_gallery, tmp_path / "other")
+    (fresh / "gallery.json").write_text(json.dumps(json.loads((fresh / "gallery.json").read_text()), indent=4))
+    assert Gallery.load(fresh, backbone=lite0_backbone).notes == []
+
+
+def test_a_gallery_saved_before_checksums_is_read_with_a_note_and_gets_them_when_saved(
+    saved_gallery, tmp_path, lite0_backbone
+):
+    folder = _copy(saved_gallery, tmp_path, checksums=False)
+    gallery = Gallery.load(folder, backbone=lite0_backbone)
+    assert any("did not record checksums" in note for note in gallery.notes)
+    gallery.save(folder)
+    again = Gallery.load(folder, backbone=lite0_backbone)
+    assert again.notes == [] and "record_sha256" in json.loads((folder / "gallery.json").read_text())
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _delete_group_folder(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder / "group-0")
+
+
+def _group_folder_as_a_file(folder: Path) -> None:
+    _delete_group_folder(folder)
+    (folder / "group-0").write_text("not a folder")
+
+
+DAMAGE = {
+    "truncated-vectors": (lambda g: _truncate(g / "group-0" / "vectors.faiss"), "vectors.faiss"),
+    "empty-vectors": (lambda g: (g / "group-0" / "vectors.faiss").write_bytes(b""), "vectors.faiss"),
+    "deleted-vectors": (lambda g: (g / "group-0" / "vectors.faiss").unlink(), "vectors.faiss"),
+    "truncated-askable": (lambda g: _truncate(g / "group-0" / "askable.npy"), "askable.npy"),
+    "deleted-group-folder": (_delete_group_folder, "group-0"),
+    "group-folder-is-a-file": (_group_folder_as_a_file, "group-0"),
+    "deleted-images": (lambda g: (g / "images.csv").unlink(), "images.csv"),
+    "empty-images": (lambda g: (g / "images.csv").write_text(""), "images.csv"),
+    "resorted-images": (_resort, "images.csv"),
+    "fit-null": (lambda g: _edit_record(g, lambda r: r["group_files"]["LionData"].update(fit=None)), "gallery.json"),
+    "threshold-banana": (
+        lambda g: _edit_record(g, lambda r: r["group_files"]["LionData"]["fit"].update(threshold="banana")),
+        "gallery.json",
+    ),
+    "no-preset-settings": (lambda g: _edit_record(g, lambda r: r.pop("preset_settings")), "gallery.json"),
+    "format-2": (lambda g: _edit_record(g, lambda r: r.update(format_version=2)), "format 2"),
+    "not-json": (lambda g: (g / "gallery.json").write_text("{ half"), "gallery.json"),
+}
+
+
+# A gallery saved without checksums cannot tell a re-sorted images.csv (it says so when loaded).
+DAMAGED = [(damage, True) for damage in DAMAGE] + [(damage, False) for damage in DAMAGE if damage != "resorted-images"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "checksums"), DAMAGED, ids=[f"{d}-{'saved-now' if c else 'before-checksums'}" for d, c in DAMAGED]
+)
+def test_a_damaged_gallery_is_one_message_from_load_info_and_check(
+    damage, checksums, saved_gallery, tmp_path, lite0_backbone
+):
+    from wildreid.gallery.errors import UnreadableGallery
+
+    folder = _copy(saved_gallery, tmp_path, checksums=checksums)
+    harm, named = DAMAGE[damage]
+    harm(folder)
+    with pytest.raises(UnreadableGallery) as refused:
+        Gallery.load(folder, backbone=lite0_backbone)
+    message = str(refused.value)
+    assert named in message and ("gallery build" in message or "Upgrade wildreid" in message), message
+    runner = CliRunner()
+    for command in (["gallery", "info", str(folder)], ["gallery", "check", str(folder)]):
+        said = runner.invoke(app, command)
+        assert said.exit_code != 0 and isinstance(said.exception, SystemExit), (command, said.output)
+        text = "".join(said.output.split())  # rich wraps lines at the terminal's width
+        assert "Traceback" not in text and named.replace(" ", "") in text, (command, said.output)
+        assert text.count("error:") + text.count("damaged:") == 1, (command, said.output)
+
+
+# ------------------------------------------------------------------------------------------------
+# edge cases of building, growing and querying
+
+
+def test_the_same_photo_under_another_identity_is_a_said_label_conflict(lions, cache, lite0_backbone):
+    database = lions[lions["split"] == "database"]
+    gallery = Gallery.build(database.head(12), OFFLINE, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    photo = database.iloc[[0]]
+    again = photo.assign(image_id="copy.jpg", identity="SomeoneElse")
+    counts = gallery.add(again, cache_dir=cache, progress=False)
+    assert counts["added"] == 0 and counts["skipped_duplicates"] == 1
+    [conflict] = counts["label_conflicts"]
+    assert "copy.jpg" in conflict and "SomeoneElse" in conflict
+    assert photo["image_id"].iloc[0] in conflict and photo["identity"].iloc[0] in conflict
+    assert gallery.add(photo, cache_dir=cache, progress=False)["label_conflicts"] == []  # same label: no word
+
+
+def test_build_refuses_a_file_or_another_folder_as_out_before_describing_anything(lions, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("photos were described before --out was checked")
+
+    monkeypatch.setattr(Gallery, "build", no_work)
+    photos = tmp_path / "photos.csv"
+    lions[lions["split"] == "database"].head(3).to_csv(photos, index=False)
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-folder" / "notes.txt").write_text("mine")
+    for out, said in ((tmp_path / "a-file", "is a file"), (tmp_path / "a-folder", "is not a gallery")):
+        command = ["gallery", "build", str(photos), "--out", str(out), "--preset", "offline", "--allow-outside-paths"]
+        refused = CliRunner().invoke(app, command)
+        assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
+        assert said in " ".join(refused.output.split())
+    assert (tmp_path / "a-file").read_text() == "mine" and (tmp_path / "a-folder" / "notes.txt").read_text() == "mine"
+
+
+def test_identify_refuses_options_the_gallery_fixed_and_accepts_its_own(saved_gallery, lions, cache, tmp_path):
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for path in lions[lions["split"] == "query"]["path"].head(2):
+        (queries / Path(path).name).write_bytes(Path(path).read_bytes())
+    runner, environment = CliRunner(), {"WILDREID_CACHE": str(cache)}
+    base = ["identify", str(queries), "--gallery", str(saved_gallery)]
+    for option, said in (
+        (["--backbone", "megadescriptor-t-224"], "--backbone megadescriptor-t-224: the gallery"),
+        (["--all-datasets"], "--all-datasets: the gallery"),
+        (["--precision", "bf16"], "fixes how photos are described"),
+    ):
+        refused = runner.invoke(app, [*base, *option, "--out", str(tmp_path / "refused")], env=environment)
+        text = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and said in text and "Traceback" not in text, (option, refused.output)
+    accepted = runner.invoke(
+        app,
+        [*base, "--backbone", "efficientnet-lite0", "--batch-size", "4", "--out", str(tmp_path / "run")],
+        env=environment,
+    )
+    assert accepted.exit_code == 0, accepted.output
+    assert len(pd.read_csv(tmp_path / "run" / "candidates.csv")) == 2

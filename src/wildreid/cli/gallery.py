@@ -76,7 +76,9 @@ def gallery_build(
     """Describe the labelled photos, index them and fit calibration and thresholds; save the gallery."""
     from wildreid.data.dataset import DatasetError
     from wildreid.gallery.gallery import Gallery
+    from wildreid.gallery.storage import check_target
 
+    check_target(out)  # a file or another folder there is refused before any photo is described
     cache = cache_dir or user_cache_dir()
     photos = columns.labelled_photos(root, allow_outside_paths=allow_outside_paths, include_queries=False)
     changes = {**regions.changes(), **evidence.changes()}
@@ -133,6 +135,8 @@ def gallery_add(
         saved = Gallery.load(gallery, device=device)
         counts = saved.add(photos, cache_dir=cache_dir or user_cache_dir(), refit=refit)
         saved.save(gallery)
+    for conflict in counts["label_conflicts"]:
+        console.print(f"[yellow]label conflict: {escape(conflict)}[/]", highlight=False)
     console.print(
         f"added {counts['added']} photo(s); {counts['skipped_duplicates']} already in the gallery, "
         f"{counts['failed']} unreadable; refitted: {', '.join(counts['refitted']) or 'nothing'}",
@@ -159,31 +163,45 @@ def gallery_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ):
     """What a gallery holds: preset, descriptor, photos, and per group its index and last fit."""
-    from wildreid.gallery.gallery import GalleryError
+    from wildreid.gallery.storage import RECORD, check_gallery, reading
     from wildreid.util.files import jsonable
 
-    record = gallery / "gallery.json"
-    if not record.is_file():
-        raise GalleryError(f"{gallery}: not a gallery (no gallery.json).")
-    info = json.loads(record.read_text(encoding="utf-8"))
-    shown = {
-        k: info[k]
-        for k in (
-            "format_version",
-            "preset",
-            "backbone",
-            "backbone_fingerprint",
-            "local_features",
-            "images",
-            "identities",
-            "groups",
-            "saved_at",
-        )
-    }
+    # Every file present and of its saved size (cheap); `gallery check` also reads their contents.
+    info, notes = check_gallery(gallery, thorough=False)
+    with reading(gallery / RECORD, gallery, "field"):
+        shown = {k: info[k] for k in INFO_FIELDS}
+        shown["saved_at"] = info.get("saved_at")
+        for group in shown["groups"].values():
+            for key in GROUP_FIELDS:
+                group[key]  # noqa: B018 - a field print_gallery_info shows must be there
+    for note in notes:
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     if as_json:
         stdout.print_json(json.dumps(jsonable(shown)))
         return
     print_gallery_info(shown, gallery)
+
+
+INFO_FIELDS = ("format_version", "preset", "backbone", "backbone_fingerprint", "local_features", "images")
+INFO_FIELDS += ("identities", "groups")
+GROUP_FIELDS = ("images", "identities", "index", "threshold", "fitted_images", "fitted_at", "refit_due_at")
+
+
+@gallery_app.command("check")
+def gallery_check(gallery: Annotated[Path, typer.Argument(help="The gallery folder.")]):
+    """Check that a gallery can be used: gallery.json whole and unchanged, every file present and
+    matching its checksum, every index and keypoint file readable and of the photos listed."""
+    from wildreid.gallery.errors import UnreadableGallery
+    from wildreid.gallery.storage import check_gallery
+
+    try:
+        _, notes = check_gallery(gallery)
+    except UnreadableGallery as problem:
+        console.print(f"[bold red]damaged[/]: {escape(str(problem))}", highlight=False)
+        raise typer.Exit(1) from None
+    for note in notes:
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+    console.print(f"[green]OK[/]: {escape(str(gallery))} is whole", highlight=False)
 
 
 def print_gallery(saved, folder: Path) -> None:

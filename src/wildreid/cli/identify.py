@@ -157,9 +157,9 @@ def identify(
     check_out_dir(out)  # before the work, not after it
     cache = None if no_cache else (cache_dir or user_cache_dir())
     if gallery is not None:
-        _refuse_what_the_gallery_fixed(choice, regions, evidence)
+        speed_changes = _refuse_what_the_gallery_fixed(gallery, choice, regions, evidence, speed.changes(batch_size))
         photos, no_animal = _query_photos(root, columns, allow_outside_paths, regions, dataset_name)
-        result = _identify_with_gallery(photos, gallery, choice, grouping_method, cache, device)
+        result = _identify_with_gallery(photos, gallery, choice, grouping_method, cache, device, speed_changes)
     else:
         if len(root) != 1:
             raise ValueError(
@@ -182,7 +182,36 @@ def identify(
     _write_run(result, out, report=report, submission_format=submission_format)
 
 
-def _refuse_what_the_gallery_fixed(choice: PresetChoice, regions: RegionOptions, evidence: EvidenceOptions) -> None:
+def _refuse_what_the_gallery_fixed(
+    folder: Path, choice: PresetChoice, regions: RegionOptions, evidence: EvidenceOptions, speed: dict
+) -> dict:
+    """Refuse the options a gallery fixed when they say something else than it does (they would
+    otherwise be ignored in silence); return the speed options that may still apply (the batch
+    size, which changes no answer)."""
+    from wildreid.gallery.storage import saved_preset
+
+    fixed = saved_preset(folder)
+    if choice.backbone and choice.backbone != fixed.backbone:
+        raise ValueError(
+            f"--backbone {choice.backbone}: the gallery {folder} was built with {fixed.backbone}, and its "
+            "vectors fix the descriptor (queries are described with the gallery's). Leave --backbone out, "
+            f"or build a gallery with `wildreid gallery build ROOT --out DIR --backbone {choice.backbone}`."
+        )
+    if choice.all_datasets and fixed.same_dataset_only:
+        raise ValueError(
+            f"--all-datasets: the gallery {folder} was built with one group per dataset, and its thresholds "
+            "were fitted per group. Leave --all-datasets out, or build a gallery with "
+            "`wildreid gallery build ROOT --out DIR --all-datasets`."
+        )
+    differing = {name: value for name, value in speed.items() if name != "batch_size" and getattr(fixed, name) != value}
+    if differing:
+        asked = ", ".join(f"{name} {value}" for name, value in differing.items())
+        kept = ", ".join(f"{name} {getattr(fixed, name)}" for name in differing)
+        raise ValueError(
+            f"{asked}: the gallery {folder} fixes how photos are described ({kept}); queries are described "
+            "as its photos were, so their scores compare. Leave --fast, --precision, --decode, --compile "
+            "and --engine out with --gallery (--batch-size may be given), or build a gallery with them."
+        )
     if evidence.changes():
         raise ValueError(
             "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
@@ -198,6 +227,7 @@ def _refuse_what_the_gallery_fixed(choice: PresetChoice, regions: RegionOptions,
             "--region-margin and --foreground belong to the gallery (its photos were described with "
             "them); queries follow the gallery's. Build a gallery with them to change them."
         )
+    return {name: value for name, value in speed.items() if name == "batch_size"}
 
 
 def _animals_of(dataset, regions: RegionOptions):
@@ -232,10 +262,11 @@ def _query_photos(sources, columns: DatasetColumns, allow_outside_paths, regions
     return photos, no_animal
 
 
-def _identify_with_gallery(photos, folder: Path, choice: PresetChoice, grouping, cache, device):
+def _identify_with_gallery(photos, folder: Path, choice: PresetChoice, grouping, cache, device, speed: dict):
     from wildreid.gallery.gallery import FITTED, Gallery
 
     saved = Gallery.load(folder, device=device, preset=choice.preset)
+    saved.preset = saved.preset.replace(**speed)  # the batch size only (see _refuse_what_the_gallery_fixed)
     threshold, top_k = choice.threshold, choice.top_k
     setting = FITTED if threshold is None or threshold.strip().lower() == "auto" else parse_threshold(threshold)
     # Refused as a preset would refuse them: values that would quietly mean something else.

@@ -47,10 +47,14 @@ from wildreid.gallery.query_pairs import PairMemory
 from wildreid.gallery.result import IdentifyResult
 from wildreid.gallery.storage import (
     FORMAT_VERSION,
+    RECORD,
     check_keypoint_methods,
     read_part,
     read_record,
     read_tables,
+    reading,
+    record_preset,
+    verify_files,
     write_gallery,
 )
 from wildreid.local.base import LocalFeatures, get_method
@@ -98,6 +102,8 @@ class Gallery:
         # date (catalog/identify.py); None: not known, compare photo by photo.
         self.catalog_signature: tuple | None = None
         self.serial, self.revision = next(_SERIALS), 0  # see state
+        # What a user should know about the files it was loaded from (storage.verify_files).
+        self.file_notes: list[str] = []
 
     @property
     def state(self) -> tuple[int, int]:
@@ -156,6 +162,7 @@ class Gallery:
         fresh = extraction.ok & np.array([(g, k) not in known for g, k in zip(photos["group"], keys)])
         fresh &= ~pd.Series(list(zip(photos["group"], keys))).duplicated().to_numpy()
         skipped = int((extraction.ok & ~fresh).sum())
+        conflicts = self._label_conflicts(photos, keys, extraction.ok, fresh)
         vectors = extraction.embeddings[fresh]
         photos = photos[fresh].reset_index(drop=True)
         photos["near_duplicate"] = near_duplicate_groups(photos) if len(photos) else None
@@ -169,7 +176,41 @@ class Gallery:
             if group.fit is None or refit or (refit is None and grown):
                 self._fit(group, seen)
                 refitted.append(name)
-        return {"added": len(photos), "skipped_duplicates": skipped, "failed": len(failed), "refitted": refitted}
+        return {
+            "added": len(photos),
+            "skipped_duplicates": skipped,
+            "failed": len(failed),
+            "refitted": refitted,
+            "label_conflicts": conflicts,
+        }
+
+    def _label_conflicts(self, photos: pd.DataFrame, keys, ok: np.ndarray, fresh: np.ndarray) -> list[str]:
+        """A skipped photo (the same bytes and region as one already kept) labelled with another
+        identity: the gallery keeps the first label, and the user must hear that the two disagree
+        (one of them is a labelling mistake, or one photo was filed under two names)."""
+        first = {
+            (group, key): (image_id, identity)
+            for group, key, image_id, identity in zip(
+                self.table["group"], self._keys(self.table), self.table["image_id"], self.table["identity"]
+            )
+        }
+        said = []
+        for row, (group, key, image_id, identity) in enumerate(
+            zip(photos["group"], keys, photos["image_id"], photos["identity"])
+        ):
+            if not ok[row]:
+                continue
+            if fresh[row]:
+                first[(group, key)] = (image_id, identity)
+                continue
+            kept_id, kept_identity = first.get((group, key), (image_id, identity))
+            if str(kept_identity) != str(identity):
+                said.append(
+                    f"{image_id} (labelled {identity}) is the same photo as {kept_id}, already labelled "
+                    f"{kept_identity}: not added, the gallery keeps {kept_identity}. If {kept_identity} is wrong, "
+                    "correct the labels and build the gallery again."
+                )
+        return said
 
     def _describe_database(self, photos: pd.DataFrame, regions, cache_dir, progress: bool) -> Extraction:
         started = time.perf_counter()
@@ -242,7 +283,11 @@ class Gallery:
 
     @property
     def notes(self) -> list[str]:
-        """What a user should know about how the groups were fitted."""
+        """What a user should know about how the groups were fitted (and the files read)."""
+        return [*self.file_notes, *self.fit_notes]
+
+    @property
+    def fit_notes(self) -> list[str]:
         return [note for group in self.groups.values() for note in group.notes]
 
     def _fit(self, group: DatasetPart, seen: TrainedOn | None) -> PartFit:
@@ -474,7 +519,7 @@ class Gallery:
         record = {
             **self.info(),
             "preset_settings": self.preset.to_dict(),
-            "notes": self.notes,
+            "notes": self.fit_notes,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return write_gallery(Path(folder), record, self.table, self.failures, self.groups)
@@ -491,8 +536,10 @@ class Gallery:
         """Open a saved gallery. ``backbone``: reuse a loaded model (it must be the one the
         gallery was built with); ``preset``: the preset the caller expects (refused if another)."""
         folder = Path(folder)
-        record = read_record(folder)
-        settings = Preset.from_dict(record["preset_settings"])
+        record = read_record(folder)  # a damaged gallery is refused before the model is loaded
+        file_notes = verify_files(folder, record)
+        with reading(folder / RECORD, folder, "field"):
+            settings = record_preset(record)
         if preset is not None and preset != settings.name:
             raise GalleryError(
                 f"{folder} was built with preset '{settings.name}', not '{preset}': its calibration "
@@ -509,8 +556,9 @@ class Gallery:
                 f"({backbone.cache_key}). Its vectors would not be comparable: use the same "
                 "descriptor, or rebuild the gallery with this one."
             )
-        table, failures = read_tables(folder)
+        table, failures = read_tables(folder, record)
         gallery = cls(settings, backbone, table, {}, failures=failures)
+        gallery.file_notes = file_notes
         check_keypoint_methods(folder, record, gallery.method, gallery.extra_methods)
         for name, files in record["group_files"].items():
             gallery.groups[name] = read_part(folder, name, files, table, gallery.extra_methods)
