@@ -12,6 +12,7 @@ import pytest
 
 from wildreid.catalog.camtrap import CamtrapSettings, sightings
 from wildreid.catalog.changes import (
+    AlreadyAnswered,
     answer_counts,
     answer_pair,
     confirm_group,
@@ -167,6 +168,32 @@ def test_split_an_individual_then_undo(catalog):
     for chosen in ([], everything, [10_000]):
         with pytest.raises(CatalogError, match="split"):
             split_individual(catalog, "NyalaData_41", chosen, reviewer="carol")
+
+
+def test_a_pair_is_answered_once(catalog):
+    a, b, c, d = waiting(catalog)[:4]
+    first = answer_pair(catalog, dataset="NyalaData", query_id=a, other_query_id=b, answer="same", reviewer="alice")
+    assert first["repeated"] is False
+    before = dump(catalog)
+    for answer in ("same", "cant_tell"):  # the same again, either way round, or no opinion: nothing stored
+        again = answer_pair(catalog, dataset="NyalaData", query_id=b, other_query_id=a, answer=answer, reviewer="bob")
+        assert again["repeated"] is True and again["id"] == first["id"] and again["reviewer"] == "alice"
+    with pytest.raises(AlreadyAnswered, match=r"already answered \"same animal\" by alice .*undo that change first"):
+        answer_pair(catalog, dataset="NyalaData", query_id=a, other_query_id=b, answer="different", reviewer="carol")
+    assert dump(catalog) == before
+    # a known individual's pair, and a split's "different", count the same way
+    answer_pair(catalog, dataset="NyalaData", query_id=c, individual_id="NyalaData_7", answer="different", reviewer="x")
+    with pytest.raises(AlreadyAnswered):
+        answer_pair(catalog, dataset="NyalaData", query_id=c, individual_id="NyalaData_7", answer="same", reviewer="y")
+    split_group(catalog, dataset="NyalaData", moved=[d], kept=[a], reviewer="x")
+    with pytest.raises(AlreadyAnswered, match="moved out"):
+        answer_pair(catalog, dataset="NyalaData", query_id=a, other_query_id=d, answer="same", reviewer="y")
+    # "can't tell" decides nothing: a reviewer who can tell may still answer
+    answer_pair(catalog, dataset="NyalaData", query_id=b, other_query_id=c, answer="cant_tell", reviewer="x")
+    tells = answer_pair(catalog, dataset="NyalaData", query_id=c, other_query_id=b, answer="same", reviewer="y")
+    assert tells["repeated"] is False
+    with pytest.raises(AlreadyAnswered):
+        answer_pair(catalog, dataset="NyalaData", query_id=b, other_query_id=c, answer="different", reviewer="z")
 
 
 def test_pair_answers_and_group_splits_are_stored_counted_and_undone(catalog):

@@ -977,6 +977,46 @@ def test_answers_are_reapplied_when_the_grouping_is_rebuilt(catalog_path, nyala,
         assert stale.status_code == 409
 
 
+def test_a_pair_already_answered_is_not_stored_again(client, nyala, catalog_path):
+    a = upload_strangers(client, nyala)["A"]
+
+    def post(reviewer: str, left: int, right: int, answer: str) -> httpx.Response:
+        return client.post(
+            "/pairs",
+            headers={**SIGNED, "X-Wildreid-Reviewer": reviewer},
+            follow_redirects=False,
+            data={"dataset": "NyalaData", "left": left, "right_query": right, "answer": answer},
+        )
+
+    def stored() -> list[tuple]:
+        with Catalog(catalog_path) as catalog:
+            return [(r["reviewer"], r["answer"]) for r in catalog._all("SELECT * FROM pair_answers ORDER BY id")]
+
+    first = post("alice", a[0], a[1], "same")
+    assert first.status_code == 303 and "repeated" not in first.headers["location"]
+    # a second reviewer (a page left open) gives the same answer, the pair the other way round
+    for answer in ("same", "cant_tell"):
+        again = post("bob", a[1], a[0], answer)
+        assert again.status_code == 303 and "repeated=1" in again.headers["location"]
+        page = client.get(again.headers["location"], headers=SIGNED).text
+        assert "Already answered by alice" in page and "Nothing was stored again" in page
+    assert stored() == [("alice", "same")]
+    # the opposite answer is refused, pointing to undo; the grouping keeps the first answer
+    refused = post("carol", a[0], a[1], "different")
+    assert refused.status_code == 409
+    message = " ".join(refused.text.split())
+    assert "already answered" in message and "by alice" in message and "undo that change first" in message
+    assert stored() == [("alice", "same")]
+    assert any(a[0] in group and a[1] in group for group in proposed(client))
+    # once the first answer is undone, the other one is stored
+    with Catalog(catalog_path) as catalog:
+        last = catalog.last_change()["id"]
+    assert client.post("/undo", headers=SIGNED, data={"expected": last}, follow_redirects=False).status_code == 303
+    second = post("carol", a[0], a[1], "different")
+    assert second.status_code == 303 and "repeated" not in second.headers["location"]
+    assert stored() == [("carol", "different")]
+
+
 def test_an_upload_is_described_and_matched_once_however_many_photos_wait(
     client, app, nyala, catalog_path, lite0_backbone, embedding_cache, monkeypatch
 ):

@@ -19,12 +19,18 @@ from __future__ import annotations
 import sqlite3
 
 from wildreid.catalog.journal import Journal, undo_problems, undo_steps
-from wildreid.catalog.store import Catalog, CatalogError, _reviewer, now
-from wildreid.decide.queue import ANSWERS
+from wildreid.catalog.store import AlreadyDecided, Catalog, CatalogError, _reviewer, now
+from wildreid.decide.queue import ANSWERS, CANT_TELL
 
 PENDING = ("ready", "skipped")  # identified and not filed yet: the photos grouping proposes groups of
 MAX_SPLIT_PAIRS = 10_000  # "different" answers one split may record
 ANSWER_WORDS = {"same": "same animal", "different": "different animals", "cant_tell": "can't tell"}
+
+
+class AlreadyAnswered(AlreadyDecided):
+    """A pair already answered the other way: the answer in force names who gave it and how to
+    take it back (undo); answering over it would leave the grouping two contradicting constraints.
+    ``decision``: the stored answer (a row of ``pair_answers``)."""
 
 
 def confirm_group(
@@ -160,7 +166,15 @@ def answer_pair(
     (``other_query_id``) or a known individual (``individual_id``). ``probability``: the machine's
     P(same) for the pair; ``settled``: photos whose grouping the answer decided (the review
     counters, see ``PendingGrouping.answer``).
-    Returns the history entry."""
+    Returns the history entry, with ``repeated``: False.
+
+    A pair is answered once (two reviewers on the same question, or a page left open, would
+    otherwise store it twice; either photo may be on the left). The same answer again, or "can't
+    tell" about a pair answered "same" or "different", stores nothing: the history entry of the
+    answer in force is returned, with ``repeated``: True. The opposite answer is refused
+    (:class:`AlreadyAnswered`, naming who answered and when): the first answer is taken back
+    with undo before another is given, so the catalogue never holds both. A pair answered only
+    "can't tell" may still be answered "same" or "different": that is no contradiction."""
     reviewer = _reviewer(reviewer)
     if answer not in ANSWERS:
         raise CatalogError(f"answer: '{answer}' is not one of {', '.join(ANSWERS)}.")
@@ -174,6 +188,18 @@ def answer_pair(
         if other_query_id is not None and int(other_query_id) == int(query_id):
             raise CatalogError("answer: a photo compared with itself.")
         other = f"query #{other_query_id}" if other_query_id is not None else individual_id
+        earlier = _answer_in_force(catalog, dataset, int(query_id), other_query_id, individual_id)
+        if earlier is not None and answer in (earlier["answer"], CANT_TELL):
+            return {**_recorded(catalog, earlier["history_id"]), "repeated": True}
+        if earlier is not None and earlier["answer"] != CANT_TELL:
+            entry = _recorded(catalog, earlier["history_id"])
+            raise AlreadyAnswered(
+                f'query #{queries[0]["id"]} and {other}: already answered "{ANSWER_WORDS[earlier["answer"]]}" by '
+                f"{earlier['reviewer']} at {earlier['answered_at']} (change #{entry['id']}: {entry['summary']}). "
+                "Nothing was stored. To answer otherwise, undo that change first on the History page "
+                "(undo takes back the latest change, so changes made after it are undone before it).",
+                earlier,
+            )
         journal = Journal(catalog.db)
         # The entry first: the answer names it (undo deletes the answers of the entry it undoes).
         history_id = catalog.record_history(
@@ -200,7 +226,33 @@ def answer_pair(
             },
         )
         catalog.update_history_change(history_id, journal)
-    return _recorded(catalog, history_id)
+    return {**_recorded(catalog, history_id), "repeated": False}
+
+
+def _answer_in_force(
+    catalog: Catalog, dataset: str, query_id: int, other_query_id: int | None, individual_id: str | None
+) -> dict | None:
+    """The stored answer about a pair (either way round; a split's "different" counts), or None:
+    the first "same" or "different" one, else the first "can't tell"."""
+    if other_query_id is not None:
+        rows = catalog._all(
+            "SELECT * FROM pair_answers WHERE dataset = ? AND ((query_id = ? AND other_query_id = ?) "
+            "OR (query_id = ? AND other_query_id = ?)) ORDER BY id",
+            dataset,
+            query_id,
+            int(other_query_id),
+            int(other_query_id),
+            query_id,
+        )
+    else:
+        rows = catalog._all(
+            "SELECT * FROM pair_answers WHERE dataset = ? AND query_id = ? AND individual_id = ? ORDER BY id",
+            dataset,
+            query_id,
+            individual_id,
+        )
+    decisive = [row for row in rows if row["answer"] != CANT_TELL]
+    return (decisive or rows or [None])[0]
 
 
 def split_group(catalog: Catalog, *, dataset: str, moved: list[int], kept: list[int], reviewer: str) -> dict:

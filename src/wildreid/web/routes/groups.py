@@ -236,7 +236,9 @@ def _reapply(request: Request, catalog: Catalog, dataset: str) -> None:
 
 
 @router.get("/pairs", response_class=HTMLResponse)
-def pairs_page(request: Request, catalog: CatalogDep, dataset: str = "", answered: int | None = None):
+def pairs_page(
+    request: Request, catalog: CatalogDep, dataset: str = "", answered: int | None = None, repeated: bool = False
+):
     chosen = _dataset(catalog, dataset)
     if chosen is None:
         return RedirectResponse("/groups", status_code=303)
@@ -290,6 +292,7 @@ def pairs_page(request: Request, catalog: CatalogDep, dataset: str = "", answere
         counters=counters,
         failure=failure,
         answered=_entry(catalog, answered),
+        repeated=repeated,
         last=catalog.last_change(),
         here=with_params("/pairs", dataset=chosen),
         **context,
@@ -316,7 +319,9 @@ def answer(
     right_query: Annotated[int | None, Form()] = None,
     right_individual: Annotated[str, Form()] = "",
 ):
-    """One answer: stored with who and when, and applied to the grouping at once."""
+    """One answer: stored with who and when, and applied to the grouping at once. A pair already
+    answered is not stored again (``changes.answer_pair``): the same answer is shown as given
+    already, and the opposite one refused (409) until the first is undone."""
     if answer not in ANSWERS:
         raise HTTPException(400, f"answer: '{clean_text(answer, 20)}' is not one of {', '.join(ANSWERS)}.")
     chosen = _dataset(catalog, dataset) or ""
@@ -355,7 +360,12 @@ def answer(
         except BaseException:
             _reapply(request, catalog, chosen)  # the answer was not stored: nor is it applied
             raise
-    return RedirectResponse(with_params("/pairs", dataset=chosen, answered=entry["id"]), status_code=303)
+        if entry["repeated"]:
+            _reapply(request, catalog, chosen)  # nothing new was stored: the stored answers hold
+    return RedirectResponse(
+        with_params("/pairs", dataset=chosen, answered=entry["id"], repeated=1 if entry["repeated"] else None),
+        status_code=303,
+    )
 
 
 @router.get("/pairs/match/{left}/{right}.png")
