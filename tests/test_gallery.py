@@ -264,6 +264,10 @@ def test_cli_build_info_add_and_identify_against_a_gallery(lions, cache, tmp_pat
     info = runner.invoke(app, ["gallery", "info", str(tmp_path / "g"), "--json"])
     record = json.loads(info.stdout)
     assert record["images"] == len(database) and record["groups"]["LionData"]["fitted_images"] < len(database)
+    shown = runner.invoke(app, ["gallery", "info", str(tmp_path / "g")])  # a log is 80 columns wide
+    assert max(map(len, shown.stdout.splitlines())) <= 80 and "…" not in shown.stdout
+    fitted_at = record["groups"]["LionData"]["fitted_at"]
+    assert f"{fitted_at[:10]} {fitted_at[11:16]}" in shown.stdout  # the date and time whole
     queries = tmp_path / "queries"
     queries.mkdir()
     for path in lions[lions["split"] == "query"]["path"].head(4):

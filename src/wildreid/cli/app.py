@@ -69,6 +69,35 @@ console = Console(stderr=True)
 stdout = Console()
 
 
+def print_columns(rows: list[str], columns: list[tuple[str, list[str]]], *, cell_width: int = 10) -> None:
+    """A table with a row per figure (``rows``) and a column per thing measured (``columns``:
+    name and one cell per row), split into as many tables as it takes to fit the console: a
+    column per figure instead would need 100-130 characters, and Rich cuts cells to "sco…" in
+    an 80-column terminal or a log."""
+    from rich.table import Column, Table
+
+    label_width = max(map(len, rows), default=0)
+    per_table = max(1, (stdout.width - label_width - 4) // (cell_width + 3))
+    for first in range(0, len(columns), per_table):
+        part = columns[first : first + per_table]
+        table = Table("", *(Column(escape(name), justify="right", overflow="fold") for name, _ in part))
+        for index, label in enumerate(rows):
+            table.add_row(label, *(escape(cells[index]) for _, cells in part))
+        stdout.print(table)
+
+
+def print_legend(entries: list[tuple[str, str]]) -> None:
+    """What each figure means, the explanations wrapped beside their labels."""
+    from rich.table import Table
+
+    legend = Table.grid(padding=(0, 1))
+    legend.add_column(no_wrap=True)
+    legend.add_column()
+    for label, meaning in entries:
+        legend.add_row(escape(label), escape(meaning))
+    stdout.print(legend, highlight=False)
+
+
 def user_cache_dir() -> Path:
     return Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
 

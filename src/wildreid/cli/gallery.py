@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from wildreid.cli.app import App, app, console, stdout, user_cache_dir
+from wildreid.cli.app import App, app, console, print_columns, print_legend, stdout, user_cache_dir
 from wildreid.cli.extract import extract_on_ray
 from wildreid.cli.options import (
     AllowOutsidePaths,
@@ -216,17 +215,37 @@ def print_gallery_info(info: dict, folder: Path) -> None:
         f"{info['identities']} identities (format {info['format_version']})",
         highlight=False,
     )
-    table = Table("group", "photos", "identities", "index", "threshold", "fitted on", "fitted at", "refit due at")
+    rows = ["photos", "identities", "index", "threshold", "fitted on", "fitted at", "refit due at"]
+    columns = []
     for name, group in info["groups"].items():
         threshold = group["threshold"]
-        table.add_row(
-            name,
-            str(group["images"]),
-            str(group["identities"]),
-            group["index"],
-            "none" if threshold in (None, "none") else f"{float(threshold):.4f}",
-            str(group["fitted_images"]),
-            str(group["fitted_at"]),
-            str(group["refit_due_at"]),
+        columns.append(
+            (
+                name,
+                [
+                    str(group["images"]),
+                    str(group["identities"]),
+                    str(group["index"]),
+                    "none" if threshold in (None, "none") else f"{float(threshold):.4f}",
+                    f"{group['fitted_images']} photos",
+                    _when(group["fitted_at"]),
+                    f"{group['refit_due_at']} photos",
+                ],
+            )
         )
-    stdout.print(table)
+    print_columns(rows, columns, cell_width=16)
+    print_legend(
+        [
+            ("threshold:", "a query whose best score is below it is answered new_individual"),
+            ("fitted on:", "the photos the calibration and threshold were chosen on"),
+            ("refit due at:", "the size at which `gallery add` refits the group by itself"),
+        ]
+    )
+
+
+def _when(stamp) -> str:
+    """2026-12-04T05:10:31+0000 -> 2026-12-04 05:10 +0000: fits a column of 16-22 characters."""
+    if not isinstance(stamp, str) or "T" not in stamp:
+        return str(stamp)
+    day, time_of_day = stamp.split("T", 1)
+    return f"{day} {time_of_day[:5]} {time_of_day[8:]}".strip()

@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Column, Table
 
-from wildreid.cli.app import OptionGroup, app, console, stdout, user_cache_dir
+from wildreid.cli.app import OptionGroup, app, console, print_columns, print_legend, stdout, user_cache_dir
 from wildreid.cli.options import (
     AllowOutsidePaths,
     BackboneOption,
@@ -351,25 +350,16 @@ def print_evaluation(evaluation: dict) -> None:
         return f"{value:.4f}" + ("*" if starred else "")
 
     stdout.print("AnimalCLEF2025 metric, and ARI (AnimalCLEF2026)", style="italic", highlight=False)
-    per_table = max(1, (stdout.width - 16) // 11)  # a figure column takes about 11 characters
-    for first in range(0, len(columns), per_table):
-        part = columns[first : first + per_table]
-        table = Table(
-            "figure",
-            *(Column(escape(name), justify="right", overflow="fold") for name, _ in part),
-        )
-        table.add_row("queries", *("" if f["queries"] is None else str(f["queries"]) for _, f in part))
-        for key in keys:
-            table.add_row(METRICS[key][0], *(cell(figures, key) for _, figures in part))
-        stdout.print(table)
-    legend = Table.grid(padding=(0, 1))
-    legend.add_column(no_wrap=True)
-    legend.add_column()
-    for key in keys:
-        legend.add_row(f"{METRICS[key][0]}:", METRICS[key][1])
-    if any_unmeasurable:
-        legend.add_row("*", NOT_MEASURABLE)
-    stdout.print(legend, highlight=False)
+    labels = ["queries", *(METRICS[key][0] for key in keys)]
+    print_columns(
+        labels,
+        [
+            (name, ["" if f["queries"] is None else str(f["queries"]), *(cell(f, key) for key in keys)])
+            for name, f in columns
+        ],
+    )
+    legend = [(f"{METRICS[key][0]}:", METRICS[key][1]) for key in keys]
+    print_legend(legend + ([("*", NOT_MEASURABLE)] if any_unmeasurable else []))
 
 
 def print_written(written: dict) -> None:
