@@ -518,12 +518,7 @@ def test_watch_retries_a_stalled_copy_once_it_changes(tmp_path):
     assert watcher.poll() == 2
     results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
     assert list(results["image_id"]) == ["stalled.jpg", "touched.jpg"] * 2
-    assert list(results["flags"]) == ["unreadable_image"] * 3 + [""] or list(results["flags"]) == [
-        "unreadable_image",
-        "unreadable_image",
-        "",
-        "unreadable_image",
-    ]
+    assert list(results["flags"]) == ["unreadable_image", "unreadable_image", "", "unreadable_image"]
     answered = results.iloc[2:].set_index("image_id")
     assert answered.loc["stalled.jpg", "flags"] == "" and answered.loc["stalled.jpg", "prediction"] == "Lion7"
     assert answered.loc["stalled.jpg", "sha256"] == hashlib.sha256(stalled.read_bytes()).hexdigest()
