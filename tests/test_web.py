@@ -647,6 +647,10 @@ def test_routes_without_uploads_refuse_large_or_multipart_bodies_before_reading_
     # a small multipart body is refused by its type (the form parser would spool its files)
     status, _, body, pulled = _asgi(app, "POST", "/login", {**MULTIPART, "content-length": "1000"}, [b"x" * 1000])
     assert (status, pulled) == (415, 0) and b"url-encoded" in body
+    # a multipart content type on a request without a body is no reason to refuse it
+    assert (
+        _asgi(app, "GET", "/login", {"host": "127.0.0.1:8000", "content-type": MULTIPART["content-type"]}, [])[0] == 200
+    )
     # no Content-Length (chunked): counted as it streams in, and stopped at the limit
     chunk = b"token=" + b"a" * 65530
     status, _, body, pulled = _asgi(app, "POST", "/login", form, (chunk for _ in range(300)))

@@ -373,7 +373,8 @@ class BodyLimits:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _plain(send, 413, message)
         content_type = headers.get(b"content-type", b"").decode("latin-1").strip().lower()
-        if content_type.startswith("multipart/") and route not in UPLOAD_ROUTES:
+        has_body = declared not in (None, b"0") or b"transfer-encoding" in headers
+        if has_body and content_type.startswith("multipart/") and route not in UPLOAD_ROUTES:
             return await _plain(
                 send, 415, "This page takes a url-encoded form, not a multipart one: photos go to /uploads."
             )
