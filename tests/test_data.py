@@ -304,18 +304,14 @@ def test_real_png_named_jpeg_bytes_decode(shared_data):
     assert image.mode == "RGB" and min(image.size) > 10
 
 
-def test_two_camera_folders_with_the_same_file_names_point_to_their_parent(tmp_path):
-    """camA and camB both hold IMG_0001.JPG: the message says to give the parent folder, and the
-    parent folder works (ids then include the subfolder)."""
+def test_two_camera_folders_with_the_same_file_names_get_ids_with_their_folder(tmp_path):
+    """camA and camB both hold IMG_0001.JPG: with several folders, ids are paths from their
+    common parent, so both photos are identified (one folder alone keeps its own paths)."""
     for camera in ("camA", "camB"):
-        (tmp_path / "survey" / camera).mkdir(parents=True)
-        Image.new("RGB", (32, 32)).save(tmp_path / "survey" / camera / "IMG_0001.JPG")
-    with pytest.raises(DatasetError) as refused:
-        load_query_photos([tmp_path / "survey" / "camA", tmp_path / "survey" / "camB"])
-    message = str(refused.value)
-    assert "IMG_0001.JPG" in message and f"common parent folder instead ({tmp_path / 'survey'})" in message
-    assert "camA/<file>" in message
-    photos = load_query_photos([tmp_path / "survey"])
-    assert sorted(photos["image_id"]) == ["camA/IMG_0001.JPG", "camB/IMG_0001.JPG"]
+        (tmp_path / "survey" / camera / "day1").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "survey" / camera / "day1" / "IMG_0001.JPG")
+    photos = load_query_photos([tmp_path / "survey" / "camA", tmp_path / "survey" / "camB"])
+    assert sorted(photos["image_id"]) == ["camA/day1/IMG_0001.JPG", "camB/day1/IMG_0001.JPG"]
+    assert list(load_query_photos([tmp_path / "survey" / "camA"])["image_id"]) == ["day1/IMG_0001.JPG"]
     with pytest.raises(DatasetError, match="give each photo once"):  # one folder given twice
         load_query_photos([tmp_path / "survey" / "camA", tmp_path / "survey" / "camA"])

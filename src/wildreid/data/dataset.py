@@ -331,16 +331,24 @@ def load_query_photos(
     files with a ``path_column`` (relative to the CSV's folder; optional image id, ``dataset``,
     ``identity``, ``viewpoint``/``orientation`` columns, and a ``split`` column whose 'query' rows
     are kept). Returns a table of image_id, path[, dataset, identity, viewpoint, orientation]; ids
-    are file names, paths inside a folder, or the CSV's."""
+    are file names, paths inside a folder, or the CSV's. With several folders, ids are paths
+    from their common parent folder (camA/IMG_0001.JPG, camB/IMG_0001.JPG): two cameras' cards
+    often hold the same file names."""
     parts = []
+    folders = [Path(source) for source in sources if Path(source).is_dir()]
+    id_root = _common_parent(folders) if len(folders) > 1 else None
     for source in map(Path, sources):
         _refuse_unreachable(source)
         if source.is_dir():
             files = _image_files(source, recursive=True)
+            prefix = "" if id_root is None else Path(os.path.realpath(source)).relative_to(id_root).as_posix()
             parts.append(
                 pd.DataFrame(
                     {
-                        "image_id": [f.relative_to(source).as_posix() for f in files],
+                        "image_id": [
+                            (prefix + "/" if prefix not in ("", ".") else "") + f.relative_to(source).as_posix()
+                            for f in files
+                        ],
                         "path": [os.path.realpath(f) for f in files],
                     }
                 )
@@ -390,7 +398,10 @@ def load_query_photos(
         raise DatasetError(f"{len(missing)} photo(s) not found: {_listing(missing)}")
     repeated = photos["image_id"][photos["image_id"].duplicated()].unique().tolist()
     if repeated:
-        raise DatasetError(f"photo ids given twice: {_listing(repeated)}; " + _tell_apart(sources))
+        raise DatasetError(
+            f"photo ids given twice: {_listing(repeated)}; give each photo once, or an image_id "
+            "column that tells them apart."
+        )
     problems = normalise_region_columns(photos, lambda index: f"photo {photos['image_id'][index]}")
     problems = problems or check_boxes_inside(photos, lambda index: f"photo {photos['image_id'][index]}")
     if problems:
@@ -398,18 +409,8 @@ def load_query_photos(
     return photos
 
 
-def _tell_apart(sources: list[str | Path]) -> str:
-    """Advice for photo ids given twice. Two camera folders often both hold IMG_0001.JPG: their
-    common parent folder gives ids with the subfolder in them (camA/IMG_0001.JPG)."""
-    folders = [Path(os.path.realpath(source)) for source in sources if Path(source).is_dir()]
-    parent = Path(os.path.commonpath(folders)) if len(folders) > 1 else None
-    if parent is not None and parent not in folders:  # (a folder inside another: photos given twice)
-        return (
-            "photos in different folders share a file name. Give their common parent folder "
-            f"instead ({parent}): the ids then include the subfolder, e.g. "
-            f"{folders[0].relative_to(parent).as_posix()}/<file>."
-        )
-    return "give each photo once, or an image_id column that tells them apart."
+def _common_parent(folders: list[Path]) -> Path:
+    return Path(os.path.commonpath([os.path.realpath(folder) for folder in folders]))
 
 
 def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
