@@ -222,7 +222,7 @@ def test_catalog_import_stays_inside_the_dataset_folder(shared_data, tmp_path):
     arguments = ["catalog", "import", str(csv), "--identity-column", "animal", "--catalog", str(catalog)]
     _refused(
         arguments,
-        "2 image path(s) lead outside the dataset folder",
+        "2 image(s) lead outside the dataset folder",
         "row 3: ../private.jpg",
         "row 4: ../../../../../../../../etc/passwd",
         "--allow-outside-paths",

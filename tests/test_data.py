@@ -134,10 +134,9 @@ def test_paths_outside_the_dataset_folder_are_refused(shared_data, tmp_path):
     with pytest.raises(DatasetError) as error:
         load_dataset(folder)
     message = str(error.value)
-    assert "3 image path(s) lead outside the dataset folder" in message and "--allow-outside-paths" in message
-    assert (
-        "row 3: ../../../../../../etc/passwd" in message and "row 4:" in message and "row 5: images/link.jpg" in message
-    )
+    assert "3 image(s) lead outside the dataset folder" in message and "--allow-outside-paths" in message
+    assert "row 3: ../../../../../../etc/passwd" in message and "row 4:" in message
+    assert f"images/link.jpg is a symlink to {tmp_path / 'secret.jpg'}: 1 image(s) through it (row 5)" in message
     assert "row 2:" not in message and "row 6:" not in message
     table.loc[1, "path"] = table.loc[0, "path"]
     table.to_csv(folder / "metadata.csv", index=False)
@@ -149,6 +148,22 @@ def test_paths_outside_the_dataset_folder_are_refused(shared_data, tmp_path):
     (tmp_path / "db" / "A" / "x.jpg").symlink_to(tmp_path / "secret.jpg")
     with pytest.raises(DatasetError, match="lead outside"):
         load_folders(tmp_path / "db", tmp_path / "queries")
+
+
+def test_a_symlinked_images_folder_is_named_once_as_a_symlink(shared_data, tmp_path):
+    """images/ is a link to a disk elsewhere: the message names that one link, says "symlink"
+    and gives the command-line flag, instead of listing innocent-looking rows."""
+    folder = tmp_path / "mine"
+    table = _lion_folder(shared_data, folder)
+    table.to_csv(folder / "metadata.csv", index=False)
+    (folder / "images").rename(tmp_path / "photo-disk")
+    (folder / "images").symlink_to(tmp_path / "photo-disk")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(folder)
+    message = str(error.value)
+    assert f"images is a symlink to {tmp_path / 'photo-disk'}: {len(table)} image(s) through it" in message
+    assert "add --allow-outside-paths to the command" in message and "row " + str(len(table) + 1) not in message
+    assert len(load_dataset(folder, allow_outside_paths=True).table) == len(table)
 
 
 def test_header_only_metadata_is_refused(tmp_path):

@@ -247,21 +247,47 @@ def is_link_loop(path: str | Path) -> bool:
 
 
 def _refuse_outside(resolved: Iterable[str], written: Iterable[str], root: Path, where: list[str], label: str) -> None:
-    """DatasetError listing the images whose real location (links resolved) is outside ``root``."""
+    """DatasetError listing the images whose real location (links resolved) is outside ``root``.
+    Images reached through a symbolic link (often the whole images/ folder) are listed by that
+    link, once, with where it leads: listing their rows would name innocent-looking paths."""
     top = os.path.realpath(root)
     outside = [(w, p, real) for w, p, real in zip(where, written, resolved) if real and leads_outside(real, top)]
-    if outside:
-        # the written path, and where it really leads when that is not what it says (a link)
-        shown = "\n".join(
-            f"  {w}: {p}" + (f" (a link to {real})" if os.path.isabs(p) and p != real else "")
-            for w, p, real in outside[:20]
-        )
-        more = f"\n  and {len(outside) - 20} more" if len(outside) > 20 else ""
-        raise DatasetError(
-            f"{label}: {len(outside)} image path(s) lead outside the dataset folder {top}:\n{shown}{more}\n"
-            "Move the images into the folder, or pass --allow-outside-paths (allow_outside_paths=True) "
-            "if reading files elsewhere is intended."
-        )
+    if not outside:
+        return
+    through_links: dict[str, list[str]] = {}
+    plain = []
+    for w, p, real in outside:
+        link = _symlink_on_the_way(root, p)
+        if link is None:  # an absolute path: say where it really leads when that differs (a link)
+            plain.append(f"  {w}: {p}" + (f" (a link to {real})" if os.path.isabs(p) and p != real else ""))
+        else:
+            through_links.setdefault(link, []).append(w)
+    shown = [
+        f"  {link} is a symlink to {os.path.realpath(root / link)}: {len(rows)} image(s) "
+        f"through it ({', '.join(rows[:3])}{', ...' if len(rows) > 3 else ''})"
+        for link, rows in through_links.items()
+    ]
+    shown += plain[:20] + ([f"  and {len(plain) - 20} more"] if len(plain) > 20 else [])
+    how = "symlink(s) and path(s)" if through_links and plain else "symlink(s)" if through_links else "path(s)"
+    raise DatasetError(
+        f"{label}: {len(outside)} image(s) lead outside the dataset folder {top} through these "
+        f"{how}:\n" + "\n".join(shown) + "\nIf reading photos there is intended, add "
+        "--allow-outside-paths to the command (allow_outside_paths=True in Python); otherwise move "
+        "the photos into the folder."
+    )
+
+
+def _symlink_on_the_way(root: Path, written: str) -> str | None:
+    """The first symbolic link on the way from ``root`` along the relative path ``written``
+    (e.g. "images" when images/ is a link), or None (an absolute path, or no link)."""
+    if os.path.isabs(written):
+        return None
+    here = Path(root)
+    for part in Path(written).parts:
+        here = here / part
+        if here.is_symlink():
+            return here.relative_to(root).as_posix()
+    return None
 
 
 def load_folders(
