@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wildreid.catalog.connection import CatalogBusy as CatalogBusy  # re-exported: web/errors.py imports it here
 from wildreid.catalog.connection import CatalogDamaged, CatalogError, _reviewer, _text, now
 from wildreid.catalog.decisions import AlreadyDecided as AlreadyDecided  # re-exported: web/errors.py imports it here
 from wildreid.catalog.decisions import Decisions
