@@ -6,9 +6,11 @@ answer; never a traceback.
 
 The right answer: after damage (a truncated or edited file, changed photos) the answer of the
 intact catalogue, unless `catalog check` reports the damage; after a row edit, what the rows now
-say, read here with sqlite3. SQLite keeps no checksums, so a byte changed inside a text cell gives
-another valid catalogue that no check can tell from an edit: such a case must still be clean
-(no traceback), which the loop asserts for every case.
+say, read here with sqlite3. SQLite keeps no checksums, so a byte changed inside a text cell (a
+name, a date) gives another valid catalogue that no check can tell from an edit: an answer that
+differs only in such values, with the same rows and counts, is accepted without check finding
+it (whether a seed hits one depends on where the SQLite version lays out the pages). Rows lost,
+added or renumbered must be found.
 
 Bounded by its number of cases (about 10 s on a quiet machine), not by a clock.
 """
@@ -143,24 +145,34 @@ def test_a_damaged_or_edited_catalogue_gives_one_message_or_the_right_answer(pri
     assert len(reference["export"][1]) == 6
     choose = random.Random(SEED)
     folder = tmp_path / "case"
-    seen = {"detected": 0, "refused": 0}
+    seen = {"detected": 0, "refused": 0, "undetectable": 0}
+
+    def shape(name: str, answer) -> object:
+        """What a changed byte in a cell's value leaves alone: the counts, the photos' ids."""
+        return answer[0] if name == "info" else [row["image_id"] for row in answer]
 
     def unchanged_unless_detected(found: dict, what: str) -> None:
-        """Damage: every answer is the intact one, or check reports the damage."""
+        """Damage: every answer is the intact one, or check reports the damage (see the module's
+        docstring for a value changed inside a cell)."""
         for name in ("info", "export"):
             code, answer = found[name]
             if code == 0 and answer != reference[name][1]:
-                assert found["check"][0] != 0, (what, name, "a different answer, and check found nothing")
-                seen["detected"] += 1
+                if found["check"][0] == 0:
+                    assert shape(name, answer) == shape(name, reference[name][1]), (what, name, "rows changed unseen")
+                    seen["undetectable"] += 1
+                else:
+                    seen["detected"] += 1
             seen["refused"] += code != 0
 
-    # The SQLite file cut short: it lost pages, and check must say so (or it cannot be opened).
-    size = len((pristine / "c.sqlite").read_bytes())
-    for cut in [0, 50, 100] + [choose.randrange(101, size) for _ in range(CASES["truncate"])]:
+    # The SQLite file cut short: check must say so (or it cannot be opened), unless all it lost
+    # was zeros at the end of the last page, which SQLite reads back as zeros: nothing lost.
+    intact = (pristine / "c.sqlite").read_bytes()
+    for cut in [0, 50, 100] + [choose.randrange(101, len(intact)) for _ in range(CASES["truncate"])]:
         database = fresh(pristine, folder)
-        database.write_bytes(database.read_bytes()[:cut])
+        database.write_bytes(intact[:cut])
         found = answers(folder)
-        assert found["check"][0] != 0, (cut, found["check"])
+        if set(intact[cut:]) != {0}:
+            assert found["check"][0] != 0, (cut, found["check"])
         unchanged_unless_detected(found, f"truncated to {cut} bytes")
 
     # Bytes of the SQLite file changed at random.
