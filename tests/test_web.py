@@ -420,6 +420,46 @@ def test_errors_never_show_a_stack_trace(app, monkeypatch):
     assert "Content-Security-Policy" in client.get("/").headers
 
 
+def test_catalogue_errors_get_the_status_of_whose_fault_they_are():
+    """A CatalogError was always 400, the client's fault, even when the catalogue's file was
+    damaged or another program held its write lock: now 500 (without the server's file path) and
+    503 with Retry-After; a refused request stays 400, a conflict with an earlier decision 409."""
+    from fastapi import FastAPI
+
+    from wildreid.catalog.connection import CatalogBusy, CatalogDamaged, CatalogError
+    from wildreid.catalog.decisions import AlreadyDecided
+    from wildreid.web.errors import install_error_handlers
+
+    errors = {
+        "damaged": CatalogDamaged(
+            "/srv/secret/c.sqlite: damaged (malformed)", reason="database disk image is malformed"
+        ),
+        "busy": CatalogBusy("/srv/secret/c.sqlite: another program (database is locked)"),
+        "refused": CatalogError("individual 'x' does not exist."),
+        "decided": AlreadyDecided("query 1 was already decided", None),
+    }
+    bare = FastAPI()
+    install_error_handlers(bare)
+
+    @bare.get("/api/{kind}")
+    def fail(kind: str):
+        raise errors[kind]
+
+    client = TestClient(bare, raise_server_exceptions=False)
+    statuses = {kind: client.get(f"/api/{kind}") for kind in errors}
+    assert {kind: response.status_code for kind, response in statuses.items()} == {
+        "damaged": 500,
+        "busy": 503,
+        "refused": 400,
+        "decided": 409,
+    }
+    damaged = statuses["damaged"].json()["error"]
+    assert "database disk image is malformed" in damaged and "wildreid catalog check" in damaged
+    assert "/srv/secret" not in damaged
+    assert statuses["busy"].headers["Retry-After"] == "10" and "/srv/secret" not in statuses["busy"].text
+    assert statuses["refused"].json()["error"] == "individual 'x' does not exist."
+
+
 def test_failed_identification_is_reported_and_still_decidable(client, app, nyala):
     def broken(*args, **kwargs):
         raise RuntimeError("model exploded at /srv/secret")

@@ -28,6 +28,86 @@ class CatalogError(ValueError):
     """A request the catalogue cannot carry out; the message says why and what to do."""
 
 
+class CatalogDamaged(CatalogError):
+    """SQLite cannot read the catalogue's file (a damaged or truncated file, text that is not
+    UTF-8, a schema edited by hand): not the request's fault; `wildreid catalog check` says more.
+    ``reason`` is what was found, without the advice."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class CatalogBusy(CatalogError):
+    """Another program has held the catalogue's write lock for longer than BUSY_TIMEOUT_S."""
+
+
+def database_error(path: Path, error: sqlite3.DatabaseError) -> CatalogError:
+    """The CatalogError to raise for an error SQLite gave on reading or writing ``path``."""
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
+        return CatalogBusy(
+            f"{path}: another program has been writing to the catalogue for over {BUSY_TIMEOUT_S} s "
+            f"({error}); try again when it has finished."
+        )
+    return CatalogDamaged(
+        f"{path}: the catalogue's file is damaged ({error}). Run `wildreid catalog check --catalog {path}` "
+        "to see what, and restore the file from a backup.",
+        reason=str(error),
+    )
+
+
+# SQLite errors that say something about the file, not about our statements: those become a
+# CatalogError. An IntegrityError (a constraint, which callers handle) and a ProgrammingError (a
+# bug of ours) pass as they are.
+_PASSED = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.NotSupportedError)
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose SQLite errors about the file become CatalogErrors, also those raised while
+    rows are fetched (text that is not UTF-8 fails only when its row is read)."""
+
+    def _translated(self, method, *args):
+        try:
+            return method(*args)
+        except _PASSED:
+            raise
+        except sqlite3.DatabaseError as error:
+            raise database_error(self.connection.catalog_path, error) from None  # type: ignore[attr-defined]
+
+    def execute(self, *args):
+        return self._translated(super().execute, *args)
+
+    def executemany(self, *args):
+        return self._translated(super().executemany, *args)
+
+    def fetchone(self):
+        return self._translated(super().fetchone)
+
+    def fetchall(self):
+        return self._translated(super().fetchall)
+
+    def fetchmany(self, *args):
+        return self._translated(super().fetchmany, *args)
+
+    def __next__(self):
+        return self._translated(super().__next__)
+
+
+class _Database(sqlite3.Connection):
+    """The catalogue's SQLite connection: every statement runs on a :class:`_Cursor`."""
+
+    catalog_path: Path
+
+    def cursor(self, factory=_Cursor):
+        return super().cursor(factory)
+
+    def execute(self, *args):
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args):
+        return self.cursor().executemany(*args)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -51,11 +131,26 @@ class Connection:
             raise CatalogError(f"{self.path} is a folder; give the catalogue's file name (e.g. animals.sqlite).")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.photos = PhotoStore(default_photo_root(self.path))
+        if self.path.is_file() and self.path.stat().st_size == 0 and (not create or self.photos.files()):
+            # SQLite would take an empty file for a new database and write an empty catalogue
+            # into it: a catalogue truncated to nothing would then answer "no photos".
+            raise CatalogError(
+                f"{self.path}: the file is empty (0 bytes), not a catalogue"
+                + (" though photos lie beside it" if self.photos.files() else "")
+                + ". If it was one, it was truncated: restore it from a backup."
+            )
         try:
             # isolation_level=None: no implicit transactions; ours are explicit (see transaction()).
             # check_same_thread=False: a web request may be served by more than one worker thread,
             # one after the other; a Catalog is still never used by two threads at once.
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            self.db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_S,
+                check_same_thread=False,
+                factory=_Database,
+            )
+            self.db.catalog_path = self.path
             self.db.row_factory = sqlite3.Row
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
             mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -67,7 +162,7 @@ class Connection:
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.execute("PRAGMA foreign_keys = ON")
             migrate(self.db)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, CatalogDamaged) as error:
             raise CatalogError(
                 f"{self.path}: not a readable catalogue ({error}). Give another path, "
                 "or restore the file from a backup."

@@ -80,7 +80,11 @@ class PhotoStore:
         """Absolute path of a stored file. Only the store's own naming is accepted, so a value
         from a request or a tampered database row can never point outside the store."""
         if not STORED_PATH_PATTERN.fullmatch(relative or ""):
-            raise ValueError(f"not a photo-store path: {relative!r}")
+            raise ValueError(
+                f"{self.root}: {relative!r} is not a path of this photo store, as a catalogue row or a "
+                "request gave it; a catalogue row naming it was edited or damaged (`wildreid catalog check` "
+                "lists such rows)."
+            )
         return self.root / relative
 
     def files(self) -> list[str]:

@@ -8,6 +8,7 @@ that has shipped, add the next.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 # Length limits, in characters, checked before anything is written (store.py's
@@ -175,6 +176,11 @@ def migrate(connection: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> 
                 f"({SCHEMA_VERSION}); upgrade wildreid to open it."
             )
         if found == 0 and _has_foreign_tables(connection):
+            if _has_catalogue_tables(connection):
+                raise SchemaError(
+                    "this catalogue's schema version (PRAGMA user_version) is 0 though it holds a "
+                    "catalogue's tables: its header was damaged or edited. Restore it from a backup."
+                )
             raise SchemaError(
                 "this SQLite file is not a wildreid catalogue (it has other tables); "
                 "give a new path or an existing catalogue."
@@ -206,6 +212,27 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
+def _has_catalogue_tables(connection: sqlite3.Connection) -> bool:
+    names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {"individuals", "images"} <= names
+
+
 def _has_foreign_tables(connection: sqlite3.Connection) -> bool:
     row = connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
     return row[0] > 0
+
+
+@functools.cache
+def expected_schema() -> dict[tuple[str, str], str | None]:
+    """(type, name) -> SQL of every table, index and trigger a current catalogue has, as the
+    migrations make them (in memory): what `catalog check` compares a file's schema with. An old
+    catalogue upgraded in place gets the same text, since migrations are never edited."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        migrate(connection)
+        return {
+            (row[0], row[1]): row[2]
+            for row in connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        }
+    finally:
+        connection.close()

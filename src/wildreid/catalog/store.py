@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from wildreid.catalog.connection import CatalogError, _reviewer, _text, now
+from wildreid.catalog.connection import CatalogBusy as CatalogBusy  # re-exported: web/errors.py imports it here
+from wildreid.catalog.connection import CatalogDamaged, CatalogError, _reviewer, _text, now
 from wildreid.catalog.decisions import AlreadyDecided as AlreadyDecided  # re-exported: web/errors.py imports it here
 from wildreid.catalog.decisions import Decisions
 from wildreid.catalog.journal import Journal
-from wildreid.catalog.schema import MAX_DATASET_LENGTH, MAX_INDIVIDUAL_ID_LENGTH, SCHEMA_VERSION
+from wildreid.catalog.schema import MAX_DATASET_LENGTH, MAX_INDIVIDUAL_ID_LENGTH, SCHEMA_VERSION, expected_schema
+from wildreid.data.images import content_hash
 
 
 def name_problems(individual_id: str, dataset: str) -> list[str]:
@@ -215,14 +217,24 @@ class Catalog(Decisions):
 
     def images(self, individual_id: str | None = None) -> list[dict]:
         """Photos (of one individual, or all), oldest sighting first; with the individual's
-        dataset and species."""
+        dataset and species. A photo whose individual is missing (a row deleted outside wildreid)
+        is CatalogDamaged, not left out: an export or a gallery would lose it without a word."""
         where, args = ("WHERE m.individual_id = ?", (individual_id,)) if individual_id else ("", ())
-        return self._all(
-            "SELECT m.*, i.dataset, i.species, i.name FROM images m "
-            f"JOIN individuals i ON i.id = m.individual_id {where} "
+        rows = self._all(
+            "SELECT m.*, i.dataset, i.species, i.name, i.id IS NOT NULL AS known FROM images m "
+            f"LEFT JOIN individuals i ON i.id = m.individual_id {where} "
             "ORDER BY m.sighting_date IS NULL, m.sighting_date, m.id",
             *args,
         )
+        orphans = [row for row in rows if not row.pop("known")]
+        if orphans:
+            shown = ", ".join(f"image {row['id']} ('{row['individual_id']}')" for row in orphans[:5])
+            raise CatalogDamaged(
+                f"{self.path}: {len(orphans)} photo(s) belong to individuals the catalogue does not have: "
+                f"{shown}{' ...' if len(orphans) > 5 else ''}. Run `wildreid catalog check --catalog "
+                f"{self.path}`, and restore the file from a backup."
+            )
+        return rows
 
     def photo_counts(self, individual_ids: list[str]) -> dict[str, int]:
         """How many photos each of these individuals has (0 for none, or an unknown id), in one query."""
@@ -323,13 +335,61 @@ class Catalog(Decisions):
     # ----------------------------------------------------------------------------------------
     # health
 
-    def check(self, *, repair: bool = False) -> "CheckReport":
-        """SQLite's own integrity check, foreign keys, and that every row's photo file exists.
-        ``repair`` deletes what a crash can leave behind (temporary files, unreferenced photos)."""
-        report = CheckReport(schema_version=self.schema_version)
+    def check(self, *, repair: bool = False, quick: bool = False) -> "CheckReport":
+        """SQLite's own integrity check, foreign keys, text that is not UTF-8, and that every
+        row's photo file exists and (unless ``quick``) still has the SHA-256 it was stored under.
+        ``repair`` deletes what a crash can leave behind (temporary files, unreferenced photos),
+        only in a consistent catalogue: in a damaged one, a photo no readable row names may be
+        the last copy of a lost row's photo."""
+        report = CheckReport(schema_version=self.schema_version, quick=quick)
+        # Each stage on its own: a file SQLite cannot read stops that stage, with its reason as
+        # the finding, and the others still run.
+        self._check_stage(report, "schema", lambda: self._check_schema(report))
+        self._check_stage(report, "integrity_check", lambda: self._check_sqlite(report))
+        self._check_stage(report, "text", lambda: self._check_text(report))
+        referenced = self._check_stage(report, "photos", lambda: self._check_rows(report, quick))
+        report.unreferenced_files = [f for f in self.photos.files() if f not in (referenced or set())]
+        report.leftover_files = [str(p) for p in self.photos.leftovers()]
+        if repair and report.ok and referenced is not None:
+            for relative in report.unreferenced_files:
+                self.photos.path(relative).unlink(missing_ok=True)
+            for leftover in self.photos.leftovers():
+                leftover.unlink(missing_ok=True)
+            report.repaired = True
+        return report
+
+    @staticmethod
+    def _check_stage(report: "CheckReport", name: str, stage):
+        try:
+            return stage()
+        except CatalogDamaged as error:
+            report.unreadable.append(f"{name}: {error.reason}")
+            return None
+
+    def _check_schema(self, report: "CheckReport") -> None:
+        """Tables, indexes and triggers as wildreid's migrations made them: a byte changed in
+        the schema's text can change a constraint without SQLite finding anything wrong."""
+        found = {
+            (row["type"], row["name"]): row["sql"]
+            for row in self.db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        }
+        expected = expected_schema()
+        for key in sorted(set(found) | set(expected)):
+            if key not in found:
+                report.schema_changes.append(f"{key[0]} {key[1]}: missing")
+            elif key not in expected:
+                report.schema_changes.append(f"{key[0]} {key[1]}: not wildreid's")
+            elif found[key] != expected[key]:
+                report.schema_changes.append(f"{key[0]} {key[1]}: its definition differs from wildreid's")
+
+    def _check_sqlite(self, report: "CheckReport") -> None:
         report.integrity = [row[0] for row in self.db.execute("PRAGMA integrity_check")]
         report.foreign_key_violations = [tuple(row) for row in self.db.execute("PRAGMA foreign_key_check")]
-        referenced = set()
+
+    def _check_rows(self, report: "CheckReport", quick: bool) -> set[str]:
+        """The photo files the rows name, each checked; returns their stored paths."""
+        referenced: set[str] = set()
+        hashes: dict[Path, str] = {}  # an uploaded photo later filed shares its file: read it once
         for table in ("images", "queries"):
             for row in self.db.execute(f"SELECT id, sha256, stored_path FROM {table}"):
                 referenced.add(row["stored_path"])
@@ -340,38 +400,87 @@ class Catalog(Decisions):
                     continue
                 if not path.is_file() or Path(row["stored_path"]).stem != row["sha256"]:
                     report.missing_files.append(f"{table} {row['id']}: {path}")
-        report.unreferenced_files = [f for f in self.photos.files() if f not in referenced]
-        report.leftover_files = [str(p) for p in self.photos.leftovers()]
-        if repair:
-            for relative in report.unreferenced_files:
-                self.photos.path(relative).unlink(missing_ok=True)
-            for leftover in self.photos.leftovers():
-                leftover.unlink(missing_ok=True)
-        return report
+                    continue
+                if quick:
+                    continue
+                if path not in hashes:
+                    hashes[path] = content_hash(path.read_bytes())
+                if hashes[path] != row["sha256"]:
+                    report.changed_files.append(
+                        f"{table} {row['id']}: {path} (its bytes no longer have the SHA-256 it was stored under)"
+                    )
+        return referenced
+
+    def _check_text(self, report: "CheckReport") -> None:
+        """Text cells that are not UTF-8 (SQLite stores any bytes; reading them fails later)."""
+        self.db.text_factory = bytes
+        try:
+            tables = [row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                table = table.decode("utf-8", "replace")
+                columns = [
+                    row[1].decode("utf-8", "replace") for row in self.db.execute(f'PRAGMA table_info("{table}")')
+                ]
+                for column in columns:
+                    for rowid, value in self.db.execute(
+                        f'SELECT rowid, "{column}" FROM "{table}" WHERE typeof("{column}") = \'text\''
+                    ):
+                        try:
+                            value.decode("utf-8")
+                        except UnicodeDecodeError:
+                            report.bad_text.append(f"{table} row {rowid}, column {column}: not UTF-8 text")
+        finally:
+            self.db.text_factory = str
 
 
 @dataclass
 class CheckReport:
     schema_version: int
+    quick: bool = False  # photo contents not verified
     integrity: list[str] = field(default_factory=list)
     foreign_key_violations: list[tuple] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # what SQLite could not read: damage
+    schema_changes: list[str] = field(default_factory=list)  # tables... unlike wildreid's: damage
+    bad_text: list[str] = field(default_factory=list)  # cells that are not UTF-8: damage
     missing_files: list[str] = field(default_factory=list)  # rows whose photo is gone: data loss
+    changed_files: list[str] = field(default_factory=list)  # photos whose bytes changed: data loss
     unreferenced_files: list[str] = field(default_factory=list)  # photos no row names: harmless
     leftover_files: list[str] = field(default_factory=list)  # interrupted writes: harmless
+    repaired: bool = False
 
     @property
     def ok(self) -> bool:
         """Consistent: nothing lost. Unreferenced and leftover files are only wasted space."""
-        return self.integrity == ["ok"] and not self.foreign_key_violations and not self.missing_files
+        return (
+            self.schema_version == SCHEMA_VERSION
+            and self.integrity == ["ok"]
+            and not self.foreign_key_violations
+            and not self.unreadable
+            and not self.schema_changes
+            and not self.bad_text
+            and not self.missing_files
+            and not self.changed_files
+        )
 
     def lines(self) -> list[str]:
-        lines = [
-            f"schema version {self.schema_version} (current {SCHEMA_VERSION})",
-            f"integrity_check: {', '.join(self.integrity[:5])}",
+        lines = [f"schema version {self.schema_version} (current {SCHEMA_VERSION})"]
+        lines += [f"unreadable: {m}" for m in self.unreadable]
+        lines.append(f"schema differences from wildreid's: {len(self.schema_changes)}")
+        lines += [f"  {m}" for m in self.schema_changes[:20]]
+        lines += [
+            f"integrity_check: {', '.join(self.integrity[:5]) or 'not run'}",
             f"foreign key violations: {len(self.foreign_key_violations)}",
-            f"rows whose photo file is missing: {len(self.missing_files)}",
+            f"text cells that are not UTF-8: {len(self.bad_text)}",
         ]
+        lines += [f"  {m}" for m in self.bad_text[:20]]
+        lines.append(f"rows whose photo file is missing: {len(self.missing_files)}")
         lines += [f"  {m}" for m in self.missing_files[:20]]
+        lines.append(
+            "photo contents: not verified (--quick)"
+            if self.quick
+            else f"photos whose content changed (SHA-256): {len(self.changed_files)}"
+        )
+        lines += [f"  {m}" for m in self.changed_files[:20]]
         lines += [
             f"photos no row refers to (left by an interrupted import; --repair deletes them): "
             f"{len(self.unreferenced_files)}",

@@ -327,14 +327,23 @@ def catalog_check(
             "--repair", help="Delete what interrupted writes left behind (unreferenced photos, temporary files)."
         ),
     ] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Only check that every photo file is there, without reading it to verify its SHA-256."
+        ),
+    ] = False,
 ):
-    """Check a catalogue's consistency: SQLite integrity, references, every photo file present."""
+    """Check a catalogue's consistency: SQLite integrity, references, text, every photo file
+    present with the content (SHA-256) it was stored with."""
     from wildreid.catalog.store import Catalog
 
     with Catalog(catalog, create=False) as store:
-        result = store.check(repair=repair)
+        result = store.check(repair=repair, quick=quick)
     for line in result.lines():
         console.print(line, highlight=False, markup=False)
+    if repair and not result.repaired:
+        console.print("--repair: nothing deleted, because the catalogue is not consistent.")
     if not result.ok:
         console.print("[bold red]inconsistent[/]: restore the catalogue from a backup, or report this.")
         raise typer.Exit(1)

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wildreid.catalog.store import AlreadyDecided, CatalogError
+from wildreid.catalog.store import AlreadyDecided, CatalogBusy, CatalogDamaged, CatalogError
 from wildreid.web.pages import page
 
 log = logging.getLogger("wildreid.web")
@@ -47,6 +47,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CatalogError)
     async def catalog_error(request: Request, error: CatalogError):
+        # The catalogue's own state is not the request's fault: a damaged file is the server's
+        # error (500, the details in its log, not the file's path), a long write by another
+        # program a moment's unavailability (503). Otherwise the request asked for what the
+        # catalogue refuses: 409 for a conflict with an earlier decision, else 400.
+        if isinstance(error, CatalogDamaged):
+            log.error("the catalogue is damaged: %s", error)
+            return error_response(
+                request,
+                500,
+                f"The catalogue's file is damaged ({error.reason}). Whoever runs the server: run "
+                "`wildreid catalog check` and restore the catalogue from a backup.",
+            )
+        if isinstance(error, CatalogBusy):
+            response = error_response(
+                request, 503, "The catalogue is busy: another program is writing to it. Try again in a moment."
+            )
+            response.headers["Retry-After"] = "10"
+            return response
         return error_response(request, 409 if isinstance(error, AlreadyDecided) else 400, str(error))
 
     @app.exception_handler(Exception)
