@@ -323,3 +323,19 @@ def test_the_catalogue_gallery_waits_for_another_process_writing_it(catalog, tmp
     worker.join(120)
     assert "the catalogue's gallery is being written by pid" in said[0] and "waiting" in said[0]
     assert len(synced["gallery"].table) == 9 and (folder / "gallery.json").is_file()
+
+
+def test_a_catalogue_gallery_saved_before_checksums_gets_them_at_the_next_sync(catalog, tmp_path, lite0_backbone):
+    import json
+
+    from wildreid.presets import get_preset
+    from wildreid.review.identify import catalog_gallery
+
+    preset, cache = get_preset("offline"), tmp_path / "cache"
+    catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=cache)
+    record_path = cache / f"gallery-{preset.name}" / "gallery.json"
+    record = json.loads(record_path.read_text())
+    del record["files"], record["record_sha256"]  # as an earlier wildreid saved it
+    record_path.write_text(json.dumps(record))
+    again = catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=cache)
+    assert again.notes == [] and "record_sha256" in json.loads(record_path.read_text())

@@ -81,6 +81,8 @@ def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> 
             else:
                 images = [image for image in images if f"{PREFIX}{image['id']}" not in held]
                 if not images:
+                    if gallery.file_notes:  # saved by an earlier wildreid: record its checksums now
+                        gallery.save(folder)
                     return gallery
         photos = catalog_photos(catalog, images)
         report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
