@@ -319,15 +319,50 @@ def test_proposed_groups_read_each_edge_once_and_say_what_reading_them_per_group
     assert sum(g.settled for g in pending.groups()) == 2
 
 
-def test_the_catalogue_gallery_is_not_rewritten_while_another_process_writes_it(catalog, tmp_path, lite0_backbone):
-    """Two servers (or a server and `catalog identify`) on one catalogue: the second is refused,
-    naming the first, instead of saving its own version of the catalogue's gallery over it."""
+def test_the_catalogue_gallery_waits_for_another_process_writing_it(catalog, tmp_path, lite0_backbone, monkeypatch):
+    """Two processes on one catalogue (the web app and `watch --catalog`): the second waits, saying
+    for whom, until the first has written the catalogue's gallery, instead of saving its own
+    version over it (or failing an upload)."""
+    import threading
+
     from wildreid.presets import get_preset
-    from wildreid.review.identify import catalog_gallery
-    from wildreid.util.lock import LockHeld, exclusive
+    from wildreid.review import identify as review_identify
+    from wildreid.util.lock import exclusive
 
     preset = get_preset("offline")
-    with exclusive(tmp_path / "cache" / f"gallery-{preset.name}", "the catalogue's gallery"):
-        with pytest.raises(LockHeld, match="the catalogue's gallery is being written by pid"):
-            catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=tmp_path / "cache")
-    assert not (tmp_path / "cache" / f"gallery-{preset.name}").exists()
+    folder = tmp_path / "cache" / f"gallery-{preset.name}"
+    said, waiting, synced = [], threading.Event(), {}
+
+    def warning(message, *args):
+        said.append(message)
+        waiting.set()
+
+    def sync():
+        cache = tmp_path / "cache"
+        synced["gallery"] = review_identify.catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=cache)
+
+    monkeypatch.setattr(review_identify.log, "warning", warning)
+    with exclusive(folder, "the catalogue's gallery"):  # as the other process holds it
+        worker = threading.Thread(target=sync)
+        worker.start()
+        assert waiting.wait(30), "the second writer neither waited nor said so"
+        assert not folder.exists() and worker.is_alive()
+    worker.join(120)
+    assert "the catalogue's gallery is being written by pid" in said[0] and "waiting" in said[0]
+    assert len(synced["gallery"].table) == 9 and (folder / "gallery.json").is_file()
+
+
+def test_a_catalogue_gallery_saved_before_checksums_gets_them_at_the_next_sync(catalog, tmp_path, lite0_backbone):
+    import json
+
+    from wildreid.presets import get_preset
+    from wildreid.review.identify import catalog_gallery
+
+    preset, cache = get_preset("offline"), tmp_path / "cache"
+    catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=cache)
+    record_path = cache / f"gallery-{preset.name}" / "gallery.json"
+    record = json.loads(record_path.read_text())
+    del record["files"], record["record_sha256"]  # as an earlier wildreid saved it
+    record_path.write_text(json.dumps(record))
+    again = catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=cache)
+    assert again.notes == [] and "record_sha256" in json.loads(record_path.read_text())

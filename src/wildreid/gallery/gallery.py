@@ -522,7 +522,9 @@ class Gallery:
             "notes": self.fit_notes,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return write_gallery(Path(folder), record, self.table, self.failures, self.groups)
+        written = write_gallery(Path(folder), record, self.table, self.failures, self.groups)
+        self.file_notes = []  # its files are now the ones just written, with their checksums
+        return written
 
     @classmethod
     def load(

@@ -191,8 +191,8 @@ def record_preset(record: dict) -> Preset:
 
 def verify_files(folder: Path, record: dict, *, contents: bool = True) -> list[str]:
     """Check that the gallery's files are the ones saved with gallery.json: present, of their
-    size, and of their SHA-256 (a large one only with ``contents``). Raise UnreadableGallery naming the first that is
-    not; return notes (a gallery saved before checksums were recorded)."""
+    size, and of their SHA-256 (a large one only with ``contents``). Raise UnreadableGallery
+    naming the first that is not; return notes (a gallery saved before checksums were recorded)."""
     folder = Path(folder)
     if "files" not in record:
         # Saved before the checksums: at least every file must be there.

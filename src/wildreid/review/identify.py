@@ -8,6 +8,7 @@ service (service.py) keeps the returned gallery in memory and passes it back in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from wildreid.gallery.result import IdentifyResult
 from wildreid.presets import Preset
 from wildreid.review.descriptors import prepare_descriptors
 from wildreid.util.lock import exclusive
+
+log = logging.getLogger(__name__)
 
 
 def catalog_cache_dir(catalog_path: str | Path) -> Path:
@@ -58,9 +61,11 @@ def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> 
     images = catalog.images()  # one query: the check below must stay cheap, it runs per upload
     if not images:
         raise CatalogError(f"{catalog.path}: the catalogue has no photos yet; add some with `wildreid catalog import`.")
-    # Held from the read to the write: a second server or `catalog identify` on the same
-    # catalogue would otherwise save its own version over this one's.
-    with exclusive(folder, "the catalogue's gallery"):
+    # Held from the read to the write: a second process on the same catalogue (the web app and
+    # `watch --catalog` run side by side) would otherwise save its own version over this one's.
+    # It waits rather than fails: both keep the same derived gallery up to date, and the one that
+    # waits then adds only what the other did not.
+    with exclusive(folder, "the catalogue's gallery", wait=log.warning):
         if gallery is None and (folder / "gallery.json").is_file():
             try:
                 gallery = Gallery.load(folder, backbone=backbone, preset=preset.name)
@@ -76,6 +81,8 @@ def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> 
             else:
                 images = [image for image in images if f"{PREFIX}{image['id']}" not in held]
                 if not images:
+                    if gallery.file_notes:  # saved by an earlier wildreid: record its checksums now
+                        gallery.save(folder)
                     return gallery
         photos = catalog_photos(catalog, images)
         report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None

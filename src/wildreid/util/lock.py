@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,9 +36,11 @@ def lock_path(path: str | Path) -> Path:
 
 
 @contextmanager
-def exclusive(path: str | Path, what: str) -> Iterator[None]:
+def exclusive(path: str | Path, what: str, *, wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the write lock of ``path`` (``what`` names it in messages, e.g. "the gallery"); raise
-    LockHeld at once, without waiting, when another process holds it."""
+    LockHeld at once, without waiting, when another process holds it. ``wait``: wait for the
+    holder to finish instead (for derived data that two long-running processes keep up to date
+    together); it is called once, with who holds the lock."""
     where = lock_path(path)
     where.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(where, os.O_RDWR | os.O_CREAT, 0o666)
@@ -46,10 +48,14 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockHeld(
-                f"{path}: {what} is being written by {_holder(descriptor)}. Wait until that run ends, "
-                "then run this command again (the lock is released when that process exits)."
-            ) from None
+            holder = f"{path}: {what} is being written by {_holder(descriptor)}"
+            if wait is None:
+                raise LockHeld(
+                    f"{holder}. Wait until that run ends, then run this command again (the lock is "
+                    "released when that process exits)."
+                ) from None
+            wait(f"{holder}; waiting for it to finish.")
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(_me()).encode(), 0)
         yield

@@ -37,7 +37,6 @@ from wildreid.presets import get_preset
 from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import UPLOAD, PendingGrouping, pending_queries
 from wildreid.review.service import ReviewService
-from wildreid.util.lock import LockHeld
 from wildreid.web.config import WebConfig
 
 log = logging.getLogger("wildreid.web")
@@ -194,7 +193,7 @@ class JobRunner:
             try:
                 self._run(job)
                 self._update(job, status="done", stage="done", finished_at=time.time())
-            except (BackboneUnavailable, GroupingFailed, LockHeld) as error:
+            except (BackboneUnavailable, GroupingFailed) as error:
                 self._fail(job, str(error))
             except Exception:  # noqa: BLE001 - keep serving; the details go to the server log
                 reference = secrets.token_hex(4)
@@ -276,7 +275,7 @@ class JobRunner:
                 self.groupings[dataset] = pending
                 self.grouping_failures.pop(dataset, None)
             return None
-        except (CatalogError, GalleryError, LockHeld) as error:
+        except (CatalogError, GalleryError) as error:
             message = f"the waiting photos of {dataset} could not be grouped: {error}"
         except Exception:  # noqa: BLE001 - identification itself succeeded; keep serving
             reference = secrets.token_hex(4)
