@@ -47,6 +47,7 @@ def test_identify_then_evaluate(shared_data, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "AnimalCLEF2025 metric" in result.output and "NyalaSmall" in result.output
+    assert "15 photos: " in result.output and " known (" in result.output  # the one-line summary
     for name in ("submission.csv", "candidates.csv", "run.json", "report.html"):
         assert (out / name).is_file(), name
     candidates = pd.read_csv(out / "candidates.csv")

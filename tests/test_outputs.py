@@ -229,3 +229,23 @@ def test_picture_labels_fit_and_do_not_overprint():
     assert (picture[:, -4:] == 128).all()  # nothing drawn past the right edge
     band = picture[6:20, 6:150]
     assert (band == 0).mean() > 0.5 and (band > 200).any()  # light text on black
+
+
+def test_the_summary_line_counts_answers_groups_and_uncertain_ones():
+    from wildreid.evaluate.summary import summary_line
+
+    candidates = pd.DataFrame(
+        {
+            "prediction": ["Lion1", "Lion1", "Lion2", "new_individual", "new_individual", "new_individual"],
+            "top1_score": [0.9, 0.3, 0.6, 0.05, 0.02, 0.01],
+            "group": ["Lion1", "Lion1", "Lion2", "new_1", "new_1", "new_2"],
+            "group_kind": ["known", "known", "known", "new", "new", "new"],
+            "group_size": [2, 2, 1, 2, 2, 1],
+        }
+    )
+    assert summary_line(candidates, calibrated=True) == (
+        "6 photos: 3 known (2 animals), 3 new (1 group, 1 alone), 1 uncertain"
+    )
+    assert summary_line(candidates.drop(columns=["group", "group_kind", "group_size"]), calibrated=False) == (
+        "6 photos: 3 known (2 animals), 3 new"
+    )

@@ -31,6 +31,7 @@ from wildreid.cli.options import (
 )
 from wildreid.decide.cluster import METHODS as LINKAGES
 from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
+from wildreid.evaluate.summary import UNCERTAIN_MEANING, summary_line
 from wildreid.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -302,6 +303,10 @@ def _write_run(result, out: Path, *, report: bool, submission_format: str) -> No
     if evaluation:
         print_evaluation(evaluation)
     print_written(written)
+    calibrated = bool(result.preset.local)
+    stdout.print(summary_line(result.candidates, calibrated), highlight=False)
+    if calibrated:
+        stdout.print(f"({UNCERTAIN_MEANING})", highlight=False)
 
 
 @app.command()
@@ -322,7 +327,7 @@ def demo(
 def print_thresholds(result) -> None:
     for group, threshold in result.thresholds.items():
         choice = result.threshold_choices.get(group)
-        text = "none (closed set)" if threshold is None else f"{threshold:.4f}"
+        text = "none (closed set)" if threshold is None else f"{threshold:.4f} ({result.preset.score_name})"
         if choice is not None:
             text += f" (chosen on the database; simulated score {choice.simulated_score:.4f})"
         console.print(f"threshold {group}: {text}", highlight=False)

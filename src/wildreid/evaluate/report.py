@@ -16,10 +16,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from wildreid.data.dataset import DATABASE, NEW_INDIVIDUAL
+from wildreid.data.dataset import DATABASE
 from wildreid.decide.thresholds import SimulatedQueries, score_curves
 from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
 from wildreid.evaluate.photo_tables import groups_section, queries_table
+from wildreid.evaluate.summary import UNCERTAIN_MEANING, summary_line
 
 
 def query_truth(result) -> pd.DataFrame | None:
@@ -189,10 +190,11 @@ def _summary(result, evaluation: dict | None) -> str:
     """Counts of answers, the thresholds, and the metric table with what each figure means (or
     why there is none)."""
     candidates = result.candidates
-    new = int((candidates["prediction"] == NEW_INDIVIDUAL).sum())
+    calibrated = bool(result.preset.local)
     lines = [
-        f"<p>{len(candidates)} query photos: {len(candidates) - new} named as a known individual, "
-        f"{new} answered new_individual.</p>"
+        f"<p><b>{html.escape(summary_line(candidates, calibrated))}</b>"
+        + (f" ({html.escape(UNCERTAIN_MEANING)})" if calibrated else "")
+        + "</p>"
     ]
     header = ["dataset", "queries", "threshold", "simulated score"]
     keys = shown_metrics(evaluation) if evaluation else []
