@@ -249,3 +249,25 @@ def test_the_summary_line_counts_answers_groups_and_uncertain_ones():
     assert summary_line(candidates.drop(columns=["group", "group_kind", "group_size"]), calibrated=False) == (
         "6 photos: 3 known (2 animals), 3 new"
     )
+
+
+def test_a_fit_on_thin_evidence_is_said_in_the_notes_and_the_report(result, tmp_path):
+    """Six lions: fewer than ten animals with two or more photos. The run says so, with what to
+    do, in its notes (console, run.json) and its report."""
+    warnings = [note for note in result.notes if "rest on little" in note]
+    assert len(warnings) == 1 and "animal(s) with two or more photos" in warnings[0], result.notes
+    assert "--preset offline" not in warnings[0]  # the offline preset is already the advice's aim
+    write_run(result, tmp_path / "run")
+    assert "rest on little" in (tmp_path / "run" / "report.html").read_text()
+    assert any("rest on little" in note for note in json.loads((tmp_path / "run" / "run.json").read_text())["notes"])
+
+
+def test_thin_evidence_counts_animals_with_pairs_and_positive_pairs():
+    from wildreid.gallery.guard_rails import thin_evidence
+
+    enough = np.repeat([f"a{i}" for i in range(10)], 2)
+    assert thin_evidence("Herd", enough, positives=150, calibrated=True) == []
+    (note,) = thin_evidence("Herd", np.append(enough[:18], ["b", "c"]), positives=58, calibrated=True)
+    assert note.startswith("Herd: the threshold and scores rest on little: 9 animal(s) with two or more photos")
+    assert "58 same-animal pairs" in note and "--preset offline" in note
+    assert thin_evidence("Herd", enough, positives=58, calibrated=False) == []  # a cosine needs none

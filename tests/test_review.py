@@ -365,4 +365,4 @@ def test_a_catalogue_gallery_saved_before_checksums_gets_them_at_the_next_sync(c
     del record["files"], record["record_sha256"]  # as an earlier wildreid saved it
     record_path.write_text(json.dumps(record))
     again = catalog_gallery(catalog, preset, backbone=lite0_backbone, cache_dir=cache)
-    assert again.notes == [] and "record_sha256" in json.loads(record_path.read_text())
+    assert again.file_notes == [] and "record_sha256" in json.loads(record_path.read_text())

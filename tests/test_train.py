@@ -435,6 +435,6 @@ def test_identification_calibrates_on_the_photos_training_held_out(
     without = identify(dataset, offline.replace(backbone=f"local-dir:{trained.out}"), cache_dir=None, progress=False)
     assert len(asked["rows"]) == len(held_out)
     assert any("optimistic" in note and "--val-fraction" in note for note in without.notes)
-    # An untrained descriptor: nothing to say.
+    # An untrained descriptor: nothing to say about training (a few lions: the fit's thin evidence is).
     plain = identify(dataset, get_preset("offline").replace(threshold="auto"), cache_dir=None, progress=False)
-    assert plain.notes == [] and len(asked["rows"]) == len(held_out)
+    assert [note for note in plain.notes if "rest on little" not in note] == [] and len(asked["rows"]) == len(held_out)

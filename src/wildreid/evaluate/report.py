@@ -173,6 +173,7 @@ div.group{{border-top:1px solid #ccc;margin:0.5em 0}}dt{{font-weight:bold}}</sty
  &mdash; {html.escape(result.preset.description)}<br>Backbone: {html.escape(result.preset.backbone)}<br>
 Scores: {html.escape(result.preset.score_meaning)}.</p>
 {_summary(result, evaluation)}
+{_notes(result)}
 {pictures}
 {matches}
 {groups_section(result, folder)}
@@ -238,6 +239,14 @@ def _figure(figures: dict, key: str) -> str:
     if value is None or value != value:
         return "-"
     return f"{value:.4f}" + ("*" if key == "score" and unmeasurable_new(figures) else "")
+
+
+def _notes(result) -> str:
+    """What the run says a reader should know: thin evidence under a fit, fallbacks, choices."""
+    if not result.notes:
+        return ""
+    items = "".join(f"<li>{html.escape(str(note))}</li>" for note in result.notes)
+    return f"<h2>Notes on this run</h2><ul class='notes'>{items}</ul>"
 
 
 def _failures(result) -> str:

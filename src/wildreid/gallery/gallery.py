@@ -32,6 +32,7 @@ from wildreid.describe.foreground import table_regions
 from wildreid.describe.mirror import MirroredMethod, mirrored_backbone
 from wildreid.describe.trained import TrainedOn, trained_on
 from wildreid.gallery.errors import GalleryError
+from wildreid.gallery.guard_rails import thin_evidence
 from wildreid.gallery.index import VectorIndex, normalize
 from wildreid.gallery.part import DatasetPart, PartFit, Side
 from wildreid.gallery.queries import (
@@ -300,6 +301,10 @@ class Gallery:
             group.fit_to(self.preset, self.method, extra_methods=self.extra_methods)
         if group.fit.choice is not None and group.fit.choice.note:
             group.notes.append(f"{group.name}: {group.fit.choice.note}")
+        if group.size:
+            calibration = group.fit.calibration
+            positives = calibration.positives if calibration is not None else None
+            group.notes += thin_evidence(group.name, group.identities, positives, calibrated=bool(self.preset.local))
         self.timings[f"fit_{group.name}_s"] = time.perf_counter() - started
         return group.fit
 
