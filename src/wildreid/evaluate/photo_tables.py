@@ -19,6 +19,7 @@ import pandas as pd
 
 from wildreid.data.dataset import NEW_INDIVIDUAL
 from wildreid.decide.grouping import NEW
+from wildreid.evaluate.summary import UNCERTAIN_BELOW
 
 CANDIDATES_SHOWN = 3  # per query in the table; candidates.csv has all top-k
 
@@ -51,6 +52,7 @@ def queries_table(result, truth: pd.DataFrame | None, folder: Path) -> str:
     candidates = result.candidates
     if candidates.empty:
         return "<p>No query photos.</p>"
+    calibrated = bool(result.preset.local)
     path_of = dict(zip(result.dataset.table["image_id"], result.dataset.table["path"]))
     truth_of = {} if truth is None else dict(zip(truth["image_id"], truth["truth"]))
     is_new_of = {} if truth is None else dict(zip(truth["image_id"], truth["is_new"]))
@@ -67,7 +69,12 @@ def queries_table(result, truth: pd.DataFrame | None, folder: Path) -> str:
             query = str(row.image_id)
             cells = [_thumbnail(path_of.get(row.image_id), folder, query), html.escape(query)]
             answer = html.escape(str(row.prediction))
-            cells.append(f"<b>{answer}</b>" + (f"<br><small>{html.escape(row.error)}</small>" if row.error else ""))
+            uncertain = calibrated and row.prediction != NEW_INDIVIDUAL and row.top1_score < UNCERTAIN_BELOW
+            cells.append(
+                f"<b>{answer}</b>"
+                + ("<br><small>uncertain</small>" if uncertain else "")
+                + (f"<br><small>{html.escape(row.error)}</small>" if row.error else "")
+            )
             for rank in ranks:
                 identity = getattr(row, f"identity_{rank}")
                 if not isinstance(identity, str):

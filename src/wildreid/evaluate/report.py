@@ -166,7 +166,7 @@ def render_report(
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:0.5em}}
-table.photos td{{text-align:left;vertical-align:top}}img.thumb{{max-width:96px;max-height:96px}}
+table.photos td,table.photos th{{text-align:left;vertical-align:top}}img.thumb{{max-width:96px;max-height:96px}}
 div.group{{border-top:1px solid #ccc;margin:0.5em 0}}dt{{font-weight:bold}}</style></head>
 <body><h1>wildreid report</h1>
 <p>Source: {html.escape(result.dataset.source)}<br>Preset: <b>{html.escape(result.preset.name)}</b>
@@ -177,7 +177,7 @@ Scores: {html.escape(result.preset.score_meaning)}.</p>
 {pictures}
 {matches}
 {groups_section(result, folder)}
-<h2>Every query</h2>
+<h2 id="queries">Every query</h2>
 <p>Per dataset, the least certain answers (best score closest to the threshold) first. Each
 candidate shows its best photo, its name and its score ({html.escape(result.preset.score_name)}).
 Click a picture to open the photo.</p>
@@ -228,7 +228,7 @@ def _summary(result, evaluation: dict | None) -> str:
     legend = "".join(f"<dt>{html.escape(METRICS[k][0])}</dt><dd>{html.escape(METRICS[k][1])}</dd>" for k in keys)
     if any(unmeasurable_new(f) for f in evaluation["per_dataset"].values()):
         legend += f"<dt>n/a, *</dt><dd>{html.escape(NOT_MEASURABLE)}</dd>"
-    lines.append(f"<dl>{legend}</dl>")
+    lines.append(f"<details><summary>What the figures mean</summary><dl>{legend}</dl></details>")
     return "\n".join(lines)
 
 
