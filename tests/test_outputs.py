@@ -196,7 +196,7 @@ def test_the_report_shows_every_query_its_answer_and_its_photos(result, tmp_path
     out = tmp_path / "runs" / "lions"
     write_run(result, out, evaluation=outputs.evaluate_if_possible(result))
     page, photos = _report_photos(out / "report.html")
-    table = page[page.index("<h2>Every query</h2>") :]
+    table = page[page.index('<h2 id="queries">Every query</h2>') :]
     for row in result.candidates.itertuples():
         assert f"<td>{row.image_id}</td>" in table
     assert table.count("<tr>") == len(result.candidates) + 1
