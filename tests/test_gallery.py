@@ -491,7 +491,10 @@ def test_watch_refuses_links_leading_out_before_opening_them(tmp_path, monkeypat
     results = pd.read_csv(out / RESULTS, dtype=str, keep_default_na=False)
     assert sorted(results["image_id"]) == ["a.jpg", "inside.jpg", "out.jpg", "passwd.jpg", "sub/b.jpg"]
     assert gallery.asked[-2:] == [str(outside / "secret.jpg"), "/etc/passwd"]
-    assert "loop.jpg: a symbolic link that loops" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert "loop.jpg: a symbolic link that loops" in said
+    assert "identifying what is there, then stopping" in said and "Ctrl-C" not in said  # --once
+    assert "2 photo(s) answered in this run, 0 unreadable (retried when they change), 1 refused" in said
 
 
 def test_watch_retries_a_stalled_copy_once_it_changes(tmp_path):

@@ -81,8 +81,10 @@ def watch(
         allow_outside_paths=allow_outside_paths,
         report=lambda line: console.print(escape(line), highlight=False),
     )
+    recorded_before = len(watcher.done)
+    how = "identifying what is there, then stopping" if once else "Ctrl-C stops"
     console.print(
-        f"watching {folder} ({len(watcher.done)} photo(s) already recorded in {watcher.results}); Ctrl-C stops",
+        f"watching {folder} ({recorded_before} photo(s) already recorded in {watcher.results}); {how}",
         highlight=False,
     )
     try:
@@ -92,6 +94,11 @@ def watch(
     finally:
         if store is not None:
             store.close()
+    console.print(
+        f"{len(watcher.done) - recorded_before} photo(s) answered in this run, {len(watcher.failed)} unreadable "
+        f"(retried when they change), {len(watcher.refused)} refused; every answer is in {watcher.results}",
+        highlight=False,
+    )
 
 
 def _catalog_gallery(catalog: Path, preset: str, cache_dir: Path | None, device: str | None, dataset_name):
