@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from wildreid.data.dataset import NEW_INDIVIDUAL, Dataset
+from wildreid.data.places import place_table
 from wildreid.decide.grouping import Grouping
 from wildreid.presets import Preset
 
@@ -97,6 +98,11 @@ class IdentifyResult:
                 "error": list(self.errors),
             }
         )
+        # When and where each query was taken (its EXIF, or the dataset's typed columns): what a
+        # field team sorts and maps results by.
+        if "path" in self.queries:
+            places = place_table(self.queries.reset_index(drop=True))
+            table = pd.concat([table, places], axis=1)
         if self.grouping is not None:
             table = pd.concat([table, self.grouping.per_query(len(table))], axis=1)
         # Where regions were used: the region each query was described by, beside its id.

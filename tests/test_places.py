@@ -1,0 +1,201 @@
+"""Time and place from the photo: EXIF capture time and GPS read on every way in (import,
+upload, watch, identify), typed values over them, sites, the offline map, the Camtrap DP
+coordinates and the capture history for mark-recapture."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from wildreid.catalog.importer import import_dataset
+from wildreid.catalog.schema import SCHEMA_VERSION
+from wildreid.catalog.store import Catalog
+from wildreid.data.dataset import load_dataset
+from wildreid.data.images import PhotoPlace, read_photo_place
+from wildreid.data.places import with_typed
+
+EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+
+
+def exif_jpeg(
+    when: str | None = None,
+    offset: str | None = None,
+    position: tuple[float, float] | None = None,
+    altitude: float | None = None,
+    colour: tuple[int, int, int] = (120, 80, 40),
+) -> bytes:
+    """A real JPEG whose EXIF carries DateTimeOriginal ('YYYY:MM:DD HH:MM:SS'), OffsetTimeOriginal
+    and a GPS position, as a camera writes them (degrees, minutes, seconds and a hemisphere)."""
+    exif = Image.Exif()
+    if when or offset:
+        details = exif.get_ifd(EXIF_IFD)
+        if when:
+            details[0x9003] = when
+        if offset:
+            details[0x9011] = offset
+    if position:
+        gps = exif.get_ifd(GPS_IFD)
+        for (ref, value), sides in zip(((1, 2), (3, 4)), ("NS", "EW")):
+            number = position[0] if ref == 1 else position[1]
+            whole = abs(number)
+            degrees, minutes = int(whole), int(whole * 60) % 60
+            seconds = round((whole * 3600) % 60, 4)
+            gps[ref] = sides[0] if number >= 0 else sides[1]
+            gps[value] = (float(degrees), float(minutes), seconds)
+        if altitude is not None:
+            gps[5] = b"\x00" if altitude >= 0 else b"\x01"
+            gps[6] = abs(altitude)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# reading the EXIF
+
+
+def test_exif_capture_time_offset_and_gps_are_read_and_bad_exif_gives_nothing():
+    place = read_photo_place(exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.5, 31.26), 412.5))
+    assert place == PhotoPlace("2025-07-14 06:31:02+02:00", -24.5, 31.26, 412.5)
+    assert read_photo_place(exif_jpeg("2025:07:14 06:31:02")).capture_time == "2025-07-14 06:31:02"
+    assert read_photo_place(exif_jpeg(position=(1.25, -70.5))) == PhotoPlace(None, 1.25, -70.5, None)
+    # absent, unset (a camera whose clock was never set), impossible, or no picture at all
+    assert read_photo_place(exif_jpeg()) == PhotoPlace()
+    assert read_photo_place(exif_jpeg("0000:00:00 00:00:00")) == PhotoPlace()
+    assert read_photo_place(exif_jpeg("2025:13:45 99:00:00")) == PhotoPlace()
+    assert read_photo_place(b"\xff\xd8\xff not really a jpeg") == PhotoPlace()
+    assert read_photo_place(b"") == PhotoPlace()
+
+
+def test_a_typed_value_overrides_the_exif():
+    exif = PhotoPlace("2025-07-14 06:31:02+02:00", -24.5, 31.26, 412.5)
+    assert with_typed(exif, date="2025-08-01").capture_time == "2025-08-01"
+    # the same day, said less precisely: the camera's time of day is kept
+    assert with_typed(exif, date="2025-07-14").capture_time == "2025-07-14 06:31:02+02:00"
+    moved = with_typed(exif, latitude="-25.0", longitude=" 30.5")
+    assert (moved.latitude, moved.longitude, moved.altitude) == (-25.0, 30.5, None)
+    assert with_typed(exif, latitude=float("nan"), longitude=30.5, date=float("nan")) == exif
+    assert with_typed(exif, latitude=95, longitude=30.5) == exif  # off the globe: not a position
+
+
+def _dataset_folder(root: Path, typed: dict[str, dict] | None = None) -> Path:
+    """Three photos of two individuals: one dated and placed by its EXIF, one with a broken EXIF
+    block, one without EXIF; ``typed`` adds metadata columns per image id."""
+    root.mkdir(parents=True, exist_ok=True)
+    photos = {
+        "a1": exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.5, 31.26), 412.5, colour=(10, 200, 30)),
+        "b1": exif_jpeg(colour=(30, 10, 200)),
+    }
+    # a2: an EXIF block whose first directory lies far outside the file
+    good = exif_jpeg("2025:07:15 07:00:00", colour=(200, 10, 30))
+    photos["a2"] = good.replace(b"Exif\x00\x00MM\x00*\x00\x00\x00\x08", b"Exif\x00\x00MM\x00*\x7f\xff\xff\x00", 1)
+    assert photos["a2"] != good
+    rows = []
+    for image_id, data in photos.items():
+        (root / f"{image_id}.jpg").write_bytes(data)
+        rows.append(
+            {
+                "image_id": image_id,
+                "identity": image_id[0].upper(),
+                "path": f"{image_id}.jpg",
+                "split": "database",
+                "dataset": "Nyala",
+                **(typed or {}).get(image_id, {}),
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+def test_import_reads_exif_per_photo_and_typed_columns_win(tmp_path):
+    folder = _dataset_folder(tmp_path / "data", {"b1": {"date": "2024-01-02", "latitude": -1.5, "longitude": 36.8}})
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        report = import_dataset(catalog, load_dataset(folder))
+        assert report.added == 3 and not report.unreadable  # a broken EXIF costs no photo
+        photos = {image["source_image_id"]: image for image in catalog.images()}
+        assert catalog.schema_version == SCHEMA_VERSION
+    a1, a2, b1 = photos["a1"], photos["a2"], photos["b1"]
+    assert (a1["sighting_date"], a1["latitude"], a1["longitude"], a1["altitude"]) == (
+        "2025-07-14 06:31:02+02:00",
+        -24.5,
+        31.26,
+        412.5,
+    )
+    assert a2["sighting_date"] is None and a2["latitude"] is None
+    assert (b1["sighting_date"], b1["latitude"], b1["longitude"]) == ("2024-01-02", -1.5, 36.8)
+
+
+def _result(queries: pd.DataFrame):
+    from wildreid.gallery.result import IdentifyResult, Ranking
+    from wildreid.presets import get_preset
+
+    count = len(queries)
+    return IdentifyResult(
+        dataset=None,
+        preset=get_preset("offline"),
+        queries=queries,
+        prediction=np.array(["A"] * count, dtype=object),
+        ranking=Ranking.empty(count, 1),
+        query_thresholds=np.full(count, np.nan),
+        errors=[""] * count,
+        thresholds={},
+        threshold_choices={},
+        failures=pd.DataFrame(),
+    )
+
+
+def test_identify_candidates_carry_each_photos_capture_time_and_position(tmp_path):
+    folder = _dataset_folder(tmp_path / "data")
+    queries = pd.DataFrame(
+        {
+            "image_id": ["a1", "a2", "b1", "gone"],
+            "dataset": "Nyala",
+            "path": [str(folder / "a1.jpg"), str(folder / "a2.jpg"), str(folder / "b1.jpg"), str(folder / "gone.jpg")],
+            "date": [None, None, "2024-01-02", None],  # a typed column wins over the EXIF
+        },
+        index=[5, 6, 7, 8],  # a table cut out of a larger one
+    )
+    candidates = _result(queries).candidates
+    assert list(candidates[["capture_time", "latitude", "longitude"]].itertuples(index=False, name=None))[0] == (
+        "2025-07-14 06:31:02+02:00",
+        -24.5,
+        31.26,
+    )
+    assert candidates["capture_time"].fillna("").tolist()[1:] == ["", "2024-01-02", ""]
+    assert candidates["latitude"].isna().tolist() == [False, True, True, True]
+    assert list(candidates["prediction"]) == ["A"] * 4  # the rows stay aligned
+
+
+def test_watch_writes_places_and_goes_on_with_a_results_file_begun_without_them(tmp_path):
+    from wildreid.review.watch import RESULTS, Watcher
+
+    class Gallery:
+        groups = {"Nyala": None}
+
+        def identify(self, queries, cache_dir=None, progress=False):
+            return _result(queries.assign(dataset="Nyala"))
+
+    incoming, out, old = tmp_path / "incoming", tmp_path / "out", tmp_path / "old"
+    incoming.mkdir()
+    (incoming / "a.jpg").write_bytes(exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.5, 31.26)))
+    watcher = Watcher(incoming, out, Gallery(), settle_seconds=0.0, report=[].append, clock=lambda: 1e12)
+    watcher.poll()
+    watcher.poll()
+    row = pd.read_csv(out / RESULTS, dtype=str).iloc[0]
+    assert (row["capture_time"], row["latitude"], row["longitude"]) == ("2025-07-14 06:31:02+02:00", "-24.5", "31.26")
+
+    # a results.csv an earlier wildreid began, without the place columns: appended to as it is
+    old.mkdir()
+    header = (
+        "image_id,dataset,prediction,top1_score,threshold,flags,error,identity_1,score_1,match_1,sha256,same_photo\n"
+    )
+    (old / RESULTS).write_text(header)
+    again = Watcher(incoming, old, Gallery(), settle_seconds=0.0, report=[].append, clock=lambda: 1e12)
+    again.poll()
+    again.poll()
+    lines = (old / RESULTS).read_text().splitlines()
+    assert lines[0] + "\n" == header and len(lines) == 2 and lines[1].startswith("a.jpg,Nyala,A,")
