@@ -199,3 +199,47 @@ def test_watch_writes_places_and_goes_on_with_a_results_file_begun_without_them(
     again.poll()
     lines = (old / RESULTS).read_text().splitlines()
     assert lines[0] + "\n" == header and len(lines) == 2 and lines[1].startswith("a.jpg,Nyala,A,")
+
+
+# ------------------------------------------------------------------------------------------------
+# the review app
+
+
+def _app(tmp_path, backbone, **options):
+    from test_web import make_app
+
+    folder = _dataset_folder(tmp_path / "data")
+    path = tmp_path / "catalog.sqlite"
+    with Catalog(path) as catalog:
+        import_dataset(catalog, load_dataset(folder))
+        catalog.set_site("waterhole 3", -24.9, 31.6)
+    return make_app(path, backbone, tmp_path / "cache", **options), path
+
+
+def test_upload_takes_each_photos_exif_and_the_typed_date_and_place_only_for_the_others(tmp_path, lite0_backbone):
+    from fastapi.testclient import TestClient
+    from test_web import SIGNED, upload, wait_for_job
+
+    app, path = _app(tmp_path, lite0_backbone)
+    camera = exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.5, 31.26), colour=(90, 90, 30))
+    plain = exif_jpeg(colour=(30, 90, 90))
+    with TestClient(app) as client:
+        form = client.get("/", headers=SIGNED).text
+        assert "only for photos" in form and '<option value="waterhole 3">' in form
+        response = upload(
+            client, [("camera.jpg", camera), ("plain.jpg", plain)], sighting_date="2025-08-01", location="waterhole 3"
+        )
+        assert response.status_code == 303, response.text
+        wait_for_job(client, response.headers["location"])
+        with Catalog(path) as catalog:
+            queries = {query["original_name"]: query for query in catalog.queries()}
+        first, second = queries["camera.jpg"], queries["plain.jpg"]
+        assert (first["sighting_date"], first["location"], first["latitude"], first["longitude"]) == (
+            "2025-07-14 06:31:02+02:00",
+            None,
+            -24.5,
+            31.26,
+        )
+        assert (second["sighting_date"], second["location"], second["latitude"]) == ("2025-08-01", "waterhole 3", None)
+        page = client.get(f"/review/{first['id']}").text
+        assert "seen 2025-07-14 06:31" in page
