@@ -243,3 +243,65 @@ def test_upload_takes_each_photos_exif_and_the_typed_date_and_place_only_for_the
         assert (second["sighting_date"], second["location"], second["latitude"]) == ("2025-08-01", "waterhole 3", None)
         page = client.get(f"/review/{first['id']}").text
         assert "seen 2025-07-14 06:31" in page
+
+
+# ------------------------------------------------------------------------------------------------
+# sites, and the Camtrap DP export from the catalogue's times and places
+
+
+def _placed_catalogue(tmp_path: Path) -> Path:
+    """a1 dated and placed by its EXIF; b1 typed at the site 'waterhole 3' (no GPS); a2 undated."""
+    from typer.testing import CliRunner
+
+    from wildreid.cli.main import app
+
+    folder = _dataset_folder(
+        tmp_path / "data", {"b1": {"date": "2025-07-16 08:00:00+02:00", "location": "waterhole 3"}}
+    )
+    path = tmp_path / "catalog.sqlite"
+    runner = CliRunner()
+    assert runner.invoke(app, ["catalog", "import", str(folder), "--catalog", str(path)]).exit_code == 0
+    sites = tmp_path / "sites.csv"
+    sites.write_text("location,latitude,longitude,coordinateUncertainty\nwaterhole 3,-24.9,31.6,30\n")
+    result = runner.invoke(app, ["catalog", "sites", str(sites), "--catalog", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1 site(s) added" in result.output and "waterhole 3" in result.output
+    return path
+
+
+def _camtrap_rows(folder: Path, table: str) -> list[dict]:
+    return pd.read_csv(folder / f"{table}.csv", dtype=str, keep_default_na=False).to_dict("records")
+
+
+def test_camtrap_export_takes_times_and_coordinates_from_the_catalogue(tmp_path):
+    from typer.testing import CliRunner
+
+    from wildreid.cli.main import app
+
+    path = _placed_catalogue(tmp_path)
+    base = ["catalog", "export", "--catalog", str(path), "--format", "camtrap-dp", "--sampling-design"]
+    base += ["opportunistic", "--capture-method", "activityDetection", "--contact", "Jane Doe <jane@example.org>"]
+    base += ["--scientific-name", "Nyala=Tragelaphus angasii", "--skip-undated"]
+    result = CliRunner().invoke(app, [*base, str(tmp_path / "package")])  # no coordinates, no timezone by hand
+    assert result.exit_code == 0, result.output
+    deployments = {row["deploymentID"]: row for row in _camtrap_rows(tmp_path / "package", "deployments")}
+    assert set(deployments) == {"Nyala@-24.5000,31.2600", "Nyala:waterhole 3"}
+    gps, site = deployments["Nyala@-24.5000,31.2600"], deployments["Nyala:waterhole 3"]
+    assert (float(gps["latitude"]), float(gps["longitude"])) == (-24.5, 31.26)
+    assert (float(site["latitude"]), float(site["longitude"]), site["coordinateUncertainty"]) == (-24.9, 31.6, "30")
+    media = {row["deploymentID"]: row["timestamp"] for row in _camtrap_rows(tmp_path / "package", "media")}
+    assert media == {
+        "Nyala@-24.5000,31.2600": "2025-07-14T06:31:02+02:00",
+        "Nyala:waterhole 3": "2025-07-16T08:00:00+02:00",
+    }
+
+    # the options by hand still win: --locations over the catalogue's site
+    places = tmp_path / "places.csv"
+    places.write_text("location,latitude,longitude\nwaterhole 3,-20.0,30.0\n")
+    result = CliRunner().invoke(app, [*base, "--locations", str(places), str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    moved = {row["deploymentID"]: row for row in _camtrap_rows(tmp_path / "again", "deployments")}
+    assert (float(moved["Nyala:waterhole 3"]["latitude"]), moved["Nyala:waterhole 3"]["coordinateUncertainty"]) == (
+        -20.0,
+        "",
+    )

@@ -83,6 +83,39 @@ def catalog_import(
     console.print(f"catalogue {catalog}: {counts['individuals']} individuals, {counts['images']} photos")
 
 
+@catalog_app.command("sites")
+def catalog_sites(
+    places: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="CSV location,latitude,longitude[,coordinateUncertainty]: sites to add, or move (WGS84 degrees; "
+            "uncertainty in metres). Without it, the sites are listed."
+        ),
+    ] = None,
+    catalog: CatalogPath = DEFAULT_CATALOG,
+):
+    """Named sites with coordinates (camera stations, waterholes). A photo whose location names a
+    site and that has no GPS position of its own is placed at the site: on the map of its
+    individual, and as its deployment in a Camtrap DP export."""
+    from wildreid.catalog.camtrap import read_places
+    from wildreid.catalog.store import Catalog
+
+    given = read_places(places, "sites") if places is not None else {}
+    with Catalog(catalog, create=False) as store:
+        added = sum(
+            store.set_site(name, place.latitude, place.longitude, uncertainty=place.uncertainty)
+            for name, place in given.items()
+        )
+        if places is not None:
+            console.print(f"{added} site(s) added, {len(given) - added} updated, from {places}")
+        table = Table("site", "latitude", "longitude", "uncertainty (m)")
+        for site in store.sites():
+            table.add_row(
+                site["name"], f"{site['latitude']:.6f}", f"{site['longitude']:.6f}", str(site["uncertainty"] or "")
+            )
+        stdout.print(table)
+
+
 CAMTRAP = "Camtrap DP (--format camtrap-dp)"
 
 
