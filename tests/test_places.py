@@ -305,3 +305,48 @@ def test_camtrap_export_takes_times_and_coordinates_from_the_catalogue(tmp_path)
         -20.0,
         "",
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# the map of an individual's sightings
+
+
+def test_the_map_is_an_offline_svg_with_a_point_per_sighting_a_scale_and_a_graticule():
+    import re
+
+    from wildreid.web.maps import MapPoint, sightings_svg
+
+    points = [MapPoint(-24.5, 31.26, "a <1>"), MapPoint(-24.52, 31.30, "b"), MapPoint(-24.9, 31.6, "c")]
+    svg = sightings_svg(points, width=640, height=360)
+    assert svg.startswith("<svg") and svg.count('class="sighting"') == 3
+    assert "a &lt;1&gt;" in svg  # labels are escaped
+    # 0.2 degree steps over this area: three round longitudes and two latitudes, labelled
+    assert re.findall(r">(\d+\.\d°[EW])<", svg) == ["31.0°E", "31.2°E", "31.4°E", "31.6°E", "31.8°E"]
+    assert re.findall(r">(\d+\.\d°[NS])<", svg) == ["24.8°S", "24.6°S"]
+    assert re.search(r'class="scale-bar".*>20 km</text>', svg, re.S)
+    assert "<image" not in svg and "http" not in svg.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+    # one sighting: a square kilometre or so around it, a scale in metres
+    alone = sightings_svg([MapPoint(0.0, 0.0, "x")])
+    assert alone.count('class="sighting"') == 1 and re.search(r">(100|200|500) m</text>", alone)
+    assert sightings_svg([]) == ""
+    tiled = sightings_svg(points, tiles="https://tiles.example.org/{z}/{x}/{y}.png")
+    assert 0 < tiled.count("<image") <= 64 and "https://tiles.example.org/" in tiled
+
+
+def test_an_individuals_page_maps_its_sightings_and_tiles_only_when_configured(tmp_path, lite0_backbone):
+    from fastapi.testclient import TestClient
+
+    app, path = _app(tmp_path, lite0_backbone)
+    with Catalog(path) as catalog:
+        catalog.db.execute("UPDATE images SET location = 'waterhole 3' WHERE source_image_id = 'a2'")
+    with TestClient(app) as client:
+        page = client.get("/individuals/A")
+        assert page.status_code == 200
+        # a1 by its GPS, a2 at its site: two points, no tiles, nothing from another server
+        assert page.text.count('class="sighting"') == 2 and "<image" not in page.text
+        assert "img-src 'self' blob: data:;" in page.headers["content-security-policy"]
+        assert client.get("/individuals/B").text.count('class="sighting"') == 0
+    tiled, _ = _app(tmp_path / "tiled", lite0_backbone, map_tiles="https://tiles.example.org/{z}/{x}/{y}.png")
+    with TestClient(tiled) as client:
+        page = client.get("/individuals/A")
+        assert "<image" in page.text and "https://tiles.example.org" in page.headers["content-security-policy"]
