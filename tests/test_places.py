@@ -350,3 +350,107 @@ def test_an_individuals_page_maps_its_sightings_and_tiles_only_when_configured(t
     with TestClient(tiled) as client:
         page = client.get("/individuals/A")
         assert "<image" in page.text and "https://tiles.example.org" in page.headers["content-security-policy"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the capture history for mark-recapture
+
+SIGHTINGS = [  # individual, sighting date, location
+    ("A", "2025-07-01 06:00:00+02:00", "north"),
+    ("A", "2025:07:03 21:10:00", "south"),  # as EXIF writes it
+    ("B", "2025-07-02", "north"),
+    ("B", "2025-07-02 18:00:00", "south"),  # twice on one day: one capture
+    ("B", "2025-07-09", "north"),
+    ("C", "2025-07-09 05:00:00", "south"),
+    ("C", None, "north"),  # undated: left out
+    ("D", None, "north"),  # only undated: no history at all
+]
+
+
+def _history_catalogue(tmp_path: Path) -> Path:
+    path = tmp_path / "history.sqlite"
+    with Catalog(path) as catalog:
+        for number, (individual, date, location) in enumerate(SIGHTINGS):
+            catalog.add_individual(individual, "Lions", name=f"lion {individual}")
+            data = exif_jpeg(colour=(number * 20, 255 - number * 20, 7))
+            catalog.add_image(data, "jpg", individual, sighting_date=date, location=location)
+        catalog.add_individual("Z", "Zebras")  # another dataset
+        catalog.add_image(exif_jpeg(colour=(1, 2, 3)), "jpg", "Z", sighting_date="2025-07-01")
+    return path
+
+
+def _export_history(path: Path, out: Path, *options: str):
+    from typer.testing import CliRunner
+
+    from wildreid.cli.main import app
+
+    command = ["catalog", "export", "--catalog", str(path), "--format", "capture-history", *options, str(out)]
+    return CliRunner().invoke(app, command)
+
+
+def _matrix(out: Path) -> dict[str, str]:
+    table = pd.read_csv(out / "capture-history.csv", dtype=str)
+    return dict(zip(table["individual"], table["ch"]))
+
+
+def test_capture_history_by_day_week_and_survey_matches_the_hand_made_matrix(tmp_path):
+    path = _history_catalogue(tmp_path)
+    refused = _export_history(path, tmp_path / "x")
+    assert refused.exit_code != 0 and "give --dataset" in refused.output  # two populations in one catalogue
+
+    by_day = tmp_path / "day"
+    result = _export_history(path, by_day, "--dataset", "Lions")
+    assert result.exit_code == 0, result.output
+    # occasions: the days with a sighting, 07-01, 07-02, 07-03, 07-09
+    assert _matrix(by_day) == {"A": "1010", "B": "0101", "C": "0001"}
+    assert (by_day / "capture-history.inp").read_text().splitlines()[1:] == [
+        "/* A */ 1010 1;",
+        "/* B */ 0101 1;",
+        "/* C */ 0001 1;",
+    ]
+    table = pd.read_csv(by_day / "capture-history.csv", dtype=str)
+    assert list(table.columns) == ["individual", "name", "ch", "2025-07-01", "2025-07-02", "2025-07-03", "2025-07-09"]
+    assert table.loc[0, "name"] == "lion A" and list(table.iloc[1, 3:]) == ["0", "1", "0", "1"]
+    captures = pd.read_csv(by_day / "captures.csv", dtype=str)
+    assert captures.values.tolist() == [
+        ["Lions", "A", "1", "north"],
+        ["Lions", "A", "3", "south"],
+        ["Lions", "B", "2", "north"],
+        ["Lions", "B", "4", "north"],
+        ["Lions", "C", "4", "south"],
+    ]
+    occasions = pd.read_csv(by_day / "occasions.csv", dtype=str)
+    assert occasions["sightings"].tolist() == ["1", "2", "1", "2"]
+    assert "left out: 2 photo(s) without a sighting date" in result.output
+
+    # every day from the first sighting to the last, sighted or not
+    assert _export_history(path, tmp_path / "all", "--dataset", "Lions", "--empty-occasions").exit_code == 0
+    assert _matrix(tmp_path / "all") == {"A": "101000000", "B": "010000001", "C": "000000001"}
+
+    # seven-day blocks from 07-01: 07-01..07-07, 07-08..07-14
+    assert _export_history(path, tmp_path / "week", "--dataset", "Lions", "--occasion", "week").exit_code == 0
+    assert _matrix(tmp_path / "week") == {"A": "10", "B": "11", "C": "01"}
+
+    # named surveys: s1 and s3 at one site only; s2 at both
+    surveys = tmp_path / "surveys.csv"
+    surveys.write_text(
+        "survey,start,end,site\n"
+        "s1,2025-07-01,2025-07-02,north\n"
+        "s2,2025-07-03,2025-07-05,\n"
+        "s3,2025-07-09,2025-07-09,north\n"
+    )
+    out = tmp_path / "survey"
+    result = _export_history(path, out, "--dataset", "Lions", "--occasion", "survey", "--surveys", str(surveys))
+    assert result.exit_code == 0, result.output
+    # B's 07-02 south and C's 07-09 south fall in no survey; C is never captured
+    assert _matrix(out) == {"A": "110", "B": "101"}
+    assert "left out: 2 dated photo(s) in none of the surveys" in result.output
+
+    wrong = _export_history(path, tmp_path / "w", "--occasion", "survey", "--dataset", "Lions")
+    assert wrong.exit_code != 0 and "needs --surveys" in wrong.output
+    from typer.testing import CliRunner
+
+    from wildreid.cli.main import app
+
+    other = CliRunner().invoke(app, ["catalog", "export", "--catalog", str(path), "--occasion", "week", str(tmp_path)])
+    assert other.exit_code != 0 and "only for --format capture-history" in other.output
