@@ -16,7 +16,7 @@ from wildreid.catalog.schema import SCHEMA_VERSION
 from wildreid.catalog.store import Catalog
 from wildreid.data.dataset import load_dataset
 from wildreid.data.images import PhotoPlace, read_photo_place
-from wildreid.data.places import with_typed
+from wildreid.data.places import with_places, with_typed
 
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 
@@ -159,7 +159,7 @@ def test_identify_candidates_carry_each_photos_capture_time_and_position(tmp_pat
         },
         index=[5, 6, 7, 8],  # a table cut out of a larger one
     )
-    candidates = _result(queries).candidates
+    candidates = _result(with_places(queries)).candidates
     assert list(candidates[["capture_time", "latitude", "longitude"]].itertuples(index=False, name=None))[0] == (
         "2025-07-14 06:31:02+02:00",
         -24.5,
@@ -177,7 +177,7 @@ def test_watch_writes_places_and_goes_on_with_a_results_file_begun_without_them(
         groups = {"Nyala": None}
 
         def identify(self, queries, cache_dir=None, progress=False):
-            return _result(queries.assign(dataset="Nyala"))
+            return _result(with_places(queries.assign(dataset="Nyala")))
 
     incoming, out, old = tmp_path / "incoming", tmp_path / "out", tmp_path / "old"
     incoming.mkdir()

@@ -77,3 +77,9 @@ def place_table(photos: pd.DataFrame) -> pd.DataFrame:
         place = with_typed(place, **{column: row.get(column) for column in TYPED_COLUMNS})
         rows.append({"capture_time": place.capture_time, "latitude": place.latitude, "longitude": place.longitude})
     return pd.DataFrame(rows, columns=list(PLACE_COLUMNS), index=photos.index)
+
+
+def with_places(photos: pd.DataFrame) -> pd.DataFrame:
+    """``photos`` with :func:`place_table`'s columns appended (replacing any of the same name)."""
+    places = place_table(photos)
+    return pd.concat([photos.drop(columns=[c for c in PLACE_COLUMNS if c in photos]), places], axis=1)
