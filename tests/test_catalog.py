@@ -217,7 +217,7 @@ def test_old_catalogue_is_migrated_and_newer_one_refused(tmp_path):
     connection.execute("INSERT INTO individuals (id, dataset, created_at) VALUES ('a', 'd', 'now')")
     connection.close()
     with Catalog(path) as catalog:
-        assert catalog.schema_version == SCHEMA_VERSION == 4
+        assert catalog.schema_version == SCHEMA_VERSION
         assert catalog.individual("a")["dataset"] == "d"
         assert catalog.queries() == [] and catalog.decisions() == []
     connection = sqlite3.connect(path)
@@ -374,6 +374,9 @@ def test_cli_import_identify_export_check(tmp_path, small, nyala, embedding_cach
     for image_id in (KNOWN_QUERY, "71"):
         source = Path(nyala.table.loc[nyala.table["image_id"] == image_id, "path"].item())
         (queries / f"q{image_id}.jpg").symlink_to(source)
+    from test_places import exif_jpeg  # a photo whose EXIF says when and where it was taken
+
+    (queries / "r_camera.jpg").write_bytes(exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.5, 31.26)))
     out = tmp_path / "run"
     result = runner.invoke(
         app,
@@ -392,9 +395,13 @@ def test_cli_import_identify_export_check(tmp_path, small, nyala, embedding_cach
     )
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(out / "submission.csv", dtype=str)
-    assert submission["image_id"].tolist() == ["q47.jpg", "q71.jpg"]
-    candidates = pd.read_csv(out / "candidates.csv", dtype=str)
+    assert submission["image_id"].tolist() == ["q47.jpg", "q71.jpg", "r_camera.jpg"]
+    candidates = pd.read_csv(out / "candidates.csv", dtype=str, keep_default_na=False)
     assert candidates["match_1"].str.startswith("catalog:").all()
+    assert candidates[["capture_time", "latitude", "longitude"]].values.tolist()[1:] == [
+        ["", "", ""],
+        ["2025-07-14 06:31:02+02:00", "-24.5", "31.26"],
+    ]
 
     result = runner.invoke(app, ["catalog", "export", str(tmp_path / "exported"), "--catalog", str(path)])
     assert result.exit_code == 0 and (tmp_path / "exported" / "metadata.csv").is_file()

@@ -13,8 +13,12 @@ catalogue's individual as ``individualID``. Who classified it, and how:
   that identified them, with the candidate's score as ``classificationProbability`` only where
   the preset calibrates scores to P(same individual).
 
-What the catalogue does not hold and the standard requires (coordinates, a timezone for naive
-times, the sampling design, the capture method, a contact) must be given; the export names what
+Times and coordinates come from the catalogue: each photo's capture time (its EXIF, or the date
+typed for it), and each deployment's coordinates from the catalogue's site of that location name
+or the photos' own GPS positions; --locations, --latitude/--longitude and --timezone remain as
+corrections by hand. What the catalogue does not hold and the standard requires (the sampling
+design, the capture method, a contact; coordinates or a timezone where the photos carry none)
+must be given; the export names what
 is missing and how to give it instead of inventing it.
 
 The three tables are built in camtrap_tables.py; this module reads the user's places and contacts,
@@ -89,27 +93,27 @@ class CamtrapReport:
 # the user's inputs
 
 
-def read_places(path: str | Path) -> dict[str, Place]:
+def read_places(path: str | Path, option: str = "--locations") -> dict[str, Place]:
     """A CSV of ``location,latitude,longitude[,coordinateUncertainty]``: the coordinates of each
-    location text the catalogue's photos carry."""
+    location text the catalogue's photos carry. ``option``: how the messages name the file."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
             columns = set(rows[0]) if rows else set()
     except FileNotFoundError:
-        raise CamtrapError(f"--locations {path}: no such file.") from None
+        raise CamtrapError(f"{option} {path}: no such file.") from None
     except UnicodeDecodeError:
-        raise CamtrapError(f"--locations {path}: not UTF-8 text; save it as UTF-8 CSV.") from None
+        raise CamtrapError(f"{option} {path}: not UTF-8 text; save it as UTF-8 CSV.") from None
     missing = {"location", "latitude", "longitude"} - columns
     if missing:
         raise CamtrapError(
-            f"--locations {path}: missing column(s) {', '.join(sorted(missing))}; the file needs "
+            f"{option} {path}: missing column(s) {', '.join(sorted(missing))}; the file needs "
             "location,latitude,longitude (and optionally coordinateUncertainty, in metres)."
         )
     places = {}
     for number, row in enumerate(rows, start=2):
-        where = f"--locations {path}, row {number}"
+        where = f"{option} {path}, row {number}"
         name = (row["location"] or "").strip()
         if not name:
             raise CamtrapError(f"{where}: empty location; give the location text the photos carry.")

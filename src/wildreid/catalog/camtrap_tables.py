@@ -139,6 +139,9 @@ def sightings(catalog: Catalog, settings: CamtrapSettings) -> list[dict]:
             "stored_path": image["stored_path"],
             "sighting_date": image["sighting_date"],
             "location": image["location"],
+            "site": _site_place(image["site_latitude"], image["site_longitude"], image["site_uncertainty"]),
+            "latitude": image["latitude"],
+            "longitude": image["longitude"],
             **_NO_CLASSIFICATION,
         }
         decision = confirmed.get(image["id"])
@@ -158,6 +161,17 @@ def sightings(catalog: Catalog, settings: CamtrapSettings) -> list[dict]:
     if settings.include_machine:
         rows += _machine_sightings(catalog, wanted)
     return rows
+
+
+def _site_place(latitude, longitude, uncertainty) -> Place | None:
+    return Place(latitude, longitude, uncertainty) if latitude is not None and longitude is not None else None
+
+
+def _site_of(catalog: Catalog, location: str | None) -> dict:
+    site = catalog.site(location) if location else None
+    if site is None:
+        return {"latitude": None, "longitude": None, "uncertainty": None}
+    return {"latitude": site["latitude"], "longitude": site["longitude"], "uncertainty": site["uncertainty"]}
 
 
 _NO_CLASSIFICATION = {"method": None, "by": None, "at": None, "probability": None, "tags": None, "comments": None}
@@ -195,6 +209,9 @@ def _machine_sightings(catalog: Catalog, wanted: set[str] | None) -> list[dict]:
                 "stored_path": query["stored_path"],
                 "sighting_date": query["sighting_date"],
                 "location": query["location"],
+                "site": _site_place(**_site_of(catalog, query["location"])),
+                "latitude": query["latitude"],
+                "longitude": query["longitude"],
                 "method": "machine",
                 "by": f"{query['identified_by'] or 'wildreid'} (preset {preset})",
                 "at": query["identified_at"],
@@ -263,14 +280,13 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
                 f"give --scientific-name {row['dataset']}='Genus species'"
             )
         location = (row["location"] or "").strip()
-        place = settings.places.get(location) or settings.default_place
+        place, deployment_id = _place(row, location, settings)
         if place is None:
             problems.setdefault("place", []).append(
                 f"photos at location '{location}'" if location else "photos without a location"
             )
         if moment is None or place is None:
             continue
-        deployment_id = f"{row['dataset']}:{location}" if location else row["dataset"]
         deployment = deployments.setdefault(
             deployment_id,
             {"deploymentID": deployment_id, "place": place, "location": location, "times": [], "date_only": False},
@@ -325,6 +341,22 @@ def tables(rows: list[dict], settings: CamtrapSettings, media_path) -> tuple[dic
     )
 
 
+def _place(row: dict, location: str, settings: CamtrapSettings) -> tuple[Place | None, str]:
+    """Where a photo was taken, and the deployment (camera placement) it belongs to. In order:
+    the user's --locations row for its location (a correction by hand wins), the catalogue's
+    site of that name, the photo's own GPS position, the user's --latitude/--longitude. Photos
+    placed by their GPS are grouped into deployments by their position rounded to 4 decimals
+    (about 11 m: one camera station)."""
+    named = f"{row['dataset']}:{location}" if location else row["dataset"]
+    place = settings.places.get(location) or row.get("site")
+    if place is not None:
+        return place, named
+    if row.get("latitude") is not None and row.get("longitude") is not None:
+        latitude, longitude = round(float(row["latitude"]), 4), round(float(row["longitude"]), 4)
+        return Place(latitude, longitude), f"{named}@{latitude:.4f},{longitude:.4f}"
+    return settings.default_place, named
+
+
 def _deployment_rows(deployments: dict[str, dict]) -> list[dict]:
     rows = []
     for deployment in deployments.values():
@@ -376,8 +408,9 @@ def _problem_messages(problems: dict[str, list[str]]) -> list[str]:
         messages.append(
             "Camtrap DP requires each deployment's latitude and longitude, and the catalogue has none for: "
             + _examples(listed)
-            + ". Give --locations FILE.csv (location,latitude,longitude[,coordinateUncertainty]) and/or "
-            "--latitude and --longitude for every photo not listed there."
+            + ". Give their sites coordinates (`wildreid catalog sites FILE.csv`, or --locations FILE.csv: "
+            "location,latitude,longitude[,coordinateUncertainty]) and/or --latitude and --longitude for every "
+            "photo without a site or a GPS position."
         )
     return messages
 

@@ -218,3 +218,19 @@ def _text(value) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _position(latitude, longitude, altitude) -> tuple[float | None, float | None, float | None]:
+    """A stored position: both coordinates, in range, or none at all (half a position, or one
+    outside the globe, is no position); the altitude only with them."""
+    try:
+        lat, lon = float(latitude), float(longitude)
+    except (TypeError, ValueError):
+        return None, None, None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # also NaN
+        return None, None, None
+    try:
+        height = float(altitude) if altitude is not None else None
+    except (TypeError, ValueError):
+        height = None
+    return lat, lon, height if height == height else None

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 
 from wildreid import __version__
-from wildreid.catalog.connection import CatalogError, Connection, _reviewer, _text, now
+from wildreid.catalog.connection import CatalogError, Connection, _position, _reviewer, _text, now
 from wildreid.catalog.journal import Journal
+from wildreid.data.images import read_photo_place
+from wildreid.data.places import with_typed
 
 DECIDED = {"matched", "new"}  # final states of a query
 OUTCOME_STATUS = {"match": "matched", "new": "new", "skip": "skipped"}
@@ -35,6 +37,9 @@ class Decisions(Connection):
         original_name: str = "",
         sighting_date=None,
         location=None,
+        latitude=None,
+        longitude=None,
+        altitude=None,
         uploaded_by: str = "",
         job_id=None,
     ) -> dict:
@@ -43,11 +48,20 @@ class Decisions(Connection):
                 f"dataset '{dataset}': the catalogue has no individuals in it; "
                 f"choose one of {', '.join(self.datasets()) or '(none: import some first)'}."
             )
+        # When and where from the photo's EXIF, unless given (typed values win over the camera's).
+        place = with_typed(read_photo_place(data), date=sighting_date, latitude=latitude, longitude=longitude)
+        sighting_date, latitude, longitude, altitude = (
+            place.capture_time,
+            place.latitude,
+            place.longitude,
+            altitude if altitude is not None else place.altitude,
+        )
         sha256, stored_path = self.photos.put(data, extension)
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO queries (sha256, stored_path, original_name, dataset, sighting_date, "
-                "location, uploaded_by, uploaded_at, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "location, uploaded_by, uploaded_at, job_id, latitude, longitude, altitude) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sha256,
                     stored_path,
@@ -58,6 +72,7 @@ class Decisions(Connection):
                     uploaded_by,
                     now(),
                     job_id,
+                    *_position(latitude, longitude, altitude),
                 ),
             )
             return self.query(cursor.lastrowid)
@@ -227,6 +242,9 @@ class Decisions(Connection):
                             "individual_id": individual_id,
                             "sighting_date": query["sighting_date"],
                             "location": query["location"],
+                            "latitude": query["latitude"],
+                            "longitude": query["longitude"],
+                            "altitude": query["altitude"],
                             "source": "review",
                             "source_image_id": f"query-{query['id']}",
                             "added_at": now(),

@@ -16,7 +16,8 @@ from wildreid.catalog.connection import CatalogError
 from wildreid.catalog.photos import sniff_image_type
 from wildreid.catalog.store import Catalog, name_problems
 from wildreid.data.dataset import DATABASE, QUERY, Dataset, _listing
-from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes
+from wildreid.data.images import ImageReadError, content_hash, decode_image, read_image_bytes, read_photo_place
+from wildreid.data.places import TYPED_COLUMNS, with_typed
 
 # Optional dataset columns copied onto catalogue photos (catalogue field <- dataset column).
 IMAGE_FIELDS = {"sighting_date": "date", "location": "location", "orientation": "orientation", "viewpoint": "viewpoint"}
@@ -112,6 +113,11 @@ def _import_row(catalog: Catalog, row: dict, species: dict, source: str, report:
         report.unreadable.append((image_id, str(error)))
         return
     fields = {name: row.get(column) for name, column in IMAGE_FIELDS.items()}
+    # When and where: the photo's EXIF, under what the dataset's columns say (they win).
+    place = with_typed(read_photo_place(data), **{column: row.get(column) for column in TYPED_COLUMNS})
+    fields.update(
+        sighting_date=place.capture_time, latitude=place.latitude, longitude=place.longitude, altitude=place.altitude
+    )
     # One transaction for the individual and its photo: a crash never leaves an individual
     # without the photo that made the import create it.
     with catalog.transaction():

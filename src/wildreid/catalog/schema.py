@@ -148,7 +148,27 @@ CREATE TRIGGER images_updated AFTER UPDATE ON images BEGIN UPDATE image_changes 
 CREATE TRIGGER images_deleted AFTER DELETE ON images BEGIN UPDATE image_changes SET count = count + 1; END
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+# Time and place (appended after version 4): a photo's and an uploaded query's own position
+# (from its EXIF GPS, or typed), and named sites with coordinates. ``sighting_date`` keeps the
+# capture time (the EXIF DateTimeOriginal, or what a person typed). A photo at a named site
+# without a position of its own is placed at its site (store.py's ``images``).
+_PLACES = """
+CREATE TABLE sites (
+    name        TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 200),
+    latitude    REAL NOT NULL CHECK (latitude BETWEEN -90 AND 90),
+    longitude   REAL NOT NULL CHECK (longitude BETWEEN -180 AND 180),
+    uncertainty INTEGER CHECK (uncertainty IS NULL OR uncertainty >= 1),   -- metres
+    notes       TEXT NOT NULL DEFAULT ''
+);
+ALTER TABLE images ADD COLUMN latitude REAL;
+ALTER TABLE images ADD COLUMN longitude REAL;
+ALTER TABLE images ADD COLUMN altitude REAL;
+ALTER TABLE queries ADD COLUMN latitude REAL;
+ALTER TABLE queries ADD COLUMN longitude REAL;
+ALTER TABLE queries ADD COLUMN altitude REAL
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _PLACES]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from wildreid.catalog.connection import CatalogBusy as CatalogBusy  # re-exported: web/errors.py imports it here
-from wildreid.catalog.connection import CatalogDamaged, CatalogError, _reviewer, _text, now
+from wildreid.catalog.connection import CatalogDamaged, CatalogError, _position, _reviewer, _text, now
 from wildreid.catalog.decisions import AlreadyDecided as AlreadyDecided  # re-exported: web/errors.py imports it here
 from wildreid.catalog.decisions import Decisions
 from wildreid.catalog.journal import Journal
@@ -167,6 +167,9 @@ class Catalog(Decisions):
         viewpoint=None,
         source: str = "",
         source_image_id=None,
+        latitude=None,
+        longitude=None,
+        altitude=None,
     ) -> tuple[dict, bool]:
         """Store a photo of ``individual_id``; return (image row, created). A photo already in the
         catalogue (same bytes) is not added twice: its existing row is returned."""
@@ -181,8 +184,8 @@ class Catalog(Decisions):
                 return existing, False
             cursor = self.db.execute(
                 "INSERT INTO images (sha256, stored_path, individual_id, sighting_date, location, "
-                "orientation, viewpoint, source, source_image_id, added_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "orientation, viewpoint, source, source_image_id, added_at, latitude, longitude, altitude) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sha256,
                     stored_path,
@@ -194,6 +197,7 @@ class Catalog(Decisions):
                     source,
                     _text(source_image_id),
                     now(),
+                    *_position(latitude, longitude, altitude),
                 ),
             )
             return self.image(cursor.lastrowid), True
@@ -217,12 +221,15 @@ class Catalog(Decisions):
 
     def images(self, individual_id: str | None = None) -> list[dict]:
         """Photos (of one individual, or all), oldest sighting first; with the individual's
-        dataset and species. A photo whose individual is missing (a row deleted outside wildreid)
-        is CatalogDamaged, not left out: an export or a gallery would lose it without a word."""
+        dataset and species, and the coordinates of the site their location names
+        (``site_latitude``, ``site_longitude``, ``site_uncertainty``; None without one). A photo
+        whose individual is missing (a row deleted outside wildreid) is CatalogDamaged, not left
+        out: an export or a gallery would lose it without a word."""
         where, args = ("WHERE m.individual_id = ?", (individual_id,)) if individual_id else ("", ())
         rows = self._all(
-            "SELECT m.*, i.dataset, i.species, i.name, i.id IS NOT NULL AS known FROM images m "
-            f"LEFT JOIN individuals i ON i.id = m.individual_id {where} "
+            "SELECT m.*, i.dataset, i.species, i.name, i.id IS NOT NULL AS known, s.latitude AS site_latitude, "
+            "s.longitude AS site_longitude, s.uncertainty AS site_uncertainty FROM images m "
+            f"LEFT JOIN individuals i ON i.id = m.individual_id LEFT JOIN sites s ON s.name = m.location {where} "
             "ORDER BY m.sighting_date IS NULL, m.sighting_date, m.id",
             *args,
         )
@@ -258,6 +265,39 @@ class Catalog(Decisions):
             sha256,
         )
         return self.photos.path(row["stored_path"]) if row else None
+
+    # ----------------------------------------------------------------------------------------
+    # sites: named places with coordinates (a camera station, a waterhole)
+
+    def set_site(self, name: str, latitude: float, longitude: float, *, uncertainty: int | None = None) -> bool:
+        """Add the site, or move it; True if it was new. Photos whose location is ``name`` and
+        that carry no position of their own are placed at it."""
+        name = (name or "").strip()
+        if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
+            raise CatalogError(f"site '{name[:40]}': a site name is one line of 1 to 200 characters.")
+        [latitude, longitude, _] = _position(latitude, longitude, None)
+        if latitude is None:
+            raise CatalogError(
+                f"site '{name}': latitude and longitude must be decimal degrees (WGS84), "
+                "within [-90, 90] and [-180, 180]."
+            )
+        if uncertainty is not None and int(uncertainty) < 1:
+            raise CatalogError(f"site '{name}': the coordinate uncertainty is a whole number of metres >= 1.")
+        with self.transaction():
+            new = self.site(name) is None
+            self.db.execute(
+                "INSERT INTO sites (name, latitude, longitude, uncertainty) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET latitude = excluded.latitude, longitude = excluded.longitude, "
+                "uncertainty = excluded.uncertainty",
+                (name, latitude, longitude, None if uncertainty is None else int(uncertainty)),
+            )
+        return new
+
+    def site(self, name: str) -> dict | None:
+        return self._one("SELECT * FROM sites WHERE name = ?", (name or "").strip())
+
+    def sites(self) -> list[dict]:
+        return self._all("SELECT * FROM sites ORDER BY name")
 
     # ----------------------------------------------------------------------------------------
     # descriptors

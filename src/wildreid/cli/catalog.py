@@ -83,6 +83,39 @@ def catalog_import(
     console.print(f"catalogue {catalog}: {counts['individuals']} individuals, {counts['images']} photos")
 
 
+@catalog_app.command("sites")
+def catalog_sites(
+    places: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="CSV location,latitude,longitude[,coordinateUncertainty]: sites to add, or move (WGS84 degrees; "
+            "uncertainty in metres). Without it, the sites are listed."
+        ),
+    ] = None,
+    catalog: CatalogPath = DEFAULT_CATALOG,
+):
+    """Named sites with coordinates (camera stations, waterholes). A photo whose location names a
+    site and that has no GPS position of its own is placed at the site: on the map of its
+    individual, and as its deployment in a Camtrap DP export."""
+    from wildreid.catalog.camtrap import read_places
+    from wildreid.catalog.store import Catalog
+
+    given = read_places(places, "sites") if places is not None else {}
+    with Catalog(catalog, create=False) as store:
+        added = sum(
+            store.set_site(name, place.latitude, place.longitude, uncertainty=place.uncertainty)
+            for name, place in given.items()
+        )
+        if places is not None:
+            console.print(f"{added} site(s) added, {len(given) - added} updated, from {places}")
+        table = Table("site", "latitude", "longitude", "uncertainty (m)")
+        for site in store.sites():
+            table.add_row(
+                site["name"], f"{site['latitude']:.6f}", f"{site['longitude']:.6f}", str(site["uncertainty"] or "")
+            )
+        stdout.print(table)
+
+
 CAMTRAP = "Camtrap DP (--format camtrap-dp)"
 
 
@@ -94,7 +127,10 @@ def camtrap_option(help: str, *names: str):
 class CamtrapOptions(OptionGroup):
     """What a Camtrap DP package needs that the catalogue cannot know (--format camtrap-dp only)."""
 
-    dataset: Annotated[Optional[list[str]], camtrap_option("Export only this dataset (repeatable).")] = None
+    dataset: Annotated[
+        Optional[list[str]],
+        camtrap_option("Export only this dataset (repeatable; capture-history: the one dataset to write)."),
+    ] = None
     sampling_design: Annotated[
         Optional[str],
         camtrap_option(f"The cameras' layout: {', '.join(SAMPLING_DESIGNS)}."),
@@ -203,13 +239,54 @@ class CamtrapOptions(OptionGroup):
         )
 
 
+HISTORY = "Capture history (--format capture-history)"
+
+
+@dataclass(frozen=True)
+class HistoryOptions(OptionGroup):
+    """How sightings become mark-recapture occasions (--format capture-history only)."""
+
+    occasion: Annotated[
+        str,
+        typer.Option(
+            help="day, week (7-day blocks from the first sighting) or survey (the sessions of --surveys); "
+            "see docs/capture-history.md.",
+            rich_help_panel=HISTORY,
+        ),
+    ] = "day"
+    surveys: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="CSV survey,start,end[,site]: one row per sampling session (dates YYYY-MM-DD), for --occasion survey.",
+            rich_help_panel=HISTORY,
+        ),
+    ] = None
+    empty_occasions: Annotated[
+        bool,
+        typer.Option(
+            "--empty-occasions",
+            help="Keep days or weeks without any sighting as occasions (cameras ran throughout): every one from "
+            "the first sighting to the last.",
+            rich_help_panel=HISTORY,
+        ),
+    ] = False
+
+    def given(self) -> list[str]:
+        return [
+            "--" + f.name.replace("_", "-")
+            for f in fields(self)
+            if getattr(self, f.name) not in (None, False, []) and not (f.name == "occasion" and self.occasion == "day")
+        ]
+
+
 ExportOut = Annotated[Path, typer.Argument(help="Folder to write the export into.")]
 ExportFormat = Annotated[
     str,
     typer.Option(
         "--format",
         help="animalclef: an AnimalCLEF2025-style metadata.csv; camtrap-dp: a Camtrap DP 1.0.2 package "
-        "(the TDWG standard GBIF ingests), see docs/camtrap-dp.md.",
+        "(the TDWG standard GBIF ingests), see docs/camtrap-dp.md; capture-history: the individual-by-occasion "
+        "matrix for mark-recapture (MARK .inp, CSV for R's RMark and secr), see docs/capture-history.md.",
     ),
 ]
 CopyImages = Annotated[
@@ -231,13 +308,37 @@ def catalog_export(
     format: ExportFormat = "animalclef",
     copy_images: CopyImages = False,
     camtrap: CamtrapOptions = CamtrapOptions(),
+    history: HistoryOptions = HistoryOptions(),
     validate: Validate = True,
 ):
-    """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row), or
-    its sightings as a Camtrap DP package."""
+    """Write the catalogue as an AnimalCLEF2025-style metadata.csv (every photo a database row), its
+    sightings as a Camtrap DP package, or its individuals' capture history for mark-recapture."""
     from wildreid.catalog.export import export_metadata
     from wildreid.catalog.store import Catalog
 
+    if format != "capture-history" and history.given():
+        raise ValueError(f"{', '.join(history.given())}: only for --format capture-history.")
+    if format == "capture-history":
+        extra = [option for option in camtrap.given() if option != "--dataset"]
+        if extra or copy_images:
+            raise ValueError(f"{', '.join(extra or ['--copy-images'])}: not for --format capture-history.")
+        if camtrap.dataset and len(camtrap.dataset) > 1:
+            raise ValueError("--dataset: a capture history is of one population; give one dataset.")
+        from wildreid.catalog.capture_history import capture_history, read_surveys, write_capture_history
+
+        surveys = read_surveys(history.surveys) if history.surveys else None
+        with Catalog(catalog, create=False) as store:
+            result = capture_history(
+                store,
+                occasion=history.occasion,
+                dataset=camtrap.dataset[0] if camtrap.dataset else None,
+                surveys=surveys,
+                empty_occasions=history.empty_occasions,
+            )
+        write_capture_history(result, out)
+        for line in result.lines(out):
+            console.print(line, highlight=False, markup=False)
+        return
     if format == "animalclef":
         if camtrap.given():
             raise ValueError(f"{', '.join(camtrap.given())}: only for --format camtrap-dp.")
@@ -245,7 +346,7 @@ def catalog_export(
             console.print(f"written: {export_metadata(store, out, copy_images=copy_images)}")
         return
     if format != "camtrap-dp":
-        raise ValueError(f"--format '{format}': choose animalclef or camtrap-dp.")
+        raise ValueError(f"--format '{format}': choose animalclef, camtrap-dp or capture-history.")
     if copy_images:
         raise ValueError("--copy-images: only for --format animalclef (camtrap-dp copies photos unless --media-url).")
     from wildreid.catalog.camtrap import export_camtrap_dp

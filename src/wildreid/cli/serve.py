@@ -34,6 +34,14 @@ def serve(
             "proxy in front of it); repeat for several. Other names get 400 (DNS-rebinding guard)."
         ),
     ] = None,
+    map_tiles: Annotated[
+        str,
+        typer.Option(
+            help="A tile server's URL template, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png, drawn under "
+            "the sighting maps (mind its usage policy and attribution). Default: none; the maps are drawn "
+            "offline, and no page asks anything of another server."
+        ),
+    ] = "",
     forwarded_allow_ips: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -66,6 +74,7 @@ def serve(
         max_upload_bytes=max_upload_mb * 1024 * 1024,
         max_files=max_files,
         allowed_hosts=[host, *(allowed_host or [])],
+        map_tiles=map_tiles,
     )
     # The app logs failures (with their reference numbers) under 'wildreid.web'.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
+import math
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -130,3 +134,98 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+# ------------------------------------------------------------------------------------------------
+# when and where a photo was taken, from its EXIF
+
+
+@dataclass(frozen=True)
+class PhotoPlace:
+    """When and where the camera says a photo was taken; None where it does not say (or says
+    something impossible). ``capture_time`` is 'YYYY-MM-DD HH:MM:SS', with the UTC offset
+    ('+02:00') when the camera recorded one (OffsetTimeOriginal); coordinates are WGS84 decimal
+    degrees, altitude metres above sea level."""
+
+    capture_time: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    altitude: float | None = None
+
+
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_DATE_TIME_ORIGINAL, _OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
+_OFFSET = re.compile(r"[+-]\d{2}:\d{2}|Z")
+
+
+def read_photo_place(data: bytes) -> PhotoPlace:
+    """The capture time and GPS position in a photo's EXIF (no pixel is decoded). Never raises:
+    a photo without EXIF, or with a broken or impossible one, gives None for what is not known,
+    so that one camera's odd EXIF never costs a photo its identification."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning is decode_image's business
+            with Image.open(io.BytesIO(data)) as image:
+                exif = image.getexif()
+                details = exif.get_ifd(_EXIF_IFD)
+                gps = exif.get_ifd(_GPS_IFD)
+    except Exception:  # noqa: BLE001 - anything Pillow raises on a broken header means "no EXIF"
+        return PhotoPlace()
+    latitude = _degrees(gps.get(2), gps.get(1), "NS", 90)
+    longitude = _degrees(gps.get(4), gps.get(3), "EW", 180)
+    if latitude is None or longitude is None:
+        latitude = longitude = None  # half a position is no position
+    return PhotoPlace(
+        capture_time=_capture_time(details.get(_DATE_TIME_ORIGINAL), details.get(_OFFSET_TIME_ORIGINAL)),
+        latitude=latitude,
+        longitude=longitude,
+        altitude=_altitude(gps.get(6), gps.get(5)) if latitude is not None else None,
+    )
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    return str(value).strip("\x00 ") if value is not None else ""
+
+
+def _capture_time(value: object, offset: object) -> str | None:
+    """EXIF's 'YYYY:MM:DD HH:MM:SS' as 'YYYY-MM-DD HH:MM:SS[+HH:MM]'; None when empty or not a
+    real moment (cameras write '0000:00:00 00:00:00' before their clock is set)."""
+    match = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})", _text_value(value))
+    if not match:
+        return None
+    try:
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        moment = dt.datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+    text = moment.isoformat(sep=" ")
+    offset_text = _text_value(offset)
+    return text + offset_text if _OFFSET.fullmatch(offset_text) else text
+
+
+def _degrees(value: Any, reference: object, sides: str, limit: float) -> float | None:
+    """GPS (degrees, minutes, seconds) and its N/S or E/W reference as signed decimal degrees."""
+    try:
+        degrees, minutes, seconds = (float(part) for part in value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    side = _text_value(reference).upper()[:1]
+    if side not in sides or not all(math.isfinite(part) and part >= 0 for part in (degrees, minutes, seconds)):
+        return None
+    number = degrees + minutes / 60 + seconds / 3600
+    if number > limit:
+        return None
+    return round(-number if side == sides[1] else number, 7)  # 7 decimals: about 1 cm
+
+
+def _altitude(value: Any, reference: object) -> float | None:
+    try:
+        metres = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not math.isfinite(metres):
+        return None
+    below = reference in (1, b"\x01", "\x01")  # 1: below sea level
+    return round(-metres if below else metres, 2)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from wildreid.data.dataset import NEW_INDIVIDUAL, QUERY, Dataset
+from wildreid.data.places import PLACE_COLUMNS, with_places
 from wildreid.data.regions import BBOX, REGION_SOURCE, Region
 from wildreid.data.views import known_views
 from wildreid.decide.decision import decide
@@ -201,7 +202,10 @@ def answer_queries(
             "gallery",
         ),
         preset=gallery.preset,
-        queries=table[["image_id", "dataset"] + ([BBOX, REGION_SOURCE] if photos.regions is not None else [])],
+        # with when and where each photo was taken: its EXIF, under the dataset's typed columns
+        queries=with_places(table)[
+            ["image_id", "dataset"] + ([BBOX, REGION_SOURCE] if photos.regions is not None else []) + [*PLACE_COLUMNS]
+        ],
         prediction=prediction,
         ranking=ranking,
         query_thresholds=query_thresholds,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from wildreid.data.dataset import NEW_INDIVIDUAL, Dataset
+from wildreid.data.places import PLACE_COLUMNS
 from wildreid.decide.grouping import Grouping
 from wildreid.presets import Preset
 
@@ -97,6 +98,11 @@ class IdentifyResult:
                 "error": list(self.errors),
             }
         )
+        # When and where each query was taken (its EXIF, or the dataset's typed columns; see
+        # queries.py): what a field team sorts and maps results by.
+        for column in PLACE_COLUMNS:
+            if column in self.queries:
+                table[column] = self.queries[column].to_numpy()
         if self.grouping is not None:
             table = pd.concat([table, self.grouping.per_query(len(table))], axis=1)
         # Where regions were used: the region each query was described by, beside its id.

@@ -40,6 +40,7 @@ import pandas as pd
 
 from wildreid.data.dataset import is_link_loop, leads_outside, read_text_csv
 from wildreid.data.images import IMAGE_SUFFIXES, content_hash
+from wildreid.data.places import PLACE_COLUMNS
 from wildreid.gallery.gallery import Gallery
 from wildreid.review.service import ReviewService
 from wildreid.util.files import atomic_path
@@ -266,6 +267,9 @@ class Watcher:
     def _append(self, row: pd.DataFrame, stat: tuple[int, int] | None) -> dict[str, str]:
         """One result line, in one write, on disk before the next (the header with the first);
         returns it as written. A line that does not fit the file's header is never written."""
+        if self.columns is not None:
+            # A results.csv begun before wildreid read EXIF goes on without its place columns.
+            row = row[[c for c in row.columns if c in self.columns or c not in PLACE_COLUMNS]]
         if self.columns is None:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.results) as temporary:

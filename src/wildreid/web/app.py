@@ -23,6 +23,7 @@ from wildreid.catalog.store import Catalog
 from wildreid.web.config import WebConfig
 from wildreid.web.errors import install_error_handlers
 from wildreid.web.jobs import JobRunner
+from wildreid.web.maps import tile_origin
 from wildreid.web.routes import ROUTERS
 from wildreid.web.security import BodyLimits, Throttle, TokenGate
 
@@ -61,10 +62,16 @@ def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
     app.add_middleware(BodyLimits, upload_limit=config.max_request_bytes)
     app.add_middleware(TokenGate, token=config.token, throttle=app.state.throttle)
 
+    headers = dict(SECURITY_HEADERS)
+    if config.map_tiles:  # the configured tile server's pictures may be shown, and nothing else's
+        headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+            "img-src 'self' blob: data:", f"img-src 'self' blob: data: {tile_origin(config.map_tiles)}"
+        )
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
+        for name, value in headers.items():
             response.headers.setdefault(name, value)
         return response
 

@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wildreid.web.maps import check_tile_template
+
 TOKEN_ENV = "WILDREID_TOKEN"
 MIN_TOKEN_LENGTH = 16
 # Host names always served (the machine itself); others must be listed (DNS-rebinding guard).
@@ -24,6 +26,9 @@ class WebConfig:
     max_files: int = 20  # photos per upload
     max_pixels: int = 60_000_000  # decompression-bomb guard for uploads
     allowed_hosts: list[str] = field(default_factory=list)  # Host names served besides LOCAL_HOSTS
+    # A tile server's URL template ({z}/{x}/{y}) drawn under the sighting maps; empty: the maps
+    # are drawn offline (points, graticule and scale on a plain background), nothing is fetched.
+    map_tiles: str = ""
     token_generated: bool = field(default=False, init=False)
 
     def __post_init__(self):
@@ -41,6 +46,7 @@ class WebConfig:
                 "or set none and use the one generated at start-up."
             )
         self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h.strip()]
+        self.map_tiles = check_tile_template(self.map_tiles)
         if self.max_upload_bytes <= 0 or self.max_files <= 0:
             raise ValueError("upload limits: max_upload_bytes and max_files must be positive.")
 

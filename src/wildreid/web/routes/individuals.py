@@ -6,8 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from markupsafe import Markup
 
 from wildreid.catalog.changes import entry_details, merged_into
+from wildreid.web.maps import MapPoint, sightings_svg, tile_origin
 from wildreid.web.pages import CatalogDep, page, url_part, when
 from wildreid.web.security import clean_text, require_token, reviewer_of
 
@@ -46,6 +48,7 @@ def individual(
     decisions = {d["image_id"]: d for d in catalog.decisions(individual_id=individual_id)}
     photos = [{**image, "decision": decisions.get(image["id"])} for image in catalog.images(individual_id)]
     here = f"/individuals/{url_part(individual_id)}"
+    points = _map_points(photos)
     return page(
         request,
         "individual.html",
@@ -56,7 +59,25 @@ def individual(
         undone=entry_details(catalog.history_entry(undone)) if undone else None,
         last=catalog.last_change(),
         here=here,
+        sightings_map=Markup(sightings_svg(points, tiles=request.app.state.config.map_tiles)),
+        unplaced=len(photos) - len(points),
+        map_tiles=tile_origin(request.app.state.config.map_tiles) if request.app.state.config.map_tiles else "",
     )
+
+
+def _map_points(photos: list[dict]) -> list[MapPoint]:
+    """A point per photo with a position: its own (EXIF GPS or typed), else its site's."""
+    points = []
+    for photo in photos:
+        latitude, longitude = photo["latitude"], photo["longitude"]
+        if latitude is None or longitude is None:
+            latitude, longitude = photo["site_latitude"], photo["site_longitude"]
+        if latitude is None or longitude is None:
+            continue
+        when = f"seen {photo['sighting_date']}" if photo["sighting_date"] else "date not recorded"
+        where = f" at {photo['location']}" if photo["location"] else ""
+        points.append(MapPoint(latitude, longitude, f"photo #{photo['id']}: {when}{where}"))
+    return points
 
 
 @router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_token)])

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from wildreid.catalog.store import Catalog
+from wildreid.data.images import read_photo_place
 from wildreid.web.jobs import Job, new_job_id
 from wildreid.web.pages import CatalogDep, grouped_with_others, groups_url, page
 from wildreid.web.security import UploadRejected, check_photo, clean_text, display_name, require_token, reviewer_of
@@ -24,6 +25,7 @@ def home(request: Request, catalog: CatalogDep):
         request,
         "home.html",
         datasets=catalog.datasets(),
+        sites=[site["name"] for site in catalog.sites()],
         counts=catalog.counts(),
         waiting=catalog.queries(status=["ready", "failed", "skipped", "queued"]),
     )
@@ -56,13 +58,16 @@ def upload(
         except UploadRejected as error:
             job.rejected.append(str(error))
             continue
+        # Each photo's own EXIF time and GPS come first: a batch spans days and sites. The typed
+        # date and place are for the photos whose camera did not record them.
+        camera = read_photo_place(data)
         query = catalog.add_query(
             data,
             extension,
             dataset=dataset,
             original_name=label,
-            sighting_date=checked_date,
-            location=clean_text(location, 200),
+            sighting_date=checked_date if camera.capture_time is None else None,
+            location=clean_text(location, 200) if camera.latitude is None else None,
             uploaded_by=reviewer_of(request),
             job_id=job.id,
         )
