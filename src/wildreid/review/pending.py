@@ -252,3 +252,47 @@ def without_queries(pending: PendingGrouping, query_ids: set[int], answers: list
     )
     reduced.apply_answers(answers)
     return reduced
+
+
+def answered_individuals(answers: list[dict], query_id: int) -> tuple[str | None, set[str]]:
+    """What the stored answers (``changes.pair_answers``) say about one waiting photo and the known
+    individuals, read as grouping reads them (``apply_answers``: "same" a must-link, "different"
+    a cannot-link between whole must-linked components): (the individual the photo is tied to by
+    "same" answers, directly or through other photos, or None; the individuals it is kept apart
+    from). Tied to one individual, the photo is apart from every other one too (two known
+    individuals are never one animal), but that follows from the tie and is not listed.
+
+    The single-photo review page and the drop-downs offer individuals through this, so an answer
+    "different" (or "not this one") never comes back as a suggestion."""
+    owner: dict[tuple[str, object], tuple[str, object]] = {}
+
+    def root(node: tuple[str, object]) -> tuple[str, object]:
+        owner.setdefault(node, node)
+        while owner[node] != node:
+            owner[node] = owner[owner[node]]
+            node = owner[node]
+        return node
+
+    def ends(answer: dict) -> tuple[tuple[str, object], tuple[str, object]]:
+        other = answer["other_query_id"]
+        right = ("query", int(other)) if other is not None else ("individual", answer["individual_id"])
+        return ("query", int(answer["query_id"])), right
+
+    for answer in answers:
+        if answer["answer"] == SAME:
+            left, right = ends(answer)
+            owner[root(left)] = root(right)
+    mine = root(("query", int(query_id)))
+    tied = sorted(str(key) for kind, key in owner if kind == "individual" and root((kind, key)) == mine)
+    apart: set[str] = set()
+    for answer in answers:
+        if answer["answer"] != DIFFERENT:
+            continue
+        left, right = ends(answer)
+        for this, that in ((left, right), (right, left)):
+            if root(this) == mine:
+                other = root(that)
+                apart |= {str(key) for kind, key in list(owner) if kind == "individual" and root((kind, key)) == other}
+                if that[0] == "individual":
+                    apart.add(str(that[1]))
+    return (tied[0] if tied else None), apart
