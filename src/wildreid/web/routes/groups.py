@@ -85,7 +85,8 @@ def _counters(catalog: Catalog, pending: PendingGrouping | None, waiting: list[d
     return {
         "waiting": len(waiting),
         "settled": pending.settled() if pending else 0,
-        "questions": len(pending.questions()) if pending else 0,
+        # photos, not pairs: bounded by the photos waiting, and not growing with every "different"
+        "questions": pending.photos_with_questions() if pending else 0,
         "answers": counts["answers"],
         "settled_per_answer": counts["settled_per_answer"],
     }
