@@ -1103,7 +1103,7 @@ def test_merge_split_edit_and_undo_individuals(client, catalog_path):
     )
     assert merged.status_code == 303 and merged.headers["location"].startswith("/individuals/NyalaData_32?done=")
     page = client.get(merged.headers["location"], headers=SIGNED).text
-    assert "NyalaData_41 merged into NyalaData_32: 5 photos moved" in page and "Undo:" in page
+    assert "NyalaData_41 merged into NyalaData_32: 5 photos moved" in page and "Undo change #" in page
     gone = client.get("/individuals/NyalaData_41")
     assert gone.status_code == 404 and "merged into NyalaData_32 by alice" in gone.text
     last = int(re.search(r'name="expected" value="(\d+)"', page).group(1))
@@ -1147,6 +1147,7 @@ def test_review_changes_need_the_token(client, catalog_path):
         ("/merge", {"keep": "NyalaData_32", "absorb": "NyalaData_41"}),
         ("/split", {"individual_id": "NyalaData_41", "image_ids": 1}),
         ("/undo", {"expected": 1}),
+        ("/review/1/not", {"individual_id": "NyalaData_32"}),
     ]
     for url, data in posts:
         for headers in ({}, {"X-Wildreid-Token": "wrong-token"}):
@@ -1155,3 +1156,76 @@ def test_review_changes_need_the_token(client, catalog_path):
         assert foreign.status_code == 403, url
     with Catalog(catalog_path) as catalog:
         assert catalog.history() == [] and len(catalog.images("NyalaData_41")) == 5
+
+
+def offered_in_group(page: str, query_id: int) -> list[str]:
+    """The known individuals the drop-down of the group holding ``query_id`` offers."""
+    for section in re.findall(r'<section class="panel group (?:new|known)".*?</section>', page, re.S):
+        if f'name="query_ids" value="{query_id}"' in section:
+            return re.findall(r'<option value="([^"]*)"', section)
+    raise AssertionError(f"no group holds query #{query_id}")
+
+
+def review_candidates(client, query_id: int) -> list[str]:
+    return re.findall(r'data-individual="([^"]*)"', client.get(f"/review/{query_id}", headers=SIGNED).text)
+
+
+def test_answers_are_constraints_on_the_review_page_and_in_drop_downs(client, nyala, catalog_path):
+    animals = upload_strangers(client, nyala)
+    a = animals["A"]
+    offered = offered_in_group(groups_page(client), a[0])
+    assert offered, "the group offers known individuals"
+    ruled = offered[0]
+    assert ruled in review_candidates(client, a[0]) and ruled in review_candidates(client, a[1])
+
+    # "not this one" on the single-photo page: stored as a pair answer, never offered again
+    response = client.post(f"/review/{a[0]}/not", headers=SIGNED, follow_redirects=False, data={"individual_id": ruled})
+    assert response.status_code == 303 and f"/review/{a[0]}?answered=" in response.headers["location"]
+    page = client.get(response.headers["location"], headers=SIGNED).text
+    assert f"query #{a[0]} and {ruled}: different animals" in page and 'id="ruled-out"' in page
+    assert ruled not in review_candidates(client, a[0])
+    assert ruled not in offered_in_group(groups_page(client), a[0])  # the group's drop-down either
+    with Catalog(catalog_path) as catalog:
+        [stored] = catalog._all("SELECT * FROM pair_answers")
+        assert (stored["query_id"], stored["individual_id"], stored["answer"]) == (a[0], ruled, "different")
+
+    # as grouping reads answers: a[1] answered "same" as a[0] is kept apart from it too
+    assert ruled in review_candidates(client, a[1])
+    same = client.post(
+        "/pairs",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"dataset": "NyalaData", "left": a[0], "right_query": a[1], "answer": "same"},
+    )
+    assert same.status_code == 303
+    assert ruled not in review_candidates(client, a[1])
+
+
+def test_counters_agree_and_do_not_grow_after_different_answers(client, nyala, catalog_path):
+    """Four photos waiting, three answers "different": the photos with a question never grow
+    (nothing new arrived), and the "settled by answers" tile grows by what each flash says."""
+    files = [(f"{i}.jpg", photo(nyala, i)) for i in (KNOWN_QUERY, SECOND_QUERY, "70", "408")]
+    state = wait_for_job(client, upload(client, files).headers["location"])
+    assert state["status"] == "done", state
+    before = counters(groups_page(client))
+    assert int(before["questions"]) <= int(before["waiting"]) == 4
+    flashed = 0
+    for _ in range(3):
+        question = client.get("/pairs?dataset=NyalaData", headers=SIGNED).text
+        form = dict(re.findall(r'name="(left|right_query|right_individual)" value="([^"]*)"', question))
+        if not form:
+            break
+        answered = client.post(
+            "/pairs",
+            headers=SIGNED,
+            follow_redirects=False,
+            data={"dataset": "NyalaData", **form, "answer": "different"},
+        )
+        after = client.get(answered.headers["location"], headers=SIGNED).text
+        settled = re.search(r"(\d+) photos? settled by it", after)
+        flashed += int(settled.group(1)) if settled else 0
+        now = counters(after)
+        assert int(now["questions"]) <= int(before["questions"]), (before, now)
+        assert int(now["settled"]) == flashed, (now, after)
+        before = now
+    assert flashed > 0

@@ -56,7 +56,11 @@ def confirm_group(
         journal = Journal(catalog.db)
         if individual_id is None:
             individual_id = catalog._create_individual(journal, dataset, name=name, notes=notes)
-            outcome, where = "new", f"the new individual {individual_id}"
+            # the name the reviewer typed first: it is how they know the animal
+            outcome, where = (
+                "new",
+                f"the new individual “{name}” ({individual_id})" if name else f"the new individual {individual_id}",
+            )
         else:
             known = catalog.individual(individual_id)
             if known is None:
@@ -66,7 +70,7 @@ def confirm_group(
                     f"individual '{individual_id}' belongs to dataset '{known['dataset']}', the photos to "
                     f"'{dataset}'; choose an individual of '{dataset}'."
                 )
-            outcome, where = "match", individual_id
+            outcome, where = "match", f"“{known['name']}” ({individual_id})" if known["name"] else individual_id
         catalog._file_queries(journal, queries, outcome, individual_id, reviewer, preset)
         history_id = catalog.record_history(
             journal,

@@ -34,6 +34,9 @@ from wildreid.decide.queue import (
 from wildreid.gallery.gallery import Gallery
 from wildreid.review.waiting import WaitingPhotos
 
+# A question whose answer the machine is this sure of (P(same) below it for two groups kept
+# apart, above 1 minus it for a pair put together) is not put to a person.
+QUESTION_FLOOR = 0.01
 UPLOAD = "upload-"  # image_id of a waiting photo in the gallery's tables: upload-<query id>
 KNOWN, NEW, ALONE = "known", "new", "alone"
 
@@ -116,23 +119,45 @@ class PendingGrouping:
 
     def answer(self, left: int, right: int, answer: str) -> int:
         """Apply one answer now (``review.apply_answer``: regrouped at once, the gallery not
-        refitted); return how many photos it settled: those of the groups the question was
-        about (both groups of a pair in two, the one group of a pair inside one), whose grouping
-        a person has now decided; none for "can't tell"."""
-        grouping = self.grouping
-        labels = grouping.clustering.labels
-        about = np.isin(labels[: grouping.graph.queries], [labels[left], labels[right]])
-        apply_answer(grouping, left, right, answer)
+        refitted); return how many photos it settled: how much ``settled()`` grew (the photos of
+        the groups the question was about, less those earlier answers had settled already);
+        none for "can't tell". The flash of an answer and the "settled by answers" tile so
+        count the same photos."""
+        before = self.settled()
+        apply_answer(self.grouping, left, right, answer)
         self.asked.add((min(left, right), max(left, right)))
-        return 0 if answer == CANT_TELL else int(about.sum())
+        return 0 if answer == CANT_TELL else max(self.settled() - before, 0)
 
     # ------------------------------------------------------------------ what the page shows
 
     def questions(self) -> list[PairQuestion]:
-        return [] if self.grouping is None else pair_questions(self.grouping, self.asked)
+        """The open questions, most useful first, less those whose answer is all but certain
+        (``QUESTION_FLOOR``): a pair the machine gives P(same) 0.00 is not a question for a
+        person, and counting such pairs made the count grow after every "different" (a photo
+        answered apart from its group met a 0.00 pair with each other group and individual)."""
+        if self.grouping is None:
+            return []
+        return [
+            question
+            for question in pair_questions(self.grouping, self.asked)
+            if (question.probability if question.kind == "join" else 1.0 - question.probability) >= QUESTION_FLOOR
+        ]
+
+    def photos_with_questions(self) -> int:
+        """Waiting photos that an open question is about: at most the photos waiting, and an
+        answer takes its photos out unless the regrouping leaves them a question of their own."""
+        queries = 0 if self.grouping is None else self.grouping.graph.queries
+        return len({node for q in self.questions() for node in (q.left, q.right) if node < queries})
 
     def settled(self) -> int:
-        return 0 if self.grouping is None else int(settled_queries(self.grouping).sum())
+        """Waiting photos whose grouping reviewers' answers decided: those in a group that holds a
+        photo or an individual some "same" or "different" answer was about."""
+        if self.grouping is None:
+            return 0
+        grouping = self.grouping
+        labels = grouping.clustering.labels
+        ends = [node for pair in (*grouping.must_link, *grouping.cannot_link) for node in pair]
+        return int(np.isin(labels[: grouping.graph.queries], labels[ends]).sum()) if ends else 0
 
     def groups(self) -> list[ProposedGroup]:
         """The proposed groups: the largest first, photos on their own last."""
@@ -252,3 +277,47 @@ def without_queries(pending: PendingGrouping, query_ids: set[int], answers: list
     )
     reduced.apply_answers(answers)
     return reduced
+
+
+def answered_individuals(answers: list[dict], query_id: int) -> tuple[str | None, set[str]]:
+    """What the stored answers (``changes.pair_answers``) say about one waiting photo and the known
+    individuals, read as grouping reads them (``apply_answers``: "same" a must-link, "different"
+    a cannot-link between whole must-linked components): (the individual the photo is tied to by
+    "same" answers, directly or through other photos, or None; the individuals it is kept apart
+    from). Tied to one individual, the photo is apart from every other one too (two known
+    individuals are never one animal), but that follows from the tie and is not listed.
+
+    The single-photo review page and the drop-downs offer individuals through this, so an answer
+    "different" (or "not this one") never comes back as a suggestion."""
+    owner: dict[tuple[str, object], tuple[str, object]] = {}
+
+    def root(node: tuple[str, object]) -> tuple[str, object]:
+        owner.setdefault(node, node)
+        while owner[node] != node:
+            owner[node] = owner[owner[node]]
+            node = owner[node]
+        return node
+
+    def ends(answer: dict) -> tuple[tuple[str, object], tuple[str, object]]:
+        other = answer["other_query_id"]
+        right = ("query", int(other)) if other is not None else ("individual", answer["individual_id"])
+        return ("query", int(answer["query_id"])), right
+
+    for answer in answers:
+        if answer["answer"] == SAME:
+            left, right = ends(answer)
+            owner[root(left)] = root(right)
+    mine = root(("query", int(query_id)))
+    tied = sorted(str(key) for kind, key in owner if kind == "individual" and root((kind, key)) == mine)
+    apart: set[str] = set()
+    for answer in answers:
+        if answer["answer"] != DIFFERENT:
+            continue
+        left, right = ends(answer)
+        for this, that in ((left, right), (right, left)):
+            if root(this) == mine:
+                other = root(that)
+                apart |= {str(key) for kind, key in list(owner) if kind == "individual" and root((kind, key)) == other}
+                if that[0] == "individual":
+                    apart.add(str(that[1]))
+    return (tied[0] if tied else None), apart

@@ -15,6 +15,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from wildreid.catalog.changes import pair_answers
 from wildreid.catalog.store import Catalog
+from wildreid.presets import PRESETS, Preset
 from wildreid.review.pending import without_queries
 from wildreid.web.security import is_signed_in, reviewer_of
 
@@ -60,7 +61,25 @@ def url_part(text: str) -> str:
     return quote(str(text), safe="")
 
 
+def preset_of(name: str | None) -> Preset | None:
+    """The preset of that name, or None (a result stored by a preset this version lacks)."""
+    return PRESETS.get(name or "")
+
+
+def score_name(preset: str | None) -> str:
+    """What a score of this preset is, in a word or two ("P(same)", "cosine") for the pages."""
+    found = preset_of(preset)
+    return found.score_name if found is not None else "score"
+
+
+def score_meaning(preset: str | None) -> str:
+    found = preset_of(preset)
+    return found.score_meaning if found is not None else f"scores of preset '{preset}'"
+
+
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals["score_name"] = score_name
+templates.env.globals["score_meaning"] = score_meaning
 templates.env.filters["score"] = lambda value: "–" if value is None else f"{value:.3f}"
 templates.env.filters["urlpart"] = url_part
 templates.env.filters["when"] = when

@@ -32,7 +32,7 @@ from wildreid.catalog.store import Catalog
 from wildreid.decide.queue import ANSWERS
 from wildreid.presets import get_preset
 from wildreid.review.identify import catalog_cache_dir
-from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, pending_queries
+from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, answered_individuals, pending_queries
 from wildreid.web.matches import match_picture, match_pictures_available
 from wildreid.web.pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
 from wildreid.web.security import clean_text, require_token, reviewer_of, safe_next
@@ -85,7 +85,8 @@ def _counters(catalog: Catalog, pending: PendingGrouping | None, waiting: list[d
     return {
         "waiting": len(waiting),
         "settled": pending.settled() if pending else 0,
-        "questions": len(pending.questions()) if pending else 0,
+        # photos, not pairs: bounded by the photos waiting, and not growing with every "different"
+        "questions": pending.photos_with_questions() if pending else 0,
         "answers": counts["answers"],
         "settled_per_answer": counts["settled_per_answer"],
     }
@@ -95,13 +96,19 @@ def _entry(catalog: Catalog, history_id: int | None) -> dict | None:
     return entry_details(catalog.history_entry(history_id)) if history_id else None
 
 
-def _offered(queries: list[dict], first: str | None) -> list[dict]:
-    """Known individuals to offer for a group: its own, then its photos' best candidates."""
+def _offered(queries: list[dict], first: str | None, answers: list[dict]) -> list[dict]:
+    """Known individuals to offer for a group: its own, then its photos' best candidates; never
+    one a reviewer answered "different" (or "not this one") about one of its photos, exactly as
+    the grouping keeps them apart (``answered_individuals``)."""
+    apart: set[str] = set()
+    for query in queries:
+        apart |= answered_individuals(answers, query["id"])[1]
     best: dict[str, float] = {}
     for query in queries:
         for candidate in (query["result"] or {}).get("candidates", []):
             identity, score = candidate["individual_id"], candidate["score"]
-            best[identity] = max(best.get(identity, float("-inf")), score)
+            if identity not in apart:
+                best[identity] = max(best.get(identity, float("-inf")), score)
     ranked = sorted(best, key=lambda identity: -best[identity])
     if first is not None:
         ranked = [first] + [identity for identity in ranked if identity != first]
@@ -130,6 +137,7 @@ def groups_page(
         proposed = pending.groups() if pending else []
         counters = _counters(catalog, pending, waiting, chosen)
         grouped = set(pending.nodes) if pending else set()
+    answers = pair_answers(catalog, chosen)
     groups = []
     for number, group in enumerate(proposed, start=1):
         members = [by_id[q] for q in group.query_ids]
@@ -143,7 +151,7 @@ def groups_page(
                 "cohesion": group.cohesion,
                 "individual_probability": group.individual_probability,
                 "settled": group.settled,
-                "offered": _offered(members, group.individual_id),
+                "offered": _offered(members, group.individual_id, answers),
             }
         )
     return page(

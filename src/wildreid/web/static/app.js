@@ -90,8 +90,67 @@ function setUpForms() {
   });
 }
 
+function setUpReview() {
+  // The review page: keypoint lines toggled in place of a candidate's photos (drawn only when
+  // asked: drawing is CPU-heavy), a selected candidate, and keyboard shortcuts (listed on the page).
+  const review = document.getElementById("review");
+  if (!review) return;
+  const rows = Array.from(review.querySelectorAll("article.candidate"));
+  const toggle = (row) => {
+    const link = row.querySelector("a[data-overlay]");
+    const overlay = row.querySelector("img.overlay");
+    if (!link || !overlay) return;
+    const on = link.getAttribute("aria-pressed") !== "true";
+    if (on && !overlay.src) overlay.src = overlay.dataset.src;
+    overlay.hidden = !on;
+    row.querySelector(".strip").classList.toggle("lines", on);
+    link.setAttribute("aria-pressed", String(on));
+  };
+  rows.forEach((row) => {
+    const link = row.querySelector("a[data-overlay]");
+    if (link) link.addEventListener("click", (event) => { event.preventDefault(); toggle(row); });
+    row.addEventListener("click", () => select(row));
+  });
+  let selected = rows[0];
+  function select(row) {
+    rows.forEach((other) => other.classList.toggle("selected", other === row));
+    selected = row;
+  }
+  const press = (row, selector) => {
+    const button = row && row.querySelector(selector);
+    if (button && !button.disabled) button.closest("form").requestSubmit(button);
+  };
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest("input, textarea, select, button, a[href]:focus")) return;
+    const key = event.key.toLowerCase();
+    if (/^[1-9]$/.test(key) && rows[Number(key) - 1]) {
+      select(rows[Number(key) - 1]);
+      selected.scrollIntoView({ block: "nearest" });
+    } else if (key === "c") {
+      press(selected, "button[data-confirm]");
+    } else if (key === "x") {
+      press(selected, "button[data-not]");
+    } else if (key === "k") {
+      rows.forEach(toggle);
+    } else if (key === "n") {
+      const name = document.getElementById("new-name");
+      if (name) { name.focus(); event.preventDefault(); }
+    } else if (key === "s") {
+      press(document.getElementById("skip-form"), "button");
+    } else if (key === "j") {
+      const next = document.getElementById("next-link");
+      if (next) window.location.assign(next.href);
+    } else {
+      return;
+    }
+    event.preventDefault();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpUpload();
   setUpJob();
   setUpForms();
+  setUpReview();
 });
