@@ -128,6 +128,16 @@ def test_import_reads_exif_per_photo_and_typed_columns_win(tmp_path):
     assert a2["sighting_date"] is None and a2["latitude"] is None
     assert (b1["sighting_date"], b1["latitude"], b1["longitude"]) == ("2024-01-02", -1.5, 36.8)
 
+    # exported and imported again, the positions travel as typed columns
+    from wildreid.catalog.export import export_metadata
+
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        metadata = export_metadata(catalog, tmp_path / "exported")
+    with Catalog(tmp_path / "again.sqlite") as again:
+        import_dataset(again, load_dataset(metadata, allow_outside_paths=True))
+        positions = sorted((image["latitude"], image["longitude"]) for image in again.images() if image["latitude"])
+    assert positions == [(-24.5, 31.26), (-1.5, 36.8)]
+
 
 def _result(queries: pd.DataFrame):
     from wildreid.gallery.result import IdentifyResult, Ranking
@@ -344,6 +354,7 @@ def test_an_individuals_page_maps_its_sightings_and_tiles_only_when_configured(t
         assert page.status_code == 200
         # a1 by its GPS, a2 at its site: two points, no tiles, nothing from another server
         assert page.text.count('class="sighting"') == 2 and "<image" not in page.text
+        assert "(-24.50000, 31.26000)" in page.text  # the position in the sighting history
         assert "img-src 'self' blob: data:;" in page.headers["content-security-policy"]
         assert client.get("/individuals/B").text.count('class="sighting"') == 0
     tiled, _ = _app(tmp_path / "tiled", lite0_backbone, map_tiles="https://tiles.example.org/{z}/{x}/{y}.png")
