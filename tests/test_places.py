@@ -253,6 +253,14 @@ def test_upload_takes_each_photos_exif_and_the_typed_date_and_place_only_for_the
         assert (second["sighting_date"], second["location"], second["latitude"]) == ("2025-08-01", "waterhole 3", None)
         page = client.get(f"/review/{first['id']}").text
         assert "seen 2025-07-14 06:31" in page
+    with Catalog(path) as catalog:  # confirmed, the photo keeps its time and position
+        decision = catalog.decide(first["id"], "match", individual_id="A", reviewer="alice", preset="offline")
+        image = catalog.image(decision["image_id"])
+    assert (image["sighting_date"], image["latitude"], image["longitude"]) == (
+        "2025-07-14 06:31:02+02:00",
+        -24.5,
+        31.26,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
