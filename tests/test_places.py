@@ -128,6 +128,16 @@ def test_import_reads_exif_per_photo_and_typed_columns_win(tmp_path):
     assert a2["sighting_date"] is None and a2["latitude"] is None
     assert (b1["sighting_date"], b1["latitude"], b1["longitude"]) == ("2024-01-02", -1.5, 36.8)
 
+    # exported and imported again, the positions travel as typed columns
+    from wildreid.catalog.export import export_metadata
+
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        metadata = export_metadata(catalog, tmp_path / "exported")
+    with Catalog(tmp_path / "again.sqlite") as again:
+        import_dataset(again, load_dataset(metadata, allow_outside_paths=True))
+        positions = sorted((image["latitude"], image["longitude"]) for image in again.images() if image["latitude"])
+    assert positions == [(-24.5, 31.26), (-1.5, 36.8)]
+
 
 def _result(queries: pd.DataFrame):
     from wildreid.gallery.result import IdentifyResult, Ranking
@@ -243,6 +253,14 @@ def test_upload_takes_each_photos_exif_and_the_typed_date_and_place_only_for_the
         assert (second["sighting_date"], second["location"], second["latitude"]) == ("2025-08-01", "waterhole 3", None)
         page = client.get(f"/review/{first['id']}").text
         assert "seen 2025-07-14 06:31" in page
+    with Catalog(path) as catalog:  # confirmed, the photo keeps its time and position
+        decision = catalog.decide(first["id"], "match", individual_id="A", reviewer="alice", preset="offline")
+        image = catalog.image(decision["image_id"])
+    assert (image["sighting_date"], image["latitude"], image["longitude"]) == (
+        "2025-07-14 06:31:02+02:00",
+        -24.5,
+        31.26,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,8 +362,15 @@ def test_an_individuals_page_maps_its_sightings_and_tiles_only_when_configured(t
         assert page.status_code == 200
         # a1 by its GPS, a2 at its site: two points, no tiles, nothing from another server
         assert page.text.count('class="sighting"') == 2 and "<image" not in page.text
+        assert "(-24.50000, 31.26000)" in page.text  # the position in the sighting history
         assert "img-src 'self' blob: data:;" in page.headers["content-security-policy"]
         assert client.get("/individuals/B").text.count('class="sighting"') == 0
+    import pytest
+
+    from wildreid.web.config import WebConfig
+
+    with pytest.raises(ValueError, match="--map-tiles 'tiles.example.org': give a tile server's URL template"):
+        WebConfig(path, token="x" * 20, map_tiles="tiles.example.org")
     tiled, _ = _app(tmp_path / "tiled", lite0_backbone, map_tiles="https://tiles.example.org/{z}/{x}/{y}.png")
     with TestClient(tiled) as client:
         page = client.get("/individuals/A")
@@ -454,3 +479,34 @@ def test_capture_history_by_day_week_and_survey_matches_the_hand_made_matrix(tmp
 
     other = CliRunner().invoke(app, ["catalog", "export", "--catalog", str(path), "--occasion", "week", str(tmp_path)])
     assert other.exit_code != 0 and "only for --format capture-history" in other.output
+
+
+def test_a_catalogue_from_before_places_is_upgraded_with_no_positions_and_takes_sites(tmp_path):
+    import sqlite3
+
+    from wildreid.catalog.schema import _PLACES, MIGRATIONS, migrate
+
+    path = tmp_path / "old.sqlite"
+    connection = sqlite3.connect(path, isolation_level=None)
+    migrate(connection, target=MIGRATIONS.index(_PLACES))  # the version just before this one
+    connection.execute("INSERT INTO individuals (id, dataset, created_at) VALUES ('a', 'd', 'now')")
+    connection.execute(
+        "INSERT INTO images (sha256, stored_path, individual_id, location, added_at) "
+        "VALUES (?, 'x.jpg', 'a', 'north', 'now')",
+        ("0" * 64,),
+    )
+    connection.close()
+    with Catalog(path) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION
+        [image] = catalog.images()
+        assert image["latitude"] is None and image["site_latitude"] is None
+        assert catalog.set_site("north", -24.5, 31.25, uncertainty=20) is True
+        assert catalog.set_site("north", -24.6, 31.25) is False  # moved
+        [image] = catalog.images()
+        assert (image["site_latitude"], image["site_longitude"], image["site_uncertainty"]) == (-24.6, 31.25, None)
+        import pytest
+
+        from wildreid.catalog.store import CatalogError
+
+        with pytest.raises(CatalogError, match="site 'south': latitude and longitude must be decimal degrees"):
+            catalog.set_site("south", 95, 31)

@@ -25,6 +25,9 @@ COLUMNS = [
     "location",
     "viewpoint",
     "sha256",
+    "latitude",
+    "longitude",
+    "altitude",
 ]
 
 
@@ -59,6 +62,10 @@ def export_metadata(catalog: Catalog, out_dir: str | Path, *, copy_images: bool 
                 "location": image["location"],
                 "viewpoint": image["viewpoint"],
                 "sha256": image["sha256"],
+                # the photo's own position (EXIF or typed): read back as typed columns on import
+                "latitude": image["latitude"],
+                "longitude": image["longitude"],
+                "altitude": image["altitude"],
             }
         )
     metadata = out_dir / "metadata.csv"
