@@ -1242,3 +1242,26 @@ def test_merge_picker_lists_the_others_and_shows_the_two_side_by_side(client, ca
     assert merged.status_code == 303
     with Catalog(catalog_path) as catalog:
         assert len(catalog.images("NyalaData_32")) == 10 and catalog.individual("NyalaData_41") is None
+
+
+def test_flashes_name_what_the_reviewer_typed_and_undo_does_not_repeat_the_answer(client, nyala, catalog_path):
+    animals = upload_strangers(client, nyala)
+    question = client.get("/pairs?dataset=NyalaData", headers=SIGNED).text
+    form = dict(re.findall(r'name="(left|right_query|right_individual)" value="([^"]*)"', question))
+    answered = client.post(
+        "/pairs", headers=SIGNED, follow_redirects=False, data={"dataset": "NyalaData", **form, "answer": "cant_tell"}
+    )
+    page = client.get(answered.headers["location"], headers=SIGNED).text
+    # the answer's words once (the flash), not again on the undo button above the answer buttons
+    assert page.count("can't tell") + page.count("can&#39;t tell") == 2  # the flash, and the "Can't tell" button
+    assert re.search(r"<button[^>]*>Undo change #\d+</button>", page)
+
+    confirmed = client.post(
+        "/groups/confirm",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"dataset": "NyalaData", "query_ids": animals["A"], "target": "new", "name": "Stripe Gap"},
+    )
+    flash = re.search(r'id="saved">(.*?)</p>', groups_page(client, confirmed.headers["location"]), re.S).group(1)
+    flash = re.sub(r"<[^>]+>", "", flash)  # the words a reviewer reads
+    assert "“Stripe Gap” (NyalaData_new0001)" in flash and flash.count("NyalaData_new0001") == 1
