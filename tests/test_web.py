@@ -258,6 +258,10 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
     with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, preset="fusion")) as client:
         page = client.get(f"/review/{query['id']}")
         assert f"/review/{query['id']}/match/1.png" in page.text
+        # a toggle: drawn when asked for (data-src), not a second copy of the pair under it
+        assert f'data-src="/review/{query["id"]}/match/1.png"' in page.text
+        assert f'src="/review/{query["id"]}/match/1.png"' not in page.text.replace("data-src", "")
+        assert "P(same) 0.900" in page.text and "calibrated probability" in page.text  # fusion's score, named
         response = client.get(f"/review/{query['id']}/match/1.png")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         picture = Image.open(io.BytesIO(response.content))
