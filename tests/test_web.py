@@ -3,6 +3,7 @@ uvicorn server on 127.0.0.1 where raw paths or real concurrency matter."""
 
 from __future__ import annotations
 
+import html
 import http.client
 import io
 import itertools
@@ -257,6 +258,10 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
     with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, preset="fusion")) as client:
         page = client.get(f"/review/{query['id']}")
         assert f"/review/{query['id']}/match/1.png" in page.text
+        # a toggle: drawn when asked for (data-src), not a second copy of the pair under it
+        assert f'data-src="/review/{query["id"]}/match/1.png"' in page.text
+        assert f'src="/review/{query["id"]}/match/1.png"' not in page.text.replace("data-src", "")
+        assert "P(same) 0.900" in page.text and "calibrated probability" in page.text  # fusion's score, named
         response = client.get(f"/review/{query['id']}/match/1.png")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         picture = Image.open(io.BytesIO(response.content))
@@ -1229,3 +1234,78 @@ def test_counters_agree_and_do_not_grow_after_different_answers(client, nyala, c
         assert int(now["settled"]) == flashed, (now, after)
         before = now
     assert flashed > 0
+
+
+def test_refused_forms_return_to_the_page_with_the_message(client, catalog_path):
+    here = "http://testserver/individuals/NyalaData_32"
+    typo = client.post(
+        "/merge",
+        headers={**SIGNED, "Referer": here},
+        follow_redirects=False,
+        data={"keep": "NyalaData_32", "absorb": "NyalaData_4l"},
+    )
+    assert typo.status_code == 303 and typo.headers["location"].startswith("/individuals/NyalaData_32?notice=")
+    page = client.get(typo.headers["location"], headers=SIGNED).text
+    assert "id=\"notice\">Not done: merge: individual 'NyalaData_4l' does not exist" in html.unescape(page)
+    assert "Request not accepted" not in page and "NyalaData_32" in page
+    # a stale undo (another change came since the page was shown): back to that page too
+    client.post("/individuals/NyalaData_41", headers=SIGNED, data={"name": "Old Bull"})
+    stale = client.post(
+        "/undo",
+        headers={**SIGNED, "Referer": "http://testserver/history"},
+        follow_redirects=False,
+        data={"expected": 999, "next": "/history"},
+    )
+    assert stale.status_code == 303 and stale.headers["location"].startswith("/history?notice=")
+    assert "not the one you saw" in client.get(stale.headers["location"], headers=SIGNED).text
+    # another site's page is no place to go back to; nor is a key nobody stored
+    foreign = client.post(
+        "/merge",
+        headers={**SIGNED, "Referer": "http://evil.example/x"},
+        data={"keep": "NyalaData_32", "absorb": "NyalaData_4l"},
+    )
+    assert foreign.status_code == 400 and "does not exist" in foreign.text
+    assert 'id="notice"' not in client.get("/history?notice=forged", headers=SIGNED).text
+
+
+def test_merge_picker_lists_the_others_and_shows_the_two_side_by_side(client, catalog_path):
+    assert 'href="/merge?keep=NyalaData_32"' in client.get("/individuals/NyalaData_32", headers=SIGNED).text
+    picker = client.get("/merge?keep=NyalaData_32", headers=SIGNED).text
+    listed = re.findall(r"absorb=([\w]+)", picker)
+    assert "NyalaData_41" in listed and "NyalaData_32" not in listed and 'id="side-by-side"' not in picker
+    assert re.findall(r"absorb=([\w]+)", client.get("/merge?keep=NyalaData_32&q=_41", headers=SIGNED).text) == [
+        "NyalaData_41"
+    ]
+    side = client.get("/merge?keep=NyalaData_32&absorb=NyalaData_41", headers=SIGNED).text
+    with Catalog(catalog_path) as catalog:
+        both = [p["sha256"] for who in ("NyalaData_32", "NyalaData_41") for p in catalog.images(who)]
+    assert 'id="side-by-side"' in side and all(f"/photos/{sha}" in side for sha in both)
+    form = dict(re.findall(r'name="(keep|absorb)" value="([^"]*)"', side))
+    assert form == {"keep": "NyalaData_32", "absorb": "NyalaData_41"}
+    merged = client.post("/merge", headers=SIGNED, follow_redirects=False, data=form)
+    assert merged.status_code == 303
+    with Catalog(catalog_path) as catalog:
+        assert len(catalog.images("NyalaData_32")) == 10 and catalog.individual("NyalaData_41") is None
+
+
+def test_flashes_name_what_the_reviewer_typed_and_undo_does_not_repeat_the_answer(client, nyala, catalog_path):
+    animals = upload_strangers(client, nyala)
+    question = client.get("/pairs?dataset=NyalaData", headers=SIGNED).text
+    form = dict(re.findall(r'name="(left|right_query|right_individual)" value="([^"]*)"', question))
+    answered = client.post(
+        "/pairs", headers=SIGNED, follow_redirects=False, data={"dataset": "NyalaData", **form, "answer": "cant_tell"}
+    )
+    page = client.get(answered.headers["location"], headers=SIGNED).text
+    # the answer's words once (the flash), not again on the undo button above the answer buttons
+    assert page.count("can't tell") + page.count("can&#39;t tell") == 2  # the flash, and the "Can't tell" button
+    assert re.search(r"<button[^>]*>Undo change #\d+</button>", page)
+
+    confirmed = client.post(
+        "/groups/confirm",
+        headers=SIGNED,
+        follow_redirects=False,
+        data={"dataset": "NyalaData", "query_ids": animals["A"], "target": "new", "name": "Stripe Gap"},
+    )
+    flash = re.search(r'id="saved">(.*?)</p>', groups_page(client, confirmed.headers["location"]), re.S).group(1)
+    flash = re.sub(r"<[^>]+>", "", flash)  # the words a reviewer reads
+    assert "“Stripe Gap” (NyalaData_new0001)" in flash and flash.count("NyalaData_new0001") == 1

@@ -110,8 +110,14 @@ def test_a_decision_fits_one_screen_and_answers_hold(server):
         assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
         assert in_view(page, "header.top nav a[href='/history']")
         assert page.locator(".suggestion").evaluate("e => e.getBoundingClientRect().right <= innerWidth")
+        for path in ("/review", "/history", "/individuals", "/merge?keep=NyalaData_34&absorb=NyalaData_41"):
+            page.goto(base + path)
+            page.wait_for_load_state("networkidle")
+            assert page.evaluate("document.scrollingElement.scrollWidth") <= 390, path
+        page.goto(base + f"/review/{query_id}")
         page.set_viewport_size({"width": 1366, "height": 900})
         page.reload()
+        page.wait_for_load_state("networkidle")
 
         # confirm the first candidate from the keyboard
         first = page.locator("article.candidate").first.get_attribute("data-individual")

@@ -87,6 +87,8 @@ templates.env.filters["when"] = when
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     context.update(
+        # a refusal of a form posted from this page (errors.back_with_notice)
+        notice=getattr(request.app.state, "notices", {}).get(request.query_params.get("notice", "")),
         signed_in=is_signed_in(request),
         reviewer=reviewer_of(request),
         config=request.app.state.config,

@@ -406,6 +406,39 @@ def pair_match_png(request: Request, left: str, right: str, catalog: CatalogDep)
 # individuals: merge and split
 
 
+MERGE_CHOICES = 60  # individuals listed to choose from; the search narrows them down
+PHOTOS_SIDE_BY_SIDE = 6  # photos of each individual shown side by side before a merge
+
+
+@router.get("/merge", response_class=HTMLResponse)
+def merge_picker(request: Request, catalog: CatalogDep, keep: str, absorb: str = "", q: str = ""):
+    """Choose the individual to merge into ``keep`` from a list (searchable by id or name), then
+    see the two side by side before merging: no id typed by hand."""
+    kept = catalog.individual(keep)
+    if kept is None:
+        raise HTTPException(404, f"individual '{clean_text(keep, 200)}' does not exist (merged or undone since?).")
+    q = clean_text(q, 200)
+    choices = [
+        found
+        for found in catalog.individuals(q, limit=MERGE_CHOICES + 1)
+        if found["id"] != kept["id"] and found["dataset"] == kept["dataset"]
+    ]
+    other = catalog.individual(absorb) if absorb else None
+    if absorb and other is None:
+        raise HTTPException(404, f"individual '{clean_text(absorb, 200)}' does not exist; choose one from the list.")
+    return page(
+        request,
+        "merge.html",
+        keep=kept,
+        keep_photos=catalog.images(kept["id"])[:PHOTOS_SIDE_BY_SIDE],
+        absorb=other,
+        absorb_photos=catalog.images(other["id"])[:PHOTOS_SIDE_BY_SIDE] if other else [],
+        choices=choices[:MERGE_CHOICES],
+        more=len(choices) > MERGE_CHOICES,
+        q=q,
+    )
+
+
 @router.post("/merge", dependencies=[Depends(require_token)])
 def merge(request: Request, catalog: CatalogDep, keep: Annotated[str, Form()], absorb: Annotated[str, Form()]):
     entry = merge_individuals(catalog, keep.strip(), clean_text(absorb, 200), reviewer=reviewer_of(request))
