@@ -67,13 +67,18 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_api_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
 def add_user(
-    catalog: Connection, name: str, role: str, password: str, *, by: str = "", api_token: bool = False
-) -> str | None:
-    """Create a user; returns their new API token when ``api_token`` (shown once, stored hashed)."""
+    catalog: Connection, name: str, role: str, password: str, *, by: str = "", api_token: str | None = None
+) -> None:
+    """Create a user, with a personal API token for scripts if ``api_token`` (``new_api_token()``;
+    only its hash is stored)."""
     name, role = check_name(name), check_role(role)
     hashed = HASHER.hash(check_password(password))
-    token = secrets.token_urlsafe(32) if api_token else None
+    token = api_token
     try:
         with catalog.transaction():
             catalog.db.execute(
@@ -82,7 +87,6 @@ def add_user(
             )
     except sqlite3.IntegrityError:
         raise CatalogError(f"user {name!r} exists already; remove them first to start again.") from None
-    return token
 
 
 def users(catalog: Connection) -> list[dict]:

@@ -58,7 +58,7 @@ def users_add(
 ):
     """Add a user who may sign in to the review app."""
     from wildreid.catalog.store import Catalog
-    from wildreid.catalog.users import add_user, check_name, check_role, user_count
+    from wildreid.catalog.users import add_user, check_name, check_role, new_api_token, user_count
 
     name, role = check_name(name), check_role(role)
     with Catalog(catalog, create=False) as opened:
@@ -66,7 +66,8 @@ def users_add(
             raise ValueError(
                 f"the first user must be an admin, who can add the others: `{first_admin_command(catalog)}`."
             )
-        token = add_user(opened, name, role, _password(password_file), by="wildreid users add", api_token=api_token)
+        token = new_api_token() if api_token else None
+        add_user(opened, name, role, _password(password_file), by="wildreid users add", api_token=token)
     console.print(f"added {name} ({role}) to {catalog}", highlight=False)
     if token:
         stdout.print(

@@ -16,7 +16,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from wildreid.catalog.changes import pair_answers
 from wildreid.catalog.store import Catalog
 from wildreid.review.pending import without_queries
-from wildreid.web.security import is_signed_in, reviewer_of
+from wildreid.web.security import current_user, may, reviewer_of
 
 HERE = Path(__file__).parent
 
@@ -68,7 +68,10 @@ templates.env.filters["when"] = when
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     context.update(
-        signed_in=is_signed_in(request),
+        user=current_user(request),
+        # the templates show the forms that change something to those who may use them
+        signed_in=may(request, "reviewer"),
+        admin=may(request, "admin"),
         reviewer=reviewer_of(request),
         config=request.app.state.config,
         request_path=request.url.path,
