@@ -725,7 +725,8 @@ def test_password_guessing_is_throttled(app):
     assert client.post("/login", data=right).status_code == 429
     now[0] += 1.5
     assert client.post("/login", data=right, follow_redirects=False).status_code == 303
-    # API tokens are guessed the same way; success above cleared the record.
+    # API tokens are guessed the same way (an hour later: the address's record is forgotten).
+    now[0] += 3601
     for _ in range(6):
         guessed = client.post("/review/1", headers={"X-Wildreid-Token": "guess-guess-guess"}, data={"action": "skip"})
         assert guessed.status_code == 401
@@ -775,6 +776,14 @@ def test_lock_outs_back_off_to_a_cap_and_count_per_account(app):
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]  # others delay the owner a minute at most
     now[0] += 60
     assert _sign_in(app, "192.0.2.250", PASSWORD)[0] == 303
+
+    # signing in as oneself leaves the address's record: an insider cannot reset the lock to guess on
+    for _ in range(6):
+        assert _sign_in(app, "203.0.113.3", "wrong-password", name="bob")[0] == 401
+    now[0] += 1
+    assert _sign_in(app, "203.0.113.3", PASSWORD, name="ada")[0] == 303
+    assert _sign_in(app, "203.0.113.3", "wrong-password", name="bob")[0] == 401  # the 7th: locked 2 s
+    assert _sign_in(app, "203.0.113.3", "wrong-password", name="bob")[0] == 429
 
     # a name that does not exist is locked out the same way: the answers tell no names
     for n in range(21):

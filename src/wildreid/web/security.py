@@ -175,9 +175,10 @@ class Throttle:
     behind a trusted proxy), with more free failures and a shorter cap (``account_free``,
     ``account_longest``), so others' guessing delays the owner's sign-in by a minute at most.
     A record is forgotten after ``forget`` seconds without a failure; a success clears the
-    address's and the account's. While locked out, a try is answered 429 without the password
-    being checked (else the answer would tell a guesser which one is right), so even the right
-    one waits. ``clock`` is injectable for tests."""
+    account's, not the address's: with many users, a guesser who has an account of their own
+    would otherwise reset their address's lock by signing in as themselves. While locked out, a
+    try is answered 429 without the password being checked (else the answer would tell a guesser
+    which one is right), so even the right one waits. ``clock`` is injectable for tests."""
 
     def __init__(
         self,
@@ -221,8 +222,8 @@ class Throttle:
                 self.failures[key] = (count, now + delay, now)
 
     def succeeded(self, client: str, account: str) -> None:
+        # ``client`` is kept for symmetry with ``failed``: the address's record is left to expire.
         with self.lock:
-            self.failures.pop(("address", client), None)
             self.failures.pop(("account", account), None)
 
 
