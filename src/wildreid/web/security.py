@@ -38,9 +38,10 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
+from typing import Annotated
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import Form, HTTPException, Request
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
@@ -61,11 +62,6 @@ class UploadRejected(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # who is asking
-
-
-def token_of(request: Request) -> str:
-    """The API token a script sent (X-Wildreid-Token or Authorization: Bearer), or ''."""
-    return _token_from_headers(request.headers)
 
 
 def current_user(request: Request) -> dict | None:
@@ -108,22 +104,22 @@ require_admin = require_role("admin")
 require_token = require_reviewer  # the name routes used when one shared token guarded changes
 
 
-def require_undo_right(request: Request) -> None:
+def require_undo_right(request: Request, expected: Annotated[int, Form()]) -> None:
     """Undo takes back the latest change: a reviewer may take back their own, an admin anyone's.
-    (The form names the change seen, and undo refuses if another came since, so the change
-    checked here is the one undone.)"""
+    The change checked is the one the form names (``expected``), which undo takes back only if it
+    is still the latest: so a change made by someone else in between is never undone instead."""
     require_reviewer(request)
     user = current_user(request)
     assert user is not None
     if role_allows(user["role"], "admin"):
         return
     with Catalog(request.app.state.config.catalog, create=False) as catalog:
-        last = catalog.last_change()
-    if last is not None and last["reviewer"] != user["name"]:
+        seen = catalog.history_entry(expected)
+    if seen is not None and seen["reviewer"] != user["name"]:
         raise HTTPException(
             403,
-            f"The last change (#{last['id']}, {last['summary']}) was made by {last['reviewer']}: a reviewer "
-            "undoes only their own changes; ask an admin to undo it.",
+            f"Change #{seen['id']} ({seen['summary']}) was made by {seen['reviewer']}: a reviewer undoes "
+            "only their own changes; ask an admin to undo it.",
         )
 
 
