@@ -13,10 +13,31 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from argon2 import PasswordHasher
 
+from wildreid.catalog import users
 from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.store import Catalog
 from wildreid.review.descriptors import prepare_descriptors
+
+# argon2 at its cheapest: the tests sign in hundreds of times and the hash's cost is not what they
+# test (a stored hash names its own parameters, so checking is argon2 all the same).
+users.HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+# The users of every test catalogue: name -> (role, API token). All share PASSWORD.
+PASSWORD = "correct horse battery"
+USERS = {
+    "ada": ("admin", "ada-admin-api-token-0123456789"),
+    "alice": ("reviewer", "alice-reviewer-api-token-0123456789"),
+    "bob": ("reviewer", "bob-reviewer-api-token-0123456789"),
+    "victor": ("viewer", "victor-viewer-api-token-0123456789"),
+}
+
+
+def token_of(name: str) -> dict:
+    """The header that makes a request as user ``name`` (their API token)."""
+    return {"X-Wildreid-Token": USERS[name][1]}
+
 
 # Eight NyalaData individuals with five database photos each keep the web tests quick.
 INDIVIDUALS = [
@@ -32,12 +53,23 @@ INDIVIDUALS = [
 
 
 def build_catalogue(path: Path, nyala, backbone, cache: Path) -> Path:
-    """A catalogue of the 40 database photos of INDIVIDUALS, with their descriptors."""
+    """A catalogue of the 40 database photos of INDIVIDUALS, with their descriptors and USERS."""
     chosen = nyala.database[nyala.database["identity"].isin(INDIVIDUALS)].groupby("identity").head(5)
     with Catalog(path) as catalog:
         import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(chosen["image_id"])))
         prepare_descriptors(catalog, backbone, cache)
+        for name, (role, token) in USERS.items():
+            users.add_user(catalog, name, role, PASSWORD, api_token=token)
     return path
+
+
+def sign_in(page, base: str, name: str, next: str = "/") -> None:
+    """Sign ``name`` in through the sign-in form of a Playwright page."""
+    page.goto(f"{base}/login?next={next}")
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + next)
 
 
 @contextmanager

@@ -14,18 +14,22 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
-from live_web import build_catalogue, serving
+from live_web import PASSWORD, USERS, build_catalogue, serving, token_of
 from PIL import Image
 from typer.testing import CliRunner
 
+from wildreid.catalog import users
 from wildreid.catalog.photos import content_hash
 from wildreid.catalog.store import Catalog
+from wildreid.catalog.users import add_user, remove_user
 from wildreid.cli.main import app as cli
 from wildreid.data.dataset import load_dataset
 from wildreid.gallery.part import DatasetPart
@@ -34,8 +38,8 @@ from wildreid.web.app import create_app
 from wildreid.web.config import WebConfig
 from wildreid.web.pages import url_part
 
-TOKEN = "test-review-token"
-SIGNED = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "alice"}
+TOKEN = USERS["alice"][1]  # alice is a reviewer (live_web.USERS)
+SIGNED = token_of("alice")
 KNOWN_QUERY, SECOND_QUERY = "47", "71"  # NyalaData query photos of NyalaData_32 and NyalaData_34
 
 
@@ -69,7 +73,9 @@ def catalog_path(template, tmp_path) -> Path:
 
 def make_app(catalog_path, backbone, cache, **options):
     options.setdefault("allowed_hosts", ["testserver"])  # TestClient's Host
-    return create_app(WebConfig(catalog_path, token=TOKEN, cache_dir=cache, **options), backbone=backbone)
+    clock = options.pop("clock", None)
+    config = WebConfig(catalog_path, cache_dir=cache, **options)
+    return create_app(config, backbone=backbone, **({"clock": clock} if clock else {}))
 
 
 @pytest.fixture
@@ -79,7 +85,9 @@ def app(catalog_path, lite0_backbone, embedding_cache):
 
 @pytest.fixture
 def client(app):
-    with TestClient(app) as client:  # `with`: runs start-up and shut-down (the job thread)
+    # Signed in as the reviewer alice (her API token on every request); anonymous visitors and
+    # the other roles have tests of their own.
+    with TestClient(app, headers=SIGNED) as client:  # `with`: runs start-up and shut-down (the job thread)
         yield client
 
 
@@ -225,7 +233,7 @@ def test_a_confirmed_photo_is_matched_from_the_next_upload_on(client, app, nyala
 def test_unfinished_uploads_are_identified_after_a_restart(catalog_path, nyala, lite0_backbone, embedding_cache):
     with Catalog(catalog_path) as catalog:  # as a server killed before identifying it left it
         query = catalog.add_query(photo(nyala, KNOWN_QUERY), "jpg", dataset="NyalaData", job_id="00112233445566ff")
-    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache), headers=SIGNED) as client:
         state = wait_for_job(client, "/jobs/00112233445566ff")
         assert state["status"] == "done"
         assert client.get("/jobs/00112233445566ff").status_code == 200
@@ -255,7 +263,7 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
                 ],
             },
         )
-    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, preset="fusion")) as client:
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, preset="fusion"), headers=SIGNED) as client:
         page = client.get(f"/review/{query['id']}")
         assert f"/review/{query['id']}/match/1.png" in page.text
         # a toggle: drawn when asked for (data-src), not a second copy of the pair under it
@@ -278,8 +286,8 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
 # security
 
 
-def test_changes_need_the_token(client, nyala, catalog_path):
-    assert client.get("/").status_code == 200 and client.get("/individuals").status_code == 200
+def test_changes_need_a_signed_in_reviewer(app, nyala, catalog_path):
+    client = TestClient(app)  # anonymous
     for headers in ({}, {"X-Wildreid-Token": "wrong-token"}):
         response = upload(client, [("a.jpg", photo(nyala, KNOWN_QUERY))], headers=headers)
         assert response.status_code == 401 and "sign in" in response.text.lower()
@@ -292,17 +300,27 @@ def test_changes_need_the_token(client, nyala, catalog_path):
     with Catalog(catalog_path) as catalog:
         assert catalog.counts()["queries"] == 0 and catalog.individual("NyalaData_18")["name"] == ""
 
-    assert client.post("/login", data={"token": "wrong-token", "reviewer": "mallory"}).status_code == 401
-    assert "wildreid_token" not in client.cookies
+    assert client.post("/login", data={"name": "alice", "password": "wrong password"}).status_code == 401
+    assert "wildreid_session" not in client.cookies
     login = client.post(
-        "/login", data={"token": TOKEN, "reviewer": "bob", "next": "https://evil.example/"}, follow_redirects=False
+        "/login", data={"name": "bob", "password": PASSWORD, "next": "https://evil.example/"}, follow_redirects=False
     )
     assert login.status_code == 303 and login.headers["location"] == "/"  # never off-site
     cookie = login.headers.get_list("set-cookie")[0].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and TOKEN not in cookie
+    assert "httponly" in cookie and "samesite=strict" in cookie and PASSWORD not in cookie
     renamed = client.post("/individuals/NyalaData_18", data={"name": "Old Bull"}, follow_redirects=False)
     assert renamed.status_code == 303  # the cookie alone signs the request
     assert "Old Bull" in client.get("/individuals", params={"q": "old bull"}).text
+    with Catalog(catalog_path) as catalog:
+        assert catalog.last_change()["reviewer"] == "bob"  # the change names the signed-in user
+        # the database keeps only hashes: no password, token or session a copy would sign in with
+        stored = " ".join(
+            str(v)
+            for row in catalog._all("SELECT * FROM users UNION ALL SELECT *, 0, 0 FROM sessions")
+            for v in row.values()
+        )
+    assert PASSWORD not in stored and TOKEN not in stored and client.cookies["wildreid_session"] not in stored
+    assert "$argon2id$" in stored
 
 
 def test_uploads_are_checked_by_content_not_name(client, nyala, catalog_path, tmp_path):
@@ -341,7 +359,7 @@ def test_uploads_are_checked_by_content_not_name(client, nyala, catalog_path, tm
 
 def test_upload_size_limits(catalog_path, nyala, lite0_backbone, embedding_cache):
     small = make_app(catalog_path, lite0_backbone, embedding_cache, max_upload_bytes=100_000, max_files=2)
-    with TestClient(small) as client:
+    with TestClient(small, headers=SIGNED) as client:
         big = photo(nyala, KNOWN_QUERY)
         assert len(big) > 100_000
         response = upload(client, [("big.jpg", big)])
@@ -390,7 +408,7 @@ def test_no_path_traversal_through_any_route(live_server, catalog_path):
     def fetch(path: str) -> tuple[int, bytes]:
         # http.client sends the path exactly as written (httpx would resolve the dot segments).
         connection = http.client.HTTPConnection(host, timeout=30)
-        connection.request("GET", path)
+        connection.request("GET", path, headers=SIGNED)
         response = connection.getresponse()
         body = response.read()
         connection.close()
@@ -405,7 +423,7 @@ def test_no_path_traversal_through_any_route(live_server, catalog_path):
 
 
 def test_errors_never_show_a_stack_trace(app, monkeypatch):
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, raise_server_exceptions=False, headers=SIGNED)
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail in /srv/wildreid/store.py")
@@ -513,7 +531,7 @@ def _race(base_url: str, requests: list[tuple[str, str, dict]]) -> list[int]:
 
     def send(index: int, reviewer: str, path: str, form: dict):
         with httpx.Client(
-            base_url=base_url, timeout=60, headers={"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": reviewer}
+            base_url=base_url, timeout=60, headers={"X-Wildreid-Token": f"{reviewer}-token-0123456789"}
         ) as http:
             barrier.wait()
             statuses[index] = http.post(path, data=form, follow_redirects=False).status_code
@@ -528,6 +546,9 @@ def _race(base_url: str, requests: list[tuple[str, str, dict]]) -> list[int]:
 
 def test_reviewers_deciding_at_the_same_moment(live_server, catalog_path, nyala):
     same, *others = _ready_queries(catalog_path, nyala, 11)
+    with Catalog(catalog_path) as catalog:  # sixteen reviewers, each with an API token
+        for name in [f"reviewer{i}" for i in range(6)] + [f"r{i}" for i in range(10)]:
+            add_user(catalog, name, "reviewer", PASSWORD, api_token=f"{name}-token-0123456789")
 
     # Six reviewers confirm the same photo as different individuals at once: one wins, the
     # others are told it was already decided; the photo is filed exactly once.
@@ -568,17 +589,6 @@ def test_reviewers_deciding_at_the_same_moment(live_server, catalog_path, nyala)
 # configuration and `wildreid serve`
 
 
-def test_token_is_configured_or_generated(catalog_path, monkeypatch):
-    monkeypatch.delenv("WILDREID_TOKEN", raising=False)
-    generated = WebConfig(catalog_path)
-    assert generated.token_generated and len(generated.token) >= 20
-    assert WebConfig(catalog_path).token != generated.token
-    monkeypatch.setenv("WILDREID_TOKEN", "from-the-environment")
-    assert WebConfig(catalog_path).token == "from-the-environment"
-    with pytest.raises(ValueError, match="review token: 5 characters is too short"):
-        WebConfig(catalog_path, token="short")
-
-
 def test_serve_command(catalog_path, tmp_path, monkeypatch):
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
@@ -586,17 +596,36 @@ def test_serve_command(catalog_path, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)  # this machine only, by default
-    token = started["app"].state.config.token
-    assert f"review token: {token}" in " ".join(result.output.split())
-
-    token_file = tmp_path / "token.txt"
-    token_file.write_text("a-token-from-a-file\n")
-    result = CliRunner().invoke(cli, ["serve", "--catalog", str(catalog_path), "--token-file", str(token_file)])
-    assert result.exit_code == 0 and started["app"].state.config.token == "a-token-from-a-file"
-    assert "review token:" not in result.output
+    config = started["app"].state.config
+    assert not config.public_read and config.session_idle_s == 12 * 3600  # private, 12 h idle, by default
+    result = CliRunner().invoke(
+        cli, ["serve", "--catalog", str(catalog_path), "--public-read", "--session-idle-hours", "2"]
+    )
+    config = started["app"].state.config
+    assert result.exit_code == 0 and config.public_read and config.session_idle_s == 2 * 3600
 
     result = CliRunner().invoke(cli, ["serve", "--catalog", str(tmp_path / "nothing.sqlite")])
     assert result.exit_code == 2 and "no catalogue here" in " ".join(result.output.split())
+
+
+def test_serve_refuses_the_shared_token_and_a_catalogue_without_users(catalog_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: pytest.fail("started"))
+    (tmp_path / "token.txt").write_text("a-token-from-a-file\n")
+    result = CliRunner().invoke(cli, ["serve", "-c", str(catalog_path), "--token-file", str(tmp_path / "token.txt")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--token-file: the shared review token was replaced by user accounts" in said
+    flat = "".join(result.output.split())  # the message wraps wherever the path falls
+    assert f"`wildreidusersaddNAME--roleadmin--catalog{catalog_path}`" in flat
+    monkeypatch.setenv("WILDREID_TOKEN", "from-the-environment")
+    result = CliRunner().invoke(cli, ["serve", "-c", str(catalog_path)])
+    assert result.exit_code == 2 and "$WILDREID_TOKEN: the shared review token" in " ".join(result.output.split())
+    monkeypatch.delenv("WILDREID_TOKEN")
+    with Catalog(tmp_path / "empty.sqlite"):
+        pass
+    result = CliRunner().invoke(cli, ["serve", "-c", str(tmp_path / "empty.sqlite")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "no users yet" in said
+    assert f"`wildreidusersaddNAME--roleadmin--catalog{tmp_path / 'empty.sqlite'}`" in "".join(said.split())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -649,7 +678,7 @@ def test_unauthenticated_upload_is_refused_before_its_body_is_read(app):
     for headers in (
         MULTIPART,
         {**MULTIPART, "x-wildreid-token": "wrong-token-wrong-token"},
-        {**MULTIPART, "cookie": "wildreid_token=forged"},
+        {**MULTIPART, "cookie": "wildreid_session=forged"},
     ):
         status, _, body, pulled = _asgi(
             app, "POST", "/uploads", {**headers, "content-length": str(300 * 2**20)}, (megabyte for _ in range(300))
@@ -697,13 +726,15 @@ def test_routes_without_uploads_refuse_large_or_multipart_bodies_before_reading_
         _asgi(app, "GET", "/login", {"host": "127.0.0.1:8000", "content-type": MULTIPART["content-type"]}, [])[0] == 200
     )
     # no Content-Length (chunked): counted as it streams in, and stopped at the limit
-    chunk = b"token=" + b"a" * 65530
+    chunk = b"password=" + b"a" * 65527
     status, _, body, pulled = _asgi(app, "POST", "/login", form, (chunk for _ in range(300)))
     assert status == 413 and pulled <= len(chunk)
     # the same for any route but the upload, signed in or not, whatever the method
-    status, _, _, pulled = _asgi(app, "GET", "/", {**form, "content-length": str(2**20)}, [megabyte])
-    assert (status, pulled) == (413, 0)
     signed = {"x-wildreid-token": TOKEN}
+    status, _, _, pulled = _asgi(app, "GET", "/", {**form, **signed, "content-length": str(2**20)}, [megabyte])
+    assert (status, pulled) == (413, 0)
+    # (an anonymous one is sent to sign in, its body never read)
+    assert _asgi(app, "GET", "/", {**form, "content-length": str(2**20)}, [megabyte])[::3] == (303, 0)
     status, _, _, pulled = _asgi(
         app, "POST", "/review/1", {**MULTIPART, **signed, "content-length": "5000"}, [b"x" * 5000]
     )
@@ -716,38 +747,40 @@ def test_routes_without_uploads_refuse_large_or_multipart_bodies_before_reading_
     )
     assert status not in (413, 415) and pulled == 10011
     # a real sign-in form is read as before
-    status, _, _, pulled = _asgi(app, "POST", "/login", {**form, "content-length": "23"}, [b"token=wrong-token-guess"])
-    assert (status, pulled) == (401, 23)
+    status, _, _, pulled = _asgi(
+        app, "POST", "/login", {**form, "content-length": "26"}, [b"name=x&password=wrongguess"]
+    )
+    assert (status, pulled) == (401, 26)
 
 
-def test_token_guessing_is_throttled(client, app):
+def test_password_guessing_is_throttled(app):
+    client = TestClient(app)
     now = [1000.0]
     app.state.throttle.clock = lambda: now[0]
+    guess = {"name": "alice", "password": "wrong password"}
+    right = {"name": "alice", "password": PASSWORD}
     for _ in range(5):  # a few typing mistakes are free
-        assert client.post("/login", data={"token": "wrong-token"}).status_code == 401
-    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401  # the sixth locks for 1 s
-    locked = client.post("/login", data={"token": TOKEN})  # even the right token waits
+        assert client.post("/login", data=guess).status_code == 401
+    assert client.post("/login", data=guess).status_code == 401  # the sixth locks for 1 s
+    locked = client.post("/login", data=right)  # even the right password waits
     assert locked.status_code == 429 and locked.headers["retry-after"] == "1" and "try again" in locked.text
     now[0] += 1
-    assert client.post("/login", data={"token": "wrong-token"}).status_code == 401  # the seventh: 2 s
+    assert client.post("/login", data=guess).status_code == 401  # the seventh: 2 s
     now[0] += 1
-    assert client.post("/login", data={"token": TOKEN}).status_code == 429
+    assert client.post("/login", data=right).status_code == 429
     now[0] += 1.5
-    assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
-    # The header token is guessed the same way; success above cleared the record.
+    assert client.post("/login", data=right, follow_redirects=False).status_code == 303
+    # API tokens are guessed the same way (an hour later: the address's record is forgotten).
+    now[0] += 3601
     for _ in range(6):
-        assert (
-            client.post(
-                "/review/1", headers={"X-Wildreid-Token": "guess-guess-guess"}, data={"action": "skip"}
-            ).status_code
-            == 401
-        )
+        guessed = client.post("/review/1", headers={"X-Wildreid-Token": "guess-guess-guess"}, data={"action": "skip"})
+        assert guessed.status_code == 401
     guessed = client.post("/review/1", headers=SIGNED, data={"action": "skip"})
     assert guessed.status_code == 429 and int(guessed.headers["retry-after"]) >= 1
 
 
-def _sign_in(app, client: str, token: str) -> tuple[int, dict, bytes]:
-    body = f"token={token}".encode()
+def _sign_in(app, client: str, password: str, name: str = "alice") -> tuple[int, dict, bytes]:
+    body = urlencode({"name": name, "password": password}).encode()
     headers = {"host": "127.0.0.1:8000", "content-type": "application/x-www-form-urlencoded"}
     status, answer_headers, answer, _ = _asgi(
         app, "POST", "/login", {**headers, "content-length": str(len(body))}, [body], client=(client, 40000)
@@ -760,40 +793,56 @@ def test_lock_outs_back_off_to_a_cap_and_count_per_account(app):
     app.state.throttle.clock = lambda: now[0]
     # one address: 5 free failures, then 1 s, 2 s, 4 s ... but never more than 5 minutes
     for _ in range(5):
-        assert _sign_in(app, "203.0.113.1", "wrong-token")[0] == 401
+        assert _sign_in(app, "203.0.113.1", "wrong-password")[0] == 401
     waits = []
     for _ in range(14):
-        assert _sign_in(app, "203.0.113.1", "wrong-token")[0] == 401
-        status, headers, _ = _sign_in(app, "203.0.113.1", TOKEN)  # locked: even the right token waits
+        # a guesser may try other names: the address lock holds them all
+        assert _sign_in(app, "203.0.113.1", "wrong-password", name=f"user{len(waits)}")[0] == 401
+        status, headers, _ = _sign_in(app, "203.0.113.1", PASSWORD)  # locked: even the right password waits
         assert status == 429
         waits.append(int(headers["retry-after"]))
         now[0] += waits[-1]  # the guesser waits exactly as long as told
     assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300, 300]
-    # the owner, on that address, with the right token: in after at most the longest wait
-    assert _sign_in(app, "203.0.113.1", TOKEN)[0] == 303
+    # the owner, on that address, with the right password: in after at most the longest wait
+    assert _sign_in(app, "203.0.113.1", PASSWORD)[0] == 303
 
-    # many addresses guessing the one token: each has its free tries, the account does not
+    # many addresses guessing one user's password: each has its free tries, the account does not
     for n in range(20):
-        assert _sign_in(app, f"198.51.100.{n}", "wrong-token")[0] == 401
-    assert _sign_in(app, "198.51.100.99", "wrong-token")[0] == 401  # the 21st failure locks the account
+        assert _sign_in(app, f"198.51.100.{n}", "wrong-password")[0] == 401
+    assert _sign_in(app, "198.51.100.99", "wrong-password")[0] == 401  # the 21st failure locks the account
+    assert _sign_in(app, "198.51.100.98", PASSWORD, name="bob")[0] == 303  # other users sign in as usual
     waits = []
     for n in range(9):
-        status, headers, answer = _sign_in(app, f"192.0.2.{n}", TOKEN)  # a fresh address, the right token
+        status, headers, answer = _sign_in(app, f"192.0.2.{n}", PASSWORD)  # a fresh address, the right password
         assert status == 429 and b"several addresses" in answer
         waits.append(int(headers["retry-after"]))
         now[0] += waits[-1]
-        assert _sign_in(app, f"192.0.2.{100 + n}", "wrong-token")[0] == 401  # and a guess locks it again
+        assert _sign_in(app, f"192.0.2.{100 + n}", "wrong-password")[0] == 401  # and a guess locks it again
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]  # others delay the owner a minute at most
     now[0] += 60
-    assert _sign_in(app, "192.0.2.250", TOKEN)[0] == 303
+    assert _sign_in(app, "192.0.2.250", PASSWORD)[0] == 303
+
+    # signing in as oneself leaves the address's record: an insider cannot reset the lock to guess on
+    for _ in range(6):
+        assert _sign_in(app, "203.0.113.3", "wrong-password", name="bob")[0] == 401
+    now[0] += 1
+    assert _sign_in(app, "203.0.113.3", PASSWORD, name="ada")[0] == 303
+    assert _sign_in(app, "203.0.113.3", "wrong-password", name="bob")[0] == 401  # the 7th: locked 2 s
+    assert _sign_in(app, "203.0.113.3", "wrong-password", name="bob")[0] == 429
+
+    # a name that does not exist is locked out the same way: the answers tell no names
+    for n in range(21):
+        assert _sign_in(app, f"198.51.100.{n}", "wrong-password", name="nobody")[0] == 401
+    status, _, answer = _sign_in(app, "192.0.2.251", "wrong-password", name="nobody")
+    assert status == 429 and b"several addresses" in answer
 
     # a record is forgotten after an hour without failures: a typo later is free again
     for _ in range(6):
-        assert _sign_in(app, "203.0.113.2", "wrong-token")[0] == 401
-    assert _sign_in(app, "203.0.113.2", TOKEN)[0] == 429
+        assert _sign_in(app, "203.0.113.2", "wrong-password")[0] == 401
+    assert _sign_in(app, "203.0.113.2", PASSWORD)[0] == 429
     now[0] += 3601
-    assert _sign_in(app, "203.0.113.2", "wrong-token")[0] == 401
-    assert _sign_in(app, "203.0.113.2", TOKEN)[0] == 303
+    assert _sign_in(app, "203.0.113.2", "wrong-password")[0] == 401
+    assert _sign_in(app, "203.0.113.2", PASSWORD)[0] == 303
 
 
 def test_forwarded_headers_are_trusted_only_from_named_proxies(app, catalog_path, monkeypatch):
@@ -810,7 +859,9 @@ def test_forwarded_headers_are_trusted_only_from_named_proxies(app, catalog_path
 
     def guesses(base: str, forwarded_for) -> list[int]:
         return [
-            httpx.post(f"{base}/login", data={"token": "wrong"}, headers={"X-Forwarded-For": address}).status_code
+            httpx.post(
+                f"{base}/login", data={"name": "alice", "password": "wrong"}, headers={"X-Forwarded-For": address}
+            ).status_code
             for address in forwarded_for
         ]
 
@@ -824,19 +875,9 @@ def test_forwarded_headers_are_trusted_only_from_named_proxies(app, catalog_path
         assert guesses(base, ["198.51.100.2"]) == [401]
 
 
-def test_short_tokens_are_refused_at_start(catalog_path, tmp_path):
-    with pytest.raises(ValueError, match="review token: 15 characters is too short.*at least 16"):
-        WebConfig(catalog_path, token="fifteen-chars-x")
-    (tmp_path / "token.txt").write_text("abc12345678\n")
-    result = CliRunner().invoke(
-        cli, ["serve", "--catalog", str(catalog_path), "--token-file", str(tmp_path / "token.txt")]
-    )
-    assert result.exit_code == 2 and "11 characters is too short" in " ".join(result.output.split())
-
-
 def test_only_configured_host_names_are_served(catalog_path, lite0_backbone, embedding_cache):
     app = make_app(catalog_path, lite0_backbone, embedding_cache, allowed_hosts=["reviews.example.org"])
-    client = TestClient(app)
+    client = TestClient(app, headers=SIGNED)
     for host in ("evil.example", "attacker.example:8000", "testserver"):
         assert client.get("/", headers={"Host": host}).status_code == 400, host
     for host in ("127.0.0.1:8000", "localhost", "[::1]:8000", "reviews.example.org"):
@@ -1003,7 +1044,7 @@ def test_groups_pair_answers_confirm_and_undo(client, nyala, catalog_path):
 
 
 def test_answers_are_reapplied_when_the_grouping_is_rebuilt(catalog_path, nyala, lite0_backbone, embedding_cache):
-    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache), headers=SIGNED) as client:
         a = upload_strangers(client, nyala)["A"]
         different = client.post(
             "/pairs",
@@ -1015,7 +1056,7 @@ def test_answers_are_reapplied_when_the_grouping_is_rebuilt(catalog_path, nyala,
         split = proposed(client)
         assert not any(a[0] in group and a[1] in group for group in split)
     # a new server: nothing in memory; the grouping is rebuilt from the catalogue, answer included
-    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache)) as client:
+    with TestClient(make_app(catalog_path, lite0_backbone, embedding_cache), headers=SIGNED) as client:
         assert client.get("/groups?dataset=NyalaData", follow_redirects=False).status_code == 303  # a grouping job
         assert proposed(client) == split
         stale = client.post(  # a question about a photo filed since is refused, not applied
@@ -1032,7 +1073,7 @@ def test_a_pair_already_answered_is_not_stored_again(client, nyala, catalog_path
     def post(reviewer: str, left: int, right: int, answer: str) -> httpx.Response:
         return client.post(
             "/pairs",
-            headers={**SIGNED, "X-Wildreid-Reviewer": reviewer},
+            headers=token_of(reviewer),
             follow_redirects=False,
             data={"dataset": "NyalaData", "left": left, "right_query": right, "answer": answer},
         )
@@ -1051,7 +1092,7 @@ def test_a_pair_already_answered_is_not_stored_again(client, nyala, catalog_path
         assert "Already answered by alice" in page and "Nothing was stored again" in page
     assert stored() == [("alice", "same")]
     # the opposite answer is refused, pointing to undo; the grouping keeps the first answer
-    refused = post("carol", a[0], a[1], "different")
+    refused = post("ada", a[0], a[1], "different")
     assert refused.status_code == 409
     message = " ".join(refused.text.split())
     assert "already answered" in message and "by alice" in message and "undo that change first" in message
@@ -1061,9 +1102,9 @@ def test_a_pair_already_answered_is_not_stored_again(client, nyala, catalog_path
     with Catalog(catalog_path) as catalog:
         last = catalog.last_change()["id"]
     assert client.post("/undo", headers=SIGNED, data={"expected": last}, follow_redirects=False).status_code == 303
-    second = post("carol", a[0], a[1], "different")
+    second = post("ada", a[0], a[1], "different")
     assert second.status_code == 303 and "repeated" not in second.headers["location"]
-    assert stored() == [("carol", "different")]
+    assert stored() == [("ada", "different")]
 
 
 def test_an_upload_is_described_and_matched_once_however_many_photos_wait(
@@ -1103,16 +1144,17 @@ def test_an_upload_is_described_and_matched_once_however_many_photos_wait(
 def test_merge_split_edit_and_undo_individuals(client, catalog_path):
     with Catalog(catalog_path) as catalog:
         own = sorted(p["id"] for p in catalog.images("NyalaData_41"))
+    admin = token_of("ada")  # merging is an admin's (a reviewer splits and edits)
     merged = client.post(
-        "/merge", headers=SIGNED, follow_redirects=False, data={"keep": "NyalaData_32", "absorb": "NyalaData_41"}
+        "/merge", headers=admin, follow_redirects=False, data={"keep": "NyalaData_32", "absorb": "NyalaData_41"}
     )
     assert merged.status_code == 303 and merged.headers["location"].startswith("/individuals/NyalaData_32?done=")
-    page = client.get(merged.headers["location"], headers=SIGNED).text
+    page = client.get(merged.headers["location"], headers=admin).text
     assert "NyalaData_41 merged into NyalaData_32: 5 photos moved" in page and "Undo change #" in page
     gone = client.get("/individuals/NyalaData_41")
-    assert gone.status_code == 404 and "merged into NyalaData_32 by alice" in gone.text
+    assert gone.status_code == 404 and "merged into NyalaData_32 by ada" in gone.text
     last = int(re.search(r'name="expected" value="(\d+)"', page).group(1))
-    back = client.post("/undo", headers=SIGNED, follow_redirects=False, data={"expected": last, "next": "/history"})
+    back = client.post("/undo", headers=admin, follow_redirects=False, data={"expected": last, "next": "/history"})
     assert back.status_code == 303 and back.headers["location"].startswith("/history?undone=")
     with Catalog(catalog_path) as catalog:
         assert sorted(p["id"] for p in catalog.images("NyalaData_41")) == own
@@ -1144,7 +1186,8 @@ def test_merge_split_edit_and_undo_individuals(client, catalog_path):
     assert stale.status_code == 400 and "not the one you saw" in stale.text
 
 
-def test_review_changes_need_the_token(client, catalog_path):
+def test_review_changes_need_a_signed_in_reviewer(app, catalog_path):
+    client = TestClient(app)
     posts = [
         ("/groups/confirm", {"dataset": "NyalaData", "query_ids": 1, "target": "new"}),
         ("/groups/split", {"dataset": "NyalaData", "query_ids": 1, "moved": 1}),
@@ -1157,8 +1200,11 @@ def test_review_changes_need_the_token(client, catalog_path):
     for url, data in posts:
         for headers in ({}, {"X-Wildreid-Token": "wrong-token"}):
             assert client.post(url, headers=headers, data=data).status_code == 401, url
+        app.state.throttle.failures.clear()  # six wrong tokens would lock the address (tested above)
         foreign = client.post(url, headers={**SIGNED, "Origin": "http://evil.example"}, data=data)
         assert foreign.status_code == 403, url
+        viewer = client.post(url, headers=token_of("victor"), data=data)
+        assert viewer.status_code == 403 and "victor is a viewer and may only read" in viewer.text, url
     with Catalog(catalog_path) as catalog:
         assert catalog.history() == [] and len(catalog.images("NyalaData_41")) == 5
 
@@ -1309,3 +1355,192 @@ def test_flashes_name_what_the_reviewer_typed_and_undo_does_not_repeat_the_answe
     flash = re.search(r'id="saved">(.*?)</p>', groups_page(client, confirmed.headers["location"]), re.S).group(1)
     flash = re.sub(r"<[^>]+>", "", flash)  # the words a reviewer reads
     assert "“Stripe Gap” (NyalaData_new0001)" in flash and flash.count("NyalaData_new0001") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# accounts and roles
+
+
+def _photo_url(catalog_path: Path) -> str:
+    with Catalog(catalog_path) as catalog:
+        return f"/photos/{catalog.images()[0]['sha256']}"
+
+
+def test_anonymous_visitors_are_sent_to_sign_in(app, catalog_path):
+    client = TestClient(app)
+    for url in ["/", "/individuals?q=x", "/individuals/NyalaData_18", "/review", "/history", _photo_url(catalog_path)]:
+        response = client.get(url, follow_redirects=False)
+        assert response.status_code == 303, url
+        assert response.headers["location"] == "/login?" + urlencode({"next": url}), url
+    assert client.get("/api/jobs/0123456789abcdef").status_code == 401
+    # what the sign-in page itself needs stays open
+    for url in ("/login", "/static/app.css", "/healthz"):
+        assert client.get(url).status_code == 200, url
+    signed_in = client.get("/individuals/NyalaData_18", headers=token_of("victor"))  # any role reads
+    assert signed_in.status_code == 200 and "victor" in signed_in.text
+
+
+def test_public_read_keeps_anonymous_reading(catalog_path, lite0_backbone, embedding_cache):
+    client = TestClient(make_app(catalog_path, lite0_backbone, embedding_cache, public_read=True))
+    for url in ["/", "/individuals", "/individuals/NyalaData_18", "/history", _photo_url(catalog_path)]:
+        assert client.get(url, follow_redirects=False).status_code == 200, url
+    assert "Sign in" in client.get("/").text and 'id="upload"' not in client.get("/").text
+    refused = client.post("/individuals/NyalaData_18", data={"name": "x"})
+    assert refused.status_code == 401 and "sign in" in refused.text.lower()
+
+
+def test_each_role_may_do_what_it_should(app, client, nyala, catalog_path):
+    viewer = TestClient(app, headers=token_of("victor"))
+    home = viewer.get("/")
+    assert home.status_code == 200 and 'id="upload"' not in home.text and "victor is a viewer" in home.text
+    assert viewer.get(_photo_url(catalog_path)).status_code == 200
+    refused = [
+        upload(viewer, [("a.jpg", photo(nyala, KNOWN_QUERY))], headers={}),
+        viewer.post("/review/1", data={"action": "skip"}),
+        viewer.post("/individuals/NyalaData_18", data={"name": "x"}),
+        viewer.post("/pairs", data={"dataset": "NyalaData", "left": 1, "right_query": 2, "answer": "same"}),
+    ]
+    assert [r.status_code for r in refused] == [403] * 4
+    assert "victor is a viewer and may only read; this needs the reviewer role" in refused[0].text
+
+    # a reviewer edits, undoes their own change, but neither merges nor undoes another's
+    bob = TestClient(app, headers=token_of("bob"))
+    assert client.post("/individuals/NyalaData_18", data={"name": "Scar"}, follow_redirects=False).status_code == 303
+    assert bob.post("/individuals/NyalaData_7", data={"name": "Limp"}, follow_redirects=False).status_code == 303
+    merge = {"keep": "NyalaData_32", "absorb": "NyalaData_41"}
+    refused_merge = client.post("/merge", data=merge)
+    assert refused_merge.status_code == 403 and "this needs the admin role" in refused_merge.text
+    with Catalog(catalog_path) as catalog:
+        last = catalog.last_change()
+        assert (last["reviewer"], last["summary"]) == ("bob", "NyalaData_7: name edited")  # names the user
+    others = client.post("/undo", data={"expected": last["id"]})
+    assert others.status_code == 403 and "made by bob" in others.text and "ask an admin" in others.text
+    assert bob.post("/undo", data={"expected": last["id"]}, follow_redirects=False).status_code == 303
+
+    # an admin merges and undoes anybody's change
+    admin = TestClient(app, headers=token_of("ada"))
+    with Catalog(catalog_path) as catalog:
+        alices = catalog.last_change()
+        assert alices["reviewer"] == "alice"
+    assert admin.post("/undo", data={"expected": alices["id"]}, follow_redirects=False).status_code == 303
+    assert admin.post("/merge", data=merge, follow_redirects=False).status_code == 303
+    with Catalog(catalog_path) as catalog:
+        assert catalog.individual("NyalaData_41") is None and catalog.individual("NyalaData_18")["name"] == ""
+        assert [(e["action"], e["reviewer"], e["undone_by"]) for e in catalog.history()][::-1][:2] == [
+            ("edit", "alice", "ada"),
+            ("edit", "bob", "bob"),
+        ]
+        assert catalog.last_change()["reviewer"] == "ada"
+
+
+def test_sessions_expire_when_idle_or_old_and_sign_out_ends_them(catalog_path, lite0_backbone, embedding_cache):
+    now = [1_000_000.0]
+    app = make_app(catalog_path, lite0_backbone, embedding_cache, clock=lambda: now[0])
+    hours = 3600.0
+
+    def sign_in() -> TestClient:
+        client = TestClient(app)
+        form = {"name": "alice", "password": PASSWORD, "next": "/history"}
+        answer = client.post("/login", data=form, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/history"
+        return client
+
+    def reads(client: TestClient) -> bool:
+        status = client.get("/history", follow_redirects=False).status_code
+        assert status in (200, 303)
+        return status == 200
+
+    client = sign_in()
+    assert reads(client)
+    now[0] += 11.9 * hours
+    assert reads(client)  # used within 12 h: the idle time starts again
+    now[0] += 11.9 * hours
+    assert reads(client)
+    now[0] += 12.1 * hours
+    assert not reads(client)  # 12 h without a request: signed out
+    # however busy, a session ends 7 days after signing in
+    client = sign_in()
+    for _ in range(7 * 24 - 1):
+        now[0] += hours
+        assert reads(client)
+    now[0] += 1.1 * hours
+    assert not reads(client)
+
+    # signing out ends the session on the server: a copy of the cookie no longer works
+    client = sign_in()
+    cookie = client.cookies["wildreid_session"]
+    assert client.post("/logout", follow_redirects=False).headers["location"] == "/login"
+    assert not reads(client)
+    stolen = TestClient(app, cookies={"wildreid_session": cookie})
+    assert not reads(stolen)
+    # so does removing the user
+    client = sign_in()
+    with Catalog(catalog_path) as catalog:
+        remove_user(catalog, "alice")
+    assert not reads(client)
+
+
+def test_unknown_user_names_cost_an_argon2_check_like_known_ones(catalog_path, monkeypatch):
+    checked = []
+
+    class Counting(PasswordHasher):
+        def verify(self, hash, password):
+            checked.append(hash)
+            return super().verify(hash, password)
+
+    monkeypatch.setattr(users, "HASHER", Counting(time_cost=1, memory_cost=1024, parallelism=1))
+    with Catalog(catalog_path) as catalog:
+        assert users.check_credentials(catalog, "alice", "wrong password") is None
+        assert users.check_credentials(catalog, "nobody", "wrong password") is None
+        assert users.check_credentials(catalog, "alice", PASSWORD) == {"name": "alice", "role": "reviewer"}
+    assert len(checked) == 3 and all(stored.startswith("$argon2id$") for stored in checked)
+
+
+def test_users_command(tmp_path, lite0_backbone, embedding_cache, monkeypatch):
+    path = tmp_path / "team.sqlite"
+    with Catalog(path):
+        pass
+    run = CliRunner().invoke
+    monkeypatch.setenv("WILDREID_PASSWORD", "a long enough password")
+    first = run(cli, ["users", "add", "kim", "--catalog", str(path)])
+    said = " ".join(first.output.split())
+    assert first.exit_code == 2 and "the first user must be an admin" in said and "--role admin" in said
+    added = run(cli, ["users", "add", "kim", "--role", "admin", "--catalog", str(path)])
+    assert added.exit_code == 0 and "added kim (admin)" in added.output
+    (tmp_path / "password.txt").write_text("another long password\n")
+    script = run(
+        cli,
+        ["users", "add", "lee", "-c", str(path), "--password-file", str(tmp_path / "password.txt"), "--api-token"],
+    )
+    assert script.exit_code == 0 and "API token of lee" in script.output
+    token = script.output.split()[-1]
+    monkeypatch.delenv("WILDREID_PASSWORD")
+    prompted = run(cli, ["users", "add", "max", "--role", "viewer", "-c", str(path)], input="typed secret 1\n" * 2)
+    assert prompted.exit_code == 0
+    for password in ("a long enough password", "another long password", "typed secret 1"):
+        assert password not in added.output + script.output + prompted.output  # never echoed
+    short = run(cli, ["users", "add", "ned", "-c", str(path)], input="short\nshort\n")
+    assert short.exit_code == 2 and "too short" in short.output
+    again = run(cli, ["users", "add", "lee", "-c", str(path)], input="typed secret 1\n" * 2)
+    assert again.exit_code == 2 and "exists already" in again.output
+    listed = run(cli, ["users", "list", "-c", str(path)])
+    assert listed.exit_code == 0 and all(name in listed.output for name in ("kim", "lee", "max", "viewer"))
+    assert "long" not in listed.output and "argon2" not in listed.output
+
+    # the users sign in to the app; lee's API token makes lee's changes
+    app = make_app(path, lite0_backbone, embedding_cache)
+    web = TestClient(app)
+    assert (
+        web.post("/login", data={"name": "max", "password": "typed secret 1"}, follow_redirects=False).status_code
+        == 303
+    )
+    assert web.get("/history").status_code == 200
+    assert TestClient(app, headers={"X-Wildreid-Token": token}).get("/history").status_code == 200
+
+    last = run(cli, ["users", "remove", "kim", "-c", str(path)])
+    assert last.exit_code == 2 and "last admin" in last.output
+    assert run(cli, ["users", "remove", "max", "-c", str(path)]).exit_code == 0
+    assert web.get("/history", follow_redirects=False).status_code == 303  # max's session ended
+    assert "max" not in run(cli, ["users", "list", "-c", str(path)]).output
+    unknown = run(cli, ["users", "remove", "nobody", "-c", str(path)])
+    assert unknown.exit_code == 2 and "no such user" in unknown.output

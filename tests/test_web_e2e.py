@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from live_web import build_catalogue, chromium, serving, watched_page
+from live_web import PASSWORD, build_catalogue, chromium, serving, sign_in, watched_page
 
 from wildreid.catalog.photos import content_hash
 from wildreid.catalog.store import Catalog
@@ -24,7 +24,6 @@ from wildreid.web.config import WebConfig
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
-TOKEN = "e2e-review-token"
 QUERY, QUERY_IDENTITY = "47", "NyalaData_32"  # a NyalaData query photo and who it shows
 DROPPED = "71"  # a second query photo, dropped onto the page
 
@@ -35,7 +34,7 @@ def server(shared_data, lite0_backbone, tmp_path_factory):
     nyala = load_dataset(shared_data / "NyalaData")
     cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
     path = build_catalogue(tmp_path_factory.mktemp("e2e") / "catalog.sqlite", nyala, lite0_backbone, cache)
-    app = create_app(WebConfig(path, token=TOKEN, cache_dir=cache), backbone=lite0_backbone)
+    app = create_app(WebConfig(path, cache_dir=cache), backbone=lite0_backbone)
     with serving(app) as base:
         yield base, path, nyala
 
@@ -65,16 +64,14 @@ def test_reviewer_uploads_confirms_and_finds_the_photo_in_the_gallery(server, ta
     page = tab
     query_path = Path(nyala.table.loc[nyala.table["image_id"] == QUERY, "path"].item())
 
-    page.goto(base + "/")
-    snap(page, "01-home-signed-out")
-    page.get_by_role("link", name="Sign in").first.click()
-    page.wait_for_url("**/login**")
+    page.goto(base + "/")  # nothing is readable without signing in
+    page.wait_for_url("**/login?next=%2F")
     snap(page, "02-login")
-    page.get_by_label("Your name").fill("Alice")
-    page.get_by_label("Review token").fill(TOKEN)
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(base + "/")
-    assert page.locator("header .who").inner_text().startswith("Alice")
+    assert page.locator("header .who").inner_text().startswith("alice (reviewer)")
 
     page.set_input_files("#photos", str(query_path))
     page.get_by_label("Sighting date").fill("2024-05-01")
@@ -104,7 +101,7 @@ def test_reviewer_uploads_confirms_and_finds_the_photo_in_the_gallery(server, ta
     uploaded = f'#gallery img[src="/photos/{content_hash(query_path.read_bytes())}"]'
     assert page.locator(uploaded).count() == 1 and image_loaded(page, uploaded)
     history = page.locator("#history").inner_text()
-    assert "confirmed by Alice" in history and "2024-05-01" in history and "Ndumo, waterhole 3" in history
+    assert "confirmed by alice" in history and "2024-05-01" in history and "Ndumo, waterhole 3" in history
 
     page.get_by_role("searchbox", name="Find an individual").fill(QUERY_IDENTITY)
     page.keyboard.press("Enter")
@@ -118,7 +115,7 @@ def test_reviewer_uploads_confirms_and_finds_the_photo_in_the_gallery(server, ta
         assert (decision["outcome"], decision["individual_id"], decision["reviewer"]) == (
             "match",
             QUERY_IDENTITY,
-            "Alice",
+            "alice",
         )
     assert page.problems == []
 
@@ -127,11 +124,7 @@ def test_drag_and_drop_upload_then_skip(server, tab):
     base, catalog_path, nyala = server
     page = tab
     dropped = Path(nyala.table.loc[nyala.table["image_id"] == DROPPED, "path"].item())
-    page.goto(base + "/login?next=/")
-    page.get_by_label("Your name").fill("Bob")
-    page.get_by_label("Review token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(base + "/")
+    sign_in(page, base, "bob")
 
     # What a browser does when a file is dropped: a drop event whose DataTransfer holds the file.
     page.locator("#drop").evaluate(
@@ -154,5 +147,62 @@ def test_drag_and_drop_upload_then_skip(server, tab):
     snap(page, "12-queue")
     assert "dropped.jpg" in page.locator("section", has_text="Skipped").inner_text()
     with Catalog(catalog_path) as catalog:
-        assert [d["outcome"] for d in catalog.decisions() if d["reviewer"] == "Bob"] == ["skip"]
+        assert [d["outcome"] for d in catalog.decisions() if d["reviewer"] == "bob"] == ["skip"]
     assert page.problems == []
+
+
+def test_roles_anonymous_viewer_and_reviewer(server, tab):
+    """Nothing is readable without signing in; a viewer reads but cannot confirm; a reviewer can."""
+    base, catalog_path, nyala = server
+    page = tab
+    with Catalog(catalog_path) as catalog:
+        query = catalog.add_query(photo_bytes(nyala, "71"), "jpg", dataset="NyalaData", original_name="roles.jpg")
+        best = catalog.images("NyalaData_34")[0]
+        candidate = {"rank": 1, "individual_id": "NyalaData_34", "score": 0.9, "sha256": best["sha256"]}
+        catalog.set_query_result(query["id"], {"threshold": 0.5, "preset": "offline", "candidates": [candidate]})
+    review = f"/review/{query['id']}"
+
+    page.goto(base + review)  # anonymous: sent to sign in, then back
+    page.wait_for_url(f"**/login?next=%2Freview%2F{query['id']}")
+    snap(page, "21-anonymous-sent-to-sign-in")
+    assert page.get_by_label("Password").is_visible()
+
+    page.get_by_label("User name").fill("victor")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + review)
+    snap(page, "22-viewer-reads-the-review-page")
+    assert page.locator("header.top .who").inner_text().startswith("victor (viewer)")
+    assert page.locator("h1").count() == 1 and image_loaded(page, "article.candidate img")
+    assert page.get_by_role("button", name="Confirm: this is NyalaData_34").count() == 0
+    # the form posted by hand (as a crafted page or script would) is refused all the same
+    posted = page.evaluate(
+        """async (url) => {
+             const answer = await fetch(url, { method: "POST", body: new URLSearchParams({
+               action: "match", individual_id: "NyalaData_34" }) });
+             return [answer.status, await answer.text()];
+           }""",
+        review,
+    )
+    assert posted[0] == 403 and "victor is a viewer and may only read" in posted[1]
+    page.problems.remove(f"403 {base}{review}")  # the refusal asserted just above
+    page.get_by_role("button", name="sign out").click()
+    page.wait_for_url("**/login")
+
+    sign_in(page, base, "bob", next=review)
+    snap(page, "23-reviewer-review-page")
+    page.get_by_role("button", name="Confirm: this is NyalaData_34").click()
+    page.wait_for_load_state("networkidle")
+    snap(page, "24-reviewer-confirmed")
+    with Catalog(catalog_path) as catalog:
+        [decision] = catalog.decisions(query_id=query["id"])
+        assert (decision["outcome"], decision["individual_id"], decision["reviewer"]) == (
+            "match",
+            "NyalaData_34",
+            "bob",
+        )
+    assert page.problems == []
+
+
+def photo_bytes(nyala, image_id: str) -> bytes:
+    return Path(nyala.table.loc[nyala.table["image_id"] == image_id, "path"].item()).read_bytes()

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import pytest
-from live_web import build_catalogue, chromium, serving, watched_page
+from live_web import build_catalogue, chromium, serving, sign_in, watched_page
 
 from wildreid.catalog.photos import content_hash
 from wildreid.catalog.store import Catalog
@@ -28,7 +28,6 @@ from wildreid.web.config import WebConfig
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e" / "review"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
-TOKEN = "e2e-review-token"
 ANIMALS = {"NyalaData_71": ["408", "411", "413"], "NyalaData_47": ["137", "138", "140"]}
 
 
@@ -38,7 +37,7 @@ def server(shared_data, lite0_backbone, tmp_path_factory):
     nyala = load_dataset(shared_data / "NyalaData")
     cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
     path = build_catalogue(tmp_path_factory.mktemp("e2e-review") / "catalog.sqlite", nyala, lite0_backbone, cache)
-    app = create_app(WebConfig(path, token=TOKEN, cache_dir=cache), backbone=lite0_backbone)
+    app = create_app(WebConfig(path, cache_dir=cache), backbone=lite0_backbone)
     with serving(app) as base:
         yield base, path, nyala
 
@@ -70,11 +69,7 @@ def test_reviewer_confirms_a_group_as_a_new_individual_and_undoes_it(server, pag
     }
     truth = [{content_hash(p.read_bytes()) for p in photos} for photos in paths.values()]
 
-    page.goto(base + "/login?next=/")
-    page.get_by_label("Your name").fill("Alice")
-    page.get_by_label("Review token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(base + "/")
+    sign_in(page, base, "alice")
     page.set_input_files("#photos", [str(p) for photos in paths.values() for p in photos])
     assert "6 chosen" in page.locator("#chosen").inner_text()
     snap(page, "01-upload")
@@ -136,7 +131,7 @@ def test_reviewer_confirms_a_group_as_a_new_individual_and_undoes_it(server, pag
         assert catalog.individual("NyalaData_new0001") is None
         assert len(catalog.queries(status="ready")) == 6
         assert [entry["action"] for entry in catalog.history()] == ["confirm_group", "answer"]
-        assert catalog.history()[0]["undone_by"] == "Alice"
+        assert catalog.history()[0]["undone_by"] == "alice"
     page.goto(base + "/history")
     snap(page, "08-history")
     assert page.problems == []

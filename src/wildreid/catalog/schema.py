@@ -168,7 +168,31 @@ ALTER TABLE queries ADD COLUMN longitude REAL;
 ALTER TABLE queries ADD COLUMN altitude REAL
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _PLACES]
+
+# Accounts (catalog/users.py): who may sign in to the review app, with which role, and the
+# sessions signed in. A password is kept as an argon2id hash; a personal API token and a session
+# cookie (both 32 random bytes) as their SHA-256, so the file never holds a usable secret.
+# History keeps the user's name as text: removing a user leaves their changes named.
+_USERS = """
+CREATE TABLE users (
+    name        TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 80),
+    role        TEXT NOT NULL CHECK (role IN ('viewer', 'reviewer', 'admin')),
+    password    TEXT NOT NULL,
+    api_token   TEXT UNIQUE,
+    created_at  TEXT NOT NULL,
+    created_by  TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE sessions (
+    id          TEXT PRIMARY KEY,
+    user_name   TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+    started     REAL NOT NULL,
+    last_seen   REAL NOT NULL
+);
+CREATE INDEX sessions_user ON sessions (user_name)
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _PLACES, _USERS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

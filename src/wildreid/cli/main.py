@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from wildreid.cli import catalog, evaluate, extract, gallery, identify, serve, train, watch  # noqa: F401
+from wildreid.cli import catalog, evaluate, extract, gallery, identify, serve, train, users, watch  # noqa: F401
 from wildreid.cli.app import app
 
 __all__ = ["app", "main"]

@@ -1,7 +1,8 @@
 """The review web app: upload photos, review the candidates, confirm / create / skip, browse.
 
 Server-rendered pages (Jinja2) with a little vanilla JavaScript (drag and drop, job polling).
-Every page that changes the catalogue needs the review token (see security.py). Identification
+Every page needs a signed-in user, and every change a user whose role allows it (see
+security.py). Identification
 goes through the catalogue's gallery (``catalog.identify_with_catalog``), kept in memory by a background
 thread (jobs.py).
 
@@ -13,6 +14,7 @@ the job runner through ``request.app.state``.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -25,7 +27,7 @@ from wildreid.web.errors import install_error_handlers
 from wildreid.web.jobs import JobRunner
 from wildreid.web.maps import tile_origin
 from wildreid.web.routes import ROUTERS
-from wildreid.web.security import BodyLimits, Throttle, TokenGate
+from wildreid.web.security import BodyLimits, SignInGate, Throttle
 
 HERE = Path(__file__).parent
 # No inline script or style anywhere, so the policy can forbid them (an injected <script> or
@@ -40,8 +42,9 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
-    """The app for ``config``; ``backbone`` (optional) is used instead of loading the preset's."""
+def create_app(config: WebConfig, *, backbone=None, clock=time.time) -> FastAPI:
+    """The app for ``config``; ``backbone`` (optional) is used instead of loading the preset's;
+    ``clock`` (seconds since the epoch) times the sessions, injectable for tests."""
     with Catalog(config.catalog, create=False):  # migrate now: a bad path fails at start, not per page
         pass
     # The one background runner of identification jobs (routes reach it as app.state.jobs).
@@ -55,12 +58,12 @@ def create_app(config: WebConfig, *, backbone=None) -> FastAPI:
 
     # No /docs or /openapi.json: the pages are the interface.
     app = FastAPI(title="wildreid review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.config, app.state.jobs, app.state.throttle = config, jobs, Throttle()
+    app.state.config, app.state.jobs, app.state.throttle, app.state.clock = config, jobs, Throttle(), clock
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    # Middleware added last runs first: the Host check, then the token (before any body is
-    # read), then the route's body limits (before and while the body streams in).
+    # Middleware added last runs first: the Host check, then the user and their role (before
+    # any body is read), then the route's body limits (before and while the body streams in).
     app.add_middleware(BodyLimits, upload_limit=config.max_request_bytes)
-    app.add_middleware(TokenGate, token=config.token, throttle=app.state.throttle)
+    app.add_middleware(SignInGate, config=config, throttle=app.state.throttle, clock=clock)
 
     headers = dict(SECURITY_HEADERS)
     if config.map_tiles:  # the configured tile server's pictures may be shown, and nothing else's

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wildreid.web.maps import check_tile_template
 
+# The shared review token of earlier versions; `serve` refuses it and says how to make accounts.
 TOKEN_ENV = "WILDREID_TOKEN"
-MIN_TOKEN_LENGTH = 16
+SESSION_IDLE_HOURS = 12.0  # a session ends after this long without a request...
+SESSION_LONGEST_HOURS = 7 * 24.0  # ...and this long after signing in, however busy
 # Host names always served (the machine itself); others must be listed (DNS-rebinding guard).
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
@@ -18,7 +18,6 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 @dataclass
 class WebConfig:
     catalog: Path  # the catalogue's SQLite file
-    token: str = ""  # the review token; generated when empty
     preset: str = "offline"  # named preset of the catalogue's gallery
     cache_dir: Path | None = None  # embedding cache (default: beside the catalogue)
     device: str | None = None
@@ -29,22 +28,14 @@ class WebConfig:
     # A tile server's URL template ({z}/{x}/{y}) drawn under the sighting maps; empty: the maps
     # are drawn offline (points, graticule and scale on a plain background), nothing is fetched.
     map_tiles: str = ""
-    token_generated: bool = field(default=False, init=False)
+    public_read: bool = False  # anonymous visitors may read (never change); else they are sent to sign in
+    session_idle_s: float = SESSION_IDLE_HOURS * 3600
+    session_longest_s: float = SESSION_LONGEST_HOURS * 3600
 
     def __post_init__(self):
         self.catalog = Path(self.catalog)
-        if not self.token:
-            self.token = os.environ.get(TOKEN_ENV, "").strip()
-        if not self.token:
-            # No token configured: make one (printed at start-up) rather than run unprotected.
-            self.token = secrets.token_urlsafe(24)
-            self.token_generated = True
-        if len(self.token) < MIN_TOKEN_LENGTH:
-            raise ValueError(
-                f"review token: {len(self.token)} characters is too short to protect the "
-                f"catalogue; use at least {MIN_TOKEN_LENGTH} (set {TOKEN_ENV} or --token-file), "
-                "or set none and use the one generated at start-up."
-            )
+        if not 0 < self.session_idle_s <= self.session_longest_s:
+            raise ValueError("sessions: the idle time must be positive and no longer than the longest lifetime.")
         self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h.strip()]
         self.map_tiles = check_tile_template(self.map_tiles)
         if self.max_upload_bytes <= 0 or self.max_files <= 0:

@@ -17,7 +17,7 @@ from wildreid.catalog.changes import pair_answers
 from wildreid.catalog.store import Catalog
 from wildreid.presets import PRESETS, Preset
 from wildreid.review.pending import without_queries
-from wildreid.web.security import is_signed_in, reviewer_of
+from wildreid.web.security import current_user, may, reviewer_of
 
 HERE = Path(__file__).parent
 
@@ -89,7 +89,10 @@ def page(request: Request, name: str, status_code: int = 200, **context) -> HTML
     context.update(
         # a refusal of a form posted from this page (errors.back_with_notice)
         notice=getattr(request.app.state, "notices", {}).get(request.query_params.get("notice", "")),
-        signed_in=is_signed_in(request),
+        user=current_user(request),
+        # the templates show the forms that change something to those who may use them
+        signed_in=may(request, "reviewer"),
+        admin=may(request, "admin"),
         reviewer=reviewer_of(request),
         config=request.app.state.config,
         request_path=request.url.path,

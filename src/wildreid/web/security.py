@@ -1,13 +1,23 @@
 """What keeps the review app safe to put in front of a browser.
 
-- Changes need the review token (a cookie set by /login holding a value derived from it, or an
-  ``X-Wildreid-Token`` header); the cookie is HttpOnly and SameSite=Strict, and cross-origin POSTs
-  are refused, so another web site cannot make a signed-in reviewer's browser post decisions. ``TokenGate`` checks this
-  before a single byte of the request body is read: an anonymous 300 MB upload costs nothing.
-- Guessing the token is throttled per client address and for the token as a whole (``Throttle``):
-  after a few wrong tokens, each further try waits twice as long, up to a cap of minutes (429
-  with Retry-After). Tokens under 16 characters are refused at start-up. Forwarded client
-  addresses are trusted only from the proxies named at start (``serve --forwarded-allow-ips``).
+- Accounts (catalog/users.py): a request comes from a signed-in user (the session cookie set by
+  /login, or a user's personal API token in the ``X-Wildreid-Token`` header) or is anonymous.
+  ``SignInGate`` finds the user and checks the role a request needs before a single byte of its
+  body is read: an anonymous 300 MB upload costs nothing. Viewers read; reviewers also change
+  (upload, answer, confirm, edit, undo their own change); admins also merge individuals and undo
+  other users' changes (``ADMIN_ROUTES``, ``require_undo_right``). Every recorded change names
+  the signed-in user (``reviewer_of``).
+- Anonymous visitors read nothing (a page or photo request is sent to /login) unless the app
+  is started with ``--public-read``; they never change anything.
+- The session cookie is HttpOnly and SameSite=Strict, and cross-origin POSTs are refused, so
+  another web site cannot make a signed-in reviewer's browser post decisions. Sessions expire
+  after an idle time and a longest lifetime (``WebConfig``); signing out ends the session on the
+  server.
+- Guessing is throttled (``Throttle``) per client address and per account: a password per user
+  name (names that do not exist count the same, and cost the same argon2 time, so the answers
+  tell no names), the API tokens together as one account. After a few failures each further try
+  waits twice as long, up to a cap of minutes (429 with Retry-After). Forwarded client addresses
+  are trusted only from the proxies named at start (``serve --forwarded-allow-ips``).
 - Only the Host names configured are served (the bound address, localhost, ``--allowed-host``),
   so a DNS-rebinding page cannot talk to the app under its own name.
 - Request bodies are limited by route before a byte is read (``BodyLimits``): only the upload
@@ -21,8 +31,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import math
 import re
@@ -30,18 +38,21 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from typing import Annotated
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import Form, HTTPException, Request
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 
+from wildreid.catalog.connection import Connection
 from wildreid.catalog.photos import sniff_image_type
+from wildreid.catalog.store import Catalog
+from wildreid.catalog.users import role_allows, session_user, token_user
 from wildreid.data.images import ImageReadError, decode_image
 
-TOKEN_COOKIE = "wildreid_token"
-REVIEWER_COOKIE = "wildreid_reviewer"
+SESSION_COOKIE = "wildreid_session"
 TOKEN_HEADER = "x-wildreid-token"
-REVIEWER_HEADER = "x-wildreid-reviewer"
 ACCEPTED_TYPES = "JPEG, PNG, WebP, TIFF or BMP"
 
 
@@ -50,45 +61,83 @@ class UploadRejected(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# the token
+# who is asking
 
 
-def token_of(request: Request) -> str:
-    """The token a script sent (X-Wildreid-Token or Authorization: Bearer), or ''."""
-    return _token_from_headers(request.headers)
-
-
-def session_value(token: str) -> str:
-    """What the sign-in cookie holds: derived from the token, so the cookie never contains the
-    token itself, and changing the token signs everybody out."""
-    return hmac.new(token.encode(), b"wildreid review session", hashlib.sha256).hexdigest()
-
-
-def token_matches(given: str, expected: str) -> bool:
-    # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    return hmac.compare_digest(given.encode(), expected.encode())
+def current_user(request: Request) -> dict | None:
+    """The signed-in user ({"name", "role"}) that ``SignInGate`` found, or None (anonymous)."""
+    return request.scope.get("state", {}).get("user")
 
 
 def is_signed_in(request: Request) -> bool:
-    token = request.app.state.config.token
-    given = token_of(request)
-    if given:
-        return token_matches(given, token)
-    return token_matches(request.cookies.get(TOKEN_COOKIE, ""), session_value(token))
+    return current_user(request) is not None
 
 
-def require_token(request: Request) -> None:
-    """FastAPI dependency of every route that changes something."""
-    check_same_origin(request)
-    if not is_signed_in(request):
-        raise HTTPException(401, SIGN_IN_MESSAGE)
+def may(request: Request, role: str) -> bool:
+    """Whether the signed-in user's role includes ``role``."""
+    user = current_user(request)
+    return user is not None and role_allows(user["role"], role)
+
+
+def reviewer_of(request: Request) -> str:
+    """The name every change is recorded under: the signed-in user's ('' when anonymous)."""
+    user = current_user(request)
+    return user["name"] if user else ""
+
+
+def require_role(role: str):
+    """A FastAPI dependency: the signed-in user must have ``role`` (``SignInGate`` checked it before
+    the body was read; this says so again where the route is defined)."""
+
+    def check(request: Request) -> None:
+        check_same_origin(request)
+        if not is_signed_in(request):
+            raise HTTPException(401, SIGN_IN_MESSAGE)
+        if not may(request, role):
+            raise HTTPException(403, role_message(current_user(request), role))
+
+    return check
+
+
+require_reviewer = require_role("reviewer")
+require_admin = require_role("admin")
+require_token = require_reviewer  # the name routes used when one shared token guarded changes
+
+
+def require_undo_right(request: Request, expected: Annotated[int, Form()]) -> None:
+    """Undo takes back the latest change: a reviewer may take back their own, an admin anyone's.
+    The change checked is the one the form names (``expected``), which undo takes back only if it
+    is still the latest: so a change made by someone else in between is never undone instead."""
+    require_reviewer(request)
+    user = current_user(request)
+    assert user is not None
+    if role_allows(user["role"], "admin"):
+        return
+    with Catalog(request.app.state.config.catalog, create=False) as catalog:
+        seen = catalog.history_entry(expected)
+    if seen is not None and seen["reviewer"] != user["name"]:
+        raise HTTPException(
+            403,
+            f"Change #{seen['id']} ({seen['summary']}) was made by {seen['reviewer']}: a reviewer undoes "
+            "only their own changes; ask an admin to undo it.",
+        )
 
 
 SIGN_IN_MESSAGE = (
-    "This needs the review token: sign in first (the token is printed when the server starts, "
-    "or set with WILDREID_TOKEN)."
+    "This needs a signed-in user: sign in at /login with your user name and password (scripts send a "
+    "user's API token as X-Wildreid-Token). An admin adds users with `wildreid users add`."
 )
 CROSS_SITE_MESSAGE = "Cross-site request refused: post from the review app's own pages."
+BAD_TOKEN_MESSAGE = (
+    "That API token is not one of this catalogue's users': sign in at /login instead, or ask an admin for a "
+    "new token (`wildreid users add NAME --api-token`)."
+)
+
+
+def role_message(user: dict | None, needed: str) -> str:
+    name, role = (user or {}).get("name", "?"), (user or {}).get("role", "?")
+    can = {"viewer": "may only read", "reviewer": "may read and review, not merge or manage users"}.get(role, "")
+    return f"{name} is a {role} and {can}; this needs the {needed} role (an admin can give it)."
 
 
 def check_same_origin(request: Request) -> None:
@@ -103,17 +152,17 @@ def _cross_site(origin: str | None, host: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# before the body: the token gate and the guessing throttle
+# before the body: the sign-in gate and the guessing throttle
 
 
-# The account whose secret is guessed. The app has one credential, the review token; the
-# reviewer name sent with it is a free label, not a secret, so throttling per name would let a
-# guesser pick a fresh name per try.
-TOKEN_ACCOUNT = "review token"
+# The account of the API tokens: a token names no user before it is checked, so all tokens are
+# guessed as one account.
+TOKEN_ACCOUNT = "api token"
 
 
 class Throttle:
-    """Back-off for wrong tokens, per client address and per account (``TOKEN_ACCOUNT``).
+    """Back-off for wrong passwords and tokens, per client address and per account (a user name,
+    known or not, or ``TOKEN_ACCOUNT``).
 
     An address gets ``free`` failures, then each further one locks it out twice as long as the
     last (1 s, 2 s, 4 s...), never longer than ``longest`` seconds: guessing is slowed to one
@@ -121,10 +170,11 @@ class Throttle:
     account counts the failures of all addresses together (a guesser with many addresses, or
     behind a trusted proxy), with more free failures and a shorter cap (``account_free``,
     ``account_longest``), so others' guessing delays the owner's sign-in by a minute at most.
-    A record is forgotten after ``forget`` seconds without a failure; a correct token clears the
-    address's and the account's. While locked out, a try is answered 429 without the token being
-    checked (else the answer would tell a guesser which token is right), so even the right
-    token waits. ``clock`` is injectable for tests."""
+    A record is forgotten after ``forget`` seconds without a failure; a success clears the
+    account's, not the address's: with many users, a guesser who has an account of their own
+    would otherwise reset their address's lock by signing in as themselves. While locked out, a
+    try is answered 429 without the password being checked (else the answer would tell a guesser
+    which one is right), so even the right one waits. ``clock`` is injectable for tests."""
 
     def __init__(
         self,
@@ -143,21 +193,20 @@ class Throttle:
         self.failures: dict[tuple[str, str], tuple[int, float, float]] = {}
         self.lock = threading.Lock()
 
-    def retry_after(self, client: str, account: str = TOKEN_ACCOUNT) -> tuple[int, str]:
+    def retry_after(self, client: str, account: str | None = None) -> tuple[int, str]:
         """Seconds the client must still wait (0: it may try now), and which lock holds it
-        ("address" or "account")."""
+        ("address" or "account"). ``account`` None: the address alone (the account is not known
+        before the sign-in form is read)."""
         now = self.clock()
+        keys = [("address", client)] + ([("account", account)] if account is not None else [])
         with self.lock:
-            waits = [
-                (max(0, math.ceil(self.failures.get(key, (0, 0.0, 0.0))[1] - now)), key[0])
-                for key in (("address", client), ("account", account))
-            ]
+            waits = [(max(0, math.ceil(self.failures.get(key, (0, 0.0, 0.0))[1] - now)), key[0]) for key in keys]
         return max(waits)
 
-    def failed(self, client: str, account: str = TOKEN_ACCOUNT) -> None:
+    def failed(self, client: str, account: str) -> None:
         now = self.clock()
         with self.lock:
-            if len(self.failures) > 10_000:  # bounded memory under a spray of addresses
+            if len(self.failures) > 10_000:  # bounded memory under a spray of addresses or names
                 self.failures = {k: f for k, f in self.failures.items() if f[1] > now}
             for key, free, longest in (
                 (("address", client), self.free, self.longest),
@@ -168,9 +217,9 @@ class Throttle:
                 delay = 0.0 if count <= free else min(longest, self.first * 2 ** min(count - free - 1, 64))
                 self.failures[key] = (count, now + delay, now)
 
-    def succeeded(self, client: str, account: str = TOKEN_ACCOUNT) -> None:
+    def succeeded(self, client: str, account: str) -> None:
+        # ``client`` is kept for symmetry with ``failed``: the address's record is left to expire.
         with self.lock:
-            self.failures.pop(("address", client), None)
             self.failures.pop(("account", account), None)
 
 
@@ -180,53 +229,84 @@ def client_of(scope) -> str:
 
 def too_many_tries(seconds: int, which: str) -> tuple[str, dict]:
     message = (
-        f"Too many wrong tokens from this address: try again in {seconds} s."
+        f"Too many failed sign-ins from this address: try again in {seconds} s."
         if which == "address"
-        else f"Too many wrong tokens from several addresses: signing in is paused; try again in {seconds} s."
+        else f"Too many failed sign-ins for this account from several addresses: signing in is paused; "
+        f"try again in {seconds} s."
     )
     return message, {"Retry-After": str(seconds)}
 
 
-class TokenGate:
-    """ASGI middleware: a request that changes something (any method but GET/HEAD/OPTIONS; /login
-    and /logout excepted) must carry the token (header or sign-in cookie) and come from the
-    app's own pages, or it is answered 401/403 at once, its body never read. FastAPI reads form
-    and file fields before it runs dependencies, so ``require_token`` alone came too late.
-    Wrong tokens count towards the client's ``Throttle``; a locked-out client gets 429."""
+# Changes only an admin may make (path -> role); every other change needs a reviewer.
+ADMIN_ROUTES = {"/merge": "admin"}
+
+
+class SignInGate:
+    """ASGI middleware, before any body is read: finds the user (session cookie or API token
+    header; a wrong token counts towards the ``Throttle`` and is answered 401), then
+    - a read (GET/HEAD/OPTIONS) by an anonymous visitor is sent to /login (303; 401 for /api/),
+      unless ``public_read``;
+    - a change (any other method; /login and /logout excepted) must come from the app's own pages
+      (else 403) and from a signed-in user (else 401) whose role allows it (else 403).
+    /login, /logout, /static/ (the sign-in page's style) and /healthz are open. FastAPI reads
+    form and file fields before it runs dependencies, so a dependency alone came too late.
+    ``clock``: seconds since the epoch (sessions outlive restarts), injectable for tests."""
 
     OPEN = {"/login", "/logout"}
 
-    def __init__(self, app, token: str, throttle: Throttle):
-        self.app, self.token, self.throttle = app, token, throttle
+    def __init__(self, app, config, throttle: Throttle, clock=time.time):
+        self.app, self.config, self.throttle, self.clock = app, config, throttle, clock
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers") or []}
-        client = client_of(scope)
+        client, method, path = client_of(scope), scope["method"], scope["path"]
         given = _token_from_headers(headers)
-        changes = scope["method"] not in ("GET", "HEAD", "OPTIONS") and scope["path"] not in self.OPEN
-        if given or (scope["method"] == "POST" and scope["path"] == "/login"):
-            wait, which = self.throttle.retry_after(client)
+        if given or (method == "POST" and path == "/login"):
+            wait, which = self.throttle.retry_after(client, TOKEN_ACCOUNT if given else None)
             if wait:
                 message, extra = too_many_tries(wait, which)
                 return await _plain(send, 429, message, extra)
+        user = await run_in_threadpool(self._user, given, _cookie(headers.get("cookie", ""), SESSION_COOKIE))
         if given:
-            if token_matches(given, self.token):
-                self.throttle.succeeded(client)
-            else:
-                self.throttle.failed(client)
-        if changes:
-            if _cross_site(headers.get("origin"), headers.get("host", "")):
+            if user is None:
+                self.throttle.failed(client, TOKEN_ACCOUNT)
+                return await _plain(send, 401, BAD_TOKEN_MESSAGE)
+            self.throttle.succeeded(client, TOKEN_ACCOUNT)
+        scope.setdefault("state", {})["user"] = user
+        reads = method in OPEN_METHODS
+        if path in self.OPEN or (reads and (path.startswith("/static/") or path == "/healthz")):
+            if not reads and _cross_site(headers.get("origin"), headers.get("host", "")):
                 return await _plain(send, 403, CROSS_SITE_MESSAGE)
-            signed_in = (
-                token_matches(given, self.token)
-                if given
-                else token_matches(_cookie(headers.get("cookie", ""), TOKEN_COOKIE), session_value(self.token))
-            )
-            if not signed_in:
-                return await _plain(send, 401, SIGN_IN_MESSAGE)
+            return await self.app(scope, receive, send)
+        if reads:
+            if user is None and not self.config.public_read:
+                if path.startswith("/api/") or method != "GET":
+                    return await _plain(send, 401, SIGN_IN_MESSAGE)
+                query = scope.get("query_string", b"").decode("latin-1")
+                here = path + (f"?{query}" if query else "")
+                return await _redirect(send, "/login?" + urlencode({"next": here}))
+            return await self.app(scope, receive, send)
+        if _cross_site(headers.get("origin"), headers.get("host", "")):
+            return await _plain(send, 403, CROSS_SITE_MESSAGE)
+        if user is None:
+            return await _plain(send, 401, SIGN_IN_MESSAGE)
+        needed = ADMIN_ROUTES.get(path, "reviewer")
+        if not role_allows(user["role"], needed):
+            return await _plain(send, 403, role_message(user, needed))
         return await self.app(scope, receive, send)
+
+    def _user(self, token: str, session: str) -> dict | None:
+        if not token and not session:
+            return None
+        config = self.config
+        with Connection(config.catalog, create=False) as catalog:
+            if token:
+                return token_user(catalog, token)
+            return session_user(
+                catalog, session, self.clock(), idle=config.session_idle_s, longest=config.session_longest_s
+            )
 
 
 def _token_from_headers(headers: Mapping[str, str]) -> str:
@@ -257,9 +337,11 @@ async def _plain(send, status: int, message: str, extra: dict | None = None) -> 
     await send({"type": "http.response.body", "body": body})
 
 
-def reviewer_of(request: Request) -> str:
-    name = request.headers.get(REVIEWER_HEADER) or request.cookies.get(REVIEWER_COOKIE) or "reviewer"
-    return clean_text(name, 80) or "reviewer"
+async def _redirect(send, location: str) -> None:
+    # A GET carries no body: the connection stays usable.
+    headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +447,7 @@ class BodyLimits:
         if route in UPLOAD_ROUTES:
             limit, message = self.upload_limit, _upload_too_large(self.upload_limit)
         else:
-            anonymous = scope["method"] in OPEN_METHODS or scope["path"] in TokenGate.OPEN
+            anonymous = scope["method"] in OPEN_METHODS or scope["path"] in SignInGate.OPEN
             limit = SIGN_IN_BODY if anonymous else FORM_BODY
             message = f"Request too large: this page takes a small form of at most {_size(limit)}."
         headers = dict(scope.get("headers") or [])

@@ -35,7 +35,7 @@ from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, answered_individuals, pending_queries
 from wildreid.web.matches import match_picture, match_pictures_available
 from wildreid.web.pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
-from wildreid.web.security import clean_text, require_token, reviewer_of, safe_next
+from wildreid.web.security import clean_text, require_admin, require_token, require_undo_right, reviewer_of, safe_next
 
 router = APIRouter()
 CANDIDATES_OFFERED = 5  # known individuals offered when confirming a group as one of them
@@ -439,7 +439,7 @@ def merge_picker(request: Request, catalog: CatalogDep, keep: str, absorb: str =
     )
 
 
-@router.post("/merge", dependencies=[Depends(require_token)])
+@router.post("/merge", dependencies=[Depends(require_admin)])
 def merge(request: Request, catalog: CatalogDep, keep: Annotated[str, Form()], absorb: Annotated[str, Form()]):
     entry = merge_individuals(catalog, keep.strip(), clean_text(absorb, 200), reviewer=reviewer_of(request))
     _catalogue_changed(request, entry["dataset"])
@@ -484,7 +484,7 @@ def history(request: Request, catalog: CatalogDep, undone: int | None = None):
     )
 
 
-@router.post("/undo", dependencies=[Depends(require_token)])
+@router.post("/undo", dependencies=[Depends(require_undo_right)])
 def undo(
     request: Request,
     catalog: CatalogDep,
