@@ -1284,14 +1284,15 @@ def test_counters_agree_and_do_not_grow_after_different_answers(client, nyala, c
 
 def test_refused_forms_return_to_the_page_with_the_message(client, catalog_path):
     here = "http://testserver/individuals/NyalaData_32"
+    admin = token_of("ada")  # merging is an admin's
     typo = client.post(
         "/merge",
-        headers={**SIGNED, "Referer": here},
+        headers={**admin, "Referer": here},
         follow_redirects=False,
         data={"keep": "NyalaData_32", "absorb": "NyalaData_4l"},
     )
     assert typo.status_code == 303 and typo.headers["location"].startswith("/individuals/NyalaData_32?notice=")
-    page = client.get(typo.headers["location"], headers=SIGNED).text
+    page = client.get(typo.headers["location"], headers=admin).text
     assert "id=\"notice\">Not done: merge: individual 'NyalaData_4l' does not exist" in html.unescape(page)
     assert "Request not accepted" not in page and "NyalaData_32" in page
     # a stale undo (another change came since the page was shown): back to that page too
@@ -1307,7 +1308,7 @@ def test_refused_forms_return_to_the_page_with_the_message(client, catalog_path)
     # another site's page is no place to go back to; nor is a key nobody stored
     foreign = client.post(
         "/merge",
-        headers={**SIGNED, "Referer": "http://evil.example/x"},
+        headers={**admin, "Referer": "http://evil.example/x"},
         data={"keep": "NyalaData_32", "absorb": "NyalaData_4l"},
     )
     assert foreign.status_code == 400 and "does not exist" in foreign.text
@@ -1315,20 +1316,24 @@ def test_refused_forms_return_to_the_page_with_the_message(client, catalog_path)
 
 
 def test_merge_picker_lists_the_others_and_shows_the_two_side_by_side(client, catalog_path):
-    assert 'href="/merge?keep=NyalaData_32"' in client.get("/individuals/NyalaData_32", headers=SIGNED).text
+    # the picker is offered to admins only (a reviewer may not merge)
+    assert 'href="/merge?keep=NyalaData_32"' not in client.get("/individuals/NyalaData_32", headers=SIGNED).text
+    admin = token_of("ada")
+    assert 'href="/merge?keep=NyalaData_32"' in client.get("/individuals/NyalaData_32", headers=admin).text
     picker = client.get("/merge?keep=NyalaData_32", headers=SIGNED).text
     listed = re.findall(r"absorb=([\w]+)", picker)
     assert "NyalaData_41" in listed and "NyalaData_32" not in listed and 'id="side-by-side"' not in picker
     assert re.findall(r"absorb=([\w]+)", client.get("/merge?keep=NyalaData_32&q=_41", headers=SIGNED).text) == [
         "NyalaData_41"
     ]
-    side = client.get("/merge?keep=NyalaData_32&absorb=NyalaData_41", headers=SIGNED).text
+    assert 'id="merge-button"' not in client.get("/merge?keep=NyalaData_32&absorb=NyalaData_41", headers=SIGNED).text
+    side = client.get("/merge?keep=NyalaData_32&absorb=NyalaData_41", headers=admin).text
     with Catalog(catalog_path) as catalog:
         both = [p["sha256"] for who in ("NyalaData_32", "NyalaData_41") for p in catalog.images(who)]
     assert 'id="side-by-side"' in side and all(f"/photos/{sha}" in side for sha in both)
     form = dict(re.findall(r'name="(keep|absorb)" value="([^"]*)"', side))
     assert form == {"keep": "NyalaData_32", "absorb": "NyalaData_41"}
-    merged = client.post("/merge", headers=SIGNED, follow_redirects=False, data=form)
+    merged = client.post("/merge", headers=admin, follow_redirects=False, data=form)
     assert merged.status_code == 303
     with Catalog(catalog_path) as catalog:
         assert len(catalog.images("NyalaData_32")) == 10 and catalog.individual("NyalaData_41") is None
