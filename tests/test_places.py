@@ -220,9 +220,15 @@ def _app(tmp_path, backbone, **options):
 
     folder = _dataset_folder(tmp_path / "data")
     path = tmp_path / "catalog.sqlite"
+    from live_web import PASSWORD, USERS
+
+    from wildreid.catalog import users
+
     with Catalog(path) as catalog:
         import_dataset(catalog, load_dataset(folder))
         catalog.set_site("waterhole 3", -24.9, 31.6)
+        for name, (role, token) in USERS.items():  # the review app's accounts (alice: a reviewer)
+            users.add_user(catalog, name, role, PASSWORD, api_token=token)
     return make_app(path, backbone, tmp_path / "cache", **options), path
 
 
@@ -233,7 +239,7 @@ def test_upload_takes_each_photos_exif_and_the_typed_date_and_place_only_for_the
     app, path = _app(tmp_path, lite0_backbone)
     camera = exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.5, 31.26), colour=(90, 90, 30))
     plain = exif_jpeg(colour=(30, 90, 90))
-    with TestClient(app) as client:
+    with TestClient(app, headers=SIGNED) as client:
         form = client.get("/", headers=SIGNED).text
         assert "only for photos" in form and '<option value="waterhole 3">' in form
         response = upload(
@@ -353,26 +359,28 @@ def test_the_map_is_an_offline_svg_with_a_point_per_sighting_a_scale_and_a_grati
 
 def test_an_individuals_page_maps_its_sightings_and_tiles_only_when_configured(tmp_path, lite0_backbone):
     from fastapi.testclient import TestClient
+    from test_web import SIGNED
 
     app, path = _app(tmp_path, lite0_backbone)
     with Catalog(path) as catalog:
         catalog.db.execute("UPDATE images SET location = 'waterhole 3' WHERE source_image_id = 'a2'")
-    with TestClient(app) as client:
+    with TestClient(app, headers=SIGNED) as client:
         page = client.get("/individuals/A")
         assert page.status_code == 200
         # a1 by its GPS, a2 at its site: two points, no tiles, nothing from another server
         assert page.text.count('class="sighting"') == 2 and "<image" not in page.text
         assert "(-24.50000, 31.26000)" in page.text  # the position in the sighting history
         assert "img-src 'self' blob: data:;" in page.headers["content-security-policy"]
-        assert client.get("/individuals/B").text.count('class="sighting"') == 0
+        other = client.get("/individuals/B")
+        assert other.status_code == 200 and other.text.count('class="sighting"') == 0
     import pytest
 
     from wildreid.web.config import WebConfig
 
     with pytest.raises(ValueError, match="--map-tiles 'tiles.example.org': give a tile server's URL template"):
-        WebConfig(path, token="x" * 20, map_tiles="tiles.example.org")
+        WebConfig(path, map_tiles="tiles.example.org")
     tiled, _ = _app(tmp_path / "tiled", lite0_backbone, map_tiles="https://tiles.example.org/{z}/{x}/{y}.png")
-    with TestClient(tiled) as client:
+    with TestClient(tiled, headers=SIGNED) as client:
         page = client.get("/individuals/A")
         assert "<image" in page.text and "https://tiles.example.org" in page.headers["content-security-policy"]
 

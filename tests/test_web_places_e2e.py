@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-from live_web import chromium, serving, watched_page
+from live_web import PASSWORD, USERS, chromium, serving, sign_in, watched_page
 from test_places import _dataset_folder, exif_jpeg
 
+from wildreid.catalog import users
 from wildreid.catalog.importer import import_dataset
 from wildreid.catalog.store import Catalog
 from wildreid.data.dataset import load_dataset
@@ -22,7 +23,6 @@ from wildreid.web.config import WebConfig
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e-places"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
-TOKEN = "e2e-places-review-token"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,9 @@ def server(lite0_backbone, tmp_path_factory):
     path = folder / "catalog.sqlite"
     with Catalog(path) as catalog:
         import_dataset(catalog, load_dataset(_dataset_folder(folder / "data")))
-    app = create_app(WebConfig(path, token=TOKEN, cache_dir=folder / "cache"), backbone=lite0_backbone)
+        for name, (role, token) in USERS.items():
+            users.add_user(catalog, name, role, PASSWORD, api_token=token)
+    app = create_app(WebConfig(path, cache_dir=folder / "cache"), backbone=lite0_backbone)
     with serving(app) as base:
         yield base, path, folder
 
@@ -41,11 +43,7 @@ def test_the_exif_date_shows_on_the_review_page_and_the_individual_maps_its_sigh
     photo = folder / "camera.jpg"
     photo.write_bytes(exif_jpeg("2025:07:14 06:31:02", "+02:00", (-24.52, 31.3), colour=(90, 90, 30)))
     with chromium(CHROMIUM, ARTIFACTS) as browser, watched_page(browser) as page:
-        page.goto(base + "/login?next=/")
-        page.get_by_label("Your name").fill("Alice")
-        page.get_by_label("Review token").fill(TOKEN)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(base + "/")
+        sign_in(page, base, "alice")
         assert "only for photos" in page.locator("#place-hint").inner_text()
         page.set_input_files("#photos", str(photo))
         page.screenshot(path=str(ARTIFACTS / "01-upload.png"), full_page=True)
@@ -57,7 +55,7 @@ def test_the_exif_date_shows_on_the_review_page_and_the_individual_maps_its_sigh
 
         with Catalog(path) as catalog:
             [query] = catalog.queries()
-            catalog.decide(query["id"], "match", individual_id="A", reviewer="Alice", preset="offline")
+            catalog.decide(query["id"], "match", individual_id="A", reviewer="alice", preset="offline")
         page.goto(base + "/individuals/A")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(ARTIFACTS / "03-individual-map.png"), full_page=True)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from live_web import build_catalogue, chromium, serving
+from live_web import build_catalogue, chromium, serving, sign_in
 from PIL import Image
 
 from wildreid.catalog.store import Catalog
@@ -22,7 +22,6 @@ from wildreid.web.config import WebConfig
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e" / "review-page"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
-TOKEN = "e2e-review-page-token"
 QUERY = "70"  # a photo of NyalaData_34 the catalogue (its photos 72-76) does not hold
 
 
@@ -31,7 +30,7 @@ def server(shared_data, lite0_backbone, tmp_path_factory):
     nyala = load_dataset(shared_data / "NyalaData")
     cache = tmp_path_factory.getbasetemp() / "wildreid-embedding-cache"  # shared with test_web*.py
     path = build_catalogue(tmp_path_factory.mktemp("e2e-page") / "catalog.sqlite", nyala, lite0_backbone, cache)
-    app = create_app(WebConfig(path, token=TOKEN, cache_dir=cache), backbone=lite0_backbone)
+    app = create_app(WebConfig(path, cache_dir=cache), backbone=lite0_backbone)
     with serving(app) as base:
         yield base, path, nyala
 
@@ -59,11 +58,7 @@ def test_a_decision_fits_one_screen_and_answers_hold(server):
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.on("response", lambda r: r.status >= 400 and problems.append(f"{r.status} {r.url}"))
 
-        page.goto(base + "/login?next=/")
-        page.get_by_label("Your name").fill("Alice")
-        page.get_by_label("Review token").fill(TOKEN)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(base + "/")
+        sign_in(page, base, "alice")
         page.set_input_files("#photos", nyala.table.loc[nyala.table["image_id"] == QUERY, "path"].item())
         page.locator("#upload-button").click()
         page.wait_for_url("**/review/*", timeout=120_000)
