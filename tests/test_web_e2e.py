@@ -89,7 +89,7 @@ def test_reviewer_uploads_confirms_and_finds_the_photo_in_the_gallery(server, ta
     candidates = page.locator("article.candidate")
     assert candidates.count() == 5
     for rank in range(1, 6):
-        assert image_loaded(page, f'article.candidate[data-rank="{rank}"] .pair figure:nth-child(2) img')
+        assert image_loaded(page, f'article.candidate[data-rank="{rank}"] .strip figure img')  # its best photo
     truth = candidates.filter(has=page.locator(f'a.who:text-is("{QUERY_IDENTITY}")'))
     assert truth.count() == 1, "the true individual should be among the top 5"
     truth.get_by_role("button", name=f"Confirm: this is {QUERY_IDENTITY}").click()
@@ -141,7 +141,7 @@ def test_drag_and_drop_upload_then_skip(server, tab):
     snap(page, "11-dropped")
     page.locator("#upload-button").click()
     page.wait_for_url("**/review/**", timeout=120_000)
-    assert "dropped.jpg" in page.locator("h1").inner_text()
+    assert "dropped.jpg" in page.locator(".query-side .meta").first.inner_text()
     page.get_by_role("button", name="Skip for now").click()
     page.wait_for_url(base + "/review")
     snap(page, "12-queue")
