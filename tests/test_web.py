@@ -1130,6 +1130,9 @@ def test_an_upload_is_described_and_matched_once_however_many_photos_wait(
         hook.remove()
     assert state["status"] == "done"
     assert (sum(described), sum(ranked)) == (1, 1)  # with 7 other photos waiting
+    # 8 animals of 5 photos: the page says how little the scores rest on (guard rails)
+    page = client.get(state["next_url"]).text
+    assert 'class="flash thin-evidence">NyalaData: the threshold and scores rest on little' in page
     with app.state.jobs.group_lock:
         kept = app.state.jobs.grouping("NyalaData")
     with Catalog(catalog_path) as catalog:

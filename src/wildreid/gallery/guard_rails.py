@@ -17,6 +17,7 @@ import numpy as np
 
 MIN_ANIMALS_WITH_PAIRS = 10
 MIN_POSITIVE_PAIRS = 100
+THIN = "rest on little"  # in every note of this module: how the app picks them out of the others
 
 
 def thin_evidence(name: str, identities: np.ndarray, positives: int | None, calibrated: bool) -> list[str]:
@@ -34,4 +35,9 @@ def thin_evidence(name: str, identities: np.ndarray, positives: int | None, cali
     advice = "Add photos (three or more per animal)"
     if calibrated:
         advice += ", or use --preset offline, which needs no calibration to rank"
-    return [f"{name}: the threshold and scores rest on little: {'; '.join(problems)}. {advice}."]
+    return [f"{name}: the threshold and scores {THIN}: {'; '.join(problems)}. {advice}."]
+
+
+def thin_evidence_notes(notes: list[str], group: str) -> list[str]:
+    """The notes of :func:`thin_evidence` about ``group`` (a dataset, or "all") among a run's."""
+    return [note for note in notes if THIN in note and note.startswith(f"{group}:")]

@@ -18,7 +18,8 @@ from wildreid.catalog.dataset import PREFIX, catalog_image_id, catalog_photos, q
 from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.describe.backbones import Backbone, load_backbone
 from wildreid.describe.extract import default_device
-from wildreid.gallery.gallery import Gallery, GalleryError
+from wildreid.gallery.gallery import ALL, Gallery, GalleryError
+from wildreid.gallery.guard_rails import thin_evidence_notes
 from wildreid.gallery.result import IdentifyResult
 from wildreid.presets import Preset
 from wildreid.review.descriptors import prepare_descriptors
@@ -148,6 +149,9 @@ def candidates_of(result: IdentifyResult, catalog: Catalog) -> list[dict]:
                 "error": error,
                 "preset": result.preset.name,
                 "candidates": candidates,
+                # what the reviewer should know about how far to trust these scores
+                "warnings": thin_evidence_notes(result.notes, str(result.queries["dataset"].iloc[position]))
+                + thin_evidence_notes(result.notes, ALL),
             }
         )
     return answers
