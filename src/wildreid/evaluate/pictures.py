@@ -215,23 +215,8 @@ def draw_animal_matches(
     shared site would otherwise carry the geometry); faint grey: the matches the whole-photo
     verification keeps whose ends fall off an animal - shown, never counted as evidence. Without
     an animal for either photo, the whole photos count (and the label says so)."""
-    a, b = method.extract(query), method.extract(candidate)
-    matches = method.match(a, b)
-    if len(matches):
-        # Keypoints are in working-image pixels: back to the pictures' pixels.
-        pa, pb = a.keypoints[matches[:, 0]] / a.scale, b.keypoints[matches[:, 1]] / b.scale
-    else:
-        pa = pb = np.zeros((0, 2), dtype=np.float32)
+    pa, pb, verified_on, faint = animal_matches(query, candidate, method, query_animal, candidate_animal, geometry)
     found = query_animal is not None and candidate_animal is not None
-    if query_animal is not None and candidate_animal is not None:
-        on = query_animal.contains(pa, query.width, query.height) & candidate_animal.contains(
-            pb, candidate.width, candidate.height
-        )
-    else:
-        on = np.ones(len(pa), dtype=bool)
-    verified_on = np.zeros(len(pa), dtype=bool)
-    verified_on[on] = count_inliers(pa[on], pb[on], geometry)[1]
-    faint = count_inliers(pa, pb, geometry)[1] & ~on
     left, left_scale = _panel(query)
     right, right_scale = _panel(candidate)
     for panel, animal in ((left, query_animal), (right, candidate_animal)):
@@ -252,6 +237,36 @@ def draw_animal_matches(
         text += f"; {evidence.off_animal} off it (faint)"
     label(picture, text + (f"  {caption}" if caption else ""))
     return picture, evidence
+
+
+def animal_matches(
+    query: Image.Image,
+    candidate: Image.Image,
+    method: LocalMethod,
+    query_animal: Animal | None,
+    candidate_animal: Animal | None,
+    geometry: str = "homography",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(the tentative matches' ends in the query's and the candidate's pixels, which of them are
+    evidence - both ends on the animals, verified among themselves -, which are drawn faint -
+    kept by the whole-photo verification with an end off an animal)."""
+    a, b = method.extract(query), method.extract(candidate)
+    matches = method.match(a, b)
+    if len(matches):
+        # Keypoints are in working-image pixels: back to the pictures' pixels.
+        pa, pb = a.keypoints[matches[:, 0]] / a.scale, b.keypoints[matches[:, 1]] / b.scale
+    else:
+        pa = pb = np.zeros((0, 2), dtype=np.float32)
+    if query_animal is not None and candidate_animal is not None:
+        on = query_animal.contains(pa, query.width, query.height) & candidate_animal.contains(
+            pb, candidate.width, candidate.height
+        )
+    else:
+        on = np.ones(len(pa), dtype=bool)
+    verified_on = np.zeros(len(pa), dtype=bool)
+    verified_on[on] = count_inliers(pa[on], pb[on], geometry)[1]
+    faint = count_inliers(pa, pb, geometry)[1] & ~on
+    return pa, pb, verified_on, faint
 
 
 def _outline(panel: np.ndarray, mask: np.ndarray) -> None:
