@@ -14,7 +14,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import httpx
 import numpy as np
@@ -32,6 +32,7 @@ from wildreid.catalog.store import Catalog
 from wildreid.catalog.users import add_user, remove_user
 from wildreid.cli.main import app as cli
 from wildreid.data.dataset import load_dataset
+from wildreid.evaluate.pictures import WEAK_EVIDENCE
 from wildreid.gallery.part import DatasetPart
 from wildreid.review.pending import group_pending
 from wildreid.web.app import create_app
@@ -275,6 +276,13 @@ def test_keypoint_match_picture_with_a_local_matching_preset(catalog_path, nyala
         picture = Image.open(io.BytesIO(response.content))
         assert picture.width > picture.height  # the two photos side by side
         assert client.get(f"/review/{query['id']}/match/1.png").content == response.content  # from the cache
+        # the evidence on the animal, in words: for the toggle's script, then on the page itself
+        said = unquote(response.headers["X-Evidence"])
+        count = int(re.fullmatch(r"(\d+) match(?:es)? on the animal(?: — weak evidence)?", said)[1])
+        assert said.endswith("weak evidence") == (count < WEAK_EVIDENCE)
+        page = client.get(f"/review/{query['id']}").text
+        assert f'<span class="evidence meta" data-evidence>{said}</span>' in page
+        assert f"keypoint matches on the animal between the query and NyalaData_32: {said}" in page
         assert client.get(f"/review/{query['id']}/match/2.png").status_code == 404
         # the pair question's picture: the same drawing, for a waiting photo on the left only
         pair = client.get(f"/pairs/match/{query['sha256']}/{best['sha256']}.png")

@@ -7,19 +7,29 @@ the part the descriptors and keypoints were taken from - with the box itself out
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from wildreid.data.images import decode_image, read_image_bytes
-from wildreid.data.regions import Region, crop_box, read_region, upright_size
+from wildreid.data.regions import Region, crop_box, mask_pixels, read_region, upright_size
 from wildreid.local.base import LocalMethod, get_method
 from wildreid.local.cache import inside_mask
 from wildreid.local.verify import count_inliers
 
 PANEL_HEIGHT = 360
 BOX_COLOUR = (255, 140, 0)
+FAINT_COLOUR = (150, 150, 150)
+# Below this many verified matches on the animal the picture and the review page say "weak
+# evidence". The fused score gives no fixed number to borrow: its inlier map is an isotonic
+# calibration fitted per catalogue. So this is the rule of thumb of two-view geometry: COLMAP
+# accepts an image pair as verified from 15 inliers (TwoViewGeometryOptions.min_num_inliers),
+# because a homography fits 4 points exactly and USAC-MAGSAC at 8 px finds a handful of chance
+# inliers among a few dozen wrong matches. Fixed, not tuned on the shared datasets.
+WEAK_EVIDENCE = 15
 
 
 def _panel(image: Image.Image) -> tuple[np.ndarray, float]:
@@ -128,3 +138,139 @@ def match_picture(
         caption=caption,
     )
     return to_png(picture)
+
+
+# --------------------------------------------------------------------------------------------
+# Evidence on the animal: the review page's picture
+
+
+@dataclass(frozen=True)
+class Animal:
+    """Where the animal is in a photo: a bool ``mask`` spanning the whole photo as displayed (at
+    any resolution: a CAM map is 80 x 80) and where it came from ("region": the photo's own box
+    or mask; "foreground": the automatic CAM foreground)."""
+
+    mask: np.ndarray
+    source: str
+
+    def contains(self, points: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Which of ``points`` (x, y in pixels of a ``width`` x ``height`` picture of the whole
+        photo) fall on the animal."""
+        if len(points) == 0:
+            return np.zeros(0, dtype=bool)
+        rows, columns = self.mask.shape
+        x = np.clip((points[:, 0] * columns / width).astype(int), 0, columns - 1)
+        y = np.clip((points[:, 1] * rows / height).astype(int), 0, rows - 1)
+        return self.mask[y, x]
+
+
+def region_animal(data: bytes, image: Image.Image, region: Region) -> Animal:
+    """The animal of a photo with a region, over ``image`` (the photo decoded from ``data``): its
+    segmentation when it has one, else its box (without the margin: the margin is context for
+    descriptors, not the animal)."""
+    width, height = upright_size(data)
+    if region.segmentation:
+        return Animal(mask_pixels(region.segmentation, height, width, (image.height, image.width)), "region")
+    mask = np.zeros((image.height, image.width), dtype=bool)
+    if region.box is not None:
+        x, y, w, h = region.box
+        sx, sy = image.width / width, image.height / height
+        left, top = max(0, math.floor(x * sx)), max(0, math.floor(y * sy))
+        mask[top : math.ceil((y + h) * sy), left : math.ceil((x + w) * sx)] = True
+    return Animal(mask, "region")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the review page's picture counted: verified matches with both ends on the animal,
+    those the whole-photo verification keeps off it (drawn faint), and whether both photos had an
+    animal (without one, every match counts as on it and the text says so)."""
+
+    on_animal: int
+    off_animal: int
+    animal_found: bool = True
+
+    @property
+    def weak(self) -> bool:
+        return self.on_animal < WEAK_EVIDENCE
+
+    def text(self, dash: str = "-") -> str:
+        """The words, e.g. "3 matches on the animal - weak evidence" (``dash``: the picture's fonts are ASCII)."""
+        where = "on the animal" if self.animal_found else "(no animal found: whole photos)"
+        text = f"{self.on_animal} match{'es' if self.on_animal != 1 else ''} {where}"
+        return text + (f" {dash} weak evidence" if self.weak else "")
+
+
+def draw_animal_matches(
+    query: Image.Image,
+    candidate: Image.Image,
+    method: LocalMethod,
+    query_animal: Animal | None,
+    candidate_animal: Animal | None,
+    geometry: str = "homography",
+    caption: str = "",
+) -> tuple[np.ndarray, Evidence]:
+    """The two whole photos side by side with each animal outlined (orange); green lines: the
+    matches with both ends on the animals, verified among themselves (ground, shadows and a
+    shared site would otherwise carry the geometry); faint grey: the matches the whole-photo
+    verification keeps whose ends fall off an animal - shown, never counted as evidence. Without
+    an animal for either photo, the whole photos count (and the label says so)."""
+    pa, pb, verified_on, faint = animal_matches(query, candidate, method, query_animal, candidate_animal, geometry)
+    found = query_animal is not None and candidate_animal is not None
+    left, left_scale = _panel(query)
+    right, right_scale = _panel(candidate)
+    for panel, animal in ((left, query_animal), (right, candidate_animal)):
+        if animal is not None:
+            _outline(panel, animal.mask)
+    picture = np.concatenate([left, np.full((PANEL_HEIGHT, 8, 3), 255, np.uint8), right], axis=1)
+    offset = left.shape[1] + 8
+    for chosen, colour, dots in ((faint, FAINT_COLOUR, False), (verified_on, (40, 220, 40), True)):
+        for (x1, y1), (x2, y2) in zip(pa[chosen] * left_scale, pb[chosen] * right_scale):
+            start, end = (int(x1), int(y1)), (int(x2 + offset), int(y2))
+            cv2.line(picture, start, end, colour, 1, cv2.LINE_AA)
+            if dots:
+                cv2.circle(picture, start, 2, (255, 220, 0), -1)
+                cv2.circle(picture, end, 2, (255, 220, 0), -1)
+    evidence = Evidence(int(verified_on.sum()), int(faint.sum()), found)
+    text = evidence.text()
+    if evidence.off_animal:
+        text += f"; {evidence.off_animal} off it (faint)"
+    label(picture, text + (f"  {caption}" if caption else ""))
+    return picture, evidence
+
+
+def animal_matches(
+    query: Image.Image,
+    candidate: Image.Image,
+    method: LocalMethod,
+    query_animal: Animal | None,
+    candidate_animal: Animal | None,
+    geometry: str = "homography",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(the tentative matches' ends in the query's and the candidate's pixels, which of them are
+    evidence - both ends on the animals, verified among themselves -, which are drawn faint -
+    kept by the whole-photo verification with an end off an animal)."""
+    a, b = method.extract(query), method.extract(candidate)
+    matches = method.match(a, b)
+    if len(matches):
+        # Keypoints are in working-image pixels: back to the pictures' pixels.
+        pa, pb = a.keypoints[matches[:, 0]] / a.scale, b.keypoints[matches[:, 1]] / b.scale
+    else:
+        pa = pb = np.zeros((0, 2), dtype=np.float32)
+    if query_animal is not None and candidate_animal is not None:
+        on = query_animal.contains(pa, query.width, query.height) & candidate_animal.contains(
+            pb, candidate.width, candidate.height
+        )
+    else:
+        on = np.ones(len(pa), dtype=bool)
+    verified_on = np.zeros(len(pa), dtype=bool)
+    verified_on[on] = count_inliers(pa[on], pb[on], geometry)[1]
+    faint = count_inliers(pa, pb, geometry)[1] & ~on
+    return pa, pb, verified_on, faint
+
+
+def _outline(panel: np.ndarray, mask: np.ndarray) -> None:
+    shape = (panel.shape[1], panel.shape[0])
+    scaled = cv2.resize(mask.astype(np.uint8), shape, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(scaled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(panel, contours, -1, BOX_COLOUR, 2)

@@ -33,7 +33,7 @@ from wildreid.decide.queue import ANSWERS
 from wildreid.presets import get_preset
 from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, answered_individuals, pending_queries
-from wildreid.web.matches import match_picture, match_pictures_available
+from wildreid.web.matches import evidence_png, match_picture, match_pictures_available
 from wildreid.web.pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
 from wildreid.web.security import clean_text, require_admin, require_token, require_undo_right, reviewer_of, safe_next
 
@@ -399,7 +399,7 @@ def pair_match_png(request: Request, left: str, right: str, catalog: CatalogDep)
     )
     if picture is None:
         raise HTTPException(404, "No keypoint-match picture for these photos.")
-    return Response(picture, media_type="image/png")
+    return evidence_png(picture)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from wildreid.catalog.changes import answer_pair, entry_details, pair_answers
 from wildreid.decide.queue import DIFFERENT
 from wildreid.presets import get_preset
 from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import answered_individuals, pending_queries
-from wildreid.web.matches import match_picture, match_pictures_available
+from wildreid.web.matches import evidence_png, known_evidence, match_picture, match_pictures_available
 from wildreid.web.pages import (
     CatalogDep,
     next_waiting,
@@ -68,6 +68,19 @@ def review(
         # "different" / "not this one": never offered again, exactly as grouping keeps them apart
         (ruled_out if candidate["individual_id"] in apart else candidates).append(shown)
     candidates.sort(key=lambda shown: not shown["tied"])  # an answered "same" first
+    config = request.app.state.config
+    preset = get_preset(config.preset)
+    pictures = match_pictures_available(preset)
+    for shown in candidates[:CANDIDATES_SHOWN]:
+        # "3 matches on the animal - weak evidence" beside the toggle, once its picture was drawn
+        # (drawn on demand; the page's script says it when the toggle draws it)
+        candidate_file = catalog.stored_file(shown["sha256"]) if pictures and shown.get("sha256") else None
+        shown["evidence"] = candidate_file and known_evidence(
+            catalog.photo_path(query["stored_path"]),
+            candidate_file,
+            preset=preset,
+            cache_dir=config.cache_dir or catalog_cache_dir(config.catalog),
+        )
     just_decided = catalog.decisions(query_id=decided)[-1:] if decided else []
     return page(
         request,
@@ -78,12 +91,12 @@ def review(
         history=catalog.decisions(query_id=query_id),
         just_decided=[{**d, "individual": catalog.individual(d["individual_id"] or "")} for d in just_decided],
         next_id=next_waiting(catalog, query_id),
-        match_pictures=match_pictures_available(get_preset(request.app.state.config.preset)),
+        match_pictures=pictures,
         last=catalog.last_change() if just_decided or answered else None,
         done=None,
         answered=entry_details(catalog.history_entry(answered)) if answered else None,
         undone=entry_details(catalog.history_entry(undone)) if undone else None,
-        preset_used=result.get("preset") or request.app.state.config.preset,
+        preset_used=result.get("preset") or config.preset,
         here=f"/review/{query_id}",
     )
 
@@ -199,4 +212,4 @@ def match_png(request: Request, query_id: int, rank: int, catalog: CatalogDep):
     )
     if picture is None:
         raise HTTPException(404, "No keypoint-match picture for this candidate.")
-    return Response(picture, media_type="image/png")
+    return evidence_png(picture)

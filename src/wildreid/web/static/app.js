@@ -101,7 +101,20 @@ function setUpReview() {
     const overlay = row.querySelector("img.overlay");
     if (!link || !overlay) return;
     const on = link.getAttribute("aria-pressed") !== "true";
-    if (on && !overlay.src) overlay.src = overlay.dataset.src;
+    if (on && !overlay.src && !overlay.dataset.loading) {
+      // Fetched rather than set as src: the response says how strong the evidence is (header
+      // X-Evidence, e.g. "3 matches on the animal — weak evidence"), shown beside the toggle.
+      overlay.dataset.loading = "1";
+      fetch(overlay.dataset.src).then((response) => {
+        if (!response.ok) throw new Error(String(response.status));
+        const said = response.headers.get("X-Evidence");
+        const evidence = row.querySelector("[data-evidence]");
+        if (said && evidence) evidence.textContent = decodeURIComponent(said);
+        if (said) overlay.alt = overlay.alt.split(":")[0] + ": " + decodeURIComponent(said);
+        return response.blob();
+      }).then((blob) => { overlay.src = URL.createObjectURL(blob); })
+        .catch(() => { overlay.hidden = true; });
+    }
     overlay.hidden = !on;
     row.querySelector(".strip").classList.toggle("lines", on);
     link.setAttribute("aria-pressed", String(on));
