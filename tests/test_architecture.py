@@ -83,3 +83,36 @@ def test_catalog_commands_do_not_load_torch(command):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+# What `wildreid --help` must not load: they cost most of a second together (BENCHMARKS.md,
+# "Command-line start"), and no command needs them before it runs. numpy is still loaded (the
+# local methods' registry, which the help lists, imports it).
+HEAVY = ("pandas", "cv2", "torch", "pyarrow", "scipy", "sklearn", "faiss", "timm")
+
+
+def test_the_command_line_loads_no_heavy_library_for_its_help():
+    """Importing the CLI, and every command's and group's --help, loads none of HEAVY: commands
+    import them inside their bodies, and presets read only light modules."""
+    code = (
+        "import sys\n"
+        "import wildreid.cli.main\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+        "from typer.main import get_command\n"
+        "from typer.testing import CliRunner\n"
+        "from wildreid.cli.main import app\n"
+        "root = get_command(app)\n"
+        "commands = [[name] for name in root.commands]\n"
+        "commands += [[name, sub] for name, group in root.commands.items() for sub in getattr(group, 'commands', {})]\n"
+        "for command in [[]] + commands:\n"
+        "    result = CliRunner().invoke(app, command + ['--help'])\n"
+        "    assert result.exit_code == 0, (command, result.output)\n"
+        "print(len(commands))\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    on_import, commands, after_help = out.stdout.strip().splitlines()[-3:]
+    assert on_import == "[]", out.stdout
+    assert int(commands) > 10  # every command and sub-command was asked for its help
+    assert after_help == "[]", out.stdout

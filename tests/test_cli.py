@@ -132,6 +132,48 @@ def test_presets_listed_and_printable():
     assert unknown.exit_code == 2 and "unknown preset" in unknown.output
 
 
+def _preset_rows(output: str) -> dict[str, str]:
+    return {line.split()[1]: line for line in output.splitlines() if line.startswith("│ ") and line.split()[1] != "│"}
+
+
+def test_presets_table_says_download_speed_and_measured_accuracy_in_80_columns(tmp_path):
+    """Each preset: whether it needs a download (the Hugging Face cache looked at, never the
+    network), its speed per photo and its score on each real dataset as BENCHMARKS.md recorded
+    them, or "not measured here"; and where that was measured. The whole table fits 80 columns."""
+    from wildreid.evaluate.measured import MEASURED, SOURCE
+
+    empty_cache = runner.invoke(app, ["presets"], env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert empty_cache.exit_code == 0, empty_cache.output
+    lines = empty_cache.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in empty_cache.stdout
+    header = next(line for line in lines if "download" in line)
+    assert all(name in header for name in ("download", "s/photo", "Lion", "Nyala", "Holstein"))
+    rows = _preset_rows(empty_cache.stdout)
+    assert set(rows) == {"seed", "offline", "megadescriptor", "fusion", "wildfusion"}
+    for name in ("offline", "fusion"):  # measured: no download, seconds per photo, a score per dataset
+        cells = rows[name].replace("│", " ").split()
+        assert cells[1] == "none" and "-" in cells[2] and "not measured" not in rows[name]
+        assert cells[3:] == [f"{m.score:.3f}" for m in MEASURED[name]]
+    offline_speeds = [m.wall_s / photos for m, photos in zip(MEASURED["offline"], (740, 458, 3776))]
+    assert f"{min(offline_speeds):.2f}-{max(offline_speeds):.2f}" in rows["offline"]
+    for name in ("seed", "megadescriptor", "wildfusion"):  # MegaDescriptor weights: from the hub
+        assert "not measured here" in rows[name]
+    assert rows["seed"].split()[3] == "yes" and rows["wildfusion"].split()[3] == "yes*"
+    said = " ".join(empty_cache.stdout.split())
+    assert SOURCE in said and "benchmarks/real_data.py --presets fusion" in said and "2026-11-27" in said
+
+    # The MegaDescriptor weights already in the Hugging Face cache: no download needed.
+    repo = tmp_path / "hub" / "models--BVRA--MegaDescriptor-L-384"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "pytorch_model.bin").write_bytes(b"weights")
+    cached = runner.invoke(app, ["presets"], env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    rows = _preset_rows(cached.stdout)
+    assert rows["seed"].split()[3] == "cached" and rows["wildfusion"].split()[3] == "cached*"
+    assert rows["offline"].split()[3] == "none"
+
+
 def test_demo_runs_offline_with_the_default_preset(tmp_path):
     """The README's first command: the demo with the default preset (fusion), no download."""
     result = runner.invoke(

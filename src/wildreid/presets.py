@@ -8,12 +8,13 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from wildreid.data.regions import DEFAULT_MARGIN, check_margin
+# Light modules only (no pandas, OpenCV or torch): the command line imports presets for its help.
+from wildreid.data.region_margin import DEFAULT_MARGIN, check_margin
 from wildreid.data.views import ViewRule, parse_view_rule
-from wildreid.describe.foreground import check_method
+from wildreid.describe.foreground_methods import check_method
 from wildreid.describe.known_backbones import IMAGENET_MEAN, IMAGENET_STD, OFFLINE_LITE0, Preprocess
 from wildreid.local.base import method_names
-from wildreid.local.pairs import FusionSettings
+from wildreid.local.fusion_settings import FusionSettings
 
 AUTO = "auto"
 TOP_M_CHOICES = (1, 2, 3)  # what top_m="auto" chooses among

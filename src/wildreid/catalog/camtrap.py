@@ -44,6 +44,7 @@ from wildreid.catalog.camtrap_tables import (
     sightings,
     tables,
 )
+from wildreid.catalog.camtrap_terms import CAPTURE_METHODS, CONTRIBUTOR_ROLES, SAMPLING_DESIGNS, TAXON_RANKS
 from wildreid.catalog.store import Catalog
 from wildreid.util.files import atomic_folder
 
@@ -53,11 +54,6 @@ PROFILE = BASE_URL + "camtrap-dp-profile.json"
 TABLES = ("deployments", "media", "observations")
 SCHEMA_DIR = Path(__file__).with_name("camtrap_dp")
 
-# Enumerations of the Camtrap DP profile (package metadata).
-SAMPLING_DESIGNS = ("simpleRandom", "systematicRandom", "clusteredRandom", "experimental", "targeted", "opportunistic")
-CAPTURE_METHODS = ("activityDetection", "timeLapse")
-CONTRIBUTOR_ROLES = ("contact", "principalInvestigator", "rightsHolder", "publisher", "contributor")
-TAXON_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species", "subspecies")
 
 CONTACT = re.compile(r"\s*(?P<name>[^<>]*?)\s*(?:<(?P<email>[^<>@\s]+@[^<>@\s]+)>)?\s*")
 

@@ -80,7 +80,10 @@ def print_columns(rows: list[str], columns: list[tuple[str, list[str]]], *, cell
     per_table = max(1, (stdout.width - label_width - 4) // (cell_width + 3))
     for first in range(0, len(columns), per_table):
         part = columns[first : first + per_table]
-        table = Table("", *(Column(escape(name), justify="right", overflow="fold") for name, _ in part))
+        # A label folds rather than ending in "…" where Rich must narrow the table.
+        table = Table(
+            Column("", overflow="fold"), *(Column(escape(name), justify="right", overflow="fold") for name, _ in part)
+        )
         for index, label in enumerate(rows):
             table.add_row(label, *(escape(cells[index]) for _, cells in part))
         stdout.print(table)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from wildreid.catalog.camtrap import CAPTURE_METHODS, SAMPLING_DESIGNS
+from wildreid.catalog.camtrap_terms import CAPTURE_METHODS, SAMPLING_DESIGNS
 from wildreid.cli.app import App, OptionGroup, app, console, stdout
 from wildreid.cli.identify import print_thresholds, print_written
 from wildreid.cli.options import (

@@ -31,7 +31,6 @@ from wildreid.cli.options import (
 )
 from wildreid.decide.cluster import METHODS as LINKAGES
 from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
-from wildreid.evaluate.summary import UNCERTAIN_MEANING, summary_line
 from wildreid.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -303,6 +302,8 @@ def _write_run(result, out: Path, *, report: bool, submission_format: str) -> No
     if evaluation:
         print_evaluation(evaluation)
     print_written(written)
+    from wildreid.evaluate.summary import UNCERTAIN_MEANING, summary_line  # pandas: not at the help's start
+
     calibrated = bool(result.preset.local)
     stdout.print(summary_line(result.candidates, calibrated), highlight=False)
     if calibrated:

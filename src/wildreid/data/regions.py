@@ -41,14 +41,11 @@ import numpy as np
 import pandas as pd
 from PIL import ExifTags, Image
 
+from wildreid.data.region_margin import DEFAULT_MARGIN, check_margin
+
 BBOX = "bbox"
 SEGMENTATION = "segmentation"
 REGION_SOURCE = "region_source"  # metadata, megadetector or foreground-<method>: shown in reports
-# Default margin: a tenth of the box's width (height) on each side. MegaDetector's boxes are
-# tight and often clip a tail, an ear or a hoof, and a keypoint on the outline needs a few pixels
-# of context for its descriptor; a tenth keeps both without bringing the site back. (A fixed
-# choice, not tuned on any dataset.)
-DEFAULT_MARGIN = 0.1
 # A box may run past the photo's edge by this fraction of the photo (plus 2 pixels) before it
 # counts as wrong: detectors round, and annotation tools let a box touch the border.
 EDGE_TOLERANCE = 0.02
@@ -87,17 +84,6 @@ class Region:
         content = json.loads(text)
         box = content["box"]
         return cls(None if box is None else tuple(box), content["segmentation"], content["margin"])
-
-
-def check_margin(margin: object) -> float:
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-        raise ValueError(f"region margin {margin!r}: give a number (a fraction of the box, e.g. 0.1).")
-    if not 0 <= margin <= 2:
-        raise ValueError(
-            f"region margin {margin}: give a fraction of the box's width and height between 0 and 2 "
-            f"(0: the box exactly; {DEFAULT_MARGIN}: the default)."
-        )
-    return float(margin)
 
 
 def region_key(digest: str, region: Region | None) -> str:

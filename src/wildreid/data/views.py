@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is not imported at run time: presets (and the CLI's help) read this module
+    import pandas as pd
 
 VIEW_COLUMNS = ("viewpoint", "orientation")
 UNKNOWN_VIEWS = {"", "unknown", "nan", "none", "na", "n/a", "?"}
@@ -37,7 +41,9 @@ _SIDES = re.compile(r"left|right")
 
 def normalise_view(value: object) -> str | None:
     """A view label as compared: lower case, stripped; None where unknown."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+    # pd.NA can only come from a loaded pandas; looking it up there keeps this module's import light.
+    pandas = sys.modules.get("pandas")
+    if value is None or (isinstance(value, float) and np.isnan(value)) or (pandas is not None and value is pandas.NA):
         return None
     text = str(value).strip().lower()
     return None if text in UNKNOWN_VIEWS else text

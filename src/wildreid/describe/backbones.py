@@ -44,14 +44,15 @@ from wildreid.describe.known_backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     OFFLINE_LITE0,
+    WEIGHT_FILES,
     KnownBackbone,
     Preprocess,
+    hub_cache_dir,
 )
 from wildreid.describe.known_backbones import KNOWN as KNOWN
 from wildreid.util.errors import BackboneUnavailable
 from wildreid.util.registry import Registry
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 # What is fetched from a Hub repository: never its Python files, which are not needed and never run.
 HUB_PATTERNS = ["config.json", "*.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
 
@@ -327,16 +328,6 @@ def weights_advice(name: str) -> str | None:
     if snapshot is not None and _has_weights(Path(snapshot)):
         return None
     return _fetch_advice(name, spec, repo_id, "HF_HUB_OFFLINE is set")
-
-
-def hub_cache_dir() -> Path:
-    """huggingface_hub's cache folder, from the environment as it is now (huggingface_hub reads it
-    once, at import): HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
 
 
 def _from_hub(name: str, spec: str) -> tuple[torch.nn.Module, str]:

@@ -44,22 +44,14 @@ from wildreid.data.regions import (
     regions_of,
     upright_size,
 )
+from wildreid.describe.foreground_methods import check_method
 
-METHODS = ("cam", "cam-mask")
 CAM_SIZE = 320
 CAM_CLASSES = 5
 CAM_THRESHOLD = 0.2
 CAM_UPSAMPLE = 8  # the map is upsampled (bilinear) by this factor before thresholding
 ANIMAL_CLASSES = 398  # ImageNet-1k classes 0-397 are animals
 BATCH = 16
-
-
-def check_method(method: str | None) -> str | None:
-    if method in (None, "", "none"):
-        return None
-    if method not in METHODS:
-        raise ValueError(f"foreground method '{method}': choose one of {', '.join(METHODS)}, or 'none'.")
-    return method
 
 
 @dataclass

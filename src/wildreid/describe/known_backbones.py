@@ -12,13 +12,16 @@ This module imports no torch, so listing the names (a command's help) costs noth
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from wildreid.util.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_LITE0 = "efficientnet-lite0"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,26 @@ register_backbone(
 
 # The entries whose weights come from the Hugging Face hub (all but the offline package).
 KNOWN = {name: known for name, known in BACKBONES.items() if known.source.startswith("hf-hub:")}
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache folder, from the environment as it is now (huggingface_hub reads it
+    once, at import): HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def needs_download(name: str) -> bool:
+    """Whether loading the known backbone ``name`` would fetch its weights from the Hugging Face
+    hub: never for one shipped in a package; for a Hub one, unless a weights file is already in
+    the Hugging Face cache. Looks at the cache only, never the network (`wildreid presets`)."""
+    known = BACKBONES.get(name)
+    if not known.source.startswith("hf-hub:"):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = (try_to_load_from_cache(known.repo_id, file, cache_dir=hub_cache_dir()) for file in WEIGHT_FILES)
+    return not any(isinstance(path, str) for path in cached)  # a path: cached; None or a marker: not

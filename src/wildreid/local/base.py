@@ -7,8 +7,8 @@ write it in a new file of this wing, register it there, and add the file's modul
 ``LOCAL_METHODS``' modules below. A method with weights files (learned.py) also registers, in
 ``LEARNED``, the function that says which of its files are missing.
 
-A method file must not import torch at its top: listing the names (a command's help) imports
-every method file.
+A method file must not import torch or OpenCV at its top: listing the names (a command's help)
+imports every method file.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ its mistakes are not SIFT's; fused as its own calibrated inlier count. Needs no 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -19,6 +18,8 @@ class OrbMethod(LocalMethod):
     def __init__(self, max_keypoints: int = 1000, max_side: int = 512, min_side: int = 256, ratio: float = 0.8):
         self.max_keypoints, self.max_side, self.min_side, self.ratio = max_keypoints, max_side, min_side, ratio
         # The 31-pixel patch needs a border; edgeThreshold matches it (OpenCV's default).
+        import cv2  # here, not at the top: listing the method names (the CLI's help) must not load OpenCV
+
         self._orb = cv2.ORB.create(nfeatures=max_keypoints)
 
     def config_key(self) -> str:
@@ -40,6 +41,8 @@ class OrbMethod(LocalMethod):
             return np.zeros((0, 2), dtype=np.int64)
         left = np.rint(a.descriptors).astype(np.uint8)
         right = np.rint(b.descriptors).astype(np.uint8)
+        import cv2
+
         pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(left, right, k=2)
         kept = [
             (m.queryIdx, m.trainIdx)

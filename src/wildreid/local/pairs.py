@@ -9,42 +9,18 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from wildreid.local.base import LocalFeatures, LocalMethod
+from wildreid.local.fusion_settings import PAIR_COUNTS as PAIR_COUNTS
+from wildreid.local.fusion_settings import SCORE_TYPES as SCORE_TYPES
+from wildreid.local.fusion_settings import FusionSettings as FusionSettings
 from wildreid.local.verify import count_inliers
 
-# cosine: global descriptors; lnbnn: one-vs-many keypoint votes; inliers: tentative matches that
-# one homography (or fundamental matrix) explains; matches: matches whose matcher confidence
-# exceeds FusionSettings.match_confidence (every tentative match for a matcher without
-# confidences), WildFusion's LightGlue score.
-SCORE_TYPES = ("cosine", "lnbnn", "inliers", "matches")
-PAIR_COUNTS = ("inliers", "matches")
-
-
-@dataclass
-class FusionSettings:
-    shortlist: int = 20  # B: images per shortlist (cosine, and LNBNN)
-    use_lnbnn: bool = True  # LNBNN shortlist and score
-    scores: tuple[str, ...] = ("cosine", "lnbnn", "inliers")  # fused, each calibrated; see SCORE_TYPES
-    geometry: str = "homography"
-    calibration_anchors: int = 600  # database images used as pseudo-queries for calibration
-    lnbnn_k: int = 5
-    workers: int = 0  # 0: one thread per core
-    # "matches" counts the matches whose confidence exceeds this: wildlife-tools' CollectCounts
-    # default (0.5), the score WildFusion calibrates for LightGlue.
-    match_confidence: float = 0.5
-
-    def __post_init__(self):
-        unknown = [name for name in self.scores if name not in SCORE_TYPES]
-        if unknown or not self.scores:
-            raise ValueError(
-                f"fusion scores {list(self.scores)}: give one or more of {', '.join(SCORE_TYPES)} "
-                f"(unknown: {', '.join(unknown) or 'none given'})."
-            )
+# The settings live in fusion_settings.py so that presets and the command line's help load no
+# OpenCV; callers still import them from here.
 
 
 def inlier_counts(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -25,6 +24,8 @@ class SiftMethod(LocalMethod):
         self.max_side, self.min_side = max_side, min_side
         self.ratio, self.mutual = ratio, mutual
         self.name = "rootsift" if root else "sift"
+        import cv2  # here, not at the top: listing the method names (the CLI's help) must not load OpenCV
+
         self._sift = cv2.SIFT.create(nfeatures=max_keypoints)
 
     def config_key(self) -> str:
