@@ -189,6 +189,23 @@ def _refuse_what_the_gallery_fixed(
     size, which changes no answer)."""
     from wildreid.gallery.storage import saved_preset
 
+    # Options a gallery always fixes: refused before its files are read (their message holds
+    # whatever the gallery is, even one that is not there).
+    if evidence.changes():
+        raise ValueError(
+            "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
+            "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
+        )
+    if choice.local is not None:
+        raise ValueError(
+            "--local is fixed when a gallery is built (its keypoints are saved in it); leave it out with "
+            "--gallery, or build another gallery with `wildreid gallery build --local ...`."
+        )
+    if regions.region_margin is not None or regions.foreground is not None:
+        raise ValueError(
+            "--region-margin and --foreground belong to the gallery (its photos were described with "
+            "them); queries follow the gallery's. Build a gallery with them to change them."
+        )
     fixed = saved_preset(folder)
     if choice.backbone and choice.backbone != fixed.backbone:
         raise ValueError(
@@ -210,21 +227,6 @@ def _refuse_what_the_gallery_fixed(
             f"{asked}: the gallery {folder} fixes how photos are described ({kept}); queries are described "
             "as its photos were, so their scores compare. Leave --fast, --precision, --decode, --compile "
             "and --engine out with --gallery (--batch-size may be given), or build a gallery with them."
-        )
-    if evidence.changes():
-        raise ValueError(
-            "--views, --mirror, --extra-local and --top-m are fixed when a gallery is built (its calibration "
-            "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
-        )
-    if choice.local is not None:
-        raise ValueError(
-            "--local is fixed when a gallery is built (its keypoints are saved in it); leave it out with "
-            "--gallery, or build another gallery with `wildreid gallery build --local ...`."
-        )
-    if regions.region_margin is not None or regions.foreground is not None:
-        raise ValueError(
-            "--region-margin and --foreground belong to the gallery (its photos were described with "
-            "them); queries follow the gallery's. Build a gallery with them to change them."
         )
     return {name: value for name, value in speed.items() if name == "batch_size"}
 
