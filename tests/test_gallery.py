@@ -690,7 +690,7 @@ def test_a_gallery_whose_images_csv_was_resorted_is_refused_not_answered_differe
     # re-indenting gallery.json (an editor's "format document") changes nothing it says
     fresh = _copy(saved_gallery, tmp_path / "other")
     (fresh / "gallery.json").write_text(json.dumps(json.loads((fresh / "gallery.json").read_text()), indent=4))
-    assert Gallery.load(fresh, backbone=lite0_backbone).notes == []
+    assert Gallery.load(fresh, backbone=lite0_backbone).file_notes == []
 
 
 def test_a_gallery_saved_before_checksums_is_read_with_a_note_and_gets_them_when_saved(
@@ -701,7 +701,7 @@ def test_a_gallery_saved_before_checksums_is_read_with_a_note_and_gets_them_when
     assert any("did not record checksums" in note for note in gallery.notes)
     gallery.save(folder)
     again = Gallery.load(folder, backbone=lite0_backbone)
-    assert again.notes == [] and "record_sha256" in json.loads((folder / "gallery.json").read_text())
+    assert again.file_notes == [] and "record_sha256" in json.loads((folder / "gallery.json").read_text())
 
 
 def _truncate(path: Path) -> None:
