@@ -8,6 +8,11 @@ with the square of the database.
 With a view rule (views.py) every comparison, of a query with the database, of a pseudo-query with
 the database, and of two queries with each other, is made only between compatible views (and,
 with mirrored matching, between mirror views through the flipped photo).
+
+With an adapter (adaptation.py) every global comparison goes through ``search_index``, the index of
+the adapted vectors; vectors entering from outside (queries, mirrored photos) are adapted where they
+enter (``rank``, ``match_graph``). Over 600 lines: one object's state (its photos, indexes and fit)
+and the comparisons made with it; the adaptation's choice and cross-fitting are kept apart.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ class PartFit:
     # The grouping's query-to-query threshold for the preset's linkage method, chosen on the database.
     links: dict[str, LinkChoice] = field(default_factory=dict)
     top_m: int = 1  # photos per identity averaged by the ranking (the preset's, or chosen on the database)
-    # The adaptation chosen on the database (adaptation.py: AdaptChoice.summary()); None: none asked.
+    # The adaptation chosen on the database, with its validation figures (adaptation.py's
+    # fit_adaptation record); None where the preset asks for none.
     adaptation: dict | None = None
 
 
