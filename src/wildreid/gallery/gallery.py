@@ -299,6 +299,10 @@ class Gallery:
             group.fit = PartFit(-np.inf, None, None, np.zeros(0, np.int64), 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         else:
             group.fit_to(self.preset, self.method, extra_methods=self.extra_methods)
+            if group.adapter is not None:  # its vectors mean nothing to another backbone's
+                group.adapter.fingerprint = self.backbone.cache_key
+                if group.fit.adaptation is not None:
+                    group.fit.adaptation["fingerprint"] = self.backbone.cache_key
         if group.fit.choice is not None and group.fit.choice.note:
             group.notes.append(f"{group.name}: {group.fit.choice.note}")
         if group.size:
@@ -511,6 +515,7 @@ class Gallery:
                     "index": "exact" if group.index.exact else "ivf",
                     "threshold": group.fit.threshold if group.fit else None,
                     "top_m": group.fit.top_m if group.fit else None,
+                    "adaptation": group.adapter.name if group.adapter is not None else "none",
                     "fitted_images": group.fit.images if group.fit else None,
                     "fitted_at": group.fit.fitted_at if group.fit else None,
                     "refit_due_at": int(np.ceil((1 + REFIT_GROWTH) * max(group.fit.images, 1))) if group.fit else None,
@@ -563,6 +568,14 @@ class Gallery:
                 f"({backbone.cache_key}). Its vectors would not be comparable: use the same "
                 "descriptor, or rebuild the gallery with this one."
             )
+        for name, files in record["group_files"].items():
+            adapted = (files.get("fit") or {}).get("adaptation") or {}
+            if adapted.get("fingerprint") not in (None, backbone.cache_key):
+                raise GalleryError(
+                    f"{folder}: the adapter of group '{name}' was fitted on vectors of descriptor "
+                    f"{adapted['fingerprint']}, not this run's {backbone.name} ({backbone.cache_key}); "
+                    "rebuild the gallery with this descriptor."
+                )
         table, failures = read_tables(folder, record)
         gallery = cls(settings, backbone, table, {}, failures=failures)
         gallery.file_notes = file_notes

@@ -8,6 +8,11 @@ with the square of the database.
 With a view rule (views.py) every comparison, of a query with the database, of a pseudo-query with
 the database, and of two queries with each other, is made only between compatible views (and,
 with mirrored matching, between mirror views through the flipped photo).
+
+With an adapter (adaptation.py) every global comparison goes through ``search_index``, the index of
+the adapted vectors; vectors entering from outside (queries, mirrored photos) are adapted where they
+enter (``rank``, ``match_graph``). Over 600 lines: one object's state (its photos, indexes and fit)
+and the comparisons made with it; the adaptation's choice and cross-fitting are kept apart.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from wildreid.decide.graph import MatchGraph
 from wildreid.decide.ranking import IdentityRanking, rank_neighbours
 from wildreid.decide.simulate import LinkChoice, choose_link_threshold
 from wildreid.decide.thresholds import Neighbours, ThresholdChoice, choose_threshold
+from wildreid.describe.adapters import Adapter
 from wildreid.gallery.calibration import Calibration
 from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import ScoredPairs, shortlist_pairs
@@ -62,6 +68,9 @@ class PartFit:
     # The grouping's query-to-query threshold for the preset's linkage method, chosen on the database.
     links: dict[str, LinkChoice] = field(default_factory=dict)
     top_m: int = 1  # photos per identity averaged by the ranking (the preset's, or chosen on the database)
+    # The adaptation chosen on the database, with its validation figures (adaptation.py's
+    # fit_adaptation record); None where the preset asks for none.
+    adaptation: dict | None = None
 
 
 @dataclass
@@ -107,10 +116,39 @@ class DatasetPart:
     views: np.ndarray | None = None  # (D,) object: each photo's view (views.py), None where unknown
     extra: dict[str, list[LocalFeatures | None]] = field(default_factory=dict)  # more local methods
     mirrored: Side | None = None  # the photos flipped left-right (mirrored matching)
+    # The descriptor adapted to this group (describe/adapters.py), and the index of the adapted
+    # vectors that every global comparison searches. ``index`` keeps the backbone's own vectors,
+    # the one source both are made from (a refit learns the adapter again from them).
+    adapter: Adapter | None = None
+    adapted: VectorIndex | None = None
+    # During a fit only: per identity fold, (the fold's photos, this group seen through an adapter
+    # fitted without them); pseudo-queries are scored through their fold's (adaptation.py).
+    cross_fit: list | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
         return len(self.identities)
+
+    @property
+    def search_index(self) -> VectorIndex:
+        """The index every global comparison searches: of the adapted vectors, if adapted."""
+        return self.adapted if self.adapted is not None else self.index
+
+    def use_adapter(self, adapter: Adapter | None) -> None:
+        """Compare through ``adapter`` (None: the backbone's vectors as they are) from now on."""
+        self.adapter = adapter
+        self.adapted = None
+        if adapter is not None:
+            self.adapted = VectorIndex.build(adapter.transform(self.index.vectors(np.arange(self.size))))
+
+    def adapt(self, vectors: np.ndarray) -> np.ndarray:
+        """The backbone's vectors as this group compares them."""
+        return self.adapter.transform(vectors) if self.adapter is not None else vectors
+
+    def adapt_side(self, side: Side | None) -> Side | None:
+        if side is None or self.adapter is None:
+            return side
+        return Side(self.adapt(side.vectors), side.features, side.extra)
 
     # ------------------------------------------------------------------ fitting
 
@@ -125,14 +163,17 @@ class DatasetPart:
         """Calibration (with local matching) and threshold, on the group's own photos; then the
         grouping's linking threshold, from the same scored pairs. A pseudo-query meets only the
         photos of compatible views, as a real query does."""
+        from wildreid.gallery.adaptation import fit_adaptation
+
         started = time.perf_counter()
+        adaptation = fit_adaptation(self, preset, seed=seed)
         rng = np.random.default_rng(seed)
         pool = np.flatnonzero(self.askable) if self.askable is not None else np.arange(self.size)
         if method is not None:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[rng.permutation(pool)[: preset.fusion.calibration_anchors]] = True
             rows = np.flatnonzero(pseudo)
-            pairs = self._pseudo_query_pairs(rows, preset, method, extra_methods or {})
+            pairs = self.asked_pairs(rows, preset, method, extra_methods or {})
             same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
             calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
             fused = calibration.fuse(pairs.raw, pairs.mirrored)
@@ -142,7 +183,7 @@ class DatasetPart:
         else:
             pseudo = np.zeros(self.size, dtype=bool)
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
-            neighbours = self._global_neighbours(np.flatnonzero(pseudo), preset)
+            neighbours = self.asked_neighbours(np.flatnonzero(pseudo), preset)
             calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
         top_m = preset.top_m if preset.top_m != AUTO else self._choose_top_m(neighbours)
         threshold, choice = _threshold(
@@ -162,7 +203,9 @@ class DatasetPart:
             time.perf_counter() - started,
             links,
             top_m,
+            adaptation,
         )
+        self.cross_fit = None  # the fold views are needed no more (fit_pairs keeps their scores)
         return self.fit
 
     def _choose_top_m(self, neighbours: Neighbours) -> int:
@@ -206,7 +249,7 @@ class DatasetPart:
         near-duplicates excluded, compatible views only), as a query's shortlist would be; with
         the scored pairs."""
         cosine_only = dataclasses.replace(preset.fusion, scores=("cosine",), use_lnbnn=False)
-        pairs = self._pseudo_query_pairs(rows, preset, None, {}, settings=cosine_only)
+        pairs = self.asked_pairs(rows, preset, None, {}, settings=cosine_only)
         if len(pairs.queries) == 0:
             return None, None
         same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
@@ -230,10 +273,27 @@ class DatasetPart:
     def own_side(self, rows: np.ndarray) -> Side:
         """Database photos as queries (pseudo-queries of a calibration)."""
         return Side(
-            self.index.vectors(rows),
+            self.search_index.vectors(rows),
             [self.features[r] for r in rows] if self.features is not None else None,
             {name: [found[r] for r in rows] for name, found in self.extra.items()},
         )
+
+    def asked_pairs(self, rows, preset, method, extra_methods, settings=None) -> ScoredPairs:
+        """The pairs of database photos asked as pseudo-queries; while cross-fitting, each fold's
+        scored through an adapter that never saw its identities (adaptation.py)."""
+        if not self.cross_fit:
+            return self._pseudo_query_pairs(rows, preset, method, extra_methods, settings)
+        from wildreid.gallery.adaptation import cross_fitted_pairs
+
+        return cross_fitted_pairs(self.cross_fit, rows, preset, method, extra_methods, settings)
+
+    def asked_neighbours(self, rows: np.ndarray, preset: Preset) -> Neighbours:
+        """Pseudo-queries' nearest photos by cosine, cross-fitted as :meth:`asked_pairs`."""
+        if not self.cross_fit:
+            return self._global_neighbours(rows, preset)
+        from wildreid.gallery.adaptation import cross_fitted_neighbours
+
+        return cross_fitted_neighbours(self.cross_fit, rows, preset)
 
     def _pseudo_query_pairs(
         self,
@@ -244,7 +304,7 @@ class DatasetPart:
         settings: FusionSettings | None = None,
     ) -> ScoredPairs:
         views = self.views[rows] if self.views is not None else None
-        mirrored = self.mirrored.take(rows) if self.mirrored is not None else None
+        mirrored = self.adapt_side(self.mirrored.take(rows)) if self.mirrored is not None else None
         return self.pairs(
             self.own_side(rows),
             views,
@@ -299,7 +359,7 @@ class DatasetPart:
         settings unless given."""
         direct, flipped, _ = self.view_masks(views, preset, excluded)
         return _scored_pairs(
-            self.index,
+            self.search_index,
             self.keypoints,
             self.features,
             self.extra,
@@ -320,7 +380,7 @@ class DatasetPart:
         first, with its mirror-view photos compared through the flipped vector; padded -inf / -1."""
         direct, flipped, _ = self.view_masks(views, preset)
         if direct is None:
-            return self.index.search(vectors, depth)
+            return self.search_index.search(vectors, depth)
         scores = np.full((len(vectors), 2 * depth), -np.inf)
         columns = np.full((len(vectors), 2 * depth), -1, dtype=np.int64)
         for masks, source, offset in ((direct, vectors, 0), (flipped, mirrored_vectors, depth)):
@@ -332,7 +392,7 @@ class DatasetPart:
                     groups.setdefault(id(mask), []).append(q)
             for members in groups.values():
                 rows = np.asarray(members, dtype=np.int64)
-                found_scores, found_columns = self.index.search(source[rows], depth, masks[rows[0]])
+                found_scores, found_columns = self.search_index.search(source[rows], depth, masks[rows[0]])
                 width = found_scores.shape[1]
                 scores[rows, offset : offset + width] = found_scores
                 columns[rows, offset : offset + width] = found_columns
@@ -344,8 +404,8 @@ class DatasetPart:
     def _global_neighbours(self, rows: np.ndarray, preset: Preset) -> Neighbours:
         depth = self.size if self.size <= EXACT_SIMULATION else SIMULATION_DEPTH
         views = self.views[rows] if self.views is not None else None
-        mirrored = self.mirrored.vectors[rows] if self.mirrored is not None else None
-        scores, columns = self.cosine_lists(self.index.vectors(rows), depth, views, preset, mirrored)
+        mirrored = self.adapt(self.mirrored.vectors[rows]) if self.mirrored is not None else None
+        scores, columns = self.cosine_lists(self.search_index.vectors(rows), depth, views, preset, mirrored)
         return Neighbours(rows, columns, scores)
 
     # ------------------------------------------------------------------ queries
@@ -366,7 +426,9 @@ class DatasetPart:
         """The k best identities of each query: by fused P(same) over its shortlist when the
         preset matches keypoints, else by cosine over its nearest photos. ``views``: each query's
         view (only compatible photos are met); ``extra``: the queries' features of the extra
-        methods; ``mirrored``: the queries flipped left-right (for mirrored matching)."""
+        methods; ``mirrored``: the queries flipped left-right (for mirrored matching). Vectors are
+        the backbone's; the group adapts them."""
+        vectors, mirrored = self.adapt(vectors), self.adapt_side(mirrored)
         if len(vectors) == 0 or self.size == 0:
             empty = np.zeros((len(vectors), 0))
             return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
@@ -422,6 +484,7 @@ class DatasetPart:
         verification, the group's calibration) and with their best known individuals (from their
         ranking), every edge as P(same individual). ``views``, ``extra``, ``mirrored``: as for
         :meth:`rank`."""
+        vectors, mirrored = self.adapt(vectors), self.adapt_side(mirrored)
         calibration = self.fit.calibration
         query_index = VectorIndex.build(vectors)
         settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see _between_queries
@@ -472,6 +535,8 @@ class DatasetPart:
             new = views if views is not None else np.full(len(image_ids), None)
             self.views = np.concatenate([np.asarray(old, dtype=object), np.asarray(new, dtype=object)])
         self.index.add(vectors)
+        if self.adapted is not None:  # a photo added later is compared through the saved adapter
+            self.adapted.add(self.adapt(vectors))
         if self.features is not None:
             self.features = self.features + list(features)
             self.keypoints.add(list(features))

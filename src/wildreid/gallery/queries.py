@@ -166,7 +166,7 @@ def answer_queries(
     table = photos.table
     notes = list(gallery.notes)
     ranking = Ranking.empty(len(table), top_k)
-    thresholds, choices, calibrations, groupings = {}, {}, {}, {}
+    thresholds, choices, calibrations, groupings, adaptations = {}, {}, {}, {}, {}
     query_thresholds = np.full(len(table), np.nan)
     prediction = np.full(len(table), NEW_INDIVIDUAL, dtype=object)
     for name in dict.fromkeys(table["group"]):
@@ -177,6 +177,8 @@ def answer_queries(
             choices[name] = group.fit.choice
         if group.fit.calibration is not None and gallery.method is not None:
             calibrations[name] = group.fit.calibration
+        if group.fit.adaptation is not None:
+            adaptations[name] = group.fit.adaptation
         query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
         asked = photos.asked(name)
         notes += _fallback_notes(group, photos, asked, gallery.preset)
@@ -217,6 +219,7 @@ def answer_queries(
         calibrations=calibrations,
         notes=notes,
         grouping=Grouping(groupings) if method is not None else None,
+        adaptations=adaptations,
     )
 
 

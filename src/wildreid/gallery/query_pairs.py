@@ -50,6 +50,7 @@ class QueryPairs:
     keys: list = field(default_factory=list)
     shortlists: dict[bool, Shortlists] = field(default_factory=dict)
     scores: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    adapter: object = None  # the part's adapter the shortlists' cosines were computed through
 
 
 class PairMemory:
@@ -80,6 +81,9 @@ def remembered_graph(
 ) -> MatchGraph:
     """``group.match_graph`` of the same arguments, with ``memory`` (what the last grouping of
     this part's queries compared) used and brought up to date; ``keys``: each query's key."""
+    vectors, mirrored = group.adapt(vectors), group.adapt_side(mirrored)  # as match_graph compares them
+    if memory.adapter is not group.adapter:  # cosines of another adapter (a refit) are not these
+        memory.keys, memory.shortlists, memory.adapter = [], {}, group.adapter
     calibration = group.fit.calibration
     settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # as match_graph (see _between_queries)
     side = Side(vectors, features if method is not None else None, extra or {})

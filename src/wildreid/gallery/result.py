@@ -65,6 +65,9 @@ class IdentifyResult:
     # With MegaDetector detections (detections.py): the photos that gave no row, and why
     # (image_id, split, path, reason); None when no detections file was used.
     no_animal: pd.DataFrame | None = None
+    # dataset -> the adaptation chosen when its gallery part was fitted, with its validation
+    # figures (gallery/adaptation.py); absent where the preset asks for none.
+    adaptations: dict = field(default_factory=dict)
 
     @property
     def predictions(self) -> pd.DataFrame:

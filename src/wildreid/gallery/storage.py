@@ -3,7 +3,9 @@
     gallery.json             what was built, with which preset and descriptor; each part's fit
     images.csv, failures.csv the photos (``Gallery.table``) and those that could not be read
     group-<n>/               per dataset part: vectors.faiss, keypoints (.npz), askable.npy,
-                             and, with mirrored matching, the flipped photos' vectors and keypoints
+                             and, with mirrored matching, the flipped photos' vectors and keypoints;
+                             adapter.npz when the part compares through an adapter (the index
+                             keeps the backbone's vectors; the adapted index is made on reading)
 
 The folder says which preset, descriptor and keypoint methods it was built with; reading it back
 refuses any other, since its vectors and fits would not be comparable.
@@ -34,6 +36,7 @@ import pandas as pd
 from wildreid.data.views import known_views
 from wildreid.decide.simulate import LinkChoice
 from wildreid.decide.thresholds import ThresholdChoice
+from wildreid.describe.adapters import load_adapter, save_adapter
 from wildreid.gallery.calibration import Calibration
 from wildreid.gallery.errors import GalleryError, UnreadableGallery
 from wildreid.gallery.index import VectorIndex
@@ -120,6 +123,8 @@ def _write_part(part: Path, group: DatasetPart) -> None:
         for method, found in group.mirrored.extra.items():
             save_features(part / f"mirrored_local_features-{method}.npz", found)
     np.save(part / "askable.npy", group.askable if group.askable is not None else np.ones(group.size, bool))
+    if group.adapter is not None:  # the adapted index is made again from it and vectors.faiss
+        save_adapter(part / "adapter.npz", group.adapter)
 
 
 def read_record(folder: Path) -> dict:
@@ -337,6 +342,10 @@ def read_part(folder: Path, name: str, files: dict, table: pd.DataFrame, extra_m
     with reading(part / "askable.npy", folder):
         askable = np.load(part / "askable.npy")
     _check_length(part / "askable.npy", len(askable), len(rows), folder)
+    adapter = None
+    if (part / "adapter.npz").is_file():
+        with reading(part / "adapter.npz", folder):
+            adapter = load_adapter(part / "adapter.npz")
     with reading(folder / RECORD, folder, "field"):
         fit = fit_from_record(files["fit"])
     group = DatasetPart(
@@ -359,6 +368,8 @@ def read_part(folder: Path, name: str, files: dict, table: pd.DataFrame, extra_m
             f"{folder}: group '{name}' lists {group.size} photos but its index holds "
             f"{group.index.size}; the gallery is damaged, rebuild it."
         )
+    if adapter is not None:
+        group.use_adapter(adapter)
     return group
 
 
@@ -438,6 +449,7 @@ def fit_record(fit: PartFit | None) -> dict | None:
         "fitted_at": fit.fitted_at,
         "seconds": fit.seconds,
         "top_m": fit.top_m,
+        "adaptation": fit.adaptation,
         "pseudo_queries": fit.pseudo_queries.tolist(),
         "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
         "links": {
@@ -487,6 +499,7 @@ def fit_from_record(record: dict | None) -> PartFit | None:
         record.get("seconds", 0.0),
         links,
         record.get("top_m", 1),
+        record.get("adaptation"),  # absent in galleries fitted before adaptation existed
     )
 
 

@@ -1,0 +1,192 @@
+"""The adaptation stage: linear adapters fitted on a catalogue's labels, chosen and cross-fitted on
+the database alone, saved with the gallery and used for every global comparison."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wildreid.describe.adapters import load_adapter, make_adapter, save_adapter
+from wildreid.describe.extract import extract_embeddings
+from wildreid.gallery import adaptation
+from wildreid.gallery.gallery import Gallery, GalleryError
+from wildreid.gallery.index import normalize
+from wildreid.gallery.part import DatasetPart
+from wildreid.presets import get_preset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+LDA = get_preset("offline").replace(adapt="lda")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("adapt-cache")
+
+
+@pytest.fixture(scope="module")
+def database(lions):
+    table = lions[lions["split"] == "database"].reset_index(drop=True)
+    assert (table["identity"].value_counts() >= 2).sum() >= adaptation.MIN_IDENTITIES  # enough to adapt
+    return table
+
+
+@pytest.fixture(scope="module")
+def vectors(database, cache, lite0_backbone):
+    return extract_embeddings(database["path"].tolist(), lite0_backbone, cache_dir=cache, progress=False).embeddings
+
+
+@pytest.fixture(scope="module")
+def built(database, cache, lite0_backbone):
+    """A gallery of all but the last database photo, adapted by LDA."""
+    return Gallery.build(database.iloc[:-1], LDA, backbone=lite0_backbone, cache_dir=cache, progress=False)
+
+
+@pytest.mark.parametrize("level", ["lda", "whiten"])
+def test_adapter_fits_real_photos_and_separates_their_individuals(level, database, vectors, tmp_path):
+    """Unit rows out; same-individual pairs closer than other pairs by a wider margin than before;
+    the same photos and seed give the same adapter, also after a save and load."""
+    identities = database["identity"].to_numpy()
+    adapter = make_adapter(level).fit(vectors, identities, seed=0)
+    adapted = adapter.transform(vectors)
+    assert np.allclose(np.linalg.norm(adapted, axis=1), 1, atol=1e-5)
+    same = identities[:, None] == identities[None, :]
+    off_diagonal = ~np.eye(len(identities), dtype=bool)
+
+    def margin(found):
+        cosine = found @ found.T
+        return cosine[same & off_diagonal].mean() - cosine[~same].mean()
+
+    assert margin(adapted) > margin(normalize(vectors)) + 0.05
+    again = make_adapter(level).fit(vectors, identities, seed=0)
+    assert all(np.array_equal(again.state()[key], value) for key, value in adapter.state().items())
+    save_adapter(tmp_path / "adapter.npz", adapter)
+    assert np.array_equal(load_adapter(tmp_path / "adapter.npz").transform(vectors[:5]), adapted[:5])
+
+
+def test_gallery_saves_its_adapter_and_projects_a_photo_added_later(built, database, cache, tmp_path, lite0_backbone):
+    part = built.groups["LionData"]
+    assert part.adapter is not None and part.adapter.name == "lda"
+    assert part.fit.adaptation["chosen"] == "lda" and set(part.fit.adaptation["validation"]) == {"none", "lda"}
+    assert part.adapter.fingerprint == lite0_backbone.cache_key
+    built.save(tmp_path / "g")
+    record = json.loads((tmp_path / "g" / "gallery.json").read_text())
+    assert record["group_files"]["LionData"]["fit"]["adaptation"]["chosen"] == "lda"
+    loaded = Gallery.load(tmp_path / "g", backbone=lite0_backbone)
+    again = loaded.groups["LionData"]
+    assert np.array_equal(again.adapter.projection, part.adapter.projection)
+    everything = np.arange(part.size)
+    assert np.array_equal(again.search_index.vectors(everything), part.search_index.vectors(everything))
+    # A photo added without a refit is compared through the saved adapter; the raw index keeps its vector.
+    loaded.add(database.iloc[-1:], cache_dir=cache, progress=False, refit=False)
+    assert again.size == part.size + 1
+    raw = extract_embeddings([database["path"].iloc[-1]], lite0_backbone, cache_dir=cache, progress=False).embeddings
+    assert np.allclose(again.search_index.vectors([part.size]), again.adapter.transform(raw), atol=1e-6)
+    assert np.allclose(again.index.vectors([part.size]), normalize(raw), atol=1e-6)
+
+
+def test_gallery_with_an_adapter_refuses_another_backbone(built, tmp_path):
+    built.save(tmp_path / "g")
+    other = types.SimpleNamespace(name="other-model", cache_key="other-model-0123")
+    with pytest.raises(GalleryError, match="fingerprint"):
+        Gallery.load(tmp_path / "g", backbone=other)
+
+
+def _pseudo_query_scores(monkeypatch, database, cache, backbone):
+    """Build an adapted gallery and return it with every cosine its fit scored pseudo-queries with:
+    (database row, database row, cosine) from the calibration's pairs and the threshold's lists."""
+    seen = []
+    pairs, neighbours = DatasetPart.asked_pairs, DatasetPart.asked_neighbours
+
+    def asked_pairs(self, rows, *args, **kwargs):
+        found = pairs(self, rows, *args, **kwargs)
+        seen.append((rows[found.queries], found.images, found.raw["cosine"]))
+        return found
+
+    def asked_neighbours(self, rows, preset):
+        found = neighbours(self, rows, preset)
+        listed = found.columns >= 0
+        seen.append((np.repeat(found.rows, listed.sum(axis=1)), found.columns[listed], found.scores[listed]))
+        return found
+
+    monkeypatch.setattr(DatasetPart, "asked_pairs", asked_pairs)
+    monkeypatch.setattr(DatasetPart, "asked_neighbours", asked_neighbours)
+    gallery = Gallery.build(database, LDA, backbone=backbone, cache_dir=cache, progress=False)
+    return gallery, [np.concatenate(values) for values in zip(*seen)]
+
+
+def test_calibration_and_thresholds_score_pseudo_queries_out_of_fold(
+    monkeypatch, database, vectors, cache, lite0_backbone
+):
+    """Every cosine the fit scored a pseudo-query with is the cosine through an adapter fitted
+    without that pseudo-query's identity; and the check catches a fit that leaks (the cross-fit
+    replaced by the adapter fitted on everything)."""
+    identities = database["identity"].to_numpy()
+    folds = adaptation.identity_folds(identities, adaptation.FOLDS, 0)
+
+    adapted_without = {
+        fold: make_adapter("lda").fit(vectors[folds != fold], identities[folds != fold]).transform(vectors)
+        for fold in np.unique(folds)
+    }
+
+    def out_of_fold(rows, images, scores) -> bool:
+        expected = np.empty(len(rows))
+        for fold, adapted in adapted_without.items():
+            mine = folds[rows] == fold
+            expected[mine] = np.einsum("ij,ij->i", adapted[rows[mine]], adapted[images[mine]])
+        return bool(np.allclose(scores, expected, atol=1e-4))
+
+    gallery, (rows, images, scores) = _pseudo_query_scores(monkeypatch, database, cache, lite0_backbone)
+    assert len(rows) > 100 and out_of_fold(rows, images, scores)
+    final = gallery.groups["LionData"].search_index
+    assert not np.allclose(scores, np.einsum("ij,ij->i", final.vectors(rows), final.vectors(images)), atol=1e-4)
+
+    honest = adaptation.fold_views
+
+    def leaking_views(part, level, folds, seed):  # every fold scored by the adapter that saw it
+        if level == "none":
+            return honest(part, level, folds, seed)
+        whole = make_adapter(level).fit(part.index.vectors(np.arange(part.size)), part.identities)
+        view = adaptation.view_through(part, whole, part.index.vectors(np.arange(part.size)))
+        return [(folds == fold, view) for fold in range(int(folds.max()) + 1)]
+
+    monkeypatch.setattr(adaptation, "fold_views", leaking_views)
+    _, leaked = _pseudo_query_scores(monkeypatch, database, cache, lite0_backbone)
+    assert not out_of_fold(*leaked)
+
+
+def test_auto_chooses_on_the_database_and_records_it(database, cache, lite0_backbone, tmp_path):
+    """'auto' compares none with every level on the same held-out identities, keeps a level only
+    where it beats none, says so in a note, and records the figures in the gallery and run.json."""
+    from wildreid.evaluate.outputs import write_run
+
+    gallery = Gallery.build(
+        database, get_preset("offline").replace(adapt="auto"), backbone=lite0_backbone, cache_dir=cache, progress=False
+    )
+    record = gallery.groups["LionData"].fit.adaptation
+    assert set(record["validation"]) == {"none", "lda", "whiten"}
+    scores = {level: figures["simulated_score"] for level, figures in record["validation"].items()}
+    if record["chosen"] == "none":
+        assert max(scores["lda"], scores["whiten"]) < scores["none"] + adaptation.MARGIN
+    else:
+        assert scores[record["chosen"]] == max(scores.values())
+    assert any(note.startswith(f"LionData: adaptation {record['chosen']} ") for note in gallery.notes)
+    from wildreid.data.dataset import Dataset
+
+    queries = Dataset(database.iloc[:5].assign(split="query"), "lions")
+    result = gallery.identify(queries, cache_dir=cache, progress=False)
+    write_run(result, tmp_path / "run")
+    assert (
+        json.loads((tmp_path / "run" / "run.json").read_text())["adaptations"]["LionData"]["chosen"] == record["chosen"]
+    )
+
+
+def test_too_few_individuals_keep_the_vectors_with_a_note(database, cache, lite0_backbone):
+    few = database[database["identity"].isin(database["identity"].unique()[:4])]
+    gallery = Gallery.build(few, LDA, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    part = gallery.groups["LionData"]
+    assert part.adapter is None and part.fit.adaptation["chosen"] == "none"
+    assert any("no adaptation" in note for note in gallery.notes)
