@@ -33,17 +33,22 @@ from wildreid.util.files import remove_leftovers
 from wildreid.util.registry import UnknownName
 
 
-@pytest.fixture(scope="module")
-def result(shared_data, tmp_path_factory, lite0_backbone):
-    """A real run on a small LionData folder (photos copied in, paths relative)."""
-    folder = tmp_path_factory.mktemp("lions") / "Lions"
+def small_lion_folder(shared_data, folder: Path, identities: int = 6) -> Path:
+    """A LionData folder of its own: the photos of ``identities`` lions copied in, paths relative."""
     table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
-    identities = table[table["split"] == "database"]["identity"].drop_duplicates().head(6)
-    table = table[table["identity"].isin(identities)]
+    chosen = table[table["split"] == "database"]["identity"].drop_duplicates().head(identities)
+    table = table[table["identity"].isin(chosen)]
     (folder / "images").mkdir(parents=True)
     for path in table["path"]:
         shutil.copy(shared_data / "LionData" / path, folder / path)
     table.to_csv(folder / "metadata.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def result(shared_data, tmp_path_factory, lite0_backbone):
+    """A real run on a small LionData folder (photos copied in, paths relative)."""
+    folder = small_lion_folder(shared_data, tmp_path_factory.mktemp("lions") / "Lions")
     return identify(
         load_dataset(folder),
         get_preset("offline"),

@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
 from live_web import chromium, watched_page
+from test_outputs import small_lion_folder
 
 from wildreid.data.dataset import load_dataset
 from wildreid.evaluate.outputs import evaluate_if_possible, write_run
@@ -22,19 +22,6 @@ from wildreid.presets import get_preset
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "e2e-report"
 CHROMIUM = os.environ.get("WILDREID_CHROMIUM", "/usr/bin/chromium")
-
-
-def _lion_project(shared_data, project: Path) -> Path:
-    """A project folder: a small LionData dataset (photos copied in) and, later, its runs."""
-    folder = project / "data" / "Lions"
-    table = pd.read_csv(shared_data / "LionData" / "metadata.csv", dtype=str)
-    identities = table[table["split"] == "database"]["identity"].drop_duplicates().head(6)
-    table = table[table["identity"].isin(identities)]
-    (folder / "images").mkdir(parents=True)
-    for path in table["path"]:
-        shutil.copy(shared_data / "LionData" / path, folder / path)
-    table.to_csv(folder / "metadata.csv", index=False)
-    return folder
 
 
 def _all_thumbnails_load(page) -> tuple[int, int]:
@@ -51,7 +38,7 @@ def _all_thumbnails_load(page) -> tuple[int, int]:
 
 def test_a_colleague_opens_the_report_and_sees_every_photo(shared_data, lite0_backbone, tmp_path):
     project = tmp_path / "project"
-    folder = _lion_project(shared_data, project)
+    folder = small_lion_folder(shared_data, project / "data" / "Lions")
     result = identify(
         load_dataset(folder),
         get_preset("offline").replace(adapt="none"),
