@@ -38,7 +38,9 @@ def test_the_toggle_says_how_strong_the_evidence_on_the_animal_is(
         catalog.set_query_result(
             query["id"], {"prediction": "NyalaData_32", "threshold": 0.5, "preset": "fusion", "candidates": [candidate]}
         )
-    app = create_app(WebConfig(path, cache_dir=cache, preset="fusion"), backbone=lite0_backbone)
+    # A cache of its own: in the shared one another test may have drawn this pair already, and a
+    # drawn picture's evidence is shown before the toggle (asserted empty below).
+    app = create_app(WebConfig(path, cache_dir=tmp_path / "app-cache", preset="fusion"), backbone=lite0_backbone)
     with serving(app) as base, chromium(CHROMIUM, ARTIFACTS) as browser, watched_page(browser) as page:
         sign_in(page, base, "alice", f"/review/{query['id']}")
         said = page.locator("article.candidate [data-evidence]")
