@@ -30,7 +30,7 @@ from wildreid.cli.options import (
     TopK,
 )
 from wildreid.decide.cluster import METHODS as LINKAGES
-from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
+from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, figure_text, shown_metrics, unmeasurable_new
 from wildreid.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -349,13 +349,7 @@ def print_evaluation(evaluation: dict) -> None:
     any_unmeasurable = any(unmeasurable_new(f) for _, f in columns[:-1])
 
     def cell(figures: dict, key: str) -> str:
-        value = figures.get(key)
-        if key in ("baus", "auc_new_vs_known") and unmeasurable_new(figures):
-            return "n/a"
-        if value is None or value != value:
-            return "-"
-        starred = key == "score" and (unmeasurable_new(figures) or (figures is columns[-1][1] and any_unmeasurable))
-        return f"{value:.4f}" + ("*" if starred else "")
+        return figure_text(figures, key, star=figures is columns[-1][1] and any_unmeasurable)
 
     stdout.print("AnimalCLEF2025 metric, and ARI (AnimalCLEF2026)", style="italic", highlight=False)
     labels = ["queries", *(METRICS[key][0] for key in keys)]

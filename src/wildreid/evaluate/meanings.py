@@ -65,3 +65,15 @@ def unmeasurable_new(figures: dict) -> bool:
     """True for a dataset (or the mean) scored with BAKS/BAUS but without a single new query."""
     baus = figures.get("baus")
     return "baks" in figures and (baus is None or math.isnan(baus))
+
+
+def figure_text(figures: dict, key: str, *, star: bool = False) -> str:
+    """A figure as the table and the report show it: "n/a" where no query is new (BAUS, AUC),
+    "-" where it was not measured, else four decimals; the score marked * where it counts an
+    unmeasurable BAUS as 0 (or ``star``: a mean over such datasets)."""
+    if key in ("baus", "auc_new_vs_known") and unmeasurable_new(figures):
+        return "n/a"
+    value = figures.get(key)
+    if value is None or value != value:
+        return "-"
+    return f"{value:.4f}" + ("*" if key == "score" and (star or unmeasurable_new(figures)) else "")

@@ -254,6 +254,7 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> t
     from wildreid.data.images import ImageReadError
     from wildreid.data.regions import regions_of
     from wildreid.evaluate.pictures import draw_matches, shown_region, to_png
+    from wildreid.evaluate.summary import least_certain_first
     from wildreid.local.base import get_method
 
     method = get_method(result.preset.local, **result.preset.local_options)
@@ -264,8 +265,7 @@ def match_pictures(result, per_dataset: int = 4, candidates_shown: int = 2) -> t
     region_of = dict(zip(table["image_id"], regions or [None] * len(table)))
     pictures, captions = {}, {}
     for group, rows in result.candidates.groupby("dataset", sort=False):
-        margin = (rows["top1_score"].astype(float) - rows["threshold"].astype(float)).abs().fillna(np.inf)
-        for row in rows.assign(margin=margin).sort_values("margin", kind="stable").head(per_dataset).itertuples():
+        for row in least_certain_first(rows).head(per_dataset).itertuples():
             panels = []
             for rank in range(1, candidates_shown + 1):
                 match_id = getattr(row, f"match_{rank}", None)

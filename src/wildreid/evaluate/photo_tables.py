@@ -14,12 +14,11 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import pandas as pd
 
 from wildreid.data.dataset import NEW_INDIVIDUAL
 from wildreid.decide.grouping import NEW
-from wildreid.evaluate.summary import UNCERTAIN_BELOW
+from wildreid.evaluate.summary import UNCERTAIN_BELOW, least_certain_first
 
 CANDIDATES_SHOWN = 3  # per query in the table; candidates.csv has all top-k
 
@@ -64,8 +63,7 @@ def queries_table(result, truth: pd.DataFrame | None, folder: Path) -> str:
         header += ["truth", "right?"]
     rows = []
     for _, part in candidates.groupby("dataset", sort=False):
-        margin = (part["top1_score"].astype(float) - part["threshold"].astype(float)).abs()
-        for row in part.assign(margin=margin.fillna(np.inf)).sort_values("margin", kind="stable").itertuples():
+        for row in least_certain_first(part).itertuples():
             query = str(row.image_id)
             cells = [_thumbnail(path_of.get(row.image_id), folder, query), html.escape(query)]
             answer = html.escape(str(row.prediction))

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from wildreid.data.dataset import DATABASE
 from wildreid.decide.thresholds import SimulatedQueries, score_curves
-from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, shown_metrics, unmeasurable_new
+from wildreid.evaluate.meanings import METRICS, NOT_MEASURABLE, figure_text, shown_metrics, unmeasurable_new
 from wildreid.evaluate.photo_tables import groups_section, queries_table
 from wildreid.evaluate.summary import UNCERTAIN_MEANING, summary_line
 
@@ -39,7 +39,7 @@ def query_truth(result) -> pd.DataFrame | None:
     )
 
 
-def histogram_figure(candidates: pd.DataFrame, threshold: float | None, truth: pd.DataFrame | None, title: str):
+def histogramfigure_text(candidates: pd.DataFrame, threshold: float | None, truth: pd.DataFrame | None, title: str):
     figure, axis = plt.subplots(figsize=(6.4, 3.6))
     scores = candidates["top1_score"].to_numpy(dtype=float)
     finite = scores[np.isfinite(scores)]
@@ -64,7 +64,7 @@ def histogram_figure(candidates: pd.DataFrame, threshold: float | None, truth: p
     return figure
 
 
-def curves_figure(grid, baks, baus, score, threshold: float | None, title: str):
+def curvesfigure_text(grid, baks, baus, score, threshold: float | None, title: str):
     figure, axis = plt.subplots(figsize=(6.4, 3.6))
     axis.plot(grid, baks, label="BAKS")
     axis.plot(grid, baus, label="BAUS")
@@ -98,7 +98,7 @@ def figures_for_run(result) -> dict[str, Figure]:
         "dataset" if result.preset.same_dataset_only else np.full(len(result.candidates), "all"), sort=False
     ):
         threshold = result.thresholds.get(group)
-        figures[f"{group}_histogram"] = histogram_figure(rows, threshold, truth, f"{group}: top-1 scores")
+        figures[f"{group}_histogram"] = histogramfigure_text(rows, threshold, truth, f"{group}: top-1 scores")
         scores = rows["top1_score"].to_numpy(dtype=float)
         scores = scores[np.isfinite(scores)]
         if len(scores) == 0:
@@ -107,11 +107,11 @@ def figures_for_run(result) -> dict[str, Figure]:
         if truth is not None:
             grid = np.linspace(scores.min() - 1e-6, scores.max() + 1e-6, 200)
             baks, baus, score = real_curves(rows, truth, grid)
-            figures[f"{group}_curves"] = curves_figure(
+            figures[f"{group}_curves"] = curvesfigure_text(
                 grid, baks, baus, score, threshold, f"{group}: metric against threshold (queries)"
             )
         if choice is not None and len(choice.grid):
-            figures[f"{group}_simulated"] = curves_figure(
+            figures[f"{group}_simulated"] = curvesfigure_text(
                 choice.grid,
                 choice.curve_baks,
                 choice.curve_baus,
@@ -207,7 +207,7 @@ def _summary(result, evaluation: dict | None) -> str:
         queries = int((candidates["dataset"] == group).sum()) if group != "all" else len(candidates)
         cells = [group, queries, "none (closed set)" if threshold is None else _fmt(threshold)]
         cells.append(_fmt(choice.simulated_score) if choice else "-")
-        cells += [_figure(figures, key) for key in keys]
+        cells += [figure_text(figures, key) for key in keys]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     lines.append(
         "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(rows) + "</table>"
@@ -224,21 +224,12 @@ def _summary(result, evaluation: dict | None) -> str:
         )
         return "\n".join(lines)
     if evaluation.get("score") == evaluation.get("score"):
-        lines.insert(0, f"<p><b>Score {_figure(evaluation, 'score')}</b> ({html.escape(METRICS['score'][1])}).</p>")
+        lines.insert(0, f"<p><b>Score {figure_text(evaluation, 'score')}</b> ({html.escape(METRICS['score'][1])}).</p>")
     legend = "".join(f"<dt>{html.escape(METRICS[k][0])}</dt><dd>{html.escape(METRICS[k][1])}</dd>" for k in keys)
     if any(unmeasurable_new(f) for f in evaluation["per_dataset"].values()):
         legend += f"<dt>n/a, *</dt><dd>{html.escape(NOT_MEASURABLE)}</dd>"
     lines.append(f"<details><summary>What the figures mean</summary><dl>{legend}</dl></details>")
     return "\n".join(lines)
-
-
-def _figure(figures: dict, key: str) -> str:
-    if key in ("baus", "auc_new_vs_known") and unmeasurable_new(figures):
-        return "n/a"
-    value = figures.get(key)
-    if value is None or value != value:
-        return "-"
-    return f"{value:.4f}" + ("*" if key == "score" and unmeasurable_new(figures) else "")
 
 
 def _notes(result) -> str:

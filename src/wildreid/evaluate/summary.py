@@ -56,3 +56,10 @@ def summary_line(candidates: pd.DataFrame, calibrated: bool) -> str:
 
 def _count(number: int | None, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def least_certain_first(rows: pd.DataFrame) -> pd.DataFrame:
+    """Queries ordered by how close their best score is to their threshold (the answers most
+    likely to flip, for a person to look at first); no score or no threshold go last."""
+    margin = (rows["top1_score"].astype(float) - rows["threshold"].astype(float)).abs()
+    return rows.assign(margin=margin.fillna(float("inf"))).sort_values("margin", kind="stable")

@@ -101,7 +101,6 @@ def require_role(role: str):
 
 require_reviewer = require_role("reviewer")
 require_admin = require_role("admin")
-require_token = require_reviewer  # the name routes used when one shared token guarded changes
 
 
 def require_undo_right(request: Request, expected: Annotated[int, Form()]) -> None:

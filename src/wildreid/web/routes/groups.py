@@ -35,7 +35,14 @@ from wildreid.review.identify import catalog_cache_dir
 from wildreid.review.pending import ALONE, KNOWN, PendingGrouping, answered_individuals, pending_queries
 from wildreid.web.matches import evidence_png, match_picture, match_pictures_available
 from wildreid.web.pages import CatalogDep, groups_url, page, photos_filed, url_part, with_params
-from wildreid.web.security import clean_text, require_admin, require_token, require_undo_right, reviewer_of, safe_next
+from wildreid.web.security import (
+    clean_text,
+    require_admin,
+    require_reviewer,
+    require_undo_right,
+    reviewer_of,
+    safe_next,
+)
 
 router = APIRouter()
 CANDIDATES_OFFERED = 5  # known individuals offered when confirming a group as one of them
@@ -172,7 +179,7 @@ def groups_page(
     )
 
 
-@router.post("/groups/regroup", dependencies=[Depends(require_token)])
+@router.post("/groups/regroup", dependencies=[Depends(require_reviewer)])
 def regroup(request: Request, catalog: CatalogDep, dataset: Annotated[str, Form()]):
     """Group again from scratch (after a failure, or to take new catalogue photos into account)."""
     chosen = _dataset(catalog, dataset) or ""
@@ -183,7 +190,7 @@ def regroup(request: Request, catalog: CatalogDep, dataset: Annotated[str, Form(
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
-@router.post("/groups/confirm", dependencies=[Depends(require_token)])
+@router.post("/groups/confirm", dependencies=[Depends(require_reviewer)])
 def confirm(
     request: Request,
     catalog: CatalogDep,
@@ -213,7 +220,7 @@ def confirm(
     return RedirectResponse(groups_url(chosen, done=entry["id"]), status_code=303)
 
 
-@router.post("/groups/split", dependencies=[Depends(require_token)])
+@router.post("/groups/split", dependencies=[Depends(require_reviewer)])
 def split(
     request: Request,
     catalog: CatalogDep,
@@ -317,7 +324,7 @@ def _photo_of(catalog: Catalog, query: dict, individual_id: str) -> str | None:
     return photos[0]["sha256"] if photos else None
 
 
-@router.post("/pairs", dependencies=[Depends(require_token)])
+@router.post("/pairs", dependencies=[Depends(require_reviewer)])
 def answer(
     request: Request,
     catalog: CatalogDep,
@@ -446,7 +453,7 @@ def merge(request: Request, catalog: CatalogDep, keep: Annotated[str, Form()], a
     return RedirectResponse(f"/individuals/{url_part(keep.strip())}?done={entry['id']}", status_code=303)
 
 
-@router.post("/split", dependencies=[Depends(require_token)])
+@router.post("/split", dependencies=[Depends(require_reviewer)])
 def split_one(
     request: Request,
     catalog: CatalogDep,

@@ -11,7 +11,7 @@ from markupsafe import Markup
 from wildreid.catalog.changes import entry_details, merged_into
 from wildreid.web.maps import MapPoint, sightings_svg, tile_origin
 from wildreid.web.pages import CatalogDep, page, url_part, when
-from wildreid.web.security import clean_text, require_token, reviewer_of
+from wildreid.web.security import clean_text, require_reviewer, reviewer_of
 
 router = APIRouter()
 INDIVIDUALS_SHOWN = 200  # per list page; the search narrows it down
@@ -80,7 +80,7 @@ def _map_points(photos: list[dict]) -> list[MapPoint]:
     return points
 
 
-@router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_token)])
+@router.post("/individuals/{individual_id:anytext}", dependencies=[Depends(require_reviewer)])
 def edit_individual(
     request: Request,
     individual_id: str,

@@ -22,7 +22,7 @@ from wildreid.web.pages import (
     query_or_404,
     url_part,
 )
-from wildreid.web.security import clean_text, require_token, reviewer_of
+from wildreid.web.security import clean_text, require_reviewer, reviewer_of
 
 router = APIRouter()
 CANDIDATES_SHOWN = 5  # candidates on the page: five rows still fit one screen
@@ -117,7 +117,7 @@ def _best_photos(catalog, candidate: dict) -> list[dict]:
     return photos
 
 
-@router.post("/review/{query_id}", dependencies=[Depends(require_token)])
+@router.post("/review/{query_id}", dependencies=[Depends(require_reviewer)])
 def decide(
     request: Request,
     query_id: int,
@@ -152,7 +152,7 @@ def decide(
     return RedirectResponse("/review", status_code=303)
 
 
-@router.post("/review/{query_id}/not", dependencies=[Depends(require_token)])
+@router.post("/review/{query_id}/not", dependencies=[Depends(require_reviewer)])
 def not_this_one(request: Request, query_id: int, catalog: CatalogDep, individual_id: Annotated[str, Form()]):
     """ "Not this one": the answer "different" about the photo and a candidate, stored as any pair
     answer is (``changes.answer_pair``: who, when, undoable) and applied to the dataset's grouping

@@ -13,7 +13,7 @@ from wildreid.catalog.store import Catalog
 from wildreid.data.images import read_photo_place
 from wildreid.web.jobs import Job, new_job_id
 from wildreid.web.pages import CatalogDep, grouped_with_others, groups_url, page
-from wildreid.web.security import UploadRejected, check_photo, clean_text, display_name, require_token, reviewer_of
+from wildreid.web.security import UploadRejected, check_photo, clean_text, display_name, require_reviewer, reviewer_of
 
 router = APIRouter()
 JOB_ID = re.compile(r"[0-9a-f]{16}")
@@ -31,7 +31,7 @@ def home(request: Request, catalog: CatalogDep):
     )
 
 
-@router.post("/uploads", dependencies=[Depends(require_token)])
+@router.post("/uploads", dependencies=[Depends(require_reviewer)])
 def upload(
     request: Request,
     catalog: CatalogDep,
