@@ -106,6 +106,11 @@ class Preset:
     # the level whose cross-fitted simulated open-set score on the database beats none. Presets
     # saved before it existed read as "none".
     adapt: str = "none"
+    # How a pair's calibrated scores are combined into one P(same) (gallery/calibration.py's fusion
+    # rules): "mean" (WildFusion's), a learned rule ("logistic"), or "auto": a learned rule where
+    # its out-of-fold simulated open-set score on the database beats the mean
+    # (gallery/fusion_choice.py). Checked against the registered rules when the gallery is fitted.
+    fusion_rule: str = "mean"
 
     @property
     def score_name(self) -> str:
@@ -143,6 +148,8 @@ class Preset:
             )
         ViewRule(self.views, self.mirror)  # refuses a malformed rule, or mirroring without one
         check_adapt(self.adapt)
+        if not isinstance(self.fusion_rule, str) or not self.fusion_rule:
+            raise ValueError(f"fusion rule: {self.fusion_rule!r}; give a rule's name, or 'auto'.")
         if self.extra_local and not self.local:
             raise ValueError(
                 f"extra local features {', '.join(self.extra_local)} are fused beside the main keypoint "

@@ -193,7 +193,8 @@ def _refuse_what_the_gallery_fixed(
     # whatever the gallery is, even one that is not there).
     if evidence.changes():
         raise ValueError(
-            "--views, --mirror, --extra-local, --top-m and --adapt are fixed when a gallery is built (its calibration "
+            "--views, --mirror, --extra-local, --top-m, --adapt and --fusion-rule are fixed when a gallery is built "
+            "(its calibration "
             "and thresholds were fitted with them); give them to `wildreid gallery build` instead."
         )
     if choice.local is not None:

@@ -306,6 +306,17 @@ AdaptOption = Annotated[
     ),
 ]
 
+FusionRuleOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--fusion-rule",
+        help="How a pair's calibrated scores combine into one P(same) when the gallery is fitted: "
+        "'mean' (WildFusion's), 'logistic' (weights learned from the database's labels), or 'auto' "
+        "(the learned rule only where validation on the database, holding out whole individuals, "
+        "says it helps). Default: the preset's.",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class EvidenceOptions(OptionGroup):
@@ -316,6 +327,10 @@ class EvidenceOptions(OptionGroup):
     extra_local: ExtraLocalOption = None
     top_m: TopMOption = None
     adapt: AdaptOption = None
+    fusion_rule: FusionRuleOption = None
 
     def changes(self) -> dict:
-        return evidence_changes(self.views, self.mirror, self.extra_local, self.top_m, self.adapt)
+        changes = evidence_changes(self.views, self.mirror, self.extra_local, self.top_m, self.adapt)
+        if self.fusion_rule is not None:
+            changes["fusion_rule"] = self.fusion_rule.strip().lower()
+        return changes

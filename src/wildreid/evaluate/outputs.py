@@ -171,6 +171,7 @@ def write_run_record(result, folder: Path, request: RunRequest) -> dict[str, Pat
         "thresholds": result.thresholds,
         "threshold_choices": {g: c.summary() for g, c in result.threshold_choices.items()},
         "adaptations": result.adaptations,
+        "fusion_rules": result.fusion_rules,
         "submission_format": request.format,
         "grouping": None
         if result.grouping is None

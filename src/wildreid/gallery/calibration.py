@@ -7,11 +7,13 @@ near-duplicates of one clip or date); a fusion rule then combines the probabilit
 
 Both are choices by name. A calibrator is a class registered in ``CALIBRATORS`` that implements
 :class:`Calibrator` (``fit(scores, same)``, ``predict(scores)`` -> P(same), to and from JSON);
-``isotonic`` is the default. A fusion rule is a function registered in ``FUSION_RULES`` from
-{score type: P(same)} to one P(same); ``mean`` is the default. To add one, write it in a new file
-of this wing under ``@CALIBRATORS.register("name")`` (or ``@FUSION_RULES.register("name")``) and
-add the file's module to that registry's ``modules`` below. A fitted :class:`Calibration`
-remembers both names, so a gallery answers queries with the maps and the rule it was fitted with.
+``isotonic`` is the default. A fusion rule is registered in ``FUSION_RULES``: either a function
+from {score type: P(same)} to one P(same) (``mean``, the default), or a :class:`LearnedRule`
+class, fitted on the same pairs' calibrated probabilities (``logistic``, fusion_logistic.py). To
+add one, write it in a new file of this wing under ``@CALIBRATORS.register("name")`` (or
+``@FUSION_RULES.register("name")``) and add the file's module to that registry's ``modules``
+below. A fitted :class:`Calibration` remembers both names (and a learned rule's fitted state), so
+a gallery answers queries with the maps and the rule it was fitted with.
 
 Pairs compared after a horizontal flip (mirrored matching, data/views.py) get maps of their own
 (``mirrored:cosine``, ...): how often a mirrored match is the same animal depends on how
@@ -56,8 +58,28 @@ class Calibrator:
         raise NotImplementedError
 
 
+class LearnedRule:
+    """A fusion rule with parameters, fitted on database pairs' calibrated probabilities."""
+
+    def fit(self, probabilities: dict[str, np.ndarray], same: np.ndarray) -> "LearnedRule":
+        raise NotImplementedError
+
+    def __call__(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_json(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, data) -> "LearnedRule":
+        raise NotImplementedError
+
+
+FusionRule = Callable[[dict[str, np.ndarray]], np.ndarray]
 CALIBRATORS: Registry[type[Calibrator]] = Registry("calibrator", modules=())
-FUSION_RULES: Registry[Callable[[dict[str, np.ndarray]], np.ndarray]] = Registry("fusion rule", modules=())
+FUSION_RULES: Registry[FusionRule | type[LearnedRule]] = Registry(
+    "fusion rule", modules=("wildreid.gallery.calibration", "wildreid.gallery.fusion_logistic")
+)
 DEFAULT_CALIBRATOR = "isotonic"
 DEFAULT_FUSION = "mean"
 
@@ -111,6 +133,7 @@ class Calibration:
     positives: int = 0
     calibrator: str = DEFAULT_CALIBRATOR
     fusion: str = DEFAULT_FUSION
+    rule: LearnedRule | None = None  # the fitted rule, where ``fusion`` names a learned one
 
     @property
     def knots(self) -> dict:
@@ -130,7 +153,7 @@ class Calibration:
     ) -> "Calibration":
         """``mirrored``: which pairs were compared after a flip; they get maps of their own."""
         make = CALIBRATORS.get(calibrator)
-        FUSION_RULES.get(fusion)  # an unknown rule fails now, not at the first query
+        rule = FUSION_RULES.get(fusion)  # an unknown rule fails now, not at the first query
         same = np.asarray(same, dtype=float)
         flipped = np.zeros(len(same), bool) if mirrored is None else np.asarray(mirrored, bool)
         maps = {}
@@ -139,26 +162,31 @@ class Calibration:
                 continue
             for name, values in scores.items():
                 maps[prefix + name] = make().fit(np.asarray(values)[rows], same[rows])
-        return cls(maps, int(len(same)), int(np.sum(same)), calibrator, fusion)
+        calibration = cls(maps, int(len(same)), int(np.sum(same)), calibrator, fusion)
+        if isinstance(rule, type) and issubclass(rule, LearnedRule):
+            calibration.rule = rule().fit(calibration.probabilities(scores, mirrored), same)
+        return calibration
 
     def probability(self, name: str, values: np.ndarray) -> np.ndarray:
         return self.maps[name].predict(values)
 
-    def fuse(self, scores: dict[str, np.ndarray], mirrored: np.ndarray | None = None) -> np.ndarray:
-        """The calibrated scores combined by the fusion rule; mirrored pairs through the mirrored
-        maps (through the direct ones where the database had no mirrored pair to fit them on)."""
-        combine = FUSION_RULES.get(self.fusion)
-        fused = combine({name: self.probability(name, values) for name, values in scores.items()})
+    def probabilities(self, scores: dict[str, np.ndarray], mirrored: np.ndarray | None = None) -> dict:
+        """Each score type's P(same); mirrored pairs through the mirrored maps (through the direct
+        ones where the database had no mirrored pair to fit them on)."""
+        calibrated = {name: self.probability(name, values) for name, values in scores.items()}
         if mirrored is not None and np.any(mirrored):
             rows = np.asarray(mirrored, bool)
-            fused = np.asarray(fused, dtype=np.float64).copy()
-            fused[rows] = combine(
-                {
-                    name: self.probability(MIRRORED + name if MIRRORED + name in self.maps else name, values[rows])
-                    for name, values in scores.items()
-                }
-            )
-        return fused
+            for name, values in scores.items():
+                mapped = MIRRORED + name if MIRRORED + name in self.maps else name
+                calibrated[name] = np.asarray(calibrated[name], dtype=np.float64).copy()
+                calibrated[name][rows] = self.probability(mapped, np.asarray(values)[rows])
+        return calibrated
+
+    def fuse(self, scores: dict[str, np.ndarray], mirrored: np.ndarray | None = None) -> np.ndarray:
+        """The calibrated scores combined by the fusion rule."""
+        combine = self.rule if self.rule is not None else FUSION_RULES.get(self.fusion)
+        assert callable(combine)
+        return np.asarray(combine(self.probabilities(scores, mirrored)), dtype=np.float64)
 
     def to_json(self) -> str:
         # The two names are written only when they are not the defaults, so a default calibration
@@ -168,6 +196,8 @@ class Calibration:
             content["calibrator"] = self.calibrator
         if self.fusion != DEFAULT_FUSION:
             content["fusion"] = self.fusion
+        if self.rule is not None:
+            content["rule"] = self.rule.to_json()
         return json.dumps(content)
 
     @classmethod
@@ -176,4 +206,9 @@ class Calibration:
         calibrator = content.get("calibrator", DEFAULT_CALIBRATOR)
         load = CALIBRATORS.get(calibrator).from_json
         maps = {name: load(data) for name, data in content["knots"].items()}
-        return cls(maps, content["pairs"], content["positives"], calibrator, content.get("fusion", DEFAULT_FUSION))
+        fusion = content.get("fusion", DEFAULT_FUSION)
+        rule = FUSION_RULES.get(fusion)
+        learned = None
+        if isinstance(rule, type) and issubclass(rule, LearnedRule):
+            learned = rule.from_json(content["rule"])
+        return cls(maps, content["pairs"], content["positives"], calibrator, fusion, learned)

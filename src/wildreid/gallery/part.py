@@ -29,6 +29,7 @@ from wildreid.decide.simulate import LinkChoice, choose_link_threshold
 from wildreid.decide.thresholds import Neighbours, ThresholdChoice, choose_threshold
 from wildreid.describe.adapters import Adapter
 from wildreid.gallery.calibration import Calibration
+from wildreid.gallery.fusion_choice import between_queries, fit_fusion
 from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import ScoredPairs, shortlist_pairs
 from wildreid.local.base import LocalFeatures, LocalMethod
@@ -71,6 +72,9 @@ class PartFit:
     # The adaptation chosen on the database, with its validation figures (adaptation.py's
     # fit_adaptation record); None where the preset asks for none.
     adaptation: dict | None = None
+    # The fusion rule chosen on the database, with its validation figures (fusion_choice.py's
+    # fit_fusion record); None where the preset asks for the mean.
+    fusion_rule: dict | None = None
 
 
 @dataclass
@@ -166,6 +170,7 @@ class DatasetPart:
         from wildreid.gallery.adaptation import fit_adaptation
 
         started = time.perf_counter()
+        fusion_rule = None
         adaptation = fit_adaptation(self, preset, seed=seed)
         rng = np.random.default_rng(seed)
         pool = np.flatnonzero(self.askable) if self.askable is not None else np.arange(self.size)
@@ -175,10 +180,20 @@ class DatasetPart:
             rows = np.flatnonzero(pseudo)
             pairs = self.asked_pairs(rows, preset, method, extra_methods or {})
             same = (self.identities[rows[pairs.queries]] == self.identities[pairs.images]).astype(float)
-            calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
-            fused = calibration.fuse(pairs.raw, pairs.mirrored)
+            calibration, fused, between, fusion_rule = fit_fusion(
+                pairs,
+                rows,
+                same,
+                self.identities,
+                self.near_duplicates,
+                setting=preset.fusion_rule,
+                top_m=preset.top_m if isinstance(preset.top_m, int) else 1,
+                seed=seed,
+                name=self.name,
+            )
+            if fusion_rule is not None:
+                self.notes.append(fusion_rule["note"])
             neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, fused, pseudo)
-            between = calibration.fuse(_between_queries(pairs.raw), pairs.mirrored)
             scored = (rows[pairs.queries], pairs.images, fused, between)
         else:
             pseudo = np.zeros(self.size, dtype=bool)
@@ -204,6 +219,7 @@ class DatasetPart:
             links,
             top_m,
             adaptation,
+            fusion_rule,
         )
         self.cross_fit = None  # the fold views are needed no more (fit_pairs keeps their scores)
         return self.fit
@@ -487,7 +503,7 @@ class DatasetPart:
         vectors, mirrored = self.adapt(vectors), self.adapt_side(mirrored)
         calibration = self.fit.calibration
         query_index = VectorIndex.build(vectors)
-        settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see _between_queries
+        settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see fusion_choice.between_queries
         features = features if method is not None else None
         # Two queries are compared under the same view rule as a query and the database: two
         # queries of incompatible views are never linked (mirror views only through the flip).
@@ -629,7 +645,7 @@ def graph_of_queries(
     """The match graph of ``count`` queries: their pairs' ``raw`` scores fused to P(same), and
     each query linked to the known individuals of its ranking at their score (a cosine ranking
     calibrated as the query pairs are)."""
-    query_probability = calibration.fuse(_between_queries(raw), pairs.mirrored)
+    query_probability = calibration.fuse(between_queries(raw), pairs.mirrored)
     known = np.array([identity is not None for identity in ranking.identities.ravel()]).reshape(
         ranking.identities.shape
     )
@@ -641,10 +657,3 @@ def graph_of_queries(
         (pairs.queries, pairs.images, query_probability),
         (np.nonzero(known)[0], ranking.identities[known], link_scores),
     )
-
-
-def _between_queries(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The scores that mean the same between two queries as between a query and the database:
-    all but LNBNN, whose votes are normalised by the keypoints of the set searched (the
-    database), so the same pair scores higher among a few queries than against a large database."""
-    return {name: values for name, values in raw.items() if name != "lnbnn"}

@@ -166,7 +166,7 @@ def answer_queries(
     table = photos.table
     notes = list(gallery.notes)
     ranking = Ranking.empty(len(table), top_k)
-    thresholds, choices, calibrations, groupings, adaptations = {}, {}, {}, {}, {}
+    thresholds, choices, calibrations, groupings, adaptations, rules = {}, {}, {}, {}, {}, {}
     query_thresholds = np.full(len(table), np.nan)
     prediction = np.full(len(table), NEW_INDIVIDUAL, dtype=object)
     for name in dict.fromkeys(table["group"]):
@@ -179,6 +179,8 @@ def answer_queries(
             calibrations[name] = group.fit.calibration
         if group.fit.adaptation is not None:
             adaptations[name] = group.fit.adaptation
+        if group.fit.fusion_rule is not None:
+            rules[name] = group.fit.fusion_rule
         query_thresholds[members] = np.nan if thresholds[name] is None else thresholds[name]
         asked = photos.asked(name)
         notes += _fallback_notes(group, photos, asked, gallery.preset)
@@ -220,6 +222,7 @@ def answer_queries(
         notes=notes,
         grouping=Grouping(groupings) if method is not None else None,
         adaptations=adaptations,
+        fusion_rules=rules,
     )
 
 

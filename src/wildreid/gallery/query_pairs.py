@@ -85,7 +85,7 @@ def remembered_graph(
     if memory.adapter is not group.adapter:  # cosines of another adapter (a refit) are not these
         memory.keys, memory.shortlists, memory.adapter = [], {}, group.adapter
     calibration = group.fit.calibration
-    settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # as match_graph (see _between_queries)
+    settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # as match_graph (see fusion_choice.between_queries)
     side = Side(vectors, features if method is not None else None, extra or {})
     pairs = _shortlisted(side, views, preset, settings.shortlist, mirrored, keys, memory)
     counted = tuple(name for name in PAIR_COUNTS if name in settings.scores) if method is not None else ()

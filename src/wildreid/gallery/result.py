@@ -68,6 +68,9 @@ class IdentifyResult:
     # dataset -> the adaptation chosen when its gallery part was fitted, with its validation
     # figures (gallery/adaptation.py); absent where the preset asks for none.
     adaptations: dict = field(default_factory=dict)
+    # dataset -> the fusion rule chosen when its gallery part was fitted, with its validation
+    # figures (gallery/fusion_choice.py); absent where the preset asks for the mean.
+    fusion_rules: dict = field(default_factory=dict)
 
     @property
     def predictions(self) -> pd.DataFrame:

@@ -450,6 +450,7 @@ def fit_record(fit: PartFit | None) -> dict | None:
         "seconds": fit.seconds,
         "top_m": fit.top_m,
         "adaptation": fit.adaptation,
+        "fusion_rule": fit.fusion_rule,
         "pseudo_queries": fit.pseudo_queries.tolist(),
         "calibration": json.loads(fit.calibration.to_json()) if fit.calibration else None,
         "links": {
@@ -500,6 +501,7 @@ def fit_from_record(record: dict | None) -> PartFit | None:
         links,
         record.get("top_m", 1),
         record.get("adaptation"),  # absent in galleries fitted before adaptation existed
+        record.get("fusion_rule"),  # absent in galleries fitted before learned rules existed
     )
 
 

@@ -1,0 +1,145 @@
+"""Which fusion rule a group's calibration combines its scores with, chosen on the database alone.
+
+The calibration's pairs are its pseudo-queries' shortlists (part.py). Every candidate rule is
+judged out of fold: the pseudo-queries' identities are split into the adaptation's identity folds
+(adaptation.identity_folds, same seed, so with an adapter the folds coincide), each fold's pairs
+are fused by a calibration (maps and rule) fitted only on pairs whose two photos both belong to the
+other folds, and the threshold simulation (thresholds.py) scores those out-of-fold P(same) as it
+scores a threshold: hiding whole identities, so the figure rewards telling new individuals from
+known ones among identities the rule never saw. ``mean`` (WildFusion's rule) is a candidate and
+wins near-ties (adaptation.MARGIN): a learned rule must earn its place.
+
+A learned rule that is kept answers real queries with its fit on all the pairs, but the group's
+threshold, top-m and grouping link threshold are chosen on its out-of-fold P(same), so they are not
+fitted on pairs the rule memorised. With ``mean`` the fused scores are those of today's fit (its
+maps fitted on all pairs), so a gallery that keeps the mean answers exactly as before.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from wildreid.decide.thresholds import Neighbours, choose_threshold
+from wildreid.gallery.adaptation import FOLDS, MARGIN, MIN_IDENTITIES, identity_folds
+from wildreid.gallery.calibration import DEFAULT_FUSION, FUSION_RULES, Calibration
+from wildreid.gallery.shortlist import ScoredPairs
+from wildreid.presets import AUTO
+
+
+def between_queries(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scores that mean the same between two queries as between a query and the database:
+    all but LNBNN, whose votes are normalised by the keypoints of the set searched (the
+    database), so the same pair scores higher among a few queries than against a large database."""
+    return {name: values for name, values in raw.items() if name != "lnbnn"}
+
+
+def rule_candidates(setting: str) -> list[str]:
+    """The rules a preset's ``fusion_rule`` lets the validation compare (the mean first)."""
+    if setting == AUTO:
+        return [DEFAULT_FUSION, *(name for name in FUSION_RULES.names() if name != DEFAULT_FUSION)]
+    FUSION_RULES.get(setting)  # an unknown name fails here, with the known ones listed
+    return [DEFAULT_FUSION] if setting == DEFAULT_FUSION else [DEFAULT_FUSION, setting]
+
+
+def out_of_fold(
+    pairs: ScoredPairs, rows: np.ndarray, same: np.ndarray, folds: np.ndarray, rule: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(same), P(same) between queries) of every pair, each fold's from a calibration fitted on
+    the pairs of the other folds' identities only. ``folds``: the fold of each database photo."""
+    query_fold, image_fold = folds[rows[pairs.queries]], folds[pairs.images]
+    fused, between = np.zeros(len(same)), np.zeros(len(same))
+    for fold in np.unique(query_fold):
+        test = query_fold == fold
+        train = (query_fold != fold) & (image_fold != fold)
+        mirrored = pairs.mirrored
+        calibration = Calibration.fit(
+            {name: values[train] for name, values in pairs.raw.items()},
+            same[train],
+            None if mirrored is None else mirrored[train],
+            fusion=rule,
+        )
+        held = {name: values[test] for name, values in pairs.raw.items()}
+        flags = None if mirrored is None else mirrored[test]
+        fused[test] = calibration.fuse(held, flags)
+        between[test] = calibration.fuse(between_queries(held), flags)
+    return fused, between
+
+
+def fit_fusion(
+    pairs: ScoredPairs,
+    rows: np.ndarray,
+    same: np.ndarray,
+    identities: np.ndarray,
+    near_duplicates: np.ndarray | None,
+    *,
+    setting: str,
+    top_m: int,
+    seed: int,
+    name: str,
+):
+    """(calibration, P(same) of each pair, P(same) of each pair between queries, the choice's
+    record or None) for the pseudo-query pairs of ``rows``, with the rule ``setting`` asks for."""
+    rule_candidates(setting)  # an unknown rule fails before any work
+    counts = np.unique(np.asarray(identities[rows]).astype(str), return_counts=True)[1]
+    learnable = int((counts >= 2).sum())
+    if setting == DEFAULT_FUSION or learnable < MIN_IDENTITIES:
+        calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
+        record: dict | None = None
+        if setting != DEFAULT_FUSION:  # today's fit, with the reason
+            record = {
+                "setting": setting,
+                "chosen": DEFAULT_FUSION,
+                "note": f"{name}: fusion rule mean: {learnable} individuals have two pseudo-queries or more "
+                f"(fewer than {MIN_IDENTITIES}), too few to learn a rule from and to validate it on.",
+            }
+        return (
+            calibration,
+            calibration.fuse(pairs.raw, pairs.mirrored),
+            calibration.fuse(between_queries(pairs.raw), pairs.mirrored),
+            record,
+        )
+    started = time.perf_counter()
+    folds = identity_folds(identities, FOLDS, seed)
+    asked = np.zeros(len(identities), dtype=bool)
+    asked[rows] = True
+    held_out, figures = {}, {}
+    for rule in rule_candidates(setting):
+        held_out[rule] = out_of_fold(pairs, rows, same, folds, rule)
+        neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, held_out[rule][0], asked)
+        choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m, seed=seed)
+        figures[rule] = {
+            "simulated_score": _finite(choice.simulated_score),
+            "simulated_baks": _finite(choice.simulated_baks),
+            "simulated_baus": _finite(choice.simulated_baus),
+        }
+    scores = {rule: figures[rule]["simulated_score"] or -np.inf for rule in figures}
+    best = max(scores, key=lambda rule: scores[rule])
+    chosen = best if scores[best] >= scores[DEFAULT_FUSION] + MARGIN else DEFAULT_FUSION
+    if setting != AUTO:  # a rule named by the preset is used; its validation is only reported
+        chosen = setting
+    calibration = Calibration.fit(pairs.raw, same, pairs.mirrored, fusion=chosen)
+    if chosen == DEFAULT_FUSION:
+        fused = calibration.fuse(pairs.raw, pairs.mirrored)
+        between = calibration.fuse(between_queries(pairs.raw), pairs.mirrored)
+    else:
+        fused, between = held_out[chosen]
+    seconds = time.perf_counter() - started
+    shown = ", ".join(f"{rule} {score:.3f}" for rule, score in scores.items())
+    record = {
+        "setting": setting,
+        "chosen": chosen,
+        "folds": FOLDS,
+        "validation": figures,
+        "seconds": seconds,
+        "note": (
+            f"{name}: fusion rule {chosen} (setting {setting}; simulated open-set score of out-of-fold "
+            f"P(same) over {FOLDS} identity folds: {shown}; {seconds:.1f} s)."
+        ),
+    }
+    return calibration, fused, between, record
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None

@@ -1,0 +1,189 @@
+"""The learned fusion rule (gallery/fusion_logistic.py) and its choice on the database
+(gallery/fusion_choice.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from wildreid.gallery import fusion_choice
+from wildreid.gallery.adaptation import MARGIN
+from wildreid.gallery.calibration import FUSION_RULES, Calibration, LearnedRule
+from wildreid.gallery.fusion_logistic import LogisticRule
+from wildreid.gallery.shortlist import ScoredPairs
+from wildreid.local.fusion_settings import FusionSettings
+from wildreid.presets import get_preset
+
+
+def synthetic_pairs(count: int, seed: int):
+    """Pairs whose cosine knows who is who, whose inliers know a little, and whose lnbnn is
+    the cosine again with noise (a second opinion that adds little)."""
+    rng = np.random.default_rng(seed)
+    same = (rng.random(count) < 0.2).astype(float)
+    cosine = np.where(same == 1, rng.normal(0.7, 0.1, count), rng.normal(0.3, 0.1, count))
+    inliers = np.where(same == 1, rng.poisson(14, count), rng.poisson(10, count)).astype(float)
+    lnbnn = cosine + rng.normal(0, 0.05, count)
+    return {"cosine": cosine, "inliers": inliers, "lnbnn": lnbnn}, same
+
+
+def log_loss(probability: np.ndarray, same: np.ndarray) -> float:
+    p = np.clip(probability, 1e-6, 1 - 1e-6)
+    return float(-np.mean(same * np.log(p) + (1 - same) * np.log(1 - p)))
+
+
+def test_logistic_rule_learns_weights_that_beat_the_mean_on_new_pairs_and_saves_them():
+    scores, same = synthetic_pairs(4000, seed=0)
+    learned = Calibration.fit(scores, same, fusion="logistic")
+    plain = Calibration.fit(scores, same)
+    held, truth = synthetic_pairs(4000, seed=1)
+    assert log_loss(learned.fuse(held), truth) < log_loss(plain.fuse(held), truth) - 0.02
+    full = learned.rule.models["cosine+inliers+lnbnn"]
+    weight = dict(zip(full.names, full.coefficients))
+    # The noisy copy of the cosine adds little beside it: it weighs less (the mean weighs both alike).
+    assert weight["cosine"] > weight["lnbnn"] >= 0
+    assert all(w >= 0 for model in learned.rule.models.values() for w in model.coefficients)
+    # Saved and loaded with the gallery's calibration: the same P(same), the same rule.
+    again = Calibration.from_json(learned.to_json())
+    assert again.fusion == "logistic" and isinstance(again.rule, LogisticRule)
+    assert np.allclose(again.fuse(held), learned.fuse(held))
+    # Two queries have no LNBNN votes: they are fused by the rule fitted without them.
+    without = {name: values for name, values in held.items() if name != "lnbnn"}
+    expected = again.rule.models["cosine+inliers"].predict(learned.probabilities(without))
+    assert np.allclose(learned.fuse(without), expected)
+
+
+def test_a_higher_score_never_lowers_the_learned_probability():
+    scores, same = synthetic_pairs(3000, seed=2)
+    calibration = Calibration.fit(scores, same, fusion="logistic")
+    grid = np.linspace(0.0, 1.0, 50)
+    fixed = {"inliers": np.full(50, 12.0), "lnbnn": np.full(50, 0.5)}
+    fused = calibration.fuse({"cosine": grid, **fixed})
+    assert np.all(np.diff(fused) >= 0)
+    # A weight that comes out negative (a copy of a score, less informative) is dropped, not kept.
+    rng = np.random.default_rng(3)
+    redundant = {**scores, "matches": scores["cosine"] * 0.5 + rng.normal(0, 0.2, len(same))}
+    again = Calibration.fit(redundant, same, fusion="logistic")
+    assert all(w >= 0 for model in again.rule.models.values() for w in model.coefficients)
+
+
+def test_a_saved_calibration_with_the_mean_has_no_rule_and_loads_as_before():
+    scores, same = synthetic_pairs(500, seed=4)
+    calibration = Calibration.fit(scores, same)
+    assert calibration.rule is None and "rule" not in json.loads(calibration.to_json())
+
+
+@dataclass
+class Memorise(LearnedRule):
+    """A test's rule that remembers the exact calibrated scores of every same pair it was fitted
+    on: on those pairs it is certain, on any other it says 0. Out of fold it knows nothing."""
+
+    seen: set = field(default_factory=set)
+
+    def fit(self, probabilities, same):
+        rows = zip(*(probabilities[name].tolist() for name in sorted(probabilities)))
+        self.seen = {row for row, label in zip(rows, same) if label == 1}
+        return self
+
+    def __call__(self, probabilities):
+        rows = zip(*(probabilities[name].tolist() for name in sorted(probabilities)))
+        return np.array([1.0 if row in self.seen else 0.0 for row in rows])
+
+    def to_json(self):
+        return []
+
+    @classmethod
+    def from_json(cls, data):
+        return cls()
+
+
+@pytest.fixture
+def memorise():
+    FUSION_RULES.register("memorise", Memorise)
+    yield
+    FUSION_RULES.unregister("memorise")
+
+
+def test_the_rule_is_judged_on_pairs_of_identities_it_never_saw(memorise, monkeypatch):
+    """The validation's P(same) of a pair comes from a calibration fitted without the pair's
+    identities: a rule that memorises its training pairs scores the held-out pairs at 0, and
+    loses to the mean. Fitted on every pair (a leak) it would be certain of each same pair."""
+    rng = np.random.default_rng(5)
+    identities = np.repeat([f"animal{k}" for k in range(30)], 6).astype(object)
+    vectors = rng.normal(size=(30, 8))[np.repeat(np.arange(30), 6)] + rng.normal(0, 0.8, (180, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = np.arange(0, 180, 2)
+    cosine = vectors[rows] @ vectors.T
+    queries, images = np.nonzero(np.ones_like(cosine, dtype=bool))
+    keep = rows[queries] != images
+    queries, images = queries[keep], images[keep]
+    pairs = ScoredPairs(queries, images, {"cosine": cosine[queries, images]}, None)
+    same = (identities[rows[queries]] == identities[images]).astype(float)
+    folds = fusion_choice.identity_folds(identities, 5, 0)
+
+    fused, between = fusion_choice.out_of_fold(pairs, rows, same, folds, "memorise")
+    assert fused[same == 1].max() == 0.0 and between[same == 1].max() == 0.0
+
+    calibration, chosen_fused, _, record = fusion_choice.fit_fusion(
+        pairs, rows, same, identities, None, setting="auto", top_m=1, seed=0, name="test"
+    )
+    assert record["chosen"] == "mean" and set(record["validation"]) == {"mean", "logistic", "memorise"}
+    assert calibration.fusion == "mean" and calibration.rule is None
+
+    # The check itself: had the pairs been fused by the rule fitted on all of them, every same
+    # pair would have been found with certainty.
+    leaked = Calibration.fit(pairs.raw, same, fusion="memorise").fuse(pairs.raw)
+    assert leaked[same == 1].min() == 1.0
+
+
+def test_a_named_rule_is_used_and_an_unknown_one_is_refused_before_any_work():
+    scores, same = synthetic_pairs(200, seed=6)
+    pairs = ScoredPairs(np.arange(200) % 20, np.arange(200), scores, None)
+    identities = np.array([f"a{k % 40}" for k in range(200)], dtype=object)
+    with pytest.raises(ValueError, match="unknown fusion rule 'median'; choose one of mean, logistic"):
+        fusion_choice.fit_fusion(
+            pairs, np.arange(20), same, identities, None, setting="median", top_m=1, seed=0, name="t"
+        )
+
+
+FUSION = get_preset("fusion").replace(
+    local_options={"max_keypoints": 128}, fusion=FusionSettings(shortlist=5), fusion_rule="auto"
+)
+
+
+def test_auto_chooses_a_rule_on_real_photos_records_it_and_the_gallery_answers_with_it(lions, lite0_backbone, tmp_path):
+    """On LionData photos: the mean and the learned rule are compared on held-out identities, the
+    choice and its figures are in the gallery's fit, its notes and run.json; a saved and loaded
+    gallery fuses with the same rule."""
+    from wildreid.data.dataset import Dataset
+    from wildreid.evaluate.outputs import write_run
+    from wildreid.gallery.gallery import Gallery
+
+    database = lions[lions["split"] == "database"].reset_index(drop=True)
+    cache = tmp_path / "cache"
+    gallery = Gallery.build(database, FUSION, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    fit = gallery.groups["LionData"].fit
+    record = fit.fusion_rule
+    assert set(record["validation"]) == {"mean", "logistic"}
+    scores = {rule: figures["simulated_score"] for rule, figures in record["validation"].items()}
+    if record["chosen"] == "logistic":
+        assert scores["logistic"] >= scores["mean"] + MARGIN
+        assert isinstance(fit.calibration.rule, LogisticRule)
+    else:
+        assert scores["logistic"] < scores["mean"] + MARGIN and fit.calibration.rule is None
+    assert any(note.startswith(f"LionData: fusion rule {record['chosen']} ") for note in gallery.notes)
+
+    gallery.save(tmp_path / "gallery")
+    loaded = Gallery.load(tmp_path / "gallery")
+    probe = {"cosine": np.array([0.2, 0.6]), "lnbnn": np.array([0.0, 3.0]), "inliers": np.array([4.0, 40.0])}
+    assert np.allclose(loaded.groups["LionData"].fit.calibration.fuse(probe), fit.calibration.fuse(probe))
+    assert loaded.groups["LionData"].fit.fusion_rule["chosen"] == record["chosen"]
+
+    queries = Dataset(lions[lions["split"] == "query"].head(6).assign(split="query"), "lions")
+    result = loaded.identify(queries, cache_dir=cache, progress=False)
+    write_run(result, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["fusion_rules"]["LionData"]["chosen"] == record["chosen"]
+    assert saved["preset"]["fusion_rule"] == "auto"
