@@ -51,7 +51,9 @@ class Adapter:
         raise NotImplementedError
 
 
-ADAPTERS: Registry[type[Adapter]] = Registry("adapter", modules=("wildreid.describe.adapt_linear",))
+ADAPTERS: Registry[type[Adapter]] = Registry(
+    "adapter", modules=("wildreid.describe.adapt_linear", "wildreid.describe.adapt_head")
+)
 
 
 def adapter_names() -> list[str]:

