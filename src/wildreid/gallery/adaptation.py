@@ -7,7 +7,10 @@ candidate level is fitted once per fold on the other folds' photos, and the fold
 asked as pseudo-queries through it: the threshold simulation (thresholds.py) then hides whole
 identities among them, so the figure compared, the simulated open-set score, rewards telling new
 individuals from known ones among identities the adapter never saw, not memorising the ones it
-did. "none" is a candidate and wins ties and near-ties (``MARGIN``): an adapter must earn its
+did. "none" is a candidate, and the levels are ordered from the simplest (none, then the linear
+ones, then the trained head: the registry's order); the simplest level within ``MARGIN`` of the
+best score is kept (``simplest_near_best``), so a level wins ties and near-ties with any more
+complex one: an adapter must earn its
 place. A preset that names a level (``adapt="lda"``) gets it, with the same figures recorded.
 
 Cross-fitting. An adapter fitted on all the photos has seen every pseudo-query's identity, so a
@@ -160,8 +163,7 @@ def _choose(part: DatasetPart, preset: Preset, setting: str, record: dict, start
             "simulated_baus": simulated.simulated_baus,
         }
     scores = {level: _finite(figures["simulated_score"]) for level, figures in record["validation"].items()}
-    best = max(scores, key=lambda level: scores[level])
-    chosen = best if best != NONE and scores[best] >= scores[NONE] + MARGIN else NONE
+    chosen = simplest_near_best(scores)
     if setting != AUTO:  # a level named by the preset is used; its validation is only reported
         chosen = setting
     record["chosen"] = chosen
@@ -178,6 +180,12 @@ def _choose(part: DatasetPart, preset: Preset, setting: str, record: dict, start
     )
     part.notes.append(record["note"])
     return record
+
+
+def simplest_near_best(scores: dict[str, float]) -> str:
+    """The first of ``scores`` (ordered simplest first) within MARGIN of the best of them."""
+    best = max(scores.values())
+    return next(name for name, score in scores.items() if score >= best - MARGIN)
 
 
 def _widen(block: np.ndarray, width: int, pad) -> np.ndarray:

@@ -6,8 +6,8 @@ judged out of fold: the pseudo-queries' identities are split into the adaptation
 are fused by a calibration (maps and rule) fitted only on pairs whose two photos both belong to the
 other folds, and the threshold simulation (thresholds.py) scores those out-of-fold P(same) as it
 scores a threshold: hiding whole identities, so the figure rewards telling new individuals from
-known ones among identities the rule never saw. ``mean`` (WildFusion's rule) is a candidate and
-wins near-ties (adaptation.MARGIN): a learned rule must earn its place.
+known ones among identities the rule never saw. ``mean`` (WildFusion's rule) is the first
+candidate and wins near-ties (adaptation.simplest_near_best): a learned rule must earn its place.
 
 A learned rule that is kept answers real queries with its fit on all the pairs, but the group's
 threshold, top-m and grouping link threshold are chosen on its out-of-fold P(same), so they are not
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from wildreid.decide.thresholds import Neighbours, choose_threshold
-from wildreid.gallery.adaptation import FOLDS, MARGIN, MIN_IDENTITIES, identity_folds
+from wildreid.gallery.adaptation import FOLDS, MIN_IDENTITIES, identity_folds, simplest_near_best
 from wildreid.gallery.calibration import DEFAULT_FUSION, FUSION_RULES, Calibration
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.presets import AUTO
@@ -115,8 +115,7 @@ def fit_fusion(
             "simulated_baus": _finite(choice.simulated_baus),
         }
     scores = {rule: figures[rule]["simulated_score"] or -np.inf for rule in figures}
-    best = max(scores, key=lambda rule: scores[rule])
-    chosen = best if scores[best] >= scores[DEFAULT_FUSION] + MARGIN else DEFAULT_FUSION
+    chosen = simplest_near_best(scores)  # the mean first: a learned rule must beat it by MARGIN
     if setting != AUTO:  # a rule named by the preset is used; its validation is only reported
         chosen = setting
     calibration = Calibration.fit(pairs.raw, same, pairs.mirrored, fusion=chosen)
