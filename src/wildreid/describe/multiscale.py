@@ -18,6 +18,8 @@ last four stages and the head), not tuned. Measured in BENCHMARKS.md (issue 20).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 STAGES = (3, 4, 5, 6)  # blocks whose outputs are pooled, besides the head
@@ -33,15 +35,15 @@ def gem(feature_map: torch.Tensor) -> torch.Tensor:
 class MultiScaleEfficientNet(torch.nn.Module):
     """Wraps a timm EfficientNet (``conv_stem``, ``bn1``, ``blocks``, ``conv_head``, ``bn2``)."""
 
-    def __init__(self, network: torch.nn.Module) -> None:
+    def __init__(self, network: Any) -> None:  # timm's EfficientNet, whose submodules torch types loosely
         super().__init__()
-        self.network = network
+        self.network: Any = network
         widths = [network.blocks[stage][-1].conv_pwl.out_channels for stage in STAGES]
         self.num_features = sum(widths) + int(network.num_features)
         self.pretrained_cfg = network.pretrained_cfg  # the same preprocessing as the network's own
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        network = self.network
+        network: Any = self.network
         hidden = network.bn1(network.conv_stem(images))
         parts = []
         for stage, block in enumerate(network.blocks):
