@@ -145,12 +145,34 @@ def gallery_add(
 
 
 @gallery_app.command("refit")
-def gallery_refit(gallery: Annotated[Path, typer.Argument(help="The gallery folder.")], device: Device = None):
-    """Fit calibration and thresholds again on the gallery as it is now."""
+def gallery_refit(
+    gallery: Annotated[Path, typer.Argument(help="The gallery folder.")],
+    answers: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Reviewers' answers to learn from (CSV: photo, other, individual, answer[, dataset]; "
+            "docs/adaptation.md): photos their 'same' answers tie together teach the adapter too. "
+            "Replaces the answers given before; without it the gallery keeps those.",
+        ),
+    ] = None,
+    cache_dir: CacheDir = None,
+    device: Device = None,
+):
+    """Fit the adapter, calibration and thresholds again on the gallery as it is now."""
+    from wildreid.data.answers_file import read_answers
+    from wildreid.decide.answers import answered_photos
     from wildreid.gallery.gallery import Gallery
 
+    photos = answered_photos(read_answers(answers)) if answers is not None else None
     with exclusive(gallery, "the gallery"):
         saved = Gallery.load(gallery, device=device)
+        if photos is not None:
+            taught = saved.teach(photos, cache_dir=cache_dir or user_cache_dir())
+            console.print(
+                f"{len(photos)} photo(s) labelled by the answers; learned from: "
+                + ", ".join(f"{name} {count}" for name, count in taught.items()),
+                highlight=False,
+            )
         saved.refit()
         saved.save(gallery)
     print_gallery(saved, gallery)

@@ -70,9 +70,28 @@ def fold_views(part: DatasetPart, level: str, folds: np.ndarray, seed: int) -> l
     views = []
     for fold in range(int(folds.max()) + 1):
         inside = folds == fold
-        adapter = None if level == NONE else make_adapter(level).fit(raw[~inside], part.identities[~inside], seed=seed)
+        adapter = None
+        if level != NONE:
+            vectors, labels = training_set(part, raw, ~inside)
+            adapter = make_adapter(level).fit(vectors, labels, seed=seed)
         views.append((inside, view_through(part, adapter, raw)))
     return views
+
+
+def training_set(part: DatasetPart, raw: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, labels) an adapter learns from: the database photos ``keep`` selects, and the
+    photos reviewers' answers labelled (``part.taught``) except those of an identity whose
+    database photos are held out (they would show the adapter the held-out individual)."""
+    vectors, labels = raw[keep], part.identities[keep]
+    taught = part.taught
+    if taught is None or taught.size == 0:
+        return vectors, labels
+    held = set(part.identities[~keep].tolist()) - set(labels.tolist())
+    allowed = np.array([label not in held for label in taught.labels], dtype=bool)
+    return (
+        np.concatenate([vectors, taught.vectors[allowed]]),
+        np.concatenate([labels, taught.labels[allowed]]),
+    )
 
 
 def view_through(part: DatasetPart, adapter: Adapter | None, raw: np.ndarray) -> DatasetPart:
@@ -126,6 +145,8 @@ def fit_adaptation(part: DatasetPart, preset: Preset, *, seed: int = 0) -> dict 
         return None
     started = time.perf_counter()
     record: dict = {"setting": setting, "chosen": NONE, "folds": FOLDS, "validation": {}}
+    if part.taught is not None and part.taught.size:
+        record["taught"] = {"photos": part.taught.size, "labels": int(len(set(part.taught.labels.tolist())))}
     counts = np.unique(np.asarray(part.identities).astype(str), return_counts=True)[1]
     if int((counts >= 2).sum()) < MIN_IDENTITIES:
         record["note"] = (
@@ -169,14 +190,16 @@ def _choose(part: DatasetPart, preset: Preset, setting: str, record: dict, start
     record["chosen"] = chosen
     if chosen != NONE:
         raw = part.index.vectors(np.arange(part.size))
-        adapter = make_adapter(chosen).fit(raw, part.identities, seed=seed)
+        adapter = make_adapter(chosen).fit(*training_set(part, raw, np.ones(part.size, bool)), seed=seed)
         part.use_adapter(adapter)
         part.cross_fit = views_of[chosen]
     record["seconds"] = time.perf_counter() - started
     figures = ", ".join(f"{level} {score:.3f}" for level, score in scores.items())
+    taught = record.get("taught")
+    also = f"; also learned from {taught['photos']} photos labelled by reviewers' answers" if taught else ""
     record["note"] = (
         f"{part.name}: adaptation {chosen} (setting {setting}; simulated open-set score over {FOLDS} "
-        f"identity folds: {figures}; {record['seconds']:.1f} s)."
+        f"identity folds: {figures}{also}; {record['seconds']:.1f} s)."
     )
     part.notes.append(record["note"])
     return record

@@ -34,7 +34,7 @@ from wildreid.describe.trained import TrainedOn, trained_on
 from wildreid.gallery.errors import GalleryError
 from wildreid.gallery.guard_rails import thin_evidence
 from wildreid.gallery.index import VectorIndex, normalize
-from wildreid.gallery.part import DatasetPart, PartFit, Side
+from wildreid.gallery.part import DatasetPart, PartFit, Side, Taught
 from wildreid.gallery.queries import (
     FITTED,
     QueryPhotos,
@@ -270,6 +270,39 @@ class Gallery:
                 )
             touched.append(name)
         return touched
+
+    def teach(self, photos: pd.DataFrame, *, cache_dir=None, progress: bool = False) -> dict[str, int]:
+        """Photos outside the database that reviewers' answers labelled (image_id, path, identity
+        [, dataset]; decide/answers.py): what the adaptation stage learns from besides the
+        database at the next fit (:meth:`refit`). They replace what was taught before (the answers
+        are read whole each time); a group given none forgets its taught photos. Photos that
+        cannot be read are left out. Returns the photos kept per group."""
+        table = self._query_table(photos[["image_id", "path", *(["dataset"] if "dataset" in photos else [])]])
+        table["identity"] = photos["identity"].astype(str).to_numpy()
+        table, regions = self._regions(table, cache_dir, progress, {})
+        extraction = extract_embeddings(
+            table["path"].tolist(),
+            self.backbone,
+            cache_dir=cache_dir,
+            progress=progress,
+            description="photos labelled by reviewers",
+            num_workers=self.loader_workers,
+            regions=regions,
+            **self.preset.extraction_options(),
+        )
+        vectors = normalize(extraction.embeddings) if len(table) else np.zeros((0, self.backbone.dim), np.float32)
+        kept = {}
+        for name, group in self.groups.items():
+            rows = np.flatnonzero((table["group"] == name).to_numpy() & extraction.ok)
+            group.taught = None
+            if len(rows):
+                group.taught = Taught(
+                    table["image_id"].to_numpy(dtype=object)[rows],
+                    table["identity"].to_numpy(dtype=object)[rows],
+                    vectors[rows].astype(np.float32),
+                )
+            kept[name] = len(rows)
+        return kept
 
     def refit(self, groups: list[str] | None = None) -> list[str]:
         """Fit calibration and thresholds again on the gallery as it is now."""

@@ -103,6 +103,21 @@ class Side:
 
 
 @dataclass
+class Taught:
+    """Photos outside the database that reviewers' answers labelled (decide/answers.py): the
+    adapter learns from them too (adaptation.py). They are never matched against, nor asked as
+    pseudo-queries, so no threshold is fitted on them."""
+
+    image_ids: np.ndarray  # (T,) object
+    labels: np.ndarray  # (T,) object: a database identity, or a provisional name
+    vectors: np.ndarray  # (T, d) the backbone's vectors
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
 class DatasetPart:
     name: str
     image_ids: np.ndarray  # (D,) object: gallery image id of each database position
@@ -128,6 +143,7 @@ class DatasetPart:
     # During a fit only: per identity fold, (the fold's photos, this group seen through an adapter
     # fitted without them); pseudo-queries are scored through their fold's (adaptation.py).
     cross_fit: list | None = field(default=None, repr=False)
+    taught: Taught | None = None  # photos labelled by reviewers' answers, for the adapter
 
     @property
     def size(self) -> int:

@@ -5,7 +5,8 @@
     group-<n>/               per dataset part: vectors.faiss, keypoints (.npz), askable.npy,
                              and, with mirrored matching, the flipped photos' vectors and keypoints;
                              adapter.npz when the part compares through an adapter (the index
-                             keeps the backbone's vectors; the adapted index is made on reading)
+                             keeps the backbone's vectors; the adapted index is made on reading);
+                             taught.npz: photos labelled by reviewers' answers, for the adapter
 
 The folder says which preset, descriptor and keypoint methods it was built with; reading it back
 refuses any other, since its vectors and fits would not be comparable.
@@ -40,7 +41,7 @@ from wildreid.describe.adapters import load_adapter, save_adapter
 from wildreid.gallery.calibration import Calibration
 from wildreid.gallery.errors import GalleryError, UnreadableGallery
 from wildreid.gallery.index import VectorIndex
-from wildreid.gallery.part import DatasetPart, PartFit, Side
+from wildreid.gallery.part import DatasetPart, PartFit, Side, Taught
 from wildreid.local.base import LocalFeatures
 from wildreid.local.lnbnn import KeypointIndex
 from wildreid.presets import Preset
@@ -125,6 +126,14 @@ def _write_part(part: Path, group: DatasetPart) -> None:
     np.save(part / "askable.npy", group.askable if group.askable is not None else np.ones(group.size, bool))
     if group.adapter is not None:  # the adapted index is made again from it and vectors.faiss
         save_adapter(part / "adapter.npz", group.adapter)
+    if group.taught is not None:
+        taught = group.taught
+        np.savez(
+            part / "taught.npz",
+            image_ids=taught.image_ids.astype(str),
+            labels=taught.labels.astype(str),
+            vectors=taught.vectors,
+        )
 
 
 def read_record(folder: Path) -> dict:
@@ -346,6 +355,15 @@ def read_part(folder: Path, name: str, files: dict, table: pd.DataFrame, extra_m
     if (part / "adapter.npz").is_file():
         with reading(part / "adapter.npz", folder):
             adapter = load_adapter(part / "adapter.npz")
+    taught = None
+    if (part / "taught.npz").is_file():
+        with reading(part / "taught.npz", folder), np.load(part / "taught.npz", allow_pickle=False) as content:
+            taught = Taught(content["image_ids"].astype(object), content["labels"].astype(object), content["vectors"])
+        if not len(taught.vectors) == len(taught.labels) == len(taught.image_ids):
+            raise UnreadableGallery(
+                f"{part / 'taught.npz'}: {len(taught.vectors)} vectors for {len(taught.labels)} labels; "
+                f"the file is damaged, {rebuild_advice(folder)}."
+            )
     with reading(folder / RECORD, folder, "field"):
         fit = fit_from_record(files["fit"])
     group = DatasetPart(
@@ -362,6 +380,7 @@ def read_part(folder: Path, name: str, files: dict, table: pd.DataFrame, extra_m
         views=known_views(rows["view"]) if "view" in rows else None,
         extra={method: features_of(f"local_features-{method}.npz", True) for method in extra_methods},
         mirrored=mirrored,
+        taught=taught,
     )
     if group.index.size != group.size:
         raise UnreadableGallery(
