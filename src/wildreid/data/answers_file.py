@@ -52,8 +52,9 @@ def read_answers(path: str | Path) -> pd.DataFrame:
         if record["answer"] not in ANSWERS:
             raise DatasetError(f"{where}: answer {record['answer']!r}; give one of {', '.join(ANSWERS)}.")
         for column in ("photo", "other"):
-            if record[column] is not None:
-                record[column] = str(_absolute(record[column], path.parent))
+            given = record[column]
+            if given is not None:
+                record[column] = str(_absolute(given, path.parent))
     return pd.DataFrame(records, columns=list(table.columns), dtype=object)
 
 

@@ -14,6 +14,7 @@ yet (the new individuals, other cameras and seasons).
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from typing import cast
 
 import pandas as pd
 
@@ -60,7 +61,8 @@ def answered_photos(answers: pd.DataFrame) -> pd.DataFrame:
     same = answers[answers["answer"] == "same"]
     has_dataset = "dataset" in answers
     scope = same["dataset"].fillna("") if has_dataset else pd.Series("", index=same.index)
-    pairs, known = [], {}
+    pairs: list[tuple[Hashable, Hashable]] = []
+    known: dict[Hashable, str] = {}
     for (_, row), part in zip(same.iterrows(), scope):
         left = ("photo", part, row["photo"])
         if isinstance(row["other"], str):  # a second photo (a blank reads as None or NaN)
@@ -70,9 +72,9 @@ def answered_photos(answers: pd.DataFrame) -> pd.DataFrame:
             known[node] = row["individual"]
             pairs.append((left, node))
     labels = answered_labels(pairs, known)
-    rows = [
-        {"image_id": path, "path": path, "identity": label, **({"dataset": part} if has_dataset else {})}
-        for (_, part, path), label in sorted(labels.items(), key=lambda item: str(item[0]))
-    ]
+    rows = []
+    for photo, label in sorted(labels.items(), key=lambda item: str(item[0])):
+        _, part, path = cast(tuple, photo)  # photo nodes are the (kind, dataset, path) made above
+        rows.append({"image_id": path, "path": path, "identity": label, **({"dataset": part} if has_dataset else {})})
     columns = ["image_id", "path", "identity", *(["dataset"] if has_dataset else [])]
     return pd.DataFrame(rows, columns=columns)
