@@ -311,6 +311,22 @@ def pair_answers(catalog: Catalog, dataset: str) -> list[dict]:
     return catalog._all("SELECT * FROM pair_answers WHERE dataset = ? ORDER BY id", dataset)
 
 
+def answers_in_force(catalog: Catalog) -> int:
+    """How many answers reviewers gave that are in force, in every dataset: pair answers and
+    splits, and photos filed under an individual (what a gallery learned from is compared with
+    it; undone ones are gone)."""
+    row = catalog._one(
+        "SELECT (SELECT count(*) FROM pair_answers) "
+        "+ (SELECT count(*) FROM decisions WHERE outcome IN ('match', 'new')) AS answers"
+    )
+    assert row is not None  # an aggregate query has one row
+    return int(row["answers"])
+
+
+def answered_datasets(catalog: Catalog) -> list[str]:
+    return [row["dataset"] for row in catalog._all("SELECT DISTINCT dataset FROM pair_answers ORDER BY dataset")]
+
+
 def answer_counts(catalog: Catalog, dataset: str) -> dict:
     """How many pair questions were answered, and how many photos an answer settled on average
     (None before the first answer)."""

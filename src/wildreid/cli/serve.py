@@ -55,6 +55,14 @@ def serve(
             "offline, and no page asks anything of another server."
         ),
     ] = "",
+    refit_after: Annotated[
+        int,
+        typer.Option(
+            help="Learn from the reviewers' answers once this many were given since the gallery last did: "
+            "its adapter is refitted in the background (uploads go on) and swapped in when done; 0: never. "
+            "Only with a preset that adapts its descriptor (--adapt)."
+        ),
+    ] = 25,
     forwarded_allow_ips: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -88,6 +96,7 @@ def serve(
         allowed_hosts=[host, *(allowed_host or [])],
         map_tiles=map_tiles,
         public_read=public_read,
+        refit_after=refit_after,
         session_idle_s=session_idle_hours * 3600,
         session_longest_s=max(session_idle_hours, SESSION_LONGEST_HOURS) * 3600,
     )

@@ -13,15 +13,15 @@ yet (the new individuals, other cameras and seasons).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
-from typing import cast
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, cast
 
 import pandas as pd
 
 PROVISIONAL = "answered-"  # prefix of the name of an animal only answers know
 
 
-def answered_labels(same_pairs: Iterable[tuple[Hashable, Hashable]], known: dict[Hashable, str]) -> dict[Hashable, str]:
+def answered_labels(same_pairs: Iterable[tuple[Any, Any]], known: Mapping[Any, str]) -> dict[Any, str]:
     """{photo: label} for every photo a "same" answer ties to another photo or to a known
     individual. ``same_pairs``: (node, node) pairs answered "same"; ``known``: the nodes that are
     known individuals, with their identity (every other node is a photo). Provisional labels are

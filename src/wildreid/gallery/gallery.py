@@ -105,6 +105,9 @@ class Gallery:
         self.serial, self.revision = next(_SERIALS), 0  # see state
         # What a user should know about the files it was loaded from (storage.verify_files).
         self.file_notes: list[str] = []
+        # How many reviewers' answers the catalogue held when it last taught this gallery
+        # (review/service.py's learn); saved, so a restarted server knows how many are new.
+        self.learned_answers = 0
 
     @property
     def state(self) -> tuple[int, int]:
@@ -564,6 +567,7 @@ class Gallery:
             "preset_settings": self.preset.to_dict(),
             "notes": self.fit_notes,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "learned_answers": self.learned_answers,
         }
         written = write_gallery(Path(folder), record, self.table, self.failures, self.groups)
         self.file_notes = []  # its files are now the ones just written, with their checksums
@@ -612,6 +616,7 @@ class Gallery:
         table, failures = read_tables(folder, record)
         gallery = cls(settings, backbone, table, {}, failures=failures)
         gallery.file_notes = file_notes
+        gallery.learned_answers = int(record.get("learned_answers", 0))  # absent before learning from answers
         check_keypoint_methods(folder, record, gallery.method, gallery.extra_methods)
         for name, files in record["group_files"].items():
             gallery.groups[name] = read_part(folder, name, files, table, gallery.extra_methods)

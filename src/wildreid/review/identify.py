@@ -34,6 +34,11 @@ def catalog_cache_dir(catalog_path: str | Path) -> Path:
     return catalog_path.with_name(catalog_path.name + ".cache")
 
 
+def catalog_gallery_folder(cache_dir: str | Path, preset: Preset) -> Path:
+    """Where the catalogue's gallery of ``preset`` is kept."""
+    return Path(cache_dir) / f"gallery-{preset.name}"
+
+
 def catalog_gallery(
     catalog: Catalog,
     preset: Preset,
@@ -45,7 +50,7 @@ def catalog_gallery(
 ) -> Gallery:
     """The catalogue's photos as a gallery, up to date: ``gallery`` (one kept in memory), else the
     saved one, else a new one; saved again when it changed."""
-    folder = Path(cache_dir) / f"gallery-{preset.name}"
+    folder = catalog_gallery_folder(cache_dir, preset)
     # Read before the photos: a change made in between shows as a new signature next time.
     signature = catalog.images_signature()
     if gallery is not None and len(gallery.table) and gallery.catalog_signature == signature:

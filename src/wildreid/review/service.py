@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wildreid.catalog.changes import answers_in_force
 from wildreid.catalog.photos import sniff_image_type
 from wildreid.catalog.store import Catalog
 from wildreid.describe.backbones import Backbone
@@ -31,9 +32,11 @@ from wildreid.gallery.gallery import Gallery
 from wildreid.gallery.queries import ranking_depth, ranking_rows
 from wildreid.gallery.result import IdentifyResult
 from wildreid.presets import Preset
-from wildreid.review.identify import candidates_of, catalog_gallery
+from wildreid.review.identify import candidates_of, catalog_gallery, catalog_gallery_folder, log
+from wildreid.review.learning import answered_waiting_photos
 from wildreid.review.pending import PendingGrouping, group_pending
 from wildreid.review.waiting import WaitingPhotos
+from wildreid.util.lock import exclusive
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -75,6 +78,30 @@ class ReviewService:
         )
         self.gallery.loader_workers = self.loader_workers
         return self.gallery
+
+    def learn(self, catalog: Catalog) -> Gallery:
+        """A new gallery object: the catalogue's saved gallery refitted with what the reviewers'
+        answers in force teach its adapter (learning.py), saved, and returned for ``install``.
+        Works on its own copy, so uploads go on with the gallery in memory meanwhile; holds the
+        gallery's lock from the read to the write, as every writer of it does."""
+        folder = catalog_gallery_folder(self.cache_dir, self.preset)
+        answers = answers_in_force(catalog)  # read first: answers given meanwhile count next time
+        photos = answered_waiting_photos(catalog)
+        with exclusive(folder, "the catalogue's gallery", wait=log.warning):
+            gallery = Gallery.load(folder, backbone=self.backbone, preset=self.preset.name)
+            gallery.loader_workers = self.loader_workers
+            gallery.teach(photos, cache_dir=self.cache_dir)
+            gallery.refit()
+            gallery.learned_answers = answers
+            gallery.save(folder)
+        return gallery
+
+    def install(self, gallery: Gallery) -> None:
+        """Answer with ``gallery`` from the next call on (one assignment: a call under way keeps
+        the gallery it started with). It is brought up to date with the catalogue at the next
+        sync, which adds any photo filed while it was refitted."""
+        gallery.loader_workers = self.loader_workers
+        self.gallery = gallery
 
     def identify(
         self,

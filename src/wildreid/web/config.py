@@ -31,6 +31,9 @@ class WebConfig:
     public_read: bool = False  # anonymous visitors may read (never change); else they are sent to sign in
     session_idle_s: float = SESSION_IDLE_HOURS * 3600
     session_longest_s: float = SESSION_LONGEST_HOURS * 3600
+    # Reviewers' answers after which the catalogue's gallery learns from them again, in the
+    # background (web/jobs.py maybe_learn); 0: never.
+    refit_after: int = 25
 
     def __post_init__(self):
         self.catalog = Path(self.catalog)
@@ -38,6 +41,8 @@ class WebConfig:
             raise ValueError("sessions: the idle time must be positive and no longer than the longest lifetime.")
         self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h.strip()]
         self.map_tiles = check_tile_template(self.map_tiles)
+        if self.refit_after < 0:
+            raise ValueError("refit_after: give a number of answers, or 0 to never learn from them.")
         if self.max_upload_bytes <= 0 or self.max_files <= 0:
             raise ValueError("upload limits: max_upload_bytes and max_files must be positive.")
 

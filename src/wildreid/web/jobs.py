@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wildreid.catalog.changes import pair_answers
+from wildreid.catalog.changes import answers_in_force, pair_answers
 from wildreid.catalog.dataset import query_table
 from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.describe.backbones import BackboneUnavailable
@@ -103,6 +103,8 @@ class JobRunner:
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread: threading.Thread | None = None
+        # The background refit that learns from reviewers' answers (maybe_learn); one at a time.
+        self.learning: threading.Thread | None = None
 
     @property
     def gallery(self):
@@ -168,7 +170,43 @@ class JobRunner:
         for job_id, query_ids in by_job.items():
             self.submit(Job(job_id, query_ids, total=len(query_ids), dataset=datasets[query_ids[0]]))
 
+    def maybe_learn(self) -> bool:
+        """Refit the catalogue's gallery in the background, learning from the reviewers' answers,
+        once ``config.refit_after`` answers were given since it last learned (never when 0, nor
+        before the first job loaded the gallery, nor with a preset that adapts nothing). Uploads
+        go on meanwhile with the gallery in memory; the refitted one is installed when done.
+        Returns whether a refit was started."""
+        service = self.service
+        if self.config.refit_after <= 0 or service is None or service.gallery is None or service.preset.adapt == "none":
+            return False
+        with self.lock:
+            if self.learning is not None and self.learning.is_alive():
+                return False
+            with Catalog(self.config.catalog) as catalog:
+                new = answers_in_force(catalog) - service.gallery.learned_answers
+            if new < self.config.refit_after:
+                return False
+            self.learning = threading.Thread(target=self._learn, args=(service,), name="wildreid-learn", daemon=True)
+            self.learning.start()
+        return True
+
+    def _learn(self, service: ReviewService) -> None:
+        started = time.perf_counter()
+        try:
+            with Catalog(self.config.catalog) as catalog:
+                gallery = service.learn(catalog)
+            service.install(gallery)
+            log.info(
+                "the catalogue's gallery learned from %d answers in %.0f s",
+                gallery.learned_answers,
+                time.perf_counter() - started,
+            )
+        except Exception:  # noqa: BLE001 - the gallery in use stays; the details go to the server log
+            log.exception("learning from the reviewers' answers failed; the gallery in use is unchanged")
+
     def stop(self) -> None:
+        if self.learning is not None:
+            self.learning.join(timeout=600)
         if self.thread is not None:
             self.queue.put(None)
             self.thread.join(timeout=30)
@@ -193,6 +231,7 @@ class JobRunner:
             try:
                 self._run(job)
                 self._update(job, status="done", stage="done", finished_at=time.time())
+                self.maybe_learn()
             except (BackboneUnavailable, GroupingFailed) as error:
                 self._fail(job, str(error))
             except Exception:  # noqa: BLE001 - keep serving; the details go to the server log

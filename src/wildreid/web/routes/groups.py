@@ -377,6 +377,8 @@ def answer(
             raise
         if entry["repeated"]:
             _reapply(request, catalog, chosen)  # nothing new was stored: the stored answers hold
+    if not entry["repeated"]:
+        jobs.maybe_learn()  # every so many answers the gallery learns from them, in the background
     return RedirectResponse(
         with_params("/pairs", dataset=chosen, answered=entry["id"], repeated=1 if entry["repeated"] else None),
         status_code=303,

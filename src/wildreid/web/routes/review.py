@@ -189,6 +189,8 @@ def not_this_one(request: Request, query_id: int, catalog: CatalogDep, individua
             raise
         if pending is not None and entry["repeated"]:
             pending.apply_answers(pair_answers(catalog, query["dataset"]))
+    if not entry["repeated"]:
+        jobs.maybe_learn()  # every so many answers the gallery learns from them, in the background
     return RedirectResponse(f"/review/{query_id}?answered={entry['id']}", status_code=303)
 
 
