@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_data import benchmark_dataset  # noqa: E402
+from real_data import benchmark_dataset, changed_preset  # noqa: E402
 
 from wildreid.data.dataset import NEW_INDIVIDUAL  # noqa: E402
 from wildreid.decide.cluster import METHODS  # noqa: E402
@@ -41,12 +41,21 @@ from wildreid.gallery.gallery import Gallery  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
 
 
-def grouped_run(name: str, preset_name: str, cache: Path, method: str = "average", galleries: Path | None = None):
+def grouped_run(
+    name: str,
+    preset_name: str,
+    cache: Path,
+    method: str = "average",
+    galleries: Path | None = None,
+    changes: dict | None = None,
+):
     """(dataset, gallery, result) of one grouped identification. With ``galleries``, the gallery
-    is saved there once built (with the linking thresholds of every method) and loaded next time."""
+    is saved there once built (with the linking thresholds of every method) and loaded next time.
+    ``changes``: preset fields changed (real_data.preset_changes)."""
     dataset = benchmark_dataset(name)
-    preset = get_preset(preset_name).replace(grouping=method)
-    folder = galleries / f"{preset_name}-{name}" if galleries is not None else None
+    preset = changed_preset(get_preset(preset_name), changes or {}).replace(grouping=method)
+    changed = "".join(f"-{key}={value}" for key, value in sorted((changes or {}).items()))
+    folder = galleries / f"{preset_name}{changed}-{name}" if galleries is not None else None
     started = time.perf_counter()
     if folder is not None and folder.is_dir():
         gallery = Gallery.load(folder, preset=preset_name)
