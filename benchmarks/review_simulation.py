@@ -40,7 +40,6 @@ from grouping import figures, grouped_run  # noqa: E402
 from real_data import preset_changes  # noqa: E402
 
 from wildreid.decide.answers import answered_labels  # noqa: E402
-
 from wildreid.decide.grouping import Grouping  # noqa: E402
 from wildreid.decide.queue import DIFFERENT, SAME, apply_answer, pair_questions  # noqa: E402
 
