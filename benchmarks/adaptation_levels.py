@@ -34,7 +34,6 @@ from wildreid.describe.backbones import load_backbone  # noqa: E402
 from wildreid.describe.extract import extract_embeddings  # noqa: E402
 from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
 
-
 SHORTLIST = 20
 
 
