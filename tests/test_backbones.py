@@ -107,6 +107,11 @@ def test_multiscale_descriptor_pools_several_stages_of_the_offline_weights(share
     assert torch.allclose(described[:, 704:], torch.nn.functional.normalize(head, dim=1), atol=1e-5)
 
 
+def test_an_unknown_weights_package_is_refused_with_the_known_ones():
+    with pytest.raises(BackboneUnavailable, match="package:efficientnet-lite9-pytorch-model: no such weights package"):
+        load_backbone("package:efficientnet-lite9-pytorch-model")
+
+
 def _save_timm_folder(folder, model, config):
     from safetensors.torch import save_file
 

