@@ -314,7 +314,7 @@ def test_cli_extract_on_ray(cluster, shared_data, tmp_path):
     assert "6 images: 6 computed, 0 skipped (already cached), 0 failed" in result.output
     assert "6 images: 0 extracted, 6 from the cache" in result.output  # --out: the single-machine pass
     with np.load(tmp_path / "embeddings.npz") as saved:
-        assert saved["embeddings"].shape == (6, 1280) and saved["ok"].all()
+        assert saved["embeddings"].shape == (6, 1984) and saved["ok"].all()  # the default preset's descriptor
 
 
 def test_cli_gallery_build_on_ray(cluster, shared_data, tmp_path):

@@ -136,6 +136,8 @@ class Gallery:
         backbone = backbone or load_backbone(
             preset.backbone, preprocess=preset.preprocess, device=device or default_device()
         )
+        if backbone.name != preset.backbone:  # a model given in place of the preset's: the gallery says which
+            preset = preset.replace(backbone=backbone.name, preprocess=backbone.preprocess)
         table = database.database if isinstance(database, Dataset) else database
         gallery = cls(preset, backbone, _empty_table(), {})
         gallery.timings["load_backbone_s"] = time.perf_counter() - started
