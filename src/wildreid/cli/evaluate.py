@@ -62,7 +62,7 @@ def presets(name: Annotated[Optional[str], typer.Argument(help="Show one preset 
         cells = [f"{scores[p][dataset]:.3f}" if dataset in scores[p] else "-" for p in rows]
         columns.append((dataset.removesuffix("2025").removesuffix("Data"), cells))
     print_columns(rows, columns, cell_width=9)
-    measured = [f"`{command}`, {when}" for command, when in (RUNS[p] for p in rows if p in RUNS)]
+    measured = list(dict.fromkeys(f"`{command}`, {when}" for command, when in (RUNS[p] for p in rows if p in RUNS)))
     print_legend(
         [
             ("download", DOWNLOAD_MEANING),

@@ -1,6 +1,6 @@
 """What the presets were measured to do on real data, as `wildreid presets` shows it: a copy of
-the `offline` and `fusion` rows of BENCHMARKS.md, "Identification on the real datasets". Change
-both together, and only with figures that a command printed.
+the `offline` and `fusion` rows of BENCHMARKS.md, "Issue 20, second slice: the defaults now".
+Change both together, and only with figures that a command printed.
 
 Speed per photo is a cold run's wall time (model load, every photo described, keypoints,
 matching, calibration, threshold choice, outputs) over the dataset's photos
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SOURCE = 'BENCHMARKS.md, "Identification on the real datasets"'
-MACHINE = "2-core AMD EPYC VM, no GPU, shared (load 2-6)"
-# The commands and when they ran: the fusion rows are the second run's.
+SOURCE = 'BENCHMARKS.md, "Issue 20, second slice"'
+MACHINE = "2-core AMD EPYC VM, no GPU, shared (load about 4: tests and benchmarks beside it)"
+# The command and when it ran (one run, both presets, cold: each process with an empty cache).
 RUNS = {
-    # before the adaptation stage: offline now adapts by default (--adapt auto), which scored
-    # 0.270 / 0.332 / 0.306 (BENCHMARKS.md, issue 20, 2026-12-04, at load 6-8: no speed figure)
-    "offline": ("benchmarks/real_data.py --presets offline,fusion (adapt none)", "2026-11-27 04:41-05:22 UTC"),
-    "fusion": ("benchmarks/real_data.py --presets fusion", "2026-11-27 07:08-07:16 UTC"),
+    "offline": ("benchmarks/real_data.py --presets offline,fusion", "2026-12-04 08:21-08:41 UTC"),
+    "fusion": ("benchmarks/real_data.py --presets offline,fusion", "2026-12-04 08:21-08:41 UTC"),
 }
 PHOTOS = {"LionData": 740, "NyalaData": 458, "Holstein2025": 3776}
 
@@ -40,13 +38,13 @@ class Measured:
 
 MEASURED: dict[str, tuple[Measured, ...]] = {
     "offline": (
-        Measured("LionData", 0.198, 131),
-        Measured("NyalaData", 0.214, 85),
-        Measured("Holstein2025", 0.223, 627),
+        Measured("LionData", 0.355, 91.7),
+        Measured("NyalaData", 0.370, 64.7),
+        Measured("Holstein2025", 0.411, 406.2),
     ),
     "fusion": (
-        Measured("LionData", 0.573, 80),
-        Measured("NyalaData", 0.361, 80),
-        Measured("Holstein2025", 0.562, 236),
+        Measured("LionData", 0.585, 113.5),
+        Measured("NyalaData", 0.349, 146.4),
+        Measured("Holstein2025", 0.600, 352.4),
     ),
 }
