@@ -339,7 +339,7 @@ def test_mirrored_gallery_with_orb_saves_loads_and_answers_the_same(lions, cache
     assert any(rule.mirrored(a, b) for a, b in links)
     gallery.save(tmp_path / "g")
     loaded = Gallery.load(tmp_path / "g", backbone=lite0_backbone)
-    assert loaded.preset == preset and loaded.groups["LionData"].views.tolist() == views.tolist()
+    assert loaded.preset == gallery.preset and loaded.groups["LionData"].views.tolist() == views.tolist()
     assert group.fit.top_m in TOP_M_CHOICES and loaded.groups["LionData"].fit.top_m == group.fit.top_m
     again = loaded.identify(dataset, cache_dir=cache, progress=False)
     pd.testing.assert_frame_equal(again.candidates, answered.candidates)
