@@ -100,7 +100,7 @@ def test_refit_with_answers_teaches_the_adapter_saves_what_it_learned_and_keeps_
     before = gallery.groups["LionData"].adapter.state()["projection"].copy()
     answers = write_answers(tmp_path, truth_answers(queries, set(database["identity"])))
     photos = answered_photos(read_answers(answers))
-    assert gallery.teach(photos, cache_dir=cache) == {"LionData": len(photos)}
+    assert gallery.teach(photos, cache_dir=cache) == ({"LionData": len(photos)}, {})
     gallery.refit()
     part = gallery.groups["LionData"]
     assert part.fit.adaptation["taught"] == {
@@ -142,6 +142,22 @@ def test_gallery_refit_command_learns_from_an_answers_file(lions, lite0_backbone
     assert "photo(s) labelled by the answers; learned from: LionData" in result.output
     record = json.loads((tmp_path / "g" / "gallery.json").read_text())
     assert any(name.endswith("/taught.npz") for name in record["files"])  # saved, with its checksum
+    # A photo that cannot be read is left out, by name; the others still teach.
+    rows = truth_answers(queries, set(database["identity"])) + [f"{tmp_path / 'gone.jpg'},{queries['path'][0]},,same"]
+    partly = CliRunner().invoke(
+        app,
+        [
+            "gallery",
+            "refit",
+            str(tmp_path / "g"),
+            "--answers",
+            str(write_answers(tmp_path, rows)),
+            "--cache-dir",
+            str(cache),
+        ],
+    )
+    said = " ".join(partly.output.split())
+    assert partly.exit_code == 0 and f"left out, unreadable: {tmp_path / 'gone.jpg'}" in said, partly.output
     bad = write_answers(tmp_path, ["a.jpg,b.jpg,,maybe"])
     refused = CliRunner().invoke(app, ["gallery", "refit", str(tmp_path / "g"), "--answers", str(bad)])
     assert refused.exit_code == 2 and "line 2: answer 'maybe'" in " ".join(refused.output.split())

@@ -167,12 +167,14 @@ def gallery_refit(
     with exclusive(gallery, "the gallery"):
         saved = Gallery.load(gallery, device=device)
         if photos is not None:
-            taught = saved.teach(photos, cache_dir=cache_dir or user_cache_dir())
+            taught, unreadable = saved.teach(photos, cache_dir=cache_dir or user_cache_dir())
             console.print(
                 f"{len(photos)} photo(s) labelled by the answers; learned from: "
                 + ", ".join(f"{name} {count}" for name, count in taught.items()),
                 highlight=False,
             )
+            for path, reason in unreadable.items():
+                console.print(f"[yellow]left out, unreadable: {escape(path)} ({escape(reason)})[/]", highlight=False)
         saved.refit()
         saved.save(gallery)
     print_gallery(saved, gallery)

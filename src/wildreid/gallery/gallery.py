@@ -276,12 +276,15 @@ class Gallery:
             touched.append(name)
         return touched
 
-    def teach(self, photos: pd.DataFrame, *, cache_dir=None, progress: bool = False) -> dict[str, int]:
+    def teach(
+        self, photos: pd.DataFrame, *, cache_dir=None, progress: bool = False
+    ) -> tuple[dict[str, int], dict[str, str]]:
         """Photos outside the database that reviewers' answers labelled (image_id, path, identity
         [, dataset]; decide/answers.py): what the adaptation stage learns from besides the
         database at the next fit (:meth:`refit`). They replace what was taught before (the answers
         are read whole each time); a group given none forgets its taught photos. Photos that
-        cannot be read are left out. Returns the photos kept per group."""
+        cannot be read are left out. Returns (the photos kept per group, {path: why} of those
+        left out)."""
         table = self._query_table(photos[["image_id", "path", *(["dataset"] if "dataset" in photos else [])]])
         table["identity"] = photos["identity"].astype(str).to_numpy()
         table, regions = self._regions(table, cache_dir, progress, {})
@@ -307,7 +310,8 @@ class Gallery:
                     vectors[rows].astype(np.float32),
                 )
             kept[name] = len(rows)
-        return kept
+        unreadable = {str(table["path"].iloc[row]): reason for row, reason in extraction.failures.items()}
+        return kept, unreadable
 
     def refit(self, groups: list[str] | None = None) -> list[str]:
         """Fit calibration and thresholds again on the gallery as it is now."""

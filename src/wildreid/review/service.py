@@ -90,7 +90,9 @@ class ReviewService:
         with exclusive(folder, "the catalogue's gallery", wait=log.warning):
             gallery = Gallery.load(folder, backbone=self.backbone, preset=self.preset.name)
             gallery.loader_workers = self.loader_workers
-            gallery.teach(photos, cache_dir=self.cache_dir)
+            _, unreadable = gallery.teach(photos, cache_dir=self.cache_dir)
+            for path, reason in unreadable.items():
+                log.warning("learning from answers: %s left out, unreadable (%s)", path, reason)
             gallery.refit()
             gallery.learned_answers = answers
             gallery.save(folder)
