@@ -8,7 +8,9 @@
 
 Every front end (``wildreid identify``, ``identify --gallery``, ``watch``, the catalogue and the
 web app, the benchmarks) goes through this object; ``pipeline.identify`` is ``build`` then
-``identify`` on the same dataset.
+``identify`` on the same dataset. Over 600 lines: it is the one object of that life cycle (build,
+add, teach, refit, describe, rank, answer, save, load); the work of each step lives in the modules
+it calls (part.py, adaptation.py, queries.py, storage.py).
 """
 
 from __future__ import annotations
