@@ -28,8 +28,8 @@ from wildreid.describe.backbones import (
     ModelFolder,
     Preprocess,
     known_backbone,
-    lite0_imagenet_classifier,
     load_backbone,
+    packaged_imagenet_classifier,
     resolve_name,
 )
 from wildreid.describe.extract import image_to_tensor
@@ -69,7 +69,7 @@ def test_short_names():
 
 def test_offline_lite0_has_real_imagenet_weights(shared_data):
     """The package's tensors, mapped by position, must give a working ImageNet classifier."""
-    model = lite0_imagenet_classifier()
+    model = packaged_imagenet_classifier()
     table = pd.read_csv(shared_data / "LionData" / "metadata.csv")
     body_shots = table[table["viewpoint"] == "body"].head(4)
     backbone = load_backbone("efficientnet-lite0")

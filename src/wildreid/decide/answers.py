@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import pandas as pd
 
+from wildreid.decide.queue import components
+
 PROVISIONAL = "answered-"  # prefix of the name of an animal only answers know
 
 
@@ -25,28 +27,25 @@ def answered_labels(same_pairs: Iterable[tuple[Any, Any]], known: Mapping[Any, s
     """{photo: label} for every photo a "same" answer ties to another photo or to a known
     individual. ``same_pairs``: (node, node) pairs answered "same"; ``known``: the nodes that are
     known individuals, with their identity (every other node is a photo). Provisional labels are
-    ``answered-<the set's first photo in sorted order>``, so the same answers give the same labels."""
-    parent: dict[Hashable, Hashable] = {}
-
-    def root(node):
-        parent.setdefault(node, node)
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for left, right in same_pairs:
-        parent[root(left)] = root(right)
-    members: dict[Hashable, list] = {}
-    for node in list(parent):
-        members.setdefault(root(node), []).append(node)
-    labels: dict[Hashable, str] = {}
+    ``answered-1``, ``answered-2``, ... in the order of each set's first photo (sorted as text),
+    so the same answers give the same labels."""
+    same_pairs = list(same_pairs)
+    nodes = list(dict.fromkeys(node for pair in same_pairs for node in pair))
+    place = {node: position for position, node in enumerate(nodes)}
+    owners = components(len(nodes), [(place[left], place[right]) for left, right in same_pairs])
+    sets: dict[int, list] = {}
+    for node, owner in zip(nodes, owners.tolist()):
+        sets.setdefault(owner, []).append(node)
+    # each set: (its photos sorted as text, the known individuals it is tied to)
+    animals = [
+        (sorted((node for node in tied if node not in known), key=str), {known[n] for n in tied if n in known})
+        for tied in sets.values()
+    ]
+    labels: dict[Any, str] = {}
     provisional = 0
-    sets = [sorted((node for node in nodes if node not in known), key=str) for nodes in members.values()]
-    for photos, nodes in sorted(zip(sets, members.values()), key=lambda item: str(item[0][:1])):
-        identities = {known[node] for node in nodes if node in known}
+    for photos, identities in sorted(animals, key=lambda animal: str(animal[0][:1])):
         if len(identities) > 1 or not photos or (not identities and len(photos) < 2):
-            continue
+            continue  # contradicting itself, no photo, or one photo alone: nothing to learn
         if not identities:
             provisional += 1
         name = identities.pop() if identities else f"{PROVISIONAL}{provisional}"

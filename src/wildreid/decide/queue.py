@@ -51,7 +51,7 @@ def pair_questions(grouping: DatasetGrouping, asked: Collection[tuple[int, int]]
     query_labels = labels[:queries]
     photos = np.bincount(query_labels, minlength=labels.max() + 1 if len(labels) else 0)
     anchored = set(grouping.clustering.anchors)
-    joined = _components(graph.nodes, grouping.must_link)
+    joined = components(graph.nodes, grouping.must_link)
     apart = {frozenset((joined[a], joined[b])) for a, b in grouping.cannot_link}
     left, right, probability = graph.left, graph.right, graph.probability
 
@@ -127,13 +127,14 @@ def apply_answer(grouping: DatasetGrouping, left: int, right: int, answer: str) 
 
 def settled_queries(grouping: DatasetGrouping) -> np.ndarray:
     """Queries a reviewer's answers have tied to another photo or individual ("same")."""
-    joined = _components(grouping.graph.nodes, grouping.must_link)
+    joined = components(grouping.graph.nodes, grouping.must_link)
     counts = np.bincount(joined, minlength=grouping.graph.nodes)
     return counts[joined[: grouping.graph.queries]] > 1
 
 
-def _components(nodes: int, pairs) -> np.ndarray:
-    """Connected components of the must-links (a label per node)."""
+def components(nodes: int, pairs) -> np.ndarray:
+    """Connected components of ``pairs`` over nodes 0..nodes-1 (a label per node): the must-links
+    here, reviewers' "same" answers in answers.py."""
     owner = list(range(nodes))
 
     def root(node: int) -> int:

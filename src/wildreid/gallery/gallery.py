@@ -220,17 +220,24 @@ class Gallery:
                 )
         return said
 
-    def _describe_database(self, photos: pd.DataFrame, regions, cache_dir, progress: bool) -> Extraction:
-        started = time.perf_counter()
-        extraction = extract_embeddings(
-            photos["path"].tolist(),
+    def _extract(self, paths: list, regions, cache_dir, progress: bool, description: str | None = None) -> Extraction:
+        """Global vectors of ``paths`` as this gallery describes every photo (its backbone,
+        loader processes and the preset's extraction options)."""
+        named = {"description": description} if description else {}
+        return extract_embeddings(
+            paths,
             self.backbone,
             cache_dir=cache_dir,
             progress=progress,
             num_workers=self.loader_workers,
             regions=regions,
+            **named,
             **self.preset.extraction_options(),
         )
+
+    def _describe_database(self, photos: pd.DataFrame, regions, cache_dir, progress: bool) -> Extraction:
+        started = time.perf_counter()
+        extraction = self._extract(photos["path"].tolist(), regions, cache_dir, progress)
         self.timings["extract_s"] = self.timings.get("extract_s", 0) + time.perf_counter() - started
         self.timings["images_extracted"] = self.timings.get("images_extracted", 0) + extraction.extracted
         self.timings["extraction"] = extraction.settings
@@ -290,16 +297,7 @@ class Gallery:
         table = self._query_table(photos[["image_id", "path", *(["dataset"] if "dataset" in photos else [])]])
         table["identity"] = photos["identity"].astype(str).to_numpy()
         table, regions = self._regions(table, cache_dir, progress, {})
-        extraction = extract_embeddings(
-            table["path"].tolist(),
-            self.backbone,
-            cache_dir=cache_dir,
-            progress=progress,
-            description="photos labelled by reviewers",
-            num_workers=self.loader_workers,
-            regions=regions,
-            **self.preset.extraction_options(),
-        )
+        extraction = self._extract(table["path"].tolist(), regions, cache_dir, progress, "photos labelled by reviewers")
         vectors = normalize(extraction.embeddings) if len(table) else np.zeros((0, self.backbone.dim), np.float32)
         kept = {}
         for name, group in self.groups.items():
@@ -463,16 +461,7 @@ class Gallery:
         table = self._query_table(queries)
         foreground: dict = {}
         table, regions = self._regions(table, cache_dir, progress, foreground)
-        extraction = extract_embeddings(
-            table["path"].tolist(),
-            self.backbone,
-            cache_dir=cache_dir,
-            progress=progress,
-            description="query descriptors",
-            num_workers=self.loader_workers,
-            regions=regions,
-            **self.preset.extraction_options(),
-        )
+        extraction = self._extract(table["path"].tolist(), regions, cache_dir, progress, "query descriptors")
         timings = {
             **foreground,
             "extract_s": time.perf_counter() - started,
