@@ -94,12 +94,7 @@ def fit_fusion(
                 "note": f"{name}: fusion rule mean: {learnable} individuals have two pseudo-queries or more "
                 f"(fewer than {MIN_IDENTITIES}), too few to learn a rule from and to validate it on.",
             }
-        return (
-            calibration,
-            calibration.fuse(pairs.raw, pairs.mirrored),
-            calibration.fuse(between_queries(pairs.raw), pairs.mirrored),
-            record,
-        )
+        return (calibration, *_fused(calibration, pairs), record)
     started = time.perf_counter()
     folds = identity_folds(identities, FOLDS, seed)
     asked = np.zeros(len(identities), dtype=bool)
@@ -114,16 +109,16 @@ def fit_fusion(
             "simulated_baks": _finite(choice.simulated_baks),
             "simulated_baus": _finite(choice.simulated_baus),
         }
-    scores = {rule: figures[rule]["simulated_score"] or -np.inf for rule in figures}
+    # a rule whose simulation gave no score (None) ranks last; 0.0 is a score like any other
+    scores = {
+        rule: -np.inf if found["simulated_score"] is None else found["simulated_score"]
+        for rule, found in figures.items()
+    }
     chosen = simplest_near_best(scores)  # the mean first: a learned rule must beat it by MARGIN
     if setting != AUTO:  # a rule named by the preset is used; its validation is only reported
         chosen = setting
     calibration = Calibration.fit(pairs.raw, same, pairs.mirrored, fusion=chosen)
-    if chosen == DEFAULT_FUSION:
-        fused = calibration.fuse(pairs.raw, pairs.mirrored)
-        between = calibration.fuse(between_queries(pairs.raw), pairs.mirrored)
-    else:
-        fused, between = held_out[chosen]
+    fused, between = _fused(calibration, pairs) if chosen == DEFAULT_FUSION else held_out[chosen]
     seconds = time.perf_counter() - started
     shown = ", ".join(f"{rule} {score:.3f}" for rule, score in scores.items())
     record = {
@@ -138,6 +133,11 @@ def fit_fusion(
         ),
     }
     return calibration, fused, between, record
+
+
+def _fused(calibration: Calibration, pairs: ScoredPairs) -> tuple[np.ndarray, np.ndarray]:
+    """(P(same), P(same) between queries) of the pairs by a calibration fitted on them all."""
+    return calibration.fuse(pairs.raw, pairs.mirrored), calibration.fuse(between_queries(pairs.raw), pairs.mirrored)
 
 
 def _finite(value) -> float | None:

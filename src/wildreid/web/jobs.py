@@ -103,8 +103,10 @@ class JobRunner:
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread: threading.Thread | None = None
-        # The background refit that learns from reviewers' answers (maybe_learn); one at a time.
+        # The background refit that learns from reviewers' answers (maybe_learn); one at a time,
+        # started under its own lock (not ``lock``, which every progress poll takes).
         self.learning: threading.Thread | None = None
+        self.learning_lock = threading.Lock()
 
     @property
     def gallery(self):
@@ -179,7 +181,7 @@ class JobRunner:
         service = self.service
         if self.config.refit_after <= 0 or service is None or service.gallery is None or service.preset.adapt == "none":
             return False
-        with self.lock:
+        with self.learning_lock:
             if self.learning is not None and self.learning.is_alive():
                 return False
             with Catalog(self.config.catalog) as catalog:
