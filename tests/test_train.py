@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from wildreid.cli.main import app
 from wildreid.data.dataset import Dataset, load_csv, load_dataset
-from wildreid.describe.backbones import load_backbone
+from wildreid.describe.backbones import Preprocess, load_backbone
 from wildreid.describe.extract import content_hashes, extract_embeddings
 from wildreid.describe.trained import TrainError, trained_on
 from wildreid.gallery.pipeline import identify
@@ -30,9 +30,10 @@ from wildreid.local.pairs import FusionSettings
 from wildreid.presets import get_preset
 from wildreid.train.arcface import ArcFaceHead
 from wildreid.train.augment import AugmentConfig, train_transform
-from wildreid.train.checkpoint import CHECKPOINT
+from wildreid.train.checkpoint import CHECKPOINT, save_model
 from wildreid.train.finetune import TrainConfig, train
 from wildreid.train.images import TRAIN, VAL_IDENTITY, VAL_IMAGE, split_validation, training_images
+from wildreid.util.files import current_umask
 
 runner = CliRunner()
 # One thread: these tests check behaviour, not speed, and on a small shared machine torch's thread
@@ -223,6 +224,26 @@ def test_saved_folder_is_timm_local_dir_layout_without_the_head(trained):
     tensors = load_file(trained.out / "model.safetensors")
     assert set(tensors) == set(trained.backbone.model.state_dict())
     assert not any(key.startswith("classifier") or key == "weight" for key in tensors)
+    # Model files follow the umask like every output (safetensors alone would write 0600).
+    for name in ("config.json", "model.safetensors"):
+        assert (trained.out / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
+
+
+def test_saving_works_with_a_timm_whose_save_for_hf_has_no_data_config(monkeypatch, tmp_path):
+    """timm 1.0.29 (as on a GPU machine) has no data_config argument: the input size trained
+    with must reach config.json all the same."""
+    import timm.models
+
+    real = timm.models.save_for_hf
+
+    def older_save_for_hf(model, save_directory, model_config=None, model_args=None, safe_serialization=False):
+        return real(model, save_directory, model_config, model_args, safe_serialization)
+
+    monkeypatch.setattr(timm.models, "save_for_hf", older_save_for_hf)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    save_model(model, Preprocess((96, 96), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "bilinear"), tmp_path)
+    loaded = load_backbone(f"local-dir:{tmp_path}")
+    assert loaded.preprocess == Preprocess((96, 96), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "bilinear")
 
 
 def test_a_finished_folder_is_not_trained_over(trained, small_images):

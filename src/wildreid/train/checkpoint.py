@@ -21,7 +21,7 @@ import torch
 
 from wildreid.describe.backbones import Preprocess
 from wildreid.describe.trained import RECORD, TrainError
-from wildreid.util.files import atomic_path
+from wildreid.util.files import FILE_MODE, atomic_path, current_umask
 
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -133,10 +133,17 @@ def save_model(model: torch.nn.Module, preprocess: Preprocess, out: Path) -> Non
         # A plain resize of the whole picture, as wildreid's preprocessing does it.
         "crop_pct": 1.0,
     }
-    save_for_hf(model, export, safe_serialization=True, data_config=data_config)
+    # Through pretrained_cfg rather than save_for_hf's data_config argument, which older timm
+    # lacks (1.0.29, on a GPU machine, failed here after training; 1.0.31 has it). A test-time size of
+    # the starting weights' would override what was trained with, so it goes.
+    cfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", {}) or {}).items() if not k.startswith("test_")}
+    model.pretrained_cfg = {**cfg, **data_config}
+    save_for_hf(model, export, safe_serialization=True)
     # Weights first, config last: load_backbone needs config.json, so a folder is never taken for
     # a model before both files are complete.
     for name in reversed(MODEL_FILES):
+        # safetensors writes its file 0600 whatever the umask; a model is shared like any output.
+        os.chmod(export / name, FILE_MODE & ~current_umask())
         os.replace(export / name, out / name)
     export.rmdir()
 
