@@ -1,0 +1,102 @@
+"""What each adaptation level does for each use of the global vector, on the real queries.
+
+    python benchmarks/adaptation_uses.py --cache-dir C
+    python benchmarks/adaptation_uses.py --cache-dir C --datasets LionData-paper-split
+
+Each level (describe/adapters.py) is fitted on the whole database's labels, as a gallery fits it,
+and the queries are compared through it. Query labels only score; nothing is chosen here. One
+figure per use of the adapted vector (the gallery uses it in all three at once):
+
+- shortlist: share of known queries with a photo of their individual among the 20 database photos
+  nearest by cosine, the candidates that keypoint matching verifies (fusion's default size);
+- score: the cosine as evidence on its own: top-1 of known queries (nearest database photo) and
+  the new-vs-known AUC of each query's best cosine (new individuals should score lower);
+- grouping: the query-to-query graph: share of queries (of an individual with two queries or
+  more) whose nearest other query shows the same individual. Threshold-free, so it measures the
+  evidence grouping starts from, not the grouping's own threshold.
+
+The learned fusion rule's row is its own benchmark (real_data.py --set fusion_rule=...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from real_data import benchmark_dataset  # noqa: E402
+
+from wildreid.describe.adapters import NONE, adapter_names, make_adapter, unit_rows  # noqa: E402
+from wildreid.describe.backbones import load_backbone  # noqa: E402
+from wildreid.describe.extract import extract_embeddings  # noqa: E402
+
+SHORTLIST = 20
+
+
+def uses(database, queries, db_names, query_names) -> dict[str, float]:
+    """The per-use figures of already adapted (unit-length) vectors."""
+    similarity = queries @ database.T
+    known = np.isin(query_names, db_names)
+    both_kinds = 0 < known.sum() < len(known)
+    nearest = np.argsort(-similarity, axis=1)[:, :SHORTLIST]
+    figures = {
+        "shortlist@20": float((db_names[nearest] == query_names[:, None]).any(axis=1)[known].mean()),
+        "top-1": float((db_names[nearest[:, 0]] == query_names)[known].mean()),
+        # High best cosine should mean known: AUC of "known" against the best cosine.
+        "AUC new/known": float(roc_auc_score(known, similarity.max(axis=1))) if both_kinds else np.nan,
+    }
+    between = queries @ queries.T
+    np.fill_diagonal(between, -np.inf)
+    has_mate = np.array([(query_names == name).sum() > 1 for name in query_names])
+    figures["query graph top-1"] = float((query_names[between.argmax(axis=1)] == query_names)[has_mate].mean())
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="LionData,NyalaData,Holstein2025")
+    parser.add_argument("--backbone", default="efficientnet-lite0-multiscale")
+    parser.add_argument("--levels", default=",".join([NONE, *adapter_names()]))
+    parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    backbone = load_backbone(args.backbone)
+    names = ["shortlist@20", "top-1", "AUC new/known", "query graph top-1"]
+    print(f"backbone {args.backbone}; levels fitted on all database labels; queries score only")
+    print(f"{'dataset':20} {'level':7} {'list@20':>7} {'top-1':>6} {'AUC':>6} {'qgraph':>6} {'fit s':>6}")
+    for dataset_name in args.datasets.split(","):
+        dataset = benchmark_dataset(dataset_name)
+        database, queries = dataset.database, dataset.queries
+        vectors = extract_embeddings(
+            database["path"].tolist() + queries["path"].tolist(), backbone, cache_dir=args.cache_dir, progress=False
+        ).embeddings
+        db_vectors, query_vectors = vectors[: len(database)], vectors[len(database) :]
+        db_names = database["identity"].to_numpy().astype(str)
+        query_names = queries["identity"].to_numpy().astype(str)
+        for level in args.levels.split(","):
+            started = time.perf_counter()
+            if level == NONE:
+                described = unit_rows(db_vectors), unit_rows(query_vectors)
+            else:
+                adapter = make_adapter(level).fit(db_vectors, db_names, seed=args.seed)
+                described = adapter.transform(db_vectors), adapter.transform(query_vectors)
+            seconds = time.perf_counter() - started
+            figures = uses(*described, db_names, query_names)
+            print(
+                f"{dataset_name:20} {level:7} "
+                + " ".join(f"{figures[name]:{7 if i == 0 else 6}.3f}" for i, name in enumerate(names))
+                + f" {seconds:6.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
