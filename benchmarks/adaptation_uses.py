@@ -41,33 +41,33 @@ from wildreid.describe.backbones import load_backbone  # noqa: E402
 from wildreid.describe.extract import extract_embeddings  # noqa: E402
 
 SHORTLIST = 20
+COLUMNS = ["list@20", "+raw", "@40", "top-1", "AUC", "qgraph"]  # the figures of uses(), as printed
 
 
 def uses(database, queries, db_names, query_names, raw_nearest) -> dict[str, float]:
-    """The per-use figures of already adapted (unit-length) vectors; ``raw_nearest``: each
-    query's 20 nearest database photos by the backbone's own vectors."""
+    """The per-use figures (COLUMNS) of already adapted (unit-length) vectors; ``raw_nearest``:
+    each query's 20 nearest database photos by the backbone's own vectors."""
     similarity = queries @ database.T
     known = np.isin(query_names, db_names)
-    both_kinds = 0 < known.sum() < len(known)
     deeper = np.argsort(-similarity, axis=1)[:, : 2 * SHORTLIST]
     nearest = deeper[:, :SHORTLIST]
-    figures = {
-        "shortlist@20": float((db_names[nearest] == query_names[:, None]).any(axis=1)[known].mean()),
-        "list@20+raw": float(
-            ((db_names[nearest] == query_names[:, None]) | (db_names[raw_nearest] == query_names[:, None]))
-            .any(axis=1)[known]
-            .mean()
-        ),
-        "list@40": float((db_names[deeper] == query_names[:, None]).any(axis=1)[known].mean()),
-        "top-1": float((db_names[nearest[:, 0]] == query_names)[known].mean()),
-        # High best cosine should mean known: AUC of "known" against the best cosine.
-        "AUC new/known": float(roc_auc_score(known, similarity.max(axis=1))) if both_kinds else np.nan,
-    }
+
+    def found(candidates: np.ndarray) -> np.ndarray:
+        """Per query: its individual is among these database photos."""
+        return (db_names[candidates] == query_names[:, None]).any(axis=1)
+
     between = queries @ queries.T
     np.fill_diagonal(between, -np.inf)
     has_mate = np.array([(query_names == name).sum() > 1 for name in query_names])
-    figures["query graph top-1"] = float((query_names[between.argmax(axis=1)] == query_names)[has_mate].mean())
-    return figures
+    return {
+        "list@20": float(found(nearest)[known].mean()),
+        "+raw": float((found(nearest) | found(raw_nearest))[known].mean()),
+        "@40": float(found(deeper)[known].mean()),
+        "top-1": float(found(nearest[:, :1])[known].mean()),
+        # High best cosine should mean known: AUC of "known" against the best cosine.
+        "AUC": float(roc_auc_score(known, similarity.max(axis=1))) if 0 < known.sum() < len(known) else np.nan,
+        "qgraph": float((query_names[between.argmax(axis=1)] == query_names)[has_mate].mean()),
+    }
 
 
 def main() -> None:
@@ -79,10 +79,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     backbone = load_backbone(args.backbone)
-    names = ["shortlist@20", "list@20+raw", "list@40", "top-1", "AUC new/known", "query graph top-1"]
     print(f"backbone {args.backbone}; levels fitted on all database labels; queries score only")
-    columns = ["list@20", "+raw", "@40", "top-1", "AUC", "qgraph", "fit s"]
-    print(f"{'dataset':20} {'level':7} " + " ".join(f"{c:>{7 if i == 0 else 6}}" for i, c in enumerate(columns)))
+    widths = [7] + [6] * len(COLUMNS)  # "list@20" 7 characters wide; the others and "fit s" 6
+    header = [*COLUMNS, "fit s"]
+    print(f"{'dataset':20} {'level':7} " + " ".join(f"{name:>{width}}" for name, width in zip(header, widths)))
     for dataset_name in args.datasets.split(","):
         dataset = benchmark_dataset(dataset_name)
         database, queries = dataset.database, dataset.queries
@@ -103,12 +103,8 @@ def main() -> None:
                 described = adapter.transform(db_vectors), adapter.transform(query_vectors)
             seconds = time.perf_counter() - started
             figures = uses(*described, db_names, query_names, raw_nearest)
-            print(
-                f"{dataset_name:20} {level:7} "
-                + " ".join(f"{figures[name]:{7 if i == 0 else 6}.3f}" for i, name in enumerate(names))
-                + f" {seconds:6.1f}",
-                flush=True,
-            )
+            values = [f"{figures[name]:{width}.3f}" for name, width in zip(COLUMNS, widths)]
+            print(f"{dataset_name:20} {level:7} " + " ".join(values) + f" {seconds:6.1f}", flush=True)
 
 
 if __name__ == "__main__":

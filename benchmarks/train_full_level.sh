@@ -32,8 +32,10 @@ for spec in "$@"; do
   if [ -n "${split_file:-}" ]; then
     split_args=(--split-file "$DATA/$folder/$split_file" --split-column "$split_column" --train-value "$train_value")
   fi
+  # TRAIN_ARGS unquoted on purpose: it holds several options.
   timeout -k 10 "${LIMIT_S:-300}" "$PY" -m wildreid train "$DATA/$folder" --out "$MODELS/$name" \
-    --backbone "${BACKBONE:-efficientnet-lite0}" --workers "${WORKERS:-4}" "${split_args[@]}" ${TRAIN_ARGS:-} \
+    --backbone "${BACKBONE:-efficientnet-lite0}" --workers "${WORKERS:-4}" "${split_args[@]}" \
+    ${TRAIN_ARGS:-} \
     >"$MODELS/$name.log" 2>&1 &
   pids+=($!)
   names+=("$name")
@@ -43,7 +45,7 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   code=$?
   [ "$code" -ne 0 ] && status=$code
-  echo "-- ${names[$i]}: exit $code (124: cut at LIMIT_S)"
+  echo "-- ${names[$i]}: exit $code$([ "$code" -eq 124 ] && echo " (cut at LIMIT_S)")"
   # The run's own summary lines (its progress bars are in MODELS/NAME.log).
   grep -E "training on|chosen:|trained [0-9]+ epoch|model:|Error|error" "$MODELS/${names[$i]}.log" | tail -8
 done

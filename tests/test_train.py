@@ -241,7 +241,9 @@ def test_saving_works_with_a_timm_whose_save_for_hf_has_no_data_config(monkeypat
 
     monkeypatch.setattr(timm.models, "save_for_hf", older_save_for_hf)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    starting_cfg = dict(model.pretrained_cfg)
     save_model(model, Preprocess((96, 96), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "bilinear"), tmp_path)
+    assert model.pretrained_cfg == starting_cfg, "saving leaves the caller's model as it was"
     loaded = load_backbone(f"local-dir:{tmp_path}")
     assert loaded.preprocess == Preprocess((96, 96), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "bilinear")
 

@@ -133,12 +133,17 @@ def save_model(model: torch.nn.Module, preprocess: Preprocess, out: Path) -> Non
         # A plain resize of the whole picture, as wildreid's preprocessing does it.
         "crop_pct": 1.0,
     }
-    # Through pretrained_cfg rather than save_for_hf's data_config argument, which older timm
-    # lacks (1.0.29, on a GPU machine, failed here after training; 1.0.31 has it). A test-time size of
-    # the starting weights' would override what was trained with, so it goes.
-    cfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", {}) or {}).items() if not k.startswith("test_")}
-    model.pretrained_cfg = {**cfg, **data_config}
-    save_for_hf(model, export, safe_serialization=True)
+    # Given through the model's pretrained_cfg, which every timm writes to config.json, not through
+    # save_for_hf's data_config argument, which older timm lacks (1.0.29 failed here on a GPU
+    # machine after training; 1.0.31 has it). The starting weights' test-time sizes are left out:
+    # a loader would prefer them to the size trained with. The caller's model is left as it was.
+    starting_cfg = getattr(model, "pretrained_cfg", None)
+    kept = {k: v for k, v in dict(starting_cfg or {}).items() if not k.startswith("test_")}
+    model.pretrained_cfg = {**kept, **data_config}
+    try:
+        save_for_hf(model, export, safe_serialization=True)
+    finally:
+        model.pretrained_cfg = starting_cfg
     # Weights first, config last: load_backbone needs config.json, so a folder is never taken for
     # a model before both files are complete.
     for name in reversed(MODEL_FILES):
