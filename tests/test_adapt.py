@@ -220,3 +220,37 @@ def test_the_head_starts_as_the_whitening_and_learns_only_where_the_labels_leave
     moved = make_adapter("arcface").fit(overlapping, labels, seed=0).transform(overlapping)
     assert np.mean(1 - np.sum(moved * plain, axis=1)) > 0.01
     assert not np.allclose(make_adapter("arcface").fit(overlapping, labels, seed=1).transform(overlapping), moved)
+
+
+def test_the_backbone_cosine_is_scored_beside_the_adapted_one_only_where_the_group_adapts(
+    database, cache, lite0_backbone
+):
+    """With ``backbone_cosine`` among the fused scores, an adapted group scores each pair by the
+    backbone's own cosine as well as the adapted one (the mean keeps both); a group that is not
+    adapted has no such score (it would repeat the cosine)."""
+    from wildreid.local.pairs import FusionSettings
+
+    settings = FusionSettings(shortlist=5, scores=("cosine", "lnbnn", "inliers", "backbone_cosine"))
+    fusion = get_preset("fusion").replace(local_options={"max_keypoints": 128}, fusion=settings, fusion_rule="mean")
+    gallery = Gallery.build(
+        database, fusion.replace(adapt="whiten"), backbone=lite0_backbone, cache_dir=cache, progress=False
+    )
+    part = gallery.groups["LionData"]
+    rows = np.arange(0, part.size, 3)
+    pairs = part.asked_pairs(rows, gallery.preset, gallery.method, {})
+    raw = normalize(part.index.vectors(np.arange(part.size)))
+    adapted = normalize(part.adapt(raw))
+    expected = np.einsum("ij,ij->i", raw[rows[pairs.queries]], raw[pairs.images])
+    np.testing.assert_allclose(pairs.raw["backbone_cosine"], expected, atol=1e-5)
+    np.testing.assert_allclose(
+        pairs.raw["cosine"], np.einsum("ij,ij->i", adapted[rows[pairs.queries]], adapted[pairs.images]), atol=1e-5
+    )
+    assert not np.allclose(pairs.raw["cosine"], pairs.raw["backbone_cosine"], atol=1e-2)
+    assert {"cosine", "backbone_cosine", "lnbnn", "inliers"} <= set(part.fit.calibration.maps)
+
+    plain = Gallery.build(
+        database, fusion.replace(adapt="none"), backbone=lite0_backbone, cache_dir=cache, progress=False
+    )
+    plain_part = plain.groups["LionData"]
+    assert "backbone_cosine" not in plain_part.asked_pairs(rows, plain.preset, plain.method, {}).raw
+    assert "backbone_cosine" not in plain_part.fit.calibration.maps

@@ -187,3 +187,44 @@ def test_auto_chooses_a_rule_on_real_photos_records_it_and_the_gallery_answers_w
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["fusion_rules"]["LionData"]["chosen"] == record["chosen"]
     assert saved["preset"]["fusion_rule"] == "auto"
+
+
+@pytest.mark.parametrize("informative", [False, True], ids=["noise", "informative"])
+def test_the_backbone_cosine_is_kept_only_where_the_validation_says_it_helps(informative):
+    """'auto' judges every rule without the backbone's cosine, then with it. Pure noise is left out
+    (the calibration has no map for it, and fusing pairs that carry it ignores it); a second
+    cosine that tells the individuals apart where the first hardly does is kept."""
+    rng = np.random.default_rng(8)
+    identities = np.repeat([f"animal{k}" for k in range(30)], 6).astype(object)
+    centres = rng.normal(size=(30, 8))[np.repeat(np.arange(30), 6)]
+
+    def cosines(spread):
+        vectors = centres + rng.normal(0, spread, (180, 8))
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors @ vectors.T
+
+    rows = np.arange(0, 180, 2)
+    weak = cosines(3.0)[rows]
+    second = cosines(0.5)[rows] if informative else rng.uniform(-1, 1, weak.shape)
+    queries, images = np.nonzero(rows[:, None] != np.arange(180)[None, :])
+    raw = {"cosine": weak[queries, images], "backbone_cosine": second[queries, images]}
+    pairs = ScoredPairs(queries, images, raw, None)
+    same = (identities[rows[queries]] == identities[images]).astype(float)
+
+    calibration, fused, _, record = fusion_choice.fit_fusion(
+        pairs, rows, same, identities, None, setting="auto", top_m=1, seed=0, name="test"
+    )
+    labels = {"mean", "mean+backbone_cosine", "logistic", "logistic+backbone_cosine"}
+    assert set(record["validation"]) == labels
+    scores = {label: figures["simulated_score"] for label, figures in record["validation"].items()}
+    kept = "backbone_cosine" in record["scores"]
+    assert kept == informative
+    assert ("backbone_cosine" in calibration.maps) == kept
+    # the simplest candidate (in the order above) within MARGIN of the best
+    label = record["chosen"] + ("+backbone_cosine" if kept else "")
+    order, best = list(scores), max(scores.values())
+    assert order == ["mean", "mean+backbone_cosine", "logistic", "logistic+backbone_cosine"]
+    assert scores[label] >= best - MARGIN
+    assert all(scores[earlier] < best - MARGIN for earlier in order[: order.index(label)])
+    if not kept:
+        np.testing.assert_array_equal(calibration.fuse(raw), calibration.fuse({"cosine": raw["cosine"]}))

@@ -231,14 +231,19 @@ PRESETS = {
         description="The strongest offline mode: the offline preset's adapted multi-scale Lite0 cosine + "
         "RootSIFT keypoints (LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
         "each score calibrated to P(same individual) on database pairs and combined by their mean, or by "
-        "weights learned from the database where validation holding out whole individuals says they "
-        "help; threshold per dataset chosen on the database (simulated open set).",
+        "weights learned from the database, with the unadapted cosine as one more score, where validation "
+        "holding out whole individuals says they help; threshold per dataset chosen on the database "
+        "(simulated open set).",
         backbone=OFFLINE_MULTISCALE,
         local="rootsift",
         threshold=AUTO,
+        # The backbone's own cosine is offered beside the adapted one; the fusion rule's
+        # validation keeps it only where it helps on held-out identities (fusion_choice.py).
+        fusion=FusionSettings(scores=("cosine", "lnbnn", "inliers", "backbone_cosine")),
         # Measured (BENCHMARKS.md, issue 20): multi-scale + adapt auto + fusion rule auto against
-        # Lite0 with neither, NyalaData 0.361 -> 0.411, LionData 0.562 -> 0.585, Holstein2025
-        # 0.568 -> 0.600. (Lite0 adapted alone lowered NyalaData to 0.334.)
+        # Lite0 with neither, NyalaData 0.361 -> 0.349, LionData 0.562 -> 0.585, Holstein2025
+        # 0.568 -> 0.600; with the backbone's cosine offered, NyalaData 0.356 (the others kept
+        # the mean without it). (Lite0 adapted alone lowered NyalaData to 0.334.)
         adapt=AUTO,
         fusion_rule=AUTO,
     ),

@@ -172,7 +172,10 @@ class Calibration:
 
     def probabilities(self, scores: dict[str, np.ndarray], mirrored: np.ndarray | None = None) -> dict:
         """Each score type's P(same); mirrored pairs through the mirrored maps (through the direct
-        ones where the database had no mirrored pair to fit them on)."""
+        ones where the database had no mirrored pair to fit them on). A score this calibration has
+        no map for is not part of its fusion (the fusion choice may leave one of the preset's out,
+        fusion_choice.py) and is passed over."""
+        scores = {name: values for name, values in scores.items() if name in self.maps}
         calibrated = {name: self.probability(name, values) for name, values in scores.items()}
         if mirrored is not None and np.any(mirrored):
             rows = np.asarray(mirrored, bool)

@@ -9,6 +9,11 @@ scores a threshold: hiding whole identities, so the figure rewards telling new i
 known ones among identities the rule never saw. ``mean`` (WildFusion's rule) is the first
 candidate and wins near-ties (adaptation.simplest_near_best): a learned rule must earn its place.
 
+The backbone's own cosine (``backbone_cosine``, where the group is adapted and the preset names
+it) must earn its place too: with ``auto`` each rule is judged without it first, then with it,
+and the calibration keeps only the scores of the candidate chosen. A preset that names a rule
+gets it with every score it names.
+
 A learned rule that is kept answers real queries with its fit on all the pairs, but the group's
 threshold, top-m and grouping link threshold are chosen on its out-of-fold P(same), so they are not
 fitted on pairs the rule memorised. With ``mean`` the fused scores are those of today's fit (its
@@ -17,6 +22,7 @@ maps fitted on all pairs), so a gallery that keeps the mean answers exactly as b
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -25,6 +31,7 @@ from wildreid.decide.thresholds import Neighbours, choose_threshold
 from wildreid.gallery.adaptation import FOLDS, MIN_IDENTITIES, identity_folds, simplest_near_best
 from wildreid.gallery.calibration import DEFAULT_FUSION, FUSION_RULES, Calibration
 from wildreid.gallery.shortlist import ScoredPairs
+from wildreid.local.fusion_settings import BACKBONE_COSINE
 from wildreid.presets import AUTO
 
 
@@ -41,6 +48,19 @@ def rule_candidates(setting: str) -> list[str]:
         return [DEFAULT_FUSION, *(name for name in FUSION_RULES.names() if name != DEFAULT_FUSION)]
     FUSION_RULES.get(setting)  # an unknown name fails here, with the known ones listed
     return [DEFAULT_FUSION] if setting == DEFAULT_FUSION else [DEFAULT_FUSION, setting]
+
+
+def score_sets(raw: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
+    """The sets of scores a rule is judged with: the pairs' own, without the backbone's cosine
+    first where they have it (a second opinion on the same photo must earn its place)."""
+    names = tuple(raw)
+    if BACKBONE_COSINE not in names:
+        return [names]
+    return [tuple(name for name in names if name != BACKBONE_COSINE), names]
+
+
+def only(pairs: ScoredPairs, names: tuple[str, ...]) -> ScoredPairs:
+    return dataclasses.replace(pairs, raw={name: pairs.raw[name] for name in names})
 
 
 def out_of_fold(
@@ -99,36 +119,44 @@ def fit_fusion(
     folds = identity_folds(identities, FOLDS, seed)
     asked = np.zeros(len(identities), dtype=bool)
     asked[rows] = True
-    held_out, figures = {}, {}
+    held_out, figures, candidates = {}, {}, {}
     for rule in rule_candidates(setting):
-        held_out[rule] = out_of_fold(pairs, rows, same, folds, rule)
-        neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, held_out[rule][0], asked)
-        choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m, seed=seed)
-        figures[rule] = {
-            "simulated_score": _finite(choice.simulated_score),
-            "simulated_baks": _finite(choice.simulated_baks),
-            "simulated_baus": _finite(choice.simulated_baus),
-        }
+        for names in score_sets(pairs.raw):
+            label = rule if BACKBONE_COSINE not in names else f"{rule}+{BACKBONE_COSINE}"
+            candidates[label] = (rule, names)
+            held_out[label] = out_of_fold(only(pairs, names), rows, same, folds, rule)
+            neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, held_out[label][0], asked)
+            choice = choose_threshold(
+                neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m, seed=seed
+            )
+            figures[label] = {
+                "simulated_score": _finite(choice.simulated_score),
+                "simulated_baks": _finite(choice.simulated_baks),
+                "simulated_baus": _finite(choice.simulated_baus),
+            }
     # a rule whose simulation gave no score (None) ranks last; 0.0 is a score like any other
     scores = {
         rule: -np.inf if found["simulated_score"] is None else found["simulated_score"]
         for rule, found in figures.items()
     }
-    chosen = simplest_near_best(scores)  # the mean first: a learned rule must beat it by MARGIN
-    if setting != AUTO:  # a rule named by the preset is used; its validation is only reported
-        chosen = setting
-    calibration = Calibration.fit(pairs.raw, same, pairs.mirrored, fusion=chosen)
-    fused, between = _fused(calibration, pairs) if chosen == DEFAULT_FUSION else held_out[chosen]
+    label = simplest_near_best(scores)  # the mean first: a learned rule must beat it by MARGIN
+    if setting != AUTO:  # a rule named by the preset is used, with all its scores; the validation is only reported
+        label = next(key for key, (rule, names) in candidates.items() if rule == setting and names == tuple(pairs.raw))
+    chosen, names = candidates[label]
+    kept = only(pairs, names)
+    calibration = Calibration.fit(kept.raw, same, kept.mirrored, fusion=chosen)
+    fused, between = _fused(calibration, kept) if chosen == DEFAULT_FUSION else held_out[label]
     seconds = time.perf_counter() - started
     shown = ", ".join(f"{rule} {score:.3f}" for rule, score in scores.items())
     record = {
         "setting": setting,
         "chosen": chosen,
+        "scores": list(names),
         "folds": FOLDS,
         "validation": figures,
         "seconds": seconds,
         "note": (
-            f"{name}: fusion rule {chosen} (setting {setting}; simulated open-set score of out-of-fold "
+            f"{name}: fusion rule {label} (setting {setting}; simulated open-set score of out-of-fold "
             f"P(same) over {FOLDS} identity folds: {shown}; {seconds:.1f} s)."
         ),
     }

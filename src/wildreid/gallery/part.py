@@ -34,7 +34,7 @@ from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import ScoredPairs, shortlist_pairs
 from wildreid.local.base import LocalFeatures, LocalMethod
 from wildreid.local.lnbnn import KeypointIndex
-from wildreid.local.pairs import FusionSettings
+from wildreid.local.pairs import BACKBONE_COSINE, FusionSettings
 from wildreid.presets import AUTO, TOP_M_CHOICES, Preset
 
 # Pseudo-queries of the threshold simulation (global descriptor alone). Every shared dataset
@@ -80,11 +80,14 @@ class PartFit:
 @dataclass
 class Side:
     """What some photos bring to a comparison, seen one way (as taken, or mirrored): global
-    vectors, keypoints of the main local method, and of each extra method by name."""
+    vectors, keypoints of the main local method, and of each extra method by name. Once a group
+    has adapted them, ``vectors`` are the adapted ones and ``backbone`` the backbone's own (None:
+    not adapted, ``vectors`` are the backbone's)."""
 
     vectors: np.ndarray
     features: list[LocalFeatures | None] | None = None
     extra: dict[str, list[LocalFeatures | None]] = field(default_factory=dict)
+    backbone: np.ndarray | None = None
 
     def take(self, rows) -> "Side":
         rows = np.asarray(rows, dtype=np.int64)
@@ -92,6 +95,7 @@ class Side:
             self.vectors[rows],
             [self.features[r] for r in rows] if self.features is not None else None,
             {name: [found[r] for r in rows] for name, found in self.extra.items()},
+            self.backbone[rows] if self.backbone is not None else None,
         )
 
     def extend(self, other: "Side") -> "Side":
@@ -99,6 +103,7 @@ class Side:
             np.concatenate([self.vectors, other.vectors]),
             self.features + other.features if self.features is not None else None,
             {name: found + other.extra[name] for name, found in self.extra.items()},
+            np.concatenate([self.backbone, other.backbone]) if self.backbone is not None else None,
         )
 
 
@@ -166,9 +171,10 @@ class DatasetPart:
         return self.adapter.transform(vectors) if self.adapter is not None else vectors
 
     def adapt_side(self, side: Side | None) -> Side | None:
+        """``side`` as this group compares it: adapted vectors, the backbone's kept beside them."""
         if side is None or self.adapter is None:
             return side
-        return Side(self.adapt(side.vectors), side.features, side.extra)
+        return Side(self.adapt(side.vectors), side.features, side.extra, side.vectors)
 
     # ------------------------------------------------------------------ fitting
 
@@ -308,6 +314,7 @@ class DatasetPart:
             self.search_index.vectors(rows),
             [self.features[r] for r in rows] if self.features is not None else None,
             {name: [found[r] for r in rows] for name, found in self.extra.items()},
+            self.index.vectors(rows) if self.adapted is not None else None,
         )
 
     def asked_pairs(self, rows, preset, method, extra_methods, settings=None) -> ScoredPairs:
@@ -390,13 +397,14 @@ class DatasetPart:
         mirror views through the flipped photos (``mirrored``). ``settings``: the preset's fusion
         settings unless given."""
         direct, flipped, _ = self.view_masks(views, preset, excluded)
-        return _scored_pairs(
+        settings = settings or preset.fusion
+        pairs = _scored_pairs(
             self.search_index,
             self.keypoints,
             self.features,
             self.extra,
             side,
-            settings or preset.fusion,
+            settings,
             method,
             extra_methods,
             direct=direct,
@@ -404,6 +412,7 @@ class DatasetPart:
             mirrored=mirrored,
             excluded=excluded,
         )
+        return with_backbone_cosine(pairs, settings, side, mirrored, self.index)
 
     def cosine_lists(
         self, vectors: np.ndarray, depth: int, views, preset: Preset, mirrored_vectors: np.ndarray | None = None
@@ -460,12 +469,12 @@ class DatasetPart:
         view (only compatible photos are met); ``extra``: the queries' features of the extra
         methods; ``mirrored``: the queries flipped left-right (for mirrored matching). Vectors are
         the backbone's; the group adapts them."""
-        vectors, mirrored = self.adapt(vectors), self.adapt_side(mirrored)
+        side = self.adapt_side(Side(vectors, features, extra or {}))
+        vectors, mirrored = side.vectors, self.adapt_side(mirrored)
         if len(vectors) == 0 or self.size == 0:
             empty = np.zeros((len(vectors), 0))
             return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
         if method is not None:
-            side = Side(vectors, features, extra or {})
             pairs = self.pairs(side, views, preset, method, extra_methods or {}, mirrored=mirrored)
             fused = self.fit.calibration.fuse(pairs.raw, pairs.mirrored)
             lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
@@ -516,11 +525,12 @@ class DatasetPart:
         verification, the group's calibration) and with their best known individuals (from their
         ranking), every edge as P(same individual). ``views``, ``extra``, ``mirrored``: as for
         :meth:`rank`."""
-        vectors, mirrored = self.adapt(vectors), self.adapt_side(mirrored)
+        side = self.adapt_side(Side(vectors, features if method is not None else None, extra or {}))
+        vectors, mirrored = side.vectors, self.adapt_side(mirrored)
         calibration = self.fit.calibration
         query_index = VectorIndex.build(vectors)
         settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see fusion_choice.between_queries
-        features = features if method is not None else None
+        features = side.features
         # Two queries are compared under the same view rule as a query and the database: two
         # queries of incompatible views are never linked (mirror views only through the flip).
         # Unlike against the database there is no fallback: a query without a compatible query
@@ -532,7 +542,7 @@ class DatasetPart:
             None,
             features,
             extra or {},
-            Side(vectors, features, extra or {}),
+            side,
             settings,
             method,
             extra_methods or {},
@@ -541,6 +551,8 @@ class DatasetPart:
             mirrored=mirrored,
             excluded=[{row} for row in range(len(vectors))],
         )
+        if side.backbone is not None and BACKBONE_COSINE in settings.scores:
+            pairs = with_backbone_cosine(pairs, settings, side, mirrored, VectorIndex.build(side.backbone))
         return graph_of_queries(len(vectors), pairs, pairs.raw, ranking, calibration, method)
 
     def known_probability(self, threshold: float | None, method: LocalMethod | None) -> float | None:
@@ -640,6 +652,21 @@ def _scored_pairs(
     order = np.lexsort((images, queries))
     raw = {name: np.concatenate([found.raw[name], more.raw[name]])[order] for name in found.raw}
     return ScoredPairs(queries[order], images[order], raw, is_mirrored[order])
+
+
+def with_backbone_cosine(
+    pairs: ScoredPairs, settings: FusionSettings, side: Side, mirrored: Side | None, backbone: VectorIndex
+) -> ScoredPairs:
+    """``pairs`` with the backbone's own cosine of each pair beside the adapted one, where the
+    settings fuse it and ``side`` was adapted; ``backbone``: the index of the other photos'
+    backbone vectors. A pair compared after a flip is scored through the flipped photo."""
+    if BACKBONE_COSINE not in settings.scores or side.backbone is None:
+        return pairs
+    values = backbone.pair_cosine(side.backbone, pairs.queries, pairs.images)
+    if pairs.mirrored is not None and mirrored is not None and mirrored.backbone is not None:
+        rows = np.flatnonzero(pairs.mirrored)
+        values[rows] = backbone.pair_cosine(mirrored.backbone, pairs.queries[rows], pairs.images[rows])
+    return dataclasses.replace(pairs, raw=pairs.raw | {BACKBONE_COSINE: values})
 
 
 def _as_probability(threshold: float | None, calibration: Calibration | None, method: LocalMethod | None):

@@ -22,11 +22,11 @@ import numpy as np
 
 from wildreid.decide.graph import MatchGraph
 from wildreid.decide.ranking import IdentityRanking
-from wildreid.gallery.index import normalize
-from wildreid.gallery.part import DatasetPart, Side, graph_of_queries
+from wildreid.gallery.index import VectorIndex, normalize
+from wildreid.gallery.part import DatasetPart, Side, graph_of_queries, with_backbone_cosine
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.local.base import LocalFeatures, LocalMethod
-from wildreid.local.pairs import PAIR_COUNTS, inlier_counts, pair_counts
+from wildreid.local.pairs import BACKBONE_COSINE, PAIR_COUNTS, inlier_counts, pair_counts
 from wildreid.presets import Preset
 
 SPARE = 8  # candidates beyond the shortlist taken from the matrix product, for the exact cosines to sort
@@ -81,12 +81,12 @@ def remembered_graph(
 ) -> MatchGraph:
     """``group.match_graph`` of the same arguments, with ``memory`` (what the last grouping of
     this part's queries compared) used and brought up to date; ``keys``: each query's key."""
-    vectors, mirrored = group.adapt(vectors), group.adapt_side(mirrored)  # as match_graph compares them
+    side = group.adapt_side(Side(vectors, features if method is not None else None, extra or {}))
+    vectors, mirrored = side.vectors, group.adapt_side(mirrored)  # as match_graph compares them
     if memory.adapter is not group.adapter:  # cosines of another adapter (a refit) are not these
         memory.keys, memory.shortlists, memory.adapter = [], {}, group.adapter
     calibration = group.fit.calibration
     settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # as match_graph (see fusion_choice.between_queries)
-    side = Side(vectors, features if method is not None else None, extra or {})
     pairs = _shortlisted(side, views, preset, settings.shortlist, mirrored, keys, memory)
     counted = tuple(name for name in PAIR_COUNTS if name in settings.scores) if method is not None else ()
     keypoints = _keypoint_scores(pairs, side, mirrored, keys, method, extra_methods or {}, counted, settings, memory)
@@ -97,6 +97,9 @@ def remembered_graph(
         if name == "cosine" or name in counted
     }
     raw |= {name: values for name, values in keypoints.items() if name.startswith("inliers:")}
+    if side.backbone is not None and BACKBONE_COSINE in settings.scores:  # last, as match_graph adds it
+        backbone = with_backbone_cosine(pairs, settings, side, mirrored, VectorIndex.build(side.backbone))
+        raw[BACKBONE_COSINE] = backbone.raw[BACKBONE_COSINE]
     return graph_of_queries(len(vectors), pairs, raw, ranking, calibration, method)
 
 

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 # cosine: global descriptors; lnbnn: one-vs-many keypoint votes; inliers: tentative matches that
 # one homography (or fundamental matrix) explains; matches: matches whose matcher confidence
 # exceeds FusionSettings.match_confidence (every tentative match for a matcher without
-# confidences), WildFusion's LightGlue score.
-SCORE_TYPES = ("cosine", "lnbnn", "inliers", "matches")
+# confidences), WildFusion's LightGlue score; backbone_cosine: where a group compares through an
+# adapter (gallery/adaptation.py), the backbone's own cosine beside the adapted one (absent where
+# the group is not adapted: it would repeat "cosine").
+SCORE_TYPES = ("cosine", "lnbnn", "inliers", "matches", "backbone_cosine")
+BACKBONE_COSINE = "backbone_cosine"
 PAIR_COUNTS = ("inliers", "matches")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from wildreid.local.base import LocalFeatures, LocalMethod
+from wildreid.local.fusion_settings import BACKBONE_COSINE as BACKBONE_COSINE
 from wildreid.local.fusion_settings import PAIR_COUNTS as PAIR_COUNTS
 from wildreid.local.fusion_settings import SCORE_TYPES as SCORE_TYPES
 from wildreid.local.fusion_settings import FusionSettings as FusionSettings
