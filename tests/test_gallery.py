@@ -63,8 +63,20 @@ def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, 
 
 @pytest.mark.parametrize(
     "preset",
-    [OFFLINE, FUSION, FUSION.replace(views="same", mirror=True, extra_local=("orb",))],
-    ids=["offline", "fusion", "fusion-mirrored-orb"],
+    [
+        OFFLINE,
+        FUSION,
+        FUSION.replace(views="same", mirror=True, extra_local=("orb",)),
+        # adapted, with the backbone's own cosine fused (and flipped photos scored by theirs)
+        FUSION.replace(
+            views="same",
+            mirror=True,
+            adapt="whiten",
+            fusion_rule="mean",
+            fusion=FusionSettings(shortlist=5, scores=("cosine", "lnbnn", "inliers", "backbone_cosine")),
+        ),
+    ],
+    ids=["offline", "fusion", "fusion-mirrored-orb", "fusion-mirrored-backbone-cosine"],
 )
 def test_remembered_pair_comparisons_group_as_afresh(preset, lions, cache, lite0_backbone, monkeypatch):
     """Queries grouped with their comparisons remembered (the review service's waiting photos)
@@ -100,6 +112,8 @@ def test_remembered_pair_comparisons_group_as_afresh(preset, lions, cache, lite0
         assert compared[1] == len(set(kept[1]) - set(kept[0])) == sum(newest in pair[:2] for pair in kept[1])
     if preset.mirror:
         assert any(flipped for _, _, flipped in kept[1])
+    if "backbone_cosine" in preset.fusion.scores:  # the graphs compared did fuse it
+        assert "backbone_cosine" in gallery.groups["LionData"].fit.calibration.maps
 
 
 def _assert_same_grouping(grouping, expected):
