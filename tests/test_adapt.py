@@ -254,3 +254,52 @@ def test_the_backbone_cosine_is_scored_beside_the_adapted_one_only_where_the_gro
     plain_part = plain.groups["LionData"]
     assert "backbone_cosine" not in plain_part.asked_pairs(rows, plain.preset, plain.method, {}).raw
     assert "backbone_cosine" not in plain_part.fit.calibration.maps
+
+
+def test_each_use_of_the_adapted_vector_can_be_kept_on_the_backbone(database, cache, lite0_backbone):
+    """``adapt_uses`` measures each use on its own: without "shortlist" the database photos are
+    listed as the unadapted group lists them, while their cosine is still the adapted one; without
+    "score" the same photos are listed as with every use, scored by the backbone's cosine."""
+    from wildreid.local.pairs import FusionSettings
+
+    settings = FusionSettings(shortlist=5, scores=("cosine", "lnbnn", "inliers", "backbone_cosine"))
+    every = get_preset("fusion").replace(
+        local_options={"max_keypoints": 128}, fusion=settings, fusion_rule="mean", adapt="whiten"
+    )
+    gallery = Gallery.build(database, every, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    part, method = gallery.groups["LionData"], gallery.method
+    rows = np.arange(0, part.size, 3)
+    raw = normalize(part.index.vectors(np.arange(part.size)))
+    adapted = normalize(part.adapt(raw))
+
+    def asked(*uses):
+        pairs = part.asked_pairs(rows, every.replace(adapt_uses=uses), method, {})
+        return pairs, set(zip(pairs.queries.tolist(), pairs.images.tolist()))
+
+    def cosine(vectors, pairs):
+        return np.einsum("ij,ij->i", vectors[rows[pairs.queries]], vectors[pairs.images])
+
+    all_uses, listed_adapted = asked("shortlist", "score", "grouping")
+    not_listed, listed_plain = asked("score", "grouping")
+    not_scored, listed_as_all = asked("shortlist", "grouping")
+    neither, listed_by_neither = asked("grouping")
+    assert listed_plain == listed_by_neither and listed_as_all == listed_adapted
+    assert listed_plain != listed_adapted  # the two vectors list different photos
+    np.testing.assert_allclose(not_listed.raw["cosine"], cosine(adapted, not_listed), atol=1e-5)
+    np.testing.assert_allclose(not_scored.raw["cosine"], cosine(raw, not_scored), atol=1e-5)
+    np.testing.assert_allclose(neither.raw["cosine"], cosine(raw, neither), atol=1e-5)
+    # the backbone's cosine is a second opinion only beside an adapted one
+    assert "backbone_cosine" in all_uses.raw and "backbone_cosine" in not_listed.raw
+    assert "backbone_cosine" not in not_scored.raw and "backbone_cosine" not in neither.raw
+
+
+def test_a_preset_refuses_an_unknown_use_of_the_adapted_vector():
+    with pytest.raises(ValueError, match="adapt uses: 'score'; give one or more of shortlist, score, grouping"):
+        get_preset("fusion").replace(adapt_uses="score")
+    with pytest.raises(ValueError, match=r"adapt uses: \('ranking',\)"):
+        get_preset("fusion").replace(adapt_uses=("ranking",))
+    with pytest.raises(ValueError, match="for no adaptation at all, set adapt to none"):
+        get_preset("fusion").replace(adapt_uses=())
+    preset = get_preset("fusion").replace(adapt_uses=["score", "grouping"])
+    assert preset.adapt_uses == ("score", "grouping")
+    assert type(preset).from_dict(json.loads(json.dumps(preset.to_dict()))) == preset

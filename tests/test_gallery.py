@@ -75,8 +75,10 @@ def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, 
             fusion_rule="mean",
             fusion=FusionSettings(shortlist=5, scores=("cosine", "lnbnn", "inliers", "backbone_cosine")),
         ),
+        # the queries' pairs listed by the backbone's vectors, scored by the adapted ones
+        FUSION.replace(adapt="whiten", adapt_uses=("shortlist", "score")),
     ],
-    ids=["offline", "fusion", "fusion-mirrored-orb", "fusion-mirrored-backbone-cosine"],
+    ids=["offline", "fusion", "fusion-mirrored-orb", "fusion-mirrored-backbone-cosine", "fusion-grouping-unadapted"],
 )
 def test_remembered_pair_comparisons_group_as_afresh(preset, lions, cache, lite0_backbone, monkeypatch):
     """Queries grouped with their comparisons remembered (the review service's waiting photos)

@@ -43,6 +43,19 @@ def check_threshold_setting(threshold) -> None:
         check_threshold(threshold)
 
 
+ADAPT_USES = ("shortlist", "score", "grouping")
+
+
+def check_adapt_uses(uses) -> tuple[str, ...]:
+    """The uses of an adapted vector (ADAPT_USES), as a tuple: one or more, none unknown."""
+    if isinstance(uses, str) or not uses or any(use not in ADAPT_USES for use in uses):
+        raise ValueError(
+            f"adapt uses: {uses!r}; give one or more of {', '.join(ADAPT_USES)} "
+            "(for no adaptation at all, set adapt to none)."
+        )
+    return tuple(uses)
+
+
 def check_adapt(adapt) -> None:
     """An adaptation setting: 'none', 'auto' or a registered level."""
     from wildreid.describe.adapters import adapter_names
@@ -106,6 +119,11 @@ class Preset:
     # the level whose cross-fitted simulated open-set score on the database beats none. Presets
     # saved before it existed read as "none".
     adapt: str = "none"
+    # Which comparisons an adapted group makes through its adapter (the others compare the
+    # backbone's own vectors; ADAPT_USES): "shortlist", the database photos keypoint matching
+    # verifies; "score", the cosine that is scored (fused, ranked, simulated); "grouping", the
+    # pairs of queries the grouping's graph compares. All three unless one use is to be measured.
+    adapt_uses: tuple[str, ...] = ADAPT_USES
     # How a pair's calibrated scores are combined into one P(same) (gallery/calibration.py's fusion
     # rules): "mean" (WildFusion's), a learned rule ("logistic"), or "auto": a learned rule where
     # its out-of-fold simulated open-set score on the database beats the mean
@@ -148,6 +166,7 @@ class Preset:
             )
         ViewRule(self.views, self.mirror)  # refuses a malformed rule, or mirroring without one
         check_adapt(self.adapt)
+        object.__setattr__(self, "adapt_uses", check_adapt_uses(self.adapt_uses))
         if not isinstance(self.fusion_rule, str) or not self.fusion_rule:
             raise ValueError(f"fusion rule: {self.fusion_rule!r}; give a rule's name, or 'auto'.")
         if self.extra_local and not self.local:
@@ -192,6 +211,8 @@ class Preset:
         content["fusion"] = FusionSettings(**fusion)
         if "extra_local" in content:
             content["extra_local"] = tuple(content["extra_local"])
+        if "adapt_uses" in content:
+            content["adapt_uses"] = tuple(content["adapt_uses"])
         return cls(**content)
 
 

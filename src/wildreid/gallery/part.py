@@ -11,8 +11,11 @@ with mirrored matching, between mirror views through the flipped photo).
 
 With an adapter (adaptation.py) every global comparison goes through ``search_index``, the index of
 the adapted vectors; vectors entering from outside (queries, mirrored photos) are adapted where they
-enter (``rank``, ``match_graph``). Over 600 lines: one object's state (its photos, indexes and fit)
-and the comparisons made with it; the adaptation's choice and cross-fitting are kept apart.
+enter (``rank``, ``match_graph``), their backbone's vectors kept beside (``Side.backbone``). A preset
+may keep some uses of the global vector on the backbone's own (``Preset.adapt_uses``: which photos
+are shortlisted, which cosine is scored, which query pairs the grouping compares), to measure each.
+Over 600 lines: one object's state (its photos, indexes and fit) and the comparisons made with it;
+the adaptation's choice and cross-fitting are kept apart.
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ class Side:
             self.backbone[rows] if self.backbone is not None else None,
         )
 
+    def unadapted(self) -> "Side":
+        """The same photos compared by the backbone's own vectors."""
+        return Side(self.backbone, self.features, self.extra) if self.backbone is not None else self
+
     def extend(self, other: "Side") -> "Side":
         return Side(
             np.concatenate([self.vectors, other.vectors]),
@@ -158,6 +165,14 @@ class DatasetPart:
     def search_index(self) -> VectorIndex:
         """The index every global comparison searches: of the adapted vectors, if adapted."""
         return self.adapted if self.adapted is not None else self.index
+
+    def adapts(self, use: str, preset: Preset) -> bool:
+        """Whether ``use`` of the global vector (presets.ADAPT_USES) goes through the adapter."""
+        return self.adapter is not None and use in preset.adapt_uses
+
+    def index_for(self, use: str, preset: Preset) -> VectorIndex:
+        """The index ``use`` searches or scores with: of the adapted vectors where it adapts."""
+        return self.search_index if self.adapts(use, preset) else self.index
 
     def use_adapter(self, adapter: Adapter | None) -> None:
         """Compare through ``adapter`` (None: the backbone's vectors as they are) from now on."""
@@ -398,21 +413,25 @@ class DatasetPart:
         settings unless given."""
         direct, flipped, _ = self.view_masks(views, preset, excluded)
         settings = settings or preset.fusion
+        listed, listed_mirrored = compared_as(side, mirrored, self.adapts("shortlist", preset))
+        scored, scored_mirrored = compared_as(side, mirrored, self.adapts("score", preset))
         pairs = _scored_pairs(
-            self.search_index,
+            self.index_for("shortlist", preset),
             self.keypoints,
             self.features,
             self.extra,
-            side,
+            listed,
             settings,
             method,
             extra_methods,
             direct=direct,
             flipped=flipped,
-            mirrored=mirrored,
+            mirrored=listed_mirrored,
             excluded=excluded,
         )
-        return with_backbone_cosine(pairs, settings, side, mirrored, self.index)
+        if scored is not listed:  # listed by one vector, scored by the other
+            pairs = rescored(pairs, scored, scored_mirrored, self.index_for("score", preset))
+        return with_backbone_cosine(pairs, settings, scored, scored_mirrored, self.index)
 
     def cosine_lists(
         self, vectors: np.ndarray, depth: int, views, preset: Preset, mirrored_vectors: np.ndarray | None = None
@@ -420,8 +439,9 @@ class DatasetPart:
         """(scores, columns) of each query's ``depth`` nearest compatible photos by cosine, best
         first, with its mirror-view photos compared through the flipped vector; padded -inf / -1."""
         direct, flipped, _ = self.view_masks(views, preset)
+        index = self.index_for("score", preset)
         if direct is None:
-            return self.search_index.search(vectors, depth)
+            return index.search(vectors, depth)
         scores = np.full((len(vectors), 2 * depth), -np.inf)
         columns = np.full((len(vectors), 2 * depth), -1, dtype=np.int64)
         for masks, source, offset in ((direct, vectors, 0), (flipped, mirrored_vectors, depth)):
@@ -433,7 +453,7 @@ class DatasetPart:
                     groups.setdefault(id(mask), []).append(q)
             for members in groups.values():
                 rows = np.asarray(members, dtype=np.int64)
-                found_scores, found_columns = self.search_index.search(source[rows], depth, masks[rows[0]])
+                found_scores, found_columns = index.search(source[rows], depth, masks[rows[0]])
                 width = found_scores.shape[1]
                 scores[rows, offset : offset + width] = found_scores
                 columns[rows, offset : offset + width] = found_columns
@@ -445,8 +465,12 @@ class DatasetPart:
     def _global_neighbours(self, rows: np.ndarray, preset: Preset) -> Neighbours:
         depth = self.size if self.size <= EXACT_SIMULATION else SIMULATION_DEPTH
         views = self.views[rows] if self.views is not None else None
-        mirrored = self.adapt(self.mirrored.vectors[rows]) if self.mirrored is not None else None
-        scores, columns = self.cosine_lists(self.search_index.vectors(rows), depth, views, preset, mirrored)
+        adapted = self.adapts("score", preset)
+        mirrored = None
+        if self.mirrored is not None:
+            mirrored = self.adapt(self.mirrored.vectors[rows]) if adapted else self.mirrored.vectors[rows]
+        vectors = self.index_for("score", preset).vectors(rows)
+        scores, columns = self.cosine_lists(vectors, depth, views, preset, mirrored)
         return Neighbours(rows, columns, scores)
 
     # ------------------------------------------------------------------ queries
@@ -469,8 +493,7 @@ class DatasetPart:
         view (only compatible photos are met); ``extra``: the queries' features of the extra
         methods; ``mirrored``: the queries flipped left-right (for mirrored matching). Vectors are
         the backbone's; the group adapts them."""
-        side = self.adapt_side(Side(vectors, features, extra or {}))
-        vectors, mirrored = side.vectors, self.adapt_side(mirrored)
+        side, mirrored = self.adapt_side(Side(vectors, features, extra or {})), self.adapt_side(mirrored)
         if len(vectors) == 0 or self.size == 0:
             empty = np.zeros((len(vectors), 0))
             return rank_neighbours(empty.astype(np.int64), empty, self.identities, k), None
@@ -479,8 +502,9 @@ class DatasetPart:
             fused = self.fit.calibration.fuse(pairs.raw, pairs.mirrored)
             lists = Neighbours.from_pairs(pairs.queries, pairs.images, fused, np.ones(len(vectors), dtype=bool))
             return rank_neighbours(lists.columns, lists.scores, self.identities, k, self.fit.top_m), pairs
-        flipped = mirrored.vectors if mirrored is not None else None
-        return self._rank_by_cosine(vectors, k, views, preset, flipped), None
+        scored, scored_mirrored = compared_as(side, mirrored, self.adapts("score", preset))
+        flipped = scored_mirrored.vectors if scored_mirrored is not None else None
+        return self._rank_by_cosine(scored.vectors, k, views, preset, flipped), None
 
     def _rank_by_cosine(self, vectors: np.ndarray, k: int, views, preset: Preset, flipped) -> IdentityRanking:
         wanted = min(k, len(np.unique(self.identities)))
@@ -526,9 +550,11 @@ class DatasetPart:
         ranking), every edge as P(same individual). ``views``, ``extra``, ``mirrored``: as for
         :meth:`rank`."""
         side = self.adapt_side(Side(vectors, features if method is not None else None, extra or {}))
-        vectors, mirrored = side.vectors, self.adapt_side(mirrored)
+        mirrored = self.adapt_side(mirrored)
+        listed, listed_mirrored = compared_as(side, mirrored, self.adapts("grouping", preset))
+        scored, scored_mirrored = compared_as(side, mirrored, self.adapts("score", preset))
         calibration = self.fit.calibration
-        query_index = VectorIndex.build(vectors)
+        query_index = VectorIndex.build(listed.vectors)
         settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see fusion_choice.between_queries
         features = side.features
         # Two queries are compared under the same view rule as a query and the database: two
@@ -542,17 +568,19 @@ class DatasetPart:
             None,
             features,
             extra or {},
-            side,
+            listed,
             settings,
             method,
             extra_methods or {},
             direct=direct,
             flipped=flipped,
-            mirrored=mirrored,
+            mirrored=listed_mirrored,
             excluded=[{row} for row in range(len(vectors))],
         )
-        if side.backbone is not None and BACKBONE_COSINE in settings.scores:
-            pairs = with_backbone_cosine(pairs, settings, side, mirrored, VectorIndex.build(side.backbone))
+        if scored is not listed:  # listed by one vector, scored by the other
+            pairs = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors))
+        if scored.backbone is not None and BACKBONE_COSINE in settings.scores:
+            pairs = with_backbone_cosine(pairs, settings, scored, scored_mirrored, VectorIndex.build(scored.backbone))
         return graph_of_queries(len(vectors), pairs, pairs.raw, ranking, calibration, method)
 
     def known_probability(self, threshold: float | None, method: LocalMethod | None) -> float | None:
@@ -654,6 +682,31 @@ def _scored_pairs(
     return ScoredPairs(queries[order], images[order], raw, is_mirrored[order])
 
 
+def compared_as(side: Side, mirrored: Side | None, adapted: bool) -> tuple[Side, Side | None]:
+    """(side, mirrored) as one use compares them: adapted, or by the backbone's own vectors."""
+    if adapted or side.backbone is None:
+        return side, mirrored
+    return side.unadapted(), mirrored.unadapted() if mirrored is not None else None
+
+
+def pair_cosines(pairs: ScoredPairs, vectors: np.ndarray, flipped: np.ndarray | None, index: VectorIndex):
+    """The cosine of each pair: its query's row of ``vectors`` (of ``flipped`` where the pair was
+    compared after a flip) against the other photo's vector in ``index``."""
+    values = index.pair_cosine(vectors, pairs.queries, pairs.images)
+    if pairs.mirrored is not None and flipped is not None:
+        rows = np.flatnonzero(pairs.mirrored)
+        values[rows] = index.pair_cosine(flipped, pairs.queries[rows], pairs.images[rows])
+    return values
+
+
+def rescored(pairs: ScoredPairs, side: Side, mirrored: Side | None, index: VectorIndex) -> ScoredPairs:
+    """``pairs`` (listed by one vector) with the cosine of another: ``side``'s against ``index``."""
+    if "cosine" not in pairs.raw:
+        return pairs
+    flipped = mirrored.vectors if mirrored is not None else None
+    return dataclasses.replace(pairs, raw=pairs.raw | {"cosine": pair_cosines(pairs, side.vectors, flipped, index)})
+
+
 def with_backbone_cosine(
     pairs: ScoredPairs, settings: FusionSettings, side: Side, mirrored: Side | None, backbone: VectorIndex
 ) -> ScoredPairs:
@@ -662,10 +715,8 @@ def with_backbone_cosine(
     backbone vectors. A pair compared after a flip is scored through the flipped photo."""
     if BACKBONE_COSINE not in settings.scores or side.backbone is None:
         return pairs
-    values = backbone.pair_cosine(side.backbone, pairs.queries, pairs.images)
-    if pairs.mirrored is not None and mirrored is not None and mirrored.backbone is not None:
-        rows = np.flatnonzero(pairs.mirrored)
-        values[rows] = backbone.pair_cosine(mirrored.backbone, pairs.queries[rows], pairs.images[rows])
+    flipped = mirrored.backbone if mirrored is not None else None
+    values = pair_cosines(pairs, side.backbone, flipped, backbone)
     return dataclasses.replace(pairs, raw=pairs.raw | {BACKBONE_COSINE: values})
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from wildreid.decide.graph import MatchGraph
 from wildreid.decide.ranking import IdentityRanking
 from wildreid.gallery.index import VectorIndex, normalize
-from wildreid.gallery.part import DatasetPart, Side, graph_of_queries, with_backbone_cosine
+from wildreid.gallery.part import DatasetPart, Side, compared_as, graph_of_queries, rescored, with_backbone_cosine
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.local.base import LocalFeatures, LocalMethod
 from wildreid.local.pairs import BACKBONE_COSINE, PAIR_COUNTS, inlier_counts, pair_counts
@@ -81,13 +81,16 @@ def remembered_graph(
 ) -> MatchGraph:
     """``group.match_graph`` of the same arguments, with ``memory`` (what the last grouping of
     this part's queries compared) used and brought up to date; ``keys``: each query's key."""
+    # as match_graph compares them: pairs listed by the grouping's vectors, scored by the score's
     side = group.adapt_side(Side(vectors, features if method is not None else None, extra or {}))
-    vectors, mirrored = side.vectors, group.adapt_side(mirrored)  # as match_graph compares them
+    mirrored = group.adapt_side(mirrored)
+    listed, listed_mirrored = compared_as(side, mirrored, group.adapts("grouping", preset))
+    scored, scored_mirrored = compared_as(side, mirrored, group.adapts("score", preset))
     if memory.adapter is not group.adapter:  # cosines of another adapter (a refit) are not these
         memory.keys, memory.shortlists, memory.adapter = [], {}, group.adapter
     calibration = group.fit.calibration
     settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # as match_graph (see fusion_choice.between_queries)
-    pairs = _shortlisted(side, views, preset, settings.shortlist, mirrored, keys, memory)
+    pairs = _shortlisted(listed, views, preset, settings.shortlist, listed_mirrored, keys, memory)
     counted = tuple(name for name in PAIR_COUNTS if name in settings.scores) if method is not None else ()
     keypoints = _keypoint_scores(pairs, side, mirrored, keys, method, extra_methods or {}, counted, settings, memory)
     # The scores in the order match_graph's shortlist lists them: the settings', then the extra methods'.
@@ -97,8 +100,10 @@ def remembered_graph(
         if name == "cosine" or name in counted
     }
     raw |= {name: values for name, values in keypoints.items() if name.startswith("inliers:")}
-    if side.backbone is not None and BACKBONE_COSINE in settings.scores:  # last, as match_graph adds it
-        backbone = with_backbone_cosine(pairs, settings, side, mirrored, VectorIndex.build(side.backbone))
+    if scored is not listed and "cosine" in raw:
+        raw["cosine"] = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors)).raw["cosine"]
+    if scored.backbone is not None and BACKBONE_COSINE in settings.scores:  # last, as match_graph adds it
+        backbone = with_backbone_cosine(pairs, settings, scored, scored_mirrored, VectorIndex.build(scored.backbone))
         raw[BACKBONE_COSINE] = backbone.raw[BACKBONE_COSINE]
     return graph_of_queries(len(vectors), pairs, raw, ranking, calibration, method)
 
