@@ -161,7 +161,7 @@ def test_presets_table_says_download_speed_and_measured_accuracy_in_80_columns(t
     assert rows["seed"].split()[3] == "yes" and rows["wildfusion"].split()[3] == "yes*"
     said = " ".join(empty_cache.stdout.split())
     assert SOURCE in said and all(command in said and when in said for command, when in RUNS.values())
-    assert said.count(RUNS["fusion"][0]) == 1  # one run measured both: said once
+    assert said.count(RUNS["fusion"][0]) == 1  # each run said once
 
     # The MegaDescriptor weights already in the Hugging Face cache: no download needed.
     repo = tmp_path / "hub" / "models--BVRA--MegaDescriptor-L-384"

@@ -1,6 +1,7 @@
 """What the presets were measured to do on real data, as `wildreid presets` shows it: a copy of
-the `offline` and `fusion` rows of BENCHMARKS.md, "Issue 20, second slice: the defaults now".
-Change both together, and only with figures that a command printed.
+the `offline` rows of BENCHMARKS.md, "Issue 20, second slice: the defaults now", and the `fusion`
+rows of "Issue 20, fourth slice: the defaults now". Change both together, and only with figures
+that a command printed.
 
 Speed per photo is a cold run's wall time (model load, every photo described, keypoints,
 matching, calibration, threshold choice, outputs) over the dataset's photos
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SOURCE = 'BENCHMARKS.md, "Issue 20, second slice"'
+SOURCE = 'BENCHMARKS.md, "Issue 20", second and fourth slices'
 MACHINE = "2-core AMD EPYC VM, no GPU, shared (load about 4: tests and benchmarks beside it)"
-# The command and when it ran (one run, both presets, cold: each process with an empty cache).
+# The command and when it ran (cold: each process with an empty cache).
 RUNS = {
     "offline": ("benchmarks/real_data.py --presets offline,fusion", "2026-12-04 08:21-08:41 UTC"),
-    "fusion": ("benchmarks/real_data.py --presets offline,fusion", "2026-12-04 08:21-08:41 UTC"),
+    "fusion": (
+        "benchmarks/real_data.py --presets fusion --datasets NyalaData,LionData,Holstein2025",
+        "2026-12-04 16:41-16:55 UTC",
+    ),
 }
 PHOTOS = {"LionData": 740, "NyalaData": 458, "Holstein2025": 3776}
 
@@ -43,8 +47,8 @@ MEASURED: dict[str, tuple[Measured, ...]] = {
         Measured("Holstein2025", 0.411, 406.2),
     ),
     "fusion": (
-        Measured("LionData", 0.585, 113.5),
-        Measured("NyalaData", 0.349, 146.4),
-        Measured("Holstein2025", 0.600, 352.4),
+        Measured("LionData", 0.585, 143.0),
+        Measured("NyalaData", 0.356, 189.0),
+        Measured("Holstein2025", 0.600, 472.8),
     ),
 }
