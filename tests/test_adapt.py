@@ -303,3 +303,41 @@ def test_a_preset_refuses_an_unknown_use_of_the_adapted_vector():
     preset = get_preset("fusion").replace(adapt_uses=["score", "grouping"])
     assert preset.adapt_uses == ("score", "grouping")
     assert type(preset).from_dict(json.loads(json.dumps(preset.to_dict()))) == preset
+
+
+def test_a_flipped_photo_is_scored_by_its_own_backbone_vector():
+    """Mirrored matching: a pair compared after flipping the query gets the flipped photo's
+    backbone cosine, the others the photo's as taken."""
+    from wildreid.gallery.index import VectorIndex
+    from wildreid.gallery.part import Side, with_backbone_cosine
+    from wildreid.gallery.shortlist import ScoredPairs
+    from wildreid.local.pairs import FusionSettings
+
+    rng = np.random.default_rng(3)
+    database, taken, flipped = (normalize(rng.normal(size=(n, 6)).astype(np.float32)) for n in (5, 2, 2))
+    pairs = ScoredPairs(
+        np.array([0, 0, 1]), np.array([1, 3, 4]), {"cosine": np.zeros(3)}, np.array([False, True, False])
+    )
+    settings = FusionSettings(scores=("cosine", "backbone_cosine"))
+    side = Side(taken * 2.0, backbone=taken)  # vectors: the adapted ones (any other numbers)
+    mirrored = Side(flipped * 3.0, backbone=flipped)
+    scored = with_backbone_cosine(pairs, settings, side, mirrored, VectorIndex.build(database))
+    expected = [taken[0] @ database[1], flipped[0] @ database[3], taken[1] @ database[4]]
+    np.testing.assert_allclose(scored.raw["backbone_cosine"], expected, atol=1e-6)
+    assert (
+        "backbone_cosine"
+        not in with_backbone_cosine(pairs, settings, Side(taken), None, VectorIndex.build(database)).raw
+    )
+
+
+def test_auto_judges_the_levels_by_the_adapted_cosine_whatever_the_uses(database, cache, lite0_backbone):
+    """With "score" left out of the adapted uses, 'auto' still compares the levels by what they
+    make of the cosine (else every level would tie with none, and none would win)."""
+    preset = get_preset("offline").replace(adapt="auto")
+    every = Gallery.build(database, preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
+    some = Gallery.build(
+        database, preset.replace(adapt_uses=("grouping",)), backbone=lite0_backbone, cache_dir=cache, progress=False
+    )
+    chosen = every.groups["LionData"].fit.adaptation
+    assert some.groups["LionData"].fit.adaptation["validation"] == chosen["validation"]
+    assert some.groups["LionData"].fit.adaptation["chosen"] == chosen["chosen"] != "none"

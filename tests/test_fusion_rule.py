@@ -228,3 +228,36 @@ def test_the_backbone_cosine_is_kept_only_where_the_validation_says_it_helps(inf
     assert all(scores[earlier] < best - MARGIN for earlier in order[: order.index(label)])
     if not kept:
         np.testing.assert_array_equal(calibration.fuse(raw), calibration.fuse({"cosine": raw["cosine"]}))
+
+
+def test_a_named_rule_keeps_every_score_and_a_rule_that_cannot_be_judged_leaves_the_optional_one_out():
+    """A preset that names a rule gets it with all the scores it names (the four candidates are
+    only reported); 'auto' with too few identities to judge anything keeps today's mean and
+    leaves the backbone's cosine out, since nothing showed that it helps."""
+    rng = np.random.default_rng(9)
+    identities = np.repeat([f"animal{k}" for k in range(30)], 6).astype(object)
+    rows = np.arange(0, 180, 2)
+    queries, images = np.nonzero(rows[:, None] != np.arange(180)[None, :])
+    same = (identities[rows[queries]] == identities[images]).astype(float)
+    raw = {"cosine": same + rng.normal(0, 1, len(same)), "backbone_cosine": rng.uniform(-1, 1, len(same))}
+    pairs = ScoredPairs(queries, images, raw, None)
+
+    calibration, _, _, record = fusion_choice.fit_fusion(
+        pairs, rows, same, identities, None, setting="logistic", top_m=1, seed=0, name="named"
+    )
+    assert record["chosen"] == "logistic" and record["scores"] == ["cosine", "backbone_cosine"]
+    assert set(record["validation"]) == {"mean", "mean+backbone_cosine", "logistic", "logistic+backbone_cosine"}
+    assert isinstance(calibration.rule, LogisticRule) and "backbone_cosine" in calibration.maps
+
+    few = np.where(np.isin(identities, ["animal0", "animal1", "animal2"]), identities, "alone").astype(object)
+    few[np.flatnonzero(few == "alone")] = [f"single{k}" for k in range(int((few == "alone").sum()))]
+    calibration, _, _, record = fusion_choice.fit_fusion(
+        pairs, rows, same, few, None, setting="auto", top_m=1, seed=0, name="few"
+    )
+    assert record["chosen"] == "mean" and record["scores"] == ["cosine"] and "too few" in record["note"]
+    assert set(calibration.maps) == {"cosine"}
+
+
+def test_the_backbone_cosine_needs_the_cosine_beside_it():
+    with pytest.raises(ValueError, match="backbone_cosine is a second opinion beside the adapted cosine; add cosine"):
+        FusionSettings(scores=("backbone_cosine", "inliers"))

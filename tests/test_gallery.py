@@ -46,9 +46,19 @@ def _dataset(table):
     return Dataset(table.reset_index(drop=True), "lions")
 
 
-@pytest.mark.parametrize("preset", [OFFLINE, FUSION], ids=["offline", "fusion"])
+ADAPTED_SOME_USES = FUSION.replace(
+    adapt="whiten",
+    adapt_uses=("score", "grouping"),
+    fusion=FusionSettings(shortlist=5, scores=("cosine", "lnbnn", "inliers", "backbone_cosine")),
+)
+
+
+@pytest.mark.parametrize(
+    "preset", [OFFLINE, FUSION, ADAPTED_SOME_USES], ids=["offline", "fusion", "fusion-some-uses-adapted"]
+)
 def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, lite0_backbone):
-    """identify(dataset) == Gallery.build -> save -> load -> identify(queries), row for row."""
+    """identify(dataset) == Gallery.build -> save -> load -> identify(queries), row for row (a
+    preset that adapts some uses only, and fuses the backbone's cosine, too)."""
     batch = identify(_dataset(lions), preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
     built = Gallery.build(_dataset(lions), preset, backbone=lite0_backbone, cache_dir=cache, progress=False)
     built.save(tmp_path / "g")
@@ -59,6 +69,7 @@ def test_saved_gallery_answers_as_the_batch_run(preset, lions, cache, tmp_path, 
     assert (answered.prediction == NEW_INDIVIDUAL).any() and (answered.prediction != NEW_INDIVIDUAL).any()
     if preset.local:
         assert loaded.groups["LionData"].fit.calibration.to_json() == batch.calibrations["LionData"].to_json()
+    assert loaded.preset.adapt_uses == preset.adapt_uses
 
 
 @pytest.mark.parametrize(
@@ -114,6 +125,8 @@ def test_remembered_pair_comparisons_group_as_afresh(preset, lions, cache, lite0
         assert compared[1] == len(set(kept[1]) - set(kept[0])) == sum(newest in pair[:2] for pair in kept[1])
     if preset.mirror:
         assert any(flipped for _, _, flipped in kept[1])
+    if preset.adapt == "whiten":  # the cases of adapted uses did adapt
+        assert gallery.groups["LionData"].adapter is not None
     if "backbone_cosine" in preset.fusion.scores:  # the graphs compared did fuse it
         assert "backbone_cosine" in gallery.groups["LionData"].fit.calibration.maps
 

@@ -211,8 +211,6 @@ class Preset:
         content["fusion"] = FusionSettings(**fusion)
         if "extra_local" in content:
             content["extra_local"] = tuple(content["extra_local"])
-        if "adapt_uses" in content:
-            content["adapt_uses"] = tuple(content["adapt_uses"])
         return cls(**content)
 
 

@@ -34,7 +34,7 @@ from wildreid.decide.thresholds import Neighbours, choose_threshold
 from wildreid.describe.adapters import NONE, Adapter, auto_levels, make_adapter
 from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import ScoredPairs
-from wildreid.presets import AUTO, Preset
+from wildreid.presets import ADAPT_USES, AUTO, Preset
 
 if TYPE_CHECKING:
     from wildreid.gallery.part import DatasetPart
@@ -168,11 +168,14 @@ def _choose(part: DatasetPart, preset: Preset, setting: str, record: dict, start
     if len(pool) > VALIDATION_POOL:
         pool = np.sort(np.random.default_rng(seed).choice(pool, VALIDATION_POOL, replace=False))
     top_m = preset.top_m if isinstance(preset.top_m, int) else 1
+    # A level is judged by what it makes of the cosine, whichever uses the preset adapts (with
+    # "score" left out every level would tie with none, and none would win).
+    judged = preset.replace(adapt_uses=ADAPT_USES)
     views_of = {}
     for level in candidates(setting):
         views_of[level] = fold_views(part, level, folds, seed)
         simulated = choose_threshold(
-            cross_fitted_neighbours(views_of[level], pool, preset),
+            cross_fitted_neighbours(views_of[level], pool, judged),
             part.identities,
             near_duplicate_groups=part.near_duplicates,
             top_m=top_m,

@@ -105,15 +105,17 @@ def fit_fusion(
     counts = np.unique(np.asarray(identities[rows]).astype(str), return_counts=True)[1]
     learnable = int((counts >= 2).sum())
     if setting == DEFAULT_FUSION or learnable < MIN_IDENTITIES:
-        calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
         record: dict | None = None
-        if setting != DEFAULT_FUSION:  # today's fit, with the reason
+        if setting != DEFAULT_FUSION:  # today's fit, with the reason; nothing judged, so nothing optional
+            pairs = only(pairs, score_sets(pairs.raw)[0])
             record = {
                 "setting": setting,
                 "chosen": DEFAULT_FUSION,
+                "scores": list(pairs.raw),
                 "note": f"{name}: fusion rule mean: {learnable} individuals have two pseudo-queries or more "
                 f"(fewer than {MIN_IDENTITIES}), too few to learn a rule from and to validate it on.",
             }
+        calibration = Calibration.fit(pairs.raw, same, pairs.mirrored)
         return (calibration, *_fused(calibration, pairs), record)
     started = time.perf_counter()
     folds = identity_folds(identities, FOLDS, seed)

@@ -329,7 +329,7 @@ class DatasetPart:
             self.search_index.vectors(rows),
             [self.features[r] for r in rows] if self.features is not None else None,
             {name: [found[r] for r in rows] for name, found in self.extra.items()},
-            self.index.vectors(rows) if self.adapted is not None else None,
+            self.index.vectors(rows) if self.adapter is not None else None,
         )
 
     def asked_pairs(self, rows, preset, method, extra_methods, settings=None) -> ScoredPairs:
@@ -413,10 +413,14 @@ class DatasetPart:
         settings unless given."""
         direct, flipped, _ = self.view_masks(views, preset, excluded)
         settings = settings or preset.fusion
-        listed, listed_mirrored = compared_as(side, mirrored, self.adapts("shortlist", preset))
-        scored, scored_mirrored = compared_as(side, mirrored, self.adapts("score", preset))
+        # Without keypoint matching there is no shortlist to verify: the pairs are the cosine's
+        # own nearest photos (as a query ranked by cosine meets them), listed by the score's vector.
+        listing = self.adapts("shortlist" if method is not None else "score", preset)
+        scoring = self.adapts("score", preset)
+        listed, listed_mirrored = compared_as(side, mirrored, listing)
+        scored, scored_mirrored = compared_as(side, mirrored, scoring)
         pairs = _scored_pairs(
-            self.index_for("shortlist", preset),
+            self.search_index if listing else self.index,
             self.keypoints,
             self.features,
             self.extra,
@@ -429,7 +433,7 @@ class DatasetPart:
             mirrored=listed_mirrored,
             excluded=excluded,
         )
-        if scored is not listed:  # listed by one vector, scored by the other
+        if listing != scoring:  # listed by one vector, scored by the other
             pairs = rescored(pairs, scored, scored_mirrored, self.index_for("score", preset))
         return with_backbone_cosine(pairs, settings, scored, scored_mirrored, self.index)
 
@@ -551,8 +555,9 @@ class DatasetPart:
         :meth:`rank`."""
         side = self.adapt_side(Side(vectors, features if method is not None else None, extra or {}))
         mirrored = self.adapt_side(mirrored)
-        listed, listed_mirrored = compared_as(side, mirrored, self.adapts("grouping", preset))
-        scored, scored_mirrored = compared_as(side, mirrored, self.adapts("score", preset))
+        listing, scoring = self.adapts("grouping", preset), self.adapts("score", preset)
+        listed, listed_mirrored = compared_as(side, mirrored, listing)
+        scored, scored_mirrored = compared_as(side, mirrored, scoring)
         calibration = self.fit.calibration
         query_index = VectorIndex.build(listed.vectors)
         settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see fusion_choice.between_queries
@@ -577,7 +582,7 @@ class DatasetPart:
             mirrored=listed_mirrored,
             excluded=[{row} for row in range(len(vectors))],
         )
-        if scored is not listed:  # listed by one vector, scored by the other
+        if listing != scoring:  # listed by one vector, scored by the other
             pairs = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors))
         if scored.backbone is not None and BACKBONE_COSINE in settings.scores:
             pairs = with_backbone_cosine(pairs, settings, scored, scored_mirrored, VectorIndex.build(scored.backbone))

@@ -84,8 +84,9 @@ def remembered_graph(
     # as match_graph compares them: pairs listed by the grouping's vectors, scored by the score's
     side = group.adapt_side(Side(vectors, features if method is not None else None, extra or {}))
     mirrored = group.adapt_side(mirrored)
-    listed, listed_mirrored = compared_as(side, mirrored, group.adapts("grouping", preset))
-    scored, scored_mirrored = compared_as(side, mirrored, group.adapts("score", preset))
+    listing, scoring = group.adapts("grouping", preset), group.adapts("score", preset)
+    listed, listed_mirrored = compared_as(side, mirrored, listing)
+    scored, scored_mirrored = compared_as(side, mirrored, scoring)
     if memory.adapter is not group.adapter:  # cosines of another adapter (a refit) are not these
         memory.keys, memory.shortlists, memory.adapter = [], {}, group.adapter
     calibration = group.fit.calibration
@@ -100,7 +101,7 @@ def remembered_graph(
         if name == "cosine" or name in counted
     }
     raw |= {name: values for name, values in keypoints.items() if name.startswith("inliers:")}
-    if scored is not listed and "cosine" in raw:
+    if listing != scoring and "cosine" in raw:
         raw["cosine"] = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors)).raw["cosine"]
     if scored.backbone is not None and BACKBONE_COSINE in settings.scores:  # last, as match_graph adds it
         backbone = with_backbone_cosine(pairs, settings, scored, scored_mirrored, VectorIndex.build(scored.backbone))

@@ -36,3 +36,8 @@ class FusionSettings:
                 f"fusion scores {list(self.scores)}: give one or more of {', '.join(SCORE_TYPES)} "
                 f"(unknown: {', '.join(unknown) or 'none given'})."
             )
+        if BACKBONE_COSINE in self.scores and "cosine" not in self.scores:
+            raise ValueError(
+                f"fusion scores {list(self.scores)}: {BACKBONE_COSINE} is a second opinion beside the "
+                "adapted cosine; add cosine."
+            )
