@@ -59,6 +59,11 @@ def score_sets(raw: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
     return [tuple(name for name in names if name != BACKBONE_COSINE), names]
 
 
+def label_of(rule: str, names: tuple[str, ...]) -> str:
+    """A candidate's name in the record: the rule, and '+backbone_cosine' where it fuses that."""
+    return f"{rule}+{BACKBONE_COSINE}" if BACKBONE_COSINE in names else rule
+
+
 def only(pairs: ScoredPairs, names: tuple[str, ...]) -> ScoredPairs:
     return dataclasses.replace(pairs, raw={name: pairs.raw[name] for name in names})
 
@@ -124,7 +129,7 @@ def fit_fusion(
     held_out, figures, candidates = {}, {}, {}
     for rule in rule_candidates(setting):
         for names in score_sets(pairs.raw):
-            label = rule if BACKBONE_COSINE not in names else f"{rule}+{BACKBONE_COSINE}"
+            label = label_of(rule, names)
             candidates[label] = (rule, names)
             held_out[label] = out_of_fold(only(pairs, names), rows, same, folds, rule)
             neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, held_out[label][0], asked)
@@ -143,7 +148,7 @@ def fit_fusion(
     }
     label = simplest_near_best(scores)  # the mean first: a learned rule must beat it by MARGIN
     if setting != AUTO:  # a rule named by the preset is used, with all its scores; the validation is only reported
-        label = next(key for key, (rule, names) in candidates.items() if rule == setting and names == tuple(pairs.raw))
+        label = label_of(setting, tuple(pairs.raw))
     chosen, names = candidates[label]
     kept = only(pairs, names)
     calibration = Calibration.fit(kept.raw, same, kept.mirrored, fusion=chosen)

@@ -415,12 +415,12 @@ class DatasetPart:
         settings = settings or preset.fusion
         # Without keypoint matching there is no shortlist to verify: the pairs are the cosine's
         # own nearest photos (as a query ranked by cosine meets them), listed by the score's vector.
-        listing = self.adapts("shortlist" if method is not None else "score", preset)
-        scoring = self.adapts("score", preset)
+        listing_use = "shortlist" if method is not None else "score"
+        listing, scoring = self.adapts(listing_use, preset), self.adapts("score", preset)
         listed, listed_mirrored = compared_as(side, mirrored, listing)
         scored, scored_mirrored = compared_as(side, mirrored, scoring)
         pairs = _scored_pairs(
-            self.search_index if listing else self.index,
+            self.index_for(listing_use, preset),
             self.keypoints,
             self.features,
             self.extra,
@@ -557,7 +557,6 @@ class DatasetPart:
         mirrored = self.adapt_side(mirrored)
         listing, scoring = self.adapts("grouping", preset), self.adapts("score", preset)
         listed, listed_mirrored = compared_as(side, mirrored, listing)
-        scored, scored_mirrored = compared_as(side, mirrored, scoring)
         calibration = self.fit.calibration
         query_index = VectorIndex.build(listed.vectors)
         settings = dataclasses.replace(preset.fusion, use_lnbnn=False)  # see fusion_choice.between_queries
@@ -582,10 +581,8 @@ class DatasetPart:
             mirrored=listed_mirrored,
             excluded=[{row} for row in range(len(vectors))],
         )
-        if listing != scoring:  # listed by one vector, scored by the other
-            pairs = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors))
-        if scored.backbone is not None and BACKBONE_COSINE in settings.scores:
-            pairs = with_backbone_cosine(pairs, settings, scored, scored_mirrored, VectorIndex.build(scored.backbone))
+        more = query_pair_cosines(pairs, settings, side, mirrored, listing, scoring)
+        pairs = dataclasses.replace(pairs, raw=pairs.raw | more)
         return graph_of_queries(len(vectors), pairs, pairs.raw, ranking, calibration, method)
 
     def known_probability(self, threshold: float | None, method: LocalMethod | None) -> float | None:
@@ -723,6 +720,24 @@ def with_backbone_cosine(
     flipped = mirrored.backbone if mirrored is not None else None
     values = pair_cosines(pairs, side.backbone, flipped, backbone)
     return dataclasses.replace(pairs, raw=pairs.raw | {BACKBONE_COSINE: values})
+
+
+def query_pair_cosines(
+    pairs: ScoredPairs, settings: FusionSettings, side: Side, mirrored: Side | None, listing: bool, scoring: bool
+) -> dict[str, np.ndarray]:
+    """The cosines of pairs of queries that their listing did not give (``match_graph`` and the
+    review app's ``remembered_graph`` alike): the scored cosine where the pairs were listed by the
+    other vector, and the backbone's own beside an adapted one."""
+    scored, scored_mirrored = compared_as(side, mirrored, scoring)
+    found = {}
+    if listing != scoring and "cosine" in settings.scores:
+        found["cosine"] = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors)).raw["cosine"]
+    if scored.backbone is not None and BACKBONE_COSINE in settings.scores:
+        backbone = VectorIndex.build(scored.backbone)
+        found[BACKBONE_COSINE] = with_backbone_cosine(pairs, settings, scored, scored_mirrored, backbone).raw[
+            BACKBONE_COSINE
+        ]
+    return found
 
 
 def _as_probability(threshold: float | None, calibration: Calibration | None, method: LocalMethod | None):

@@ -22,11 +22,11 @@ import numpy as np
 
 from wildreid.decide.graph import MatchGraph
 from wildreid.decide.ranking import IdentityRanking
-from wildreid.gallery.index import VectorIndex, normalize
-from wildreid.gallery.part import DatasetPart, Side, compared_as, graph_of_queries, rescored, with_backbone_cosine
+from wildreid.gallery.index import normalize
+from wildreid.gallery.part import DatasetPart, Side, compared_as, graph_of_queries, query_pair_cosines
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.local.base import LocalFeatures, LocalMethod
-from wildreid.local.pairs import BACKBONE_COSINE, PAIR_COUNTS, inlier_counts, pair_counts
+from wildreid.local.pairs import PAIR_COUNTS, inlier_counts, pair_counts
 from wildreid.presets import Preset
 
 SPARE = 8  # candidates beyond the shortlist taken from the matrix product, for the exact cosines to sort
@@ -86,7 +86,6 @@ def remembered_graph(
     mirrored = group.adapt_side(mirrored)
     listing, scoring = group.adapts("grouping", preset), group.adapts("score", preset)
     listed, listed_mirrored = compared_as(side, mirrored, listing)
-    scored, scored_mirrored = compared_as(side, mirrored, scoring)
     if memory.adapter is not group.adapter:  # cosines of another adapter (a refit) are not these
         memory.keys, memory.shortlists, memory.adapter = [], {}, group.adapter
     calibration = group.fit.calibration
@@ -101,11 +100,7 @@ def remembered_graph(
         if name == "cosine" or name in counted
     }
     raw |= {name: values for name, values in keypoints.items() if name.startswith("inliers:")}
-    if listing != scoring and "cosine" in raw:
-        raw["cosine"] = rescored(pairs, scored, scored_mirrored, VectorIndex.build(scored.vectors)).raw["cosine"]
-    if scored.backbone is not None and BACKBONE_COSINE in settings.scores:  # last, as match_graph adds it
-        backbone = with_backbone_cosine(pairs, settings, scored, scored_mirrored, VectorIndex.build(scored.backbone))
-        raw[BACKBONE_COSINE] = backbone.raw[BACKBONE_COSINE]
+    raw |= query_pair_cosines(pairs, settings, side, mirrored, listing, scoring)  # in match_graph's order
     return graph_of_queries(len(vectors), pairs, raw, ranking, calibration, method)
 
 

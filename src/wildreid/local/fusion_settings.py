@@ -11,8 +11,8 @@ from dataclasses import dataclass
 # confidences), WildFusion's LightGlue score; backbone_cosine: where a group compares through an
 # adapter (gallery/adaptation.py), the backbone's own cosine beside the adapted one (absent where
 # the group is not adapted: it would repeat "cosine").
-SCORE_TYPES = ("cosine", "lnbnn", "inliers", "matches", "backbone_cosine")
 BACKBONE_COSINE = "backbone_cosine"
+SCORE_TYPES = ("cosine", "lnbnn", "inliers", "matches", BACKBONE_COSINE)
 PAIR_COUNTS = ("inliers", "matches")
 
 
