@@ -4,6 +4,8 @@ the tests fail, not skip, when it is missing."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -11,6 +13,22 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WILDREID_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def earlier_test_sessions_removed(tmp_path_factory, pytestconfig) -> None:
+    """A session writes gigabytes of random model weights in the exact layouts (test_backbones).
+    pyproject.toml has pytest delete each passing test's folder and keep one session, but pytest
+    deletes older sessions only when a session ends: a machine that kept earlier ones (a CI
+    runner kept three) ran out of disk first. Delete them before the first test; a session that
+    is still running holds its ``.lock`` and is left alone."""
+    if pytestconfig.getoption("basetemp"):
+        return  # a folder the user chose, whose neighbours are theirs
+    current = tmp_path_factory.getbasetemp()
+    for folder in current.parent.iterdir():
+        ended = not (folder / ".lock").exists()
+        if re.fullmatch(r"pytest-\d+", folder.name) and folder != current and ended:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
