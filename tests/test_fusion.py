@@ -148,7 +148,7 @@ def test_calibration_keeps_the_raw_order_inside_flat_steps():
 
 
 def test_calibrators_and_fusion_rules_are_registered_by_name():
-    assert CALIBRATORS.names() == ["isotonic"] and FUSION_RULES.names() == ["mean", "logistic"]
+    assert CALIBRATORS.names() == ["isotonic"] and FUSION_RULES.names() == ["mean", "logistic", "boosted"]
     scores, same = {"cosine": np.array([0.1, 0.2, 0.8, 0.9])}, np.array([0.0, 0.0, 1.0, 1.0])
     with pytest.raises(UnknownName, match="unknown calibrator 'platt'; choose one of isotonic"):
         Calibration.fit(scores, same, calibrator="platt")
@@ -195,7 +195,8 @@ def minmax_and_max():
 
 
 def test_a_new_calibrator_and_fusion_rule_are_used_by_name(minmax_and_max):
-    assert CALIBRATORS.names() == ["isotonic", "minmax"] and FUSION_RULES.names() == ["mean", "logistic", "max"]
+    assert CALIBRATORS.names() == ["isotonic", "minmax"]
+    assert FUSION_RULES.names() == ["mean", "logistic", "boosted", "max"]
     scores = {"cosine": np.array([0.0, 0.5, 1.0]), "inliers": np.array([0.0, 10.0, 40.0])}
     same = np.array([0.0, 1.0, 1.0])
     calibration = Calibration.fit(scores, same, calibrator="minmax", fusion="max")

@@ -1,5 +1,5 @@
-"""The learned fusion rule (gallery/fusion_logistic.py) and its choice on the database
-(gallery/fusion_choice.py)."""
+"""The learned fusion rules (gallery/fusion_logistic.py, gallery/fusion_boosted.py) and their
+choice on the database (gallery/fusion_choice.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from wildreid.gallery import fusion_choice
 from wildreid.gallery.adaptation import MARGIN
 from wildreid.gallery.calibration import FUSION_RULES, Calibration, LearnedRule
+from wildreid.gallery.fusion_boosted import BoostedRule
 from wildreid.gallery.fusion_logistic import LogisticRule
 from wildreid.gallery.shortlist import ScoredPairs
 from wildreid.local.fusion_settings import FusionSettings
@@ -69,6 +70,79 @@ def test_a_higher_score_never_lowers_the_learned_probability():
     assert all(w >= 0 for model in again.rule.models.values() for w in model.coefficients)
 
 
+def both_needed(count: int, seed: int):
+    """Pairs that are the same animal mostly when both scores are high: one weight per score
+    (the logistic rule) cannot say 'only together'; trees can."""
+    rng = np.random.default_rng(seed)
+    cosine, share = rng.random(count), rng.random(count)
+    same = (rng.random(count) < 1 / (1 + np.exp(-(10 * np.minimum(cosine, share) - 6)))).astype(float)
+    return {"cosine": cosine, "inliers": np.round(share * 50)}, same
+
+
+def test_boosted_rule_learns_what_one_weight_per_score_cannot_and_is_saved_as_numbers():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from wildreid.gallery.fusion_logistic import log_odds
+
+    scores, same = both_needed(6000, seed=0)
+    held, truth = both_needed(6000, seed=1)
+    boosted = Calibration.fit(scores, same, fusion="boosted")
+    logistic = Calibration.fit(scores, same, fusion="logistic")
+    assert log_loss(boosted.fuse(held), truth) < log_loss(logistic.fuse(held), truth) - 0.01
+    # The trees are walked by our own code: the same P(same) as scikit-learn's model.
+    names = ["cosine", "inliers"]
+    features = np.column_stack([log_odds(boosted.probabilities(scores)[name]) for name in names])
+    model = HistGradientBoostingClassifier(monotonic_cst=[1, 1], random_state=0).fit(features, same.astype(int))
+    probe = np.column_stack([log_odds(boosted.probabilities(held)[name]) for name in names])
+    np.testing.assert_allclose(boosted.fuse(held), model.predict_proba(probe)[:, 1], rtol=0, atol=1e-12)
+    # Saved as JSON numbers (no pickle), loaded to the same P(same); the same pairs, the same rule.
+    text = boosted.to_json()
+    again = Calibration.from_json(text)
+    assert again.fusion == "boosted" and isinstance(again.rule, BoostedRule)
+    np.testing.assert_array_equal(again.fuse(held), boosted.fuse(held))
+    assert Calibration.fit(scores, same, fusion="boosted").to_json() == text
+    # A pair scored by the cosine alone is fused by the trees fitted on it alone.
+    alone = again.rule.models["cosine"]
+    assert alone.names == ["cosine"] and np.allclose(
+        again.fuse({"cosine": held["cosine"]}), alone.predict(again.probabilities({"cosine": held["cosine"]}))
+    )
+    with pytest.raises(ValueError, match="fitted on the scores cosine\\+inliers, not on lnbnn"):
+        again.rule({"lnbnn": held["cosine"]})
+
+
+@pytest.mark.parametrize("rule", ["logistic", "boosted"])
+def test_a_rule_asked_for_some_sets_of_scores_fits_only_those_and_fuses_them_alike(rule):
+    """The fusion choice's fold calibrations fuse the pairs' own scores and those between queries
+    only; fitted for just those, they fuse them exactly as a rule fitted for every subset."""
+    scores, same = synthetic_pairs(3000, seed=7)
+    held, _ = synthetic_pairs(500, seed=8)
+    between = {name: values for name, values in held.items() if name != "lnbnn"}
+    asked = [list(scores), list(between), []]
+    some = Calibration.fit(scores, same, fusion=rule, asked=asked)
+    every = Calibration.fit(scores, same, fusion=rule)
+    assert set(some.rule.models) == {"cosine+inliers+lnbnn", "cosine+inliers"}
+    assert len(every.rule.models) == 7
+    np.testing.assert_array_equal(some.fuse(held), every.fuse(held))
+    np.testing.assert_array_equal(some.fuse(between), every.fuse(between))
+    with pytest.raises(ValueError, match="refit the gallery"):
+        some.fuse({"cosine": held["cosine"]})
+
+
+def test_a_higher_score_never_lowers_the_boosted_probability():
+    scores, same = both_needed(4000, seed=2)
+    calibration = Calibration.fit(scores, same, fusion="boosted")
+    grid = np.linspace(0.0, 1.0, 200)
+    for fixed in (10.0, 25.0, 45.0):
+        fused = calibration.fuse({"cosine": grid, "inliers": np.full(200, fixed)})
+        assert np.all(np.diff(fused) >= 0)
+    counts = np.arange(0.0, 51.0)
+    for fixed in (0.2, 0.5, 0.9):
+        assert np.all(np.diff(calibration.fuse({"cosine": np.full(51, fixed), "inliers": counts})) >= 0)
+    # one class only: the base rate, whatever the scores
+    flat = Calibration.fit(scores, np.zeros(len(same)), fusion="boosted")
+    assert np.ptp(flat.fuse(scores)) < 1e-12
+
+
 def test_a_saved_calibration_with_the_mean_has_no_rule_and_loads_as_before():
     scores, same = synthetic_pairs(500, seed=4)
     calibration = Calibration.fit(scores, same)
@@ -82,7 +156,7 @@ class Memorise(LearnedRule):
 
     seen: set = field(default_factory=set)
 
-    def fit(self, probabilities, same):
+    def fit(self, probabilities, same, asked=None):
         rows = zip(*(probabilities[name].tolist() for name in sorted(probabilities)))
         self.seen = {row for row, label in zip(rows, same) if label == 1}
         return self
@@ -129,7 +203,7 @@ def test_the_rule_is_judged_on_pairs_of_identities_it_never_saw(memorise, monkey
     calibration, chosen_fused, _, record = fusion_choice.fit_fusion(
         pairs, rows, same, identities, None, setting="auto", top_m=1, seed=0, name="test"
     )
-    assert record["chosen"] == "mean" and set(record["validation"]) == {"mean", "logistic", "memorise"}
+    assert record["chosen"] == "mean" and set(record["validation"]) == {"mean", "logistic", "boosted", "memorise"}
     assert calibration.fusion == "mean" and calibration.rule is None
 
     # The check itself: had the pairs been fused by the rule fitted on all of them, every same
@@ -142,7 +216,7 @@ def test_a_named_rule_is_used_and_an_unknown_one_is_refused_before_any_work():
     scores, same = synthetic_pairs(200, seed=6)
     pairs = ScoredPairs(np.arange(200) % 20, np.arange(200), scores, None)
     identities = np.array([f"a{k % 40}" for k in range(200)], dtype=object)
-    with pytest.raises(ValueError, match="unknown fusion rule 'median'; choose one of mean, logistic"):
+    with pytest.raises(ValueError, match="unknown fusion rule 'median'; choose one of mean, logistic, boosted"):
         fusion_choice.fit_fusion(
             pairs, np.arange(20), same, identities, None, setting="median", top_m=1, seed=0, name="t"
         )
@@ -166,13 +240,14 @@ def test_auto_chooses_a_rule_on_real_photos_records_it_and_the_gallery_answers_w
     gallery = Gallery.build(database, FUSION, backbone=lite0_backbone, cache_dir=cache, progress=False)
     fit = gallery.groups["LionData"].fit
     record = fit.fusion_rule
-    assert set(record["validation"]) == {"mean", "logistic"}
+    assert set(record["validation"]) == {"mean", "logistic", "boosted"}
     scores = {rule: figures["simulated_score"] for rule, figures in record["validation"].items()}
-    if record["chosen"] == "logistic":
-        assert scores["logistic"] >= scores["mean"] + MARGIN
-        assert isinstance(fit.calibration.rule, LogisticRule)
+    learned = {"logistic": LogisticRule, "boosted": BoostedRule}
+    if record["chosen"] in learned:
+        assert scores[record["chosen"]] >= scores["mean"] + MARGIN
+        assert isinstance(fit.calibration.rule, learned[record["chosen"]])
     else:
-        assert scores["logistic"] < scores["mean"] + MARGIN and fit.calibration.rule is None
+        assert max(scores.values()) < scores["mean"] + MARGIN and fit.calibration.rule is None
     assert any(note.startswith(f"LionData: fusion rule {record['chosen']} ") for note in gallery.notes)
 
     gallery.save(tmp_path / "gallery")
@@ -214,16 +289,15 @@ def test_the_backbone_cosine_is_kept_only_where_the_validation_says_it_helps(inf
     calibration, fused, _, record = fusion_choice.fit_fusion(
         pairs, rows, same, identities, None, setting="auto", top_m=1, seed=0, name="test"
     )
-    labels = {"mean", "mean+backbone_cosine", "logistic", "logistic+backbone_cosine"}
-    assert set(record["validation"]) == labels
+    order = [f"{rule}{optional}" for rule in ("mean", "logistic", "boosted") for optional in ("", "+backbone_cosine")]
+    assert list(record["validation"]) == order
     scores = {label: figures["simulated_score"] for label, figures in record["validation"].items()}
     kept = "backbone_cosine" in record["scores"]
     assert kept == informative
     assert ("backbone_cosine" in calibration.maps) == kept
     # the simplest candidate (in the order above) within MARGIN of the best
     label = record["chosen"] + ("+backbone_cosine" if kept else "")
-    order, best = list(scores), max(scores.values())
-    assert order == ["mean", "mean+backbone_cosine", "logistic", "logistic+backbone_cosine"]
+    best = max(scores.values())
     assert scores[label] >= best - MARGIN
     assert all(scores[earlier] < best - MARGIN for earlier in order[: order.index(label)])
     if not kept:

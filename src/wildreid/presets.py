@@ -125,8 +125,8 @@ class Preset:
     # pairs of queries the grouping's graph compares. All three unless one use is to be measured.
     adapt_uses: tuple[str, ...] = ADAPT_USES
     # How a pair's calibrated scores are combined into one P(same) (gallery/calibration.py's fusion
-    # rules): "mean" (WildFusion's), a learned rule ("logistic"), or "auto": a learned rule where
-    # its out-of-fold simulated open-set score on the database beats the mean
+    # rules): "mean" (WildFusion's), a learned rule ("logistic", "boosted"), or "auto": a learned
+    # rule where its out-of-fold simulated open-set score on the database beats the mean
     # (gallery/fusion_choice.py). Checked against the registered rules when the gallery is fitted.
     fusion_rule: str = "mean"
 
@@ -250,7 +250,7 @@ PRESETS = {
         description="The strongest offline mode: the offline preset's adapted multi-scale Lite0 cosine + "
         "RootSIFT keypoints (LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
         "each score calibrated to P(same individual) on database pairs and combined by their mean, or by "
-        "weights learned from the database, with the unadapted cosine as one more score, where validation "
+        "weights or boosted trees learned from the database, with the unadapted cosine as one more score, where validation "
         "holding out whole individuals says they help; threshold per dataset chosen on the database "
         "(simulated open set).",
         backbone=OFFLINE_MULTISCALE,

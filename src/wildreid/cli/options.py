@@ -311,7 +311,8 @@ FusionRuleOption = Annotated[
     typer.Option(
         "--fusion-rule",
         help="How a pair's calibrated scores combine into one P(same) when the gallery is fitted: "
-        "'mean' (WildFusion's), 'logistic' (weights learned from the database's labels), or 'auto' "
+        "'mean' (WildFusion's), 'logistic' (weights learned from the database's labels), 'boosted' "
+        "(gradient-boosted trees learned from them), or 'auto' "
         "(the learned rule only where validation on the database, holding out whole individuals, "
         "says it helps). Default: the preset's.",
     ),

@@ -9,7 +9,8 @@ Both are choices by name. A calibrator is a class registered in ``CALIBRATORS`` 
 :class:`Calibrator` (``fit(scores, same)``, ``predict(scores)`` -> P(same), to and from JSON);
 ``isotonic`` is the default. A fusion rule is registered in ``FUSION_RULES``: either a function
 from {score type: P(same)} to one P(same) (``mean``, the default), or a :class:`LearnedRule`
-class, fitted on the same pairs' calibrated probabilities (``logistic``, fusion_logistic.py). To
+class, fitted on the same pairs' calibrated probabilities (``logistic``, fusion_logistic.py;
+``boosted``, fusion_boosted.py). To
 add one, write it in a new file of this wing under ``@CALIBRATORS.register("name")`` (or
 ``@FUSION_RULES.register("name")``) and add the file's module to that registry's ``modules``
 below. A fitted :class:`Calibration` remembers both names (and a learned rule's fitted state), so
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Callable
 
 import numpy as np
@@ -61,7 +63,11 @@ class Calibrator:
 class LearnedRule:
     """A fusion rule with parameters, fitted on database pairs' calibrated probabilities."""
 
-    def fit(self, probabilities: dict[str, np.ndarray], same: np.ndarray) -> "LearnedRule":
+    def fit(
+        self, probabilities: dict[str, np.ndarray], same: np.ndarray, asked: list[list[str]] | None = None
+    ) -> "LearnedRule":
+        """``asked``: the sets of score types the rule will be asked to fuse (a fold's
+        calibration in the fusion choice knows them); None: any."""
         raise NotImplementedError
 
     def __call__(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
@@ -75,10 +81,48 @@ class LearnedRule:
         raise NotImplementedError
 
 
+class PerSubsetRule(LearnedRule):
+    """A learned rule with one model per subset of the score types: a pair is not always scored
+    by every type (two queries have no LNBNN votes, a threshold is converted through the cosine
+    alone), and it is fused by the model fitted on the types it has. A subclass says how one
+    model is fitted (``fit_one``) and applied (``apply_one``); ``models`` is keyed by the sorted
+    names joined with '+'."""
+
+    models: dict
+
+    def fit_one(self, probabilities: dict[str, np.ndarray], same: np.ndarray, names: list[str]):
+        raise NotImplementedError
+
+    def apply_one(self, model, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit(
+        self, probabilities: dict[str, np.ndarray], same: np.ndarray, asked: list[list[str]] | None = None
+    ) -> "PerSubsetRule":
+        names = sorted(probabilities)
+        subsets = (
+            [list(subset) for size in range(1, len(names) + 1) for subset in combinations(names, size)]
+            if asked is None
+            else [sorted(subset) for subset in asked if subset]
+        )
+        self.models = {"+".join(subset): self.fit_one(probabilities, same, subset) for subset in subsets}
+        return self
+
+    def __call__(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        key = "+".join(sorted(probabilities))
+        if key not in self.models:
+            raise ValueError(
+                f"the learned fusion rule was fitted on the scores {max(self.models, key=len)}, "
+                f"not on {key}; refit the gallery (wildreid gallery refit)."
+            )
+        return self.apply_one(self.models[key], probabilities)
+
+
 FusionRule = Callable[[dict[str, np.ndarray]], np.ndarray]
 CALIBRATORS: Registry[type[Calibrator]] = Registry("calibrator", modules=())
 FUSION_RULES: Registry[FusionRule | type[LearnedRule]] = Registry(
-    "fusion rule", modules=("wildreid.gallery.calibration", "wildreid.gallery.fusion_logistic")
+    "fusion rule",
+    modules=("wildreid.gallery.calibration", "wildreid.gallery.fusion_logistic", "wildreid.gallery.fusion_boosted"),
 )
 DEFAULT_CALIBRATOR = "isotonic"
 DEFAULT_FUSION = "mean"
@@ -150,8 +194,10 @@ class Calibration:
         *,
         calibrator: str = DEFAULT_CALIBRATOR,
         fusion: str = DEFAULT_FUSION,
+        asked: list[list[str]] | None = None,
     ) -> "Calibration":
-        """``mirrored``: which pairs were compared after a flip; they get maps of their own."""
+        """``mirrored``: which pairs were compared after a flip; they get maps of their own.
+        ``asked``: the only sets of score types a learned rule will fuse (LearnedRule.fit)."""
         make = CALIBRATORS.get(calibrator)
         rule = FUSION_RULES.get(fusion)  # an unknown rule fails now, not at the first query
         same = np.asarray(same, dtype=float)
@@ -164,7 +210,7 @@ class Calibration:
                 maps[prefix + name] = make().fit(np.asarray(values)[rows], same[rows])
         calibration = cls(maps, int(len(same)), int(np.sum(same)), calibrator, fusion)
         if isinstance(rule, type) and issubclass(rule, LearnedRule):
-            calibration.rule = rule().fit(calibration.probabilities(scores, mirrored), same)
+            calibration.rule = rule().fit(calibration.probabilities(scores, mirrored), same, asked)
         return calibration
 
     def probability(self, name: str, values: np.ndarray) -> np.ndarray:

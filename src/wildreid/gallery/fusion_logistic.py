@@ -11,7 +11,7 @@ higher score never lowers P(same).
 
 A pair is not always scored by every type (two queries have no LNBNN votes, a gallery without
 keypoints only a cosine), so one regression is fitted for every subset of the score types and the
-pair is fused by the one of the types it has.
+pair is fused by the one of the types it has (calibration.PerSubsetRule).
 
 Whether the rule replaces the mean is the validation's choice (fusion_choice.py), judged on pairs
 of identities the rule never saw.
@@ -20,12 +20,11 @@ of identities the rule never saw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import combinations
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from wildreid.gallery.calibration import FUSION_RULES, LearnedRule
+from wildreid.gallery.calibration import FUSION_RULES, PerSubsetRule
 
 EDGE = 1e-4  # probabilities are clipped to [EDGE, 1 - EDGE] before their log-odds
 # L2 strength of sklearn's default; with a handful of weights and thousands of pairs it hardly
@@ -71,28 +70,16 @@ def fit_weights(probabilities: dict[str, np.ndarray], same: np.ndarray, names: l
 
 
 @dataclass
-class LogisticRule(LearnedRule):
-    """One :class:`Weights` per subset of the score types, keyed by the sorted names joined."""
+class LogisticRule(PerSubsetRule):
+    """One :class:`Weights` per subset of the score types."""
 
     models: dict[str, Weights] = field(default_factory=dict)
 
-    def fit(self, probabilities: dict[str, np.ndarray], same: np.ndarray) -> "LogisticRule":
-        names = sorted(probabilities)
-        self.models = {
-            "+".join(subset): fit_weights(probabilities, same, list(subset))
-            for size in range(1, len(names) + 1)
-            for subset in combinations(names, size)
-        }
-        return self
+    def fit_one(self, probabilities: dict[str, np.ndarray], same: np.ndarray, names: list[str]) -> Weights:
+        return fit_weights(probabilities, same, names)
 
-    def __call__(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
-        key = "+".join(sorted(probabilities))
-        if key not in self.models:
-            raise ValueError(
-                f"the learned fusion rule was fitted on the scores {max(self.models, key=len)}, "
-                f"not on {key}; refit the gallery (wildreid gallery refit)."
-            )
-        return self.models[key].predict(probabilities)
+    def apply_one(self, model: Weights, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+        return model.predict(probabilities)
 
     def to_json(self) -> dict:
         return {key: [w.names, w.coefficients, w.intercept] for key, w in self.models.items()}
