@@ -250,9 +250,9 @@ PRESETS = {
         description="The strongest offline mode: the offline preset's adapted multi-scale Lite0 cosine + "
         "RootSIFT keypoints (LNBNN one-vs-many votes and USAC-MAGSAC homography inliers) on a shortlist, "
         "each score calibrated to P(same individual) on database pairs and combined by their mean, or by "
-        "weights or boosted trees learned from the database, with the unadapted cosine as one more score, where validation "
-        "holding out whole individuals says they help; threshold per dataset chosen on the database "
-        "(simulated open set).",
+        "weights or boosted trees learned from the database, with the unadapted cosine as one more "
+        "score, where validation holding out whole individuals says they help; threshold per dataset "
+        "chosen on the database (simulated open set).",
         backbone=OFFLINE_MULTISCALE,
         local="rootsift",
         threshold=AUTO,
