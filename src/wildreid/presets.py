@@ -262,7 +262,8 @@ PRESETS = {
         # Measured (BENCHMARKS.md, issue 20): multi-scale + adapt auto + fusion rule auto against
         # Lite0 with neither, NyalaData 0.361 -> 0.349, LionData 0.562 -> 0.585, Holstein2025
         # 0.568 -> 0.600; with the backbone's cosine offered, NyalaData 0.356 (the others kept
-        # the mean without it). (Lite0 adapted alone lowered NyalaData to 0.334.)
+        # the mean without it); with boosted trees judged too, Holstein2025 0.629 (kept there
+        # only). (Lite0 adapted alone lowered NyalaData to 0.334.)
         adapt=AUTO,
         fusion_rule=AUTO,
     ),
