@@ -2,9 +2,9 @@
 boosted trees (scikit-learn's HistGradientBoostingClassifier) on their log-odds.
 
 The logistic rule (fusion_logistic.py) weighs each score by one number everywhere. Trees can learn
-that a score counts only in part of another's range: on cattle flanks many RootSIFT inliers settle
-a pair whose cosine is middling, and say little where the cosine already does. The AnimalCLEF2025
-runner-up gained 2.4 points with boosted trees over a pair's scores. As in the logistic rule,
+that a score counts only in part of another's range (many inliers settling a pair whose cosine is
+middling, saying little where the cosine already has); the AnimalCLEF2025 runner-up gained 2.4
+points with boosted trees over a pair's scores. As in the logistic rule,
 evidence for the same animal never counts against it: every tree is constrained to be monotone
 increasing in every score.
 
@@ -51,7 +51,8 @@ class Trees:
     baseline: float
     trees: list[tuple[np.ndarray, ...]]
 
-    def log_odds(self, features: np.ndarray) -> np.ndarray:
+    def summed_log_odds(self, features: np.ndarray) -> np.ndarray:
+        """The baseline plus each tree's leaf value, per row of ``features`` (the scores' log-odds)."""
         total = np.full(len(features), self.baseline, dtype=np.float64)
         for feature, threshold, missing_left, left, right, is_leaf, value in self.trees:
             node = np.zeros(len(features), dtype=np.int64)
@@ -67,7 +68,7 @@ class Trees:
 
     def predict(self, probabilities: dict[str, np.ndarray]) -> np.ndarray:
         features = np.column_stack([log_odds(probabilities[name]) for name in self.names])
-        return 1.0 / (1.0 + np.exp(-self.log_odds(features)))
+        return 1.0 / (1.0 + np.exp(-self.summed_log_odds(features)))
 
 
 def fit_trees(probabilities: dict[str, np.ndarray], same: np.ndarray, names: list[str]) -> Trees:
