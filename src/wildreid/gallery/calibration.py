@@ -85,15 +85,12 @@ class PerSubsetRule(LearnedRule):
     """A learned rule with one model per subset of the score types: a pair is not always scored
     by every type (two queries have no LNBNN votes, a threshold is converted through the cosine
     alone), and it is fused by the model fitted on the types it has. A subclass says how one
-    model is fitted (``fit_one``) and applied (``apply_one``); ``models`` is keyed by the sorted
-    names joined with '+'."""
+    model is fitted (``fit_one``); a model answers ``predict(probabilities)``. ``models`` is keyed
+    by the sorted names joined with '+'."""
 
     models: dict
 
     def fit_one(self, probabilities: dict[str, np.ndarray], same: np.ndarray, names: list[str]):
-        raise NotImplementedError
-
-    def apply_one(self, model, probabilities: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
     def fit(
@@ -115,7 +112,7 @@ class PerSubsetRule(LearnedRule):
                 f"the learned fusion rule was fitted on the scores {max(self.models, key=len)}, "
                 f"not on {key}; refit the gallery (wildreid gallery refit)."
             )
-        return self.apply_one(self.models[key], probabilities)
+        return self.models[key].predict(probabilities)
 
 
 FusionRule = Callable[[dict[str, np.ndarray]], np.ndarray]

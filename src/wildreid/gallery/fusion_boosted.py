@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wildreid.gallery.calibration import FUSION_RULES, PerSubsetRule
-from wildreid.gallery.fusion_logistic import EDGE, log_odds
+from wildreid.gallery.fusion_logistic import base_rate_log_odds, log_odds
 
 SEED = 0  # early stopping's validation split
 # The node fields kept, and the type each is read as (sklearn stores the flags as uint8: ``~``
@@ -77,8 +77,7 @@ def fit_trees(probabilities: dict[str, np.ndarray], same: np.ndarray, names: lis
 
     same = np.asarray(same, dtype=np.float64)
     if not 0 < same.sum() < len(same):
-        rate = float(np.clip(same.mean() if len(same) else 0.5, EDGE, 1.0 - EDGE))
-        return Trees(list(names), float(np.log(rate / (1.0 - rate))), [])
+        return Trees(list(names), base_rate_log_odds(same), [])
     features = np.column_stack([log_odds(probabilities[name]) for name in names])
     model = HistGradientBoostingClassifier(monotonic_cst=[1] * len(names), random_state=SEED)
     model.fit(features, same.astype(int))
@@ -101,9 +100,6 @@ class BoostedRule(PerSubsetRule):
 
     def fit_one(self, probabilities: dict[str, np.ndarray], same: np.ndarray, names: list[str]) -> Trees:
         return fit_trees(probabilities, same, names)
-
-    def apply_one(self, model: Trees, probabilities: dict[str, np.ndarray]) -> np.ndarray:
-        return model.predict(probabilities)
 
     def to_json(self) -> dict:
         return {

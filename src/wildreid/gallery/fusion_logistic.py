@@ -32,6 +32,13 @@ EDGE = 1e-4  # probabilities are clipped to [EDGE, 1 - EDGE] before their log-od
 STRENGTH = 1.0
 
 
+def base_rate_log_odds(same: np.ndarray) -> float:
+    """The log-odds of the pairs' share of same pairs (0.5 without pairs): what a rule says when
+    the pairs have one class only."""
+    rate = float(np.clip(np.mean(same) if len(same) else 0.5, EDGE, 1.0 - EDGE))
+    return float(np.log(rate / (1.0 - rate)))
+
+
 def log_odds(probability: np.ndarray) -> np.ndarray:
     clipped = np.clip(np.asarray(probability, dtype=np.float64), EDGE, 1.0 - EDGE)
     return np.log(clipped / (1.0 - clipped))
@@ -56,8 +63,7 @@ def fit_weights(probabilities: dict[str, np.ndarray], same: np.ndarray, names: l
     """A logistic regression on the log-odds of ``names``, refitted without any score whose weight
     came out negative; with one class only (or no score left), the base rate."""
     same = np.asarray(same, dtype=np.float64)
-    rate = float(np.clip(same.mean() if len(same) else 0.5, EDGE, 1.0 - EDGE))
-    base = Weights([], [], float(np.log(rate / (1.0 - rate))))
+    base = Weights([], [], base_rate_log_odds(same))
     kept = list(names)
     while kept and 0 < same.sum() < len(same):
         features = np.column_stack([log_odds(probabilities[name]) for name in kept])
@@ -77,9 +83,6 @@ class LogisticRule(PerSubsetRule):
 
     def fit_one(self, probabilities: dict[str, np.ndarray], same: np.ndarray, names: list[str]) -> Weights:
         return fit_weights(probabilities, same, names)
-
-    def apply_one(self, model: Weights, probabilities: dict[str, np.ndarray]) -> np.ndarray:
-        return model.predict(probabilities)
 
     def to_json(self) -> dict:
         return {key: [w.names, w.coefficients, w.intercept] for key, w in self.models.items()}
