@@ -36,11 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_data import benchmark_dataset  # noqa: E402
+from real_data import labelled_vectors  # noqa: E402
 
 from wildreid.describe.adapters import make_adapter  # noqa: E402
 from wildreid.describe.backbones import load_backbone  # noqa: E402
-from wildreid.describe.extract import extract_embeddings  # noqa: E402
 from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
 
 CROWD = 10
@@ -104,22 +103,13 @@ def main() -> None:
     backbone = load_backbone(args.backbone)
     print(f"{'dataset':14} {'asked':9} {'a':>4} {'top-1':>6} {'AUC':>6}")
     for dataset_name in args.datasets.split(","):
-        data = benchmark_dataset(dataset_name)
-
-        def described(table):
-            paths = table["path"].tolist()
-            return extract_embeddings(paths, backbone, cache_dir=args.cache_dir, progress=False).embeddings
-
-        database, queries = described(data.database), described(data.queries)
-        ids = data.database["identity"].to_numpy().astype(str)
-        query_ids = data.queries["identity"].to_numpy().astype(str)
-        clips = data.database["clip"].to_numpy().astype(str) if "clip" in data.database else None
+        found = labelled_vectors(dataset_name, backbone, args.cache_dir)
         rows = {
-            "database": on_database(database, ids, clips, args.seed),
-            "queries": on_queries(database, ids, queries, query_ids, args.seed),
+            "database": on_database(found.database, found.identities, found.clips, args.seed),
+            "queries": on_queries(found.database, found.identities, found.queries, found.query_identities, args.seed),
         }
-        for asked, found in rows.items():
-            for weight, (top1, auc) in zip(WEIGHTS, found):
+        for asked, per_weight in rows.items():
+            for weight, (top1, auc) in zip(WEIGHTS, per_weight):
                 print(f"{dataset_name:14} {asked:9} {weight:4.1f} {top1:6.3f} {auc:6.3f}", flush=True)
 
 

@@ -37,11 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_data import benchmark_dataset  # noqa: E402
+from real_data import labelled_vectors  # noqa: E402
 
 from wildreid.describe.adapters import make_adapter  # noqa: E402
 from wildreid.describe.backbones import load_backbone  # noqa: E402
-from wildreid.describe.extract import extract_embeddings  # noqa: E402
 from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
 
 LEVEL = "whiten"
@@ -84,16 +83,9 @@ def main() -> None:
     args = parser.parse_args()
     backbone = load_backbone(args.backbone)
     for dataset_name in args.datasets.split(","):
-        data = benchmark_dataset(dataset_name)
-
-        def described(table):
-            paths = table["path"].tolist()
-            return extract_embeddings(paths, backbone, cache_dir=args.cache_dir, progress=False).embeddings
-
-        database, queries = described(data.database), described(data.queries)
-        ids = data.database["identity"].to_numpy().astype(str)
-        query_ids = data.queries["identity"].to_numpy().astype(str)
-        clips = data.database["clip"].to_numpy().astype(str) if "clip" in data.database else None
+        found = labelled_vectors(dataset_name, backbone, args.cache_dir)
+        database, ids, clips = found.database, found.identities, found.clips
+        queries, query_ids = found.queries, found.query_identities
         names, counts = np.unique(ids, return_counts=True)
         has_mates = np.isin(ids, names[counts > 1])
         by_identity = held_out_tops(database, ids, clips, identity_folds(ids, FOLDS, args.seed), args.seed)

@@ -36,8 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from wildreid.data.dataset import DATABASE, QUERY, Dataset, load_dataset
@@ -61,6 +63,38 @@ def benchmark_dataset(name: str) -> Dataset:
         table["clip"] = table["original_path"].str.rsplit("/", n=1).str[-1].str.split("_").str[:2].str.join("_")
     dataset.table = table.drop(columns=["original_path"], errors="ignore")
     return dataset
+
+
+@dataclass
+class LabelledVectors:
+    """A benchmark dataset's global vectors with their labels, for the measurements that need no
+    gallery (hubness.py, known_simulation.py)."""
+
+    database: np.ndarray
+    identities: np.ndarray  # (D,) str
+    clips: np.ndarray | None  # (D,) str: the photos' clips where the dataset has them
+    queries: np.ndarray
+    query_identities: np.ndarray  # (Q,) str
+
+
+def labelled_vectors(name: str, backbone, cache_dir: Path) -> LabelledVectors:
+    """The vectors of ``name``'s database and queries by ``backbone`` (read from ``cache_dir``
+    where extracted before)."""
+    from wildreid.describe.extract import extract_embeddings
+
+    dataset = benchmark_dataset(name)
+    database, queries = dataset.database, dataset.queries
+
+    def described(table: pd.DataFrame) -> np.ndarray:
+        return extract_embeddings(table["path"].tolist(), backbone, cache_dir=cache_dir, progress=False).embeddings
+
+    return LabelledVectors(
+        described(database),
+        database["identity"].to_numpy().astype(str),
+        database["clip"].to_numpy().astype(str) if "clip" in database else None,
+        described(queries),
+        queries["identity"].to_numpy().astype(str),
+    )
 
 
 def closed_split(data: Path) -> Dataset:
