@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from wildreid.gallery.calibration import FUSION_RULES, PerSubsetRule
 from wildreid.gallery.fusion_logistic import base_rate_log_odds, log_odds
@@ -80,7 +81,12 @@ def fit_trees(probabilities: dict[str, np.ndarray], same: np.ndarray, names: lis
         return Trees(list(names), base_rate_log_odds(same), [])
     features = np.column_stack([log_odds(probabilities[name]) for name in names])
     model = HistGradientBoostingClassifier(monotonic_cst=[1] * len(names), random_state=SEED)
-    model.fit(features, same.astype(int))
+    # One OpenMP thread. Beside one busy process on two cores a fit on 20,000 pairs took 1.46 s
+    # with scikit-learn's default threads and 0.24 s with one (threads waiting for a core another
+    # process holds); idle, 0.24 s either way; the same P(same) to the last bit
+    # (benchmarks/boosted_threads.py).
+    with threadpool_limits(1):
+        model.fit(features, same.astype(int))
     # The fitted trees' nodes: scikit-learn keeps them in ``_predictors`` (one list per boosting
     # round, one predictor per class score; a two-class model has one). Read once, here.
     trees = [as_tree([predictor.nodes[name] for name in TREE_FIELDS]) for (predictor,) in model._predictors]
