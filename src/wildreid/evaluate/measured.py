@@ -1,6 +1,6 @@
 """What the presets were measured to do on real data, as `wildreid presets` shows it: a copy of
 the `offline` rows of BENCHMARKS.md, "Issue 20, second slice: the defaults now", and the `fusion`
-rows of "Issue 20, fifth slice: the defaults now". Change both together, and only with figures
+rows of "Issue 20, sixth slice: the defaults now". Change both together, and only with figures
 that a command printed.
 
 Speed per photo is a cold run's wall time (model load, every photo described, keypoints,
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SOURCE = 'BENCHMARKS.md, "Issue 20", second and fifth slices'
-MACHINE = "2-core AMD EPYC VM, no GPU, shared (load about 4: tests and benchmarks beside it)"
+SOURCE = 'BENCHMARKS.md, "Issue 20", second and sixth slices'
+MACHINE = "2-core AMD EPYC VM, no GPU, shared (load about 2-4: tests and benchmarks beside it)"
 # The command and when it ran (cold: each process with an empty cache).
 RUNS = {
     "offline": ("benchmarks/real_data.py --presets offline,fusion", "2026-12-04 08:21-08:41 UTC"),
     "fusion": (
         "benchmarks/real_data.py --presets fusion --datasets NyalaData,LionData,Holstein2025",
-        "2026-12-04 20:44-21:05 UTC",
+        "2026-12-04 23:03-23:17 UTC",
     ),
 }
 PHOTOS = {"LionData": 740, "NyalaData": 458, "Holstein2025": 3776}
@@ -47,8 +47,8 @@ MEASURED: dict[str, tuple[Measured, ...]] = {
         Measured("Holstein2025", 0.411, 406.2),
     ),
     "fusion": (
-        Measured("LionData", 0.585, 233.4),
-        Measured("NyalaData", 0.356, 216.4),
-        Measured("Holstein2025", 0.629, 793.9),
+        Measured("LionData", 0.585, 165.2),
+        Measured("NyalaData", 0.356, 136.4),
+        Measured("Holstein2025", 0.681, 479.5),
     ),
 }
