@@ -15,11 +15,10 @@ No label enters r(d). Printed per dataset and ``a``: the top-1 of known queries 
 by its best photo) and the AUC of the top score for known against new queries, after the default
 whitening (describe/adapt_linear.py),
 
-- ``database``: 5 identity folds (gallery/adaptation.identity_folds); fold f plays the new
-  individuals and fold f+1 the known ones (their photos whose individual has another photo there),
-  asked against every photo outside fold f, never itself nor its clip (where the dataset has a
-  ``clip`` column, as the gallery's own simulation excludes them); the whitening is fitted on the
-  other three folds; r(d) over the photos searched. Means over the folds.
+- ``database``: the rounds of held_out.py (5 identity folds, new and known queries, the
+  whitening fitted on the other three folds), a query never meeting its own clip either (where
+  the dataset has a ``clip`` column, as the gallery's own simulation excludes them); r(d) over
+  the photos searched. Means over the rounds.
 - ``queries``: the real queries against the whole database, the whitening fitted on it.
 """
 
@@ -36,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from held_out import best_of_each_individual, held_out_round  # noqa: E402
 from real_data import labelled_vectors  # noqa: E402
 
 from wildreid.describe.adapters import make_adapter  # noqa: E402
 from wildreid.describe.backbones import load_backbone  # noqa: E402
-from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
+from wildreid.gallery.adaptation import FOLDS  # noqa: E402
 
 CROWD = 10
 WEIGHTS = (0.0, 0.5, 1.0)
@@ -55,35 +55,26 @@ def crowd(database: np.ndarray) -> np.ndarray:
 
 def figures(similarity, crowds, database_ids, query_ids, known) -> list[tuple[float, float]]:
     """(top-1 of known queries, AUC of the top score) for each weight."""
-    names, member = np.unique(database_ids, return_inverse=True)
     found = []
     for weight in WEIGHTS:
-        corrected = similarity - weight * crowds[None, :]
-        best = np.full((len(corrected), len(names)), -np.inf)
-        for individual in range(len(names)):
-            best[:, individual] = corrected[:, member == individual].max(axis=1)
+        names, best = best_of_each_individual(similarity - weight * crowds[None, :], database_ids)
         right = names[best.argmax(axis=1)] == query_ids
         found.append((float(right[known].mean()), float(roc_auc_score(known, best.max(axis=1)))))
     return found
 
 
 def on_database(vectors, ids, clips, seed) -> list[tuple[float, float]]:
-    folds = identity_folds(ids, FOLDS, seed)
     per_fold = []
     for new in range(FOLDS):
-        known_fold = (new + 1) % FOLDS
-        training = (folds != new) & (folds != known_fold)
+        held = held_out_round(ids, new, seed)
+        training, gallery, queries = held.training, held.gallery, held.queries
         described = make_adapter("whiten").fit(vectors[training], ids[training], seed=seed).transform(vectors)
-        gallery = np.flatnonzero(folds != new)
-        in_known = folds == known_fold
-        mates = np.array([(ids[in_known] == name).sum() > 1 for name in ids])
-        queries = np.flatnonzero((folds == new) | (in_known & mates))
         similarity = described[queries] @ described[gallery].T
         similarity[queries[:, None] == gallery[None, :]] = -np.inf
         if clips is not None:
             similarity[clips[queries][:, None] == clips[gallery][None, :]] = -np.inf
         crowds = crowd(described[gallery])
-        per_fold.append(figures(similarity, crowds, ids[gallery], ids[queries], folds[queries] == known_fold))
+        per_fold.append(figures(similarity, crowds, ids[gallery], ids[queries], held.known))
     return [tuple(np.mean(column, axis=0)) for column in zip(*per_fold)]
 
 

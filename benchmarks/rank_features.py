@@ -6,13 +6,10 @@ database alone, with identities held out.
 Issue 20 asks for "top-m rank features" in the learned fusion rule. What such a feature can add
 is knowledge of the query's whole list, and the decision it can improve is new-vs-known: a known
 animal's best match should stand out from the next individuals, a new one's should not. This
-measures that before any rule is built. Only *database* photos are read. Their identities are
-dealt into 5 folds (seeded, gallery/adaptation.identity_folds); for each fold f, fold f plays the
-new individuals and fold f+1 the known ones: every photo of fold f, and every photo of fold f+1
-whose individual has another photo there, is a query against all photos outside fold f (never
-itself). The level named (or none) is fitted on the other three folds only, so neither the new
-nor the known queries' individuals were seen by it. Per query, the best cosine of each individual
-listed; printed: the AUC (known = positive) of
+measures that before any rule is built. Only *database* photos are read, in the rounds of
+held_out.py (5 identity folds; new and known queries; the level named, or none, fitted on the
+other three folds, so neither the new nor the known queries' individuals were seen by it). Per
+query, the best cosine of each individual listed; printed: the AUC (known = positive) of
 
 - ``top``: the best individual's cosine (what the threshold decides on today);
 - ``margin``: top minus the second individual's (the ratio test of identification);
@@ -35,37 +32,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from held_out import best_of_each_individual, held_out_round  # noqa: E402
 from real_data import benchmark_dataset  # noqa: E402
 
 from wildreid.describe.adapters import NONE, make_adapter, unit_rows  # noqa: E402
 from wildreid.describe.backbones import load_backbone  # noqa: E402
 from wildreid.describe.extract import extract_embeddings  # noqa: E402
-from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
+from wildreid.gallery.adaptation import FOLDS  # noqa: E402
 
 CROWD = 10
 
 
 def fold_aucs(vectors: np.ndarray, identities: np.ndarray, level: str, new: int, seed: int) -> dict[str, float]:
-    folds = identity_folds(identities, FOLDS, seed)
-    known_fold = (new + 1) % FOLDS
-    training = (folds != new) & (folds != known_fold)
+    held = held_out_round(identities, new, seed)
+    training, gallery, queries = held.training, held.gallery, held.queries
     described = (
         unit_rows(vectors)
         if level == NONE
         else make_adapter(level).fit(vectors[training], identities[training], seed=seed).transform(vectors)
     )
-    gallery = np.flatnonzero(folds != new)
-    in_known = folds == known_fold
-    mates = np.array([(identities[in_known] == name).sum() > 1 for name in identities])
-    queries = np.flatnonzero((folds == new) | (in_known & mates))
     similarity = described[queries] @ described[gallery].T
     similarity[queries[:, None] == gallery[None, :]] = -np.inf
-    names, member = np.unique(identities[gallery], return_inverse=True)
-    best = np.full((len(queries), len(names)), -np.inf)
-    for individual in range(len(names)):
-        best[:, individual] = similarity[:, member == individual].max(axis=1)
+    _, best = best_of_each_individual(similarity, identities[gallery])
     ranked = -np.sort(-best, axis=1)
-    known = folds[queries] == known_fold
+    known = held.known
     return {
         "top": roc_auc_score(known, ranked[:, 0]),
         "margin": roc_auc_score(known, ranked[:, 0] - ranked[:, 1]),
