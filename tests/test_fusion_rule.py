@@ -201,7 +201,7 @@ def test_the_rule_is_judged_on_pairs_of_identities_it_never_saw(memorise, monkey
     assert fused[same == 1].max() == 0.0 and between[same == 1].max() == 0.0
 
     calibration, chosen_fused, _, record = fusion_choice.fit_fusion(
-        pairs, rows, same, identities, None, setting="auto", top_m=1, seed=0, name="test"
+        pairs, rows, same, identities, None, setting="auto", top_m_choices=(1,), seed=0, name="test"
     )
     assert record["chosen"] == "mean" and set(record["validation"]) == {"mean", "logistic", "boosted", "memorise"}
     assert calibration.fusion == "mean" and calibration.rule is None
@@ -212,13 +212,47 @@ def test_the_rule_is_judged_on_pairs_of_identities_it_never_saw(memorise, monkey
     assert leaked[same == 1].min() == 1.0
 
 
+def test_with_top_m_auto_each_rule_is_judged_at_its_own_best_m():
+    """With top_m "auto" the fit chooses m after the rule, so each rule is judged at the m that
+    serves it best: its figure is its out-of-fold simulation at that m, the best of every m."""
+    from wildreid.decide.thresholds import Neighbours, choose_threshold
+
+    rng = np.random.default_rng(2)
+    identities = np.repeat([f"animal{k}" for k in range(30)], 8).astype(object)
+    vectors = rng.normal(size=(30, 8))[np.repeat(np.arange(30), 8)] + rng.normal(0, 1.2, (240, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = np.arange(0, 240, 2)
+    cosine = vectors[rows] @ vectors.T
+    queries, images = np.nonzero(rows[:, None] != np.arange(240)[None, :])
+    pairs = ScoredPairs(queries, images, {"cosine": cosine[queries, images]}, None)
+    same = (identities[rows[queries]] == identities[images]).astype(float)
+    asked = np.zeros(len(identities), dtype=bool)
+    asked[rows] = True
+
+    _, _, _, record = fusion_choice.fit_fusion(
+        pairs, rows, same, identities, None, setting="auto", top_m_choices=(1, 2, 3), seed=0, name="test"
+    )
+    folds = fusion_choice.identity_folds(identities, fusion_choice.FOLDS, 0)
+    judged_at = {}
+    for label, figures in record["validation"].items():
+        fused, _ = fusion_choice.out_of_fold(pairs, rows, same, folds, label)
+        neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, fused, asked)
+        each_m = {m: choose_threshold(neighbours, identities, top_m=m).simulated_score for m in (1, 2, 3)}
+        judged_at[label] = figures["top_m"]
+        assert figures["simulated_score"] == pytest.approx(each_m[figures["top_m"]])
+        assert figures["simulated_score"] >= max(each_m.values()) - 1e-12
+    # eight photos per animal, noisy: the mean of several photos wins somewhere, so m=1 alone
+    # (the judgement before) would have given other figures
+    assert max(judged_at.values()) > 1
+
+
 def test_a_named_rule_is_used_and_an_unknown_one_is_refused_before_any_work():
     scores, same = synthetic_pairs(200, seed=6)
     pairs = ScoredPairs(np.arange(200) % 20, np.arange(200), scores, None)
     identities = np.array([f"a{k % 40}" for k in range(200)], dtype=object)
     with pytest.raises(ValueError, match="unknown fusion rule 'median'; choose one of mean, logistic, boosted"):
         fusion_choice.fit_fusion(
-            pairs, np.arange(20), same, identities, None, setting="median", top_m=1, seed=0, name="t"
+            pairs, np.arange(20), same, identities, None, setting="median", top_m_choices=(1,), seed=0, name="t"
         )
 
 
@@ -287,7 +321,7 @@ def test_the_backbone_cosine_is_kept_only_where_the_validation_says_it_helps(inf
     same = (identities[rows[queries]] == identities[images]).astype(float)
 
     calibration, fused, _, record = fusion_choice.fit_fusion(
-        pairs, rows, same, identities, None, setting="auto", top_m=1, seed=0, name="test"
+        pairs, rows, same, identities, None, setting="auto", top_m_choices=(1,), seed=0, name="test"
     )
     order = [f"{rule}{optional}" for rule in ("mean", "logistic", "boosted") for optional in ("", "+backbone_cosine")]
     assert list(record["validation"]) == order
@@ -317,7 +351,7 @@ def test_a_named_rule_keeps_every_score_and_a_rule_that_cannot_be_judged_leaves_
     pairs = ScoredPairs(queries, images, raw, None)
 
     calibration, _, _, record = fusion_choice.fit_fusion(
-        pairs, rows, same, identities, None, setting="logistic", top_m=1, seed=0, name="named"
+        pairs, rows, same, identities, None, setting="logistic", top_m_choices=(1,), seed=0, name="named"
     )
     assert record["chosen"] == "logistic" and record["scores"] == ["cosine", "backbone_cosine"]
     assert set(record["validation"]) == {"mean", "mean+backbone_cosine", "logistic", "logistic+backbone_cosine"}
@@ -326,7 +360,7 @@ def test_a_named_rule_keeps_every_score_and_a_rule_that_cannot_be_judged_leaves_
     few = np.where(np.isin(identities, ["animal0", "animal1", "animal2"]), identities, "alone").astype(object)
     few[np.flatnonzero(few == "alone")] = [f"single{k}" for k in range(int((few == "alone").sum()))]
     calibration, _, _, record = fusion_choice.fit_fusion(
-        pairs, rows, same, few, None, setting="auto", top_m=1, seed=0, name="few"
+        pairs, rows, same, few, None, setting="auto", top_m_choices=(1,), seed=0, name="few"
     )
     assert record["chosen"] == "mean" and record["scores"] == ["cosine"] and "too few" in record["note"]
     assert set(calibration.maps) == {"cosine"}

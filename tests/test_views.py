@@ -178,13 +178,14 @@ def test_top_m_mean_pads_with_the_lowest_listed_score():
 
 def test_top_m_auto_takes_the_best_simulated_score(monkeypatch):
     """The m chosen is the one whose simulated open-set score is highest (ties: the smaller)."""
+    from wildreid.decide import thresholds
     from wildreid.gallery import part as group_module
 
     simulated = {1: 0.40, 2: 0.45, 3: 0.45}
     monkeypatch.setattr(
-        group_module,
+        thresholds,
         "choose_threshold",
-        lambda neighbours, identities, near_duplicate_groups=None, top_m=1: ThresholdChoice(
+        lambda neighbours, identities, near_duplicate_groups=None, top_m=1, seed=0: ThresholdChoice(
             0.5, simulated[top_m], 0, 0
         ),
     )

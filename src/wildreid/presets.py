@@ -149,6 +149,13 @@ class Preset:
             "alike, but not a probability)"
         )
 
+    @property
+    def top_m_choices(self) -> tuple[int, ...]:
+        """The photos per identity a fit may average: the preset's m, or every m "auto" chooses
+        among. Whatever is judged on the database (a level, a fusion rule) is judged at its own
+        best m, as the fit will then choose it."""
+        return TOP_M_CHOICES if self.top_m == AUTO else (int(self.top_m),)
+
     def __post_init__(self):
         # Checked here, so that every way of making or changing a preset (command line, API,
         # .replace) refuses what would otherwise run and quietly mean something else.

@@ -203,6 +203,26 @@ def balanced_accuracy(hits: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(codes)[:, None]).mean(axis=0)
 
 
+def choose_threshold_and_top_m(
+    neighbours: Neighbours,
+    identities: np.ndarray,
+    top_m_choices: tuple[int, ...],
+    *,
+    seed: int = 0,
+    near_duplicate_groups: np.ndarray | None = None,
+) -> tuple[int, ThresholdChoice, dict[int, float]]:
+    """(m, its threshold choice, every m's simulated score): each m of ``top_m_choices`` (the photos
+    per identity averaged) with its own best threshold, and the m whose simulated open-set score is
+    best; ties go to the smaller m. A single choice is simply simulated."""
+    choices = {
+        m: choose_threshold(neighbours, identities, seed=seed, near_duplicate_groups=near_duplicate_groups, top_m=m)
+        for m in sorted(top_m_choices)
+    }
+    scores = {m: -math.inf if math.isnan(c.simulated_score) else c.simulated_score for m, c in choices.items()}
+    best = max(scores, key=lambda m: (scores[m], -m))
+    return best, choices[best], scores
+
+
 def choose_threshold(
     neighbours: Neighbours,
     identities: np.ndarray,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from wildreid.decide.thresholds import Neighbours, choose_threshold
+from wildreid.decide.thresholds import Neighbours, choose_threshold_and_top_m
 from wildreid.describe.adapters import NONE, Adapter, auto_levels, make_adapter
 from wildreid.gallery.index import VectorIndex
 from wildreid.gallery.shortlist import ScoredPairs
@@ -167,24 +167,25 @@ def _choose(part: DatasetPart, preset: Preset, setting: str, record: dict, start
     pool = np.flatnonzero(part.askable) if part.askable is not None else np.arange(part.size)
     if len(pool) > VALIDATION_POOL:
         pool = np.sort(np.random.default_rng(seed).choice(pool, VALIDATION_POOL, replace=False))
-    top_m = preset.top_m if isinstance(preset.top_m, int) else 1
     # A level is judged by what it makes of the cosine, whichever uses the preset adapts (with
     # "score" left out every level would tie with none, and none would win).
     judged = preset.replace(adapt_uses=ADAPT_USES)
     views_of = {}
     for level in candidates(setting):
         views_of[level] = fold_views(part, level, folds, seed)
-        simulated = choose_threshold(
+        # Each level at its own best photos-per-identity (the preset's m, or each of "auto"'s).
+        top_m, simulated, _ = choose_threshold_and_top_m(
             cross_fitted_neighbours(views_of[level], pool, judged),
             part.identities,
+            preset.top_m_choices,
             near_duplicate_groups=part.near_duplicates,
-            top_m=top_m,
             seed=seed,
         )
         record["validation"][level] = {
             "simulated_score": simulated.simulated_score,
             "simulated_baks": simulated.simulated_baks,
             "simulated_baus": simulated.simulated_baus,
+            "top_m": top_m,
         }
     scores = {level: _finite(figures["simulated_score"]) for level, figures in record["validation"].items()}
     chosen = simplest_near_best(scores)

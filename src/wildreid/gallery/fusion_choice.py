@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from wildreid.decide.thresholds import Neighbours, choose_threshold
+from wildreid.decide.thresholds import Neighbours, choose_threshold_and_top_m
 from wildreid.gallery.adaptation import FOLDS, MIN_IDENTITIES, identity_folds, simplest_near_best
 from wildreid.gallery.calibration import DEFAULT_FUSION, FUSION_RULES, Calibration
 from wildreid.gallery.shortlist import ScoredPairs
@@ -104,7 +104,7 @@ def fit_fusion(
     near_duplicates: np.ndarray | None,
     *,
     setting: str,
-    top_m: int,
+    top_m_choices: tuple[int, ...],
     seed: int,
     name: str,
 ):
@@ -137,13 +137,15 @@ def fit_fusion(
             candidates[label] = (rule, names)
             held_out[label] = out_of_fold(only(pairs, names), rows, same, folds, rule)
             neighbours = Neighbours.from_pairs(rows[pairs.queries], pairs.images, held_out[label][0], asked)
-            choice = choose_threshold(
-                neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m, seed=seed
+            # Each rule at its own best photos-per-identity, as the fit then chooses m for it.
+            top_m, choice, _ = choose_threshold_and_top_m(
+                neighbours, identities, top_m_choices, near_duplicate_groups=near_duplicates, seed=seed
             )
             figures[label] = {
                 "simulated_score": _finite(choice.simulated_score),
                 "simulated_baks": _finite(choice.simulated_baks),
                 "simulated_baus": _finite(choice.simulated_baus),
+                "top_m": top_m,
             }
     # a rule whose simulation gave no score (None) ranks last; 0.0 is a score like any other
     scores = {

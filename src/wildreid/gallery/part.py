@@ -29,7 +29,7 @@ import numpy as np
 from wildreid.decide.graph import MatchGraph
 from wildreid.decide.ranking import IdentityRanking, rank_neighbours
 from wildreid.decide.simulate import LinkChoice, choose_link_threshold
-from wildreid.decide.thresholds import Neighbours, ThresholdChoice, choose_threshold
+from wildreid.decide.thresholds import Neighbours, ThresholdChoice, choose_threshold, choose_threshold_and_top_m
 from wildreid.describe.adapters import Adapter
 from wildreid.gallery.calibration import Calibration
 from wildreid.gallery.fusion_choice import between_queries, fit_fusion
@@ -224,7 +224,7 @@ class DatasetPart:
                 self.identities,
                 self.near_duplicates,
                 setting=preset.fusion_rule,
-                top_m=preset.top_m if isinstance(preset.top_m, int) else 1,
+                top_m_choices=preset.top_m_choices,
                 seed=seed,
                 name=self.name,
             )
@@ -264,14 +264,12 @@ class DatasetPart:
     def _choose_top_m(self, neighbours: Neighbours) -> int:
         """The photos per identity whose simulated open-set score on the database is best (the
         simulation of thresholds.py, with each m's own best threshold); ties go to the smaller m."""
-        scores = []
-        for m in TOP_M_CHOICES:
-            choice = choose_threshold(neighbours, self.identities, near_duplicate_groups=self.near_duplicates, top_m=m)
-            scores.append(-np.inf if np.isnan(choice.simulated_score) else choice.simulated_score)
-        chosen = TOP_M_CHOICES[int(np.argmax(scores))]
+        chosen, _, scores = choose_threshold_and_top_m(
+            neighbours, self.identities, TOP_M_CHOICES, near_duplicate_groups=self.near_duplicates
+        )
         self.notes.append(
             f"{self.name}: identities scored by the mean of their {chosen} best photo(s), chosen on the database "
-            f"(simulated score {', '.join(f'm={m}: {v:.3f}' for m, v in zip(TOP_M_CHOICES, scores))})."
+            f"(simulated score {', '.join(f'm={m}: {v:.3f}' for m, v in scores.items())})."
         )
         return chosen
 
