@@ -11,12 +11,15 @@ a photo of the same individual among its 20 most similar (the shortlist that key
 then verifies, fusion's default size). So the figures reward what an adapter learned about
 telling *new* individuals apart, never memorised ones; they are the evidence on which the
 offline descriptor and the levels offered were chosen (BENCHMARKS.md, issue 20). Printed per
-(backbone, dataset, level): the means over the folds and the fit time.
+(backbone, input size, dataset, level): the means over the folds and the fit time.
+``--input-sizes 224,384``: the backbone's pictures resized to each square size instead of its own
+(the rest of its preprocessing kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -66,20 +69,29 @@ def main() -> None:
     parser.add_argument("--backbones", default="efficientnet-lite0,efficientnet-lite0-multiscale")
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input-sizes", default="", help="square sizes, comma-separated; default: the backbone's own")
+    parser.add_argument("--levels", default="", help="adaptation levels, comma-separated; default: none and every level")
     args = parser.parse_args()
-    print(f"{'backbone':30} {'dataset':14} {'level':8} {'top-1':>6} {'list20':>6} {'fit s':>6}")
+    levels = args.levels.split(",") if args.levels else [NONE, *adapter_names()]
+    print(f"{'backbone':30} {'size':>5} {'dataset':14} {'level':8} {'top-1':>6} {'list20':>6} {'fit s':>6}")
     for name in args.backbones.split(","):
         backbone = load_backbone(name)
-        for dataset_name in args.datasets.split(","):
-            database = benchmark_dataset(dataset_name).database
-            vectors = extract_embeddings(
-                database["path"].tolist(), backbone, cache_dir=args.cache_dir, progress=False
-            ).embeddings
-            identities = database["identity"].to_numpy().astype(str)
-            for level in [NONE, *adapter_names()]:
-                top1, listed, seconds = held_out_top1(vectors, identities, level, args.seed)
-                print(f"{name:30} {dataset_name:14} {level:8} {top1:6.3f} {listed:6.3f} {seconds:6.1f}", flush=True)
-
+        own = backbone.preprocess
+        for size in [int(s) for s in args.input_sizes.split(",")] if args.input_sizes else [None]:
+            backbone.preprocess = own if size is None else dataclasses.replace(own, size=(size, size))
+            shown = backbone.preprocess.size[0]
+            for dataset_name in args.datasets.split(","):
+                database = benchmark_dataset(dataset_name).database
+                vectors = extract_embeddings(
+                    database["path"].tolist(), backbone, cache_dir=args.cache_dir, progress=False
+                ).embeddings
+                identities = database["identity"].to_numpy().astype(str)
+                for level in levels:
+                    top1, listed, seconds = held_out_top1(vectors, identities, level, args.seed)
+                    print(
+                        f"{name:30} {shown:5} {dataset_name:14} {level:8} {top1:6.3f} {listed:6.3f} {seconds:6.1f}",
+                        flush=True,
+                    )
 
 if __name__ == "__main__":
     main()

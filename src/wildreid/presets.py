@@ -77,6 +77,10 @@ class Preset:
     backbone: str
     # None: the model's own pretrained_cfg decides (size, mean, std, interpolation).
     preprocess: Preprocess | None = None
+    # The square size pictures are read at, in place of the preprocessing's (describe/input_size.py):
+    # None keeps it, a number is that size, "auto" follows the database photos' size (larger photos
+    # read larger, never enlarged), for a network that reads any size.
+    input_size: int | str | None = None
     # A number (`new_individual` below it), {dataset: number}, None (closed set: always the best
     # identity), or "auto" (chosen per dataset by simulating the open set on the database, see
     # thresholds.py).
@@ -163,6 +167,18 @@ class Preset:
         if self.grouping not in (None, "average", "single"):
             raise ValueError(f"grouping: {self.grouping!r}; give 'average', 'single' or 'none'.")
         check_top_k(self.top_k)
+        if (
+            self.input_size is not None
+            and self.input_size != AUTO
+            and (
+                isinstance(self.input_size, bool)
+                or not isinstance(self.input_size, numbers.Integral)
+                or self.input_size < 32
+            )
+        ):
+            raise ValueError(
+                f"input size: {self.input_size!r}; give a whole number of pixels (at least 32), 'auto' or none."
+            )
         check_margin(self.region_margin)
         object.__setattr__(self, "foreground", check_method(self.foreground))  # "none" -> None
         if self.top_m != AUTO and (
@@ -259,8 +275,13 @@ PRESETS = {
         "each score calibrated to P(same individual) on database pairs and combined by their mean, or by "
         "weights or boosted trees learned from the database, with the unadapted cosine as one more "
         "score, where validation holding out whole individuals says they help; threshold and photos per "
-        "individual averaged chosen per dataset on the database (simulated open set).",
+        "individual averaged chosen per dataset on the database (simulated open set); large photos read at up "
+        "to 384 pixels (the database photos' size decides).",
         backbone=OFFLINE_MULTISCALE,
+        # Large photos read at up to 384 pixels instead of 224, small crops never enlarged: chosen
+        # on the databases, identities held out (describe/input_size.py, BENCHMARKS.md issue 20,
+        # seventh slice). Not in `offline`, the fast preset: it describes large photos 2.5x slower.
+        input_size=AUTO,
         local="rootsift",
         threshold=AUTO,
         # The backbone's own cosine is offered beside the adapted one; the fusion rule's

@@ -82,7 +82,7 @@ def extract(
                 "--ray extracts on the exact path (fp32, PIL decoding): leave out --fast, --precision, "
                 "--decode, --compile and --engine."
             )
-        extract_on_ray(table["path"].tolist(), chosen, cache, ray, boxes, backbone=backbone)
+        extract_on_ray(table, chosen, cache, ray, boxes, backbone=backbone)
         if not out:
             return
         # --out: the single-machine path below finds every vector in the cache and writes the file.
@@ -102,6 +102,7 @@ def _embed(dataset, chosen, backbone: str | None, device: str | None, cache: Pat
     """Every photo's global descriptor, from the cache or extracted now; says how it went."""
     from wildreid.describe.backbones import load_backbone
     from wildreid.describe.extract import default_device
+    from wildreid.describe.input_size import read_at_input_size
     from wildreid.gallery.pipeline import embed_dataset
 
     model = load_backbone(
@@ -109,6 +110,8 @@ def _embed(dataset, chosen, backbone: str | None, device: str | None, cache: Pat
         preprocess=None if backbone else chosen.preprocess,
         device=device or default_device(),
     )
+    # the size a gallery of this dataset reads its pictures at, so that it finds them in the cache
+    read_at_input_size(model, chosen.input_size, dataset.table, chosen.region_margin)
     extraction = embed_dataset(dataset, model, cache_dir=cache, regions=boxes, **chosen.extraction_options())
     console.print(
         f"{len(dataset.table)} images: {extraction.extracted} extracted, "
@@ -145,17 +148,25 @@ def _save_embeddings(out: Path, dataset, extraction) -> None:
     console.print(f"embeddings: {out}")
 
 
-def extract_on_ray(paths, chosen, cache_dir: Path, address: str, regions, *, backbone: str | None = None) -> None:
+def extract_on_ray(photos, chosen, cache_dir: Path, address: str, regions, *, backbone: str | None = None) -> None:
     """Fill the caches on a Ray cluster (wildreid.distributed) with the descriptors (``backbone``,
-    else the preset's) and keypoints of ``chosen``; the single-machine code then finds every
-    vector and keypoint there."""
+    else the preset's) and keypoints of ``chosen`` of ``photos`` (a table with path, and split
+    and regions when it has them); the single-machine code then finds every vector and keypoint
+    there."""
     from wildreid.describe.distributed import RayUnavailable, extract_with_ray
 
+    preprocess = None if backbone else chosen.preprocess
+    if chosen.input_size is not None:  # the size the gallery will read these photos at
+        from wildreid.describe.backbones import load_backbone
+        from wildreid.describe.input_size import read_at_input_size
+
+        model = load_backbone(backbone or chosen.backbone, preprocess=preprocess)
+        preprocess = read_at_input_size(model, chosen.input_size, photos, chosen.region_margin).preprocess
     try:
         summary = extract_with_ray(
-            paths,
+            [str(path) for path in photos["path"]],
             backbone or chosen.backbone,
-            preprocess=None if backbone else chosen.preprocess,
+            preprocess=preprocess,
             local=chosen.local,
             local_options=chosen.local_options,
             cache_dir=cache_dir,

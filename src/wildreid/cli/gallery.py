@@ -95,7 +95,7 @@ def gallery_build(
 
             # The foreground's boxes (if any) are computed here; the cluster describes the regions.
             photos, boxes, _ = table_regions(photos, chosen.region_margin, chosen.foreground, cache_dir=cache)
-            extract_on_ray(photos["path"].tolist(), chosen, cache, ray, boxes)
+            extract_on_ray(photos, chosen, cache, ray, boxes)
         console.print(f"building a [bold]{chosen.name}[/] gallery of {len(photos)} photos ({chosen.backbone})")
         built = Gallery.build(photos, chosen, cache_dir=cache, device=device)
         built.save(out)

@@ -31,6 +31,7 @@ from wildreid.decide.ranking import IdentityRanking
 from wildreid.describe.backbones import Backbone, load_backbone
 from wildreid.describe.extract import Extraction, default_device, extract_embeddings
 from wildreid.describe.foreground import table_regions
+from wildreid.describe.input_size import read_at_input_size
 from wildreid.describe.mirror import MirroredMethod, mirrored_backbone
 from wildreid.describe.trained import TrainedOn, trained_on
 from wildreid.gallery.errors import GalleryError
@@ -133,14 +134,15 @@ class Gallery:
         """Describe the labelled photos (rows with split 'database' of a Dataset, or a table of
         image_id, identity, path[, dataset, clip/date]) and fit every group."""
         started = time.perf_counter()
+        table = database.database if isinstance(database, Dataset) else database
         if backbone is None:
             require_weights(preset)  # every missing weights file named at once, before any work
-        backbone = backbone or load_backbone(
-            preset.backbone, preprocess=preset.preprocess, device=device or default_device()
-        )
-        if backbone.name != preset.backbone:  # a model given in place of the preset's: the gallery says which
+            backbone = load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
+            read_at_input_size(backbone, preset.input_size, table, preset.region_margin)
+        # A model given in place of the preset's, or read at a size chosen for these photos: the
+        # gallery says which, and describes its queries the same way.
+        if backbone.name != preset.backbone or preset.input_size is not None:
             preset = preset.replace(backbone=backbone.name, preprocess=backbone.preprocess)
-        table = database.database if isinstance(database, Dataset) else database
         gallery = cls(preset, backbone, _empty_table(), {})
         gallery.timings["load_backbone_s"] = time.perf_counter() - started
         gallery.add(table, cache_dir=cache_dir, progress=progress, refit=True)

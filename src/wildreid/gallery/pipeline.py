@@ -13,6 +13,7 @@ from wildreid.data.dataset import Dataset
 from wildreid.data.regions import BBOX, REGION_SOURCE, SEGMENTATION
 from wildreid.describe.backbones import Backbone, load_backbone
 from wildreid.describe.extract import Extraction, default_device, extract_embeddings
+from wildreid.describe.input_size import read_at_input_size
 from wildreid.gallery.gallery import Gallery
 from wildreid.gallery.result import IdentifyResult
 from wildreid.presets import Preset, require_weights
@@ -54,9 +55,8 @@ def identify(
     started = time.perf_counter()
     if backbone is None:
         require_weights(preset)  # every missing weights file named at once, before any work
-    backbone = backbone or load_backbone(
-        preset.backbone, preprocess=preset.preprocess, device=device or default_device()
-    )
+        backbone = load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
+        read_at_input_size(backbone, preset.input_size, dataset.database, preset.region_margin)
     loaded = time.perf_counter() - started
     gallery = Gallery.build(dataset, preset, backbone=backbone, cache_dir=cache_dir, progress=progress)
     result = gallery.identify(dataset, cache_dir=cache_dir, progress=progress)
