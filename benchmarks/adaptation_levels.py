@@ -19,12 +19,12 @@ offline descriptor and the levels offered were chosen (BENCHMARKS.md, issue 20).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -35,6 +35,7 @@ from real_data import benchmark_dataset  # noqa: E402
 from wildreid.describe.adapters import NONE, adapter_names, make_adapter, unit_rows  # noqa: E402
 from wildreid.describe.backbones import load_backbone  # noqa: E402
 from wildreid.describe.extract import extract_embeddings  # noqa: E402
+from wildreid.describe.input_size import read_at_input_size  # noqa: E402
 from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
 
 SHORTLIST = 20
@@ -70,15 +71,15 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--input-sizes", default="", help="square sizes, comma-separated; default: the backbone's own")
-    parser.add_argument("--levels", default="", help="adaptation levels, comma-separated; default: none and every level")
+    parser.add_argument(
+        "--levels", default="", help="adaptation levels, comma-separated; default: none and every level"
+    )
     args = parser.parse_args()
     levels = args.levels.split(",") if args.levels else [NONE, *adapter_names()]
     print(f"{'backbone':30} {'size':>5} {'dataset':14} {'level':8} {'top-1':>6} {'list20':>6} {'fit s':>6}")
     for name in args.backbones.split(","):
-        backbone = load_backbone(name)
-        own = backbone.preprocess
         for size in [int(s) for s in args.input_sizes.split(",")] if args.input_sizes else [None]:
-            backbone.preprocess = own if size is None else dataclasses.replace(own, size=(size, size))
+            backbone = read_at_input_size(load_backbone(name), size, pd.DataFrame({"path": []}), 0.0)
             shown = backbone.preprocess.size[0]
             for dataset_name in args.datasets.split(","):
                 database = benchmark_dataset(dataset_name).database
@@ -92,6 +93,7 @@ def main() -> None:
                         f"{name:30} {shown:5} {dataset_name:14} {level:8} {top1:6.3f} {listed:6.3f} {seconds:6.1f}",
                         flush=True,
                     )
+
 
 if __name__ == "__main__":
     main()
