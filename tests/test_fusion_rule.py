@@ -180,21 +180,27 @@ def memorise():
     FUSION_RULES.unregister("memorise")
 
 
+def animal_cosine_pairs(photos: int, noise: float, seed: int, animals: int = 30):
+    """(identities, pseudo-query rows, their cosine pairs with every other photo, same): ``animals``
+    animals of ``photos`` noisy unit vectors each, every second photo asked."""
+    rng = np.random.default_rng(seed)
+    count = animals * photos
+    identities = np.repeat([f"animal{k}" for k in range(animals)], photos).astype(object)
+    vectors = rng.normal(size=(animals, 8))[np.repeat(np.arange(animals), photos)] + rng.normal(0, noise, (count, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = np.arange(0, count, 2)
+    cosine = vectors[rows] @ vectors.T
+    queries, images = np.nonzero(rows[:, None] != np.arange(count)[None, :])
+    pairs = ScoredPairs(queries, images, {"cosine": cosine[queries, images]}, None)
+    same = (identities[rows[queries]] == identities[images]).astype(float)
+    return identities, rows, pairs, same
+
+
 def test_the_rule_is_judged_on_pairs_of_identities_it_never_saw(memorise, monkeypatch):
     """The validation's P(same) of a pair comes from a calibration fitted without the pair's
     identities: a rule that memorises its training pairs scores the held-out pairs at 0, and
     loses to the mean. Fitted on every pair (a leak) it would be certain of each same pair."""
-    rng = np.random.default_rng(5)
-    identities = np.repeat([f"animal{k}" for k in range(30)], 6).astype(object)
-    vectors = rng.normal(size=(30, 8))[np.repeat(np.arange(30), 6)] + rng.normal(0, 0.8, (180, 8))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = np.arange(0, 180, 2)
-    cosine = vectors[rows] @ vectors.T
-    queries, images = np.nonzero(np.ones_like(cosine, dtype=bool))
-    keep = rows[queries] != images
-    queries, images = queries[keep], images[keep]
-    pairs = ScoredPairs(queries, images, {"cosine": cosine[queries, images]}, None)
-    same = (identities[rows[queries]] == identities[images]).astype(float)
+    identities, rows, pairs, same = animal_cosine_pairs(photos=6, noise=0.8, seed=5)
     folds = fusion_choice.identity_folds(identities, 5, 0)
 
     fused, between = fusion_choice.out_of_fold(pairs, rows, same, folds, "memorise")
@@ -217,15 +223,7 @@ def test_with_top_m_auto_each_rule_is_judged_at_its_own_best_m():
     serves it best: its figure is its out-of-fold simulation at that m, the best of every m."""
     from wildreid.decide.thresholds import Neighbours, choose_threshold
 
-    rng = np.random.default_rng(2)
-    identities = np.repeat([f"animal{k}" for k in range(30)], 8).astype(object)
-    vectors = rng.normal(size=(30, 8))[np.repeat(np.arange(30), 8)] + rng.normal(0, 1.2, (240, 8))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = np.arange(0, 240, 2)
-    cosine = vectors[rows] @ vectors.T
-    queries, images = np.nonzero(rows[:, None] != np.arange(240)[None, :])
-    pairs = ScoredPairs(queries, images, {"cosine": cosine[queries, images]}, None)
-    same = (identities[rows[queries]] == identities[images]).astype(float)
+    identities, rows, pairs, same = animal_cosine_pairs(photos=8, noise=1.2, seed=2)
     asked = np.zeros(len(identities), dtype=bool)
     asked[rows] = True
 

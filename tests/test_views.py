@@ -190,10 +190,10 @@ def test_top_m_auto_takes_the_best_simulated_score(monkeypatch):
         ),
     )
     group = group_module.DatasetPart("g", np.zeros(4, object), np.array(list("aabb"), object), None, None)
-    assert group._choose_top_m(None) == 2
+    assert group._choose_top_m(None)[0] == 2
     simulated[1] = float("nan")  # nothing to simulate counts as worst, never as best
     simulated[2] = simulated[3] = 0.1
-    assert group._choose_top_m(None) == 2
+    assert group._choose_top_m(None)[0] == 2
 
 
 def test_threshold_simulation_scores_identities_as_the_ranking_does():

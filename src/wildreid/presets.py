@@ -70,6 +70,14 @@ def check_top_k(top_k) -> None:
         raise ValueError(f"top-k: {top_k!r} candidates per query; give a whole number of at least 1.")
 
 
+def check_input_size(size) -> None:
+    """The size pictures are read at: none, "auto", or a whole number of pixels of at least 32."""
+    if size is None or size == AUTO:
+        return
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 32:
+        raise ValueError(f"input size: {size!r}; give a whole number of pixels (at least 32), 'auto' or none.")
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -167,18 +175,7 @@ class Preset:
         if self.grouping not in (None, "average", "single"):
             raise ValueError(f"grouping: {self.grouping!r}; give 'average', 'single' or 'none'.")
         check_top_k(self.top_k)
-        if (
-            self.input_size is not None
-            and self.input_size != AUTO
-            and (
-                isinstance(self.input_size, bool)
-                or not isinstance(self.input_size, numbers.Integral)
-                or self.input_size < 32
-            )
-        ):
-            raise ValueError(
-                f"input size: {self.input_size!r}; give a whole number of pixels (at least 32), 'auto' or none."
-            )
+        check_input_size(self.input_size)
         check_margin(self.region_margin)
         object.__setattr__(self, "foreground", check_method(self.foreground))  # "none" -> None
         if self.top_m != AUTO and (

@@ -10,8 +10,9 @@ slice; `benchmarks/adaptation_levels.py --input-sizes`): whitened top-1 on Nyala
 photos 0.510 (224) -> 0.557 (320) -> 0.594 (384); on LionData's ~130-pixel crops 0.319 (224) ->
 0.298 (384), on Holstein2025's ~100-pixel crops 0.697 (224) -> 0.665 (320). 384 is the
 largest step: 448 and 512 were no better on NyalaData's database (0.557, 0.601) at 1.4-1.8 times
-384's cost. Only a fully convolutional backbone reads any size; the field is "auto" in the
-presets whose backbone is the package's EfficientNet, and another backbone resets it.
+384's cost. Only a network that reads any size is resized (timm's ``fixed_input_size``: a Swin
+MegaDescriptor keeps its own). The field is "auto" in the `fusion` preset; `offline`, the fast
+one, keeps 224 (it would describe large photos 2.5 times slower).
 """
 
 from __future__ import annotations

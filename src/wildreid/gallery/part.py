@@ -237,9 +237,9 @@ class DatasetPart:
             pseudo[pool if len(pool) <= SIMULATION_POOL else rng.choice(pool, SIMULATION_POOL, replace=False)] = True
             neighbours = self.asked_neighbours(np.flatnonzero(pseudo), preset)
             calibration, scored = self._cosine_calibration(np.flatnonzero(pseudo), preset)
-        top_m = preset.top_m if preset.top_m != AUTO else self._choose_top_m(neighbours)
+        top_m, simulated = self._choose_top_m(neighbours) if preset.top_m == AUTO else (preset.top_m, None)
         threshold, choice = _threshold(
-            preset.threshold, self.name, neighbours, self.identities, self.near_duplicates, top_m
+            preset.threshold, self.name, neighbours, self.identities, self.near_duplicates, top_m, simulated
         )
         self.fit_pairs = scored
         links = {}
@@ -261,17 +261,18 @@ class DatasetPart:
         self.cross_fit = None  # the fold views are needed no more (fit_pairs keeps their scores)
         return self.fit
 
-    def _choose_top_m(self, neighbours: Neighbours) -> int:
+    def _choose_top_m(self, neighbours: Neighbours) -> tuple[int, ThresholdChoice]:
         """The photos per identity whose simulated open-set score on the database is best (the
-        simulation of thresholds.py, with each m's own best threshold); ties go to the smaller m."""
-        chosen, _, scores = choose_threshold_and_top_m(
+        simulation of thresholds.py, with each m's own best threshold; ties go to the smaller m),
+        and that m's threshold choice."""
+        chosen, choice, scores = choose_threshold_and_top_m(
             neighbours, self.identities, TOP_M_CHOICES, near_duplicate_groups=self.near_duplicates
         )
         self.notes.append(
             f"{self.name}: identities scored by the mean of their {chosen} best photo(s), chosen on the database "
             f"(simulated score {', '.join(f'm={m}: {v:.3f}' for m, v in scores.items())})."
         )
-        return chosen
+        return chosen, choice
 
     def link_choice(self, linkage: str, method: LocalMethod | None, *, seed: int = 0) -> LinkChoice:
         """The linking threshold for another linkage method, from the last fit's scored pairs
@@ -618,8 +619,17 @@ class DatasetPart:
             self.mirrored = self.mirrored.extend(mirrored)
 
 
-def _threshold(setting, name: str, neighbours: Neighbours, identities, near_duplicates, top_m: int = 1):
-    """The threshold of one group: given by the preset, or chosen on its database."""
+def _threshold(
+    setting,
+    name: str,
+    neighbours: Neighbours,
+    identities,
+    near_duplicates,
+    top_m: int = 1,
+    simulated: ThresholdChoice | None = None,
+):
+    """The threshold of one group: given by the preset, or chosen on its database (``simulated``:
+    the choice at ``top_m`` already made while choosing m)."""
     if setting is None or isinstance(setting, float | int):
         return (None if setting is None else float(setting)), None
     if isinstance(setting, dict):
@@ -630,7 +640,7 @@ def _threshold(setting, name: str, neighbours: Neighbours, identities, near_dupl
         return float(setting[name]), None
     if setting != AUTO:
         raise ValueError(f"unknown threshold setting {setting!r}")
-    choice = choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m)
+    choice = simulated or choose_threshold(neighbours, identities, near_duplicate_groups=near_duplicates, top_m=top_m)
     return choice.threshold, choice
 
 
