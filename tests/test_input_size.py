@@ -94,3 +94,49 @@ def test_a_gallery_of_large_photos_reads_them_larger_and_its_queries_alike(share
     crops = lions[lions["split"] == "database"].head(6).reset_index(drop=True)
     small = Gallery.build(crops, offline, cache_dir=tmp_path / "cache", progress=False)
     assert small.preset.preprocess.size == (224, 224)
+
+
+def test_a_catalogue_gallery_reads_its_photos_at_their_size_and_keeps_it(
+    shared_data, tmp_path, lite0_backbone, monkeypatch
+):
+    """The web app, `catalog identify` and `watch --catalog` share one model loaded at its own
+    size: the catalogue's gallery chooses its size from the catalogue's photos when it is built,
+    keeps it as photos are added and when a restarted server loads it, and leaves the shared
+    model as it was."""
+    from wildreid.catalog.importer import import_dataset
+    from wildreid.catalog.store import Catalog
+    from wildreid.review.service import ReviewService
+
+    preset = get_preset("offline").replace(adapt="none", input_size="auto")  # no keypoints: quicker
+    nyala = load_dataset(shared_data / "NyalaData")
+    database = nyala.database
+    first = database.groupby("identity").head(2).head(6)
+    later = database[~database["image_id"].isin(first["image_id"])].head(1)
+    assert lite0_backbone.preprocess.size == (224, 224)
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(first["image_id"])))
+        service = ReviewService(preset, backbone=lite0_backbone, cache_dir=tmp_path / "cache")
+        gallery = service.sync(catalog)
+        assert gallery.backbone.preprocess.size == (384, 384)  # NyalaData's full photos
+        assert gallery.backbone.model is lite0_backbone.model and lite0_backbone.preprocess.size == (224, 224)
+
+        import_dataset(catalog, nyala.subset(nyala.table["image_id"].isin(later["image_id"])))
+        grown = service.sync(catalog)
+        assert grown is gallery and len(grown.table) == 7  # added to, not rebuilt
+        at_384 = load_backbone("efficientnet-lite0")
+        read_at_input_size(at_384, 384, later, 0.0)
+        expected = extract_embeddings(later["path"].tolist(), at_384, progress=False).embeddings
+        part = grown.groups["NyalaData"]
+        held = part.index.vectors(np.array([part.size - 1]))
+        np.testing.assert_allclose(held, expected / np.linalg.norm(expected), rtol=0, atol=1e-5)
+
+        # A restarted server (a new service, the model at its own size) loads the saved gallery
+        # at the size it chose instead of rebuilding it, and so does learning from answers.
+        def no_rebuild(*args, **kwargs):
+            raise AssertionError("the saved gallery was rebuilt instead of loaded")
+
+        monkeypatch.setattr(Gallery, "build", no_rebuild)
+        restarted = ReviewService(preset, backbone=lite0_backbone, cache_dir=tmp_path / "cache")
+        reloaded = restarted.sync(catalog)
+        assert reloaded.backbone.preprocess.size == (384, 384) and len(reloaded.table) == 7
+        assert restarted.learn(catalog).backbone.preprocess.size == (384, 384)

@@ -8,6 +8,7 @@ service (service.py) keeps the returned gallery in memory and passes it back in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from wildreid.catalog.dataset import PREFIX, catalog_image_id, catalog_photos, q
 from wildreid.catalog.store import Catalog, CatalogError
 from wildreid.describe.backbones import Backbone, load_backbone
 from wildreid.describe.extract import default_device
+from wildreid.describe.input_size import read_at_input_size
 from wildreid.gallery.gallery import ALL, Gallery, GalleryError
 from wildreid.gallery.guard_rails import thin_evidence_notes
 from wildreid.gallery.result import IdentifyResult
@@ -92,10 +94,15 @@ def _synced(catalog, preset, backbone, cache_dir, folder, gallery, progress) -> 
                     return gallery
         photos = catalog_photos(catalog, images)
         report = (lambda done, total: progress("describing catalogue photos", done, total)) if progress else None
-        prepare_descriptors(catalog, backbone, cache_dir, progress=report)
         if gallery is None:
-            gallery = Gallery.build(photos, preset, backbone=backbone, cache_dir=cache_dir, progress=False)
+            # The size the pictures are read at is chosen from the catalogue's photos when its
+            # gallery is built, and kept as it grows (Gallery.load reads it back); the shared
+            # model itself is not changed.
+            sized = read_at_input_size(dataclasses.replace(backbone), preset.input_size, photos, preset.region_margin)
+            prepare_descriptors(catalog, sized, cache_dir, progress=report)
+            gallery = Gallery.build(photos, preset, backbone=sized, cache_dir=cache_dir, progress=False)
         else:
+            prepare_descriptors(catalog, gallery.backbone, cache_dir, progress=report)
             gallery.add(photos, cache_dir=cache_dir, progress=False)
         gallery.save(folder)
     return gallery
