@@ -14,6 +14,14 @@ identified once; the rows are then the same run decided four ways:
   threshold chosen on the database (no query labels).
 
 ARI is measured on the queries only (scikit-learn's adjusted_rand_score via wildreid.metrics).
+
+``--curves`` (a diagnostic that reads the query labels; no choice is made from it) prints, for the
+``average`` grouping of each dataset, the simulated ARI on the database (simulate.py, no query
+label) and the queries' real ARI at every linking threshold the simulation weighs, at the known
+threshold the run decided with; then, for other known thresholds, the linking threshold the
+simulation would choose with each and the real ARI there. It says whether a miss comes from the
+thresholds' choice (the real curve peaks where the simulated one does not) or from the evidence
+(no threshold does much better).
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_data import benchmark_dataset, changed_preset  # noqa: E402
+from real_data import benchmark_dataset, changed_preset, memoise_counts  # noqa: E402
+from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from wildreid.data.dataset import NEW_INDIVIDUAL  # noqa: E402
-from wildreid.decide.cluster import METHODS  # noqa: E402
+from wildreid.decide.cluster import METHODS, cluster_graph  # noqa: E402
 from wildreid.decide.decision import decide  # noqa: E402
 from wildreid.decide.grouping import DatasetGrouping, Grouping  # noqa: E402
+from wildreid.decide.simulate import choose_link_threshold  # noqa: E402
 from wildreid.evaluate.metrics import evaluate  # noqa: E402
 from wildreid.gallery.gallery import Gallery  # noqa: E402
 from wildreid.presets import get_preset  # noqa: E402
@@ -105,6 +115,61 @@ def regrouped(result, gallery, method: str) -> tuple:
     return predictions, candidates, {n: g.link_threshold for n, g in datasets.items()}
 
 
+KNOWN_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # P(same) to join a known individual, for --curves
+
+
+def query_ari(graph, truth: np.ndarray, method: str, link: float, known: float | None) -> float:
+    """The queries' ARI grouped at these thresholds (reads the query labels)."""
+    clustering = cluster_graph(graph, method=method, link_threshold=link, known_threshold=known)
+    return round(float(adjusted_rand_score(truth, clustering.query_labels(graph.queries))), 3)
+
+
+def threshold_curves(dataset, gallery, result, method: str = "average") -> list[dict]:
+    """Rows of --curves for each dataset of the run (see the module's docstring). Reads the query
+    labels: a diagnostic of the thresholds' choice, never a choice."""
+    truth_of = dict(zip(dataset.queries["image_id"].astype(str), dataset.queries["identity"].astype(str)))
+    rows = []
+    for name, grouping in result.grouping.datasets.items():
+        group, graph = gallery.groups[name], grouping.graph
+        truth = np.array([truth_of[str(image_id)] for image_id in grouping.image_ids])
+
+        chosen, known = group.fit.links[method], grouping.known_threshold
+        for link, simulated in zip(chosen.grid, chosen.curve):
+            rows.append(
+                {
+                    "dataset": name,
+                    "known_threshold": round(known, 3),
+                    "link_threshold": round(float(link), 4),
+                    "chosen": bool(np.isclose(link, chosen.threshold)),
+                    "simulated_ari": round(float(simulated), 3),
+                    "query_ari": query_ari(graph, truth, method, float(link), known),
+                }
+            )
+        pair_rows, images, probability, pair_probability = group.fit_pairs
+        for other in KNOWN_SWEEP:
+            choice = choose_link_threshold(
+                pair_rows,
+                images,
+                probability,
+                group.identities,
+                pair_probability=pair_probability,
+                known_threshold=other,
+                method=method,
+                near_duplicates=group.near_duplicates,
+            )
+            rows.append(
+                {
+                    "dataset": name,
+                    "known_threshold": other,
+                    "link_threshold": round(choice.threshold, 4),
+                    "chosen": "by the simulation at this known threshold",
+                    "simulated_ari": round(choice.simulated_ari, 3),
+                    "query_ari": query_ari(graph, truth, method, choice.threshold, other),
+                }
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="offline,fusion")
@@ -114,7 +179,18 @@ def main() -> None:
     parser.add_argument(
         "--galleries", type=Path, default=None, help="save built galleries here and load them next time"
     )
+    parser.add_argument(
+        "--curves", action="store_true", help="ARI by linking and known threshold, simulated and real (diagnostic)"
+    )
     args = parser.parse_args()
+    if args.curves:
+        memoise_counts(args.cache)  # keypoint counts kept across runs (they are deterministic)
+        for preset_name in args.presets.split(","):
+            for name in args.datasets.split(","):
+                dataset, gallery, result = grouped_run(name, preset_name, args.cache)
+                for row in threshold_curves(dataset, gallery, result):
+                    print(json.dumps({"preset": preset_name, **row}), flush=True)
+        return
     rows = []
     for preset_name in args.presets.split(","):
         for name in args.datasets.split(","):
