@@ -41,18 +41,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # The real datasets (as the tests find them): a copy of this file run elsewhere names them.
 SHARED = Path(os.environ.get("WILDREID_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TOKEN = "benchmark-review-token-0123456789"
-HEADERS = {"X-Wildreid-Token": TOKEN, "X-Wildreid-Reviewer": "benchmark"}
+HEADERS = {"X-Wildreid-Token": TOKEN}  # the personal API token of the catalogue's one reviewer
 
 
 def make_catalogue(dataset_name: str, folder: Path) -> Path:
     """A catalogue of the dataset's database photos, alone in ``folder``."""
     from wildreid.catalog.importer import import_dataset
     from wildreid.catalog.store import Catalog
+    from wildreid.catalog.users import add_user
     from wildreid.data.dataset import load_dataset
 
     path = folder / "catalog.sqlite"
     with Catalog(path) as catalog:
         import_dataset(catalog, load_dataset(SHARED / dataset_name))
+        add_user(catalog, "benchmark", "reviewer", "benchmark-password-0123", api_token=TOKEN)
     return path
 
 
@@ -90,7 +92,7 @@ def serve(catalog: Path, preset: str, cache: Path):
     from wildreid.web.app import create_app
     from wildreid.web.config import WebConfig
 
-    application = create_app(WebConfig(catalog, token=TOKEN, preset=preset, cache_dir=cache))
+    application = create_app(WebConfig(catalog, preset=preset, cache_dir=cache))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(application, log_level="warning"))
@@ -102,9 +104,7 @@ def serve(catalog: Path, preset: str, cache: Path):
 
 
 def send(client, name: str, data: bytes) -> str:
-    response = client.post(
-        "/uploads", headers=HEADERS, files=[("photos", (name, data, "image/jpeg"))], follow_redirects=False
-    )
+    response = client.post("/uploads", files=[("photos", (name, data, "image/jpeg"))], follow_redirects=False)
     assert response.status_code == 303, response.text
     return response.headers["location"].rsplit("/", 1)[-1]
 
@@ -126,7 +126,7 @@ def measure(catalog: Path, preset: str, cache: Path, uploads: list[tuple[str, by
 
     server, thread, url = serve(catalog, preset, cache)
     try:
-        with httpx.Client(base_url=url, timeout=600) as client:
+        with httpx.Client(base_url=url, timeout=600, headers=HEADERS) as client:
             timings = []
             for name, data in uploads:
                 started = time.perf_counter()
