@@ -13,10 +13,7 @@ telling *new* individuals apart, never memorised ones; they are the evidence on 
 offline descriptor and the levels offered were chosen (BENCHMARKS.md, issue 20). Printed per
 (backbone, input size, dataset, level): the means over the folds and the fit time.
 ``--input-sizes 224,384``: the backbone's pictures resized to each square size instead of its own
-(the rest of its preprocessing kept). ``--centres`` adds centre-1: the share whose nearest
-individual *by its centre* (the mean of that individual's other photos in the fold, unit length;
-the photo itself left out of its own) is its own, the evidence for comparing a photo with each
-individual's centre instead of with its nearest photo.
+(the rest of its preprocessing kept).
 """
 
 from __future__ import annotations
@@ -44,26 +41,10 @@ from wildreid.gallery.adaptation import FOLDS, identity_folds  # noqa: E402
 SHORTLIST = 20
 
 
-def centre_top1(described: np.ndarray, names: np.ndarray, has_mate: np.ndarray) -> float:
-    """Share of the photos with a mate whose nearest individual centre is their own (each
-    centre the unit mean of its photos, a photo's own left out of its individual's)."""
-    labels, codes = np.unique(names, return_inverse=True)
-    sums = np.zeros((len(labels), described.shape[1]))
-    np.add.at(sums, codes, described)
-    similarity = described @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T
-    own = sums[codes] - described  # each photo's own individual without it
-    norms = np.linalg.norm(own, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        similarity[np.arange(len(names)), codes] = np.where(norms > 0, (described * own).sum(1) / norms, -np.inf)
-    return float((similarity.argmax(axis=1) == codes)[has_mate].mean())
-
-
-def held_out_top1(
-    vectors: np.ndarray, identities: np.ndarray, level: str, seed: int
-) -> tuple[float, float, float, float]:
-    """(mean top-1, mean shortlist@20, mean centre-1 over the identity folds, seconds spent fitting)."""
+def held_out_top1(vectors: np.ndarray, identities: np.ndarray, level: str, seed: int) -> tuple[float, float, float]:
+    """(mean top-1, mean shortlist@20 over the identity folds, seconds spent fitting)."""
     folds = identity_folds(identities, FOLDS, seed)
-    found, listed, centred, seconds = [], [], [], 0.0
+    found, listed, seconds = [], [], 0.0
     for fold in range(FOLDS):
         inside = folds == fold
         if level == NONE:
@@ -80,8 +61,7 @@ def held_out_top1(
         found.append(float((names[similarity.argmax(axis=1)] == names)[has_mate].mean()))
         nearest = np.argsort(-similarity, axis=1)[:, :SHORTLIST]
         listed.append(float((names[nearest] == names[:, None]).any(axis=1)[has_mate].mean()))
-        centred.append(centre_top1(described, names, has_mate))
-    return float(np.mean(found)), float(np.mean(listed)), float(np.mean(centred)), seconds
+    return float(np.mean(found)), float(np.mean(listed)), seconds
 
 
 def main() -> None:
@@ -94,12 +74,9 @@ def main() -> None:
     parser.add_argument(
         "--levels", default="", help="adaptation levels, comma-separated; default: none and every level"
     )
-    parser.add_argument("--centres", action="store_true", help="also centre-1 (see above)")
     args = parser.parse_args()
     levels = args.levels.split(",") if args.levels else [NONE, *adapter_names()]
-    centre_heading = f" {'centre-1':>8}" if args.centres else ""
-    heading = f"{'backbone':30} {'size':>5} {'dataset':14} {'level':8} {'top-1':>6} {'list20':>6}"
-    print(f"{heading}{centre_heading} {'fit s':>6}")
+    print(f"{'backbone':30} {'size':>5} {'dataset':14} {'level':8} {'top-1':>6} {'list20':>6} {'fit s':>6}")
     for name in args.backbones.split(","):
         for size in [int(s) for s in args.input_sizes.split(",")] if args.input_sizes else [None]:
             backbone = read_at_input_size(load_backbone(name), size, pd.DataFrame({"path": []}), 0.0)
@@ -111,11 +88,9 @@ def main() -> None:
                 ).embeddings
                 identities = database["identity"].to_numpy().astype(str)
                 for level in levels:
-                    top1, listed, centred, seconds = held_out_top1(vectors, identities, level, args.seed)
-                    centre = f" {centred:8.3f}" if args.centres else ""
+                    top1, listed, seconds = held_out_top1(vectors, identities, level, args.seed)
                     print(
-                        f"{name:30} {shown:5} {dataset_name:14} {level:8} {top1:6.3f} {listed:6.3f}{centre} "
-                        f"{seconds:6.1f}",
+                        f"{name:30} {shown:5} {dataset_name:14} {level:8} {top1:6.3f} {listed:6.3f} {seconds:6.1f}",
                         flush=True,
                     )
 
