@@ -24,7 +24,6 @@ whitening (describe/adapt_linear.py),
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,12 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from held_out import best_of_each_individual, held_out_round  # noqa: E402
-from real_data import labelled_vectors  # noqa: E402
-
-from wildreid.describe.adapters import make_adapter  # noqa: E402
-from wildreid.describe.backbones import load_backbone  # noqa: E402
-from wildreid.gallery.adaptation import FOLDS  # noqa: E402
+from held_out import Asked, best_of_each_individual, database_and_queries  # noqa: E402
 
 CROWD = 10
 WEIGHTS = (0.0, 0.5, 1.0)
@@ -53,56 +47,15 @@ def crowd(database: np.ndarray) -> np.ndarray:
     return -np.sort(-similarity, axis=1)[:, :CROWD].mean(axis=1)
 
 
-def figures(similarity, crowds, database_ids, query_ids, known) -> list[tuple[float, float]]:
+def figures(asked: Asked) -> list[tuple[float, float]]:
     """(top-1 of known queries, AUC of the top score) for each weight."""
-    found = []
+    similarity, crowds, found = asked.similarity(), crowd(asked.gallery), []
     for weight in WEIGHTS:
-        names, best = best_of_each_individual(similarity - weight * crowds[None, :], database_ids)
-        right = names[best.argmax(axis=1)] == query_ids
-        found.append((float(right[known].mean()), float(roc_auc_score(known, best.max(axis=1)))))
+        names, best = best_of_each_individual(similarity - weight * crowds[None, :], asked.gallery_ids)
+        right = names[best.argmax(axis=1)] == asked.query_ids
+        found.append((float(right[asked.known].mean()), float(roc_auc_score(asked.known, best.max(axis=1)))))
     return found
 
 
-def on_database(vectors, ids, clips, seed) -> list[tuple[float, float]]:
-    per_fold = []
-    for new in range(FOLDS):
-        held = held_out_round(ids, new, seed)
-        training, gallery, queries = held.training, held.gallery, held.queries
-        described = make_adapter("whiten").fit(vectors[training], ids[training], seed=seed).transform(vectors)
-        similarity = described[queries] @ described[gallery].T
-        similarity[queries[:, None] == gallery[None, :]] = -np.inf
-        if clips is not None:
-            similarity[clips[queries][:, None] == clips[gallery][None, :]] = -np.inf
-        crowds = crowd(described[gallery])
-        per_fold.append(figures(similarity, crowds, ids[gallery], ids[queries], held.known))
-    return [tuple(np.mean(column, axis=0)) for column in zip(*per_fold)]
-
-
-def on_queries(database_vectors, ids, query_vectors, query_ids, seed) -> list[tuple[float, float]]:
-    adapter = make_adapter("whiten").fit(database_vectors, ids, seed=seed)
-    database, queries = adapter.transform(database_vectors), adapter.transform(query_vectors)
-    return figures(queries @ database.T, crowd(database), ids, query_ids, np.isin(query_ids, ids))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="NyalaData,LionData,Holstein2025")
-    parser.add_argument("--backbone", default="efficientnet-lite0-multiscale")
-    parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    backbone = load_backbone(args.backbone)
-    print(f"{'dataset':14} {'asked':9} {'a':>4} {'top-1':>6} {'AUC':>6}")
-    for dataset_name in args.datasets.split(","):
-        found = labelled_vectors(dataset_name, backbone, args.cache_dir)
-        rows = {
-            "database": on_database(found.database, found.identities, found.clips, args.seed),
-            "queries": on_queries(found.database, found.identities, found.queries, found.query_identities, args.seed),
-        }
-        for asked, per_weight in rows.items():
-            for weight, (top1, auc) in zip(WEIGHTS, per_weight):
-                print(f"{dataset_name:14} {asked:9} {weight:4.1f} {top1:6.3f} {auc:6.3f}", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    database_and_queries(__doc__, "a", WEIGHTS, figures)
