@@ -13,7 +13,7 @@ largest step: 448 and 512 were no better on NyalaData's database (0.557, 0.601) 
 384's cost. Only a network that reads any size is resized (timm's ``fixed_input_size``: a Swin
 MegaDescriptor keeps its own). The field is "auto" in the `fusion` preset; `offline`, the fast
 one, keeps 224 (it would describe large photos 2.5 times slower). A catalogue's gallery chooses its
-size when it is built and reads its pictures through the server's one model (at_saved_size).
+size when it is built and reads its pictures through the server's one model (at_size).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from PIL import Image
 from wildreid.data.dataset import DATABASE
 from wildreid.data.regions import Region, regions_of
 from wildreid.describe.backbones import Backbone
-from wildreid.presets import Preset
 
 INPUT_SIZES = (224, 320, 384)  # the sizes "auto" chooses among (square, multiples of the stride 32)
 SAMPLE = 200  # photos whose size is read: the median of 200 is steady, and reading is cheap
@@ -81,15 +80,15 @@ def read_at_input_size(backbone: Backbone, setting: int | str | None, photos: pd
     return backbone
 
 
-def at_saved_size(backbone: Backbone, saved: Preset) -> Backbone:
-    """``backbone``, a model loaded once and shared (a server's), reading pictures at the size a
-    saved gallery chose for its photos (``saved``: the preset the gallery records): a copy that
-    shares the model. Unchanged where the gallery chose no size, or the model reads one size only;
-    any other difference is left for the gallery's fingerprint check to refuse."""
-    size = saved.preprocess.size if saved.preprocess is not None else None
-    if saved.input_size is None or size is None or size == backbone.preprocess.size or not reads_any_size(backbone):
+def at_size(backbone: Backbone, size: tuple[int, int]) -> Backbone:
+    """``backbone``, a model loaded once and shared (a server's), reading pictures at ``size`` (the
+    size a saved gallery chose for its photos): a copy that shares the model. ``backbone`` itself
+    where it reads at that size already, or reads one size only; any other difference is left
+    for the gallery's fingerprint check to refuse."""
+    height, width = size  # a saved record may hold a list
+    if (height, width) == tuple(backbone.preprocess.size) or not reads_any_size(backbone):
         return backbone
-    return dataclasses.replace(backbone, preprocess=dataclasses.replace(backbone.preprocess, size=size))
+    return dataclasses.replace(backbone, preprocess=dataclasses.replace(backbone.preprocess, size=(height, width)))
 
 
 def reads_any_size(backbone: Backbone) -> bool:

@@ -31,7 +31,7 @@ from wildreid.decide.ranking import IdentityRanking
 from wildreid.describe.backbones import Backbone, load_backbone
 from wildreid.describe.extract import Extraction, default_device, extract_embeddings
 from wildreid.describe.foreground import table_regions
-from wildreid.describe.input_size import at_saved_size, read_at_input_size
+from wildreid.describe.input_size import at_size, read_at_input_size
 from wildreid.describe.mirror import MirroredMethod, mirrored_backbone
 from wildreid.describe.trained import TrainedOn, trained_on
 from wildreid.gallery.errors import GalleryError
@@ -597,8 +597,9 @@ class Gallery:
         if backbone is None:
             device = device or default_device()
             backbone = load_backbone(settings.backbone, preprocess=settings.preprocess, device=device)
-        else:  # a model loaded once for many galleries reads this one's pictures at its size
-            backbone = at_saved_size(backbone, settings)
+        elif settings.input_size is not None and settings.preprocess is not None:
+            # A model loaded once for many galleries reads this one's pictures at the size it chose.
+            backbone = at_size(backbone, settings.preprocess.size)
         if backbone.cache_key != record["backbone_fingerprint"]:
             raise GalleryError(
                 f"{folder} was built with descriptor {record['backbone']} "
