@@ -136,9 +136,7 @@ class Gallery:
         started = time.perf_counter()
         table = database.database if isinstance(database, Dataset) else database
         if backbone is None:
-            require_weights(preset)  # every missing weights file named at once, before any work
-            backbone = load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
-            read_at_input_size(backbone, preset.input_size, table, preset.region_margin)
+            backbone = preset_backbone(preset, table, device)
         # A model given in place of the preset's, or read at a size chosen for these photos: the
         # gallery says which, and describes its queries the same way.
         if backbone.name != preset.backbone or preset.input_size is not None:
@@ -627,6 +625,14 @@ class Gallery:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def preset_backbone(preset: Preset, database: pd.DataFrame, device: str | None = None) -> Backbone:
+    """The preset's model, reading pictures at the size its ``input_size`` asks for these database
+    photos (describe/input_size.py); every missing weights file is named at once, before any work."""
+    require_weights(preset)
+    backbone = load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
+    return read_at_input_size(backbone, preset.input_size, database, preset.region_margin)
 
 
 def near_duplicate_groups(table: pd.DataFrame) -> np.ndarray | None:

@@ -11,12 +11,11 @@ import time
 
 from wildreid.data.dataset import Dataset
 from wildreid.data.regions import BBOX, REGION_SOURCE, SEGMENTATION
-from wildreid.describe.backbones import Backbone, load_backbone
-from wildreid.describe.extract import Extraction, default_device, extract_embeddings
-from wildreid.describe.input_size import read_at_input_size
-from wildreid.gallery.gallery import Gallery
+from wildreid.describe.backbones import Backbone
+from wildreid.describe.extract import Extraction, extract_embeddings
+from wildreid.gallery.gallery import Gallery, preset_backbone
 from wildreid.gallery.result import IdentifyResult
-from wildreid.presets import Preset, require_weights
+from wildreid.presets import Preset
 
 
 def embed_dataset(
@@ -54,9 +53,7 @@ def identify(
     """Every query of ``dataset`` against its database rows, as ``preset`` says."""
     started = time.perf_counter()
     if backbone is None:
-        require_weights(preset)  # every missing weights file named at once, before any work
-        backbone = load_backbone(preset.backbone, preprocess=preset.preprocess, device=device or default_device())
-        read_at_input_size(backbone, preset.input_size, dataset.database, preset.region_margin)
+        backbone = preset_backbone(preset, dataset.database, device)
     loaded = time.perf_counter() - started
     gallery = Gallery.build(dataset, preset, backbone=backbone, cache_dir=cache_dir, progress=progress)
     result = gallery.identify(dataset, cache_dir=cache_dir, progress=progress)
